@@ -1,0 +1,126 @@
+//! The job and its tasks as the engine and the planner see them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::retry::{RetryPolicy, RetryPolicyPatch};
+use super::status::{FailureReason, JobStatus, TaskStatus};
+
+/// A participant link: the URI of a reservation and the moment it lapses by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub uri: String,
+    pub expires: DateTime<Utc>,
+}
+
+/// How a task came to the job: a Try the coordinator sends, or a link a service registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrySpec {
+    #[serde(rename = "taskURL")]
+    pub task_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// `(pointer into the Try body, pointer into the shared state)`, in the client's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_mapping: Vec<(String, String)>,
+    /// `(pointer into the shared state, pointer into the Try answer)`, in the client's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_mapping: Vec<(String, String)>,
+    /// Seconds for one Try call.
+    #[serde(rename = "taskMaxTTL")]
+    pub task_max_ttl: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicyPatch>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Position in the job, 0-based, stable.
+    pub idx: i32,
+    pub task_id: String,
+    pub description: Option<String>,
+    /// `None` for a task registered with a link.
+    pub try_spec: Option<TrySpec>,
+    pub status: TaskStatus,
+    pub link: Option<Link>,
+    /// Calls of the task's current operation (Try, then confirm, then cancel).
+    pub attempts: i32,
+    /// When the next call of the current operation is due, after a retryable answer.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The confirm cannot succeed (refused, gone, or the link expired while retrying); whether
+    /// that makes the task heuristic or the job cancel depends on the others (SPEC §3.3 rule 4).
+    pub refused: bool,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub last_message: Option<String>,
+    pub try_response: Option<Value>,
+}
+
+impl Task {
+    /// The policy for this task's Try attempts: the task's fields over the job's over the defaults.
+    pub fn try_policy(&self, job_policy: Option<&RetryPolicyPatch>) -> RetryPolicy {
+        let base = job_policy
+            .map(|p| p.over(RetryPolicy::default()))
+            .unwrap_or_default();
+        match self.try_spec.as_ref().and_then(|s| s.retry_policy.as_ref()) {
+            Some(p) => p.over(base),
+            None => base,
+        }
+    }
+
+    pub fn link_expired(&self, now: DateTime<Utc>) -> bool {
+        self.link.as_ref().is_some_and(|l| l.expires <= now)
+    }
+
+    fn set_status_end(&mut self, status: TaskStatus, now: DateTime<Utc>) {
+        self.status = status;
+        if status.is_terminal() {
+            self.end_time = Some(now);
+            self.next_attempt_at = None;
+        }
+    }
+}
+
+/// Everything the engine needs about a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub status: JobStatus,
+    pub failure_reason: Option<FailureReason>,
+    pub correlation_id: String,
+    pub auto_confirm: bool,
+    pub confirm_requested: bool,
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub shared_state: Value,
+    pub retry_policy: Option<RetryPolicyPatch>,
+    pub tasks: Vec<Task>,
+}
+
+impl Job {
+    /// Apply a task transition; the task must exist.
+    pub fn task_on(
+        &mut self,
+        idx: usize,
+        event: super::status::TaskEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), super::status::IllegalTransition> {
+        let task = &mut self.tasks[idx];
+        let next = task.status.on(event)?;
+        task.set_status_end(next, now);
+        Ok(())
+    }
+
+    pub fn job_on(
+        &mut self,
+        event: super::status::JobEvent,
+    ) -> Result<(), super::status::IllegalTransition> {
+        let (status, reason) = self.status.on(self.failure_reason, event)?;
+        self.status = status;
+        self.failure_reason = reason;
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! Input and output mappings between a job's shared state and its Try requests and answers
+//! (SPEC §4.3), over RFC 6901 JSON Pointers.
+
+use serde_json::{Map, Value};
+
+use super::job::TrySpec;
+
+/// Whether `ptr` is a syntactically valid JSON Pointer ("" or "/a/b", with `~0`/`~1` escapes only).
+pub fn valid_pointer(ptr: &str) -> bool {
+    if ptr.is_empty() {
+        return true;
+    }
+    if !ptr.starts_with('/') {
+        return false;
+    }
+    let mut chars = ptr.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return false;
+        }
+    }
+    true
+}
+
+fn unescape(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+/// Write `value` at `ptr` inside `root`, creating objects on the way. An array index must exist,
+/// or be `-` or the array's length to append.
+pub fn pointer_set(root: &mut Value, ptr: &str, value: Value) -> Result<(), String> {
+    if ptr.is_empty() {
+        *root = value;
+        return Ok(());
+    }
+    let tokens: Vec<String> = ptr.split('/').skip(1).map(unescape).collect();
+    let mut cur = root;
+    let last = tokens.len() - 1;
+    for (i, token) in tokens.iter().enumerate() {
+        if cur.is_null() {
+            *cur = Value::Object(Map::new());
+        }
+        cur = match cur {
+            Value::Object(map) => {
+                if i == last {
+                    map.insert(token.clone(), value);
+                    return Ok(());
+                }
+                map.entry(token.clone())
+                    .or_insert_with(|| Value::Object(Map::new()))
+            }
+            Value::Array(items) => {
+                let index = if token == "-" {
+                    items.len()
+                } else {
+                    token
+                        .parse::<usize>()
+                        .map_err(|_| format!("{ptr}: {token:?} is not an array index"))?
+                };
+                if index > items.len() {
+                    return Err(format!("{ptr}: index {index} is past the end of the array"));
+                }
+                if index == items.len() {
+                    items.push(Value::Null);
+                }
+                if i == last {
+                    items[index] = value;
+                    return Ok(());
+                }
+                &mut items[index]
+            }
+            _ => return Err(format!("{ptr}: cannot write inside a scalar value")),
+        };
+    }
+    Ok(())
+}
+
+/// The Try body: `body` (or `{}`), then each input mapping copies a shared-state value into it.
+pub fn try_body(spec: &TrySpec, shared_state: &Value) -> Result<Value, String> {
+    let mut body = spec
+        .body
+        .clone()
+        .unwrap_or_else(|| Value::Object(Map::new()));
+    for (target, source) in &spec.input_mapping {
+        let value = shared_state.pointer(source).ok_or_else(|| {
+            format!("inputMapping: shared state has no value at {source} (for {target})")
+        })?;
+        pointer_set(&mut body, target, value.clone())
+            .map_err(|e| format!("inputMapping: cannot write the Try body at {e}"))?;
+    }
+    Ok(body)
+}
+
+/// Copy values from the Try answer into the shared state; returns a note for each mapping that
+/// found nothing to copy (the reservation stands; the shared state is left as it was there).
+pub fn apply_output(spec: &TrySpec, answer: &Value, shared_state: &mut Value) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (target, source) in &spec.output_mapping {
+        match answer.pointer(source) {
+            Some(value) => {
+                if let Err(e) = pointer_set(shared_state, target, value.clone()) {
+                    notes.push(format!("outputMapping: cannot write the shared state at {e}"));
+                }
+            }
+            None => notes.push(format!(
+                "outputMapping: the Try answer has no value at {source}; shared state {target} not set"
+            )),
+        }
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(input: &[(&str, &str)], output: &[(&str, &str)], body: Option<Value>) -> TrySpec {
+        TrySpec {
+            task_url: "http://p/try".into(),
+            body,
+            input_mapping: input
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            output_mapping: output
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            task_max_ttl: 10.0,
+            retry_policy: None,
+        }
+    }
+
+    #[test]
+    fn pointers_are_validated() {
+        assert!(valid_pointer(""));
+        assert!(valid_pointer("/a/b~0c/~1"));
+        assert!(!valid_pointer("a/b"));
+        assert!(!valid_pointer("/a~2"));
+        assert!(!valid_pointer("/a~"));
+    }
+
+    #[test]
+    fn input_mapping_creates_objects_on_the_way() {
+        let s = spec(
+            &[("/customer/id", "/customer"), ("/items/-", "/sku")],
+            &[],
+            Some(json!({"number": "0586", "items": []})),
+        );
+        let body = try_body(&s, &json!({"customer": 42, "sku": "x"}));
+        assert_eq!(
+            body,
+            Ok(json!({"number": "0586", "customer": {"id": 42}, "items": ["x"]}))
+        );
+    }
+
+    #[test]
+    fn missing_source_names_the_pointer() {
+        let s = spec(&[("/customerId", "/customer")], &[], None);
+        let err = try_body(&s, &json!({})).err().unwrap_or_default();
+        assert!(err.contains("/customer"), "{err}");
+    }
+
+    #[test]
+    fn output_mapping_copies_and_notes_missing() {
+        let s = spec(
+            &[],
+            &[("/booking", "/participantLink/uri"), ("/x", "/nope")],
+            None,
+        );
+        let mut state = json!({"customer": 42});
+        let notes = apply_output(
+            &s,
+            &json!({"participantLink": {"uri": "http://p/r/1"}}),
+            &mut state,
+        );
+        assert_eq!(state, json!({"customer": 42, "booking": "http://p/r/1"}));
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("/nope"));
+    }
+
+    #[test]
+    fn writing_into_a_scalar_is_an_error() {
+        let mut v = json!({"a": 1});
+        assert!(pointer_set(&mut v, "/a/b", json!(2)).is_err());
+        let mut arr = json!([1]);
+        assert!(pointer_set(&mut arr, "/5", json!(2)).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! The pure core: statuses and their transitions, the planner, retry policies, request parsing.
+//!
+//! Nothing here does I/O or reads the clock: callers pass `now` in. That is what lets the
+//! planner be tested exhaustively without a database or a network.
+
+pub mod job;
+pub mod mapping;
+pub mod planner;
+pub mod request;
+pub mod retry;
+pub mod status;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+pub use job::{Job, Link, Task, TrySpec};
+pub use planner::{Answer, Op, Plan, PlannerSettings, Step};
+pub use status::{FailureReason, JobStatus, TaskStatus};
+
+/// RFC 3339 in UTC with milliseconds, the one timestamp format of the API.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}

@@ -1,0 +1,1129 @@
+//! The planner: given a job, what is in flight and the time, decide what happens next.
+//!
+//! `plan` moves statuses forward (through the transition functions only) and returns the
+//! participant calls to make and when to look again; `apply` folds one participant answer into
+//! the job. Both are pure: no I/O, no clock, no randomness of their own. The engine persists what
+//! they decided before it makes the calls they asked for. The rules are SPEC §3.3.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::job::{Job, Link};
+use super::mapping;
+use super::retry::RetryPolicy;
+use super::status::{FailureReason, IllegalTransition, JobEvent, JobStatus, TaskEvent, TaskStatus};
+
+/// A participant operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Try,
+    Confirm,
+    Cancel,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Try => "try",
+            Op::Confirm => "confirm",
+            Op::Cancel => "cancel",
+        }
+    }
+}
+
+/// One participant call to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub task: usize,
+    pub op: Op,
+    /// 1-based attempt of this operation.
+    pub attempt: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// When to plan again if nothing else happens first (a retry falls due, a deadline or an
+    /// expiry passes). `None`: only an answer or a client request can change anything.
+    pub wake_at: Option<DateTime<Utc>>,
+    /// The changes must be committed synchronously before the steps are sent: they carry a
+    /// decision, an end, or precede a confirm or cancel.
+    pub durable: bool,
+}
+
+impl Plan {
+    fn wake(&mut self, at: DateTime<Utc>) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlannerSettings {
+    /// Every link must outlive now + this margin for the job to be confirmed.
+    pub confirm_margin: Duration,
+}
+
+/// A participant's answer, classified (SPEC §2).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A Try yielded a usable link. `note` says what the coordinator assumed (a missing expiry).
+    Reserved {
+        link: Link,
+        note: Option<String>,
+        response: Option<Value>,
+    },
+    /// A confirm or cancel succeeded.
+    Done,
+    /// Worth another attempt: 408, 429, 5xx, a timeout, a connection error.
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The participant said no (4xx), or the answer was unusable.
+    Refused { message: String },
+    /// 404 or 410: the reservation is gone.
+    Gone { message: String },
+    /// A cancel answered 405: the participant does not implement cancel.
+    NotImplemented { message: String },
+    /// A cancel answered 409: the participant had already confirmed.
+    AlreadyConfirmed { message: String },
+}
+
+fn due(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    at.is_none_or(|t| t <= now)
+}
+
+fn margin(settings: &PlannerSettings) -> chrono::Duration {
+    chrono::Duration::from_std(settings.confirm_margin).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Decide what happens next. Tasks in `in_flight` have a call outstanding and are left alone.
+pub fn plan(
+    job: &mut Job,
+    in_flight: &HashSet<usize>,
+    now: DateTime<Utc>,
+    settings: &PlannerSettings,
+) -> Result<Plan, IllegalTransition> {
+    let start = job.status;
+    let mut plan = Plan::default();
+    // Tasks given a step in an earlier pass count as in flight in the later ones.
+    let mut busy = in_flight.clone();
+    // A pass may move the job several steps at once (reserved → confirming → confirms issued).
+    for _ in 0..8 {
+        let before = job.status;
+        match job.status {
+            JobStatus::Pending | JobStatus::Trying | JobStatus::Reserved => {
+                plan_undecided(job, &busy, now, settings, &mut plan)?
+            }
+            JobStatus::Confirming => plan_confirming(job, &busy, now, &mut plan)?,
+            JobStatus::Cancelling => plan_cancelling(job, &busy, now, &mut plan)?,
+            JobStatus::Completed
+            | JobStatus::Failed
+            | JobStatus::Canceled
+            | JobStatus::Heuristic => {}
+        }
+        busy.extend(plan.steps.iter().map(|s| s.task));
+        if job.status == before {
+            break;
+        }
+        plan.wake_at = None;
+    }
+    plan.durable = (job.status != start && !job.status.is_undecided())
+        || plan.steps.iter().any(|s| s.op != Op::Try);
+    Ok(plan)
+}
+
+fn plan_undecided(
+    job: &mut Job,
+    in_flight: &HashSet<usize>,
+    now: DateTime<Utc>,
+    settings: &PlannerSettings,
+    plan: &mut Plan,
+) -> Result<(), IllegalTransition> {
+    let margin = margin(settings);
+    let cancel = if job.cancel_requested {
+        Some(FailureReason::Client)
+    } else if now >= job.deadline {
+        Some(FailureReason::Timeout)
+    } else if job.tasks.iter().any(|t| t.status == TaskStatus::Failed) {
+        Some(FailureReason::TryFailed)
+    } else if job.tasks.iter().any(|t| {
+        t.status == TaskStatus::Reserved && t.link.as_ref().is_some_and(|l| l.expires <= now + margin)
+    }) {
+        Some(FailureReason::Expiring)
+    } else {
+        None
+    };
+    if let Some(reason) = cancel {
+        return job.job_on(JobEvent::DecideCancel(reason));
+    }
+
+    if !job.tasks.is_empty() && job.tasks.iter().all(|t| t.status == TaskStatus::Reserved) {
+        if job.status != JobStatus::Reserved {
+            job.job_on(JobEvent::AllReserved)?;
+        }
+        if job.auto_confirm || job.confirm_requested {
+            job.job_on(JobEvent::DecideConfirm)?;
+            for i in 0..job.tasks.len() {
+                job.task_on(i, TaskEvent::ConfirmStarted, now)?;
+                let task = &mut job.tasks[i];
+                task.attempts = 0;
+                task.next_attempt_at = None;
+            }
+            return Ok(());
+        }
+        // Waiting for the client: look again when the deadline or an expiry comes near.
+        plan.wake(job.deadline);
+        for t in &job.tasks {
+            if let Some(l) = &t.link {
+                plan.wake(l.expires - margin);
+            }
+        }
+        return Ok(());
+    }
+
+    let mut issued = false;
+    for i in 0..job.tasks.len() {
+        if in_flight.contains(&i) {
+            continue;
+        }
+        let task = &job.tasks[i];
+        match task.status {
+            TaskStatus::Pending | TaskStatus::Trying if task.try_spec.is_some() => {
+                if due(task.next_attempt_at, now) {
+                    job.task_on(i, TaskEvent::TrySent, now)?;
+                    let task = &mut job.tasks[i];
+                    task.attempts += 1;
+                    task.next_attempt_at = None;
+                    task.start_time.get_or_insert(now);
+                    plan.steps.push(Step {
+                        task: i,
+                        op: Op::Try,
+                        attempt: task.attempts,
+                    });
+                    issued = true;
+                } else if let Some(at) = task.next_attempt_at {
+                    plan.wake(at);
+                }
+            }
+            TaskStatus::Reserved => {
+                if let Some(l) = &task.link {
+                    plan.wake(l.expires - margin);
+                }
+            }
+            _ => {}
+        }
+    }
+    if issued && job.status == JobStatus::Pending {
+        job.job_on(JobEvent::TryStarted)?;
+    }
+    plan.wake(job.deadline);
+    Ok(())
+}
+
+fn plan_confirming(
+    job: &mut Job,
+    in_flight: &HashSet<usize>,
+    now: DateTime<Utc>,
+    plan: &mut Plan,
+) -> Result<(), IllegalTransition> {
+    for (i, task) in job.tasks.iter_mut().enumerate() {
+        if in_flight.contains(&i) || task.status != TaskStatus::Confirming || task.refused {
+            continue;
+        }
+        if task.link_expired(now) {
+            task.refused = true;
+            task.last_message = Some(match task.last_message.take() {
+                Some(last) if task.attempts > 0 => {
+                    format!("the link expired before the confirm succeeded (last answer: {last})")
+                }
+                _ => "the link expired before the confirm succeeded".to_string(),
+            });
+        }
+    }
+
+    let any_confirmed = job.tasks.iter().any(|t| t.status == TaskStatus::Confirmed);
+    let refused: Vec<usize> = (0..job.tasks.len())
+        .filter(|i| {
+            let t = &job.tasks[*i];
+            t.status == TaskStatus::Confirming && t.refused && !in_flight.contains(i)
+        })
+        .collect();
+    if !refused.is_empty() {
+        if any_confirmed {
+            for i in refused {
+                job.task_on(i, TaskEvent::ConfirmHeuristic, now)?;
+            }
+        } else if in_flight.is_empty() {
+            // Nobody confirmed and nobody can any more: cancel the rest (rule 4).
+            return job.job_on(JobEvent::ConfirmRefused);
+        } else {
+            // Wait for the confirms in flight before deciding; send no further confirm.
+            return Ok(());
+        }
+    }
+
+    for i in 0..job.tasks.len() {
+        if in_flight.contains(&i) {
+            continue;
+        }
+        let task = &mut job.tasks[i];
+        if task.status != TaskStatus::Confirming || task.refused {
+            continue;
+        }
+        if due(task.next_attempt_at, now) {
+            task.attempts += 1;
+            task.next_attempt_at = None;
+            plan.steps.push(Step {
+                task: i,
+                op: Op::Confirm,
+                attempt: task.attempts,
+            });
+        } else if let Some(at) = task.next_attempt_at {
+            plan.wake(at);
+        }
+        if let Some(l) = &task.link {
+            plan.wake(l.expires);
+        }
+    }
+
+    if in_flight.is_empty()
+        && plan.steps.is_empty()
+        && job
+            .tasks
+            .iter()
+            .all(|t| matches!(t.status, TaskStatus::Confirmed | TaskStatus::Heuristic))
+    {
+        if job.tasks.iter().all(|t| t.status == TaskStatus::Confirmed) {
+            job.job_on(JobEvent::AllConfirmed)?;
+        } else {
+            job.job_on(JobEvent::ConfirmSettledHeuristic)?;
+        }
+    }
+    Ok(())
+}
+
+fn plan_cancelling(
+    job: &mut Job,
+    in_flight: &HashSet<usize>,
+    now: DateTime<Utc>,
+    plan: &mut Plan,
+) -> Result<(), IllegalTransition> {
+    for i in 0..job.tasks.len() {
+        if in_flight.contains(&i) {
+            continue;
+        }
+        match job.tasks[i].status {
+            TaskStatus::Pending => {
+                job.task_on(i, TaskEvent::Abandoned, now)?;
+                job.tasks[i].last_message = Some("not tried: the job was cancelled".into());
+                continue;
+            }
+            TaskStatus::Trying => {
+                job.task_on(i, TaskEvent::Lapsed, now)?;
+                let task = &mut job.tasks[i];
+                task.last_message = Some(match task.last_message.take() {
+                    Some(last) => format!(
+                        "no reservation known (last answer: {last}); anything a Try reserved lapses at the participant"
+                    ),
+                    None => "no reservation known; anything a Try reserved lapses at the participant"
+                        .to_string(),
+                });
+                continue;
+            }
+            TaskStatus::Reserved | TaskStatus::Confirming => {
+                job.task_on(i, TaskEvent::CancelStarted, now)?;
+                let task = &mut job.tasks[i];
+                task.attempts = 0;
+                task.next_attempt_at = None;
+                task.refused = false;
+            }
+            _ => {}
+        }
+        let task = &mut job.tasks[i];
+        if task.status != TaskStatus::Cancelling {
+            continue;
+        }
+        let expires = task.link.as_ref().map(|l| l.expires);
+        if expires.is_none_or(|e| e <= now) {
+            job.task_on(i, TaskEvent::Lapsed, now)?;
+            let task = &mut job.tasks[i];
+            task.last_message = Some(match task.last_message.take() {
+                Some(last) if task.attempts > 0 => format!(
+                    "the reservation lapsed before a cancel succeeded (last answer: {last})"
+                ),
+                _ => "the reservation lapsed before it could be cancelled".to_string(),
+            });
+            continue;
+        }
+        if due(task.next_attempt_at, now) {
+            task.attempts += 1;
+            task.next_attempt_at = None;
+            plan.steps.push(Step {
+                task: i,
+                op: Op::Cancel,
+                attempt: task.attempts,
+            });
+        } else if let Some(at) = task.next_attempt_at {
+            plan.wake(at);
+        }
+        if let Some(e) = expires {
+            plan.wake(e);
+        }
+    }
+
+    if in_flight.is_empty()
+        && plan.steps.is_empty()
+        && job.tasks.iter().all(|t| t.status.is_terminal())
+    {
+        if job.tasks.iter().any(|t| t.status == TaskStatus::Confirmed) {
+            job.job_on(JobEvent::ReleasedButConfirmed)?;
+        } else {
+            job.job_on(JobEvent::AllReleased)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fold one participant answer into the job. `jitter` in [0, 1] draws the retry delay.
+pub fn apply(
+    job: &mut Job,
+    idx: usize,
+    op: Op,
+    answer: Answer,
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> Result<(), IllegalTransition> {
+    let policy = job.tasks[idx].try_policy(job.retry_policy.as_ref());
+    match op {
+        Op::Try => apply_try(job, idx, answer, now, jitter, policy),
+        Op::Confirm => {
+            let task = &mut job.tasks[idx];
+            if task.status != TaskStatus::Confirming {
+                return Err(out_of_turn(task.status, op));
+            }
+            match answer {
+                Answer::Done => {
+                    job.task_on(idx, TaskEvent::Confirmed, now)?;
+                    job.tasks[idx].last_message = Some("confirmed".into());
+                }
+                Answer::Retryable {
+                    message,
+                    retry_after,
+                } => retry_later(task, message, retry_after, policy, now, jitter),
+                Answer::Refused { message }
+                | Answer::Gone { message }
+                | Answer::NotImplemented { message }
+                | Answer::AlreadyConfirmed { message }
+                | Answer::Reserved {
+                    note: Some(message),
+                    ..
+                } => {
+                    task.refused = true;
+                    task.last_message = Some(message);
+                }
+                Answer::Reserved { note: None, .. } => {
+                    task.refused = true;
+                    task.last_message = Some("unexpected answer to a confirm".into());
+                }
+            }
+            Ok(())
+        }
+        Op::Cancel => {
+            let task = &mut job.tasks[idx];
+            if task.status != TaskStatus::Cancelling {
+                return Err(out_of_turn(task.status, op));
+            }
+            match answer {
+                Answer::Done => {
+                    job.task_on(idx, TaskEvent::Cancelled, now)?;
+                    job.tasks[idx].last_message = Some("cancelled".into());
+                }
+                Answer::Gone { message } => {
+                    job.task_on(idx, TaskEvent::Cancelled, now)?;
+                    job.tasks[idx].last_message = Some(format!("already gone: {message}"));
+                }
+                Answer::NotImplemented { message } => {
+                    job.task_on(idx, TaskEvent::Lapsed, now)?;
+                    let task = &mut job.tasks[idx];
+                    let expires = task
+                        .link
+                        .as_ref()
+                        .map(|l| crate::domain::rfc3339(l.expires))
+                        .unwrap_or_default();
+                    task.last_message = Some(format!(
+                        "{message}; the participant does not implement cancel, the reservation lapses at {expires}"
+                    ));
+                }
+                Answer::AlreadyConfirmed { message } => {
+                    job.task_on(idx, TaskEvent::FoundConfirmed, now)?;
+                    job.tasks[idx].last_message = Some(format!(
+                        "{message}; the participant says the reservation is already confirmed"
+                    ));
+                }
+                Answer::Retryable {
+                    message,
+                    retry_after,
+                } => retry_later(task, message, retry_after, policy, now, jitter),
+                Answer::Refused { message } => {
+                    retry_later(task, message, None, policy, now, jitter)
+                }
+                Answer::Reserved { .. } => retry_later(
+                    task,
+                    "unexpected answer to a cancel".into(),
+                    None,
+                    policy,
+                    now,
+                    jitter,
+                ),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn apply_try(
+    job: &mut Job,
+    idx: usize,
+    answer: Answer,
+    now: DateTime<Utc>,
+    jitter: f64,
+    policy: RetryPolicy,
+) -> Result<(), IllegalTransition> {
+    let status = job.tasks[idx].status;
+    if status != TaskStatus::Trying {
+        return Err(out_of_turn(status, Op::Try));
+    }
+    match answer {
+        Answer::Reserved {
+            link,
+            note,
+            response,
+        } => {
+            job.task_on(idx, TaskEvent::Reserved, now)?;
+            let mut notes: Vec<String> = note.into_iter().collect();
+            if let (Some(spec), Some(resp)) = (job.tasks[idx].try_spec.clone(), response.as_ref()) {
+                notes.extend(mapping::apply_output(&spec, resp, &mut job.shared_state));
+            }
+            let task = &mut job.tasks[idx];
+            task.link = Some(link);
+            task.try_response = response;
+            task.next_attempt_at = None;
+            task.last_message = Some(if notes.is_empty() {
+                "reserved".to_string()
+            } else {
+                notes.join("; ")
+            });
+        }
+        Answer::Retryable {
+            message,
+            retry_after,
+        } => {
+            let attempts = job.tasks[idx].attempts.max(0) as u32;
+            if attempts >= policy.max_attempts {
+                job.task_on(idx, TaskEvent::TryFailed, now)?;
+                job.tasks[idx].last_message =
+                    Some(format!("gave up after {attempts} attempts: {message}"));
+            } else {
+                retry_later(
+                    &mut job.tasks[idx],
+                    message,
+                    retry_after,
+                    policy,
+                    now,
+                    jitter,
+                );
+            }
+        }
+        Answer::Refused { message }
+        | Answer::Gone { message }
+        | Answer::NotImplemented { message }
+        | Answer::AlreadyConfirmed { message } => {
+            job.task_on(idx, TaskEvent::TryFailed, now)?;
+            job.tasks[idx].last_message = Some(message);
+        }
+        Answer::Done => {
+            job.task_on(idx, TaskEvent::TryFailed, now)?;
+            job.tasks[idx].last_message = Some("the Try answer held no participant link".into());
+        }
+    }
+    Ok(())
+}
+
+fn retry_later(
+    task: &mut super::job::Task,
+    message: String,
+    retry_after: Option<Duration>,
+    policy: RetryPolicy,
+    now: DateTime<Utc>,
+    jitter: f64,
+) {
+    let delay = policy.delay(task.attempts.max(1) as u32, retry_after, jitter);
+    let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    task.next_attempt_at = Some(now.checked_add_signed(delay).unwrap_or(now));
+    task.last_message = Some(message);
+}
+
+fn out_of_turn(status: TaskStatus, op: Op) -> IllegalTransition {
+    IllegalTransition {
+        what: "task",
+        from: status.as_str().to_string(),
+        event: format!("{} answer", op.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::job::{Task, TrySpec};
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0)
+            .single()
+            .unwrap_or_default()
+    }
+
+    fn secs(s: i64) -> chrono::Duration {
+        chrono::Duration::seconds(s)
+    }
+
+    fn settings() -> PlannerSettings {
+        PlannerSettings {
+            confirm_margin: Duration::from_secs(1),
+        }
+    }
+
+    fn try_task(idx: i32) -> Task {
+        Task {
+            idx,
+            task_id: format!("t{idx}"),
+            description: None,
+            try_spec: Some(TrySpec {
+                task_url: format!("http://p/{idx}"),
+                body: None,
+                input_mapping: vec![],
+                output_mapping: vec![],
+                task_max_ttl: 10.0,
+                retry_policy: None,
+            }),
+            status: TaskStatus::Pending,
+            link: None,
+            attempts: 0,
+            next_attempt_at: None,
+            refused: false,
+            start_time: None,
+            end_time: None,
+            last_message: None,
+            try_response: None,
+        }
+    }
+
+    fn job(tasks: usize) -> Job {
+        Job {
+            id: "j".into(),
+            status: JobStatus::Pending,
+            failure_reason: None,
+            correlation_id: "c".into(),
+            auto_confirm: true,
+            confirm_requested: false,
+            cancel_requested: false,
+            created_at: t0(),
+            deadline: t0() + secs(60),
+            shared_state: json!({}),
+            retry_policy: None,
+            tasks: (0..tasks as i32).map(try_task).collect(),
+        }
+    }
+
+    fn link(expires: DateTime<Utc>) -> Link {
+        Link {
+            uri: "http://p/r".into(),
+            expires,
+        }
+    }
+
+    fn reserved(expires: DateTime<Utc>) -> Answer {
+        Answer::Reserved {
+            link: link(expires),
+            note: None,
+            response: None,
+        }
+    }
+
+    fn none() -> HashSet<usize> {
+        HashSet::new()
+    }
+
+    fn ops(plan: &Plan) -> Vec<(usize, Op)> {
+        plan.steps.iter().map(|s| (s.task, s.op)).collect()
+    }
+
+    fn statuses(job: &Job) -> Vec<TaskStatus> {
+        job.tasks.iter().map(|t| t.status).collect()
+    }
+
+    /// Drive every step to the answer `answer_for` gives, until nothing is left to do.
+    fn settle(job: &mut Job, now: DateTime<Utc>, answer_for: impl Fn(&Step) -> Answer) {
+        for _ in 0..20 {
+            let plan = plan(job, &none(), now, &settings()).expect("plan");
+            if plan.steps.is_empty() {
+                return;
+            }
+            for step in &plan.steps {
+                apply(job, step.task, step.op, answer_for(step), now, 0.5).expect("apply");
+            }
+        }
+        panic!("did not settle");
+    }
+
+    #[test]
+    fn happy_path_tries_then_confirms_then_completes() {
+        let mut j = job(2);
+        let now = t0();
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(0, Op::Try), (1, Op::Try)]);
+        assert_eq!(j.status, JobStatus::Trying);
+        assert!(!p.durable, "sending tries needs no synchronous commit");
+        assert_eq!(p.wake_at, Some(j.deadline));
+
+        apply(&mut j, 0, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        let in_flight: HashSet<usize> = [1].into();
+        let p = plan(&mut j, &in_flight, now, &settings()).expect("plan");
+        assert!(p.steps.is_empty());
+        assert_eq!(j.status, JobStatus::Trying);
+
+        apply(&mut j, 1, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Confirming);
+        assert_eq!(ops(&p), vec![(0, Op::Confirm), (1, Op::Confirm)]);
+        assert!(p.durable, "the decision is durable before the first confirm");
+
+        apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
+        apply(&mut j, 1, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Completed);
+        assert!(p.steps.is_empty() && p.durable && p.wake_at.is_none());
+        assert!(j.tasks.iter().all(|t| t.end_time == Some(now)));
+    }
+
+    #[test]
+    fn a_failed_try_cancels_the_reserved_ones() {
+        let mut j = job(3);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        apply(
+            &mut j,
+            1,
+            Op::Try,
+            Answer::Refused {
+                message: "400".into(),
+            },
+            now,
+            0.5,
+        )
+        .expect("apply");
+        // Task 2's Try is still in flight: task 0 is cancelled now, task 2 waits for its answer.
+        let in_flight: HashSet<usize> = [2].into();
+        let p = plan(&mut j, &in_flight, now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Cancelling);
+        assert_eq!(j.failure_reason, Some(FailureReason::TryFailed));
+        assert_eq!(ops(&p), vec![(0, Op::Cancel)]);
+        assert!(p.durable);
+        apply(&mut j, 0, Op::Cancel, Answer::Done, now, 0.5).expect("apply");
+        // The late Try answer brings a link: it is cancelled too (rule 3).
+        apply(&mut j, 2, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(2, Op::Cancel)]);
+        apply(&mut j, 2, Op::Cancel, Answer::Done, now, 0.5).expect("apply");
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(
+            statuses(&j),
+            vec![
+                TaskStatus::Cancelled,
+                TaskStatus::Failed,
+                TaskStatus::Cancelled
+            ]
+        );
+    }
+
+    #[test]
+    fn try_retries_up_to_max_attempts_then_fails() {
+        let mut j = job(1);
+        let mut now = t0();
+        for attempt in 1..=3 {
+            let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+            assert_eq!(p.steps.len(), 1, "attempt {attempt}");
+            assert_eq!(p.steps[0].attempt, attempt);
+            apply(
+                &mut j,
+                0,
+                Op::Try,
+                Answer::Retryable {
+                    message: "503".into(),
+                    retry_after: None,
+                },
+                now,
+                1.0,
+            )
+            .expect("apply");
+            if attempt < 3 {
+                let at = j.tasks[0].next_attempt_at.expect("retry scheduled");
+                let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+                assert!(p.steps.is_empty());
+                assert_eq!(p.wake_at, Some(at));
+                now = at;
+            }
+        }
+        assert_eq!(j.tasks[0].status, TaskStatus::Failed);
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(j.failure_reason, Some(FailureReason::TryFailed));
+    }
+
+    #[test]
+    fn confirm_is_retried_and_attempts_counted() {
+        let mut j = job(1);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        let mut now = now;
+        for _ in 0..2 {
+            let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+            assert_eq!(ops(&p), vec![(0, Op::Confirm)]);
+            apply(
+                &mut j,
+                0,
+                Op::Confirm,
+                Answer::Retryable {
+                    message: "503".into(),
+                    retry_after: None,
+                },
+                now,
+                1.0,
+            )
+            .expect("apply");
+            now = j.tasks[0].next_attempt_at.expect("scheduled");
+        }
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(0, Op::Confirm)]);
+        apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Completed);
+        assert_eq!(j.tasks[0].attempts, 3);
+    }
+
+    #[test]
+    fn expiry_while_retrying_after_another_confirmed_is_heuristic() {
+        let mut j = job(2);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        apply(&mut j, 1, Op::Try, reserved(now + secs(3)), now, 0.5).expect("apply");
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
+        apply(
+            &mut j,
+            1,
+            Op::Confirm,
+            Answer::Retryable {
+                message: "503".into(),
+                retry_after: Some(Duration::from_secs(10)),
+            },
+            now,
+            0.0,
+        )
+        .expect("apply");
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert!(p.steps.is_empty());
+        assert_eq!(p.wake_at, Some(now + secs(3)), "wakes at the expiry");
+        plan(&mut j, &none(), now + secs(3), &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Heuristic);
+        assert_eq!(
+            statuses(&j),
+            vec![TaskStatus::Confirmed, TaskStatus::Heuristic]
+        );
+    }
+
+    #[test]
+    fn first_confirm_refused_before_any_confirmed_cancels_the_rest() {
+        let mut j = job(3);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        for i in 0..3 {
+            apply(&mut j, i, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        }
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(
+            &mut j,
+            0,
+            Op::Confirm,
+            Answer::Gone {
+                message: "404".into(),
+            },
+            now,
+            0.5,
+        )
+        .expect("apply");
+        // Confirms 1 and 2 are still in flight: wait for them, send nothing.
+        let p = plan(&mut j, &[1, 2].into(), now, &settings()).expect("plan");
+        assert!(p.steps.is_empty());
+        assert_eq!(j.status, JobStatus::Confirming);
+        apply(
+            &mut j,
+            1,
+            Op::Confirm,
+            Answer::Retryable {
+                message: "503".into(),
+                retry_after: None,
+            },
+            now,
+            0.5,
+        )
+        .expect("apply");
+        apply(
+            &mut j,
+            2,
+            Op::Confirm,
+            Answer::Retryable {
+                message: "503".into(),
+                retry_after: None,
+            },
+            now,
+            0.5,
+        )
+        .expect("apply");
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Cancelling);
+        assert_eq!(j.failure_reason, Some(FailureReason::ConfirmRefused));
+        assert_eq!(
+            ops(&p),
+            vec![(0, Op::Cancel), (1, Op::Cancel), (2, Op::Cancel)]
+        );
+        settle(&mut j, now, |_| Answer::Done);
+        assert_eq!(j.status, JobStatus::Failed);
+    }
+
+    #[test]
+    fn refusal_after_a_confirm_is_heuristic_not_cancel() {
+        let mut j = job(2);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        for i in 0..2 {
+            apply(&mut j, i, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        }
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(
+            &mut j,
+            0,
+            Op::Confirm,
+            Answer::Refused {
+                message: "403".into(),
+            },
+            now,
+            0.5,
+        )
+        .expect("apply");
+        plan(&mut j, &[1].into(), now, &settings()).expect("plan");
+        apply(&mut j, 1, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Heuristic);
+        assert_eq!(
+            statuses(&j),
+            vec![TaskStatus::Heuristic, TaskStatus::Confirmed]
+        );
+    }
+
+    #[test]
+    fn a_link_inside_the_margin_fails_the_job_expiring() {
+        let mut j = job(2);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        apply(
+            &mut j,
+            1,
+            Op::Try,
+            reserved(now + chrono::Duration::milliseconds(500)),
+            now,
+            0.5,
+        )
+        .expect("apply");
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Cancelling);
+        assert_eq!(j.failure_reason, Some(FailureReason::Expiring));
+        assert!(p.steps.iter().all(|s| s.op == Op::Cancel));
+        settle(&mut j, now, |_| Answer::Done);
+        assert_eq!(j.status, JobStatus::Failed);
+        assert!(!j.tasks.iter().any(|t| t.status == TaskStatus::Confirmed));
+    }
+
+    #[test]
+    fn deadline_cancels_while_a_try_is_in_flight() {
+        let mut j = job(2);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Try, reserved(now + secs(300)), now, 0.5).expect("apply");
+        let later = j.deadline;
+        let p = plan(&mut j, &[1].into(), later, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Cancelling);
+        assert_eq!(j.failure_reason, Some(FailureReason::Timeout));
+        assert_eq!(ops(&p), vec![(0, Op::Cancel)]);
+        apply(&mut j, 0, Op::Cancel, Answer::Done, later, 0.5).expect("apply");
+        // The stalled Try times out: nothing known was reserved.
+        apply(
+            &mut j,
+            1,
+            Op::Try,
+            Answer::Retryable {
+                message: "timeout".into(),
+                retry_after: None,
+            },
+            later,
+            0.5,
+        )
+        .expect("apply");
+        plan(&mut j, &none(), later, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(
+            statuses(&j),
+            vec![TaskStatus::Cancelled, TaskStatus::Expired]
+        );
+    }
+
+    #[test]
+    fn client_decisions() {
+        // autoConfirm false waits in reserved until the client asks.
+        let mut j = job(1);
+        j.auto_confirm = false;
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Reserved);
+        assert!(p.steps.is_empty());
+        assert_eq!(p.wake_at, Some(now + secs(29)), "expiry minus the margin");
+        j.confirm_requested = true;
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Confirming);
+        assert_eq!(ops(&p), vec![(0, Op::Confirm)]);
+
+        // A cancel request wins before the decision.
+        let mut j = job(1);
+        j.auto_confirm = false;
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        j.cancel_requested = true;
+        settle(&mut j, now, |_| Answer::Done);
+        assert_eq!(j.status, JobStatus::Canceled);
+        assert_eq!(j.failure_reason, Some(FailureReason::Client));
+    }
+
+    #[test]
+    fn open_job_waits_then_times_out_with_nothing_to_cancel() {
+        let mut j = job(0);
+        j.auto_confirm = false;
+        let now = t0();
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Pending);
+        assert_eq!(p.wake_at, Some(j.deadline));
+        let deadline = j.deadline;
+        plan(&mut j, &none(), deadline, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(j.failure_reason, Some(FailureReason::Timeout));
+    }
+
+    #[test]
+    fn cancel_answers() {
+        let mut j = job(4);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        for i in 0..4 {
+            apply(&mut j, i, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        }
+        j.auto_confirm = false;
+        j.cancel_requested = true;
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        let answers = [
+            Answer::Gone {
+                message: "404".into(),
+            },
+            Answer::NotImplemented {
+                message: "405".into(),
+            },
+            Answer::AlreadyConfirmed {
+                message: "409".into(),
+            },
+            Answer::Done,
+        ];
+        for (i, a) in answers.into_iter().enumerate() {
+            apply(&mut j, i, Op::Cancel, a, now, 0.5).expect("apply");
+        }
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(
+            statuses(&j),
+            vec![
+                TaskStatus::Cancelled,
+                TaskStatus::Expired,
+                TaskStatus::Confirmed,
+                TaskStatus::Cancelled
+            ]
+        );
+        assert_eq!(
+            j.status,
+            JobStatus::Heuristic,
+            "a participant that confirmed makes it heuristic"
+        );
+    }
+
+    #[test]
+    fn cancel_retries_until_the_link_lapses() {
+        let mut j = job(1);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Try, reserved(now + secs(5)), now, 0.5).expect("apply");
+        j.cancel_requested = true;
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(
+            &mut j,
+            0,
+            Op::Cancel,
+            Answer::Retryable {
+                message: "503".into(),
+                retry_after: None,
+            },
+            now,
+            0.5,
+        )
+        .expect("apply");
+        plan(&mut j, &none(), now + secs(5), &settings()).expect("plan");
+        assert_eq!(j.tasks[0].status, TaskStatus::Expired);
+        assert_eq!(j.status, JobStatus::Canceled);
+    }
+
+    #[test]
+    fn an_answer_out_of_turn_is_rejected() {
+        let mut j = job(1);
+        let now = t0();
+        assert!(apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.5).is_err());
+        assert!(apply(&mut j, 0, Op::Cancel, Answer::Done, now, 0.5).is_err());
+        assert!(apply(&mut j, 0, Op::Try, reserved(now + secs(5)), now, 0.5).is_err());
+    }
+
+    #[test]
+    fn orphaned_try_after_a_crash_is_sent_again() {
+        let mut j = job(1);
+        let now = t0();
+        j.status = JobStatus::Trying;
+        j.tasks[0].status = TaskStatus::Trying;
+        j.tasks[0].attempts = 1;
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(p.steps, vec![Step { task: 0, op: Op::Try, attempt: 2 }]);
+    }
+}

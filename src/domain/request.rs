@@ -1,0 +1,804 @@
+//! The job document as a client submits it (SPEC §4.1), parsed once into [`NewJob`].
+//!
+//! Parsing reports every broken rule at once, each with the JSON Pointer of the offending field,
+//! so that a client can fix its document in one round.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::job::{Link, TrySpec};
+use super::mapping::valid_pointer;
+use super::retry::RetryPolicyPatch;
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub pointer: String,
+    pub detail: String,
+}
+
+impl FieldError {
+    pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        FieldError {
+            pointer: pointer.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Limits that come from the settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_tasks: usize,
+}
+
+pub const MAX_JOB_TTL: f64 = 604_800.0;
+const MAX_TEXT: usize = 2048;
+const MAX_CORRELATION_ID: usize = 128;
+const MAX_TAGS: usize = 20;
+const MAX_TAG: usize = 64;
+const MAX_SHARED_STATE: usize = 256 * 1024;
+const MAX_TASK_ID: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkWire {
+    uri: Option<String>,
+    expires: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskWire {
+    #[serde(rename = "taskID")]
+    task_id: Option<String>,
+    #[serde(rename = "taskDescription")]
+    task_description: Option<String>,
+    #[serde(rename = "taskURL")]
+    task_url: Option<String>,
+    body: Option<Value>,
+    #[serde(rename = "inputMapping")]
+    input_mapping: Option<serde_json::Map<String, Value>>,
+    #[serde(rename = "outputMapping")]
+    output_mapping: Option<serde_json::Map<String, Value>>,
+    #[serde(rename = "taskMaxTTL")]
+    task_max_ttl: Option<f64>,
+    #[serde(rename = "retryPolicy")]
+    retry_policy: Option<RetryPolicyPatch>,
+    #[serde(rename = "participantLink")]
+    participant_link: Option<LinkWire>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobWire {
+    description: Option<String>,
+    #[serde(rename = "correlationID")]
+    correlation_id: Option<String>,
+    #[serde(rename = "jobMaxTTL")]
+    job_max_ttl: Option<f64>,
+    #[serde(rename = "autoConfirm")]
+    auto_confirm: Option<bool>,
+    #[serde(rename = "jobSuccessURL")]
+    job_success_url: Option<String>,
+    #[serde(rename = "jobFailedURL")]
+    job_failed_url: Option<String>,
+    contact: Option<Contact>,
+    tags: Option<Vec<String>>,
+    #[serde(rename = "sharedState")]
+    shared_state: Option<Value>,
+    #[serde(rename = "retryPolicy")]
+    retry_policy: Option<RetryPolicyPatch>,
+    tasks: Option<Vec<TaskWire>>,
+}
+
+/// A task as accepted: either a Try to send or an already reserved link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub task_id: String,
+    pub description: Option<String>,
+    pub kind: NewTaskKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NewTaskKind {
+    Try(TrySpec),
+    Link(Link),
+}
+
+/// The job-level fields as they are stored and shown back.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(rename = "correlationID", skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(rename = "jobMaxTTL")]
+    pub job_max_ttl: f64,
+    pub auto_confirm: bool,
+    #[serde(rename = "jobSuccessURL", skip_serializing_if = "Option::is_none")]
+    pub job_success_url: Option<String>,
+    #[serde(rename = "jobFailedURL", skip_serializing_if = "Option::is_none")]
+    pub job_failed_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<Contact>,
+    pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicyPatch>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub fields: JobFields,
+    pub shared_state: Value,
+    pub tasks: Vec<NewTask>,
+}
+
+/// Turn a serde error path into a JSON Pointer.
+fn pointer_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        out.push('/');
+        match seg {
+            Segment::Seq { index } => out.push_str(&index.to_string()),
+            Segment::Map { key } => out.push_str(&key.replace('~', "~0").replace('/', "~1")),
+            Segment::Enum { variant } => out.push_str(variant),
+            Segment::Unknown => out.push('?'),
+        }
+    }
+    out
+}
+
+/// Deserialize with the path of the first type error or unknown field.
+pub fn from_value<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Vec<FieldError>> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let pointer = pointer_of(e.path());
+        let inner = e.into_inner().to_string();
+        // serde's own words, trimmed of the position it adds for text input.
+        let detail = match inner.find(" at line ") {
+            Some(i) => inner[..i].to_string(),
+            None => inner,
+        };
+        vec![FieldError::new(pointer, detail)]
+    })
+}
+
+/// An absolute http(s) URL, or why not.
+pub fn check_url(url: &str) -> Result<(), &'static str> {
+    match url::Url::parse(url) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => Ok(()),
+        _ => Err("must be an absolute http or https URL"),
+    }
+}
+
+pub fn parse_rfc3339(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+fn valid_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_TASK_ID
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-'))
+}
+
+fn check_text(errors: &mut Vec<FieldError>, pointer: &str, text: &Option<String>, max: usize) {
+    if let Some(t) = text
+        && t.chars().count() > max
+    {
+        errors.push(FieldError::new(
+            pointer,
+            format!("must be at most {max} characters"),
+        ));
+    }
+}
+
+fn check_opt_url(errors: &mut Vec<FieldError>, pointer: &str, url: &Option<String>) {
+    if let Some(u) = url
+        && let Err(d) = check_url(u)
+    {
+        errors.push(FieldError::new(pointer, d));
+    }
+}
+
+fn check_seconds(
+    errors: &mut Vec<FieldError>,
+    pointer: &str,
+    value: f64,
+    max: f64,
+) -> Result<(), ()> {
+    if !(value > 0.0 && value <= max) {
+        errors.push(FieldError::new(
+            pointer,
+            format!("must be a number of seconds greater than 0 and at most {max}"),
+        ));
+        return Err(());
+    }
+    Ok(())
+}
+
+pub fn check_retry_policy(errors: &mut Vec<FieldError>, pointer: &str, p: &RetryPolicyPatch) {
+    if let Some(n) = p.max_attempts
+        && !(1..=100).contains(&n)
+    {
+        errors.push(FieldError::new(
+            format!("{pointer}/maxAttempts"),
+            "must be between 1 and 100",
+        ));
+    }
+    for (name, v, max) in [
+        ("initialDelay", p.initial_delay, 3600.0),
+        ("maxDelay", p.max_delay, 86_400.0),
+    ] {
+        if let Some(v) = v
+            && !(0.0..=max).contains(&v)
+        {
+            errors.push(FieldError::new(
+                format!("{pointer}/{name}"),
+                format!("must be a number of seconds between 0 and {max}"),
+            ));
+        }
+    }
+    if let (Some(i), Some(m)) = (p.initial_delay, p.max_delay)
+        && i > m
+    {
+        errors.push(FieldError::new(
+            format!("{pointer}/maxDelay"),
+            "must not be less than initialDelay",
+        ));
+    }
+    if let Some(m) = p.multiplier
+        && !(1.0..=100.0).contains(&m)
+    {
+        errors.push(FieldError::new(
+            format!("{pointer}/multiplier"),
+            "must be between 1 and 100",
+        ));
+    }
+}
+
+/// Check a participant link given by a client: absolute http(s) `uri`, `expires` in the future.
+pub fn check_link(
+    errors: &mut Vec<FieldError>,
+    pointer: &str,
+    uri: Option<&str>,
+    expires: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<Link> {
+    let before = errors.len();
+    match uri {
+        None => errors.push(FieldError::new(format!("{pointer}/uri"), "is required")),
+        Some(u) => {
+            if let Err(d) = check_url(u) {
+                errors.push(FieldError::new(format!("{pointer}/uri"), d));
+            }
+        }
+    }
+    let expires = match expires {
+        None => {
+            errors.push(FieldError::new(format!("{pointer}/expires"), "is required"));
+            None
+        }
+        Some(e) => match parse_rfc3339(e) {
+            None => {
+                errors.push(FieldError::new(
+                    format!("{pointer}/expires"),
+                    "must be an RFC 3339 date-time, like 2026-11-23T10:15:54Z",
+                ));
+                None
+            }
+            Some(t) if t <= now => {
+                errors.push(FieldError::new(
+                    format!("{pointer}/expires"),
+                    "is in the past: the reservation has already lapsed",
+                ));
+                None
+            }
+            Some(t) => Some(t),
+        },
+    };
+    if errors.len() > before {
+        return None;
+    }
+    Some(Link {
+        uri: uri?.to_string(),
+        expires: expires?,
+    })
+}
+
+fn mapping_pairs(
+    errors: &mut Vec<FieldError>,
+    pointer: &str,
+    map: &Option<serde_json::Map<String, Value>>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (target, source) in map.iter().flatten() {
+        let escaped = target.replace('~', "~0").replace('/', "~1");
+        let here = format!("{pointer}/{escaped}");
+        if !valid_pointer(target) {
+            errors.push(FieldError::new(
+                &here,
+                "the key must be a JSON Pointer (RFC 6901), like /customer/id",
+            ));
+        }
+        match source.as_str() {
+            Some(s) if valid_pointer(s) => out.push((target.clone(), s.to_string())),
+            _ => errors.push(FieldError::new(
+                &here,
+                "must be a JSON Pointer string (RFC 6901), like /customer",
+            )),
+        }
+    }
+    out
+}
+
+/// Parse and check a job document. `now` judges link expiries.
+pub fn parse_job(
+    value: &Value,
+    limits: Limits,
+    now: DateTime<Utc>,
+) -> Result<NewJob, Vec<FieldError>> {
+    if !value.is_object() {
+        return Err(vec![FieldError::new("", "the job must be a JSON object")]);
+    }
+    let wire: JobWire = from_value(value)?;
+    let mut errors = Vec::new();
+
+    check_text(&mut errors, "/description", &wire.description, MAX_TEXT);
+    if let Some(c) = &wire.correlation_id {
+        if c.is_empty() || c.chars().count() > MAX_CORRELATION_ID {
+            errors.push(FieldError::new(
+                "/correlationID",
+                format!("must be 1 to {MAX_CORRELATION_ID} characters"),
+            ));
+        }
+    }
+    let job_max_ttl = wire.job_max_ttl.unwrap_or(60.0);
+    let _ = check_seconds(&mut errors, "/jobMaxTTL", job_max_ttl, MAX_JOB_TTL);
+    check_opt_url(&mut errors, "/jobSuccessURL", &wire.job_success_url);
+    check_opt_url(&mut errors, "/jobFailedURL", &wire.job_failed_url);
+    if let Some(c) = &wire.contact {
+        check_text(&mut errors, "/contact/person", &c.person, MAX_TEXT);
+        if let Some(e) = &c.email {
+            let ok = e.len() <= 254
+                && e.split_once('@').is_some_and(|(l, d)| {
+                    !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
+                })
+                && !e.chars().any(|c| c.is_whitespace() || c == ',' || c == '<' || c == '>');
+            if !ok {
+                errors.push(FieldError::new(
+                    "/contact/email",
+                    "must be an email address, like ops@example.org",
+                ));
+            }
+        }
+        check_opt_url(&mut errors, "/contact/webhook", &c.webhook);
+    }
+    let tags = wire.tags.clone().unwrap_or_default();
+    if tags.len() > MAX_TAGS {
+        errors.push(FieldError::new(
+            "/tags",
+            format!("at most {MAX_TAGS} tags are allowed"),
+        ));
+    }
+    for (i, t) in tags.iter().enumerate() {
+        let n = t.chars().count();
+        if n == 0 || n > MAX_TAG {
+            errors.push(FieldError::new(
+                format!("/tags/{i}"),
+                format!("must be 1 to {MAX_TAG} characters"),
+            ));
+        }
+    }
+    let shared_state = wire
+        .shared_state
+        .clone()
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    if !shared_state.is_object() {
+        errors.push(FieldError::new("/sharedState", "must be a JSON object"));
+    } else if serde_json::to_vec(&shared_state).map_or(0, |v| v.len()) > MAX_SHARED_STATE {
+        errors.push(FieldError::new(
+            "/sharedState",
+            "must be at most 256 KiB serialized",
+        ));
+    }
+    if let Some(p) = &wire.retry_policy {
+        check_retry_policy(&mut errors, "/retryPolicy", p);
+    }
+
+    let wire_tasks = wire.tasks.clone().unwrap_or_default();
+    let auto_confirm = wire.auto_confirm.unwrap_or(true);
+    if wire_tasks.len() > limits.max_tasks {
+        errors.push(FieldError::new(
+            "/tasks",
+            format!(
+                "{} tasks given; at most {} are allowed",
+                wire_tasks.len(),
+                limits.max_tasks
+            ),
+        ));
+    }
+    if wire_tasks.is_empty() && auto_confirm {
+        errors.push(FieldError::new(
+            "/autoConfirm",
+            "a job with no task must set autoConfirm to false (an open job that participants register into)",
+        ));
+    }
+
+    let mut tasks = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in wire_tasks.iter().enumerate() {
+        let p = format!("/tasks/{i}");
+        let task_id = match &t.task_id {
+            Some(id) => {
+                if !valid_task_id(id) {
+                    errors.push(FieldError::new(
+                        format!("{p}/taskID"),
+                        "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -",
+                    ));
+                }
+                id.clone()
+            }
+            None => format!("task-{}", i + 1),
+        };
+        if !seen.insert(task_id.clone()) {
+            errors.push(FieldError::new(
+                format!("{p}/taskID"),
+                format!("duplicate taskID {task_id:?}: task IDs must be unique in the job"),
+            ));
+        }
+        check_text(
+            &mut errors,
+            &format!("{p}/taskDescription"),
+            &t.task_description,
+            MAX_TEXT,
+        );
+        let kind = match (&t.task_url, &t.participant_link) {
+            (Some(_), Some(_)) | (None, None) => {
+                errors.push(FieldError::new(
+                    &p,
+                    "a task must have exactly one of taskURL or participantLink",
+                ));
+                None
+            }
+            (Some(url), None) => {
+                if let Err(d) = check_url(url) {
+                    errors.push(FieldError::new(format!("{p}/taskURL"), d));
+                }
+                let ttl = t.task_max_ttl.unwrap_or(10.0);
+                let _ = check_seconds(&mut errors, &format!("{p}/taskMaxTTL"), ttl, MAX_JOB_TTL);
+                if let Some(rp) = &t.retry_policy {
+                    check_retry_policy(&mut errors, &format!("{p}/retryPolicy"), rp);
+                }
+                let input_mapping =
+                    mapping_pairs(&mut errors, &format!("{p}/inputMapping"), &t.input_mapping);
+                let output_mapping =
+                    mapping_pairs(&mut errors, &format!("{p}/outputMapping"), &t.output_mapping);
+                Some(NewTaskKind::Try(TrySpec {
+                    task_url: url.clone(),
+                    body: t.body.clone(),
+                    input_mapping,
+                    output_mapping,
+                    task_max_ttl: ttl,
+                    retry_policy: t.retry_policy,
+                }))
+            }
+            (None, Some(link)) => {
+                for (field, present) in [
+                    ("body", t.body.is_some()),
+                    ("inputMapping", t.input_mapping.is_some()),
+                    ("outputMapping", t.output_mapping.is_some()),
+                    ("taskMaxTTL", t.task_max_ttl.is_some()),
+                    ("retryPolicy", t.retry_policy.is_some()),
+                ] {
+                    if present {
+                        errors.push(FieldError::new(
+                            format!("{p}/{field}"),
+                            "applies only to a task with a taskURL",
+                        ));
+                    }
+                }
+                check_link(
+                    &mut errors,
+                    &format!("{p}/participantLink"),
+                    link.uri.as_deref(),
+                    link.expires.as_deref(),
+                    now,
+                )
+                .map(NewTaskKind::Link)
+            }
+        };
+        if let Some(kind) = kind {
+            tasks.push(NewTask {
+                task_id,
+                description: t.task_description.clone(),
+                kind,
+            });
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(NewJob {
+        fields: JobFields {
+            description: wire.description,
+            correlation_id: wire.correlation_id,
+            job_max_ttl,
+            auto_confirm,
+            job_success_url: wire.job_success_url,
+            job_failed_url: wire.job_failed_url,
+            contact: wire.contact,
+            tags,
+            retry_policy: wire.retry_policy,
+        },
+        shared_state,
+        tasks,
+    })
+}
+
+/// A participant's registration into an open job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub link: Link,
+    pub task_id: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistrationWire {
+    uri: Option<String>,
+    expires: Option<String>,
+    #[serde(rename = "participantLink")]
+    participant_link: Option<LinkWire>,
+    #[serde(rename = "taskID")]
+    task_id: Option<String>,
+    #[serde(rename = "taskDescription")]
+    task_description: Option<String>,
+}
+
+pub fn parse_registration(
+    value: &Value,
+    now: DateTime<Utc>,
+) -> Result<Registration, Vec<FieldError>> {
+    if !value.is_object() {
+        return Err(vec![FieldError::new(
+            "",
+            "the registration must be a JSON object",
+        )]);
+    }
+    let wire: RegistrationWire = from_value(value)?;
+    let mut errors = Vec::new();
+    let link = match (&wire.participant_link, wire.uri.is_some() || wire.expires.is_some()) {
+        (Some(_), true) => {
+            errors.push(FieldError::new(
+                "/participantLink",
+                "give either participantLink or uri and expires, not both",
+            ));
+            None
+        }
+        (Some(l), false) => check_link(
+            &mut errors,
+            "/participantLink",
+            l.uri.as_deref(),
+            l.expires.as_deref(),
+            now,
+        ),
+        (None, _) => check_link(
+            &mut errors,
+            "",
+            wire.uri.as_deref(),
+            wire.expires.as_deref(),
+            now,
+        ),
+    };
+    if let Some(id) = &wire.task_id
+        && !valid_task_id(id)
+    {
+        errors.push(FieldError::new(
+            "/taskID",
+            "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -",
+        ));
+    }
+    check_text(
+        &mut errors,
+        "/taskDescription",
+        &wire.task_description,
+        MAX_TEXT,
+    );
+    match link {
+        Some(link) if errors.is_empty() => Ok(Registration {
+            link,
+            task_id: wire.task_id,
+            description: wire.task_description,
+        }),
+        _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        parse_rfc3339("2026-11-23T10:00:00Z").unwrap_or_default()
+    }
+
+    fn limits() -> Limits {
+        Limits { max_tasks: 3 }
+    }
+
+    fn errors(v: Value) -> Vec<FieldError> {
+        parse_job(&v, limits(), now()).err().unwrap_or_default()
+    }
+
+    fn pointers(v: Value) -> Vec<String> {
+        errors(v).into_iter().map(|e| e.pointer).collect()
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let v = json!({
+          "description": "Book number 0586664302 for customer 42",
+          "correlationID": "order-8812",
+          "jobMaxTTL": 60,
+          "autoConfirm": true,
+          "jobSuccessURL": "http://orders.internal/tcc/done",
+          "contact": {"person": "Mook Maundy", "email": "mook@example.org", "webhook": "http://pager.internal/hooks/tcc"},
+          "tags": ["daily_batch"],
+          "sharedState": {"customer": 42},
+          "retryPolicy": {"maxAttempts": 3, "initialDelay": 0.1, "maxDelay": 30, "multiplier": 2},
+          "tasks": [
+            {"taskID": "reserve-number", "taskURL": "http://phones.internal/booking",
+             "body": {"number": "0586664302"}, "inputMapping": {"/customerId": "/customer"},
+             "outputMapping": {"/phoneBooking": "/participantLink/uri"}, "taskMaxTTL": 10,
+             "retryPolicy": {"maxAttempts": 5}},
+            {"taskID": "bill", "participantLink": {"uri": "http://billing.internal/bill/42", "expires": "2026-11-23T10:15:54Z"}}
+          ]
+        });
+        let job = parse_job(&v, limits(), now()).expect("valid");
+        assert_eq!(job.tasks.len(), 2);
+        assert!(matches!(job.tasks[1].kind, NewTaskKind::Link(_)));
+        match &job.tasks[0].kind {
+            NewTaskKind::Try(s) => {
+                assert_eq!(
+                    s.input_mapping,
+                    vec![("/customerId".to_string(), "/customer".to_string())]
+                );
+                assert_eq!(s.retry_policy.and_then(|p| p.max_attempts), Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = errors(json!({"jobMaxTtl": 5, "tasks": []}));
+        assert_eq!(e.len(), 1);
+        assert!(e[0].detail.contains("jobMaxTtl"), "{e:?}");
+        let e = errors(json!({"tasks": [{"taskURL": "http://a/b", "bogus": 1}]}));
+        assert!(e[0].pointer.starts_with("/tasks/0"), "{e:?}");
+        assert!(e[0].detail.contains("bogus"), "{e:?}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = errors(json!({"jobMaxTTL": "ten", "tasks": [{"taskURL": "http://a"}]}));
+        assert_eq!(e[0].pointer, "/jobMaxTTL");
+    }
+
+    #[test]
+    fn every_rule_reports_its_pointer() {
+        assert_eq!(
+            pointers(json!({"tasks": [{"taskURL": "/relative"}]})),
+            vec!["/tasks/0/taskURL"]
+        );
+        assert_eq!(
+            pointers(json!({"jobMaxTTL": -1, "tasks": [{"taskURL": "http://a"}]})),
+            vec!["/jobMaxTTL"]
+        );
+        assert_eq!(
+            pointers(json!({"jobMaxTTL": 604801, "tasks": [{"taskURL": "http://a"}]})),
+            vec!["/jobMaxTTL"]
+        );
+        assert_eq!(
+            pointers(json!({"tasks": [{"taskURL": "http://a"}, {"taskURL": "http://b"}, {"taskURL": "http://c"}, {"taskURL": "http://d"}]})),
+            vec!["/tasks"]
+        );
+        assert_eq!(
+            pointers(
+                json!({"tasks": [{"taskID": "x", "taskURL": "http://a"}, {"taskID": "x", "taskURL": "http://b"}]})
+            ),
+            vec!["/tasks/1/taskID"]
+        );
+        assert_eq!(
+            pointers(
+                json!({"tasks": [{"participantLink": {"uri": "http://a/r", "expires": "2026-11-23T09:00:00Z"}}]})
+            ),
+            vec!["/tasks/0/participantLink/expires"]
+        );
+        assert_eq!(
+            pointers(json!({"tasks": [{"taskURL": "http://a", "participantLink": {}}]})),
+            vec!["/tasks/0"]
+        );
+        assert_eq!(pointers(json!({"tasks": []})), vec!["/autoConfirm"]);
+        assert_eq!(
+            pointers(json!({"tags": [""], "tasks": [{"taskURL": "ftp://a"}]})),
+            vec!["/tags/0", "/tasks/0/taskURL"]
+        );
+        assert_eq!(
+            pointers(
+                json!({"tasks": [{"taskURL": "http://a", "inputMapping": {"nope": "/x", "/a": 3}}]})
+            ),
+            vec!["/tasks/0/inputMapping/nope", "/tasks/0/inputMapping/~1a"]
+        );
+        assert_eq!(
+            pointers(
+                json!({"contact": {"email": "not-an-address"}, "tasks": [{"taskURL": "http://a"}]})
+            ),
+            vec!["/contact/email"]
+        );
+        assert_eq!(
+            pointers(
+                json!({"retryPolicy": {"maxAttempts": 0, "multiplier": 0.5}, "tasks": [{"taskURL": "http://a"}]})
+            ),
+            vec!["/retryPolicy/maxAttempts", "/retryPolicy/multiplier"]
+        );
+        assert_eq!(
+            pointers(json!({"sharedState": [1], "tasks": [{"taskURL": "http://a"}]})),
+            vec!["/sharedState"]
+        );
+    }
+
+    #[test]
+    fn default_task_ids_are_generated() {
+        let job = parse_job(
+            &json!({"tasks": [{"taskURL": "http://a"}, {"taskURL": "http://b"}]}),
+            limits(),
+            now(),
+        )
+        .expect("valid");
+        let ids: Vec<_> = job.tasks.iter().map(|t| t.task_id.as_str()).collect();
+        assert_eq!(ids, vec!["task-1", "task-2"]);
+    }
+
+    #[test]
+    fn registrations() {
+        let r = parse_registration(
+            &json!({"uri": "http://a/r/1", "expires": "2026-11-23T11:00:00Z", "taskID": "a"}),
+            now(),
+        )
+        .expect("valid");
+        assert_eq!(r.task_id.as_deref(), Some("a"));
+        let r = parse_registration(
+            &json!({"participantLink": {"uri": "http://a/r/1", "expires": "2026-11-23T11:00:00Z"}}),
+            now(),
+        )
+        .expect("valid");
+        assert_eq!(r.link.uri, "http://a/r/1");
+        let e = parse_registration(&json!({"uri": "rel"}), now())
+            .err()
+            .unwrap_or_default();
+        let p: Vec<_> = e.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(p, vec!["/uri", "/expires"]);
+    }
+}
