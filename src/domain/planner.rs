@@ -151,7 +151,8 @@ fn plan_undecided(
     } else if job.tasks.iter().any(|t| t.status == TaskStatus::Failed) {
         Some(FailureReason::TryFailed)
     } else if job.tasks.iter().any(|t| {
-        t.status == TaskStatus::Reserved && t.link.as_ref().is_some_and(|l| l.expires <= now + margin)
+        t.status == TaskStatus::Reserved
+            && t.link.as_ref().is_some_and(|l| l.expires <= now + margin)
     }) {
         Some(FailureReason::Expiring)
     } else {
@@ -329,8 +330,10 @@ fn plan_cancelling(
                     Some(last) => format!(
                         "no reservation known (last answer: {last}); anything a Try reserved lapses at the participant"
                     ),
-                    None => "no reservation known; anything a Try reserved lapses at the participant"
-                        .to_string(),
+                    None => {
+                        "no reservation known; anything a Try reserved lapses at the participant"
+                            .to_string()
+                    }
                 });
                 continue;
             }
@@ -701,7 +704,10 @@ mod tests {
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
         assert_eq!(j.status, JobStatus::Confirming);
         assert_eq!(ops(&p), vec![(0, Op::Confirm), (1, Op::Confirm)]);
-        assert!(p.durable, "the decision is durable before the first confirm");
+        assert!(
+            p.durable,
+            "the decision is durable before the first confirm"
+        );
 
         apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
         apply(&mut j, 1, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
@@ -1124,6 +1130,13 @@ mod tests {
         j.tasks[0].status = TaskStatus::Trying;
         j.tasks[0].attempts = 1;
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(p.steps, vec![Step { task: 0, op: Op::Try, attempt: 2 }]);
+        assert_eq!(
+            p.steps,
+            vec![Step {
+                task: 0,
+                op: Op::Try,
+                attempt: 2
+            }]
+        );
     }
 }

@@ -381,7 +381,9 @@ pub fn parse_job(
                 && e.split_once('@').is_some_and(|(l, d)| {
                     !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
                 })
-                && !e.chars().any(|c| c.is_whitespace() || c == ',' || c == '<' || c == '>');
+                && !e
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == ',' || c == '<' || c == '>');
             if !ok {
                 errors.push(FieldError::new(
                     "/contact/email",
@@ -489,8 +491,11 @@ pub fn parse_job(
                 }
                 let input_mapping =
                     mapping_pairs(&mut errors, &format!("{p}/inputMapping"), &t.input_mapping);
-                let output_mapping =
-                    mapping_pairs(&mut errors, &format!("{p}/outputMapping"), &t.output_mapping);
+                let output_mapping = mapping_pairs(
+                    &mut errors,
+                    &format!("{p}/outputMapping"),
+                    &t.output_mapping,
+                );
                 Some(NewTaskKind::Try(TrySpec {
                     task_url: url.clone(),
                     body: t.body.clone(),
@@ -587,7 +592,10 @@ pub fn parse_registration(
     }
     let wire: RegistrationWire = from_value(value)?;
     let mut errors = Vec::new();
-    let link = match (&wire.participant_link, wire.uri.is_some() || wire.expires.is_some()) {
+    let link = match (
+        &wire.participant_link,
+        wire.uri.is_some() || wire.expires.is_some(),
+    ) {
         (Some(_), true) => {
             errors.push(FieldError::new(
                 "/participantLink",
@@ -721,7 +729,9 @@ mod tests {
             vec!["/jobMaxTTL"]
         );
         assert_eq!(
-            pointers(json!({"tasks": [{"taskURL": "http://a"}, {"taskURL": "http://b"}, {"taskURL": "http://c"}, {"taskURL": "http://d"}]})),
+            pointers(
+                json!({"tasks": [{"taskURL": "http://a"}, {"taskURL": "http://b"}, {"taskURL": "http://c"}, {"taskURL": "http://d"}]})
+            ),
             vec!["/tasks"]
         );
         assert_eq!(

@@ -430,8 +430,7 @@ mod tests {
                         }
                         (Err(_), None) => {}
                         // AllReleased with no reason on record is an inconsistency, rejected.
-                        (Err(_), Some(_))
-                            if event == E::AllReleased && reason.is_none() => {}
+                        (Err(_), Some(_)) if event == E::AllReleased && reason.is_none() => {}
                         (got, want) => {
                             panic!("{status} ({reason:?}) + {event:?}: got {got:?}, want {want:?}")
                         }

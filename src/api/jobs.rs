@@ -1,0 +1,605 @@
+//! Handlers of the job resources.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::repr::{self, job_repr};
+use super::{ApiError, AppState, base_url, none_match, prefer_wait, read_json};
+use crate::domain::request::{self, FieldError, Limits, parse_rfc3339};
+use crate::domain::{FailureReason, JobStatus};
+use crate::metrics as m;
+use crate::store::{self, Inserted, JobFilter, JobRecord, Registered, RequestOutcome};
+
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = body.to_string();
+    let etag = repr::etag(bytes.as_bytes());
+    let mut resp = (status, bytes).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    resp
+}
+
+fn not_modified(etag: &str) -> Response {
+    let mut resp = StatusCode::NOT_MODIFIED.into_response();
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+/// A job's representation with `Link` headers (and `Location` when asked).
+fn job_response(status: StatusCode, base: &str, record: &JobRecord, location: bool) -> Response {
+    let body = job_repr(base, record);
+    let mut resp = json_response(status, &body);
+    let links = repr::job_links(base, &record.job.id, record.job.status);
+    if let Ok(v) = HeaderValue::from_str(&repr::link_header(&links)) {
+        resp.headers_mut().insert(header::LINK, v);
+    }
+    if location && let Ok(v) = HeaderValue::from_str(&format!("{base}/jobs/{}", record.job.id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+async fn load(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
+    let client = state.pool.get().await.map_err(store::StoreError::from)?;
+    store::load_job(&client, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
+}
+
+pub async fn entry_point(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let base = base_url(&state, &headers);
+    let body = json!({
+        "name": "tcc-coordinator",
+        "version": env!("CARGO_PKG_VERSION"),
+        "_links": {
+            "self": {"href": format!("{base}/"), "method": "GET", "title": "This entry point"},
+            "jobs": {"href": format!("{base}/jobs"), "method": "GET", "title": "List jobs"},
+            "create-job": {"href": format!("{base}/jobs"), "method": "POST", "title": "Submit a job"},
+            "metrics": {"href": format!("{base}/metrics"), "method": "GET", "title": "Prometheus metrics"},
+            "health-live": {"href": format!("{base}/health/live"), "method": "GET", "title": "Liveness"},
+            "health-ready": {"href": format!("{base}/health/ready"), "method": "GET", "title": "Readiness"},
+        }
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+pub async fn create_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&headers, body, state.settings.max_body).await?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                    ))
+                })?;
+            Some(k.to_string())
+        }
+    };
+    let now = Utc::now();
+    let limits = Limits {
+        max_tasks: state.settings.max_tasks,
+    };
+    let new = request::parse_job(&value, limits, now).map_err(ApiError::validation)?;
+    let hash = repr::sha256_hex(repr::canonical(&value).to_string().as_bytes());
+    let id = uuid::Uuid::now_v7().to_string();
+    let inserted = {
+        let client = state.pool.get().await.map_err(store::StoreError::from)?;
+        store::insert_job(
+            &client,
+            &store::NewJobRow {
+                id: &id,
+                job: &new,
+                source: "jcl",
+                created_at: now,
+                owner: state.engine.instance_id(),
+                lease_ttl: state.engine.lease_ttl(),
+                idempotency_key: key.as_deref(),
+                request_hash: &hash,
+            },
+        )
+        .await?
+    };
+    let base = base_url(&state, &headers);
+    match inserted {
+        Inserted::Created => {
+            metrics::counter!(m::JOBS_CREATED, "source" => "jcl").increment(1);
+            state.engine.start_claimed(id.clone(), 1);
+            let record = load(&state, &id).await?;
+            Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
+        }
+        Inserted::Replay {
+            id,
+            same_request: true,
+        } => {
+            let record = load(&state, &id).await?;
+            Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
+        }
+        Inserted::Replay {
+            id,
+            same_request: false,
+        } => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            format!(
+                "this Idempotency-Key was already used for job {id} with a different document; use a new key for a new job"
+            ),
+        )),
+    }
+}
+
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let record = load(&state, &id).await?;
+    let base = base_url(&state, &headers);
+    let resp = job_response(StatusCode::OK, &base, &record, false);
+    if let Some(etag) = resp
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        && none_match(&headers, etag)
+    {
+        return Ok(not_modified(etag));
+    }
+    Ok(resp)
+}
+
+fn parse_list_query(q: Option<&str>) -> Result<JobFilter, ApiError> {
+    let mut f = JobFilter {
+        limit: 50,
+        ..Default::default()
+    };
+    let bad = |name: &str, detail: String| {
+        ApiError::bad_request(format!("query parameter {name}: {detail}"))
+    };
+    for (k, v) in url::form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "status" => {
+                if v == "working" {
+                    f.statuses.extend(JobStatus::WORKING);
+                } else {
+                    let s = v.parse::<JobStatus>().map_err(|_| {
+                        bad(
+                            "status",
+                            format!(
+                                "{v:?} is not a job status (pending, trying, reserved, confirming, cancelling, completed, failed, canceled, heuristic, working)"
+                            ),
+                        )
+                    })?;
+                    f.statuses.push(s);
+                }
+            }
+            "correlationID" => f.correlation_id = Some(v.into_owned()),
+            "tag" => f.tag = Some(v.into_owned()),
+            "createdAfter" | "createdBefore" => {
+                let t = parse_rfc3339(&v)
+                    .ok_or_else(|| bad(&k, format!("{v:?} is not an RFC 3339 date-time")))?;
+                if k == "createdAfter" {
+                    f.created_after = Some(t);
+                } else {
+                    f.created_before = Some(t);
+                }
+            }
+            "limit" => {
+                f.limit = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (1..=500).contains(n))
+                    .ok_or_else(|| bad("limit", "must be a number from 1 to 500".into()))?;
+            }
+            "cursor" => {
+                f.before = Some(
+                    decode_cursor(&v)
+                        .ok_or_else(|| bad("cursor", "is not a cursor this server gave".into()))?,
+                );
+            }
+            other => {
+                return Err(bad(
+                    other,
+                    "unknown; use status, correlationID, tag, createdAfter, createdBefore, limit or cursor".into(),
+                ));
+            }
+        }
+    }
+    Ok(f)
+}
+
+fn encode_cursor(at: chrono::DateTime<Utc>, id: &str) -> String {
+    let raw = format!("{}|{id}", at.timestamp_micros());
+    raw.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(s: &str) -> Option<(chrono::DateTime<Utc>, String)> {
+    if s.len() % 2 != 0 || s.len() > 600 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    let raw = String::from_utf8(bytes?).ok()?;
+    let (micros, id) = raw.split_once('|')?;
+    let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    Some((at, id.to_string()))
+}
+
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let filter = parse_list_query(query.as_deref())?;
+    let rows = {
+        let client = state.pool.get().await.map_err(store::StoreError::from)?;
+        store::list_jobs(&client, &filter).await?
+    };
+    let base = base_url(&state, &headers);
+    let self_href = match &query {
+        Some(q) if !q.is_empty() => format!("{base}/jobs?{q}"),
+        _ => format!("{base}/jobs"),
+    };
+    let mut links = json!({"self": {"href": self_href, "method": "GET"}});
+    let mut link_header = format!("<{self_href}>; rel=\"self\"");
+    if rows.len() as i64 == filter.limit
+        && let Some(last) = rows.last()
+    {
+        let cursor = encode_cursor(last.created_at, &last.id);
+        let mut params: Vec<(String, String)> =
+            url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+                .filter(|(k, _)| k != "cursor")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+        params.push(("cursor".into(), cursor));
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        let next = format!("{base}/jobs?{qs}");
+        link_header.push_str(&format!(", <{next}>; rel=\"next\""));
+        links["next"] = json!({"href": next, "method": "GET"});
+    }
+    let body = json!({
+        "jobs": rows.iter().map(|r| repr::summary_repr(&base, r)).collect::<Vec<_>>(),
+        "_links": links,
+    });
+    let mut resp = json_response(StatusCode::OK, &body);
+    if let Ok(v) = HeaderValue::from_str(&link_header) {
+        resp.headers_mut().insert(header::LINK, v);
+    }
+    Ok(resp)
+}
+
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let outcome = {
+        let client = state.pool.get().await.map_err(store::StoreError::from)?;
+        store::request_cancel(&client, &id).await?
+    };
+    let base = base_url(&state, &headers);
+    match outcome {
+        RequestOutcome::Accepted => {
+            state.engine.wake(&id).await;
+            let record = load(&state, &id).await?;
+            Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
+        }
+        RequestOutcome::AlreadyAt(JobStatus::Canceled, _) => {
+            let record = load(&state, &id).await?;
+            Ok(job_response(StatusCode::OK, &base, &record, false))
+        }
+        RequestOutcome::AlreadyAt(JobStatus::Cancelling, Some(FailureReason::Client)) => {
+            let record = load(&state, &id).await?;
+            Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
+        }
+        RequestOutcome::AlreadyAt(status, _) => Err(ApiError::conflict(format!(
+            "the job is already {status}: a cancel is only possible before the decision"
+        ))),
+        RequestOutcome::NotFound => Err(ApiError::not_found(format!("no job {id}"))),
+        RequestOutcome::NoTasks | RequestOutcome::CancelRequested => Err(ApiError::conflict(
+            "the job cannot be cancelled in its current state",
+        )),
+    }
+}
+
+/// The answer to a confirm once the job is final.
+fn confirm_outcome(base: &str, record: &JobRecord) -> Result<Response, ApiError> {
+    match record.job.status {
+        JobStatus::Completed => Ok(job_response(StatusCode::OK, base, record, false)),
+        JobStatus::Heuristic => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "heuristic",
+            "Heuristic outcome",
+            "some participants confirmed and others could not: the outcome is heuristic and needs an operator",
+        )
+        .with("tasks", repr::task_outcomes(record))),
+        status => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not-confirmed",
+            "Not confirmed",
+            format!(
+                "the job is {status}{}: nothing was confirmed",
+                record
+                    .job
+                    .failure_reason
+                    .map(|r| format!(" ({})", r.as_str()))
+                    .unwrap_or_default()
+            ),
+        )
+        .with("tasks", repr::task_outcomes(record))),
+    }
+}
+
+/// Wait up to `wait` for the job to reach a terminal status.
+async fn wait_terminal(state: &AppState, id: &str, wait: Duration) -> Result<JobRecord, ApiError> {
+    let mut changes = state.engine.subscribe();
+    let until = Instant::now() + wait;
+    loop {
+        let record = load(state, id).await?;
+        if record.job.status.is_terminal() || Instant::now() >= until {
+            return Ok(record);
+        }
+        wait_change(&mut changes, id, until).await;
+    }
+}
+
+/// Until `id` changes here, `until`, or a short re-check interval (changes made by another
+/// instance are not announced here).
+async fn wait_change(
+    changes: &mut tokio::sync::broadcast::Receiver<String>,
+    id: &str,
+    until: Instant,
+) {
+    let recheck = (Instant::now() + Duration::from_millis(500)).min(until);
+    loop {
+        tokio::select! {
+            r = changes.recv() => match r {
+                Ok(changed) if changed == id => return,
+                Ok(_) => continue,
+                Err(_) => return,
+            },
+            _ = tokio::time::sleep_until(recheck) => return,
+        }
+    }
+}
+
+pub async fn confirm_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let outcome = {
+        let client = state.pool.get().await.map_err(store::StoreError::from)?;
+        store::request_confirm(&client, &id).await?
+    };
+    let base = base_url(&state, &headers);
+    match outcome {
+        RequestOutcome::Accepted | RequestOutcome::AlreadyAt(JobStatus::Confirming, _) => {
+            if outcome == RequestOutcome::Accepted {
+                state.engine.wake(&id).await;
+            }
+            match prefer_wait(&headers) {
+                Some(wait) => {
+                    let record = wait_terminal(&state, &id, wait).await?;
+                    if record.job.status.is_terminal() {
+                        let mut resp = match confirm_outcome(&base, &record) {
+                            Ok(r) => r,
+                            Err(e) => e.into_response(),
+                        };
+                        resp.headers_mut().insert(
+                            "preference-applied",
+                            HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
+                                .unwrap_or(HeaderValue::from_static("wait")),
+                        );
+                        Ok(resp)
+                    } else {
+                        Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
+                    }
+                }
+                None => {
+                    let record = load(&state, &id).await?;
+                    Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
+                }
+            }
+        }
+        RequestOutcome::AlreadyAt(_, _) => {
+            let record = load(&state, &id).await?;
+            if record.job.status.is_terminal() {
+                confirm_outcome(&base, &record)
+            } else {
+                Err(ApiError::conflict(format!(
+                    "the job is {}: it is being cancelled and can no longer be confirmed",
+                    record.job.status
+                ))
+                .with("tasks", repr::task_outcomes(&record)))
+            }
+        }
+        RequestOutcome::NoTasks => Err(ApiError::conflict(
+            "the job has no task yet: register participants before confirming",
+        )),
+        RequestOutcome::CancelRequested => Err(ApiError::conflict(
+            "a cancel of this job was already requested",
+        )),
+        RequestOutcome::NotFound => Err(ApiError::not_found(format!("no job {id}"))),
+    }
+}
+
+pub async fn progress(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let base = base_url(&state, &headers);
+    let wait = prefer_wait(&headers);
+    let mut changes = state.engine.subscribe();
+    let until = Instant::now() + wait.unwrap_or_default();
+    loop {
+        let record = load(&state, &id).await?;
+        let body = repr::progress_repr(&base, &record);
+        let bytes = body.to_string();
+        let etag = repr::etag(bytes.as_bytes());
+        if !none_match(&headers, &etag) {
+            return Ok(json_response(StatusCode::OK, &body));
+        }
+        // Unchanged: long-poll when asked, else 304 at once.
+        if wait.is_none() || Instant::now() >= until {
+            return Ok(not_modified(&etag));
+        }
+        wait_change(&mut changes, &id, until).await;
+    }
+}
+
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let record = load(&state, &id).await?;
+    let base = base_url(&state, &headers);
+    let tasks: Vec<Value> = record
+        .job
+        .tasks
+        .iter()
+        .map(|t| repr::task_repr(&base, &id, t))
+        .collect();
+    let body = json!({
+        "tasks": tasks,
+        "_links": {
+            "self": {"href": format!("{base}/jobs/{id}/tasks"), "method": "GET"},
+            "job": {"href": format!("{base}/jobs/{id}"), "method": "GET"},
+        }
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+pub async fn get_task(
+    State(state): State<AppState>,
+    Path((id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let record = load(&state, &id).await?;
+    let base = base_url(&state, &headers);
+    let task = record
+        .job
+        .tasks
+        .iter()
+        .find(|t| t.task_id == task_id)
+        .ok_or_else(|| ApiError::not_found(format!("job {id} has no task {task_id}")))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &repr::task_repr(&base, &id, task),
+    ))
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&headers, body, state.settings.max_body).await?;
+    let reg = request::parse_registration(&value, Utc::now()).map_err(ApiError::validation)?;
+    let outcome = {
+        let mut client = state.pool.get().await.map_err(store::StoreError::from)?;
+        store::register(&mut client, &id, &reg, state.settings.max_tasks).await?
+    };
+    let base = base_url(&state, &headers);
+    match outcome {
+        Registered::Created(task) => {
+            state.engine.wake(&id).await;
+            let mut resp = json_response(StatusCode::CREATED, &repr::task_repr(&base, &id, &task));
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("{base}/jobs/{id}/tasks/{}", task.task_id))
+            {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(resp)
+        }
+        Registered::Existing(task) => Ok(json_response(
+            StatusCode::OK,
+            &repr::task_repr(&base, &id, &task),
+        )),
+        Registered::NotFound => Err(ApiError::not_found(format!("no job {id}"))),
+        Registered::Closed(status) => Err(ApiError::conflict(format!(
+            "the job is {status}: participants can only register before the decision"
+        ))),
+        Registered::TaskIdTaken(task_id) => Err(ApiError::conflict(format!(
+            "the job already has a task {task_id:?} with another link"
+        ))),
+        Registered::TooMany(max) => Err(ApiError::validation(vec![FieldError::new(
+            "",
+            format!("the job already has the most tasks allowed ({max}, TCC_MAX_TASKS)"),
+        )])),
+    }
+}
+
+pub async fn shared_state(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let record = load(&state, &id).await?;
+    let resp = json_response(StatusCode::OK, &record.job.shared_state);
+    if let Some(etag) = resp
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        && none_match(&headers, etag)
+    {
+        return Ok(not_modified(etag));
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let at = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap_or_default();
+        let c = encode_cursor(at, "0193-abc");
+        assert_eq!(decode_cursor(&c), Some((at, "0193-abc".to_string())));
+        assert_eq!(decode_cursor("zz"), None);
+        assert_eq!(decode_cursor("abc"), None);
+    }
+
+    #[test]
+    fn list_query_errors_name_the_parameter() {
+        let e = parse_list_query(Some("status=nope")).err();
+        assert!(e.is_some_and(|e| e.detail.contains("status")));
+        let e = parse_list_query(Some("limit=501")).err();
+        assert!(e.is_some_and(|e| e.detail.contains("limit")));
+        let f = parse_list_query(Some("status=working&status=completed&tag=a")).ok();
+        assert_eq!(f.map(|f| f.statuses.len()), Some(5));
+    }
+}

@@ -1,0 +1,265 @@
+//! Every setting, typed and validated once at start-up (SPEC §10).
+//!
+//! Each setting is a `--flag` and an environment variable; a bad value stops start-up with a
+//! message that names the setting. The rest of the program trusts what it gets from here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// A duration given as seconds (`1.5`) or with a unit (`500ms`, `30s`, `10m`, `2h`, `30d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl FromStr for Span {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num.parse().map_err(|_| {
+            format!("{s:?} is not a duration (examples: 1.5, 500ms, 30s, 10m, 2h, 30d)")
+        })?;
+        let factor = match unit.trim() {
+            "" | "s" => 1.0,
+            "ms" => 0.001,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            other => return Err(format!("unknown unit {other:?} (use ms, s, m, h or d)")),
+        };
+        let secs = n * factor;
+        if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86_400.0 {
+            return Err(format!("{s:?} is out of range"));
+        }
+        Ok(Span(Duration::from_secs_f64(secs)))
+    }
+}
+
+/// A size in bytes, plain or with `KiB`/`MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub usize);
+
+impl FromStr for Bytes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (num, factor) = if let Some(n) = s.strip_suffix("MiB") {
+            (n, 1024 * 1024)
+        } else if let Some(n) = s.strip_suffix("KiB") {
+            (n, 1024)
+        } else {
+            (s, 1)
+        };
+        let n: usize = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (examples: 1048576, 512KiB, 1MiB)"))?;
+        let bytes = n.checked_mul(factor).ok_or("too large")?;
+        if !(1024..=64 * 1024 * 1024).contains(&bytes) {
+            return Err("must be between 1KiB and 64MiB".into());
+        }
+        Ok(Bytes(bytes))
+    }
+}
+
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+        return Err(format!("{s:?} must be an absolute http or https URL"));
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+fn parse_pg(s: &str) -> Result<tokio_postgres::Config, String> {
+    tokio_postgres::Config::from_str(s)
+        .map_err(|e| format!("not a PostgreSQL connection string: {e}"))
+}
+
+fn parse_max_tasks(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(1..=10_000).contains(&n) {
+        return Err("must be between 1 and 10000".into());
+    }
+    Ok(n)
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
+}
+
+fn parse_instance_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 128 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must be 1 to 128 printable characters without spaces".into());
+    }
+    Ok(s.to_string())
+}
+
+/// The coordinator's settings.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// PostgreSQL to use (a URL or key=value string). Unset: the embedded PostgreSQL under
+    /// TCC_DATA_DIR.
+    #[arg(long, env = "DATABASE_URL", value_parser = parse_pg, global = true, hide_env_values = true)]
+    pub database_url: Option<tokio_postgres::Config>,
+
+    /// Where the embedded PostgreSQL keeps its data and its socket.
+    #[arg(long, env = "TCC_DATA_DIR", default_value = "./.tcc", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Address of the HTTP API.
+    #[arg(
+        long,
+        env = "TCC_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// A second address serving only /metrics.
+    #[arg(long, env = "TCC_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Base of the absolute links the API writes; unset: taken from each request's Host.
+    #[arg(long, env = "TCC_PUBLIC_URL", value_parser = parse_public_url, global = true)]
+    pub public_url: Option<String>,
+
+    /// Name of this instance in leases; default: host name, process id and a random suffix.
+    #[arg(long, env = "TCC_INSTANCE_ID", value_parser = parse_instance_id, global = true)]
+    pub instance_id: Option<String>,
+
+    /// Every link must outlive now + this margin when the job is confirmed.
+    #[arg(long, env = "TCC_CONFIRM_MARGIN", default_value = "1s", global = true)]
+    pub confirm_margin: Span,
+
+    /// Most tasks in one job.
+    #[arg(long, env = "TCC_MAX_TASKS", default_value = "100", value_parser = parse_max_tasks, global = true)]
+    pub max_tasks: usize,
+
+    /// Largest request body.
+    #[arg(long, env = "TCC_MAX_BODY", default_value = "1MiB", global = true)]
+    pub max_body: Bytes,
+
+    /// How long finished jobs are kept (heuristic ones are kept until deleted by hand).
+    #[arg(long, env = "TCC_RETENTION", default_value = "30d", global = true)]
+    pub retention: Span,
+
+    /// How long a job's lease lasts without renewal; another instance takes the job over after.
+    #[arg(long, env = "TCC_LEASE_TTL", default_value = "30s", global = true)]
+    pub lease_ttl: Span,
+
+    /// How often to look for due retries and lapsed leases.
+    #[arg(long, env = "TCC_SCAN_INTERVAL", default_value = "1s", global = true)]
+    pub scan_interval: Span,
+
+    /// Timeout of one confirm or cancel call (a Try uses its taskMaxTTL).
+    #[arg(long, env = "TCC_CALL_TIMEOUT", default_value = "10s", global = true)]
+    pub call_timeout: Span,
+
+    /// Most participant calls in flight at once.
+    #[arg(long, env = "TCC_MAX_INFLIGHT_CALLS", default_value = "512", value_parser = parse_positive, global = true)]
+    pub max_inflight_calls: usize,
+
+    /// Most jobs driven at once by this instance.
+    #[arg(long, env = "TCC_MAX_ACTIVE_JOBS", default_value = "4096", value_parser = parse_positive, global = true)]
+    pub max_active_jobs: usize,
+
+    /// Size of the PostgreSQL connection pool.
+    #[arg(long, env = "TCC_DB_POOL_SIZE", default_value = "16", value_parser = parse_positive, global = true)]
+    pub db_pool_size: usize,
+
+    /// On SIGTERM, how long in-flight participant calls may take to finish before their jobs
+    /// are handed back.
+    #[arg(long, env = "TCC_SHUTDOWN_GRACE", default_value = "10s", global = true)]
+    pub shutdown_grace: Span,
+}
+
+/// Settings of the contract that this version does not implement yet. Accepting them silently
+/// would give a false sense of protection (API keys) or of being called (notifications).
+pub const NOT_YET_SUPPORTED: [&str; 7] = [
+    "TCC_API_KEYS",
+    "TCC_ALLOWED_TARGETS",
+    "TCC_WEBHOOK_SECRET",
+    "TCC_HEURISTIC_WEBHOOK",
+    "TCC_SMTP_URL",
+    "TCC_SMTP_FROM",
+    "TCC_NOTIFY_MAX_AGE",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Rules that involve several settings, and settings this version refuses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for name in NOT_YET_SUPPORTED {
+            if std::env::var_os(name).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} is set, but this version of tcc-coordinator does not implement it yet; unset it"
+                )));
+            }
+        }
+        if self.lease_ttl.0 < self.call_timeout.0 * 2 {
+            return Err(ConfigError::Invalid(format!(
+                "TCC_LEASE_TTL ({:?}) must be at least twice TCC_CALL_TIMEOUT ({:?}), so that a lease outlives any call made under it",
+                self.lease_ttl.0, self.call_timeout.0
+            )));
+        }
+        if self.scan_interval.0 < Duration::from_millis(10) {
+            return Err(ConfigError::Invalid(
+                "TCC_SCAN_INTERVAL must be at least 10ms".into(),
+            ));
+        }
+        if self.call_timeout.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "TCC_CALL_TIMEOUT must be at least 100ms".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The instance id, generated when not set.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "tcc".into());
+            format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans() {
+        assert_eq!("1.5".parse(), Ok(Span(Duration::from_millis(1500))));
+        assert_eq!("500ms".parse(), Ok(Span(Duration::from_millis(500))));
+        assert_eq!("30d".parse(), Ok(Span(Duration::from_secs(30 * 86_400))));
+        assert!("ten".parse::<Span>().is_err());
+        assert!("5y".parse::<Span>().is_err());
+        assert!("-1".parse::<Span>().is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("1MiB".parse(), Ok(Bytes(1024 * 1024)));
+        assert_eq!("2048".parse(), Ok(Bytes(2048)));
+        assert!("12".parse::<Bytes>().is_err());
+        assert!("lots".parse::<Bytes>().is_err());
+    }
+}

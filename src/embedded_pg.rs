@@ -1,0 +1,285 @@
+//! The embedded PostgreSQL default: a private cluster under `TCC_DATA_DIR`, started from the
+//! server binaries installed on the machine, reachable only through a Unix socket in that
+//! directory. Its data survives restarts. When the coordinator runs as root, the cluster runs as
+//! the `postgres` system user (PostgreSQL refuses to run as root).
+//!
+//! This module never downloads anything; with no binaries it says how to get out.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const PORT: u16 = 5432;
+const DATABASE: &str = "tcc";
+/// Unix socket paths are limited to 107 bytes; `/.s.PGSQL.5432` takes 15 of them.
+const MAX_SOCKET_DIR: usize = 107 - 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "no PostgreSQL server binaries found (looked for initdb, pg_ctl and postgres on PATH, in `pg_config --bindir` and in /usr/lib/postgresql/*/bin). Either install the PostgreSQL server (for example `apt-get install postgresql`), or set DATABASE_URL to a PostgreSQL you already run"
+    )]
+    NoBinaries,
+    #[error(
+        "running as root, but there is no `postgres` system user to run the embedded PostgreSQL as (PostgreSQL refuses to run as root). Create one (`useradd --system postgres`), run as another user, or set DATABASE_URL"
+    )]
+    NoPostgresUser,
+    #[error(
+        "TCC_DATA_DIR {0:?} is too long for a Unix socket path ({1} bytes, at most {MAX_SOCKET_DIR}); choose a shorter directory"
+    )]
+    PathTooLong(PathBuf, usize),
+    #[error("TCC_DATA_DIR {0:?}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("{command} failed: {detail}")]
+    Command { command: String, detail: String },
+}
+
+/// A running private cluster.
+#[derive(Debug)]
+pub struct EmbeddedPostgres {
+    bindir: PathBuf,
+    base: PathBuf,
+    run_as: Option<(u32, u32)>,
+}
+
+fn has_server(dir: &Path) -> bool {
+    ["initdb", "pg_ctl", "postgres"]
+        .iter()
+        .all(|b| dir.join(b).is_file())
+}
+
+/// Where the server binaries are: PATH, then `pg_config --bindir`, then the newest
+/// /usr/lib/postgresql/*/bin.
+pub fn find_bindir() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
+                // Follow symlinks to where postgres itself lives (Debian links only some).
+                let real = std::fs::canonicalize(dir.join("initdb"))
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf));
+                if let Some(real) = real.filter(|r| has_server(r)) {
+                    return Some(real);
+                }
+                if has_server(&dir) {
+                    return Some(dir);
+                }
+            }
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_server(&dir) {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            has_server(&bin).then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p)
+}
+
+/// The uid and gid of the `postgres` user, read from /etc/passwd.
+fn postgres_user() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        if f.next()? != "postgres" {
+            return None;
+        }
+        let _pw = f.next()?;
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+impl EmbeddedPostgres {
+    /// Initialise the cluster if needed and start it (or adopt one already running there).
+    /// Blocking: call from `spawn_blocking` in async code.
+    pub fn start(base: &Path) -> Result<Self, EmbeddedError> {
+        let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
+        let run_as = if running_as_root() {
+            Some(postgres_user().ok_or(EmbeddedError::NoPostgresUser)?)
+        } else {
+            None
+        };
+        std::fs::create_dir_all(base).map_err(|e| EmbeddedError::DataDir(base.into(), e))?;
+        let base =
+            std::fs::canonicalize(base).map_err(|e| EmbeddedError::DataDir(base.into(), e))?;
+        let len = base.as_os_str().len();
+        if len > MAX_SOCKET_DIR {
+            return Err(EmbeddedError::PathTooLong(base, len));
+        }
+        let pg = EmbeddedPostgres {
+            bindir,
+            base,
+            run_as,
+        };
+        let data = pg.data_dir();
+        if let Some((uid, gid)) = pg.run_as {
+            std::os::unix::fs::chown(&pg.base, Some(uid), Some(gid))
+                .map_err(|e| EmbeddedError::DataDir(pg.base.clone(), e))?;
+        }
+        if !data.join("PG_VERSION").is_file() {
+            let data_arg = data.to_string_lossy().into_owned();
+            pg.run(
+                "initdb",
+                &[
+                    "-D",
+                    &data_arg,
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                ],
+            )?;
+        }
+        if !pg.is_running() {
+            let log = pg.base.join("postgres.log").to_string_lossy().into_owned();
+            let options = format!(
+                "-c listen_addresses='' -k {} -p {PORT} -c unix_socket_permissions=0700",
+                pg.base.display()
+            );
+            let data_arg = data.to_string_lossy().into_owned();
+            pg.run(
+                "pg_ctl",
+                &[
+                    "start", "-D", &data_arg, "-l", &log, "-w", "-t", "120", "-o", &options,
+                ],
+            )?;
+        }
+        Ok(pg)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.base.join("pgdata")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bindir.join(program));
+        cmd.current_dir(&self.base)
+            .env_remove("PGDATA")
+            .env_remove("PGHOST")
+            .env_remove("PGPORT")
+            .env("LC_ALL", "C");
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<Output, EmbeddedError> {
+        let out =
+            self.command(program)
+                .args(args)
+                .output()
+                .map_err(|e| EmbeddedError::Command {
+                    command: program.into(),
+                    detail: e.to_string(),
+                })?;
+        if !out.status.success() {
+            let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if detail.is_empty() {
+                detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            if program == "pg_ctl" {
+                detail.push_str(&format!(
+                    " (see {})",
+                    self.base.join("postgres.log").display()
+                ));
+            }
+            return Err(EmbeddedError::Command {
+                command: format!("{program} {}", args.first().copied().unwrap_or_default()),
+                detail,
+            });
+        }
+        Ok(out)
+    }
+
+    fn is_running(&self) -> bool {
+        let data = self.data_dir().to_string_lossy().into_owned();
+        self.command("pg_ctl")
+            .args(["status", "-D", &data])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Create the coordinator's database if it does not exist yet.
+    pub async fn ensure_database(&self) -> Result<(), EmbeddedError> {
+        create_database(&self.config_for("postgres"), DATABASE)
+            .await
+            .map_err(|e| EmbeddedError::Command {
+                command: format!("CREATE DATABASE {DATABASE}"),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Connection settings for the coordinator's database in this cluster.
+    pub fn config(&self) -> tokio_postgres::Config {
+        self.config_for(DATABASE)
+    }
+
+    /// Connection settings for any database in this cluster.
+    pub fn config_for(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(&self.base)
+            .port(PORT)
+            .user("postgres")
+            .dbname(dbname)
+            .application_name("tcc-coordinator");
+        c
+    }
+
+    /// The socket directory (the data directory's base).
+    pub fn socket_dir(&self) -> &Path {
+        &self.base
+    }
+
+    /// Stop the cluster (fast shutdown: sessions end, data is flushed). Blocking.
+    pub fn stop(&self) -> Result<(), EmbeddedError> {
+        let data = self.data_dir().to_string_lossy().into_owned();
+        self.run(
+            "pg_ctl",
+            &["stop", "-D", &data, "-m", "fast", "-w", "-t", "60"],
+        )
+        .map(|_| ())
+    }
+}
+
+/// Create database `name` through the server at `admin` unless it exists.
+pub async fn create_database(
+    admin: &tokio_postgres::Config,
+    name: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = admin.connect(tokio_postgres::NoTls).await?;
+    let conn = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+            .await?;
+    }
+    drop(client);
+    let _ = conn.await;
+    Ok(())
+}

@@ -1,0 +1,653 @@
+//! The engine: claim a job → plan → persist → call participants → fold answers in → repeat.
+//!
+//! ```text
+//!   POST /jobs ──insert+claim──▶ start_claimed ─┐
+//!   client request ──▶ wake ──claim_one────────┤
+//!   scanner (every TCC_SCAN_INTERVAL) ─claim_due┘
+//!                                              ▼
+//!                     ┌──────────── driver (one per claimed job) ────────────┐
+//!                     │ plan(job, in_flight, now)  (pure, domain::planner)   │
+//!                     │ save(fenced by owner+generation; durable if needed)  │
+//!                     │ send the steps ─▶ participants (bounded in flight)   │
+//!                     │ wait: an answer │ a wake │ wake_at │ renew │ shutdown │
+//!                     │ release the lease with next_wake when only time or a │
+//!                     │ client can move the job on                           │
+//!                     └──────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Recovery is the same loop: a job whose lease lapsed (its instance died) is claimed by the
+//! scanner like any due job. The engine never holds a database transaction across an HTTP call,
+//! and every spawned task is owned by the tracker and awaited at shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::planner::{self, Plan};
+use crate::domain::status::IllegalTransition;
+use crate::domain::{Answer, Job, JobStatus, Op, PlannerSettings, Step, mapping};
+use crate::metrics as m;
+use crate::participant::{CallResult, ParticipantClient, TryCall};
+use crate::store::{self, Fence, Save, Saved, StoreError};
+
+/// Settings of the engine, from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub instance_id: String,
+    pub lease_ttl: Duration,
+    pub scan_interval: Duration,
+    pub call_timeout: Duration,
+    pub max_inflight_calls: usize,
+    pub max_active_jobs: usize,
+    pub shutdown_grace: Duration,
+    pub retention: Duration,
+    pub planner: PlannerSettings,
+}
+
+/// How long a driver keeps its lease while waiting for nothing but time (a retry falling due);
+/// longer waits give the lease back and leave the job to the scanner.
+const MAX_HOLD: Duration = Duration::from_secs(2);
+/// How many jobs one scan claims at most.
+const CLAIM_BATCH: usize = 256;
+/// Every how many seconds the gauges and the retention purge run.
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    client: ParticipantClient,
+    settings: EngineSettings,
+    /// Participant calls in flight.
+    calls: Arc<Semaphore>,
+    /// Jobs driven at once.
+    drivers: Arc<Semaphore>,
+    /// The wake-up of each job driven here.
+    running: Mutex<HashMap<String, Arc<Notify>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    /// Ids of jobs whose state changed, for long polls. Bounded: a slow listener lags and
+    /// re-reads instead of holding the engine back.
+    changes: broadcast::Sender<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DriveError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    #[error(transparent)]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("job vanished")]
+    Vanished,
+}
+
+impl Engine {
+    pub fn new(pool: Pool, client: ParticipantClient, settings: EngineSettings) -> Self {
+        let (changes, _) = broadcast::channel(4096);
+        Engine {
+            inner: Arc::new(Inner {
+                pool,
+                client,
+                calls: Arc::new(Semaphore::new(settings.max_inflight_calls)),
+                drivers: Arc::new(Semaphore::new(settings.max_active_jobs)),
+                settings,
+                running: Mutex::new(HashMap::new()),
+                tracker: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+                changes,
+            }),
+        }
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.inner.settings.instance_id
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.inner.settings.lease_ttl
+    }
+
+    /// Job ids whose state changed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Tell long polls that a job changed.
+    pub fn changed(&self, id: &str) {
+        let _ = self.inner.changes.send(id.to_string());
+    }
+
+    /// Start driving a job this instance created and claimed.
+    pub fn start_claimed(&self, id: String, generation: i64) {
+        self.spawn_driver(id, generation);
+    }
+
+    /// A client request changed the job: wake its driver here, or claim it.
+    pub async fn wake(&self, id: &str) {
+        self.changed(id);
+        let notify = self.inner.running_notify(id);
+        if let Some(n) = notify {
+            n.notify_one();
+            return;
+        }
+        let claimed = async {
+            let client = self.inner.pool.get().await?;
+            store::claim_one(
+                &client,
+                id,
+                &self.inner.settings.instance_id,
+                self.inner.settings.lease_ttl,
+            )
+            .await
+        }
+        .await;
+        match claimed {
+            Ok(Some(c)) => self.spawn_driver(c.id, c.generation),
+            // Held elsewhere: that instance sees the request at its next write.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job = id, error = %e, "could not claim a woken job; the scanner will")
+            }
+        }
+    }
+
+    fn spawn_driver(&self, id: String, generation: i64) {
+        let inner = self.inner.clone();
+        let fence = Fence {
+            owner: inner.settings.instance_id.clone(),
+            generation,
+        };
+        let permit = match inner.drivers.clone().try_acquire_owned() {
+            Ok(p) if !inner.shutdown.is_cancelled() => p,
+            _ => {
+                // At capacity (or stopping): hand the job back for the scanner to claim later.
+                let tracker = inner.tracker.clone();
+                tracker.spawn(async move {
+                    if let Ok(client) = inner.pool.get().await {
+                        let _ = store::release(&client, &id, &fence).await;
+                    }
+                });
+                return;
+            }
+        };
+        let notify = Arc::new(Notify::new());
+        {
+            let mut running = inner.lock_running();
+            if running.contains_key(&id) {
+                // Already driven here under an older generation; that driver will find its
+                // lease lost at its next write. Let it finish first.
+                drop(running);
+                let tracker = inner.tracker.clone();
+                tracker.spawn(async move {
+                    if let Ok(client) = inner.pool.get().await {
+                        let _ = store::release(&client, &id, &fence).await;
+                    }
+                });
+                return;
+            }
+            running.insert(id.clone(), notify.clone());
+        }
+        let tracker = inner.tracker.clone();
+        tracker.spawn(async move {
+            let _permit: OwnedSemaphorePermit = permit;
+            let result = Driver::new(inner.clone(), id.clone(), fence.clone(), notify)
+                .run()
+                .await;
+            inner.lock_running().remove(&id);
+            if let Err(e) = result {
+                tracing::warn!(job = %id, error = %e, "driving the job failed; handing it back");
+                if let Ok(client) = inner.pool.get().await {
+                    let _ = store::release(&client, &id, &fence).await;
+                }
+            }
+        });
+    }
+
+    /// Start the scanner (due retries, lapsed leases) and housekeeping.
+    pub fn start_background(&self) {
+        let engine = self.clone();
+        self.inner
+            .tracker
+            .spawn(async move { engine.scan_loop().await });
+    }
+
+    async fn scan_loop(self) {
+        let mut last_housekeeping = Instant::now() - HOUSEKEEPING;
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.inner.settings.scan_interval) => {}
+            }
+            let capacity = self.inner.drivers.available_permits().min(CLAIM_BATCH);
+            if capacity > 0 {
+                match self.claim_due(capacity as i64).await {
+                    Ok(claimed) => {
+                        for c in claimed {
+                            self.spawn_driver(c.id, c.generation);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "scanning for due jobs failed"),
+                }
+            }
+            if last_housekeeping.elapsed() >= HOUSEKEEPING {
+                last_housekeeping = Instant::now();
+                if let Err(e) = self.housekeeping().await {
+                    tracing::warn!(error = %e, "housekeeping failed");
+                }
+            }
+        }
+    }
+
+    async fn claim_due(&self, limit: i64) -> Result<Vec<store::Claimed>, StoreError> {
+        let client = self.inner.pool.get().await?;
+        store::claim_due(
+            &client,
+            &self.inner.settings.instance_id,
+            self.inner.settings.lease_ttl,
+            limit,
+        )
+        .await
+    }
+
+    async fn housekeeping(&self) -> Result<(), StoreError> {
+        let status = self.inner.pool.status();
+        metrics::gauge!(m::DB_POOL_CONNECTIONS, "state" => "idle").set(status.available as f64);
+        metrics::gauge!(m::DB_POOL_CONNECTIONS, "state" => "in_use")
+            .set(status.size.saturating_sub(status.available) as f64);
+        let client = self.inner.pool.get().await?;
+        let stats = store::active_stats(&client).await?;
+        for s in [
+            JobStatus::Pending,
+            JobStatus::Trying,
+            JobStatus::Reserved,
+            JobStatus::Confirming,
+            JobStatus::Cancelling,
+        ] {
+            let (count, age) = stats
+                .iter()
+                .find(|(st, _, _)| *st == s)
+                .map(|(_, c, a)| (*c as f64, *a))
+                .unwrap_or((0.0, 0.0));
+            metrics::gauge!(m::JOBS_ACTIVE, "status" => s.as_str()).set(count);
+            metrics::gauge!(m::OLDEST_ACTIVE_JOB_AGE, "status" => s.as_str()).set(age);
+        }
+        let heuristic = store::count_heuristic(&client).await?;
+        metrics::gauge!(m::HEURISTIC_UNRESOLVED).set(heuristic as f64);
+        let purged = store::purge_finished(&client, self.inner.settings.retention).await?;
+        if purged > 0 {
+            tracing::info!(purged, "deleted finished jobs past TCC_RETENTION");
+        }
+        if let Some(h) = m::install() {
+            h.run_upkeep();
+        }
+        Ok(())
+    }
+
+    /// Stop: no new work; drivers finish or hand back their in-flight calls, release their
+    /// leases and exit. Returns when every task the engine spawned has ended.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
+
+impl Inner {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        // A poisoned map only means a driver panicked while inserting; the map is still valid.
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn running_notify(&self, id: &str) -> Option<Arc<Notify>> {
+        self.lock_running().get(id).cloned()
+    }
+}
+
+type CallFuture = BoxFuture<'static, (usize, Op, CallResult)>;
+
+/// Drives one claimed job until it must wait for time or a client, ends, or loses its lease.
+struct Driver {
+    inner: Arc<Inner>,
+    id: String,
+    fence: Fence,
+    wake: Arc<Notify>,
+}
+
+enum Wakeup {
+    Answer(usize, Op, CallResult),
+    Woken,
+    Timer,
+    Renew,
+    Shutdown,
+    GraceOver,
+}
+
+impl Driver {
+    fn new(inner: Arc<Inner>, id: String, fence: Fence, wake: Arc<Notify>) -> Self {
+        Driver {
+            inner,
+            id,
+            fence,
+            wake,
+        }
+    }
+
+    fn lease_lost(&self) {
+        metrics::counter!(m::ENGINE_LEASE_LOST).increment(1);
+        tracing::info!(job = %self.id, "lease lost to another instance; stopping");
+    }
+
+    async fn run(self) -> Result<(), DriveError> {
+        let settings = &self.inner.settings;
+        let record = {
+            let client = self.inner.pool.get().await?;
+            store::load_job(&client, &self.id).await?
+        }
+        .ok_or(DriveError::Vanished)?;
+        if record.lease_owner.as_deref() != Some(self.fence.owner.as_str())
+            || record.lease_generation != self.fence.generation
+        {
+            self.lease_lost();
+            return Ok(());
+        }
+        let mut job = record.job;
+        let mut saved = job.clone();
+        let mut seen_seq = record.wake_seq;
+        let mut in_flight: HashSet<usize> = HashSet::new();
+        let mut calls: FuturesUnordered<CallFuture> = FuturesUnordered::new();
+        let mut stopping = false;
+        let mut grace_until: Option<Instant> = None;
+        let mut needs_refresh = false;
+        let hold = MAX_HOLD.min(settings.lease_ttl / 4);
+        let mut renew_at = Instant::now() + settings.lease_ttl / 3;
+
+        loop {
+            if needs_refresh {
+                needs_refresh = false;
+                let client = self.inner.pool.get().await?;
+                let r = store::refresh(&client, &self.id, &self.fence, job.tasks.len()).await?;
+                if !r.still_ours {
+                    self.lease_lost();
+                    return Ok(());
+                }
+                seen_seq = r.wake_seq;
+                for j in [&mut job, &mut saved] {
+                    j.confirm_requested = r.confirm_requested;
+                    j.cancel_requested = r.cancel_requested;
+                    j.tasks.extend(r.new_tasks.iter().cloned());
+                }
+            }
+
+            let now = Utc::now();
+            let before_plan = job.clone();
+            let plan = if stopping {
+                Plan::default()
+            } else {
+                planner::plan(&mut job, &in_flight, now, &settings.planner)?
+            };
+            let idle = in_flight.is_empty() && plan.steps.is_empty();
+            let release: Option<Option<DateTime<Utc>>> = if stopping {
+                calls.is_empty().then_some(Some(now))
+            } else if idle {
+                if job.status.is_terminal() {
+                    Some(None)
+                } else {
+                    // A job always has a deadline or an expiry to wait for; a minute is a net
+                    // under that rule, not a schedule.
+                    let at = plan.wake_at.unwrap_or(now + chrono::Duration::seconds(60));
+                    let near = (at - now).to_std().unwrap_or_default() <= hold;
+                    (!near).then_some(Some(at))
+                }
+            } else {
+                None
+            };
+            let deciding = before_plan.status.is_undecided() && !job.status.is_undecided();
+
+            if job != saved || release.is_some() {
+                let changed: Vec<&crate::domain::Task> = job
+                    .tasks
+                    .iter()
+                    .zip(saved.tasks.iter())
+                    .filter(|(a, b)| a != b)
+                    .map(|(a, _)| a)
+                    .collect();
+                let save = Save {
+                    job: &job,
+                    fence: &self.fence,
+                    tasks: changed,
+                    shared_state_changed: job.shared_state != saved.shared_state,
+                    guard_seq: (release.is_some() || deciding).then_some(seen_seq),
+                    release,
+                    durable: plan.durable || job.status != saved.status && job.status.is_terminal(),
+                    lease_ttl: settings.lease_ttl,
+                };
+                let result = {
+                    let client = self.inner.pool.get().await?;
+                    store::save(&client, &save).await?
+                };
+                match result {
+                    Saved::Ok { wake_seq, .. } => {
+                        if job.status != saved.status {
+                            self.on_status_change(&saved, &job, now);
+                        }
+                        saved = job.clone();
+                        renew_at = Instant::now() + settings.lease_ttl / 3;
+                        self.inner.changes.send(self.id.clone()).ok();
+                        if release.is_some() {
+                            return Ok(());
+                        }
+                        if wake_seq != seen_seq {
+                            needs_refresh = true;
+                        }
+                    }
+                    Saved::Conflict => {
+                        // A client request arrived: forget this plan, learn it, plan again.
+                        job = before_plan;
+                        needs_refresh = true;
+                        continue;
+                    }
+                    Saved::LeaseLost => {
+                        self.lease_lost();
+                        return Ok(());
+                    }
+                }
+            }
+
+            for step in plan.steps {
+                in_flight.insert(step.task);
+                calls.push(self.call(&job, step));
+            }
+
+            let timer = if stopping { None } else { plan.wake_at };
+            let wakeup = self
+                .wait(&mut calls, timer, renew_at, stopping, grace_until)
+                .await;
+            match wakeup {
+                Wakeup::Answer(idx, op, result) => {
+                    in_flight.remove(&idx);
+                    self.apply(&mut job, idx, op, result);
+                    // Fold in every other answer that is already there: one write for all.
+                    while let Some(Some((idx, op, result))) = calls.next().now_or_never() {
+                        in_flight.remove(&idx);
+                        self.apply(&mut job, idx, op, result);
+                    }
+                }
+                Wakeup::Woken => needs_refresh = true,
+                Wakeup::Timer => {}
+                Wakeup::Renew => {
+                    let client = self.inner.pool.get().await?;
+                    if !store::renew(&client, &self.id, &self.fence, settings.lease_ttl).await? {
+                        self.lease_lost();
+                        return Ok(());
+                    }
+                    renew_at = Instant::now() + settings.lease_ttl / 3;
+                    // Requests that arrived meanwhile are picked up cheaply here too.
+                    needs_refresh = true;
+                }
+                Wakeup::Shutdown => {
+                    stopping = true;
+                    grace_until = Some(Instant::now() + settings.shutdown_grace);
+                }
+                Wakeup::GraceOver => {
+                    // Calls still in flight are abandoned: their answers are lost, and the next
+                    // owner sends them again under the same request-id.
+                    calls.clear();
+                    in_flight.clear();
+                }
+            }
+        }
+    }
+
+    async fn wait(
+        &self,
+        calls: &mut FuturesUnordered<CallFuture>,
+        timer: Option<DateTime<Utc>>,
+        renew_at: Instant,
+        stopping: bool,
+        grace_until: Option<Instant>,
+    ) -> Wakeup {
+        let timer_at = timer.map(|at| {
+            let d = (at - Utc::now()).to_std().unwrap_or_default();
+            Instant::now() + d
+        });
+        tokio::select! {
+            Some((idx, op, result)) = calls.next(), if !calls.is_empty() => Wakeup::Answer(idx, op, result),
+            _ = self.wake.notified(), if !stopping => Wakeup::Woken,
+            _ = sleep_until_opt(timer_at) => Wakeup::Timer,
+            _ = tokio::time::sleep_until(renew_at) => Wakeup::Renew,
+            _ = self.inner.shutdown.cancelled(), if !stopping => Wakeup::Shutdown,
+            _ = sleep_until_opt(grace_until), if stopping => Wakeup::GraceOver,
+        }
+    }
+
+    fn apply(&self, job: &mut Job, idx: usize, op: Op, result: CallResult) {
+        metrics::counter!(m::PARTICIPANT_CALLS, "op" => op.as_str(), "outcome" => result.outcome.as_str())
+            .increment(1);
+        metrics::histogram!(m::PARTICIPANT_CALL_DURATION, "op" => op.as_str())
+            .record(result.duration.as_secs_f64());
+        tracing::debug!(job = %self.id, task = idx, op = op.as_str(), status = ?result.http_status, outcome = result.outcome.as_str(), "participant answered");
+        if let Err(e) = planner::apply(job, idx, op, result.answer, Utc::now(), fastrand::f64()) {
+            tracing::warn!(job = %self.id, task = idx, error = %e, "answer ignored");
+        }
+    }
+
+    fn on_status_change(&self, before: &Job, after: &Job, now: DateTime<Utc>) {
+        tracing::info!(job = %self.id, from = %before.status, to = %after.status, reason = ?after.failure_reason, "job status");
+        if after.status.is_terminal() && !before.status.is_terminal() {
+            metrics::counter!(m::JOBS_FINISHED, "status" => after.status.as_str()).increment(1);
+            let secs = (now - after.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!(m::JOB_DURATION, "status" => after.status.as_str()).record(secs);
+            if after.status == JobStatus::Heuristic {
+                metrics::counter!(m::HEURISTIC_JOBS).increment(1);
+                tracing::warn!(job = %self.id, correlation_id = %after.correlation_id, "job ended HEURISTIC: participants disagree");
+            }
+        }
+    }
+
+    /// The future of one participant call. It waits for a slot among the calls in flight.
+    fn call(&self, job: &Job, step: Step) -> CallFuture {
+        let inner = self.inner.clone();
+        let task = &job.tasks[step.task];
+        let correlation_id = job.correlation_id.clone();
+        let request_id = task.task_id.clone();
+        let idx = step.task;
+        let op = step.op;
+        match op {
+            Op::Try => {
+                let Some(spec) = task.try_spec.clone() else {
+                    return immediate(idx, op, "a task without a taskURL cannot be tried".into());
+                };
+                let body = match mapping::try_body(&spec, &job.shared_state) {
+                    Ok(b) => b,
+                    Err(message) => return immediate(idx, op, message),
+                };
+                let deadline = job.deadline;
+                let left = (deadline - Utc::now()).to_std().unwrap_or_default();
+                let timeout = Duration::from_secs_f64(spec.task_max_ttl).min(left);
+                async move {
+                    let result = if timeout.is_zero() {
+                        CallResult {
+                            answer: Answer::Retryable {
+                                message: "no time left before the job deadline".into(),
+                                retry_after: None,
+                            },
+                            outcome: crate::participant::CallOutcome::Timeout,
+                            http_status: None,
+                            duration: Duration::ZERO,
+                        }
+                    } else {
+                        let _slot = inner.calls.acquire().await;
+                        inner
+                            .client
+                            .try_reserve(TryCall {
+                                url: &spec.task_url,
+                                body: &body,
+                                correlation_id: &correlation_id,
+                                request_id: &request_id,
+                                timeout,
+                                job_deadline: deadline,
+                            })
+                            .await
+                    };
+                    (idx, op, result)
+                }
+                .boxed()
+            }
+            Op::Confirm | Op::Cancel => {
+                let Some(link) = task.link.clone() else {
+                    return immediate(idx, op, "the task holds no participant link".into());
+                };
+                let timeout = inner.settings.call_timeout;
+                async move {
+                    let _slot = inner.calls.acquire().await;
+                    let result = if op == Op::Confirm {
+                        inner
+                            .client
+                            .confirm(&link, &correlation_id, &request_id, timeout)
+                            .await
+                    } else {
+                        inner
+                            .client
+                            .cancel(&link, &correlation_id, &request_id, timeout)
+                            .await
+                    };
+                    (idx, op, result)
+                }
+                .boxed()
+            }
+        }
+    }
+}
+
+/// A call that fails before anything is sent (an input mapping that does not resolve).
+fn immediate(idx: usize, op: Op, message: String) -> CallFuture {
+    let result = CallResult {
+        answer: Answer::Refused { message },
+        outcome: crate::participant::CallOutcome::Error,
+        http_status: None,
+        duration: Duration::ZERO,
+    };
+    futures::future::ready((idx, op, result)).boxed()
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

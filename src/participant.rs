@@ -1,0 +1,506 @@
+//! The participant protocol on the wire (SPEC §2): Try, confirm and cancel calls, and the
+//! classification of every answer into a planner [`Answer`].
+//!
+//! Every call has a timeout and reads at most 1 MiB of the answer. Redirects are not followed: a
+//! confirm or cancel must reach the link it names. This module decides nothing about the job.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::domain::{Answer, Link, Op, rfc3339};
+
+/// Answers larger than this are refused.
+pub const MAX_ANSWER: usize = 1024 * 1024;
+/// The part of a Try answer kept on the task.
+pub const MAX_KEPT_RESPONSE: usize = 64 * 1024;
+
+/// The outcome label of `tcc_participant_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    Success,
+    Retryable,
+    Refused,
+    Gone,
+    Timeout,
+    Error,
+}
+
+impl CallOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Success => "success",
+            CallOutcome::Retryable => "retryable",
+            CallOutcome::Refused => "refused",
+            CallOutcome::Gone => "gone",
+            CallOutcome::Timeout => "timeout",
+            CallOutcome::Error => "error",
+        }
+    }
+}
+
+/// One call's result: the classified answer, its metric label, its HTTP status, its duration.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    pub answer: Answer,
+    pub outcome: CallOutcome,
+    pub http_status: Option<u16>,
+    pub duration: Duration,
+}
+
+/// The HTTP client for participants, shared by every call (keep-alive pools per host).
+#[derive(Debug, Clone)]
+pub struct ParticipantClient {
+    http: reqwest::Client,
+}
+
+/// What a Try needs besides the URL and body.
+pub struct TryCall<'a> {
+    pub url: &'a str,
+    pub body: &'a Value,
+    pub correlation_id: &'a str,
+    pub request_id: &'a str,
+    pub timeout: Duration,
+    /// A missing `expires` in the answer means the reservation lasts until here.
+    pub job_deadline: DateTime<Utc>,
+}
+
+enum Failure {
+    Timeout(String),
+    Error(String),
+}
+
+impl ParticipantClient {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("tcc-coordinator/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(ParticipantClient { http })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>), Failure> {
+        let mut req = self
+            .http
+            .request(method, url)
+            .headers(headers)
+            .timeout(timeout);
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let mut resp = req.send().await.map_err(classify_error)?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let mut buf = Vec::new();
+        let body = loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > MAX_ANSWER {
+                        break Err("the answer body is over 1 MiB".to_string());
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break Ok(buf),
+                Err(e) if e.is_timeout() => {
+                    return Err(Failure::Timeout(format!(
+                        "timed out reading the answer after {timeout:?}"
+                    )));
+                }
+                Err(e) => break Err(format!("the answer body could not be read: {e}")),
+            }
+        };
+        Ok((status, headers, body))
+    }
+
+    fn base_headers(correlation_id: &str, request_id: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = correlation_id.parse() {
+            h.insert("correlation-id", v);
+        }
+        if let Ok(v) = request_id.parse() {
+            h.insert("request-id", v);
+        }
+        h
+    }
+
+    /// `POST {taskURL}` with the Try body.
+    pub async fn try_reserve(&self, call: TryCall<'_>) -> CallResult {
+        let started = Instant::now();
+        let mut headers = Self::base_headers(call.correlation_id, call.request_id);
+        headers.insert(CONTENT_TYPE, "application/json".parse().expect("static"));
+        headers.insert(ACCEPT, "application/json".parse().expect("static"));
+        let body = serde_json::to_vec(call.body).unwrap_or_else(|_| b"{}".to_vec());
+        let sent = self
+            .send(Method::POST, call.url, headers, Some(body), call.timeout)
+            .await;
+        let (answer, outcome, http_status) = match sent {
+            Err(f) => failure(f, Op::Try),
+            Ok((status, headers, body)) => {
+                let code = status.as_u16();
+                let (answer, outcome) = match code {
+                    200 | 201 => match body {
+                        Err(e) => (Answer::Refused { message: e }, CallOutcome::Refused),
+                        Ok(body) => match read_link(call.url, &headers, &body, call.job_deadline) {
+                            Ok(answer) => (answer, CallOutcome::Success),
+                            Err(message) => (Answer::Refused { message }, CallOutcome::Refused),
+                        },
+                    },
+                    408 | 429 | 500..=599 => retryable(code, &headers),
+                    400..=499 => (
+                        Answer::Refused {
+                            message: format!("the Try was refused: HTTP {code}{}", excerpt(&body)),
+                        },
+                        CallOutcome::Refused,
+                    ),
+                    _ => (
+                        Answer::Refused {
+                            message: format!(
+                                "the Try answered HTTP {code}; a Try must answer 200 or 201"
+                            ),
+                        },
+                        CallOutcome::Refused,
+                    ),
+                };
+                (answer, outcome, Some(code))
+            }
+        };
+        CallResult {
+            answer,
+            outcome,
+            http_status,
+            duration: started.elapsed(),
+        }
+    }
+
+    /// `PUT {link}` with `application/tcc`.
+    pub async fn confirm(
+        &self,
+        link: &Link,
+        correlation_id: &str,
+        request_id: &str,
+        timeout: Duration,
+    ) -> CallResult {
+        let mut headers = Self::base_headers(correlation_id, request_id);
+        headers.insert(CONTENT_TYPE, "application/tcc".parse().expect("static"));
+        headers.insert(ACCEPT, "application/tcc".parse().expect("static"));
+        self.settle(Method::PUT, Op::Confirm, link, headers, timeout)
+            .await
+    }
+
+    /// `DELETE {link}`.
+    pub async fn cancel(
+        &self,
+        link: &Link,
+        correlation_id: &str,
+        request_id: &str,
+        timeout: Duration,
+    ) -> CallResult {
+        let mut headers = Self::base_headers(correlation_id, request_id);
+        headers.insert(ACCEPT, "application/tcc".parse().expect("static"));
+        self.settle(Method::DELETE, Op::Cancel, link, headers, timeout)
+            .await
+    }
+
+    async fn settle(
+        &self,
+        method: Method,
+        op: Op,
+        link: &Link,
+        headers: HeaderMap,
+        timeout: Duration,
+    ) -> CallResult {
+        let started = Instant::now();
+        let sent = self
+            .send(method, &link.uri, headers, Some(Vec::new()), timeout)
+            .await;
+        let (answer, outcome, http_status) = match sent {
+            Err(f) => failure(f, op),
+            Ok((status, headers, body)) => {
+                let code = status.as_u16();
+                let what = op.as_str();
+                let (answer, outcome) = match (op, code) {
+                    (_, 200..=299) => (Answer::Done, CallOutcome::Success),
+                    (_, 404 | 410) => (
+                        Answer::Gone {
+                            message: format!(
+                                "the {what} answered HTTP {code}: the reservation is gone"
+                            ),
+                        },
+                        CallOutcome::Gone,
+                    ),
+                    (_, 408 | 429 | 500..=599) => retryable(code, &headers),
+                    (Op::Cancel, 405) => (
+                        Answer::NotImplemented {
+                            message: format!("the cancel answered HTTP {code}"),
+                        },
+                        CallOutcome::Refused,
+                    ),
+                    (Op::Cancel, 409) => (
+                        Answer::AlreadyConfirmed {
+                            message: format!("the cancel answered HTTP {code}"),
+                        },
+                        CallOutcome::Refused,
+                    ),
+                    (_, 400..=499) => (
+                        Answer::Refused {
+                            message: format!(
+                                "the participant refused the {what}: HTTP {code}{}",
+                                excerpt(&body)
+                            ),
+                        },
+                        CallOutcome::Refused,
+                    ),
+                    _ => (
+                        Answer::Retryable {
+                            message: format!("the {what} answered HTTP {code}"),
+                            retry_after: None,
+                        },
+                        CallOutcome::Retryable,
+                    ),
+                };
+                (answer, outcome, Some(code))
+            }
+        };
+        CallResult {
+            answer,
+            outcome,
+            http_status,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+fn classify_error(e: reqwest::Error) -> Failure {
+    if e.is_timeout() {
+        Failure::Timeout("timed out".into())
+    } else if e.is_connect() {
+        Failure::Error(format!("could not connect: {}", root_cause(&e)))
+    } else {
+        Failure::Error(root_cause(&e))
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn failure(f: Failure, op: Op) -> (Answer, CallOutcome, Option<u16>) {
+    let what = op.as_str();
+    match f {
+        Failure::Timeout(m) => (
+            Answer::Retryable {
+                message: format!("the {what} call {m}"),
+                retry_after: None,
+            },
+            CallOutcome::Timeout,
+            None,
+        ),
+        Failure::Error(m) => (
+            Answer::Retryable {
+                message: format!("the {what} call failed: {m}"),
+                retry_after: None,
+            },
+            CallOutcome::Error,
+            None,
+        ),
+    }
+}
+
+fn retryable(code: u16, headers: &HeaderMap) -> (Answer, CallOutcome) {
+    let retry_after = if code == 429 || code == 503 {
+        headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after)
+    } else {
+        None
+    };
+    (
+        Answer::Retryable {
+            message: format!("HTTP {code}"),
+            retry_after,
+        },
+        CallOutcome::Retryable,
+    )
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(v.trim()).ok()?;
+    (at.with_timezone(&Utc) - Utc::now()).to_std().ok()
+}
+
+fn excerpt(body: &Result<Vec<u8>, String>) -> String {
+    match body {
+        Ok(b) if !b.is_empty() => {
+            let text = String::from_utf8_lossy(b);
+            let short: String = text.chars().take(200).collect();
+            format!(" ({})", short.trim())
+        }
+        _ => String::new(),
+    }
+}
+
+/// The participant link of a Try answer: `participantLink` in a JSON body, else `Location`.
+fn read_link(
+    task_url: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    job_deadline: DateTime<Utc>,
+) -> Result<Answer, String> {
+    let json: Option<Value> = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        None
+    } else {
+        serde_json::from_slice(body).ok()
+    };
+    let from_body = json.as_ref().and_then(|j| j.get("participantLink"));
+    let (uri, expires) = match from_body {
+        Some(link) => {
+            let uri = link
+                .get("uri")
+                .and_then(Value::as_str)
+                .ok_or("the Try answer's participantLink has no uri string")?;
+            (uri.to_string(), link.get("expires"))
+        }
+        None => {
+            let location = headers
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or(
+                    "the Try answer has no participant link (no participantLink in a JSON body and no Location header)",
+                )?;
+            (location.to_string(), None)
+        }
+    };
+    let base = url::Url::parse(task_url).map_err(|e| format!("bad taskURL: {e}"))?;
+    let resolved = base
+        .join(&uri)
+        .map_err(|e| format!("the Try answer's link {uri:?} is not a URL: {e}"))?;
+    if !matches!(resolved.scheme(), "http" | "https") {
+        return Err(format!(
+            "the Try answer's link {resolved} is not an http or https URL"
+        ));
+    }
+    let now = Utc::now();
+    let (expires, note) = match expires {
+        None | Some(Value::Null) => (
+            job_deadline,
+            Some(format!(
+                "reserved; the Try answer gave no expires, so the reservation is taken to last until the job deadline {}",
+                rfc3339(job_deadline)
+            )),
+        ),
+        Some(v) => {
+            let text = v
+                .as_str()
+                .ok_or("the Try answer's expires is not a string")?;
+            let at = crate::domain::request::parse_rfc3339(text).ok_or_else(|| {
+                format!("the Try answer's expires {text:?} is not an RFC 3339 date-time")
+            })?;
+            if at <= now {
+                return Err(format!(
+                    "the Try answer's link already expired at {}",
+                    rfc3339(at)
+                ));
+            }
+            (at, None)
+        }
+    };
+    let kept = json.filter(|_| body.len() <= MAX_KEPT_RESPONSE);
+    Ok(Answer::Reserved {
+        link: Link {
+            uri: resolved.to_string(),
+            expires,
+        },
+        note,
+        response: kept,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline() -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::seconds(60)
+    }
+
+    #[test]
+    fn link_from_body_resolves_relative() {
+        let body = br#"{"participantLink": {"uri": "/r/1", "expires": "2999-01-01T00:00:00Z"}}"#;
+        match read_link("http://p:9/try/x", &HeaderMap::new(), body, deadline()) {
+            Ok(Answer::Reserved { link, note, .. }) => {
+                assert_eq!(link.uri, "http://p:9/r/1");
+                assert!(note.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn link_from_location_takes_the_deadline() {
+        let mut h = HeaderMap::new();
+        h.insert(LOCATION, "r/2".parse().expect("static"));
+        let d = deadline();
+        match read_link("http://p/try/", &h, b"", d) {
+            Ok(Answer::Reserved { link, note, .. }) => {
+                assert_eq!(link.uri, "http://p/try/r/2");
+                assert_eq!(link.expires, d);
+                assert!(note.unwrap_or_default().contains("no expires"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unusable_answers_say_why() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"{}", "no participant link"),
+            (
+                br#"{"participantLink": {"uri": "/r", "expires": "tomorrow"}}"#,
+                "RFC 3339",
+            ),
+            (
+                br#"{"participantLink": {"uri": "/r", "expires": "2000-01-01T00:00:00Z"}}"#,
+                "already expired",
+            ),
+            (
+                br#"{"participantLink": {"expires": "2999-01-01T00:00:00Z"}}"#,
+                "no uri",
+            ),
+        ];
+        for (body, want) in cases {
+            let err = read_link("http://p/t", &HeaderMap::new(), body, deadline())
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains(want), "{err} should contain {want}");
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

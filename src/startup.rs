@@ -1,0 +1,188 @@
+//! Building and running the whole coordinator: database, migrations, engine, HTTP servers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiSettings, AppState};
+use crate::config::Config;
+use crate::domain::PlannerSettings;
+use crate::embedded_pg::EmbeddedPostgres;
+use crate::engine::{Engine, EngineSettings};
+use crate::participant::ParticipantClient;
+use crate::store;
+
+/// Where the database comes from, resolved once.
+pub struct Database {
+    pub config: tokio_postgres::Config,
+    /// The embedded cluster, when `DATABASE_URL` is unset; stopped at shutdown.
+    pub embedded: Option<Arc<EmbeddedPostgres>>,
+}
+
+impl Database {
+    /// `DATABASE_URL`, or the embedded PostgreSQL under `TCC_DATA_DIR`.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        if let Some(c) = &config.database_url {
+            return Ok(Database {
+                config: c.clone(),
+                embedded: None,
+            });
+        }
+        let dir = config.data_dir.clone();
+        tracing::info!(data_dir = %dir.display(), "DATABASE_URL unset: starting the embedded PostgreSQL");
+        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir)).await??;
+        pg.ensure_database().await?;
+        Ok(Database {
+            config: pg.config(),
+            embedded: Some(Arc::new(pg)),
+        })
+    }
+
+    /// Stop the embedded cluster, if this process runs one.
+    pub async fn close(self) {
+        if let Some(pg) = self.embedded {
+            match tokio::task::spawn_blocking(move || pg.stop()).await {
+                Ok(Ok(())) => tracing::info!("embedded PostgreSQL stopped"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "stopping the embedded PostgreSQL failed"),
+                Err(e) => tracing::warn!(error = %e, "stopping the embedded PostgreSQL failed"),
+            }
+        }
+    }
+}
+
+/// A coordinator, built and bound, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    state: AppState,
+    engine: Engine,
+}
+
+impl Application {
+    /// Migrate the database, build the engine and bind the listeners.
+    pub async fn build(config: &Config, db: &tokio_postgres::Config) -> anyhow::Result<Self> {
+        let applied = store::migrate(db).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "migrations applied");
+        }
+        let pool = store::pool(db.clone(), config.db_pool_size)?;
+        let instance_id = config.instance_id();
+        let engine = Engine::new(
+            pool.clone(),
+            ParticipantClient::new()?,
+            EngineSettings {
+                instance_id: instance_id.clone(),
+                lease_ttl: config.lease_ttl.0,
+                scan_interval: config.scan_interval.0,
+                call_timeout: config.call_timeout.0,
+                max_inflight_calls: config.max_inflight_calls,
+                max_active_jobs: config.max_active_jobs,
+                shutdown_grace: config.shutdown_grace.0,
+                retention: config.retention.0,
+                planner: PlannerSettings {
+                    confirm_margin: config.confirm_margin.0,
+                },
+            },
+        );
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("TCC_LISTEN {}: {e}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("TCC_METRICS_LISTEN {addr}: {e}"))?,
+            ),
+            None => None,
+        };
+        let state = AppState {
+            pool,
+            engine: engine.clone(),
+            settings: Arc::new(ApiSettings {
+                public_url: config.public_url.clone(),
+                max_tasks: config.max_tasks,
+                max_body: config.max_body.0,
+                listen: listener.local_addr()?,
+            }),
+            metrics: crate::metrics::install(),
+        };
+        tracing::info!(instance = %instance_id, "coordinator built");
+        Ok(Application {
+            listener,
+            metrics_listener,
+            state,
+            engine,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serve until `shutdown` resolves, then stop accepting, let the engine finish or hand back
+    /// its work and release its leases, and return.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        self.engine.start_background();
+        let metrics_server = self.metrics_listener.map(|l| {
+            let app = api::metrics_router(self.state.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        });
+        let app = api::router(self.state.clone());
+        tracing::info!(addr = %self.listener.local_addr()?, "listening");
+        let stop_api = stop.clone();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new requests");
+                stop_api.cancel();
+            })
+            .await;
+        stop.cancel();
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
+        self.engine.shutdown().await;
+        self.state.pool.close();
+        tracing::info!("engine stopped, leases released");
+        served.map_err(Into::into)
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

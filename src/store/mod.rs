@@ -1,0 +1,988 @@
+//! The store: every SQL statement of the program, and nothing else.
+//!
+//! Writes that follow a claim are fenced by the lease owner and generation: a write that matches
+//! no row means the lease was lost, and the caller must stop. Nothing here holds a transaction
+//! open across anything but SQL. Timestamps the planner reasons about come from the caller; lease
+//! times come from the database clock so that instances agree on them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, tokio_postgres,
+};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+
+use crate::domain::request::{NewJob, NewTaskKind, Registration};
+use crate::domain::retry::RetryPolicyPatch;
+use crate::domain::{FailureReason, Job, JobStatus, Link, Task, TaskStatus, TrySpec};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Serialises concurrent migration runs of several instances.
+const MIGRATION_LOCK: i64 = 0x7463_635f_6d69_6772; // "tcc_migr"
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is shutting down: worth retrying later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Db(tokio_postgres::Error),
+    /// A row the program wrote cannot be read back: a bug or a manual edit.
+    #[error("inconsistent row: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let unavailable = e.is_closed()
+            || e.code().is_some_and(|c| {
+                let c = c.code();
+                // connection exceptions, insufficient resources, operator intervention
+                c.starts_with("08") || c.starts_with("53") || c.starts_with("57")
+            })
+            || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        if unavailable {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Db(e)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// A connection pool over `config`.
+pub fn pool(config: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// Apply the forward-only migrations under an advisory lock, so that instances starting together
+/// take turns. Returns the versions applied now.
+pub async fn migrate(config: &tokio_postgres::Config) -> Result<Vec<i32>> {
+    let (mut client, connection) = config.connect(NoTls).await?;
+    let conn = tokio::spawn(connection);
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let report = embedded::migrations::runner()
+        .set_abort_divergent(true)
+        .run_async(&mut client)
+        .await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    drop(client);
+    let _ = conn.await;
+    let report = report.map_err(|e| StoreError::Migration(e.to_string()))?;
+    unlock?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.version())
+        .collect())
+}
+
+/// The newest migration this build knows.
+pub fn latest_migration() -> i32 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Reachable, and migrated at least as far as this build expects.
+pub async fn ready(pool: &Pool) -> Result<bool> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt("SELECT max(version) FROM refinery_schema_history", &[])
+        .await?;
+    let version: Option<i32> = row.and_then(|r| r.get(0));
+    Ok(version.is_some_and(|v| v >= latest_migration()))
+}
+
+/// The lease a driver holds: every write after the claim names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: String,
+    pub generation: i64,
+}
+
+/// A job as stored, with what only the API shows.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub job: Job,
+    pub source: String,
+    pub fields: Value,
+    pub updated_at: DateTime<Utc>,
+    pub attempt: i32,
+    pub wake_seq: i64,
+    pub lease_owner: Option<String>,
+    pub lease_generation: i64,
+}
+
+const JOB_COLUMNS: &str = "id, status, failure_reason, correlation_id, auto_confirm, \
+    confirm_requested, cancel_requested, created_at, deadline, shared_state, retry_policy, \
+    source, fields, updated_at, attempt, wake_seq, lease_owner, lease_generation";
+
+const TASK_COLUMNS: &str = "idx, task_id, description, try_spec, status, link_uri, link_expires, \
+    attempts, next_attempt_at, refused, start_time, end_time, last_message, try_response";
+
+fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Result<JobRecord> {
+    let status: String = row.try_get("status")?;
+    let reason: Option<String> = row.try_get("failure_reason")?;
+    let retry_policy: Option<Value> = row.try_get("retry_policy")?;
+    let retry_policy: Option<RetryPolicyPatch> = retry_policy
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(corrupt)?;
+    Ok(JobRecord {
+        job: Job {
+            id: row.try_get("id")?,
+            status: status.parse().map_err(corrupt)?,
+            failure_reason: reason
+                .map(|r| r.parse::<FailureReason>())
+                .transpose()
+                .map_err(corrupt)?,
+            correlation_id: row.try_get("correlation_id")?,
+            auto_confirm: row.try_get("auto_confirm")?,
+            confirm_requested: row.try_get("confirm_requested")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+            created_at: row.try_get("created_at")?,
+            deadline: row.try_get("deadline")?,
+            shared_state: row.try_get("shared_state")?,
+            retry_policy,
+            tasks,
+        },
+        source: row.try_get("source")?,
+        fields: row.try_get("fields")?,
+        updated_at: row.try_get("updated_at")?,
+        attempt: row.try_get("attempt")?,
+        wake_seq: row.try_get("wake_seq")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_generation: row.try_get("lease_generation")?,
+    })
+}
+
+fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
+    let status: String = row.try_get("status")?;
+    let spec: Option<Value> = row.try_get("try_spec")?;
+    let link_uri: Option<String> = row.try_get("link_uri")?;
+    let link_expires: Option<DateTime<Utc>> = row.try_get("link_expires")?;
+    Ok(Task {
+        idx: row.try_get("idx")?,
+        task_id: row.try_get("task_id")?,
+        description: row.try_get("description")?,
+        try_spec: spec
+            .map(serde_json::from_value::<TrySpec>)
+            .transpose()
+            .map_err(corrupt)?,
+        status: status.parse::<TaskStatus>().map_err(corrupt)?,
+        link: match (link_uri, link_expires) {
+            (Some(uri), Some(expires)) => Some(Link { uri, expires }),
+            _ => None,
+        },
+        attempts: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        refused: row.try_get("refused")?,
+        start_time: row.try_get("start_time")?,
+        end_time: row.try_get("end_time")?,
+        last_message: row.try_get("last_message")?,
+        try_response: row.try_get("try_response")?,
+    })
+}
+
+/// What `insert_job` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// A new job, claimed by the inserting instance at lease generation 1.
+    Created,
+    /// The idempotency key was used before, for this job; `same_request` tells whether with the
+    /// same document.
+    Replay { id: String, same_request: bool },
+}
+
+/// Everything `insert_job` writes besides the parsed document.
+pub struct NewJobRow<'a> {
+    pub id: &'a str,
+    pub job: &'a NewJob,
+    pub source: &'a str,
+    pub created_at: DateTime<Utc>,
+    pub owner: &'a str,
+    pub lease_ttl: Duration,
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: &'a str,
+}
+
+/// Store a new job and its tasks in one statement, claimed by `owner`. A job whose tasks are all
+/// links starts `pending` like any other: the engine moves it on.
+pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Result<Inserted> {
+    let job = row.job;
+    let fields = serde_json::to_value(&job.fields).map_err(corrupt)?;
+    let correlation_id = job
+        .fields
+        .correlation_id
+        .clone()
+        .unwrap_or_else(|| row.id.to_string());
+    let retry_policy = job
+        .fields
+        .retry_policy
+        .map(|p| serde_json::to_value(p))
+        .transpose()
+        .map_err(corrupt)?;
+    let deadline = row.created_at
+        + chrono::Duration::milliseconds((job.fields.job_max_ttl * 1000.0).round() as i64);
+
+    let mut idx = Vec::new();
+    let mut task_ids = Vec::new();
+    let mut descriptions = Vec::new();
+    let mut specs: Vec<Option<Value>> = Vec::new();
+    let mut statuses = Vec::new();
+    let mut uris: Vec<Option<String>> = Vec::new();
+    let mut expires: Vec<Option<DateTime<Utc>>> = Vec::new();
+    for (i, t) in job.tasks.iter().enumerate() {
+        idx.push(i as i32);
+        task_ids.push(t.task_id.clone());
+        descriptions.push(t.description.clone());
+        match &t.kind {
+            NewTaskKind::Try(spec) => {
+                specs.push(Some(serde_json::to_value(spec).map_err(corrupt)?));
+                statuses.push(TaskStatus::Pending.as_str());
+                uris.push(None);
+                expires.push(None);
+            }
+            NewTaskKind::Link(link) => {
+                specs.push(None);
+                statuses.push(TaskStatus::Reserved.as_str());
+                uris.push(Some(link.uri.clone()));
+                expires.push(Some(link.expires));
+            }
+        }
+    }
+    let task_count = job.tasks.len() as i32;
+    let ttl = row.lease_ttl.as_secs_f64();
+    let stmt = client
+        .prepare_cached(
+            "WITH j AS (
+                INSERT INTO jobs (id, source, status, fields, correlation_id, tags, auto_confirm,
+                    retry_policy, shared_state, task_count, created_at, updated_at, deadline,
+                    lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
+                    request_hash)
+                VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $10, $11,
+                    $12, now() + make_interval(secs => $13), 1, $10, $14, $15)
+                ON CONFLICT (idempotency_key) DO NOTHING
+                RETURNING id
+             ), t AS (
+                INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
+                    link_uri, link_expires)
+                SELECT j.id, u.idx, u.task_id, u.description, u.try_spec, u.status,
+                    u.link_uri, u.link_expires
+                FROM j, unnest($16::int[], $17::text[], $18::text[], $19::jsonb[], $20::text[],
+                    $21::text[], $22::timestamptz[])
+                    AS u(idx, task_id, description, try_spec, status, link_uri, link_expires)
+                RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM j) AS inserted, (SELECT count(*) FROM t) AS tasks",
+        )
+        .await?;
+    let inserted = client
+        .query_one(
+            &stmt,
+            &[
+                &row.id,
+                &row.source,
+                &fields,
+                &correlation_id,
+                &job.fields.tags,
+                &job.fields.auto_confirm,
+                &retry_policy,
+                &job.shared_state,
+                &task_count,
+                &row.created_at,
+                &deadline,
+                &row.owner,
+                &ttl,
+                &row.idempotency_key,
+                &row.request_hash,
+                &idx,
+                &task_ids,
+                &descriptions,
+                &specs,
+                &statuses,
+                &uris,
+                &expires,
+            ],
+        )
+        .await?;
+    let n: i64 = inserted.try_get("inserted")?;
+    if n == 1 {
+        return Ok(Inserted::Created);
+    }
+    let key = row
+        .idempotency_key
+        .ok_or_else(|| corrupt("insert conflicted without an idempotency key"))?;
+    let existing = client
+        .query_one(
+            "SELECT id, request_hash FROM jobs WHERE idempotency_key = $1",
+            &[&key],
+        )
+        .await?;
+    let hash: Option<String> = existing.try_get("request_hash")?;
+    Ok(Inserted::Replay {
+        id: existing.try_get("id")?,
+        same_request: hash.as_deref() == Some(row.request_hash),
+    })
+}
+
+/// The job and its tasks, or `None`.
+pub async fn load_job(client: &impl GenericClient, id: &str) -> Result<Option<JobRecord>> {
+    let job_stmt = client
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+        .await?;
+    let task_stmt = client
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = $1 ORDER BY idx"
+        ))
+        .await?;
+    let params: [&(dyn ToSql + Sync); 1] = [&id];
+    let (job_row, task_rows) = tokio::try_join!(
+        client.query_opt(&job_stmt, &params),
+        client.query(&task_stmt, &params)
+    )?;
+    let Some(job_row) = job_row else {
+        return Ok(None);
+    };
+    let tasks = task_rows
+        .iter()
+        .map(task_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(job_from_row(&job_row, tasks)?))
+}
+
+/// What the engine must learn after a client request: the flags and tasks registered since.
+pub struct Refresh {
+    pub wake_seq: i64,
+    pub confirm_requested: bool,
+    pub cancel_requested: bool,
+    pub new_tasks: Vec<Task>,
+    pub still_ours: bool,
+}
+
+pub async fn refresh(
+    client: &impl GenericClient,
+    id: &str,
+    fence: &Fence,
+    known_tasks: usize,
+) -> Result<Refresh> {
+    let known = known_tasks as i32;
+    let job = client
+        .query_opt(
+            "SELECT wake_seq, confirm_requested, cancel_requested,
+                    (lease_owner = $2 AND lease_generation = $3) AS ours
+             FROM jobs WHERE id = $1",
+            &[&id, &fence.owner, &fence.generation],
+        )
+        .await?
+        .ok_or_else(|| corrupt(format!("job {id} vanished while leased")))?;
+    let task_rows = client
+        .query(
+            &format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = $1 AND idx >= $2 ORDER BY idx"
+            ),
+            &[&id, &known],
+        )
+        .await?;
+    let ours: Option<bool> = job.try_get("ours")?;
+    Ok(Refresh {
+        wake_seq: job.try_get("wake_seq")?,
+        confirm_requested: job.try_get("confirm_requested")?,
+        cancel_requested: job.try_get("cancel_requested")?,
+        new_tasks: task_rows
+            .iter()
+            .map(task_from_row)
+            .collect::<Result<Vec<_>>>()?,
+        still_ours: ours.unwrap_or(false),
+    })
+}
+
+/// One fenced write of a driver's progress.
+pub struct Save<'a> {
+    pub job: &'a Job,
+    pub fence: &'a Fence,
+    /// Tasks whose row changed since the last save.
+    pub tasks: Vec<&'a Task>,
+    pub shared_state_changed: bool,
+    /// Only write if no client request arrived since the driver last looked (`wake_seq`).
+    pub guard_seq: Option<i64>,
+    /// Give the lease back, with when to look at the job again (`None`: nothing left to do).
+    pub release: Option<Option<DateTime<Utc>>>,
+    /// Commit synchronously (a decision, an end, or what precedes a confirm or cancel).
+    pub durable: bool,
+    pub lease_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    Ok {
+        wake_seq: i64,
+        confirm_requested: bool,
+        cancel_requested: bool,
+    },
+    /// A client request arrived since `guard_seq`: nothing was written.
+    Conflict,
+    /// The lease is no longer ours: nothing was written; stop driving the job.
+    LeaseLost,
+}
+
+pub async fn save(client: &impl GenericClient, s: &Save<'_>) -> Result<Saved> {
+    let job = s.job;
+    let decided = !job.status.is_undecided();
+    let finished = job.status.is_terminal();
+    let releasing = s.release.is_some();
+    let next_wake: Option<DateTime<Utc>> = s.release.flatten();
+    let ttl = s.lease_ttl.as_secs_f64();
+    let sync = if s.durable { "on" } else { "off" };
+    let shared_state = s.shared_state_changed.then_some(&job.shared_state);
+
+    let mut idx = Vec::with_capacity(s.tasks.len());
+    let mut status = Vec::with_capacity(s.tasks.len());
+    let mut uri = Vec::with_capacity(s.tasks.len());
+    let mut expires = Vec::with_capacity(s.tasks.len());
+    let mut attempts = Vec::with_capacity(s.tasks.len());
+    let mut next_at = Vec::with_capacity(s.tasks.len());
+    let mut refused = Vec::with_capacity(s.tasks.len());
+    let mut start = Vec::with_capacity(s.tasks.len());
+    let mut end = Vec::with_capacity(s.tasks.len());
+    let mut message = Vec::with_capacity(s.tasks.len());
+    let mut response = Vec::with_capacity(s.tasks.len());
+    for t in &s.tasks {
+        idx.push(t.idx);
+        status.push(t.status.as_str());
+        uri.push(t.link.as_ref().map(|l| l.uri.as_str()));
+        expires.push(t.link.as_ref().map(|l| l.expires));
+        attempts.push(t.attempts);
+        next_at.push(t.next_attempt_at);
+        refused.push(t.refused);
+        start.push(t.start_time);
+        end.push(t.end_time);
+        message.push(t.last_message.as_deref());
+        response.push(t.try_response.as_ref());
+    }
+    let stmt = client
+        .prepare_cached(
+            "WITH cfg AS (SELECT set_config('synchronous_commit', $1, true) AS v),
+             j AS (
+                UPDATE jobs SET
+                    status = $4, failure_reason = $5,
+                    shared_state = COALESCE($6::jsonb, shared_state),
+                    updated_at = now(),
+                    decided_at = CASE WHEN $7 THEN COALESCE(decided_at, now()) ELSE decided_at END,
+                    finished_at = CASE WHEN $8 THEN COALESCE(finished_at, now()) ELSE finished_at END,
+                    lease_owner = CASE WHEN $9 THEN NULL ELSE lease_owner END,
+                    lease_expires = CASE WHEN $9 THEN NULL
+                                         ELSE now() + make_interval(secs => $10) END,
+                    next_wake = CASE WHEN $9 THEN $11 ELSE next_wake END
+                WHERE id = $2 AND lease_owner = $12 AND lease_generation = $3
+                  AND ($13::bigint IS NULL OR wake_seq = $13)
+                RETURNING id, wake_seq, confirm_requested, cancel_requested
+             ), t AS (
+                UPDATE tasks SET status = u.status, link_uri = u.link_uri,
+                    link_expires = u.link_expires, attempts = u.attempts,
+                    next_attempt_at = u.next_attempt_at, refused = u.refused,
+                    start_time = u.start_time, end_time = u.end_time,
+                    last_message = u.last_message, try_response = u.try_response
+                FROM unnest($14::int[], $15::text[], $16::text[], $17::timestamptz[], $18::int[],
+                    $19::timestamptz[], $20::bool[], $21::timestamptz[], $22::timestamptz[],
+                    $23::text[], $24::jsonb[])
+                    AS u(idx, status, link_uri, link_expires, attempts, next_attempt_at, refused,
+                         start_time, end_time, last_message, try_response)
+                WHERE tasks.job_id = (SELECT id FROM j) AND tasks.idx = u.idx
+                RETURNING 1
+             )
+             SELECT j.wake_seq, j.confirm_requested, j.cancel_requested,
+                    (SELECT count(*) FROM t) AS tasks, (SELECT v FROM cfg) AS sync
+             FROM j",
+        )
+        .await?;
+    let reason = job.failure_reason.map(|r| r.as_str());
+    let params: [&(dyn ToSql + Sync); 24] = [
+        &sync,
+        &job.id,
+        &s.fence.generation,
+        &job.status.as_str(),
+        &reason,
+        &shared_state,
+        &decided,
+        &finished,
+        &releasing,
+        &ttl,
+        &next_wake,
+        &s.fence.owner,
+        &s.guard_seq,
+        &idx,
+        &status,
+        &uri,
+        &expires,
+        &attempts,
+        &next_at,
+        &refused,
+        &start,
+        &end,
+        &message,
+        &response,
+    ];
+    match client.query_opt(&stmt, &params).await? {
+        Some(row) => Ok(Saved::Ok {
+            wake_seq: row.try_get("wake_seq")?,
+            confirm_requested: row.try_get("confirm_requested")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+        }),
+        None => {
+            let ours = client
+                .query_opt(
+                    "SELECT 1 FROM jobs WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3",
+                    &[&job.id, &s.fence.owner, &s.fence.generation],
+                )
+                .await?;
+            Ok(if ours.is_some() && s.guard_seq.is_some() {
+                Saved::Conflict
+            } else {
+                Saved::LeaseLost
+            })
+        }
+    }
+}
+
+/// Push the lease forward while a driver waits on calls. `false`: the lease is lost.
+pub async fn renew(
+    client: &impl GenericClient,
+    id: &str,
+    fence: &Fence,
+    ttl: Duration,
+) -> Result<bool> {
+    let n = client
+        .execute(
+            "UPDATE jobs SET lease_expires = now() + make_interval(secs => $4)
+             WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3",
+            &[&id, &fence.owner, &fence.generation, &ttl.as_secs_f64()],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// A job claimed by this instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: String,
+    pub generation: i64,
+    /// The lease was taken over from another instance whose lease lapsed.
+    pub taken_over: bool,
+}
+
+/// Claim up to `limit` jobs that are due and not leased (or whose lease lapsed).
+pub async fn claim_due(
+    client: &impl GenericClient,
+    owner: &str,
+    ttl: Duration,
+    limit: i64,
+) -> Result<Vec<Claimed>> {
+    let stmt = client
+        .prepare_cached(
+            "WITH c AS (
+                SELECT id, lease_owner AS prev FROM jobs
+                WHERE next_wake <= now() AND (lease_owner IS NULL OR lease_expires < now())
+                ORDER BY next_wake LIMIT $3
+                FOR UPDATE SKIP LOCKED
+             )
+             UPDATE jobs SET lease_owner = $1, lease_expires = now() + make_interval(secs => $2),
+                    lease_generation = lease_generation + 1
+             FROM c WHERE jobs.id = c.id
+             RETURNING jobs.id, jobs.lease_generation, c.prev IS NOT NULL AS taken_over",
+        )
+        .await?;
+    let rows = client
+        .query(&stmt, &[&owner, &ttl.as_secs_f64(), &limit])
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Claimed {
+                id: r.try_get(0)?,
+                generation: r.try_get(1)?,
+                taken_over: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// Claim one job that has something to do, if nobody holds it.
+pub async fn claim_one(
+    client: &impl GenericClient,
+    id: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Option<Claimed>> {
+    let stmt = client
+        .prepare_cached(
+            "WITH c AS (
+                SELECT id, lease_owner AS prev FROM jobs
+                WHERE id = $3 AND next_wake IS NOT NULL
+                  AND (lease_owner IS NULL OR lease_expires < now())
+                FOR UPDATE SKIP LOCKED
+             )
+             UPDATE jobs SET lease_owner = $1, lease_expires = now() + make_interval(secs => $2),
+                    lease_generation = lease_generation + 1
+             FROM c WHERE jobs.id = c.id
+             RETURNING jobs.id, jobs.lease_generation, c.prev IS NOT NULL AS taken_over",
+        )
+        .await?;
+    let row = client
+        .query_opt(&stmt, &[&owner, &ttl.as_secs_f64(), &id])
+        .await?;
+    row.map(|r| {
+        Ok(Claimed {
+            id: r.try_get(0)?,
+            generation: r.try_get(1)?,
+            taken_over: r.try_get(2)?,
+        })
+    })
+    .transpose()
+}
+
+/// Give a lease back without other changes (shutdown, or a job this instance cannot take now).
+pub async fn release(client: &impl GenericClient, id: &str, fence: &Fence) -> Result<()> {
+    client
+        .execute(
+            "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL,
+                    next_wake = COALESCE(next_wake, now())
+             WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3",
+            &[&id, &fence.owner, &fence.generation],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The answer to a client's confirm or cancel request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Recorded; the engine acts on it.
+    Accepted,
+    NotFound,
+    /// The job is already past that point; its status and failure reason.
+    AlreadyAt(JobStatus, Option<FailureReason>),
+    /// A confirm for a job that has no task yet.
+    NoTasks,
+    /// A confirm after the client asked to cancel.
+    CancelRequested,
+}
+
+async fn current_status(
+    client: &impl GenericClient,
+    id: &str,
+) -> Result<Option<(JobStatus, Option<FailureReason>, i32, bool)>> {
+    let row = client
+        .query_opt(
+            "SELECT status, failure_reason, task_count, cancel_requested FROM jobs WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    row.map(|r| {
+        let status: String = r.try_get(0)?;
+        let reason: Option<String> = r.try_get(1)?;
+        Ok((
+            status.parse().map_err(corrupt)?,
+            reason.map(|r| r.parse()).transpose().map_err(corrupt)?,
+            r.try_get(2)?,
+            r.try_get(3)?,
+        ))
+    })
+    .transpose()
+}
+
+/// Record the client's decision to confirm. Only before the decision, never after a cancel
+/// request, never for a job with no task.
+pub async fn request_confirm(client: &impl GenericClient, id: &str) -> Result<RequestOutcome> {
+    let n = client
+        .execute(
+            "UPDATE jobs SET confirm_requested = true, wake_seq = wake_seq + 1,
+                    next_wake = now(), updated_at = now()
+             WHERE id = $1 AND status IN ('pending', 'trying', 'reserved')
+               AND task_count > 0 AND NOT cancel_requested",
+            &[&id],
+        )
+        .await?;
+    if n == 1 {
+        return Ok(RequestOutcome::Accepted);
+    }
+    Ok(match current_status(client, id).await? {
+        None => RequestOutcome::NotFound,
+        Some((s, _, _, true)) if s.is_undecided() => RequestOutcome::CancelRequested,
+        Some((s, _, 0, _)) if s.is_undecided() => RequestOutcome::NoTasks,
+        Some((s, r, _, _)) => RequestOutcome::AlreadyAt(s, r),
+    })
+}
+
+/// Record the client's request to cancel. Only before the decision.
+pub async fn request_cancel(client: &impl GenericClient, id: &str) -> Result<RequestOutcome> {
+    let n = client
+        .execute(
+            "UPDATE jobs SET cancel_requested = true, wake_seq = wake_seq + 1,
+                    next_wake = now(), updated_at = now()
+             WHERE id = $1 AND status IN ('pending', 'trying', 'reserved')",
+            &[&id],
+        )
+        .await?;
+    if n == 1 {
+        return Ok(RequestOutcome::Accepted);
+    }
+    Ok(match current_status(client, id).await? {
+        None => RequestOutcome::NotFound,
+        Some((s, r, _, _)) => RequestOutcome::AlreadyAt(s, r),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub enum Registered {
+    Created(Task),
+    /// The same link was registered before.
+    Existing(Task),
+    NotFound,
+    /// The decision was taken (or a cancel requested): no more participants.
+    Closed(JobStatus),
+    TaskIdTaken(String),
+    TooMany(usize),
+}
+
+/// Add a participant's link to a job that has no decision yet.
+pub async fn register(
+    client: &mut deadpool_postgres::Client,
+    id: &str,
+    reg: &Registration,
+    max_tasks: usize,
+) -> Result<Registered> {
+    let tx = client.transaction().await?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT status, task_count, cancel_requested FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(Registered::NotFound);
+    };
+    let status: JobStatus = row.try_get::<_, String>(0)?.parse().map_err(corrupt)?;
+    let count: i32 = row.try_get(1)?;
+    let cancel_requested: bool = row.try_get(2)?;
+    let existing = tx
+        .query_opt(
+            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = $1 AND link_uri = $2"),
+            &[&id, &reg.link.uri],
+        )
+        .await?;
+    if let Some(existing) = existing {
+        return Ok(Registered::Existing(task_from_row(&existing)?));
+    }
+    if !status.is_undecided() || cancel_requested {
+        return Ok(Registered::Closed(status));
+    }
+    if count as usize >= max_tasks {
+        return Ok(Registered::TooMany(max_tasks));
+    }
+    let task_id = match &reg.task_id {
+        Some(t) => t.clone(),
+        None => format!("participant-{}", count + 1),
+    };
+    let taken = tx
+        .query_opt(
+            "SELECT 1 FROM tasks WHERE job_id = $1 AND task_id = $2",
+            &[&id, &task_id],
+        )
+        .await?;
+    if taken.is_some() {
+        return Ok(Registered::TaskIdTaken(task_id));
+    }
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO tasks (job_id, idx, task_id, description, status, link_uri,
+                    link_expires, start_time)
+                 VALUES ($1, $2, $3, $4, 'reserved', $5, $6, now())
+                 RETURNING {TASK_COLUMNS}"
+            ),
+            &[
+                &id,
+                &count,
+                &task_id,
+                &reg.description,
+                &reg.link.uri,
+                &reg.link.expires,
+            ],
+        )
+        .await?;
+    tx.execute(
+        "UPDATE jobs SET task_count = task_count + 1, wake_seq = wake_seq + 1,
+                next_wake = now(), updated_at = now()
+         WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    let task = task_from_row(&row)?;
+    tx.commit().await?;
+    Ok(Registered::Created(task))
+}
+
+/// One row of `GET /jobs`.
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    pub id: String,
+    pub status: JobStatus,
+    pub failure_reason: Option<FailureReason>,
+    pub correlation_id: String,
+    pub fields: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub task_count: i32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub statuses: Vec<JobStatus>,
+    pub correlation_id: Option<String>,
+    pub tag: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Keyset: strictly older than this (created_at, id).
+    pub before: Option<(DateTime<Utc>, String)>,
+    pub limit: i64,
+}
+
+pub async fn list_jobs(client: &impl GenericClient, f: &JobFilter) -> Result<Vec<JobSummary>> {
+    let statuses: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
+    let (before_at, before_id) = match &f.before {
+        Some((at, id)) => (Some(*at), Some(id.as_str())),
+        None => (None, None),
+    };
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, status, failure_reason, correlation_id, fields, created_at, updated_at,
+                    deadline, task_count
+             FROM jobs
+             WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))
+               AND ($2::text IS NULL OR correlation_id = $2)
+               AND ($3::text IS NULL OR tags @> ARRAY[$3::text])
+               AND ($4::timestamptz IS NULL OR created_at > $4)
+               AND ($5::timestamptz IS NULL OR created_at < $5)
+               AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::text))
+             ORDER BY created_at DESC, id DESC
+             LIMIT $8",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &statuses,
+                &f.correlation_id,
+                &f.tag,
+                &f.created_after,
+                &f.created_before,
+                &before_at,
+                &before_id,
+                &f.limit,
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let status: String = r.try_get("status")?;
+            let reason: Option<String> = r.try_get("failure_reason")?;
+            Ok(JobSummary {
+                id: r.try_get("id")?,
+                status: status.parse().map_err(corrupt)?,
+                failure_reason: reason.map(|r| r.parse()).transpose().map_err(corrupt)?,
+                correlation_id: r.try_get("correlation_id")?,
+                fields: r.try_get("fields")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
+                deadline: r.try_get("deadline")?,
+                task_count: r.try_get("task_count")?,
+            })
+        })
+        .collect()
+}
+
+/// Per non-terminal status: how many jobs, and the age in seconds of the oldest.
+pub async fn active_stats(client: &impl GenericClient) -> Result<Vec<(JobStatus, i64, f64)>> {
+    let rows = client
+        .query(
+            "SELECT status, count(*), extract(epoch FROM now() - min(created_at))::float8
+             FROM jobs
+             WHERE status IN ('pending', 'trying', 'reserved', 'confirming', 'cancelling')
+             GROUP BY status",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let s: String = r.try_get(0)?;
+            Ok((s.parse().map_err(corrupt)?, r.try_get(1)?, r.try_get(2)?))
+        })
+        .collect()
+}
+
+pub async fn count_heuristic(client: &impl GenericClient) -> Result<i64> {
+    let row = client
+        .query_one("SELECT count(*) FROM jobs WHERE status = 'heuristic'", &[])
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Delete finished jobs older than `retention` (a bounded batch per call). Heuristic jobs are
+/// kept: somebody still has to look at them.
+pub async fn purge_finished(client: &impl GenericClient, retention: Duration) -> Result<u64> {
+    Ok(client
+        .execute(
+            "DELETE FROM jobs WHERE id IN (
+                SELECT id FROM jobs
+                WHERE finished_at < now() - make_interval(secs => $1)
+                  AND status IN ('completed', 'failed', 'canceled')
+                LIMIT 1000)",
+            &[&retention.as_secs_f64()],
+        )
+        .await?)
+}
