@@ -1,0 +1,314 @@
+//! The test harness: one PostgreSQL per test binary (the embedded mechanism, or `DATABASE_URL`),
+//! a fresh database per test, and the coordinator started on port 0 — in process, or as the real
+//! binary when a test must kill it.
+
+use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::{Value, json};
+use tcc_coordinator::config::Config;
+use tcc_coordinator::embedded_pg::{EmbeddedPostgres, create_database};
+use tcc_coordinator::startup::Application;
+use tokio::sync::oneshot;
+
+/// How long any condition may take before a test gives up. Generous: a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Cluster {
+    /// A connection string template: `{db}` is replaced by the database name.
+    template: String,
+    admin: tokio_postgres::Config,
+    _embedded: Option<EmbeddedPostgres>,
+}
+
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+fn cluster() -> &'static Cluster {
+    let c = CLUSTER.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            let parsed = url::Url::parse(&url).map_err(|e| format!("DATABASE_URL: {e}"))?;
+            let mut template = parsed.clone();
+            template.set_path("/DBNAME");
+            let admin = url.parse().map_err(|e| format!("DATABASE_URL: {e}"))?;
+            return Ok(Cluster {
+                template: template.to_string().replace("DBNAME", "{db}"),
+                admin,
+                _embedded: None,
+            });
+        }
+        let dir = test_pg_dir();
+        let pg = EmbeddedPostgres::start(&dir).map_err(|e| e.to_string())?;
+        let template = format!(
+            "host={} port=5432 user=postgres dbname={{db}}",
+            pg.socket_dir().display()
+        );
+        Ok(Cluster {
+            template,
+            admin: pg.config_for("postgres"),
+            _embedded: Some(pg),
+        })
+    });
+    match c {
+        Ok(c) => c,
+        Err(e) => panic!("no PostgreSQL for the tests: {e}"),
+    }
+}
+
+/// A short, private directory for the test cluster (socket paths are limited in length).
+fn test_pg_dir() -> std::path::PathBuf {
+    let target = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg");
+    if target.as_os_str().len() < 80 {
+        target
+    } else {
+        std::env::temp_dir().join("tcc-test-pg")
+    }
+}
+
+/// A new, empty database; returns its connection string.
+pub async fn fresh_database() -> String {
+    let c = cluster();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    create_database(&c.admin, &name)
+        .await
+        .expect("create the test database");
+    c.template.replace("{db}", &name)
+}
+
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct TestCli {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// Settings for tests: port 0, quick scans, short leases. `extra` flags override.
+pub fn test_config(db: &str, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "tcc".to_string(),
+        "--database-url".into(),
+        db.into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--scan-interval".into(),
+        "50ms".into(),
+        "--lease-ttl".into(),
+        "4s".into(),
+        "--call-timeout".into(),
+        "2s".into(),
+        "--shutdown-grace".into(),
+        "2s".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    TestCli::try_parse_from(args).expect("test config").config
+}
+
+/// A coordinator running in this process.
+pub struct TestApp {
+    pub addr: String,
+    pub db: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let db = fresh_database().await;
+    spawn_app_on(&db, extra).await
+}
+
+pub async fn spawn_app_on(db: &str, extra: &[&str]) -> TestApp {
+    let config = test_config(db, extra);
+    let parsed: tokio_postgres::Config = db.parse().expect("database string");
+    let app = Application::build(&config, &parsed)
+        .await
+        .expect("build the app");
+    let addr = format!("http://{}", app.local_addr().expect("address"));
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        db: db.to_string(),
+        http: reqwest::Client::new(),
+        stop: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let result = tokio::time::timeout(PATIENCE, h)
+                .await
+                .expect("shutdown in time");
+            result.expect("app task").expect("app result");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    pub async fn post_job(&self, job: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/jobs"))
+            .json(job)
+            .send()
+            .await
+            .expect("POST /jobs")
+    }
+
+    /// Submit a job that must be accepted; returns its id.
+    pub async fn submit(&self, job: &Value) -> String {
+        let resp = self.post_job(job).await;
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(status, 202, "job not accepted: {body}");
+        body["jobID"].as_str().expect("jobID").to_string()
+    }
+
+    pub async fn get_job(&self, id: &str) -> Value {
+        let resp = self
+            .http
+            .get(self.url(&format!("/jobs/{id}")))
+            .send()
+            .await
+            .expect("GET job");
+        assert_eq!(resp.status(), 200);
+        resp.json().await.expect("json")
+    }
+
+    /// Wait for the job to reach `status`; returns its representation.
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        let until = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let job = self.get_job(id).await;
+            if job["jobStatus"] == status {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "job {id} never reached {status}; last: {job:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn job_count(&self) -> usize {
+        let body: Value = self
+            .http
+            .get(self.url("/jobs?limit=500"))
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        body["jobs"].as_array().map_or(0, Vec::len)
+    }
+}
+
+/// Poll `cond` until it holds or the patience runs out. Returns whether it held.
+pub async fn eventually<F, Fut>(mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn task<'a>(job: &'a Value, id: &str) -> &'a Value {
+    job["tasks"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["taskID"] == id))
+        .unwrap_or_else(|| panic!("no task {id} in {job:#}"))
+}
+
+/// A job document with one Try task per `(taskID, taskURL)`.
+pub fn job_of(tasks: &[(&str, String)]) -> Value {
+    json!({
+        "tasks": tasks.iter().map(|(id, url)| json!({"taskID": id, "taskURL": url})).collect::<Vec<_>>()
+    })
+}
+
+/// The coordinator as a separate process, for tests that must kill it.
+pub struct Process {
+    pub child: Child,
+    pub addr: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn start_process(db: &str, instance: &str) -> Process {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
+        .arg("serve")
+        .env("DATABASE_URL", db)
+        .env("TCC_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TCC_INSTANCE_ID", instance)
+        .env("TCC_LEASE_TTL", "2s")
+        .env("TCC_CALL_TIMEOUT", "1s")
+        .env("TCC_SCAN_INTERVAL", "50ms")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the coordinator binary");
+    Process {
+        child,
+        addr: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+impl Process {
+    pub async fn wait_ready(&self, http: &reqwest::Client) {
+        let url = format!("{}/health/ready", self.addr);
+        let ready = eventually(|| async {
+            http.get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(ready, "the coordinator process never became ready");
+    }
+
+    /// SIGKILL: no shutdown, no lease released.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,456 @@
+//! Jobs from submit to their end, against real participants.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{job_of, spawn_app, spawn_app_with, task};
+use crate::participant::{Op, Participant, Reply};
+
+#[tokio::test]
+async fn three_tasks_complete_with_one_try_and_one_confirm_each() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut job = job_of(&[("a", p.url("a")), ("b", p.url("b")), ("c", p.url("c"))]);
+    job["correlationID"] = json!("order-8812");
+    let id = app.submit(&job).await;
+    let done = app.wait_status(&id, "completed").await;
+    for name in ["a", "b", "c"] {
+        assert_eq!(p.count(Op::Try, name), 1, "{name}: one Try");
+        assert_eq!(p.count(Op::Confirm, name), 1, "{name}: one confirm");
+        assert_eq!(p.count(Op::Cancel, name), 0, "{name}: no cancel");
+        assert!(p.confirmed(name), "{name} confirmed at the participant");
+        let tried = &p.received(Op::Try, name)[0];
+        assert_eq!(tried.correlation_id.as_deref(), Some("order-8812"));
+        assert_eq!(tried.request_id.as_deref(), Some(name));
+        let confirm = &p.received(Op::Confirm, name)[0];
+        assert_eq!(confirm.content_type.as_deref(), Some("application/tcc"));
+        assert_eq!(confirm.accept.as_deref(), Some("application/tcc"));
+        assert_eq!(confirm.correlation_id.as_deref(), Some("order-8812"));
+        assert_eq!(confirm.request_id.as_deref(), Some(name));
+        let t = task(&done, name);
+        assert_eq!(t["taskStatus"], "confirmed");
+        assert_eq!(t["attempts"], 1);
+        assert!(t["participantLink"]["uri"].as_str().is_some());
+        assert!(t["endTime"].as_str().is_some());
+    }
+    assert_eq!(done["failureReason"], Value::Null);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_try_cancels_the_reserved_tasks() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(Op::Try, "b", vec![Reply::Status(400)]);
+    let id = app
+        .submit(&job_of(&[("a", p.url("a")), ("b", p.url("b")), ("c", p.url("c"))]))
+        .await;
+    let done = app.wait_status(&id, "failed").await;
+    assert_eq!(done["failureReason"], "try-failed");
+    assert_eq!(task(&done, "b")["taskStatus"], "failed");
+    assert!(
+        task(&done, "b")["lastMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("400"))
+    );
+    for name in ["a", "c"] {
+        assert!(p.released(name), "{name} released");
+        assert_eq!(p.count(Op::Cancel, name), 1, "{name}: one cancel (DELETE)");
+        assert_eq!(task(&done, name)["taskStatus"], "cancelled");
+    }
+    assert_eq!(p.count_all(Op::Confirm), 0, "nothing confirmed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_confirm_answered_503_twice_is_retried_to_completion() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(
+        Op::Confirm,
+        "a",
+        vec![Reply::Status(503), Reply::Status(503)],
+    );
+    let id = app
+        .submit(&job_of(&[("a", p.url("a")), ("b", p.url("b"))]))
+        .await;
+    let done = app.wait_status(&id, "completed").await;
+    assert_eq!(task(&done, "a")["attempts"], 3);
+    assert_eq!(p.count(Op::Confirm, "a"), 3);
+    assert!(p.confirmed("a") && p.confirmed("b"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_link_expiring_while_its_confirm_is_retried_makes_the_job_heuristic() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(Op::Try, "b", vec![Reply::ReserveFor(Duration::from_secs(4))]);
+    p.set_default(Op::Confirm, "b", Reply::Status(503));
+    let id = app
+        .submit(&job_of(&[("a", p.url("a")), ("b", p.url("b"))]))
+        .await;
+    let done = app.wait_status(&id, "heuristic").await;
+    assert_eq!(task(&done, "a")["taskStatus"], "confirmed");
+    assert_eq!(task(&done, "b")["taskStatus"], "heuristic");
+    assert!(
+        task(&done, "b")["lastMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired")),
+        "{done:#}"
+    );
+    assert!(p.confirmed("a"));
+    assert!(p.count(Op::Confirm, "b") >= 2, "b's confirm was retried");
+    assert!(p.reservations("b").iter().all(|r| r.confirms_applied == 0));
+    // The confirm is never turned into a cancel once a participant confirmed.
+    assert_eq!(p.count_all(Op::Cancel), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_first_confirm_refused_before_any_confirmed_cancels_the_rest() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(Op::Confirm, "a", vec![Reply::Status(404)]);
+    // b never confirms: its confirm stays retryable, so nobody has confirmed when a refuses.
+    p.set_default(Op::Confirm, "b", Reply::Status(503));
+    let id = app
+        .submit(&job_of(&[("a", p.url("a")), ("b", p.url("b"))]))
+        .await;
+    let done = app.wait_status(&id, "failed").await;
+    assert_eq!(done["failureReason"], "confirm-refused");
+    assert_eq!(p.count(Op::Confirm, "a"), 1, "no further confirm to a");
+    for name in ["a", "b"] {
+        assert!(p.released(name), "{name} released");
+        assert_eq!(p.count(Op::Cancel, name), 1, "{name} cancelled");
+        assert_eq!(task(&done, name)["taskStatus"], "cancelled");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_link_expiring_within_the_confirm_margin_fails_the_job_expiring() {
+    let app = spawn_app_with(&["--confirm-margin", "5s"]).await;
+    let p = Participant::start().await;
+    p.script(Op::Try, "b", vec![Reply::ReserveFor(Duration::from_secs(3))]);
+    let id = app
+        .submit(&job_of(&[("a", p.url("a")), ("b", p.url("b"))]))
+        .await;
+    let done = app.wait_status(&id, "failed").await;
+    assert_eq!(done["failureReason"], "expiring");
+    assert_eq!(p.count_all(Op::Confirm), 0, "nothing confirmed");
+    assert!(p.released("a") && p.count(Op::Cancel, "a") == 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_cancels_before_the_decision_but_not_after() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut job = job_of(&[("a", p.url("a")), ("b", p.url("b"))]);
+    job["autoConfirm"] = json!(false);
+    let id = app.submit(&job).await;
+    app.wait_status(&id, "reserved").await;
+    let resp = app
+        .http
+        .delete(app.url(&format!("/jobs/{id}")))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(resp.status(), 202);
+    let done = app.wait_status(&id, "canceled").await;
+    assert_eq!(done["failureReason"], "client");
+    assert!(p.released("a") && p.released("b"));
+    assert_eq!(p.count_all(Op::Confirm), 0);
+    // Again: already canceled.
+    let again = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/cancel")))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(again.status(), 200);
+    let confirm = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/confirm")))
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(confirm.status(), 409);
+
+    // After the decision, a cancel is refused.
+    let id = app.submit(&job_of(&[("c", p.url("c"))])).await;
+    app.wait_status(&id, "completed").await;
+    let late = app
+        .http
+        .delete(app.url(&format!("/jobs/{id}")))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(late.status(), 409);
+    let problem: Value = late.json().await.expect("problem");
+    assert_eq!(problem["status"], 409);
+    assert!(p.confirmed("c"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_deadline_passing_while_a_try_stalls_cancels_the_job() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.set_default(Op::Try, "slow", Reply::Stall);
+    let mut job = job_of(&[("a", p.url("a")), ("slow", p.url("slow"))]);
+    job["jobMaxTTL"] = json!(2);
+    let id = app.submit(&job).await;
+    let done = app.wait_status(&id, "failed").await;
+    assert_eq!(done["failureReason"], "timeout");
+    assert_eq!(p.count(Op::Cancel, "a"), 1, "the reserved task is cancelled");
+    assert!(p.released("a"));
+    assert_eq!(p.count_all(Op::Confirm), 0);
+    assert_eq!(task(&done, "slow")["taskStatus"], "expired");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn explicit_confirm_with_prefer_wait() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut job = job_of(&[("a", p.url("a")), ("b", p.url("b"))]);
+    job["autoConfirm"] = json!(false);
+    let id = app.submit(&job).await;
+    app.wait_status(&id, "reserved").await;
+    assert_eq!(p.count_all(Op::Confirm), 0, "no confirm before the client asks");
+    let resp = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/confirm")))
+        .header("prefer", "wait=30")
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["jobStatus"], "completed");
+    assert!(p.confirmed("a") && p.confirmed("b"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_confirm_that_arrives_while_tries_run_is_remembered() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    // The first Try stalls past its taskMaxTTL, so the job is still trying when the confirm comes.
+    p.script(Op::Try, "a", vec![Reply::Stall]);
+    let job = json!({
+        "autoConfirm": false,
+        "tasks": [
+            {"taskID": "a", "taskURL": p.url("a"), "taskMaxTTL": 1},
+            {"taskID": "b", "taskURL": p.url("b")}
+        ]
+    });
+    let id = app.submit(&job).await;
+    let resp = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/confirm")))
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(resp.status(), 202);
+    let done = app.wait_status(&id, "completed").await;
+    assert_eq!(p.count(Op::Try, "a"), 2, "the stalled Try was retried");
+    assert_eq!(task(&done, "a")["taskStatus"], "confirmed");
+    assert!(p.confirmed("a") && p.confirmed("b"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn prefer_wait_on_a_job_that_cannot_confirm_answers_409_with_the_outcomes() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(Op::Confirm, "a", vec![Reply::Status(410)]);
+    let mut job = job_of(&[("a", p.url("a"))]);
+    job["autoConfirm"] = json!(false);
+    let id = app.submit(&job).await;
+    app.wait_status(&id, "reserved").await;
+    let resp = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/confirm")))
+        .header("prefer", "wait=30")
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(resp.status(), 409);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let problem: Value = resp.json().await.expect("problem");
+    assert_eq!(problem["tasks"][0]["taskID"], "a");
+    assert_eq!(problem["tasks"][0]["taskStatus"], "cancelled");
+    let done = app.get_job(&id).await;
+    assert_eq!(done["jobStatus"], "failed");
+    assert_eq!(done["failureReason"], "confirm-refused");
+    app.stop().await;
+}
+
+/// Reserve at the participant directly, as a service would before registering its link.
+async fn reserve(http: &reqwest::Client, p: &Participant, name: &str) -> Value {
+    let body: Value = http
+        .post(p.url(name))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("reserve")
+        .json()
+        .await
+        .expect("json");
+    body["participantLink"].clone()
+}
+
+#[tokio::test]
+async fn an_open_job_takes_registered_links_then_confirms_them() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let id = app
+        .submit(&json!({"autoConfirm": false, "jobMaxTTL": 60, "tasks": []}))
+        .await;
+    let confirm_empty = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/confirm")))
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(confirm_empty.status(), 409, "nothing to confirm yet");
+
+    let x = reserve(&app.http, &p, "x").await;
+    let y = reserve(&app.http, &p, "y").await;
+    let url = app.url(&format!("/jobs/{id}/participants"));
+    let first = app
+        .http
+        .post(&url)
+        .json(&json!({"uri": x["uri"], "expires": x["expires"], "taskID": "x"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("location").is_some());
+    let second = app
+        .http
+        .post(&url)
+        .json(&json!({"participantLink": y, "taskDescription": "the y service"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(second.status(), 201);
+    let again = app
+        .http
+        .post(&url)
+        .json(&json!({"uri": x["uri"], "expires": x["expires"]}))
+        .send()
+        .await
+        .expect("register again");
+    assert_eq!(again.status(), 200, "the same link again answers the existing task");
+    let existing: Value = again.json().await.expect("json");
+    assert_eq!(existing["taskID"], "x");
+
+    let resp = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/confirm")))
+        .header("prefer", "wait=30")
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(resp.status(), 200);
+    assert!(p.confirmed("x") && p.confirmed("y"));
+    let done = app.get_job(&id).await;
+    assert_eq!(done["tasks"].as_array().map(Vec::len), Some(2));
+
+    let z = reserve(&app.http, &p, "z").await;
+    let late = app
+        .http
+        .post(&url)
+        .json(&json!({"participantLink": z}))
+        .send()
+        .await
+        .expect("late register");
+    assert_eq!(late.status(), 409, "no registration after the decision");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_job_nobody_confirms_times_out() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let id = app
+        .submit(&json!({"autoConfirm": false, "jobMaxTTL": 3, "tasks": []}))
+        .await;
+    let x = reserve(&app.http, &p, "x").await;
+    let resp = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/participants")))
+        .json(&json!({"participantLink": x}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(resp.status(), 201);
+    let done = app.wait_status(&id, "failed").await;
+    assert_eq!(done["failureReason"], "timeout");
+    assert!(p.released("x") && p.count(Op::Cancel, "x") == 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn try_answers_input_and_output_mappings() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(Op::Try, "loc", vec![Reply::ReserveLocationOnly]);
+    let job = json!({
+        "sharedState": {"customer": 42},
+        "tasks": [
+            {"taskID": "phone", "taskURL": p.url("phone"), "body": {"number": "0586"},
+             "inputMapping": {"/customerId": "/customer"},
+             "outputMapping": {"/phoneBooking": "/reservation"}},
+            {"taskID": "loc", "taskURL": p.url("loc")}
+        ]
+    });
+    let id = app.submit(&job).await;
+    let done = app.wait_status(&id, "completed").await;
+    let sent = &p.received(Op::Try, "phone")[0];
+    assert_eq!(
+        sent.body,
+        Some(json!({"number": "0586", "customerId": 42})),
+        "the input mapping wrote the shared state into the Try body"
+    );
+    assert!(
+        done["sharedState"]["phoneBooking"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("phone-")),
+        "{done:#}"
+    );
+    let loc = task(&done, "loc");
+    assert!(
+        loc["participantLink"]["uri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with(&p.base) && u.contains("/r/loc-")),
+        "a relative Location is resolved against the taskURL: {loc:#}"
+    );
+    assert_eq!(
+        loc["participantLink"]["expires"], done["deadline"],
+        "an answer without expires is taken to last until the job deadline"
+    );
+    assert!(p.confirmed("loc"));
+
+    // An input mapping whose source is missing fails the Try without calling the participant.
+    let bad = json!({"tasks": [{"taskID": "m", "taskURL": p.url("m"), "inputMapping": {"/x": "/missing"}}]});
+    let id = app.submit(&bad).await;
+    let failed = app.wait_status(&id, "failed").await;
+    assert_eq!(p.count(Op::Try, "m"), 0);
+    assert!(
+        task(&failed, "m")["lastMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("/missing"))
+    );
+    app.stop().await;
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the coordinator over real HTTP against real participants and a real
+//! PostgreSQL.
+
+mod helpers;
+mod participant;
+
+mod lifecycle;
+mod recovery;
+mod surface;
+mod validation;

@@ -1,0 +1,261 @@
+//! The API around the jobs: entry point, listing, conditional requests, long polls, methods,
+//! health and metrics.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{job_of, spawn_app};
+use crate::participant::Participant;
+
+#[tokio::test]
+async fn entry_point_health_and_metrics() {
+    let app = spawn_app().await;
+    let root: Value = app
+        .http
+        .get(app.url("/"))
+        .send()
+        .await
+        .expect("GET /")
+        .json()
+        .await
+        .expect("json");
+    assert!(root["_links"]["jobs"]["href"].as_str().is_some_and(|h| h.ends_with("/jobs")));
+    for path in ["/health/live", "/health/ready"] {
+        let r = app.http.get(app.url(path)).send().await.expect("health");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let p = Participant::start().await;
+    let id = app.submit(&job_of(&[("a", p.url("a"))])).await;
+    app.wait_status(&id, "completed").await;
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "tcc_jobs_created_total{source=\"jcl\"}",
+        "tcc_jobs_finished_total{status=\"completed\"}",
+        "tcc_participant_calls_total{op=\"confirm\",outcome=\"success\"}",
+        "tcc_participant_call_duration_seconds_bucket",
+        "tcc_http_requests_total",
+        "tcc_build_info",
+    ] {
+        assert!(text.contains(name), "metrics lack {name}:\n{text}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let job = json!({
+            "autoConfirm": false, "tasks": [],
+            "correlationID": format!("order-{}", i % 2),
+            "tags": [if i < 3 { "early" } else { "late" }],
+        });
+        ids.push(app.submit(&job).await);
+    }
+    let page: Value = app
+        .http
+        .get(app.url("/jobs?limit=2"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let first: Vec<&str> = page["jobs"]
+        .as_array()
+        .map(|js| js.iter().filter_map(|j| j["jobID"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(first, vec![ids[4].as_str(), ids[3].as_str()], "newest first");
+    // Follow the next links to the end: every job once.
+    let mut seen: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+    let mut next = page["_links"]["next"]["href"].as_str().map(str::to_string);
+    while let Some(url) = next {
+        let resp = app.http.get(&url).send().await.expect("next");
+        assert!(resp.headers().get("link").is_some());
+        let page: Value = resp.json().await.expect("json");
+        for j in page["jobs"].as_array().into_iter().flatten() {
+            seen.push(j["jobID"].as_str().unwrap_or_default().to_string());
+        }
+        next = page["_links"]["next"]["href"].as_str().map(str::to_string);
+    }
+    let mut expected: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, expected);
+    let count = |q: &'static str| {
+        let app = &app;
+        async move {
+            let v: Value = app
+                .http
+                .get(app.url(&format!("/jobs?{q}")))
+                .send()
+                .await
+                .expect("list")
+                .json()
+                .await
+                .expect("json");
+            v["jobs"].as_array().map_or(usize::MAX, Vec::len)
+        }
+    };
+    assert_eq!(count("correlationID=order-0").await, 3);
+    assert_eq!(count("tag=late").await, 2);
+    assert_eq!(count("status=pending&status=completed").await, 5);
+    assert_eq!(count("status=completed").await, 0);
+    assert_eq!(count("createdAfter=2999-01-01T00:00:00Z").await, 0);
+    let bad = app
+        .http
+        .get(app.url("/jobs?status=done"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(bad.status(), 400);
+    expected.clear();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn etags_and_the_progress_long_poll() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut job = job_of(&[("a", p.url("a"))]);
+    job["autoConfirm"] = json!(false);
+    let id = app.submit(&job).await;
+    app.wait_status(&id, "reserved").await;
+
+    let url = app.url(&format!("/jobs/{id}"));
+    let resp = app.http.get(&url).send().await.expect("get");
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .expect("etag")
+        .to_string();
+    let again = app
+        .http
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(again.status(), 304);
+
+    let progress_url = app.url(&format!("/jobs/{id}/progress"));
+    let progress = app.http.get(&progress_url).send().await.expect("progress");
+    let petag = progress
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .expect("etag")
+        .to_string();
+    let body: Value = progress.json().await.expect("json");
+    assert_eq!(body["jobStatus"], "reserved");
+    assert_eq!(body["percentComplete"], 50);
+
+    // A long poll returns as soon as the job changes.
+    let poll = {
+        let http = app.http.clone();
+        let progress_url = progress_url.clone();
+        let petag = petag.clone();
+        tokio::spawn(async move {
+            http.get(&progress_url)
+                .header("if-none-match", &petag)
+                .header("prefer", "wait=60")
+                .send()
+                .await
+                .expect("long poll")
+        })
+    };
+    let confirm = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/confirm")))
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(confirm.status(), 202);
+    let changed = tokio::time::timeout(Duration::from_secs(60), poll)
+        .await
+        .expect("the long poll answered")
+        .expect("task");
+    assert_eq!(changed.status(), 200);
+    let body: Value = changed.json().await.expect("json");
+    assert_ne!(body["jobStatus"], "reserved");
+
+    // Nothing changes any more: a short long poll ends in 304.
+    app.wait_status(&id, "completed").await;
+    let final_progress = app.http.get(&progress_url).send().await.expect("progress");
+    let fetag = final_progress
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .expect("etag")
+        .to_string();
+    let unchanged = app
+        .http
+        .get(&progress_url)
+        .header("if-none-match", &fetag)
+        .header("prefer", "wait=1")
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(unchanged.status(), 304);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn methods_head_options_links_and_errors() {
+    let app = spawn_app().await;
+    let id = app
+        .submit(&json!({"autoConfirm": false, "tasks": []}))
+        .await;
+    let url = app.url(&format!("/jobs/{id}"));
+    let head = app.http.head(&url).send().await.expect("HEAD");
+    assert_eq!(head.status(), 200);
+    assert!(head.headers().get("etag").is_some());
+    let options = app
+        .http
+        .request(reqwest::Method::OPTIONS, &url)
+        .send()
+        .await
+        .expect("OPTIONS");
+    let allow = options
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(allow.contains("GET") && allow.contains("DELETE"), "{allow}");
+
+    let job = app.get_job(&id).await;
+    for rel in ["self", "collection", "progress", "tasks", "confirm", "cancel", "participants"] {
+        assert!(job["_links"][rel]["href"].as_str().is_some(), "link {rel}");
+    }
+    let resp = app.http.get(&url).send().await.expect("get");
+    let link = resp
+        .headers()
+        .get("link")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(link.contains("rel=\"progress\""), "{link}");
+
+    let put = app.http.put(app.url("/jobs")).send().await.expect("PUT");
+    assert_eq!(put.status(), 405);
+    assert!(put.headers().get("allow").is_some());
+    assert_eq!(
+        put.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let missing = app.http.get(app.url("/nowhere")).send().await.expect("get");
+    assert_eq!(missing.status(), 404);
+    let problem: Value = missing.json().await.expect("problem");
+    assert_eq!(problem["instance"], "/nowhere");
+    app.stop().await;
+}

@@ -1,0 +1,221 @@
+//! Every bad input gets the right status and a problem body that names what is wrong, and
+//! nothing is stored.
+
+use serde_json::{Value, json};
+
+use crate::helpers::spawn_app_with;
+
+struct Case {
+    name: &'static str,
+    body: String,
+    content_type: &'static str,
+    status: u16,
+    /// A JSON Pointer the problem must name, or text its detail must contain.
+    names: &'static str,
+}
+
+fn case(name: &'static str, body: Value, status: u16, names: &'static str) -> Case {
+    Case {
+        name,
+        body: body.to_string(),
+        content_type: "application/json",
+        status,
+        names,
+    }
+}
+
+#[tokio::test]
+async fn bad_jobs_are_rejected_with_a_named_field_and_nothing_is_stored() {
+    let app = spawn_app_with(&["--max-tasks", "3", "--max-body", "4KiB"]).await;
+    let t = |url: &str| json!({"taskURL": url});
+    let cases = vec![
+        Case {
+            name: "malformed JSON",
+            body: "{\"tasks\": [".into(),
+            content_type: "application/json",
+            status: 400,
+            names: "line 1",
+        },
+        Case {
+            name: "wrong content type",
+            body: "{}".into(),
+            content_type: "text/plain",
+            status: 415,
+            names: "text/plain",
+        },
+        Case {
+            name: "body too big",
+            body: json!({"description": "x".repeat(5000), "tasks": [t("http://a/t")]}).to_string(),
+            content_type: "application/json",
+            status: 413,
+            names: "limit",
+        },
+        case(
+            "unknown field",
+            json!({"jobMaxTtl": 5, "tasks": [t("http://a/t")]}),
+            422,
+            "/jobMaxTtl",
+        ),
+        case(
+            "relative URL",
+            json!({"tasks": [t("/relative/try")]}),
+            422,
+            "/tasks/0/taskURL",
+        ),
+        case(
+            "negative TTL",
+            json!({"jobMaxTTL": -5, "tasks": [t("http://a/t")]}),
+            422,
+            "/jobMaxTTL",
+        ),
+        case(
+            "too many tasks",
+            json!({"tasks": [t("http://a/1"), t("http://a/2"), t("http://a/3"), t("http://a/4")]}),
+            422,
+            "/tasks",
+        ),
+        case(
+            "duplicate taskID",
+            json!({"tasks": [{"taskID": "x", "taskURL": "http://a/1"}, {"taskID": "x", "taskURL": "http://a/2"}]}),
+            422,
+            "/tasks/1/taskID",
+        ),
+        case(
+            "expired link",
+            json!({"tasks": [{"participantLink": {"uri": "http://a/r/1", "expires": "2020-01-01T00:00:00Z"}}]}),
+            422,
+            "/tasks/0/participantLink/expires",
+        ),
+        case(
+            "no task and autoConfirm",
+            json!({"tasks": []}),
+            422,
+            "/autoConfirm",
+        ),
+        case("not an object", json!([1, 2]), 422, "JSON object"),
+        case(
+            "wrong type",
+            json!({"autoConfirm": "yes", "tasks": [t("http://a/t")]}),
+            422,
+            "/autoConfirm",
+        ),
+    ];
+    for c in cases {
+        let resp = app
+            .http
+            .post(app.url("/jobs"))
+            .header("content-type", c.content_type)
+            .body(c.body.clone())
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status().as_u16();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let problem: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, c.status, "{}: {problem:#}", c.name);
+        assert_eq!(ctype, "application/problem+json", "{}", c.name);
+        assert_eq!(problem["status"], c.status, "{}", c.name);
+        assert!(problem["type"].as_str().is_some_and(|t| t.starts_with("/problems/")));
+        assert_eq!(problem["instance"], "/jobs", "{}", c.name);
+        let text = problem.to_string();
+        let named = problem["errors"]
+            .as_array()
+            .is_some_and(|es| es.iter().any(|e| e["pointer"] == c.names))
+            || problem["detail"].as_str().is_some_and(|d| d.contains(c.names));
+        assert!(named, "{}: the problem must name {:?}: {text}", c.name, c.names);
+    }
+    assert_eq!(app.job_count().await, 0, "no rejected job was stored");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_registrations_and_unknown_jobs() {
+    let app = spawn_app_with(&[]).await;
+    let id = app
+        .submit(&json!({"autoConfirm": false, "tasks": []}))
+        .await;
+    let url = app.url(&format!("/jobs/{id}/participants"));
+    let resp = app
+        .http
+        .post(&url)
+        .json(&json!({"uri": "not a url", "expires": "soon"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(resp.status(), 422);
+    let problem: Value = resp.json().await.expect("problem");
+    let pointers: Vec<&str> = problem["errors"]
+        .as_array()
+        .map(|es| es.iter().filter_map(|e| e["pointer"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(pointers, vec!["/uri", "/expires"]);
+    let job = app.get_job(&id).await;
+    assert_eq!(job["tasks"].as_array().map(Vec::len), Some(0), "nothing stored");
+
+    let missing = app
+        .http
+        .post(app.url("/jobs/nope/participants"))
+        .json(&json!({"uri": "http://a/r", "expires": "2999-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(missing.status(), 404);
+    for path in ["/jobs/nope", "/jobs/nope/progress", "/jobs/nope/tasks"] {
+        let r = app.http.get(app.url(path)).send().await.expect("get");
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let confirm = app
+        .http
+        .post(app.url("/jobs/nope/confirm"))
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(confirm.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idempotent_submission() {
+    let app = spawn_app_with(&[]).await;
+    let job = json!({"autoConfirm": false, "tags": ["t"], "tasks": []});
+    let send = |body: Value, key: &'static str| {
+        let app = &app;
+        async move {
+            app.http
+                .post(app.url("/jobs"))
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await
+                .expect("POST")
+        }
+    };
+    let first = send(job.clone(), "k-1").await;
+    assert_eq!(first.status(), 202);
+    let location = first.headers().get("location").cloned();
+    let first: Value = first.json().await.expect("json");
+    // The same document (keys in another order) under the same key: the same job.
+    let reordered: Value =
+        serde_json::from_str(r#"{"tasks": [], "tags": ["t"], "autoConfirm": false}"#)
+            .expect("json");
+    let replay = send(reordered, "k-1").await;
+    assert_eq!(replay.status(), 202);
+    assert_eq!(replay.headers().get("location").cloned(), location);
+    let replay: Value = replay.json().await.expect("json");
+    assert_eq!(replay["jobID"], first["jobID"]);
+    // Another document under the same key.
+    let other = send(json!({"autoConfirm": false, "tasks": [], "tags": ["u"]}), "k-1").await;
+    assert_eq!(other.status(), 422);
+    let problem: Value = other.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/idempotency-key-reused");
+    assert_eq!(app.job_count().await, 1);
+    // A new key makes a new job.
+    assert_eq!(send(job, "k-2").await.status(), 202);
+    assert_eq!(app.job_count().await, 2);
+    app.stop().await;
+}
