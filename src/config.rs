@@ -34,7 +34,7 @@ impl FromStr for Span {
             other => return Err(format!("unknown unit {other:?} (use ms, s, m, h or d)")),
         };
         let secs = n * factor;
-        if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86_400.0 {
+        if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86_400.0).contains(&secs) {
             return Err(format!("{s:?} is out of range"));
         }
         Ok(Span(Duration::from_secs_f64(secs)))

@@ -12,8 +12,12 @@ use crate::store::StoreError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Boxed: an error travels through many `Result`s and should stay one pointer wide.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<Problem>);
+
+#[derive(Debug)]
+pub struct Problem {
     pub status: StatusCode,
     pub slug: &'static str,
     pub title: &'static str,
@@ -30,18 +34,18 @@ impl ApiError {
         title: &'static str,
         detail: impl Into<String>,
     ) -> Self {
-        ApiError {
+        ApiError(Box::new(Problem {
             status,
             slug,
             title,
             detail: detail.into(),
             errors: Vec::new(),
             extra: None,
-        }
+        }))
     }
 
     pub fn with(mut self, key: &'static str, value: Value) -> Self {
-        self.extra = Some((key, value));
+        self.0.extra = Some((key, value));
         self
     }
 
@@ -68,15 +72,14 @@ impl ApiError {
             [one] => format!("{}: {}", one.pointer, one.detail),
             many => format!("{} fields break the rules; see errors", many.len()),
         };
-        ApiError {
-            errors,
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation",
-                "The document breaks a rule",
-                detail,
-            )
-        }
+        let mut e = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "The document breaks a rule",
+            detail,
+        );
+        e.0.errors = errors;
+        e
     }
 }
 
@@ -105,29 +108,37 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl std::ops::Deref for ApiError {
+    type Target = Problem;
+    fn deref(&self) -> &Problem {
+        &self.0
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let this = *self.0;
         let mut body = json!({
-            "type": format!("/problems/{}", self.slug),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
+            "type": format!("/problems/{}", this.slug),
+            "title": this.title,
+            "status": this.status.as_u16(),
+            "detail": this.detail,
         });
         if let Some(obj) = body.as_object_mut() {
-            if !self.errors.is_empty() {
+            if !this.errors.is_empty() {
                 obj.insert(
                     "errors".into(),
-                    serde_json::to_value(&self.errors).unwrap_or(Value::Null),
+                    serde_json::to_value(&this.errors).unwrap_or(Value::Null),
                 );
             }
-            if let Some((k, v)) = self.extra {
+            if let Some((k, v)) = this.extra {
                 obj.insert(k.into(), v);
             }
         }
-        let mut resp = (self.status, body.to_string()).into_response();
+        let mut resp = (this.status, body.to_string()).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if this.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         }

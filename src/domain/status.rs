@@ -355,7 +355,8 @@ mod tests {
         use FailureReason as R;
         use JobEvent as E;
         use JobStatus as S;
-        let legal: Vec<(S, Option<R>, E, S, Option<R>)> = vec![
+        type Row = (S, Option<R>, E, S, Option<R>);
+        let legal: Vec<Row> = vec![
             (S::Pending, None, E::TryStarted, S::Trying, None),
             (S::Pending, None, E::AllReserved, S::Reserved, None),
             (S::Trying, None, E::AllReserved, S::Reserved, None),

@@ -262,7 +262,7 @@ pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Res
     let retry_policy = job
         .fields
         .retry_policy
-        .map(|p| serde_json::to_value(p))
+        .map(serde_json::to_value)
         .transpose()
         .map_err(corrupt)?;
     let deadline = row.created_at

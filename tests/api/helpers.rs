@@ -108,7 +108,6 @@ pub fn test_config(db: &str, extra: &[&str]) -> Config {
 /// A coordinator running in this process.
 pub struct TestApp {
     pub addr: String,
-    pub db: String,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -136,7 +135,6 @@ pub async fn spawn_app_on(db: &str, extra: &[&str]) -> TestApp {
     }));
     TestApp {
         addr,
-        db: db.to_string(),
         http: reqwest::Client::new(),
         stop: Some(tx),
         handle: Some(handle),
@@ -289,13 +287,9 @@ pub fn start_process(db: &str, instance: &str) -> Process {
 impl Process {
     pub async fn wait_ready(&self, http: &reqwest::Client) {
         let url = format!("{}/health/ready", self.addr);
-        let ready = eventually(|| async {
-            http.get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await;
+        let ready =
+            eventually(|| async { http.get(&url).send().await.is_ok_and(|r| r.status() == 200) })
+                .await;
         assert!(ready, "the coordinator process never became ready");
     }
 

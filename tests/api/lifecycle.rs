@@ -44,7 +44,11 @@ async fn a_failed_try_cancels_the_reserved_tasks() {
     let p = Participant::start().await;
     p.script(Op::Try, "b", vec![Reply::Status(400)]);
     let id = app
-        .submit(&job_of(&[("a", p.url("a")), ("b", p.url("b")), ("c", p.url("c"))]))
+        .submit(&job_of(&[
+            ("a", p.url("a")),
+            ("b", p.url("b")),
+            ("c", p.url("c")),
+        ]))
         .await;
     let done = app.wait_status(&id, "failed").await;
     assert_eq!(done["failureReason"], "try-failed");
@@ -86,7 +90,11 @@ async fn a_confirm_answered_503_twice_is_retried_to_completion() {
 async fn a_link_expiring_while_its_confirm_is_retried_makes_the_job_heuristic() {
     let app = spawn_app().await;
     let p = Participant::start().await;
-    p.script(Op::Try, "b", vec![Reply::ReserveFor(Duration::from_secs(4))]);
+    p.script(
+        Op::Try,
+        "b",
+        vec![Reply::ReserveFor(Duration::from_secs(4))],
+    );
     p.set_default(Op::Confirm, "b", Reply::Status(503));
     let id = app
         .submit(&job_of(&[("a", p.url("a")), ("b", p.url("b"))]))
@@ -133,7 +141,11 @@ async fn a_first_confirm_refused_before_any_confirmed_cancels_the_rest() {
 async fn a_link_expiring_within_the_confirm_margin_fails_the_job_expiring() {
     let app = spawn_app_with(&["--confirm-margin", "5s"]).await;
     let p = Participant::start().await;
-    p.script(Op::Try, "b", vec![Reply::ReserveFor(Duration::from_secs(3))]);
+    p.script(
+        Op::Try,
+        "b",
+        vec![Reply::ReserveFor(Duration::from_secs(3))],
+    );
     let id = app
         .submit(&job_of(&[("a", p.url("a")), ("b", p.url("b"))]))
         .await;
@@ -205,7 +217,11 @@ async fn the_deadline_passing_while_a_try_stalls_cancels_the_job() {
     let id = app.submit(&job).await;
     let done = app.wait_status(&id, "failed").await;
     assert_eq!(done["failureReason"], "timeout");
-    assert_eq!(p.count(Op::Cancel, "a"), 1, "the reserved task is cancelled");
+    assert_eq!(
+        p.count(Op::Cancel, "a"),
+        1,
+        "the reserved task is cancelled"
+    );
     assert!(p.released("a"));
     assert_eq!(p.count_all(Op::Confirm), 0);
     assert_eq!(task(&done, "slow")["taskStatus"], "expired");
@@ -220,7 +236,11 @@ async fn explicit_confirm_with_prefer_wait() {
     job["autoConfirm"] = json!(false);
     let id = app.submit(&job).await;
     app.wait_status(&id, "reserved").await;
-    assert_eq!(p.count_all(Op::Confirm), 0, "no confirm before the client asks");
+    assert_eq!(
+        p.count_all(Op::Confirm),
+        0,
+        "no confirm before the client asks"
+    );
     let resp = app
         .http
         .post(app.url(&format!("/jobs/{id}/confirm")))
@@ -351,7 +371,11 @@ async fn an_open_job_takes_registered_links_then_confirms_them() {
         .send()
         .await
         .expect("register again");
-    assert_eq!(again.status(), 200, "the same link again answers the existing task");
+    assert_eq!(
+        again.status(),
+        200,
+        "the same link again answers the existing task"
+    );
     let existing: Value = again.json().await.expect("json");
     assert_eq!(existing["taskID"], "x");
 
@@ -452,5 +476,22 @@ async fn try_answers_input_and_output_mappings() {
             .as_str()
             .is_some_and(|m| m.contains("/missing"))
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_try_answered_429_waits_for_retry_after() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(Op::Try, "a", vec![Reply::StatusRetryAfter(429, 1)]);
+    let id = app.submit(&job_of(&[("a", p.url("a"))])).await;
+    let done = app.wait_status(&id, "completed").await;
+    let tries = p.received(Op::Try, "a");
+    assert_eq!(tries.len(), 2);
+    assert!(
+        tries[1].at.duration_since(tries[0].at) >= Duration::from_secs(1),
+        "the retry came before Retry-After"
+    );
+    assert_eq!(task(&done, "a")["taskStatus"], "confirmed");
     app.stop().await;
 }

@@ -64,6 +64,7 @@ pub struct Received {
     pub content_type: Option<String>,
     pub accept: Option<String>,
     pub body: Option<Value>,
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -90,7 +91,9 @@ pub struct Participant {
 }
 
 fn header(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 impl Shared {
@@ -116,6 +119,7 @@ impl Shared {
             content_type: header(headers, "content-type"),
             accept: header(headers, "accept"),
             body,
+            at: std::time::Instant::now(),
         });
     }
 

@@ -51,7 +51,10 @@ async fn a_coordinator_killed_while_retrying_a_confirm_is_taken_over() {
     let done = eventually(|| async { get().await["jobStatus"] == "completed" }).await;
     let job = get().await;
     assert!(done, "the job completed after the takeover: {job:#}");
-    assert!(p.confirmed("ok") && p.confirmed("flaky"), "both applied, once");
+    assert!(
+        p.confirmed("ok") && p.confirmed("flaky"),
+        "both applied, once"
+    );
     let attempts = task(&job, "flaky")["attempts"].as_u64().unwrap_or(0) as usize;
     let received = p.count(Op::Confirm, "flaky");
     assert!(received >= 3, "confirms before and after the crash arrived");
@@ -134,9 +137,7 @@ async fn a_graceful_stop_hands_the_job_to_the_next_instance() {
     let p = Participant::start().await;
     p.set_default(Op::Confirm, "flaky", Reply::Status(503));
     let first = spawn_app_on(&db, &["--instance-id", "first", "--lease-ttl", "600s"]).await;
-    let id = first
-        .submit(&job_of(&[("flaky", p.url("flaky"))]))
-        .await;
+    let id = first.submit(&job_of(&[("flaky", p.url("flaky"))])).await;
     assert!(eventually(|| async { p.count(Op::Confirm, "flaky") >= 1 }).await);
     first.stop().await;
     let seen = p.count(Op::Confirm, "flaky");

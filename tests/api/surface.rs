@@ -20,7 +20,11 @@ async fn entry_point_health_and_metrics() {
         .json()
         .await
         .expect("json");
-    assert!(root["_links"]["jobs"]["href"].as_str().is_some_and(|h| h.ends_with("/jobs")));
+    assert!(
+        root["_links"]["jobs"]["href"]
+            .as_str()
+            .is_some_and(|h| h.ends_with("/jobs"))
+    );
     for path in ["/health/live", "/health/ready"] {
         let r = app.http.get(app.url(path)).send().await.expect("health");
         assert_eq!(r.status(), 200, "{path}");
@@ -75,7 +79,11 @@ async fn listing_filters_and_pages() {
         .as_array()
         .map(|js| js.iter().filter_map(|j| j["jobID"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(first, vec![ids[4].as_str(), ids[3].as_str()], "newest first");
+    assert_eq!(
+        first,
+        vec![ids[4].as_str(), ids[3].as_str()],
+        "newest first"
+    );
     // Follow the next links to the end: every job once.
     let mut seen: Vec<String> = first.iter().map(|s| s.to_string()).collect();
     let mut next = page["_links"]["next"]["href"].as_str().map(str::to_string);
@@ -234,7 +242,15 @@ async fn methods_head_options_links_and_errors() {
     assert!(allow.contains("GET") && allow.contains("DELETE"), "{allow}");
 
     let job = app.get_job(&id).await;
-    for rel in ["self", "collection", "progress", "tasks", "confirm", "cancel", "participants"] {
+    for rel in [
+        "self",
+        "collection",
+        "progress",
+        "tasks",
+        "confirm",
+        "cancel",
+        "participants",
+    ] {
         assert!(job["_links"][rel]["href"].as_str().is_some(), "link {rel}");
     }
     let resp = app.http.get(&url).send().await.expect("get");
@@ -250,7 +266,9 @@ async fn methods_head_options_links_and_errors() {
     assert_eq!(put.status(), 405);
     assert!(put.headers().get("allow").is_some());
     assert_eq!(
-        put.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        put.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
         Some("application/problem+json")
     );
     let missing = app.http.get(app.url("/nowhere")).send().await.expect("get");

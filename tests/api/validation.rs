@@ -120,14 +120,24 @@ async fn bad_jobs_are_rejected_with_a_named_field_and_nothing_is_stored() {
         assert_eq!(status, c.status, "{}: {problem:#}", c.name);
         assert_eq!(ctype, "application/problem+json", "{}", c.name);
         assert_eq!(problem["status"], c.status, "{}", c.name);
-        assert!(problem["type"].as_str().is_some_and(|t| t.starts_with("/problems/")));
+        assert!(
+            problem["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("/problems/"))
+        );
         assert_eq!(problem["instance"], "/jobs", "{}", c.name);
         let text = problem.to_string();
         let named = problem["errors"]
             .as_array()
             .is_some_and(|es| es.iter().any(|e| e["pointer"] == c.names))
-            || problem["detail"].as_str().is_some_and(|d| d.contains(c.names));
-        assert!(named, "{}: the problem must name {:?}: {text}", c.name, c.names);
+            || problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(c.names));
+        assert!(
+            named,
+            "{}: the problem must name {:?}: {text}",
+            c.name, c.names
+        );
     }
     assert_eq!(app.job_count().await, 0, "no rejected job was stored");
     app.stop().await;
@@ -155,7 +165,11 @@ async fn bad_registrations_and_unknown_jobs() {
         .unwrap_or_default();
     assert_eq!(pointers, vec!["/uri", "/expires"]);
     let job = app.get_job(&id).await;
-    assert_eq!(job["tasks"].as_array().map(Vec::len), Some(0), "nothing stored");
+    assert_eq!(
+        job["tasks"].as_array().map(Vec::len),
+        Some(0),
+        "nothing stored"
+    );
 
     let missing = app
         .http
@@ -209,7 +223,11 @@ async fn idempotent_submission() {
     let replay: Value = replay.json().await.expect("json");
     assert_eq!(replay["jobID"], first["jobID"]);
     // Another document under the same key.
-    let other = send(json!({"autoConfirm": false, "tasks": [], "tags": ["u"]}), "k-1").await;
+    let other = send(
+        json!({"autoConfirm": false, "tasks": [], "tags": ["u"]}),
+        "k-1",
+    )
+    .await;
     assert_eq!(other.status(), 422);
     let problem: Value = other.json().await.expect("problem");
     assert_eq!(problem["type"], "/problems/idempotency-key-reused");
