@@ -29,6 +29,10 @@ pub enum EmbeddedError {
         "TCC_DATA_DIR {0:?} is too long for a Unix socket path ({1} bytes, at most {MAX_SOCKET_DIR}); choose a shorter directory"
     )]
     PathTooLong(PathBuf, usize),
+    #[error(
+        "TCC_DATA_DIR {0:?} cannot be reached by the postgres user that runs the embedded PostgreSQL: {1:?} is not searchable by it. Choose a directory it can reach (for example under /var/lib or /tmp), or set DATABASE_URL"
+    )]
+    Unreachable(PathBuf, PathBuf),
     #[error("TCC_DATA_DIR {0:?}: {1}")]
     DataDir(PathBuf, std::io::Error),
     #[error("{command} failed: {detail}")]
@@ -103,6 +107,22 @@ fn postgres_user() -> Option<(u32, u32)> {
     })
 }
 
+/// The first parent directory of `path` that user `uid` (group `gid`) cannot search.
+fn first_unsearchable(path: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    path.ancestors().skip(1).find_map(|dir| {
+        let m = std::fs::metadata(dir).ok()?;
+        let mode = m.mode();
+        let searchable = if m.uid() == uid {
+            mode & 0o100 != 0
+        } else if m.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        (!searchable).then(|| dir.to_path_buf())
+    })
+}
+
 fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
@@ -131,6 +151,9 @@ impl EmbeddedPostgres {
         };
         let data = pg.data_dir();
         if let Some((uid, gid)) = pg.run_as {
+            if let Some(blocked) = first_unsearchable(&pg.base, uid, gid) {
+                return Err(EmbeddedError::Unreachable(pg.base.clone(), blocked));
+            }
             std::os::unix::fs::chown(&pg.base, Some(uid), Some(gid))
                 .map_err(|e| EmbeddedError::DataDir(pg.base.clone(), e))?;
         }
@@ -282,4 +305,29 @@ pub async fn create_database(
     drop(client);
     let _ = conn.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsearchable_parents_are_found() {
+        let dir = std::env::temp_dir().join(format!("tcc-perm-{}", std::process::id()));
+        let inner = dir.join("a").join("b");
+        std::fs::create_dir_all(&inner).expect("mkdir");
+        let set = |p: &Path, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        set(&dir, 0o700);
+        // Somebody else (uid and gid nobody has) cannot pass the 0700 directory.
+        assert_eq!(
+            first_unsearchable(&inner, 4_000_000, 4_000_000),
+            Some(dir.clone())
+        );
+        set(&dir, 0o755);
+        assert_eq!(first_unsearchable(&inner, 4_000_000, 4_000_000), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

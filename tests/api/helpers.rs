@@ -57,14 +57,15 @@ fn cluster() -> &'static Cluster {
     }
 }
 
-/// A short, private directory for the test cluster (socket paths are limited in length).
+/// A private directory for the test cluster, outside the checkout: the cluster may run as the
+/// `postgres` user, which cannot always reach the checkout (under /root, say), and socket paths
+/// are short. One per checkout, so that two checkouts do not share a cluster.
 fn test_pg_dir() -> std::path::PathBuf {
-    let target = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg");
-    if target.as_os_str().len() < 80 {
-        target
-    } else {
-        std::env::temp_dir().join("tcc-test-pg")
-    }
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let tag: u32 = checkout.bytes().fold(2_166_136_261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16_777_619)
+    });
+    std::env::temp_dir().join(format!("tcc-test-pg-{tag:08x}"))
 }
 
 /// A new, empty database; returns its connection string.

@@ -150,3 +150,48 @@ async fn a_graceful_stop_hands_the_job_to_the_next_instance() {
     assert_eq!(task(&done, "flaky")["taskStatus"], "confirmed");
     second.stop().await;
 }
+
+#[tokio::test]
+async fn sigterm_releases_the_leases_and_exits_zero() {
+    let db = fresh_database().await;
+    let p = Participant::start().await;
+    p.set_default(Op::Confirm, "flaky", Reply::Status(503));
+    let http = reqwest::Client::new();
+    let mut first = start_process(&db, "first");
+    first.wait_ready(&http).await;
+    let resp = http
+        .post(format!("{}/jobs", first.addr))
+        .json(&job_of(&[("flaky", p.url("flaky"))]))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.expect("json")["jobID"]
+        .as_str()
+        .expect("jobID")
+        .to_string();
+    assert!(eventually(|| async { p.count(Op::Confirm, "flaky") >= 1 }).await);
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let mut exit = None;
+    let exited = eventually(|| {
+        let done = first.child.try_wait().ok().flatten();
+        if let Some(s) = done {
+            exit = Some(s);
+        }
+        async move { done.is_some() }
+    })
+    .await;
+    assert!(exited, "the coordinator exits after SIGTERM");
+    assert_eq!(exit.and_then(|s| s.code()), Some(0), "exit status 0");
+
+    // The lease was released: an instance whose own leases last ten minutes takes the job at once.
+    p.set_default(Op::Confirm, "flaky", Reply::Ok);
+    let second = spawn_app_on(&db, &["--instance-id", "second", "--lease-ttl", "600s"]).await;
+    second.wait_status(&id, "completed").await;
+    assert!(p.confirmed("flaky"));
+    second.stop().await;
+}
