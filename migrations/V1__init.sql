@@ -33,6 +33,8 @@ CREATE TABLE jobs (
     lease_generation  bigint NOT NULL DEFAULT 0,
     -- When the engine must look at the job again; NULL once there is nothing left to do.
     next_wake         timestamptz,
+    -- The W3C traceparent of the request that created the job, passed on to participants.
+    traceparent       text,
     idempotency_key   text UNIQUE,
     request_hash      text,
     CHECK ((status IN ('failed', 'canceled')) = (failure_reason IS NOT NULL)

@@ -57,12 +57,19 @@ pub struct ParticipantClient {
     http: reqwest::Client,
 }
 
+/// The headers that identify a call: `correlation-id`, `request-id` (the task id, the same on
+/// every retry) and the creating request's `traceparent`.
+pub struct CallIds<'a> {
+    pub correlation_id: &'a str,
+    pub request_id: &'a str,
+    pub traceparent: Option<&'a str>,
+}
+
 /// What a Try needs besides the URL and body.
 pub struct TryCall<'a> {
     pub url: &'a str,
     pub body: &'a Value,
-    pub correlation_id: &'a str,
-    pub request_id: &'a str,
+    pub ids: CallIds<'a>,
     pub timeout: Duration,
     /// A missing `expires` in the answer means the reservation lasts until here.
     pub job_deadline: DateTime<Utc>,
@@ -126,8 +133,14 @@ impl ParticipantClient {
         Ok((status, headers, body))
     }
 
-    fn base_headers(correlation_id: &str, request_id: &str) -> HeaderMap {
+    fn base_headers(ids: &CallIds<'_>) -> HeaderMap {
+        let (correlation_id, request_id) = (ids.correlation_id, ids.request_id);
         let mut h = HeaderMap::new();
+        if let Some(t) = ids.traceparent
+            && let Ok(v) = t.parse()
+        {
+            h.insert("traceparent", v);
+        }
         if let Ok(v) = correlation_id.parse() {
             h.insert("correlation-id", v);
         }
@@ -140,7 +153,7 @@ impl ParticipantClient {
     /// `POST {taskURL}` with the Try body.
     pub async fn try_reserve(&self, call: TryCall<'_>) -> CallResult {
         let started = Instant::now();
-        let mut headers = Self::base_headers(call.correlation_id, call.request_id);
+        let mut headers = Self::base_headers(&call.ids);
         headers.insert(CONTENT_TYPE, "application/json".parse().expect("static"));
         headers.insert(ACCEPT, "application/json".parse().expect("static"));
         let body = serde_json::to_vec(call.body).unwrap_or_else(|_| b"{}".to_vec());
@@ -187,14 +200,8 @@ impl ParticipantClient {
     }
 
     /// `PUT {link}` with `application/tcc`.
-    pub async fn confirm(
-        &self,
-        link: &Link,
-        correlation_id: &str,
-        request_id: &str,
-        timeout: Duration,
-    ) -> CallResult {
-        let mut headers = Self::base_headers(correlation_id, request_id);
+    pub async fn confirm(&self, link: &Link, ids: &CallIds<'_>, timeout: Duration) -> CallResult {
+        let mut headers = Self::base_headers(ids);
         headers.insert(CONTENT_TYPE, "application/tcc".parse().expect("static"));
         headers.insert(ACCEPT, "application/tcc".parse().expect("static"));
         self.settle(Method::PUT, Op::Confirm, link, headers, timeout)
@@ -202,14 +209,8 @@ impl ParticipantClient {
     }
 
     /// `DELETE {link}`.
-    pub async fn cancel(
-        &self,
-        link: &Link,
-        correlation_id: &str,
-        request_id: &str,
-        timeout: Duration,
-    ) -> CallResult {
-        let mut headers = Self::base_headers(correlation_id, request_id);
+    pub async fn cancel(&self, link: &Link, ids: &CallIds<'_>, timeout: Duration) -> CallResult {
+        let mut headers = Self::base_headers(ids);
         headers.insert(ACCEPT, "application/tcc".parse().expect("static"));
         self.settle(Method::DELETE, Op::Cancel, link, headers, timeout)
             .await

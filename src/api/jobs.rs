@@ -63,6 +63,20 @@ async fn load(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
+/// The incoming W3C `traceparent`, when well-formed (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("traceparent")?.to_str().ok()?.trim();
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2))
+    .then_some(v)
+}
+
 pub async fn entry_point(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let base = base_url(&state, &headers);
     let body = json!({
@@ -121,6 +135,7 @@ pub async fn create_job(
                 lease_ttl: state.engine.lease_ttl(),
                 idempotency_key: key.as_deref(),
                 request_hash: &hash,
+                traceparent: traceparent(&headers),
             },
         )
         .await?

@@ -90,6 +90,8 @@ pub struct Job {
     pub status: JobStatus,
     pub failure_reason: Option<FailureReason>,
     pub correlation_id: String,
+    /// The W3C `traceparent` of the creating request, sent on with every participant call.
+    pub traceparent: Option<String>,
     pub auto_confirm: bool,
     pub confirm_requested: bool,
     pub cancel_requested: bool,

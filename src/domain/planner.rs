@@ -632,6 +632,7 @@ mod tests {
             status: JobStatus::Pending,
             failure_reason: None,
             correlation_id: "c".into(),
+            traceparent: None,
             auto_confirm: true,
             confirm_requested: false,
             cancel_requested: false,

@@ -37,7 +37,7 @@ use crate::domain::planner::{self, Plan};
 use crate::domain::status::IllegalTransition;
 use crate::domain::{Answer, Job, JobStatus, Op, PlannerSettings, Step, mapping};
 use crate::metrics as m;
-use crate::participant::{CallResult, ParticipantClient, TryCall};
+use crate::participant::{CallIds, CallResult, ParticipantClient, TryCall};
 use crate::store::{self, Fence, Save, Saved, StoreError};
 
 /// Settings of the engine, from the configuration.
@@ -402,7 +402,10 @@ impl Driver {
             };
             let idle = in_flight.is_empty() && plan.steps.is_empty();
             let release: Option<Option<DateTime<Utc>>> = if stopping {
-                calls.is_empty().then_some(Some(now))
+                // Hand the job back to be picked up at once by whoever runs next.
+                calls
+                    .is_empty()
+                    .then_some((!job.status.is_terminal()).then_some(now))
             } else if idle {
                 if job.status.is_terminal() {
                     Some(None)
@@ -433,7 +436,8 @@ impl Driver {
                     shared_state_changed: job.shared_state != saved.shared_state,
                     guard_seq: (release.is_some() || deciding).then_some(seen_seq),
                     release,
-                    durable: plan.durable || job.status != saved.status && job.status.is_terminal(),
+                    durable: plan.durable
+                        || (job.status != saved.status && job.status.is_terminal()),
                     lease_ttl: settings.lease_ttl,
                 };
                 let result = {
@@ -564,6 +568,7 @@ impl Driver {
         let inner = self.inner.clone();
         let task = &job.tasks[step.task];
         let correlation_id = job.correlation_id.clone();
+        let traceparent = job.traceparent.clone();
         let request_id = task.task_id.clone();
         let idx = step.task;
         let op = step.op;
@@ -597,8 +602,11 @@ impl Driver {
                             .try_reserve(TryCall {
                                 url: &spec.task_url,
                                 body: &body,
-                                correlation_id: &correlation_id,
-                                request_id: &request_id,
+                                ids: CallIds {
+                                    correlation_id: &correlation_id,
+                                    request_id: &request_id,
+                                    traceparent: traceparent.as_deref(),
+                                },
                                 timeout,
                                 job_deadline: deadline,
                             })
@@ -615,16 +623,15 @@ impl Driver {
                 let timeout = inner.settings.call_timeout;
                 async move {
                     let _slot = inner.calls.acquire().await;
+                    let ids = CallIds {
+                        correlation_id: &correlation_id,
+                        request_id: &request_id,
+                        traceparent: traceparent.as_deref(),
+                    };
                     let result = if op == Op::Confirm {
-                        inner
-                            .client
-                            .confirm(&link, &correlation_id, &request_id, timeout)
-                            .await
+                        inner.client.confirm(&link, &ids, timeout).await
                     } else {
-                        inner
-                            .client
-                            .cancel(&link, &correlation_id, &request_id, timeout)
-                            .await
+                        inner.client.cancel(&link, &ids, timeout).await
                     };
                     (idx, op, result)
                 }

@@ -156,7 +156,7 @@ pub struct JobRecord {
     pub lease_generation: i64,
 }
 
-const JOB_COLUMNS: &str = "id, status, failure_reason, correlation_id, auto_confirm, \
+const JOB_COLUMNS: &str = "id, status, failure_reason, correlation_id, traceparent, auto_confirm, \
     confirm_requested, cancel_requested, created_at, deadline, shared_state, retry_policy, \
     source, fields, updated_at, attempt, wake_seq, lease_owner, lease_generation";
 
@@ -180,6 +180,7 @@ fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Result<JobRecord
                 .transpose()
                 .map_err(corrupt)?,
             correlation_id: row.try_get("correlation_id")?,
+            traceparent: row.try_get("traceparent")?,
             auto_confirm: row.try_get("auto_confirm")?,
             confirm_requested: row.try_get("confirm_requested")?,
             cancel_requested: row.try_get("cancel_requested")?,
@@ -247,6 +248,7 @@ pub struct NewJobRow<'a> {
     pub lease_ttl: Duration,
     pub idempotency_key: Option<&'a str>,
     pub request_hash: &'a str,
+    pub traceparent: Option<&'a str>,
 }
 
 /// Store a new job and its tasks in one statement, claimed by `owner`. A job whose tasks are all
@@ -302,9 +304,9 @@ pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Res
                 INSERT INTO jobs (id, source, status, fields, correlation_id, tags, auto_confirm,
                     retry_policy, shared_state, task_count, created_at, updated_at, deadline,
                     lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
-                    request_hash)
+                    request_hash, traceparent)
                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $10, $11,
-                    $12, now() + make_interval(secs => $13), 1, $10, $14, $15)
+                    $12, now() + make_interval(secs => $13), 1, $10, $14, $15, $23)
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING id
              ), t AS (
@@ -346,6 +348,7 @@ pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Res
                 &statuses,
                 &uris,
                 &expires,
+                &row.traceparent,
             ],
         )
         .await?;

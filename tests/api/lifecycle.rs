@@ -13,7 +13,20 @@ async fn three_tasks_complete_with_one_try_and_one_confirm_each() {
     let p = Participant::start().await;
     let mut job = job_of(&[("a", p.url("a")), ("b", p.url("b")), ("c", p.url("c"))]);
     job["correlationID"] = json!("order-8812");
-    let id = app.submit(&job).await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = app
+        .http
+        .post(app.url("/jobs"))
+        .header("traceparent", trace)
+        .json(&job)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.expect("json")["jobID"]
+        .as_str()
+        .expect("jobID")
+        .to_string();
     let done = app.wait_status(&id, "completed").await;
     for name in ["a", "b", "c"] {
         assert_eq!(p.count(Op::Try, name), 1, "{name}: one Try");
@@ -28,6 +41,8 @@ async fn three_tasks_complete_with_one_try_and_one_confirm_each() {
         assert_eq!(confirm.accept.as_deref(), Some("application/tcc"));
         assert_eq!(confirm.correlation_id.as_deref(), Some("order-8812"));
         assert_eq!(confirm.request_id.as_deref(), Some(name));
+        assert_eq!(tried.traceparent.as_deref(), Some(trace));
+        assert_eq!(confirm.traceparent.as_deref(), Some(trace));
         let t = task(&done, name);
         assert_eq!(t["taskStatus"], "confirmed");
         assert_eq!(t["attempts"], 1);

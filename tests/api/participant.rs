@@ -63,6 +63,7 @@ pub struct Received {
     pub request_id: Option<String>,
     pub content_type: Option<String>,
     pub accept: Option<String>,
+    pub traceparent: Option<String>,
     pub body: Option<Value>,
     pub at: std::time::Instant,
 }
@@ -118,6 +119,7 @@ impl Shared {
             request_id: header(headers, "request-id"),
             content_type: header(headers, "content-type"),
             accept: header(headers, "accept"),
+            traceparent: header(headers, "traceparent"),
             body,
             at: std::time::Instant::now(),
         });
