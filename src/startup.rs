@@ -71,6 +71,7 @@ impl Application {
         let instance_id = config.instance_id();
         let engine = Engine::new(
             pool.clone(),
+            db.clone(),
             ParticipantClient::new()?,
             EngineSettings {
                 instance_id: instance_id.clone(),

@@ -69,6 +69,7 @@ pub struct Engine {
 
 struct Inner {
     pool: Pool,
+    db: tokio_postgres::Config,
     client: ParticipantClient,
     settings: EngineSettings,
     /// Participant calls in flight.
@@ -97,11 +98,18 @@ enum DriveError {
 }
 
 impl Engine {
-    pub fn new(pool: Pool, client: ParticipantClient, settings: EngineSettings) -> Self {
+    /// `db`: where to listen for wake-ups sent by other instances.
+    pub fn new(
+        pool: Pool,
+        db: tokio_postgres::Config,
+        client: ParticipantClient,
+        settings: EngineSettings,
+    ) -> Self {
         let (changes, _) = broadcast::channel(4096);
         Engine {
             inner: Arc::new(Inner {
                 pool,
+                db,
                 client,
                 calls: Arc::new(Semaphore::new(settings.max_inflight_calls)),
                 drivers: Arc::new(Semaphore::new(settings.max_active_jobs)),
@@ -218,12 +226,42 @@ impl Engine {
         });
     }
 
-    /// Start the scanner (due retries, lapsed leases) and housekeeping.
+    /// Start the scanner (due retries, lapsed leases) with housekeeping, and the listener for
+    /// wake-ups from other instances.
     pub fn start_background(&self) {
         let engine = self.clone();
         self.inner
             .tracker
             .spawn(async move { engine.scan_loop().await });
+        let engine = self.clone();
+        self.inner
+            .tracker
+            .spawn(async move { engine.listen_loop().await });
+    }
+
+    /// Wake local drivers for requests other instances received. Only drivers running here are
+    /// woken: a job nobody drives is claimed by the instance that took the request.
+    async fn listen_loop(self) {
+        loop {
+            let inner = &self.inner;
+            let listen = store::listen_wakes(&inner.db, |id| {
+                if let Some(n) = inner.running_notify(id) {
+                    n.notify_one();
+                }
+            });
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                r = listen => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "wake-up listener lost its connection; reconnecting");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     async fn scan_loop(self) {

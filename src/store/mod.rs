@@ -608,6 +608,35 @@ pub async fn renew(
     Ok(n == 1)
 }
 
+/// Listen on the wake-up channel: every client request that the driver of a job must see is
+/// announced there (by `request_confirm`, `request_cancel`, `register`), whichever instance
+/// received it. Calls `on_wake` with the job id; returns when the connection ends.
+pub async fn listen_wakes(
+    config: &tokio_postgres::Config,
+    mut on_wake: impl FnMut(&str),
+) -> Result<()> {
+    use futures::StreamExt;
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let listen = client.batch_execute("LISTEN tcc_wake");
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            done = &mut listen, if !listening => {
+                done?;
+                listening = true;
+            }
+            msg = messages.next() => match msg {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => on_wake(n.payload()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(StoreError::Unavailable("the wake-up connection closed".into())),
+            },
+        }
+    }
+}
+
 /// A job claimed by this instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
@@ -741,10 +770,14 @@ async fn current_status(
 pub async fn request_confirm(client: &impl GenericClient, id: &str) -> Result<RequestOutcome> {
     let n = client
         .execute(
-            "UPDATE jobs SET confirm_requested = true, wake_seq = wake_seq + 1,
+            "WITH u AS (
+                UPDATE jobs SET confirm_requested = true, wake_seq = wake_seq + 1,
                     next_wake = now(), updated_at = now()
-             WHERE id = $1 AND status IN ('pending', 'trying', 'reserved')
-               AND task_count > 0 AND NOT cancel_requested",
+                WHERE id = $1 AND status IN ('pending', 'trying', 'reserved')
+                  AND task_count > 0 AND NOT cancel_requested
+                RETURNING id
+             )
+             SELECT pg_notify('tcc_wake', id) FROM u",
             &[&id],
         )
         .await?;
@@ -763,9 +796,13 @@ pub async fn request_confirm(client: &impl GenericClient, id: &str) -> Result<Re
 pub async fn request_cancel(client: &impl GenericClient, id: &str) -> Result<RequestOutcome> {
     let n = client
         .execute(
-            "UPDATE jobs SET cancel_requested = true, wake_seq = wake_seq + 1,
+            "WITH u AS (
+                UPDATE jobs SET cancel_requested = true, wake_seq = wake_seq + 1,
                     next_wake = now(), updated_at = now()
-             WHERE id = $1 AND status IN ('pending', 'trying', 'reserved')",
+                WHERE id = $1 AND status IN ('pending', 'trying', 'reserved')
+                RETURNING id
+             )
+             SELECT pg_notify('tcc_wake', id) FROM u",
             &[&id],
         )
         .await?;
@@ -863,6 +900,8 @@ pub async fn register(
         &[&id],
     )
     .await?;
+    tx.execute("SELECT pg_notify('tcc_wake', $1)", &[&id])
+        .await?;
     let task = task_from_row(&row)?;
     tx.commit().await?;
     Ok(Registered::Created(task))

@@ -195,3 +195,44 @@ async fn sigterm_releases_the_leases_and_exits_zero() {
     assert!(p.confirmed("flaky"));
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancel_sent_to_another_instance_reaches_the_driving_one_at_once() {
+    let db = fresh_database().await;
+    // Leases so long that, without a wake-up, the driving instance would not look again in time.
+    let a = spawn_app_on(&db, &["--instance-id", "a", "--lease-ttl", "600s"]).await;
+    let b = spawn_app_on(&db, &["--instance-id", "b", "--lease-ttl", "600s"]).await;
+    let p = Participant::start().await;
+    p.set_default(Op::Try, "slow", Reply::Stall);
+    let job = json!({
+        "jobMaxTTL": 600,
+        "tasks": [
+            {"taskID": "a", "taskURL": p.url("a")},
+            {"taskID": "slow", "taskURL": p.url("slow"), "taskMaxTTL": 300}
+        ]
+    });
+    let id = a.submit(&job).await;
+    assert!(
+        eventually(|| async { p.count(Op::Try, "slow") == 1 && p.reservations("a").len() == 1 })
+            .await
+    );
+    let resp = b
+        .http
+        .delete(b.url(&format!("/jobs/{id}")))
+        .send()
+        .await
+        .expect("DELETE via b");
+    assert_eq!(resp.status(), 202);
+    assert!(
+        eventually(|| async { p.count(Op::Cancel, "a") == 1 && p.released("a") }).await,
+        "instance a, blocked on the stalled Try, was woken and cancelled the reservation"
+    );
+    let job = a.get_job(&id).await;
+    assert_eq!(
+        job["jobStatus"], "cancelling",
+        "the stalled Try is still awaited"
+    );
+    assert_eq!(job["failureReason"], "client");
+    a.stop().await;
+    b.stop().await;
+}
