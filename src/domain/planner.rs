@@ -659,6 +659,13 @@ mod tests {
         }
     }
 
+    fn retry503() -> Answer {
+        Answer::Retryable {
+            message: "503".into(),
+            retry_after: None,
+        }
+    }
+
     fn none() -> HashSet<usize> {
         HashSet::new()
     }
@@ -768,18 +775,7 @@ mod tests {
             let p = plan(&mut j, &none(), now, &settings()).expect("plan");
             assert_eq!(p.steps.len(), 1, "attempt {attempt}");
             assert_eq!(p.steps[0].attempt, attempt);
-            apply(
-                &mut j,
-                0,
-                Op::Try,
-                Answer::Retryable {
-                    message: "503".into(),
-                    retry_after: None,
-                },
-                now,
-                1.0,
-            )
-            .expect("apply");
+            apply(&mut j, 0, Op::Try, retry503(), now, 1.0).expect("apply");
             if attempt < 3 {
                 let at = j.tasks[0].next_attempt_at.expect("retry scheduled");
                 let p = plan(&mut j, &none(), now, &settings()).expect("plan");
@@ -804,18 +800,7 @@ mod tests {
         for _ in 0..2 {
             let p = plan(&mut j, &none(), now, &settings()).expect("plan");
             assert_eq!(ops(&p), vec![(0, Op::Confirm)]);
-            apply(
-                &mut j,
-                0,
-                Op::Confirm,
-                Answer::Retryable {
-                    message: "503".into(),
-                    retry_after: None,
-                },
-                now,
-                1.0,
-            )
-            .expect("apply");
+            apply(&mut j, 0, Op::Confirm, retry503(), now, 1.0).expect("apply");
             now = j.tasks[0].next_attempt_at.expect("scheduled");
         }
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
@@ -882,30 +867,8 @@ mod tests {
         let p = plan(&mut j, &[1, 2].into(), now, &settings()).expect("plan");
         assert!(p.steps.is_empty());
         assert_eq!(j.status, JobStatus::Confirming);
-        apply(
-            &mut j,
-            1,
-            Op::Confirm,
-            Answer::Retryable {
-                message: "503".into(),
-                retry_after: None,
-            },
-            now,
-            0.5,
-        )
-        .expect("apply");
-        apply(
-            &mut j,
-            2,
-            Op::Confirm,
-            Answer::Retryable {
-                message: "503".into(),
-                retry_after: None,
-            },
-            now,
-            0.5,
-        )
-        .expect("apply");
+        apply(&mut j, 1, Op::Confirm, retry503(), now, 0.5).expect("apply");
+        apply(&mut j, 2, Op::Confirm, retry503(), now, 0.5).expect("apply");
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
         assert_eq!(j.status, JobStatus::Cancelling);
         assert_eq!(j.failure_reason, Some(FailureReason::ConfirmRefused));
@@ -1097,18 +1060,7 @@ mod tests {
         apply(&mut j, 0, Op::Try, reserved(now + secs(5)), now, 0.5).expect("apply");
         j.cancel_requested = true;
         plan(&mut j, &none(), now, &settings()).expect("plan");
-        apply(
-            &mut j,
-            0,
-            Op::Cancel,
-            Answer::Retryable {
-                message: "503".into(),
-                retry_after: None,
-            },
-            now,
-            0.5,
-        )
-        .expect("apply");
+        apply(&mut j, 0, Op::Cancel, retry503(), now, 0.5).expect("apply");
         plan(&mut j, &none(), now + secs(5), &settings()).expect("plan");
         assert_eq!(j.tasks[0].status, TaskStatus::Expired);
         assert_eq!(j.status, JobStatus::Canceled);

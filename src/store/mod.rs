@@ -642,43 +642,53 @@ pub async fn listen_wakes(
 pub struct Claimed {
     pub id: String,
     pub generation: i64,
-    /// The lease was taken over from another instance whose lease lapsed.
-    pub taken_over: bool,
 }
 
-/// Claim up to `limit` jobs that are due and not leased (or whose lease lapsed).
-pub async fn claim_due(
+/// Claim jobs that are due and not leased (or whose lease lapsed): up to `limit` of them, or only
+/// job `only`. Jobs another instance is claiming at the same moment are skipped, not waited for.
+async fn claim(
     client: &impl GenericClient,
     owner: &str,
     ttl: Duration,
+    only: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Claimed>> {
     let stmt = client
         .prepare_cached(
             "WITH c AS (
-                SELECT id, lease_owner AS prev FROM jobs
+                SELECT id FROM jobs
                 WHERE next_wake <= now() AND (lease_owner IS NULL OR lease_expires < now())
-                ORDER BY next_wake LIMIT $3
+                  AND ($3::text IS NULL OR id = $3)
+                ORDER BY next_wake LIMIT $4
                 FOR UPDATE SKIP LOCKED
              )
              UPDATE jobs SET lease_owner = $1, lease_expires = now() + make_interval(secs => $2),
                     lease_generation = lease_generation + 1
              FROM c WHERE jobs.id = c.id
-             RETURNING jobs.id, jobs.lease_generation, c.prev IS NOT NULL AS taken_over",
+             RETURNING jobs.id, jobs.lease_generation",
         )
         .await?;
     let rows = client
-        .query(&stmt, &[&owner, &ttl.as_secs_f64(), &limit])
+        .query(&stmt, &[&owner, &ttl.as_secs_f64(), &only, &limit])
         .await?;
     rows.iter()
         .map(|r| {
             Ok(Claimed {
                 id: r.try_get(0)?,
                 generation: r.try_get(1)?,
-                taken_over: r.try_get(2)?,
             })
         })
         .collect()
+}
+
+/// Claim up to `limit` due jobs.
+pub async fn claim_due(
+    client: &impl GenericClient,
+    owner: &str,
+    ttl: Duration,
+    limit: i64,
+) -> Result<Vec<Claimed>> {
+    claim(client, owner, ttl, None, limit).await
 }
 
 /// Claim one job that has something to do, if nobody holds it.
@@ -688,31 +698,7 @@ pub async fn claim_one(
     owner: &str,
     ttl: Duration,
 ) -> Result<Option<Claimed>> {
-    let stmt = client
-        .prepare_cached(
-            "WITH c AS (
-                SELECT id, lease_owner AS prev FROM jobs
-                WHERE id = $3 AND next_wake IS NOT NULL
-                  AND (lease_owner IS NULL OR lease_expires < now())
-                FOR UPDATE SKIP LOCKED
-             )
-             UPDATE jobs SET lease_owner = $1, lease_expires = now() + make_interval(secs => $2),
-                    lease_generation = lease_generation + 1
-             FROM c WHERE jobs.id = c.id
-             RETURNING jobs.id, jobs.lease_generation, c.prev IS NOT NULL AS taken_over",
-        )
-        .await?;
-    let row = client
-        .query_opt(&stmt, &[&owner, &ttl.as_secs_f64(), &id])
-        .await?;
-    row.map(|r| {
-        Ok(Claimed {
-            id: r.try_get(0)?,
-            generation: r.try_get(1)?,
-            taken_over: r.try_get(2)?,
-        })
-    })
-    .transpose()
+    Ok(claim(client, owner, ttl, Some(id), 1).await?.pop())
 }
 
 /// Give a lease back without other changes (shutdown, or a job this instance cannot take now).

@@ -160,33 +160,32 @@ impl TestApp {
         format!("{}{path}", self.addr)
     }
 
-    pub async fn post_job(&self, job: &Value) -> reqwest::Response {
+    /// `POST {path}` with no body.
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.http.post(self.url(path)).send().await.expect("POST")
+    }
+
+    /// `DELETE {path}`.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.http
-            .post(self.url("/jobs"))
-            .json(job)
+            .delete(self.url(path))
             .send()
             .await
-            .expect("POST /jobs")
+            .expect("DELETE")
+    }
+
+    /// `GET {path}`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("GET")
     }
 
     /// Submit a job that must be accepted; returns its id.
     pub async fn submit(&self, job: &Value) -> String {
-        let resp = self.post_job(job).await;
-        let status = resp.status();
-        let body: Value = resp.json().await.expect("json");
-        assert_eq!(status, 202, "job not accepted: {body}");
-        body["jobID"].as_str().expect("jobID").to_string()
+        submit_to(&self.http, &self.addr, job).await
     }
 
     pub async fn get_job(&self, id: &str) -> Value {
-        let resp = self
-            .http
-            .get(self.url(&format!("/jobs/{id}")))
-            .send()
-            .await
-            .expect("GET job");
-        assert_eq!(resp.status(), 200);
-        resp.json().await.expect("json")
+        get_json(&self.http, &self.url(&format!("/jobs/{id}"))).await
     }
 
     /// Wait for the job to reach `status`; returns its representation.
@@ -205,18 +204,36 @@ impl TestApp {
         }
     }
 
-    pub async fn job_count(&self) -> usize {
-        let body: Value = self
-            .http
-            .get(self.url("/jobs?limit=500"))
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
-        body["jobs"].as_array().map_or(0, Vec::len)
+    /// How many jobs `GET /jobs?{query}` lists (at most 500).
+    pub async fn count_jobs(&self, query: &str) -> usize {
+        let body = get_json(&self.http, &self.url(&format!("/jobs?limit=500&{query}"))).await;
+        body["jobs"].as_array().map_or(usize::MAX, Vec::len)
     }
+
+    pub async fn job_count(&self) -> usize {
+        self.count_jobs("").await
+    }
+}
+
+/// Submit a job to the coordinator at `base`; it must be accepted. Returns its id.
+pub async fn submit_to(http: &reqwest::Client, base: &str, job: &Value) -> String {
+    let resp = http
+        .post(format!("{base}/jobs"))
+        .json(job)
+        .send()
+        .await
+        .expect("POST /jobs");
+    let status = resp.status();
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(status, 202, "job not accepted: {body}");
+    body["jobID"].as_str().expect("jobID").to_string()
+}
+
+/// `GET url`, which must answer 200 with JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    let resp = http.get(url).send().await.expect("GET");
+    assert_eq!(resp.status(), 200, "GET {url}");
+    resp.json().await.expect("json")
 }
 
 /// Poll `cond` until it holds or the patience runs out. Returns whether it held.

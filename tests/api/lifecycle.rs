@@ -179,42 +179,22 @@ async fn a_client_cancels_before_the_decision_but_not_after() {
     job["autoConfirm"] = json!(false);
     let id = app.submit(&job).await;
     app.wait_status(&id, "reserved").await;
-    let resp = app
-        .http
-        .delete(app.url(&format!("/jobs/{id}")))
-        .send()
-        .await
-        .expect("DELETE");
+    let resp = app.delete(&format!("/jobs/{id}")).await;
     assert_eq!(resp.status(), 202);
     let done = app.wait_status(&id, "canceled").await;
     assert_eq!(done["failureReason"], "client");
     assert!(p.released("a") && p.released("b"));
     assert_eq!(p.count_all(Op::Confirm), 0);
     // Again: already canceled.
-    let again = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/cancel")))
-        .send()
-        .await
-        .expect("cancel");
+    let again = app.post(&format!("/jobs/{id}/cancel")).await;
     assert_eq!(again.status(), 200);
-    let confirm = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/confirm")))
-        .send()
-        .await
-        .expect("confirm");
+    let confirm = app.post(&format!("/jobs/{id}/confirm")).await;
     assert_eq!(confirm.status(), 409);
 
     // After the decision, a cancel is refused.
     let id = app.submit(&job_of(&[("c", p.url("c"))])).await;
     app.wait_status(&id, "completed").await;
-    let late = app
-        .http
-        .delete(app.url(&format!("/jobs/{id}")))
-        .send()
-        .await
-        .expect("DELETE");
+    let late = app.delete(&format!("/jobs/{id}")).await;
     assert_eq!(late.status(), 409);
     let problem: Value = late.json().await.expect("problem");
     assert_eq!(problem["status"], 409);
@@ -284,12 +264,7 @@ async fn a_confirm_that_arrives_while_tries_run_is_remembered() {
         ]
     });
     let id = app.submit(&job).await;
-    let resp = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/confirm")))
-        .send()
-        .await
-        .expect("confirm");
+    let resp = app.post(&format!("/jobs/{id}/confirm")).await;
     assert_eq!(resp.status(), 202);
     let done = app.wait_status(&id, "completed").await;
     assert_eq!(p.count(Op::Try, "a"), 2, "the stalled Try was retried");
@@ -351,12 +326,7 @@ async fn an_open_job_takes_registered_links_then_confirms_them() {
     let id = app
         .submit(&json!({"autoConfirm": false, "jobMaxTTL": 60, "tasks": []}))
         .await;
-    let confirm_empty = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/confirm")))
-        .send()
-        .await
-        .expect("confirm");
+    let confirm_empty = app.post(&format!("/jobs/{id}/confirm")).await;
     assert_eq!(confirm_empty.status(), 409, "nothing to confirm yet");
 
     let x = reserve(&app.http, &p, "x").await;

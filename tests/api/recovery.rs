@@ -3,7 +3,8 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PATIENCE, eventually, fresh_database, job_of, spawn_app_on, start_process, task,
+    PATIENCE, eventually, fresh_database, get_json, job_of, spawn_app_on, start_process, submit_to,
+    task,
 };
 use crate::participant::{Op, Participant, Reply};
 
@@ -16,17 +17,12 @@ async fn a_coordinator_killed_while_retrying_a_confirm_is_taken_over() {
 
     let mut first = start_process(&db, "first");
     first.wait_ready(&http).await;
-    let resp = http
-        .post(format!("{}/jobs", first.addr))
-        .json(&job_of(&[("ok", p.url("ok")), ("flaky", p.url("flaky"))]))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.expect("json")["jobID"]
-        .as_str()
-        .expect("jobID")
-        .to_string();
+    let id = submit_to(
+        &http,
+        &first.addr,
+        &job_of(&[("ok", p.url("ok")), ("flaky", p.url("flaky"))]),
+    )
+    .await;
     assert!(
         eventually(|| async { p.count(Op::Confirm, "flaky") >= 2 }).await,
         "the confirm is being retried"
@@ -39,17 +35,9 @@ async fn a_coordinator_killed_while_retrying_a_confirm_is_taken_over() {
     let second = start_process(&db, "second");
     second.wait_ready(&http).await;
     let url = format!("{}/jobs/{id}", second.addr);
-    let get = || async {
-        http.get(&url)
-            .send()
-            .await
-            .expect("get")
-            .json::<Value>()
-            .await
-            .expect("json")
-    };
-    let done = eventually(|| async { get().await["jobStatus"] == "completed" }).await;
-    let job = get().await;
+    let done =
+        eventually(|| async { get_json(&http, &url).await["jobStatus"] == "completed" }).await;
+    let job = get_json(&http, &url).await;
     assert!(done, "the job completed after the takeover: {job:#}");
     assert!(
         p.confirmed("ok") && p.confirmed("flaky"),
@@ -93,12 +81,7 @@ async fn two_coordinators_drive_200_jobs_without_overlapping_calls() {
     for (id, explicit, confirm_to) in &ids {
         if *explicit {
             confirm_to.wait_status(id, "reserved").await;
-            let resp = confirm_to
-                .http
-                .post(confirm_to.url(&format!("/jobs/{id}/confirm")))
-                .send()
-                .await
-                .expect("confirm");
+            let resp = confirm_to.post(&format!("/jobs/{id}/confirm")).await;
             assert!(
                 resp.status() == 202 || resp.status() == 200,
                 "{}",
@@ -108,11 +91,8 @@ async fn two_coordinators_drive_200_jobs_without_overlapping_calls() {
     }
     let all_done = eventually(|| async {
         let body: Value = a
-            .http
-            .get(a.url("/jobs?status=completed&limit=500"))
-            .send()
+            .get("/jobs?status=completed&limit=500")
             .await
-            .expect("list")
             .json()
             .await
             .expect("json");
@@ -159,17 +139,7 @@ async fn sigterm_releases_the_leases_and_exits_zero() {
     let http = reqwest::Client::new();
     let mut first = start_process(&db, "first");
     first.wait_ready(&http).await;
-    let resp = http
-        .post(format!("{}/jobs", first.addr))
-        .json(&job_of(&[("flaky", p.url("flaky"))]))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.expect("json")["jobID"]
-        .as_str()
-        .expect("jobID")
-        .to_string();
+    let id = submit_to(&http, &first.addr, &job_of(&[("flaky", p.url("flaky"))])).await;
     assert!(eventually(|| async { p.count(Op::Confirm, "flaky") >= 1 }).await);
     let term = std::process::Command::new("kill")
         .args(["-TERM", &first.child.id().to_string()])
@@ -216,12 +186,7 @@ async fn a_cancel_sent_to_another_instance_reaches_the_driving_one_at_once() {
         eventually(|| async { p.count(Op::Try, "slow") == 1 && p.reservations("a").len() == 1 })
             .await
     );
-    let resp = b
-        .http
-        .delete(b.url(&format!("/jobs/{id}")))
-        .send()
-        .await
-        .expect("DELETE via b");
+    let resp = b.delete(&format!("/jobs/{id}")).await;
     assert_eq!(resp.status(), 202);
     assert!(
         eventually(|| async { p.count(Op::Cancel, "a") == 1 && p.released("a") }).await,

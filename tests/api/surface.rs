@@ -11,15 +11,7 @@ use crate::participant::Participant;
 #[tokio::test]
 async fn entry_point_health_and_metrics() {
     let app = spawn_app().await;
-    let root: Value = app
-        .http
-        .get(app.url("/"))
-        .send()
-        .await
-        .expect("GET /")
-        .json()
-        .await
-        .expect("json");
+    let root: Value = app.get("/").await.json().await.expect("json");
     assert!(
         root["_links"]["jobs"]["href"]
             .as_str()
@@ -32,15 +24,7 @@ async fn entry_point_health_and_metrics() {
     let p = Participant::start().await;
     let id = app.submit(&job_of(&[("a", p.url("a"))])).await;
     app.wait_status(&id, "completed").await;
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.get("/metrics").await.text().await.expect("text");
     for name in [
         "tcc_jobs_created_total{source=\"jcl\"}",
         "tcc_jobs_finished_total{status=\"completed\"}",
@@ -66,15 +50,7 @@ async fn listing_filters_and_pages() {
         });
         ids.push(app.submit(&job).await);
     }
-    let page: Value = app
-        .http
-        .get(app.url("/jobs?limit=2"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let page: Value = app.get("/jobs?limit=2").await.json().await.expect("json");
     let first: Vec<&str> = page["jobs"]
         .as_array()
         .map(|js| js.iter().filter_map(|j| j["jobID"].as_str()).collect())
@@ -98,32 +74,13 @@ async fn listing_filters_and_pages() {
     }
     let mut expected: Vec<String> = ids.iter().rev().cloned().collect();
     assert_eq!(seen, expected);
-    let count = |q: &'static str| {
-        let app = &app;
-        async move {
-            let v: Value = app
-                .http
-                .get(app.url(&format!("/jobs?{q}")))
-                .send()
-                .await
-                .expect("list")
-                .json()
-                .await
-                .expect("json");
-            v["jobs"].as_array().map_or(usize::MAX, Vec::len)
-        }
-    };
+    let count = |q: &'static str| app.count_jobs(q);
     assert_eq!(count("correlationID=order-0").await, 3);
     assert_eq!(count("tag=late").await, 2);
     assert_eq!(count("status=pending&status=completed").await, 5);
     assert_eq!(count("status=completed").await, 0);
     assert_eq!(count("createdAfter=2999-01-01T00:00:00Z").await, 0);
-    let bad = app
-        .http
-        .get(app.url("/jobs?status=done"))
-        .send()
-        .await
-        .expect("list");
+    let bad = app.get("/jobs?status=done").await;
     assert_eq!(bad.status(), 400);
     expected.clear();
     app.stop().await;
@@ -181,12 +138,7 @@ async fn etags_and_the_progress_long_poll() {
                 .expect("long poll")
         })
     };
-    let confirm = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/confirm")))
-        .send()
-        .await
-        .expect("confirm");
+    let confirm = app.post(&format!("/jobs/{id}/confirm")).await;
     assert_eq!(confirm.status(), 202);
     let changed = tokio::time::timeout(Duration::from_secs(60), poll)
         .await

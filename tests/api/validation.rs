@@ -183,12 +183,7 @@ async fn bad_registrations_and_unknown_jobs() {
         let r = app.http.get(app.url(path)).send().await.expect("get");
         assert_eq!(r.status(), 404, "{path}");
     }
-    let confirm = app
-        .http
-        .post(app.url("/jobs/nope/confirm"))
-        .send()
-        .await
-        .expect("confirm");
+    let confirm = app.post("/jobs/nope/confirm").await;
     assert_eq!(confirm.status(), 404);
     app.stop().await;
 }
