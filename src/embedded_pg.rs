@@ -175,10 +175,7 @@ impl EmbeddedPostgres {
         }
         if !pg.is_running() {
             let log = pg.base.join("postgres.log").to_string_lossy().into_owned();
-            let options = format!(
-                "-c listen_addresses='' -k {} -p {PORT} -c unix_socket_permissions=0700",
-                pg.base.display()
-            );
+            let options = pg.server_options();
             let data_arg = data.to_string_lossy().into_owned();
             pg.run(
                 "pg_ctl",
@@ -188,6 +185,14 @@ impl EmbeddedPostgres {
             )?;
         }
         Ok(pg)
+    }
+
+    /// Listen on the Unix socket in the base directory only.
+    fn server_options(&self) -> String {
+        format!(
+            "-c listen_addresses='' -k {} -p {PORT} -c unix_socket_permissions=0700",
+            self.base.display()
+        )
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -272,6 +277,32 @@ impl EmbeddedPostgres {
     /// The socket directory (the data directory's base).
     pub fn socket_dir(&self) -> &Path {
         &self.base
+    }
+
+    /// Restart the cluster: `immediate` is a crash (no checkpoint, recovery at start), otherwise
+    /// a fast shutdown. Blocking.
+    pub fn restart(&self, immediate: bool) -> Result<(), EmbeddedError> {
+        let data = self.data_dir().to_string_lossy().into_owned();
+        let mode = if immediate { "immediate" } else { "fast" };
+        let log = self
+            .base
+            .join("postgres.log")
+            .to_string_lossy()
+            .into_owned();
+        let options = self.server_options();
+        self.run(
+            "pg_ctl",
+            &[
+                "restart", "-D", &data, "-m", mode, "-l", &log, "-w", "-t", "120", "-o", &options,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// The postmaster's process id, from its pid file.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
     }
 
     /// Stop the cluster (fast shutdown: sessions end, data is flushed). Blocking.

@@ -1,0 +1,134 @@
+//! `tcc-chaos`: run the fault scenarios against the real coordinator binary and report.
+//!
+//! `tcc-chaos` runs every scenario once (a short run); `--soak 30` runs them interleaved with new
+//! seeds for 30 minutes. Any invariant violation makes the exit status non-zero. Every report
+//! line prints its seed: `--seed N --scenario NAME` replays a run's choices.
+
+#[path = "mod.rs"]
+mod chaos;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "tcc-chaos",
+    about = "Break things on purpose and check the TCC promise"
+)]
+struct Cli {
+    /// Scenarios to run (repeatable); default: all. One of: kill-coordinator, three-instances,
+    /// postgres, flaky-participants, short-expiries.
+    #[arg(long)]
+    scenario: Vec<String>,
+    /// Seed of the first scenario; default: random.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Jobs per scenario run.
+    #[arg(long, default_value_t = 80)]
+    jobs: usize,
+    /// Seconds over which each run's submissions are spread.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Clients submitting at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seconds every accepted job may take to end once the faults stop.
+    #[arg(long, default_value_t = 90)]
+    settle: u64,
+    /// Keep running the scenarios, interleaved with fresh seeds, for this many minutes.
+    #[arg(long)]
+    soak: Option<u64>,
+    /// The coordinator binary; default: `tcc-coordinator` next to this one.
+    #[arg(long)]
+    coordinator: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let scenarios: Vec<chaos::Scenario> = if cli.scenario.is_empty() {
+        chaos::Scenario::ALL.to_vec()
+    } else {
+        let mut out = Vec::new();
+        for s in &cli.scenario {
+            match chaos::Scenario::parse(s) {
+                Some(x) => out.push(x),
+                None => {
+                    eprintln!("tcc-chaos: unknown scenario {s:?}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        out
+    };
+    let coordinator = cli.coordinator.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("tcc-coordinator")))
+            .unwrap_or_else(|| PathBuf::from("tcc-coordinator"))
+    });
+    if !coordinator.is_file() {
+        eprintln!(
+            "tcc-chaos: no coordinator binary at {} (build it with `cargo build --release`, or pass --coordinator)",
+            coordinator.display()
+        );
+        return ExitCode::from(2);
+    }
+    let opts = chaos::Options {
+        jobs: cli.jobs,
+        duration: Duration::from_secs(cli.duration),
+        concurrency: cli.concurrency.max(1),
+        settle: Duration::from_secs(cli.settle),
+        ..chaos::short_options(coordinator)
+    };
+    let mut seed = cli.seed.unwrap_or_else(|| fastrand::u64(..1_000_000_000));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tcc-chaos: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = chaos::scratch_dir("run");
+    let until = cli
+        .soak
+        .map(|m| Instant::now() + Duration::from_secs(m * 60));
+    let mut all = Vec::new();
+    loop {
+        println!("seed {seed}");
+        match runtime.block_on(chaos::run_all(&dir, &scenarios, seed, &opts)) {
+            Ok(r) => all.extend(r),
+            Err(e) => {
+                eprintln!("tcc-chaos: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        seed = seed.wrapping_add(scenarios.len() as u64);
+        if until.is_none_or(|u| Instant::now() >= u) {
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let sum = |f: fn(&chaos::Report) -> usize| all.iter().map(f).sum::<usize>();
+    let violations = sum(|r| r.violations.len());
+    let longest = all.iter().map(|r| r.longest).max().unwrap_or_default();
+    println!(
+        "total: runs={} accepted={} completed={} failed={} canceled={} heuristic={} (unknown outcome {}) violations={} longest={:.1}s",
+        all.len(),
+        sum(|r| r.accepted),
+        sum(|r| r.completed),
+        sum(|r| r.failed),
+        sum(|r| r.canceled),
+        sum(|r| r.heuristic),
+        sum(|r| r.heuristic_unknown),
+        violations,
+        longest.as_secs_f64()
+    );
+    if violations > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,362 @@
+//! A realistic TCC participant for the chaos suite.
+//!
+//! Each reservation lapses on its own at its expiry; a Try is deduplicated by
+//! (`correlation-id`, `request-id`), so a coordinator that retries after a crash gets the same
+//! reservation; confirm and cancel are idempotent; a confirm after the lapse answers 404. The
+//! ledger records every request, every effect applied, and requests that overlapped on one
+//! reservation. Faults are set per run and drawn from a seeded generator.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::json;
+
+/// What the participant does wrong, as probabilities in [0, 1].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    /// Answer 503 without effect.
+    pub error_rate: f64,
+    /// Wait longer than the coordinator's timeouts before answering (and then apply).
+    pub slow_rate: f64,
+    /// Apply the effect, then never answer: the coordinator does not hear it.
+    pub lose_answer_rate: f64,
+    /// Refuse a confirm (403) without effect.
+    pub refuse_confirm_rate: f64,
+    /// Fail a Try for good (409).
+    pub fail_try_rate: f64,
+    /// How long reservations last: drawn uniformly from this range.
+    pub ttl: (Duration, Duration),
+    /// How long a slow answer takes.
+    pub slow_for: Duration,
+    /// Every answer takes this long, drawn uniformly (the participant's own work).
+    pub latency: (Duration, Duration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResState {
+    Reserved,
+    Confirmed,
+    Cancelled,
+}
+
+/// One reservation in the ledger.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub id: String,
+    pub correlation_id: String,
+    pub task_id: String,
+    pub expires: DateTime<Utc>,
+    pub state: ResState,
+    /// How often the confirm's effect was applied: the invariant says at most once.
+    pub confirms_applied: u32,
+    pub cancels_applied: u32,
+}
+
+impl Reservation {
+    /// Nothing is held any more: cancelled, or lapsed unconfirmed.
+    pub fn released(&self, now: DateTime<Utc>) -> bool {
+        match self.state {
+            ResState::Cancelled => true,
+            ResState::Reserved => self.expires <= now,
+            ResState::Confirmed => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Ledger {
+    reservations: HashMap<String, Reservation>,
+    by_request: HashMap<(String, String), String>,
+    in_flight: HashMap<String, u32>,
+    overlaps: Vec<String>,
+    next: u64,
+}
+
+struct Inner {
+    ledger: Mutex<Ledger>,
+    faults: Mutex<Faults>,
+    rng: Mutex<fastrand::Rng>,
+    base: String,
+}
+
+/// A running participant service.
+#[derive(Clone)]
+pub struct ParticipantService {
+    inner: Arc<Inner>,
+}
+
+fn hdr(h: &HeaderMap, name: &str) -> String {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl Inner {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn faults(&self) -> Faults {
+        *self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn chance(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().unwrap_or_else(|p| p.into_inner()).f64() < p
+    }
+
+    fn between(&self, (lo, hi): (Duration, Duration)) -> Duration {
+        if hi <= lo {
+            return lo;
+        }
+        let f = self.rng.lock().unwrap_or_else(|p| p.into_inner()).f64();
+        lo + (hi - lo).mul_f64(f)
+    }
+
+    fn ttl(&self) -> Duration {
+        self.between(self.faults().ttl)
+    }
+
+    /// The participant's own work on a request.
+    async fn work(&self) {
+        let d = self.between(self.faults().latency);
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    fn enter(&self, id: &str) {
+        let mut l = self.ledger();
+        let n = l.in_flight.entry(id.to_string()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            l.overlaps.push(id.to_string());
+        }
+    }
+
+    fn leave(&self, id: &str) {
+        if let Some(n) = self.ledger().in_flight.get_mut(id) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+async fn never() -> Response {
+    std::future::pending::<()>().await;
+    StatusCode::GATEWAY_TIMEOUT.into_response()
+}
+
+async fn try_reserve(
+    State(inner): State<Arc<Inner>>,
+    Path(_kind): Path<String>,
+    headers: HeaderMap,
+    _body: Bytes,
+) -> Response {
+    let correlation_id = hdr(&headers, "correlation-id");
+    let task_id = hdr(&headers, "request-id");
+    inner.work().await;
+    let faults = inner.faults();
+    if inner.chance(faults.error_rate) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if inner.chance(faults.fail_try_rate) {
+        return (StatusCode::CONFLICT, "no stock").into_response();
+    }
+    let slow = inner.chance(faults.slow_rate);
+    let lose = inner.chance(faults.lose_answer_rate);
+    if slow {
+        tokio::time::sleep(faults.slow_for).await;
+    }
+    let key = (correlation_id.clone(), task_id.clone());
+    let ttl = inner.ttl();
+    let (id, expires) = {
+        let mut l = inner.ledger();
+        if let Some(id) = l.by_request.get(&key).cloned() {
+            let r = &l.reservations[&id];
+            (id, r.expires)
+        } else {
+            l.next += 1;
+            let id = format!("r{}", l.next);
+            let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+            l.by_request.insert(key, id.clone());
+            l.reservations.insert(
+                id.clone(),
+                Reservation {
+                    id: id.clone(),
+                    correlation_id,
+                    task_id,
+                    expires,
+                    state: ResState::Reserved,
+                    confirms_applied: 0,
+                    cancels_applied: 0,
+                },
+            );
+            (id, expires)
+        }
+    };
+    if lose {
+        return never().await;
+    }
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({"participantLink": {
+            "uri": format!("{}/r/{id}", inner.base),
+            "expires": expires.to_rfc3339_opts(SecondsFormat::Millis, true),
+        }})),
+    )
+        .into_response()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Confirm,
+    Cancel,
+}
+
+/// Marks a request in flight on a reservation until dropped — also when the caller hangs up
+/// (a killed coordinator) and the server drops the request half-way.
+struct InFlight {
+    inner: Arc<Inner>,
+    id: String,
+}
+
+impl InFlight {
+    fn new(inner: &Arc<Inner>, id: &str) -> InFlight {
+        inner.enter(id);
+        InFlight {
+            inner: inner.clone(),
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.inner.leave(&self.id);
+    }
+}
+
+async fn settle(inner: Arc<Inner>, id: String, op: Settle) -> Response {
+    let mut tracked = Some(InFlight::new(&inner, &id));
+    // Work while tracked, so that two requests sent together really overlap here.
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    inner.work().await;
+    let faults = inner.faults();
+    let status = if inner.chance(faults.error_rate) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if op == Settle::Confirm && inner.chance(faults.refuse_confirm_rate) {
+        StatusCode::FORBIDDEN
+    } else {
+        if inner.chance(faults.slow_rate) {
+            // The coordinator times out and may retry meanwhile: that retry is not an overlap
+            // of two drivers, so the slow request stops counting as in flight.
+            tracked = None;
+            tokio::time::sleep(faults.slow_for).await;
+        }
+        let lose = inner.chance(faults.lose_answer_rate);
+        let status = apply(&inner, &id, op);
+        if lose {
+            drop(tracked);
+            return never().await;
+        }
+        status
+    };
+    drop(tracked);
+    status.into_response()
+}
+
+/// The effect of a confirm or cancel on the ledger, and its answer.
+fn apply(inner: &Inner, id: &str, op: Settle) -> StatusCode {
+    let mut l = inner.ledger();
+    let now = Utc::now();
+    let Some(r) = l.reservations.get_mut(id) else {
+        return StatusCode::NOT_FOUND;
+    };
+    match (op, r.state) {
+        (Settle::Confirm, ResState::Confirmed) => StatusCode::NO_CONTENT,
+        (Settle::Confirm, ResState::Cancelled) => StatusCode::NOT_FOUND,
+        (Settle::Confirm, ResState::Reserved) if r.expires <= now => StatusCode::NOT_FOUND,
+        (Settle::Confirm, ResState::Reserved) => {
+            r.state = ResState::Confirmed;
+            r.confirms_applied += 1;
+            StatusCode::NO_CONTENT
+        }
+        (Settle::Cancel, ResState::Confirmed) => StatusCode::CONFLICT,
+        (Settle::Cancel, ResState::Cancelled) => StatusCode::NO_CONTENT,
+        (Settle::Cancel, ResState::Reserved) if r.expires <= now => StatusCode::NOT_FOUND,
+        (Settle::Cancel, ResState::Reserved) => {
+            r.state = ResState::Cancelled;
+            r.cancels_applied += 1;
+            StatusCode::NO_CONTENT
+        }
+    }
+}
+
+async fn confirm(State(inner): State<Arc<Inner>>, Path(id): Path<String>) -> Response {
+    settle(inner, id, Settle::Confirm).await
+}
+
+async fn cancel(State(inner): State<Arc<Inner>>, Path(id): Path<String>) -> Response {
+    settle(inner, id, Settle::Cancel).await
+}
+
+impl ParticipantService {
+    /// Serve on `listener`; links name `public_base` (for example a proxy in front of this
+    /// service). Returns the service and the task that serves it.
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        public_base: Option<String>,
+        seed: u64,
+    ) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            ledger: Mutex::new(Ledger::default()),
+            faults: Mutex::new(Faults {
+                ttl: (Duration::from_secs(60), Duration::from_secs(60)),
+                ..Faults::default()
+            }),
+            rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+            base: public_base.unwrap_or_else(|| format!("http://{addr}")),
+        });
+        let app = Router::new()
+            .route("/try/{kind}", post(try_reserve))
+            .route("/r/{id}", put(confirm).delete(cancel))
+            .with_state(inner.clone());
+        let handle = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((ParticipantService { inner }, handle))
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        *self.inner.faults.lock().unwrap_or_else(|p| p.into_inner()) = f;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.inner.faults()
+    }
+
+    /// The reservations made for one job (by its correlation id).
+    pub fn reservations_of(&self, correlation_id: &str) -> Vec<Reservation> {
+        self.inner
+            .ledger()
+            .reservations
+            .values()
+            .filter(|r| r.correlation_id == correlation_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Reservations that saw two requests at once.
+    pub fn overlaps(&self) -> Vec<String> {
+        self.inner.ledger().overlaps.clone()
+    }
+}

@@ -1,0 +1,674 @@
+//! Scenarios: a load of jobs against coordinator instances while faults are injected, then the
+//! promise is checked from the participants' side.
+//!
+//! The promise, for every accepted job: it reaches a terminal status within a bound; either every
+//! participant applied the confirm exactly once, or none applied a confirm and every reservation
+//! was released (cancelled or lapsed), or the job is heuristic; no reservation ever saw two calls
+//! at once; and the coordinator's view of each task matches the participant's ledger.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tcc_coordinator::domain::{JobStatus, TaskStatus};
+use tcc_coordinator::embedded_pg::{EmbeddedPostgres, create_database};
+use tcc_coordinator::store::{self, JobRecord};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::participant::{Faults, ParticipantService, ResState, Reservation};
+use super::procs::{Instance, pause_postgres};
+use super::proxy::{Mode, Proxy, Target};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// One instance, SIGKILLed and restarted again and again, during tries, confirms, cancels.
+    KillCoordinator,
+    /// Three instances on one database, killed and started while jobs run.
+    ThreeInstances,
+    /// PostgreSQL restarted (fast and immediate), paused, and its link cut past a lease.
+    Postgres,
+    /// Participants failing, slow past the timeouts, losing answers, partitioned past expiry.
+    FlakyParticipants,
+    /// Reservations that expire close to the confirm.
+    ShortExpiries,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::KillCoordinator,
+        Scenario::ThreeInstances,
+        Scenario::Postgres,
+        Scenario::FlakyParticipants,
+        Scenario::ShortExpiries,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::KillCoordinator => "kill-coordinator",
+            Scenario::ThreeInstances => "three-instances",
+            Scenario::Postgres => "postgres",
+            Scenario::FlakyParticipants => "flaky-participants",
+            Scenario::ShortExpiries => "short-expiries",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    fn instances(self) -> usize {
+        match self {
+            Scenario::KillCoordinator => 1,
+            Scenario::ThreeInstances => 3,
+            _ => 2,
+        }
+    }
+}
+
+/// How big a run is.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The coordinator binary.
+    pub coordinator: PathBuf,
+    pub jobs: usize,
+    /// The submissions are spread over this long, so that the faults hit jobs in every phase.
+    pub duration: Duration,
+    pub concurrency: usize,
+    /// How long every accepted job may take to end once the faults stop.
+    pub settle: Duration,
+}
+
+/// What one scenario run found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub accepted: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub canceled: usize,
+    pub heuristic: usize,
+    /// Heuristic jobs whose participants turn out to agree: the coordinator could not know
+    /// (an answer was lost and the link expired) and said so instead of guessing.
+    pub heuristic_unknown: usize,
+    pub violations: Vec<String>,
+    pub longest: Duration,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn line(&self) -> String {
+        format!(
+            "{:<19} seed={:<20} accepted={:<5} completed={:<5} failed={:<5} canceled={:<4} heuristic={:<3} (unknown outcome {}) violations={} longest={:.1}s elapsed={:.1}s",
+            self.scenario,
+            self.seed,
+            self.accepted,
+            self.completed,
+            self.failed,
+            self.canceled,
+            self.heuristic,
+            self.heuristic_unknown,
+            self.violations.len(),
+            self.longest.as_secs_f64(),
+            self.elapsed.as_secs_f64(),
+        )
+    }
+}
+
+/// The database cluster shared by the scenarios of one run.
+pub struct World {
+    pg: Arc<EmbeddedPostgres>,
+    socket: PathBuf,
+}
+
+impl World {
+    /// Blocking: starts (or adopts) the cluster under `dir`.
+    pub fn start(dir: &std::path::Path) -> Result<World, String> {
+        let pg = Arc::new(EmbeddedPostgres::start(dir).map_err(|e| e.to_string())?);
+        let socket = pg.socket_dir().join(".s.PGSQL.5432");
+        Ok(World { pg, socket })
+    }
+
+    pub fn stop(&self) {
+        let _ = self.pg.stop();
+    }
+}
+
+/// What the client does with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientPlan {
+    AutoConfirm,
+    Confirm,
+    Cancel,
+}
+
+struct Accepted {
+    id: String,
+    correlation_id: String,
+}
+
+fn job_document(
+    rng: &mut fastrand::Rng,
+    base: &str,
+    correlation_id: &str,
+    plan: ClientPlan,
+) -> Value {
+    let n = rng.usize(1..=5);
+    let tasks: Vec<Value> = (0..n)
+        .map(|t| json!({"taskID": format!("t{t}"), "taskURL": format!("{base}/try/item"), "taskMaxTTL": 2}))
+        .collect();
+    json!({
+        "correlationID": correlation_id,
+        "jobMaxTTL": 20,
+        "autoConfirm": plan == ClientPlan::AutoConfirm,
+        "retryPolicy": {"maxAttempts": 4, "initialDelay": 0.05, "maxDelay": 1},
+        "tasks": tasks,
+    })
+}
+
+/// Send until some instance answers; the idempotency key makes retries safe.
+async fn submit(
+    http: &reqwest::Client,
+    instances: &[String],
+    rng: &mut fastrand::Rng,
+    job: &Value,
+    key: &str,
+    until: Instant,
+) -> Option<String> {
+    let body = job.to_string();
+    while Instant::now() < until {
+        let addr = &instances[rng.usize(..instances.len())];
+        let resp = http
+            .post(format!("{addr}/jobs"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.clone())
+            .send()
+            .await;
+        if let Ok(r) = resp
+            && r.status() == 202
+            && let Ok(text) = r.text().await
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+            && let Some(id) = v["jobID"].as_str()
+        {
+            return Some(id.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// A client request (confirm or cancel) retried until some instance records it.
+async fn client_request(
+    http: &reqwest::Client,
+    instances: &[String],
+    rng: &mut fastrand::Rng,
+    path: &str,
+    until: Instant,
+) {
+    while Instant::now() < until {
+        let addr = &instances[rng.usize(..instances.len())];
+        let resp = http.post(format!("{addr}{path}")).send().await;
+        if let Ok(r) = resp
+            && (r.status().is_success() || r.status() == 409)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Check one job against the participant's ledger; returns the violations.
+fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Report) -> Vec<String> {
+    let job = &record.job;
+    let now = Utc::now();
+    let mut v = Vec::new();
+    let by_task = |task_id: &str| reservations.iter().find(|r| r.task_id == task_id);
+    for r in reservations {
+        if r.confirms_applied > 1 {
+            v.push(format!(
+                "{}: reservation {} confirmed {} times",
+                job.id, r.id, r.confirms_applied
+            ));
+        }
+    }
+    let confirmed: Vec<&Reservation> = reservations
+        .iter()
+        .filter(|r| r.state == ResState::Confirmed)
+        .collect();
+    match job.status {
+        JobStatus::Completed => {
+            report.completed += 1;
+            for t in &job.tasks {
+                if by_task(&t.task_id).map(|r| r.state) != Some(ResState::Confirmed) {
+                    v.push(format!(
+                        "{}: completed, but task {} is not confirmed at the participant",
+                        job.id, t.task_id
+                    ));
+                }
+            }
+        }
+        JobStatus::Failed | JobStatus::Canceled => {
+            if job.status == JobStatus::Failed {
+                report.failed += 1;
+            } else {
+                report.canceled += 1;
+            }
+            for r in &confirmed {
+                v.push(format!(
+                    "{}: {}, but reservation {} (task {}) was confirmed",
+                    job.id, job.status, r.id, r.task_id
+                ));
+            }
+            for t in &job.tasks {
+                if let Some(r) = by_task(&t.task_id)
+                    && t.status == TaskStatus::Cancelled
+                    && !r.released(now)
+                {
+                    v.push(format!(
+                        "{}: task {} cancelled, but the participant still holds {}",
+                        job.id, t.task_id, r.id
+                    ));
+                }
+            }
+        }
+        JobStatus::Heuristic => {
+            report.heuristic += 1;
+            let all = job
+                .tasks
+                .iter()
+                .all(|t| by_task(&t.task_id).map(|r| r.state) == Some(ResState::Confirmed));
+            if all || confirmed.is_empty() {
+                report.heuristic_unknown += 1;
+            }
+        }
+        other => v.push(format!("{}: still {other} after the settle time", job.id)),
+    }
+    // Per task: what the coordinator says must not contradict the ledger.
+    for t in &job.tasks {
+        let state = by_task(&t.task_id).map(|r| r.state);
+        let contradiction = match t.status {
+            TaskStatus::Confirmed => state != Some(ResState::Confirmed),
+            TaskStatus::Cancelled | TaskStatus::Failed | TaskStatus::Expired => {
+                state == Some(ResState::Confirmed)
+            }
+            _ => false,
+        };
+        if contradiction {
+            v.push(format!(
+                "{}: task {} is {} but the participant's reservation is {:?}",
+                job.id, t.task_id, t.status, state
+            ));
+        }
+    }
+    if job.status.is_terminal() {
+        let took = (record.updated_at - job.created_at)
+            .to_std()
+            .unwrap_or_default();
+        report.longest = report.longest.max(took);
+    }
+    v
+}
+
+/// Run one scenario.
+pub async fn run(world: &World, scenario: Scenario, seed: u64, opts: &Options) -> Report {
+    let started = Instant::now();
+    let mut report = Report {
+        scenario: scenario.name().into(),
+        seed,
+        ..Report::default()
+    };
+    match run_inner(world, scenario, seed, opts, &mut report).await {
+        Ok(()) => {}
+        Err(e) => report
+            .violations
+            .push(format!("the run itself failed: {e}")),
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+async fn run_inner(
+    world: &World,
+    scenario: Scenario,
+    seed: u64,
+    opts: &Options,
+    report: &mut Report,
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let stop = CancellationToken::new();
+    let _stop_guard = stop.clone().drop_guard();
+    let db = format!("chaos_{}_{seed}", scenario.name().replace('-', "_"));
+    create_database(&world.pg.config_for("postgres"), &db)
+        .await
+        .map_err(|e| err(&e))?;
+
+    let (pg_proxy, _pg_task) = Proxy::start(Target::Unix(world.socket.clone()), stop.clone())
+        .await
+        .map_err(|e| err(&e))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| err(&e))?;
+    let participant_addr = listener.local_addr().map_err(|e| err(&e))?;
+    let (p_proxy, _p_task) = Proxy::start(Target::Tcp(participant_addr), stop.clone())
+        .await
+        .map_err(|e| err(&e))?;
+    let base = format!("http://{}", p_proxy.addr);
+    let (participant, _participant_task) =
+        ParticipantService::serve(listener, Some(base.clone()), seed).map_err(|e| err(&e))?;
+
+    let database_url = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5",
+        pg_proxy.addr.port()
+    );
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("TCC_LEASE_TTL", "3s"),
+        ("TCC_CALL_TIMEOUT", "1s"),
+        ("TCC_SCAN_INTERVAL", "100ms"),
+        ("TCC_SHUTDOWN_GRACE", "1s"),
+        ("TCC_DB_POOL_SIZE", "8"),
+        ("RUST_LOG", "error"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut instances = Vec::new();
+    for i in 0..scenario.instances() {
+        let mut inst = Instance::new(
+            &format!("{}-{i}", scenario.name()),
+            opts.coordinator.clone(),
+            env.clone(),
+        )
+        .map_err(|e| err(&e))?;
+        inst.start().map_err(|e| err(&e))?;
+        instances.push(inst);
+    }
+    let addrs: Vec<String> = instances.iter().map(|i| i.addr.clone()).collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| err(&e))?;
+    wait_ready(&http, &addrs).await?;
+
+    match scenario {
+        Scenario::FlakyParticipants => participant.set_faults(Faults {
+            error_rate: 0.1,
+            slow_rate: 0.05,
+            lose_answer_rate: 0.05,
+            refuse_confirm_rate: 0.01,
+            fail_try_rate: 0.05,
+            ttl: (Duration::from_secs(4), Duration::from_secs(8)),
+            slow_for: Duration::from_millis(1500),
+            latency: (Duration::ZERO, Duration::from_millis(100)),
+        }),
+        Scenario::ShortExpiries => participant.set_faults(Faults {
+            // Some inside the confirm margin (1 s), some lapsing while a confirm is retried.
+            ttl: (Duration::from_millis(900), Duration::from_millis(2500)),
+            error_rate: 0.15,
+            ..participant.faults()
+        }),
+        _ => participant.set_faults(Faults {
+            fail_try_rate: 0.03,
+            // Calls take long enough for kills and restarts to land in the middle of them.
+            latency: (Duration::from_millis(20), Duration::from_millis(400)),
+            ..participant.faults()
+        }),
+    }
+
+    let instances = Arc::new(Mutex::new(instances));
+    let load_done = CancellationToken::new();
+    let faults = tokio::spawn(inject(
+        scenario,
+        seed,
+        instances.clone(),
+        world.pg.clone(),
+        pg_proxy.clone(),
+        p_proxy.clone(),
+        load_done.clone(),
+    ));
+
+    // The load: closed loop, `concurrency` clients.
+    let accepted = Arc::new(Mutex::new(Vec::<Accepted>::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    let load_start = Instant::now();
+    let deadline = load_start + opts.duration + Duration::from_secs(120) + opts.settle;
+    for c in 0..opts.concurrency {
+        let (http, addrs, accepted, next, base) = (
+            http.clone(),
+            addrs.clone(),
+            accepted.clone(),
+            next.clone(),
+            base.clone(),
+        );
+        let jobs = opts.jobs;
+        let pace = opts.duration.div_f64(jobs.max(1) as f64);
+        let name = scenario.name();
+        clients.spawn(async move {
+            let mut rng =
+                fastrand::Rng::with_seed(seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= jobs {
+                    return;
+                }
+                tokio::time::sleep_until((load_start + pace.mul_f64(i as f64)).into()).await;
+                let plan = match rng.u8(..10) {
+                    0 => ClientPlan::Confirm,
+                    1 => ClientPlan::Cancel,
+                    _ => ClientPlan::AutoConfirm,
+                };
+                let correlation_id = format!("{name}-{seed}-{i}");
+                let doc = job_document(&mut rng, &base, &correlation_id, plan);
+                let Some(id) =
+                    submit(&http, &addrs, &mut rng, &doc, &correlation_id, deadline).await
+                else {
+                    continue;
+                };
+                match plan {
+                    ClientPlan::Confirm => {
+                        client_request(
+                            &http,
+                            &addrs,
+                            &mut rng,
+                            &format!("/jobs/{id}/confirm"),
+                            deadline,
+                        )
+                        .await
+                    }
+                    ClientPlan::Cancel => {
+                        client_request(
+                            &http,
+                            &addrs,
+                            &mut rng,
+                            &format!("/jobs/{id}/cancel"),
+                            deadline,
+                        )
+                        .await
+                    }
+                    ClientPlan::AutoConfirm => {}
+                }
+                accepted.lock().await.push(Accepted { id, correlation_id });
+            }
+        });
+    }
+    while clients.join_next().await.is_some() {}
+    load_done.cancel();
+    let _ = faults.await;
+
+    // Heal everything, and let every accepted job end.
+    pg_proxy.set(Mode::Pass);
+    p_proxy.set(Mode::Pass);
+    participant.set_faults(Faults {
+        ttl: participant.faults().ttl,
+        latency: participant.faults().latency,
+        ..Faults::default()
+    });
+    if let Some(pid) = world.pg.postmaster_pid() {
+        pause_postgres(pid, false);
+    }
+    for inst in instances.lock().await.iter_mut() {
+        inst.revive().map_err(|e| err(&e))?;
+    }
+    let accepted = std::mem::take(&mut *accepted.lock().await);
+    report.accepted = accepted.len();
+
+    let checker = store::pool(world.pg.config_for(&db), 2).map_err(|e| err(&e))?;
+    let settle_until = Instant::now() + opts.settle;
+    loop {
+        let client = checker.get().await.map_err(|e| err(&e))?;
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE status NOT IN ('completed', 'failed', 'canceled', 'heuristic')",
+                &[],
+            )
+            .await
+            .map_err(|e| err(&e))?
+            .get(0);
+        if open == 0 || Instant::now() >= settle_until {
+            break;
+        }
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Reservations of cancelled jobs may still be lapsing: give the longest one its time.
+    let client = checker.get().await.map_err(|e| err(&e))?;
+    for a in &accepted {
+        let Some(record) = store::load_job(&client, &a.id).await.map_err(|e| err(&e))? else {
+            report
+                .violations
+                .push(format!("{}: accepted but not stored", a.id));
+            continue;
+        };
+        let reservations = participant.reservations_of(&a.correlation_id);
+        let found = check_job(&record, &reservations, report);
+        report.violations.extend(found);
+    }
+    for id in participant.overlaps() {
+        report
+            .violations
+            .push(format!("reservation {id} saw two calls at once"));
+    }
+    // A graceful stop of every instance exits 0.
+    for inst in instances.lock().await.iter_mut() {
+        match inst.terminate() {
+            Some(0) | None => {}
+            Some(code) => report
+                .violations
+                .push(format!("instance {} exited {code} on SIGTERM", inst.name)),
+        }
+    }
+    Ok(())
+}
+
+async fn wait_ready(http: &reqwest::Client, addrs: &[String]) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(60);
+    for addr in addrs {
+        loop {
+            let ok = http
+                .get(format!("{addr}/health/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ok {
+                break;
+            }
+            if Instant::now() >= until {
+                return Err(format!("instance {addr} never became ready"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The faults of each scenario, drawn from the seed, until the load is done.
+#[allow(clippy::too_many_arguments)]
+async fn inject(
+    scenario: Scenario,
+    seed: u64,
+    instances: Arc<Mutex<Vec<Instance>>>,
+    pg: Arc<EmbeddedPostgres>,
+    pg_proxy: Proxy,
+    p_proxy: Proxy,
+    done: CancellationToken,
+) {
+    let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(17));
+    loop {
+        let pause = Duration::from_millis(rng.u64(300..1500));
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        match scenario {
+            Scenario::KillCoordinator => {
+                let mut list = instances.lock().await;
+                for inst in list.iter_mut() {
+                    inst.kill();
+                    let _ = inst.start();
+                }
+            }
+            Scenario::ThreeInstances => {
+                let mut list = instances.lock().await;
+                let n = list.len();
+                let victim = rng.usize(..n);
+                list[victim].kill();
+                if rng.bool() {
+                    let _ = list[victim].start();
+                }
+                for inst in list.iter_mut() {
+                    if rng.u8(..3) == 0 {
+                        let _ = inst.revive();
+                    }
+                }
+            }
+            Scenario::Postgres => {
+                match rng.u8(..4) {
+                    0 => {
+                        let immediate = rng.bool();
+                        let pg = pg.clone();
+                        let _ = tokio::task::spawn_blocking(move || pg.restart(immediate)).await;
+                    }
+                    1 => {
+                        if let Some(pid) = pg.postmaster_pid() {
+                            pause_postgres(pid, true);
+                            tokio::time::sleep(Duration::from_millis(rng.u64(500..2500))).await;
+                            pause_postgres(pid, false);
+                        }
+                    }
+                    2 => {
+                        pg_proxy
+                            .cut_for(Duration::from_millis(rng.u64(3500..5000)))
+                            .await
+                    }
+                    _ => pg_proxy.reset(),
+                }
+                let mut list = instances.lock().await;
+                for inst in list.iter_mut() {
+                    let _ = inst.revive();
+                }
+            }
+            Scenario::FlakyParticipants => match rng.u8(..5) {
+                0 => {
+                    p_proxy
+                        .cut_for(Duration::from_millis(rng.u64(1000..9000)))
+                        .await
+                }
+                1 => p_proxy.reset(),
+                2 => {
+                    p_proxy.set(Mode::Refuse);
+                    tokio::time::sleep(Duration::from_millis(rng.u64(100..800))).await;
+                    p_proxy.set(Mode::Pass);
+                }
+                _ => {}
+            },
+            Scenario::ShortExpiries => {
+                p_proxy.set(Mode::Latency(Duration::from_millis(rng.u64(0..300))));
+            }
+        }
+    }
+}
