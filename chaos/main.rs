@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -19,6 +19,8 @@ use clap::Parser;
     about = "Break things on purpose and check the TCC promise"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Scenarios to run (repeatable); default: all. One of: kill-coordinator, three-instances,
     /// postgres, flaky-participants, short-expiries.
     #[arg(long)]
@@ -46,8 +48,50 @@ struct Cli {
     coordinator: Option<PathBuf>,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the suite's participant without faults, printing every effect: a participant to
+    /// try the coordinator with by hand. Try URLs: http://ADDR/try/{anything}.
+    Participant {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        /// How long a reservation lasts, in seconds.
+        #[arg(long, default_value_t = 60)]
+        ttl: u64,
+    },
+}
+
+/// The demo participant: no faults, every effect printed.
+fn participant(listen: &str, ttl: u64) -> ExitCode {
+    let served = tokio::runtime::Runtime::new().and_then(|rt| {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            println!("participant listening on http://{}", listener.local_addr()?);
+            let (service, task) =
+                chaos::participant::ParticipantService::serve(listener, None, 0, true)?;
+            let ttl = Duration::from_secs(ttl);
+            service.set_faults(chaos::participant::Faults {
+                ttl: (ttl, ttl),
+                ..chaos::participant::Faults::default()
+            });
+            let _ = task.await;
+            Ok::<(), std::io::Error>(())
+        })
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcc-chaos participant: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Participant { listen, ttl }) = &cli.command {
+        return participant(listen, *ttl);
+    }
     let scenarios: Vec<chaos::Scenario> = if cli.scenario.is_empty() {
         chaos::Scenario::ALL.to_vec()
     } else {

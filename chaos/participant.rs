@@ -85,12 +85,18 @@ struct Inner {
     faults: Mutex<Faults>,
     rng: Mutex<fastrand::Rng>,
     base: String,
+    /// Print every effect (the demo participant of the README).
+    verbose: bool,
 }
 
 /// A running participant service.
 #[derive(Clone)]
 pub struct ParticipantService {
     inner: Arc<Inner>,
+}
+
+fn key_task(h: &HeaderMap) -> String {
+    format!("{} of {}", hdr(h, "request-id"), hdr(h, "correlation-id"))
 }
 
 fn hdr(h: &HeaderMap, name: &str) -> String {
@@ -130,6 +136,12 @@ impl Inner {
         let d = self.between(self.faults().latency);
         if !d.is_zero() {
             tokio::time::sleep(d).await;
+        }
+    }
+
+    fn say(&self, line: impl FnOnce() -> String) {
+        if self.verbose {
+            println!("{}", line());
         }
     }
 
@@ -202,6 +214,12 @@ async fn try_reserve(
             (id, expires)
         }
     };
+    inner.say(|| {
+        format!(
+            "try      {id}: reserved until {expires} (task {})",
+            key_task(&headers)
+        )
+    });
     if lose {
         return never().await;
     }
@@ -263,6 +281,14 @@ async fn settle(inner: Arc<Inner>, id: String, op: Settle) -> Response {
         }
         let lose = inner.chance(faults.lose_answer_rate);
         let status = apply(&inner, &id, op);
+        inner.say(|| {
+            let what = if op == Settle::Confirm {
+                "confirm "
+            } else {
+                "cancel  "
+            };
+            format!("{what} {id}: {}", status.as_u16())
+        });
         if lose {
             drop(tracked);
             return never().await;
@@ -315,6 +341,7 @@ impl ParticipantService {
         listener: tokio::net::TcpListener,
         public_base: Option<String>,
         seed: u64,
+        verbose: bool,
     ) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
@@ -325,6 +352,7 @@ impl ParticipantService {
             }),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             base: public_base.unwrap_or_else(|| format!("http://{addr}")),
+            verbose,
         });
         let app = Router::new()
             .route("/try/{kind}", post(try_reserve))

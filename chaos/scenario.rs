@@ -358,7 +358,8 @@ async fn run_inner(
         .map_err(|e| err(&e))?;
     let base = format!("http://{}", p_proxy.addr);
     let (participant, _participant_task) =
-        ParticipantService::serve(listener, Some(base.clone()), seed).map_err(|e| err(&e))?;
+        ParticipantService::serve(listener, Some(base.clone()), seed, false)
+            .map_err(|e| err(&e))?;
 
     let database_url = format!(
         "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5",
