@@ -1,0 +1,594 @@
+//! End-to-end benchmark: jobs per second and latency from `POST /jobs` to the last confirm a
+//! participant receives, for several task counts and concurrencies; and the PostgreSQL ceiling
+//! (pgbench doing the synchronous commits our happy path needs per job).
+//!
+//! `cargo bench --bench e2e` (options after `--`: `--tasks 1,2,5 --concurrency 1,8,32,128
+//! --seconds 10 --no-pgbench`). Writes `target/bench/e2e.md` and `target/bench/e2e.svg`.
+//!
+//! Everything runs on this machine: PostgreSQL (a private cluster), the coordinator (the release
+//! binary, as its own process), the participant stubs and the closed-loop load generator (this
+//! process).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{post, put};
+use chrono::{SecondsFormat, Utc};
+use serde_json::json;
+use tcc_coordinator::embedded_pg::{EmbeddedPostgres, create_database};
+use tokio::sync::oneshot;
+
+/// Jobs waiting for their last confirm: correlation id → (confirms still to come, finish signal).
+type Waiting = Arc<Mutex<HashMap<String, (usize, Option<oneshot::Sender<Instant>>)>>>;
+
+#[derive(Clone)]
+struct Stubs {
+    base: String,
+    waiting: Waiting,
+}
+
+async fn stub_try(
+    State(s): State<Stubs>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let corr = headers
+        .get("correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let expires =
+        (Utc::now() + chrono::Duration::seconds(60)).to_rfc3339_opts(SecondsFormat::Millis, true);
+    (
+        StatusCode::CREATED,
+        axum::Json(
+            json!({"participantLink": {"uri": format!("{}/r/{corr}/{name}", s.base), "expires": expires}}),
+        ),
+    )
+}
+
+async fn stub_confirm(
+    State(s): State<Stubs>,
+    UrlPath((corr, _task)): UrlPath<(String, String)>,
+) -> StatusCode {
+    let now = Instant::now();
+    let mut w = s.waiting.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((left, tx)) = w.get_mut(&corr) {
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(now);
+            }
+            w.remove(&corr);
+        }
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn stub_cancel() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+struct Opts {
+    tasks: Vec<usize>,
+    concurrency: Vec<usize>,
+    seconds: u64,
+    pgbench: bool,
+}
+
+fn parse_list(s: &str) -> Vec<usize> {
+    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        tasks: vec![1, 2, 5],
+        concurrency: vec![1, 8, 32, 128],
+        seconds: 10,
+        pgbench: true,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let next = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--tasks" => {
+                o.tasks = parse_list(&next);
+                i += 1;
+            }
+            "--concurrency" => {
+                o.concurrency = parse_list(&next);
+                i += 1;
+            }
+            "--seconds" => {
+                o.seconds = next.parse().unwrap_or(10);
+                i += 1;
+            }
+            "--no-pgbench" => o.pgbench = false,
+            "--with-dtmrs" => eprintln!(
+                "--with-dtmrs: not implemented yet; measuring the coordinator and the ceiling only"
+            ),
+            _ => {} // cargo passes --bench
+        }
+        i += 1;
+    }
+    o
+}
+
+/// One measured point.
+#[derive(Debug, Clone, Default)]
+struct Point {
+    tasks: usize,
+    concurrency: usize,
+    jobs: usize,
+    per_sec: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    commits_per_job: f64,
+    wal_syncs_per_job: f64,
+    cpu_per_1000: f64,
+    rss_mib: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// (utime + stime) in seconds and peak RSS in MiB of a process.
+fn proc_usage(pid: u32) -> (f64, f64) {
+    let ticks: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s[s.rfind(')')? + 1..].to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((u + st) / ticks)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        })
+        .unwrap_or(0.0);
+    (cpu, rss)
+}
+
+/// (commits, WAL syncs) of the database so far.
+async fn db_counters(admin: &tokio_postgres::Config, db: &str) -> (f64, f64) {
+    let Ok((client, conn)) = admin.connect(tokio_postgres::NoTls).await else {
+        return (0.0, 0.0);
+    };
+    let task = tokio::spawn(conn);
+    let commits = client
+        .query_one(
+            "SELECT xact_commit::float8 FROM pg_stat_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .map(|r| r.get::<_, f64>(0))
+        .unwrap_or(0.0);
+    let syncs = client
+        .query_one("SELECT wal_sync::float8 FROM pg_stat_wal", &[])
+        .await
+        .map(|r| r.get::<_, f64>(0))
+        .unwrap_or(0.0);
+    drop(client);
+    let _ = task.await;
+    (commits, syncs)
+}
+
+struct Coordinator {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_coordinator(db_url: &str) -> Coordinator {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18080);
+    let child = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
+        .arg("serve")
+        .env("DATABASE_URL", db_url)
+        .env("TCC_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the coordinator");
+    Coordinator {
+        child,
+        addr: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    coordinator: &Coordinator,
+    stubs: &Stubs,
+    http: &reqwest::Client,
+    tasks: usize,
+    concurrency: usize,
+    seconds: u64,
+    admin: &tokio_postgres::Config,
+    db: &str,
+) -> Point {
+    let pid = coordinator.child.id();
+    let (cpu0, _) = proc_usage(pid);
+    let (commits0, syncs0) = db_counters(admin, db).await;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..concurrency {
+        let (http, stubs, addr) = (http.clone(), stubs.clone(), coordinator.addr.clone());
+        clients.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                let corr = format!("b{tasks}-{concurrency}-{c}-{n}");
+                let task_list: Vec<_> = (0..tasks)
+                    .map(|t| json!({"taskID": format!("t{t}"), "taskURL": format!("{}/try/t{t}", stubs.base)}))
+                    .collect();
+                let body = json!({"correlationID": corr, "tasks": task_list}).to_string();
+                let (tx, rx) = oneshot::channel();
+                stubs
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(corr.clone(), (tasks, Some(tx)));
+                let sent = Instant::now();
+                let ok = http
+                    .post(format!("{addr}/jobs"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 202);
+                if !ok {
+                    continue;
+                }
+                if let Ok(Ok(done)) = tokio::time::timeout(Duration::from_secs(30), rx).await {
+                    latencies.push(done.duration_since(sent).as_secs_f64() * 1000.0);
+                }
+            }
+            latencies
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(Ok(l)) = clients.join_next().await {
+        lat.extend(l);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (cpu1, rss) = proc_usage(pid);
+    let (commits1, syncs1) = db_counters(admin, db).await;
+    let jobs = lat.len();
+    let per_job = |d: f64| if jobs == 0 { 0.0 } else { d / jobs as f64 };
+    Point {
+        tasks,
+        concurrency,
+        jobs,
+        per_sec: jobs as f64 / elapsed,
+        p50: percentile(&lat, 0.50),
+        p95: percentile(&lat, 0.95),
+        p99: percentile(&lat, 0.99),
+        commits_per_job: per_job(commits1 - commits0),
+        wal_syncs_per_job: per_job(syncs1 - syncs0),
+        cpu_per_1000: per_job(cpu1 - cpu0) * 1000.0,
+        rss_mib: rss,
+    }
+}
+
+/// pgbench doing three synchronous commits per "job": the PostgreSQL ceiling for our design.
+fn pgbench(
+    bindir: &Path,
+    socket: &Path,
+    db: &str,
+    concurrency: usize,
+    seconds: u64,
+    dir: &Path,
+) -> Option<f64> {
+    let script = dir.join("three-commits.sql");
+    std::fs::write(
+        &script,
+        "\\set id random(1, 2000000000)\n\
+         INSERT INTO bench_jobs (id, status, body) VALUES (:id, 'pending', '{}') ON CONFLICT (id) DO NOTHING;\n\
+         UPDATE bench_jobs SET status = 'confirming' WHERE id = :id;\n\
+         UPDATE bench_jobs SET status = 'completed' WHERE id = :id;\n",
+    )
+    .ok()?;
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(bindir.join(args[0]));
+        cmd.args(&args[1..]);
+        if let Some((uid, gid)) = postgres_ids() {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.output().ok()
+    };
+    let sock = socket.to_string_lossy().to_string();
+    run(&[
+        "psql",
+        "-h",
+        &sock,
+        "-U",
+        "postgres",
+        "-d",
+        db,
+        "-q",
+        "-c",
+        "CREATE TABLE IF NOT EXISTS bench_jobs (id bigint PRIMARY KEY, status text, body jsonb)",
+    ])?;
+    let c = concurrency.to_string();
+    let t = seconds.to_string();
+    let script_arg = script.to_string_lossy().to_string();
+    let out = run(&[
+        "pgbench",
+        "-h",
+        &sock,
+        "-U",
+        "postgres",
+        "-n",
+        "-c",
+        &c,
+        "-j",
+        "2",
+        "-T",
+        &t,
+        "-f",
+        &script_arg,
+        db,
+    ])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+}
+
+fn postgres_ids() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&"postgres"))
+            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+    })
+}
+
+fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
+    let (w, h, pad) = (720.0, 420.0, 60.0);
+    let max_c = points
+        .iter()
+        .map(|p| p.concurrency)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let max_y = points
+        .iter()
+        .map(|p| p.per_sec)
+        .chain(ceiling.iter().map(|c| c.1))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let x = |c: usize| pad + ((c as f64).ln_1p() / max_c.ln_1p()) * (w - 2.0 * pad);
+    let y = |v: f64| h - pad - v / max_y * (h - 2.0 * pad);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{pad}\" y=\"24\" font-size=\"15\">Completed jobs/s against concurrency (log scale)</text>"
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+        h - pad,
+        w - pad,
+        h - pad
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"black\"/>",
+        h - pad
+    );
+    for frac in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let v = max_y * frac;
+        let _ = writeln!(s, "<text x=\"8\" y=\"{:.0}\">{v:.0}</text>", y(v) + 4.0);
+    }
+    let mut cs: Vec<usize> = points.iter().map(|p| p.concurrency).collect();
+    cs.sort();
+    cs.dedup();
+    for c in &cs {
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.0}\" y=\"{}\" text-anchor=\"middle\">{c}</text>",
+            x(*c),
+            h - pad + 18.0
+        );
+    }
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let mut tasks: Vec<usize> = points.iter().map(|p| p.tasks).collect();
+    tasks.sort();
+    tasks.dedup();
+    let mut series: Vec<(String, Vec<(usize, f64)>)> = tasks
+        .iter()
+        .map(|t| {
+            (
+                format!("{t} task(s)"),
+                points
+                    .iter()
+                    .filter(|p| p.tasks == *t)
+                    .map(|p| (p.concurrency, p.per_sec))
+                    .collect(),
+            )
+        })
+        .collect();
+    if !ceiling.is_empty() {
+        series.push(("pgbench ceiling (3 commits/job)".into(), ceiling.to_vec()));
+    }
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(c, v)| format!("{:.1},{:.1}", x(*c), y(*v)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
+            w - pad - 200.0,
+            pad + 16.0 * i as f64
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn main() {
+    let o = opts();
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench");
+    let _ = std::fs::create_dir_all(&out_dir);
+    let pg_dir = std::env::temp_dir().join(format!("tcc-bench-{}", std::process::id()));
+    let pg = EmbeddedPostgres::start(&pg_dir).expect("start PostgreSQL");
+    let bindir = tcc_coordinator::embedded_pg::find_bindir().expect("PostgreSQL binaries");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let db = "bench";
+    let admin = pg.config_for("postgres");
+    runtime.block_on(async {
+        create_database(&admin, db)
+            .await
+            .expect("create the database")
+    });
+    let db_url = format!(
+        "host={} port=5432 user=postgres dbname={db}",
+        pg.socket_dir().display()
+    );
+
+    let (points, ceiling) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind stubs");
+        let stubs = Stubs {
+            base: format!("http://{}", listener.local_addr().expect("addr")),
+            waiting: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let app = Router::new()
+            .route("/try/{name}", post(stub_try))
+            .route("/r/{corr}/{task}", put(stub_confirm).delete(stub_cancel))
+            .with_state(stubs.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let coordinator = start_coordinator(&db_url);
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client");
+        let ready = Instant::now() + Duration::from_secs(60);
+        while !http
+            .get(format!("{}/health/ready", coordinator.addr))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(Instant::now() < ready, "the coordinator never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut points = Vec::new();
+        for &t in &o.tasks {
+            for &c in &o.concurrency {
+                let p = measure(&coordinator, &stubs, &http, t, c, o.seconds, &admin, db).await;
+                println!(
+                    "tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms commits/job={:.2} wal-syncs/job={:.2} cpu-s/1000={:.2} rss={:.0}MiB",
+                    p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.cpu_per_1000, p.rss_mib
+                );
+                points.push(p);
+            }
+        }
+        drop(coordinator);
+        let mut ceiling = Vec::new();
+        if o.pgbench {
+            for &c in &o.concurrency {
+                if let Some(tps) = pgbench(&bindir, pg.socket_dir(), db, c, o.seconds, &pg_dir) {
+                    println!("pgbench concurrency={c:<4} jobs/s={tps:.1} (3 synchronous commits each)");
+                    ceiling.push((c, tps));
+                }
+            }
+        }
+        (points, ceiling)
+    });
+    let _ = pg.stop();
+    let _ = std::fs::remove_dir_all(&pg_dir);
+
+    let mut md = String::from(
+        "| tasks | concurrency | jobs/s | p50 ms | p95 ms | p99 ms | commits/job | WAL syncs/job | CPU s/1000 jobs | peak RSS MiB | vs ceiling |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for p in &points {
+        let ratio = ceiling
+            .iter()
+            .find(|(c, _)| *c == p.concurrency)
+            .map(|(_, tps)| format!("{:.2}", p.per_sec / tps))
+            .unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {ratio} |",
+            p.tasks,
+            p.concurrency,
+            p.per_sec,
+            p.p50,
+            p.p95,
+            p.p99,
+            p.commits_per_job,
+            p.wal_syncs_per_job,
+            p.cpu_per_1000,
+            p.rss_mib
+        );
+    }
+    if !ceiling.is_empty() {
+        md.push_str("\n| pgbench concurrency | jobs/s (3 synchronous commits each) |\n|---|---|\n");
+        for (c, tps) in &ceiling {
+            let _ = writeln!(md, "| {c} | {tps:.1} |");
+        }
+    }
+    let _ = std::fs::write(out_dir.join("e2e.md"), &md);
+    let _ = std::fs::write(out_dir.join("e2e.svg"), svg(&points, &ceiling));
+    println!("\n{md}\nwritten: {}", out_dir.join("e2e.md").display());
+}
