@@ -142,11 +142,11 @@ pub async fn create_job(
     };
     let base = base_url(&state, &headers);
     match inserted {
-        Inserted::Created => {
+        Inserted::Created(record) => {
             metrics::counter!(m::JOBS_CREATED, "source" => "jcl").increment(1);
-            state.engine.start_claimed(id.clone(), 1);
-            let record = load(&state, &id).await?;
-            Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
+            let resp = job_response(StatusCode::ACCEPTED, &base, &record, true);
+            state.engine.start_claimed(*record);
+            Ok(resp)
         }
         Inserted::Replay {
             id,

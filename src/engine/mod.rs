@@ -140,9 +140,10 @@ impl Engine {
         let _ = self.inner.changes.send(id.to_string());
     }
 
-    /// Start driving a job this instance created and claimed.
-    pub fn start_claimed(&self, id: String, generation: i64) {
-        self.spawn_driver(id, generation);
+    /// Start driving a job this instance created and claimed, from the record it stored.
+    pub fn start_claimed(&self, record: store::JobRecord) {
+        let (id, generation) = (record.job.id.clone(), record.lease_generation);
+        self.spawn_driver(id, generation, Some(record));
     }
 
     /// A client request changed the job: wake its driver here, or claim it.
@@ -165,7 +166,7 @@ impl Engine {
         }
         .await;
         match claimed {
-            Ok(Some(c)) => self.spawn_driver(c.id, c.generation),
+            Ok(Some(c)) => self.spawn_driver(c.id, c.generation, None),
             // Held elsewhere: that instance sees the request at its next write.
             Ok(None) => {}
             Err(e) => {
@@ -174,7 +175,8 @@ impl Engine {
         }
     }
 
-    fn spawn_driver(&self, id: String, generation: i64) {
+    /// Drive a claimed job here. `known`: the job as just stored, saving a read.
+    fn spawn_driver(&self, id: String, generation: i64, known: Option<store::JobRecord>) {
         let inner = self.inner.clone();
         let fence = Fence {
             owner: inner.settings.instance_id.clone(),
@@ -214,7 +216,7 @@ impl Engine {
         tracker.spawn(async move {
             let _permit: OwnedSemaphorePermit = permit;
             let result = Driver::new(inner.clone(), id.clone(), fence.clone(), notify)
-                .run()
+                .run(known)
                 .await;
             inner.lock_running().remove(&id);
             if let Err(e) = result {
@@ -276,7 +278,7 @@ impl Engine {
                 match self.claim_due(capacity as i64).await {
                     Ok(claimed) => {
                         for c in claimed {
-                            self.spawn_driver(c.id, c.generation);
+                            self.spawn_driver(c.id, c.generation, None);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "scanning for due jobs failed"),
@@ -390,13 +392,17 @@ impl Driver {
         tracing::info!(job = %self.id, "lease lost to another instance; stopping");
     }
 
-    async fn run(self) -> Result<(), DriveError> {
+    async fn run(self, known: Option<store::JobRecord>) -> Result<(), DriveError> {
         let settings = &self.inner.settings;
-        let record = {
-            let client = self.inner.pool.get().await?;
-            store::load_job(&client, &self.id).await?
-        }
-        .ok_or(DriveError::Vanished)?;
+        let record = match known {
+            Some(r) => r,
+            None => {
+                let client = self.inner.pool.get().await?;
+                store::load_job(&client, &self.id)
+                    .await?
+                    .ok_or(DriveError::Vanished)?
+            }
+        };
         if record.lease_owner.as_deref() != Some(self.fence.owner.as_str())
             || record.lease_generation != self.fence.generation
         {
@@ -563,9 +569,11 @@ impl Driver {
         stopping: bool,
         grace_until: Option<Instant>,
     ) -> Wakeup {
+        // A wake-up already due still waits a moment: if a plan ever asked for a time in the
+        // past while calls are in flight, the loop must not spin.
         let timer_at = timer.map(|at| {
             let d = (at - Utc::now()).to_std().unwrap_or_default();
-            Instant::now() + d
+            Instant::now() + d.max(Duration::from_millis(5))
         });
         tokio::select! {
             Some((idx, op, result)) = calls.next(), if !calls.is_empty() => Wakeup::Answer(idx, op, result),

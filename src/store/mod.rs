@@ -229,10 +229,10 @@ fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
 }
 
 /// What `insert_job` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Inserted {
-    /// A new job, claimed by the inserting instance at lease generation 1.
-    Created,
+    /// A new job, claimed by the inserting instance at lease generation 1, as stored.
+    Created(Box<JobRecord>),
     /// The idempotency key was used before, for this job; `same_request` tells whether with the
     /// same document.
     Replay { id: String, same_request: bool },
@@ -253,48 +253,97 @@ pub struct NewJobRow<'a> {
 
 /// Store a new job and its tasks in one statement, claimed by `owner`. A job whose tasks are all
 /// links starts `pending` like any other: the engine moves it on.
+/// The job exactly as `insert_job` stores it: what the API answers with and what the new job's
+/// driver starts from, without reading it back.
+pub fn initial_record(row: &NewJobRow<'_>) -> Result<JobRecord> {
+    let new = row.job;
+    let tasks = new
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (try_spec, status, link) = match &t.kind {
+                NewTaskKind::Try(spec) => (Some(spec.clone()), TaskStatus::Pending, None),
+                NewTaskKind::Link(link) => (None, TaskStatus::Reserved, Some(link.clone())),
+            };
+            Task {
+                idx: i as i32,
+                task_id: t.task_id.clone(),
+                description: t.description.clone(),
+                try_spec,
+                status,
+                link,
+                attempts: 0,
+                next_attempt_at: None,
+                refused: false,
+                start_time: None,
+                end_time: None,
+                last_message: None,
+                try_response: None,
+            }
+        })
+        .collect();
+    let deadline = row.created_at
+        + chrono::Duration::milliseconds((new.fields.job_max_ttl * 1000.0).round() as i64);
+    Ok(JobRecord {
+        job: Job {
+            id: row.id.to_string(),
+            status: JobStatus::Pending,
+            failure_reason: None,
+            correlation_id: new
+                .fields
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| row.id.to_string()),
+            traceparent: row.traceparent.map(str::to_string),
+            auto_confirm: new.fields.auto_confirm,
+            confirm_requested: false,
+            cancel_requested: false,
+            created_at: row.created_at,
+            deadline,
+            shared_state: new.shared_state.clone(),
+            retry_policy: new.fields.retry_policy,
+            tasks,
+        },
+        source: row.source.to_string(),
+        fields: serde_json::to_value(&new.fields).map_err(corrupt)?,
+        updated_at: row.created_at,
+        attempt: 1,
+        wake_seq: 0,
+        lease_owner: Some(row.owner.to_string()),
+        lease_generation: 1,
+    })
+}
+
 pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Result<Inserted> {
-    let job = row.job;
-    let fields = serde_json::to_value(&job.fields).map_err(corrupt)?;
-    let correlation_id = job
-        .fields
-        .correlation_id
-        .clone()
-        .unwrap_or_else(|| row.id.to_string());
+    let record = initial_record(row)?;
+    let job = &record.job;
     let retry_policy = job
-        .fields
         .retry_policy
         .map(serde_json::to_value)
         .transpose()
         .map_err(corrupt)?;
-    let deadline = row.created_at
-        + chrono::Duration::milliseconds((job.fields.job_max_ttl * 1000.0).round() as i64);
-
     let mut idx = Vec::new();
     let mut task_ids = Vec::new();
     let mut descriptions = Vec::new();
     let mut specs: Vec<Option<Value>> = Vec::new();
     let mut statuses = Vec::new();
-    let mut uris: Vec<Option<String>> = Vec::new();
+    let mut uris: Vec<Option<&str>> = Vec::new();
     let mut expires: Vec<Option<DateTime<Utc>>> = Vec::new();
-    for (i, t) in job.tasks.iter().enumerate() {
-        idx.push(i as i32);
-        task_ids.push(t.task_id.clone());
-        descriptions.push(t.description.clone());
-        match &t.kind {
-            NewTaskKind::Try(spec) => {
-                specs.push(Some(serde_json::to_value(spec).map_err(corrupt)?));
-                statuses.push(TaskStatus::Pending.as_str());
-                uris.push(None);
-                expires.push(None);
-            }
-            NewTaskKind::Link(link) => {
-                specs.push(None);
-                statuses.push(TaskStatus::Reserved.as_str());
-                uris.push(Some(link.uri.clone()));
-                expires.push(Some(link.expires));
-            }
-        }
+    for t in &job.tasks {
+        idx.push(t.idx);
+        task_ids.push(t.task_id.as_str());
+        descriptions.push(t.description.as_deref());
+        specs.push(
+            t.try_spec
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(corrupt)?,
+        );
+        statuses.push(t.status.as_str());
+        uris.push(t.link.as_ref().map(|l| l.uri.as_str()));
+        expires.push(t.link.as_ref().map(|l| l.expires));
     }
     let task_count = job.tasks.len() as i32;
     let ttl = row.lease_ttl.as_secs_f64();
@@ -328,15 +377,15 @@ pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Res
             &[
                 &row.id,
                 &row.source,
-                &fields,
-                &correlation_id,
-                &job.fields.tags,
-                &job.fields.auto_confirm,
+                &record.fields,
+                &job.correlation_id,
+                &row.job.fields.tags,
+                &job.auto_confirm,
                 &retry_policy,
                 &job.shared_state,
                 &task_count,
                 &row.created_at,
-                &deadline,
+                &job.deadline,
                 &row.owner,
                 &ttl,
                 &row.idempotency_key,
@@ -354,7 +403,7 @@ pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Res
         .await?;
     let n: i64 = inserted.try_get("inserted")?;
     if n == 1 {
-        return Ok(Inserted::Created);
+        return Ok(Inserted::Created(Box::new(record)));
     }
     let key = row
         .idempotency_key
