@@ -642,6 +642,12 @@ async fn inject(
                         }
                     }
                     2 => {
+                        // Sometimes an instance also dies while it cannot reach the database.
+                        if rng.bool() {
+                            let mut list = instances.lock().await;
+                            let victim = rng.usize(..list.len());
+                            list[victim].kill();
+                        }
                         pg_proxy
                             .cut_for(Duration::from_millis(rng.u64(3500..5000)))
                             .await
