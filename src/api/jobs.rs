@@ -15,7 +15,9 @@ use super::{ApiError, AppState, base_url, none_match, prefer_wait, read_json};
 use crate::domain::request::{self, FieldError, Limits, parse_rfc3339};
 use crate::domain::{FailureReason, JobStatus};
 use crate::metrics as m;
-use crate::store::{self, Inserted, JobFilter, JobRecord, Registered, RequestOutcome};
+use crate::store::{
+    self, ClientRequest, Inserted, JobFilter, JobRecord, Registered, RequestOutcome,
+};
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -319,7 +321,7 @@ pub async fn cancel_job(
 ) -> Result<Response, ApiError> {
     let outcome = {
         let client = state.pool.get().await.map_err(store::StoreError::from)?;
-        store::request_cancel(&client, &id).await?
+        store::request(&client, &id, ClientRequest::Cancel).await?
     };
     let base = base_url(&state, &headers);
     match outcome {
@@ -414,7 +416,7 @@ pub async fn confirm_job(
 ) -> Result<Response, ApiError> {
     let outcome = {
         let client = state.pool.get().await.map_err(store::StoreError::from)?;
-        store::request_confirm(&client, &id).await?
+        store::request(&client, &id, ClientRequest::Confirm).await?
     };
     let base = base_url(&state, &headers);
     match outcome {

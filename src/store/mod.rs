@@ -658,7 +658,7 @@ pub async fn renew(
 }
 
 /// Listen on the wake-up channel: every client request that the driver of a job must see is
-/// announced there (by `request_confirm`, `request_cancel`, `register`), whichever instance
+/// announced there (by `request` and `register`), whichever instance
 /// received it. Calls `on_wake` with the job id; returns when the connection ends.
 pub async fn listen_wakes(
     config: &tokio_postgres::Config,
@@ -800,52 +800,41 @@ async fn current_status(
     .transpose()
 }
 
-/// Record the client's decision to confirm. Only before the decision, never after a cancel
-/// request, never for a job with no task.
-pub async fn request_confirm(client: &impl GenericClient, id: &str) -> Result<RequestOutcome> {
-    let n = client
-        .execute(
-            "WITH u AS (
-                UPDATE jobs SET confirm_requested = true, wake_seq = wake_seq + 1,
-                    next_wake = now(), updated_at = now()
-                WHERE id = $1 AND status IN ('pending', 'trying', 'reserved')
-                  AND task_count > 0 AND NOT cancel_requested
-                RETURNING id
-             )
-             SELECT pg_notify('tcc_wake', id) FROM u",
-            &[&id],
-        )
-        .await?;
-    if n == 1 {
-        return Ok(RequestOutcome::Accepted);
-    }
-    Ok(match current_status(client, id).await? {
-        None => RequestOutcome::NotFound,
-        Some((s, _, _, true)) if s.is_undecided() => RequestOutcome::CancelRequested,
-        Some((s, _, 0, _)) if s.is_undecided() => RequestOutcome::NoTasks,
-        Some((s, r, _, _)) => RequestOutcome::AlreadyAt(s, r),
-    })
+/// A client's request about a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRequest {
+    Confirm,
+    Cancel,
 }
 
-/// Record the client's request to cancel. Only before the decision.
-pub async fn request_cancel(client: &impl GenericClient, id: &str) -> Result<RequestOutcome> {
-    let n = client
-        .execute(
+/// Record a client's request for the engine (and wake whichever instance drives the job). Only
+/// before the decision; a confirm never after a cancel request, nor for a job with no task.
+pub async fn request(
+    client: &impl GenericClient,
+    id: &str,
+    what: ClientRequest,
+) -> Result<RequestOutcome> {
+    let confirm = what == ClientRequest::Confirm;
+    let stmt = client
+        .prepare_cached(
             "WITH u AS (
-                UPDATE jobs SET cancel_requested = true, wake_seq = wake_seq + 1,
-                    next_wake = now(), updated_at = now()
+                UPDATE jobs SET confirm_requested = confirm_requested OR $2,
+                    cancel_requested = cancel_requested OR NOT $2,
+                    wake_seq = wake_seq + 1, next_wake = now(), updated_at = now()
                 WHERE id = $1 AND status IN ('pending', 'trying', 'reserved')
+                  AND (NOT $2 OR (task_count > 0 AND NOT cancel_requested))
                 RETURNING id
              )
              SELECT pg_notify('tcc_wake', id) FROM u",
-            &[&id],
         )
         .await?;
-    if n == 1 {
+    if client.execute(&stmt, &[&id, &confirm]).await? == 1 {
         return Ok(RequestOutcome::Accepted);
     }
     Ok(match current_status(client, id).await? {
         None => RequestOutcome::NotFound,
+        Some((s, _, _, true)) if confirm && s.is_undecided() => RequestOutcome::CancelRequested,
+        Some((s, _, 0, _)) if confirm && s.is_undecided() => RequestOutcome::NoTasks,
         Some((s, r, _, _)) => RequestOutcome::AlreadyAt(s, r),
     })
 }
