@@ -109,11 +109,17 @@ fn parse_instance_id(s: &str) -> Result<String, String> {
 pub struct Config {
     /// PostgreSQL to use (a URL or key=value string). Unset: the embedded PostgreSQL under
     /// TCC_DATA_DIR.
-    #[arg(long, env = "DATABASE_URL", value_parser = parse_pg, global = true, hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", value_parser = parse_pg, global = true, hide_env_values = true)]
     pub database_url: Option<tokio_postgres::Config>,
 
     /// Where the embedded PostgreSQL keeps its data and its socket.
-    #[arg(long, env = "TCC_DATA_DIR", default_value = "./.tcc", global = true)]
+    #[arg(
+        long,
+        env = "TCC_DATA_DIR",
+        value_name = "TCC_DATA_DIR",
+        default_value = "./.tcc",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Address of the HTTP API.
@@ -126,60 +132,107 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// A second address serving only /metrics.
-    #[arg(long, env = "TCC_METRICS_LISTEN", global = true)]
+    #[arg(
+        long,
+        env = "TCC_METRICS_LISTEN",
+        value_name = "TCC_METRICS_LISTEN",
+        global = true
+    )]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Base of the absolute links the API writes; unset: taken from each request's Host.
-    #[arg(long, env = "TCC_PUBLIC_URL", value_parser = parse_public_url, global = true)]
+    #[arg(long, env = "TCC_PUBLIC_URL", value_name = "TCC_PUBLIC_URL", value_parser = parse_public_url, global = true)]
     pub public_url: Option<String>,
 
     /// Name of this instance in leases; default: host name, process id and a random suffix.
-    #[arg(long, env = "TCC_INSTANCE_ID", value_parser = parse_instance_id, global = true)]
+    #[arg(long, env = "TCC_INSTANCE_ID", value_name = "TCC_INSTANCE_ID", value_parser = parse_instance_id, global = true)]
     pub instance_id: Option<String>,
 
     /// Every link must outlive now + this margin when the job is confirmed.
-    #[arg(long, env = "TCC_CONFIRM_MARGIN", default_value = "1s", global = true)]
+    #[arg(
+        long,
+        env = "TCC_CONFIRM_MARGIN",
+        value_name = "TCC_CONFIRM_MARGIN",
+        default_value = "1s",
+        global = true
+    )]
     pub confirm_margin: Span,
 
     /// Most tasks in one job.
-    #[arg(long, env = "TCC_MAX_TASKS", default_value = "100", value_parser = parse_max_tasks, global = true)]
+    #[arg(long, env = "TCC_MAX_TASKS", value_name = "TCC_MAX_TASKS", default_value = "100", value_parser = parse_max_tasks, global = true)]
     pub max_tasks: usize,
 
     /// Largest request body.
-    #[arg(long, env = "TCC_MAX_BODY", default_value = "1MiB", global = true)]
+    #[arg(
+        long,
+        env = "TCC_MAX_BODY",
+        value_name = "TCC_MAX_BODY",
+        default_value = "1MiB",
+        global = true
+    )]
     pub max_body: Bytes,
 
     /// How long finished jobs are kept (heuristic ones are kept until deleted by hand).
-    #[arg(long, env = "TCC_RETENTION", default_value = "30d", global = true)]
+    #[arg(
+        long,
+        env = "TCC_RETENTION",
+        value_name = "TCC_RETENTION",
+        default_value = "30d",
+        global = true
+    )]
     pub retention: Span,
 
     /// How long a job's lease lasts without renewal; another instance takes the job over after.
-    #[arg(long, env = "TCC_LEASE_TTL", default_value = "30s", global = true)]
+    #[arg(
+        long,
+        env = "TCC_LEASE_TTL",
+        value_name = "TCC_LEASE_TTL",
+        default_value = "30s",
+        global = true
+    )]
     pub lease_ttl: Span,
 
     /// How often to look for due retries and lapsed leases.
-    #[arg(long, env = "TCC_SCAN_INTERVAL", default_value = "1s", global = true)]
+    #[arg(
+        long,
+        env = "TCC_SCAN_INTERVAL",
+        value_name = "TCC_SCAN_INTERVAL",
+        default_value = "1s",
+        global = true
+    )]
     pub scan_interval: Span,
 
     /// Timeout of one confirm or cancel call (a Try uses its taskMaxTTL).
-    #[arg(long, env = "TCC_CALL_TIMEOUT", default_value = "10s", global = true)]
+    #[arg(
+        long,
+        env = "TCC_CALL_TIMEOUT",
+        value_name = "TCC_CALL_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
     pub call_timeout: Span,
 
     /// Most participant calls in flight at once.
-    #[arg(long, env = "TCC_MAX_INFLIGHT_CALLS", default_value = "512", value_parser = parse_positive, global = true)]
+    #[arg(long, env = "TCC_MAX_INFLIGHT_CALLS", value_name = "TCC_MAX_INFLIGHT_CALLS", default_value = "512", value_parser = parse_positive, global = true)]
     pub max_inflight_calls: usize,
 
     /// Most jobs driven at once by this instance.
-    #[arg(long, env = "TCC_MAX_ACTIVE_JOBS", default_value = "4096", value_parser = parse_positive, global = true)]
+    #[arg(long, env = "TCC_MAX_ACTIVE_JOBS", value_name = "TCC_MAX_ACTIVE_JOBS", default_value = "4096", value_parser = parse_positive, global = true)]
     pub max_active_jobs: usize,
 
     /// Size of the PostgreSQL connection pool.
-    #[arg(long, env = "TCC_DB_POOL_SIZE", default_value = "16", value_parser = parse_positive, global = true)]
+    #[arg(long, env = "TCC_DB_POOL_SIZE", value_name = "TCC_DB_POOL_SIZE", default_value = "16", value_parser = parse_positive, global = true)]
     pub db_pool_size: usize,
 
     /// On SIGTERM, how long in-flight participant calls may take to finish before their jobs
     /// are handed back.
-    #[arg(long, env = "TCC_SHUTDOWN_GRACE", default_value = "10s", global = true)]
+    #[arg(
+        long,
+        env = "TCC_SHUTDOWN_GRACE",
+        value_name = "TCC_SHUTDOWN_GRACE",
+        default_value = "10s",
+        global = true
+    )]
     pub shutdown_grace: Span,
 }
 
