@@ -64,6 +64,10 @@ CREATE TABLE tasks (
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz,
     refused         boolean NOT NULL DEFAULT false,
+    -- A confirm was sent and its answer not yet recorded / some confirm may have been applied
+    -- unheard (see domain::job::Task).
+    confirm_pending boolean NOT NULL DEFAULT false,
+    confirm_unknown boolean NOT NULL DEFAULT false,
     start_time      timestamptz,
     end_time        timestamptz,
     last_message    text,

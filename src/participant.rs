@@ -76,7 +76,11 @@ pub struct TryCall<'a> {
 }
 
 enum Failure {
+    /// The request may have been received.
     Timeout(String),
+    /// The connection could not be made: nothing was sent.
+    NotSent(String),
+    /// The connection broke: the request may have been received.
     Error(String),
 }
 
@@ -289,7 +293,7 @@ fn classify_error(e: reqwest::Error) -> Failure {
     if e.is_timeout() {
         Failure::Timeout("timed out".into())
     } else if e.is_connect() {
-        Failure::Error(format!("could not connect: {}", root_cause(&e)))
+        Failure::NotSent(format!("could not connect: {}", root_cause(&e)))
     } else {
         Failure::Error(root_cause(&e))
     }
@@ -307,14 +311,13 @@ fn failure(f: Failure, op: Op) -> (Answer, CallOutcome, Option<u16>) {
     let what = op.as_str();
     match f {
         Failure::Timeout(m) => (
-            Answer::Retryable {
+            Answer::Unknown {
                 message: format!("the {what} call {m}"),
-                retry_after: None,
             },
             CallOutcome::Timeout,
             None,
         ),
-        Failure::Error(m) => (
+        Failure::NotSent(m) => (
             Answer::Retryable {
                 message: format!("the {what} call failed: {m}"),
                 retry_after: None,
@@ -322,10 +325,27 @@ fn failure(f: Failure, op: Op) -> (Answer, CallOutcome, Option<u16>) {
             CallOutcome::Error,
             None,
         ),
+        Failure::Error(m) => (
+            Answer::Unknown {
+                message: format!("the {what} call failed: {m}"),
+            },
+            CallOutcome::Error,
+            None,
+        ),
     }
 }
 
+/// 408, 429 and 503 say the request was not handled; 500, 502 and 504 leave it open whether it
+/// was (an error after the effect, a gateway that lost the answer).
 fn retryable(code: u16, headers: &HeaderMap) -> (Answer, CallOutcome) {
+    if matches!(code, 500 | 502 | 504) {
+        return (
+            Answer::Unknown {
+                message: format!("HTTP {code}"),
+            },
+            CallOutcome::Retryable,
+        );
+    }
     let retry_after = if code == 429 || code == 503 {
         headers
             .get(RETRY_AFTER)

@@ -52,6 +52,13 @@ pub struct Task {
     /// The confirm cannot succeed (refused, gone, or the link expired while retrying); whether
     /// that makes the task heuristic or the job cancel depends on the others (SPEC §3.3 rule 4).
     pub refused: bool,
+    /// A confirm was sent and its answer has not been folded in yet. Persisted before the call,
+    /// so that after a crash or a hand-back the next owner knows an answer was lost.
+    pub confirm_pending: bool,
+    /// Some confirm may have been applied without the coordinator hearing it (a timeout, a
+    /// dropped connection, a 500/502/504, or a lost answer). Sticky: going back to cancel would
+    /// then be a guess (SPEC §3.3 rules 4 and 6).
+    pub confirm_unknown: bool,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub last_message: Option<String>,

@@ -82,6 +82,10 @@ pub enum Answer {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// The call may have reached the participant, but no answer came that says what happened:
+    /// a timeout, a dropped connection, 500, 502, 504. Retried like `Retryable`; for a confirm
+    /// it means the participant may have confirmed.
+    Unknown { message: String },
     /// The participant said no (4xx), or the answer was unusable.
     Refused { message: String },
     /// 404 or 410: the reservation is gone.
@@ -232,7 +236,16 @@ fn plan_confirming(
     plan: &mut Plan,
 ) -> Result<(), IllegalTransition> {
     for (i, task) in job.tasks.iter_mut().enumerate() {
-        if in_flight.contains(&i) || task.status != TaskStatus::Confirming || task.refused {
+        if in_flight.contains(&i) || task.status != TaskStatus::Confirming {
+            continue;
+        }
+        if task.confirm_pending {
+            // A confirm was sent and nobody folded its answer in: this driver crashed or
+            // handed the job back. It may have been applied.
+            task.confirm_pending = false;
+            task.confirm_unknown = true;
+        }
+        if task.refused {
             continue;
         }
         if task.link_expired(now) {
@@ -253,18 +266,34 @@ fn plan_confirming(
             t.status == TaskStatus::Confirming && t.refused && !in_flight.contains(i)
         })
         .collect();
+    let maybe_confirmed = job
+        .tasks
+        .iter()
+        .any(|t| t.status == TaskStatus::Confirming && t.confirm_unknown);
+    let still_confirmable = job
+        .tasks
+        .iter()
+        .any(|t| t.status == TaskStatus::Confirming && !t.refused);
     if !refused.is_empty() {
         if any_confirmed {
             for i in refused {
                 job.task_on(i, TaskEvent::ConfirmHeuristic, now)?;
             }
-        } else if in_flight.is_empty() {
-            // Nobody confirmed and nobody can any more: cancel the rest (rule 4).
-            return job.job_on(JobEvent::ConfirmRefused);
-        } else {
+        } else if !in_flight.is_empty() {
             // Wait for the confirms in flight before deciding; send no further confirm.
             return Ok(());
+        } else if !maybe_confirmed {
+            // Nobody confirmed and nobody can any more: cancel the rest (rule 4).
+            return job.job_on(JobEvent::ConfirmRefused);
+        } else if !still_confirmable {
+            // Every confirm is refused or expired, and some may have been applied: the
+            // outcome is unknown, and the coordinator does not guess.
+            for i in refused {
+                job.task_on(i, TaskEvent::ConfirmHeuristic, now)?;
+            }
         }
+        // Otherwise some confirm may already have been applied: going back to cancel would be
+        // a guess (rule 6), so the confirms go on; the refused tasks wait for the outcome.
     }
 
     for i in 0..job.tasks.len() {
@@ -278,6 +307,7 @@ fn plan_confirming(
         if due(task.next_attempt_at, now) {
             task.attempts += 1;
             task.next_attempt_at = None;
+            task.confirm_pending = true;
             plan.steps.push(Step {
                 task: i,
                 op: Op::Confirm,
@@ -408,6 +438,7 @@ pub fn apply(
             if task.status != TaskStatus::Confirming {
                 return Err(out_of_turn(task.status, op));
             }
+            task.confirm_pending = false;
             match answer {
                 Answer::Done => {
                     job.task_on(idx, TaskEvent::Confirmed, now)?;
@@ -417,6 +448,17 @@ pub fn apply(
                     message,
                     retry_after,
                 } => retry_later(task, message, retry_after, policy, now, jitter),
+                Answer::Unknown { message } => {
+                    task.confirm_unknown = true;
+                    retry_later(
+                        task,
+                        format!("{message} (the confirm may have been applied)"),
+                        None,
+                        policy,
+                        now,
+                        jitter,
+                    );
+                }
                 Answer::Refused { message }
                 | Answer::Gone { message }
                 | Answer::NotImplemented { message }
@@ -471,7 +513,7 @@ pub fn apply(
                     message,
                     retry_after,
                 } => retry_later(task, message, retry_after, policy, now, jitter),
-                Answer::Refused { message } => {
+                Answer::Refused { message } | Answer::Unknown { message } => {
                     retry_later(task, message, None, policy, now, jitter)
                 }
                 Answer::Reserved { .. } => retry_later(
@@ -521,6 +563,17 @@ fn apply_try(
                 notes.join("; ")
             });
         }
+        Answer::Unknown { message } => apply_try(
+            job,
+            idx,
+            Answer::Retryable {
+                message,
+                retry_after: None,
+            },
+            now,
+            jitter,
+            policy,
+        )?,
         Answer::Retryable {
             message,
             retry_after,
@@ -619,6 +672,8 @@ mod tests {
             attempts: 0,
             next_attempt_at: None,
             refused: false,
+            confirm_pending: false,
+            confirm_unknown: false,
             start_time: None,
             end_time: None,
             last_message: None,
@@ -1064,6 +1119,109 @@ mod tests {
         plan(&mut j, &none(), now + secs(5), &settings()).expect("plan");
         assert_eq!(j.tasks[0].status, TaskStatus::Expired);
         assert_eq!(j.status, JobStatus::Canceled);
+    }
+
+    fn unknown() -> Answer {
+        Answer::Unknown {
+            message: "timed out".into(),
+        }
+    }
+
+    fn refused(code: &str) -> Answer {
+        Answer::Refused {
+            message: code.into(),
+        }
+    }
+
+    /// Two tasks reserved, the decision taken, both confirms sent.
+    fn confirming_pair(now: DateTime<Utc>) -> Job {
+        let mut j = job(2);
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        for i in 0..2 {
+            apply(&mut j, i, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        }
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(0, Op::Confirm), (1, Op::Confirm)]);
+        assert!(j.tasks.iter().all(|t| t.confirm_pending));
+        j
+    }
+
+    /// Regression (found by the chaos soak): a confirm whose answer was lost may have been
+    /// applied, so a refusal elsewhere must not turn the job back to cancel.
+    #[test]
+    fn a_refusal_never_cancels_when_a_confirm_may_have_been_applied() {
+        let now = t0();
+        let mut j = confirming_pair(now);
+        apply(&mut j, 0, Op::Confirm, unknown(), now, 0.0).expect("apply");
+        apply(&mut j, 1, Op::Confirm, refused("403"), now, 0.0).expect("apply");
+        assert!(j.tasks[0].confirm_unknown && !j.tasks[0].confirm_pending);
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(
+            j.status,
+            JobStatus::Confirming,
+            "no cancel: t0 may be confirmed"
+        );
+        assert_eq!(ops(&p), vec![(0, Op::Confirm)], "t0's confirm goes on");
+        // t0 turns out confirmed: the refusal is a real disagreement.
+        apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.0).expect("apply");
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Heuristic);
+        assert_eq!(
+            statuses(&j),
+            vec![TaskStatus::Confirmed, TaskStatus::Heuristic]
+        );
+    }
+
+    #[test]
+    fn an_unknown_confirm_that_can_never_be_settled_is_heuristic() {
+        let now = t0();
+        let mut j = confirming_pair(now);
+        apply(&mut j, 0, Op::Confirm, unknown(), now, 0.0).expect("apply");
+        apply(&mut j, 1, Op::Confirm, refused("403"), now, 0.0).expect("apply");
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        // t0's link lapses before any confirm is answered.
+        let later = now + secs(30);
+        let p = plan(&mut j, &none(), later, &settings()).expect("plan");
+        assert!(p.steps.is_empty());
+        assert_eq!(
+            j.status,
+            JobStatus::Heuristic,
+            "the coordinator does not guess"
+        );
+        assert_eq!(
+            statuses(&j),
+            vec![TaskStatus::Heuristic, TaskStatus::Heuristic]
+        );
+    }
+
+    #[test]
+    fn a_confirm_sent_before_a_crash_counts_as_maybe_applied() {
+        let now = t0();
+        let mut j = confirming_pair(now);
+        // The driver died with both confirms in flight; the next owner plans with nothing in
+        // flight. Then t1 is refused.
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert!(j.tasks.iter().all(|t| t.confirm_unknown));
+        assert_eq!(ops(&p), vec![(0, Op::Confirm), (1, Op::Confirm)]);
+        apply(&mut j, 1, Op::Confirm, refused("404"), now, 0.0).expect("apply");
+        apply(&mut j, 0, Op::Confirm, retry503(), now, 0.0).expect("apply");
+        plan(&mut j, &none(), now + secs(1), &settings()).expect("plan");
+        assert_eq!(
+            j.status,
+            JobStatus::Confirming,
+            "no cancel after a lost answer"
+        );
+    }
+
+    #[test]
+    fn definite_refusals_still_cancel() {
+        let now = t0();
+        let mut j = confirming_pair(now);
+        apply(&mut j, 0, Op::Confirm, retry503(), now, 0.0).expect("apply");
+        apply(&mut j, 1, Op::Confirm, refused("403"), now, 0.0).expect("apply");
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Cancelling);
+        assert_eq!(j.failure_reason, Some(FailureReason::ConfirmRefused));
     }
 
     #[test]

@@ -161,7 +161,8 @@ const JOB_COLUMNS: &str = "id, status, failure_reason, correlation_id, tracepare
     source, fields, updated_at, attempt, wake_seq, lease_owner, lease_generation";
 
 const TASK_COLUMNS: &str = "idx, task_id, description, try_spec, status, link_uri, link_expires, \
-    attempts, next_attempt_at, refused, start_time, end_time, last_message, try_response";
+    attempts, next_attempt_at, refused, confirm_pending, confirm_unknown, start_time, end_time, \
+    last_message, try_response";
 
 fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Result<JobRecord> {
     let status: String = row.try_get("status")?;
@@ -221,6 +222,8 @@ fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
         attempts: row.try_get("attempts")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
         refused: row.try_get("refused")?,
+        confirm_pending: row.try_get("confirm_pending")?,
+        confirm_unknown: row.try_get("confirm_unknown")?,
         start_time: row.try_get("start_time")?,
         end_time: row.try_get("end_time")?,
         last_message: row.try_get("last_message")?,
@@ -276,6 +279,8 @@ pub fn initial_record(row: &NewJobRow<'_>) -> Result<JobRecord> {
                 attempts: 0,
                 next_attempt_at: None,
                 refused: false,
+                confirm_pending: false,
+                confirm_unknown: false,
                 start_time: None,
                 end_time: None,
                 last_message: None,
@@ -538,6 +543,8 @@ pub async fn save(client: &impl GenericClient, s: &Save<'_>) -> Result<Saved> {
     let mut attempts = Vec::with_capacity(s.tasks.len());
     let mut next_at = Vec::with_capacity(s.tasks.len());
     let mut refused = Vec::with_capacity(s.tasks.len());
+    let mut pending = Vec::with_capacity(s.tasks.len());
+    let mut unknown = Vec::with_capacity(s.tasks.len());
     let mut start = Vec::with_capacity(s.tasks.len());
     let mut end = Vec::with_capacity(s.tasks.len());
     let mut message = Vec::with_capacity(s.tasks.len());
@@ -550,6 +557,8 @@ pub async fn save(client: &impl GenericClient, s: &Save<'_>) -> Result<Saved> {
         attempts.push(t.attempts);
         next_at.push(t.next_attempt_at);
         refused.push(t.refused);
+        pending.push(t.confirm_pending);
+        unknown.push(t.confirm_unknown);
         start.push(t.start_time);
         end.push(t.end_time);
         message.push(t.last_message.as_deref());
@@ -576,13 +585,15 @@ pub async fn save(client: &impl GenericClient, s: &Save<'_>) -> Result<Saved> {
                 UPDATE tasks SET status = u.status, link_uri = u.link_uri,
                     link_expires = u.link_expires, attempts = u.attempts,
                     next_attempt_at = u.next_attempt_at, refused = u.refused,
+                    confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
                     start_time = u.start_time, end_time = u.end_time,
                     last_message = u.last_message, try_response = u.try_response
                 FROM unnest($14::int[], $15::text[], $16::text[], $17::timestamptz[], $18::int[],
                     $19::timestamptz[], $20::bool[], $21::timestamptz[], $22::timestamptz[],
-                    $23::text[], $24::jsonb[])
+                    $23::text[], $24::jsonb[], $25::bool[], $26::bool[])
                     AS u(idx, status, link_uri, link_expires, attempts, next_attempt_at, refused,
-                         start_time, end_time, last_message, try_response)
+                         start_time, end_time, last_message, try_response, confirm_pending,
+                         confirm_unknown)
                 WHERE tasks.job_id = (SELECT id FROM j) AND tasks.idx = u.idx
                 RETURNING 1
              )
@@ -592,7 +603,7 @@ pub async fn save(client: &impl GenericClient, s: &Save<'_>) -> Result<Saved> {
         )
         .await?;
     let reason = job.failure_reason.map(|r| r.as_str());
-    let params: [&(dyn ToSql + Sync); 24] = [
+    let params: [&(dyn ToSql + Sync); 26] = [
         &sync,
         &job.id,
         &s.fence.generation,
@@ -617,6 +628,8 @@ pub async fn save(client: &impl GenericClient, s: &Save<'_>) -> Result<Saved> {
         &end,
         &message,
         &response,
+        &pending,
+        &unknown,
     ];
     match client.query_opt(&stmt, &params).await? {
         Some(row) => Ok(Saved::Ok {

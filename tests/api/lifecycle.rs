@@ -480,3 +480,28 @@ async fn a_try_answered_429_waits_for_retry_after() {
     assert_eq!(task(&done, "a")["taskStatus"], "confirmed");
     app.stop().await;
 }
+
+/// Regression, found by the chaos soak: a confirm that was applied but whose answer was lost
+/// must not be followed by a cancel when another participant refuses. The job is heuristic, and
+/// the participant that confirmed is never told to cancel.
+#[tokio::test]
+async fn a_lost_confirm_answer_and_a_refusal_make_the_job_heuristic_not_failed() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(Op::Confirm, "a", vec![Reply::ApplyThenStall]);
+    p.script(Op::Confirm, "b", vec![Reply::Status(403)]);
+    let id = app
+        .submit(&job_of(&[("a", p.url("a")), ("b", p.url("b"))]))
+        .await;
+    let done = app.wait_status(&id, "heuristic").await;
+    assert!(p.confirmed("a"), "a applied its confirm");
+    assert_eq!(task(&done, "a")["taskStatus"], "confirmed");
+    assert_eq!(task(&done, "b")["taskStatus"], "heuristic");
+    assert_eq!(
+        p.count(Op::Cancel, "a"),
+        0,
+        "no cancel after a confirm that may have applied"
+    );
+    assert!(p.count(Op::Confirm, "a") >= 2, "a's confirm was sent again");
+    app.stop().await;
+}

@@ -32,6 +32,8 @@ pub enum Reply {
     StatusRetryAfter(u16, u64),
     /// Never answer (the coordinator's timeout must end the call).
     Stall,
+    /// Confirm or cancel only: apply the effect, then never answer (a lost answer).
+    ApplyThenStall,
     /// Try only: reserve, with the link lapsing after this long.
     ReserveFor(Duration),
     /// Try only: reserve, answering only a relative `Location` (no body, no expiry).
@@ -163,7 +165,7 @@ async fn try_handler(
     s.record(Op::Try, &name, &headers, parsed);
     let reply = s.next_reply(Op::Try, &name);
     let ttl = match reply {
-        Reply::Ok => Duration::from_secs(60),
+        Reply::Ok | Reply::ApplyThenStall => Duration::from_secs(60),
         Reply::ReserveFor(d) => d,
         Reply::ReserveLocationOnly => Duration::from_secs(60),
         Reply::Status(c) => return status(c),
@@ -219,6 +221,7 @@ async fn settle(s: Shared, op: Op, id: String, headers: HeaderMap) -> Response {
     // A little work, so that two requests arriving together really overlap here.
     tokio::time::sleep(Duration::from_millis(2)).await;
     let reply = s.next_reply(op, &name);
+    let lose_answer = matches!(reply, Reply::ApplyThenStall);
     let resp = match reply {
         Reply::Status(c) => status(c),
         Reply::StatusRetryAfter(c, secs) => {
@@ -254,6 +257,10 @@ async fn settle(s: Shared, op: Op, id: String, headers: HeaderMap) -> Response {
             }
         }
     };
+    if lose_answer {
+        s.leave(&id);
+        return stall().await;
+    }
     s.leave(&id);
     resp
 }
