@@ -80,6 +80,8 @@ struct Opts {
     concurrency: Vec<usize>,
     seconds: u64,
     pgbench: bool,
+    /// Jobs to park in `reserved` before measuring the idle coordinator (0: skip).
+    idle: usize,
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -92,6 +94,7 @@ fn opts() -> Opts {
         concurrency: vec![1, 8, 32, 128],
         seconds: 10,
         pgbench: true,
+        idle: 10_000,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -111,6 +114,10 @@ fn opts() -> Opts {
                 i += 1;
             }
             "--no-pgbench" => o.pgbench = false,
+            "--idle" => {
+                o.idle = next.parse().unwrap_or(0);
+                i += 1;
+            }
             "--with-dtmrs" => eprintln!(
                 "--with-dtmrs: not implemented yet; measuring the coordinator and the ceiling only"
             ),
@@ -145,6 +152,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A `/proc/{pid}/status` field in MiB (`VmHWM` peak, `VmRSS` now).
+fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with(field))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// (utime + stime) in seconds and peak RSS in MiB of a process.
 fn proc_usage(pid: u32) -> (f64, f64) {
     let ticks: f64 = Command::new("getconf")
@@ -163,15 +182,7 @@ fn proc_usage(pid: u32) -> (f64, f64) {
             Some((u + st) / ticks)
         })
         .unwrap_or(0.0);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb / 1024.0)
-        })
-        .unwrap_or(0.0);
-    (cpu, rss)
+    (cpu, status_mib(pid, "VmHWM:"))
 }
 
 /// (transactions committed, read-only ones included; WAL flushes) of the database so far. The
@@ -309,6 +320,87 @@ async fn measure(
         cpu_per_1000: per_job(cpu1 - cpu0) * 1000.0,
         rss_mib: rss,
     }
+}
+
+/// Park `n` jobs in `reserved` (autoConfirm false), then measure the idle coordinator for 10 s:
+/// (jobs, peak RSS MiB, CPU share of one core).
+async fn park(
+    coordinator: &Coordinator,
+    stubs: &Stubs,
+    http: &reqwest::Client,
+    n: usize,
+    admin: &tokio_postgres::Config,
+    db: &str,
+) -> (usize, f64, f64) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (http, next, addr, base) = (
+            http.clone(),
+            next.clone(),
+            coordinator.addr.clone(),
+            stubs.base.clone(),
+        );
+        clients.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let body = json!({"correlationID": format!("idle-{i}"), "autoConfirm": false, "jobMaxTTL": 3600,
+                    "tasks": [{"taskID": "t0", "taskURL": format!("{base}/try/t0")}]})
+                .to_string();
+                let _ = http
+                    .post(format!("{addr}/jobs"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+            }
+        });
+    }
+    while clients.join_next().await.is_some() {}
+    // Wait until every one is parked.
+    let until = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < until {
+        let parked = async {
+            let (client, conn) = admin_db(admin, db)
+                .connect(tokio_postgres::NoTls)
+                .await
+                .ok()?;
+            let t = tokio::spawn(conn);
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM jobs WHERE status = 'reserved'", &[])
+                .await
+                .ok()?
+                .get(0);
+            drop(client);
+            let _ = t.await;
+            Some(n as usize)
+        }
+        .await
+        .unwrap_or(0);
+        if parked >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pid = coordinator.child.id();
+    let (cpu0, _) = proc_usage(pid);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (cpu1, rss) = proc_usage(pid);
+    println!(
+        "idle: {n} jobs reserved, peak RSS {rss:.0} MiB, CPU {:.2} % of a core",
+        (cpu1 - cpu0) * 10.0
+    );
+    (n, rss, (cpu1 - cpu0) / 10.0)
+}
+
+/// The same server as `admin`, database `db`.
+fn admin_db(admin: &tokio_postgres::Config, db: &str) -> tokio_postgres::Config {
+    let mut c = admin.clone();
+    c.dbname(db);
+    c
 }
 
 /// pgbench doing three synchronous commits per "job": the PostgreSQL ceiling for our design.
@@ -504,7 +596,7 @@ fn main() {
         pg.socket_dir().display()
     );
 
-    let (points, ceiling) = runtime.block_on(async {
+    let (points, ceiling, idle) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind stubs");
         let stubs = Stubs {
             base: format!("http://{}", listener.local_addr().expect("addr")),
@@ -544,6 +636,11 @@ fn main() {
                 points.push(p);
             }
         }
+        let idle = if o.idle > 0 {
+            Some(park(&coordinator, &stubs, &http, o.idle, &admin, db).await)
+        } else {
+            None
+        };
         drop(coordinator);
         let mut ceiling = Vec::new();
         if o.pgbench {
@@ -554,7 +651,7 @@ fn main() {
                 }
             }
         }
-        (points, ceiling)
+        (points, ceiling, idle)
     });
     let _ = pg.stop();
     let _ = std::fs::remove_dir_all(&pg_dir);
@@ -588,6 +685,13 @@ fn main() {
         for (c, tps) in &ceiling {
             let _ = writeln!(md, "| {c} | {tps:.1} |");
         }
+    }
+    if let Some((n, rss, cpu)) = idle {
+        let _ = writeln!(
+            md,
+            "\n{n} jobs waiting in `reserved`: coordinator peak RSS {rss:.0} MiB, idle CPU {:.2} % of a core",
+            cpu * 100.0
+        );
     }
     let _ = std::fs::write(out_dir.join("e2e.md"), &md);
     let _ = std::fs::write(out_dir.join("e2e.svg"), svg(&points, &ceiling));
