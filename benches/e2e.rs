@@ -323,7 +323,7 @@ async fn measure(
 }
 
 /// Park `n` jobs in `reserved` (autoConfirm false), then measure the idle coordinator for 10 s:
-/// (jobs, peak RSS MiB, CPU share of one core).
+/// (jobs, RSS MiB, CPU share of one core).
 async fn park(
     coordinator: &Coordinator,
     stubs: &Stubs,
@@ -388,9 +388,10 @@ async fn park(
     let pid = coordinator.child.id();
     let (cpu0, _) = proc_usage(pid);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (cpu1, rss) = proc_usage(pid);
+    let (cpu1, _) = proc_usage(pid);
+    let rss = status_mib(pid, "VmRSS:");
     println!(
-        "idle: {n} jobs reserved, peak RSS {rss:.0} MiB, CPU {:.2} % of a core",
+        "idle: {n} jobs reserved, RSS {rss:.0} MiB, CPU {:.2} % of a core",
         (cpu1 - cpu0) * 10.0
     );
     (n, rss, (cpu1 - cpu0) / 10.0)
@@ -689,7 +690,7 @@ fn main() {
     if let Some((n, rss, cpu)) = idle {
         let _ = writeln!(
             md,
-            "\n{n} jobs waiting in `reserved`: coordinator peak RSS {rss:.0} MiB, idle CPU {:.2} % of a core",
+            "\n{n} jobs waiting in `reserved`: coordinator RSS {rss:.0} MiB, idle CPU {:.2} % of a core",
             cpu * 100.0
         );
     }
