@@ -58,8 +58,26 @@ fn job_response(status: StatusCode, base: &str, record: &JobRecord, location: bo
     resp
 }
 
+/// A pooled database connection; an unreachable database is a 503.
+async fn db(state: &AppState) -> Result<deadpool_postgres::Client, ApiError> {
+    Ok(state.pool.get().await.map_err(store::StoreError::from)?)
+}
+
+/// Record a client's confirm or cancel, and wake the job's driver when it was taken.
+async fn record_request(
+    state: &AppState,
+    id: &str,
+    what: ClientRequest,
+) -> Result<RequestOutcome, ApiError> {
+    let outcome = store::request(&db(state).await?, id, what).await?;
+    if outcome == RequestOutcome::Accepted {
+        state.engine.wake(id).await;
+    }
+    Ok(outcome)
+}
+
 async fn load(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
-    let client = state.pool.get().await.map_err(store::StoreError::from)?;
+    let client = db(state).await?;
     store::load_job(&client, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
@@ -125,7 +143,7 @@ pub async fn create_job(
     let hash = repr::sha256_hex(repr::canonical(&value).to_string().as_bytes());
     let id = uuid::Uuid::now_v7().to_string();
     let inserted = {
-        let client = state.pool.get().await.map_err(store::StoreError::from)?;
+        let client = db(&state).await?;
         store::insert_job(
             &client,
             &store::NewJobRow {
@@ -276,7 +294,7 @@ pub async fn list_jobs(
 ) -> Result<Response, ApiError> {
     let filter = parse_list_query(query.as_deref())?;
     let rows = {
-        let client = state.pool.get().await.map_err(store::StoreError::from)?;
+        let client = db(&state).await?;
         store::list_jobs(&client, &filter).await?
     };
     let base = base_url(&state, &headers);
@@ -319,14 +337,10 @@ pub async fn cancel_job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let outcome = {
-        let client = state.pool.get().await.map_err(store::StoreError::from)?;
-        store::request(&client, &id, ClientRequest::Cancel).await?
-    };
+    let outcome = record_request(&state, &id, ClientRequest::Cancel).await?;
     let base = base_url(&state, &headers);
     match outcome {
         RequestOutcome::Accepted => {
-            state.engine.wake(&id).await;
             let record = load(&state, &id).await?;
             Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
         }
@@ -414,16 +428,10 @@ pub async fn confirm_job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let outcome = {
-        let client = state.pool.get().await.map_err(store::StoreError::from)?;
-        store::request(&client, &id, ClientRequest::Confirm).await?
-    };
+    let outcome = record_request(&state, &id, ClientRequest::Confirm).await?;
     let base = base_url(&state, &headers);
     match outcome {
         RequestOutcome::Accepted | RequestOutcome::AlreadyAt(JobStatus::Confirming, _) => {
-            if outcome == RequestOutcome::Accepted {
-                state.engine.wake(&id).await;
-            }
             match prefer_wait(&headers) {
                 Some(wait) => {
                     let record = wait_terminal(&state, &id, wait).await?;
@@ -546,7 +554,7 @@ pub async fn register(
     let value = read_json(&headers, body, state.settings.max_body).await?;
     let reg = request::parse_registration(&value, Utc::now()).map_err(ApiError::validation)?;
     let outcome = {
-        let mut client = state.pool.get().await.map_err(store::StoreError::from)?;
+        let mut client = db(&state).await?;
         store::register(&mut client, &id, &reg, state.settings.max_tasks).await?
     };
     let base = base_url(&state, &headers);
