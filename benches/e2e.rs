@@ -514,46 +514,54 @@ fn postgres_ids() -> Option<(u32, u32)> {
     })
 }
 
-fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
-    let (w, h, pad) = (720.0, 420.0, 60.0);
-    let max_c = points
+type Series = (String, Vec<(usize, f64)>);
+
+/// One line chart against concurrency (log scale), drawn at vertical offset `top`.
+fn panel(s: &mut String, top: f64, title: &str, unit: &str, series: &[Series]) {
+    let (w, h, pad) = (720.0, 380.0, 60.0);
+    let max_c = series
         .iter()
-        .map(|p| p.concurrency)
+        .flat_map(|(_, p)| p.iter().map(|(c, _)| *c))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let max_y = points
+    let max_y = series
         .iter()
-        .map(|p| p.per_sec)
-        .chain(ceiling.iter().map(|c| c.1))
+        .flat_map(|(_, p)| p.iter().map(|(_, v)| *v))
         .fold(1.0f64, f64::max)
         * 1.1;
     let x = |c: usize| pad + ((c as f64).ln_1p() / max_c.ln_1p()) * (w - 2.0 * pad);
-    let y = |v: f64| h - pad - v / max_y * (h - 2.0 * pad);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
+    let y = |v: f64| top + h - pad - v / max_y * (h - 2.0 * pad);
     let _ = writeln!(
         s,
-        "<text x=\"{pad}\" y=\"24\" font-size=\"15\">Completed jobs/s against concurrency (log scale)</text>"
+        "<text x=\"{pad}\" y=\"{}\" font-size=\"15\">{title}</text>",
+        top + 24.0
     );
     let _ = writeln!(
         s,
         "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
-        h - pad,
+        top + h - pad,
         w - pad,
-        h - pad
+        top + h - pad
     );
     let _ = writeln!(
         s,
-        "<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"black\"/>",
-        h - pad
+        "<line x1=\"{pad}\" y1=\"{}\" x2=\"{pad}\" y2=\"{}\" stroke=\"black\"/>",
+        top + pad,
+        top + h - pad
     );
     for frac in [0.0, 0.25, 0.5, 0.75, 1.0] {
         let v = max_y * frac;
-        let _ = writeln!(s, "<text x=\"8\" y=\"{:.0}\">{v:.0}</text>", y(v) + 4.0);
+        let _ = writeln!(
+            s,
+            "<text x=\"6\" y=\"{:.0}\">{v:.0}{unit}</text>",
+            y(v) + 4.0
+        );
     }
-    let mut cs: Vec<usize> = points.iter().map(|p| p.concurrency).collect();
+    let mut cs: Vec<usize> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(c, _)| *c))
+        .collect();
     cs.sort();
     cs.dedup();
     for c in &cs {
@@ -561,47 +569,87 @@ fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
             s,
             "<text x=\"{:.0}\" y=\"{}\" text-anchor=\"middle\">{c}</text>",
             x(*c),
-            h - pad + 18.0
+            top + h - pad + 18.0
         );
     }
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let mut tasks: Vec<usize> = points.iter().map(|p| p.tasks).collect();
-    tasks.sort();
-    tasks.dedup();
-    let mut series: Vec<(String, Vec<(usize, f64)>)> = tasks
-        .iter()
-        .map(|t| {
-            (
-                format!("{t} task(s)"),
-                points
-                    .iter()
-                    .filter(|p| p.tasks == *t)
-                    .map(|p| (p.concurrency, p.per_sec))
-                    .collect(),
-            )
-        })
-        .collect();
-    if !ceiling.is_empty() {
-        series.push(("pgbench ceiling (3 commits/job)".into(), ceiling.to_vec()));
-    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">concurrency (clients)</text>",
+        w / 2.0,
+        top + h - pad + 36.0
+    );
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = colors[i % colors.len()];
         let path: Vec<String> = pts
             .iter()
             .map(|(c, v)| format!("{:.1},{:.1}", x(*c), y(*v)))
             .collect();
+        let dash = if name.contains("p99") {
+            " stroke-dasharray=\"6 4\""
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash} points=\"{}\"/>",
             path.join(" ")
         );
         let _ = writeln!(
             s,
             "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
-            w - pad - 200.0,
-            pad + 16.0 * i as f64
+            pad + 16.0,
+            top + pad + 16.0 * i as f64
         );
     }
+}
+
+fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
+    let mut tasks: Vec<usize> = points.iter().map(|p| p.tasks).collect();
+    tasks.sort();
+    tasks.dedup();
+    let of = |t: usize, f: fn(&Point) -> f64| -> Vec<(usize, f64)> {
+        points
+            .iter()
+            .filter(|p| p.tasks == t)
+            .map(|p| (p.concurrency, f(p)))
+            .collect()
+    };
+    let mut throughput: Vec<Series> = tasks
+        .iter()
+        .map(|t| (format!("{t} task(s)"), of(*t, |p| p.per_sec)))
+        .collect();
+    if !ceiling.is_empty() {
+        throughput.push((
+            "PostgreSQL ceiling: pgbench, 3 synchronous commits per job (at most 64 clients)"
+                .into(),
+            ceiling.to_vec(),
+        ));
+    }
+    let mut latency: Vec<Series> = Vec::new();
+    for t in &tasks {
+        latency.push((format!("{t} task(s) p50"), of(*t, |p| p.p50)));
+        latency.push((format!("{t} task(s) p99"), of(*t, |p| p.p99)));
+    }
+    let mut s = String::from(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" height=\"760\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+    );
+    panel(
+        &mut s,
+        0.0,
+        "Completed jobs/s against concurrency",
+        "",
+        &throughput,
+    );
+    panel(
+        &mut s,
+        380.0,
+        "Latency from POST /jobs to the last confirm received (ms)",
+        "",
+        &latency,
+    );
     s.push_str("</svg>\n");
     s
 }
