@@ -364,27 +364,12 @@ async fn park(
     while clients.join_next().await.is_some() {}
     // Wait until every one is parked.
     let until = Instant::now() + Duration::from_secs(300);
-    while Instant::now() < until {
-        let parked = async {
-            let (client, conn) = admin_db(admin, db)
-                .connect(tokio_postgres::NoTls)
-                .await
-                .ok()?;
-            let t = tokio::spawn(conn);
-            let n: i64 = client
-                .query_one("SELECT count(*) FROM jobs WHERE status = 'reserved'", &[])
-                .await
-                .ok()?
-                .get(0);
-            drop(client);
-            let _ = t.await;
-            Some(n as usize)
-        }
-        .await
-        .unwrap_or(0);
-        if parked >= n {
-            break;
-        }
+    while Instant::now() < until
+        && count_jobs(admin, db, "status = 'reserved'")
+            .await
+            .unwrap_or(0)
+            < n as i64
+    {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let pid = coordinator.child.id();
@@ -399,18 +384,15 @@ async fn park(
     (n, rss, (cpu1 - cpu0) / 10.0)
 }
 
-/// The number of jobs not yet ended.
-async fn active_jobs(admin: &tokio_postgres::Config, db: &str) -> Option<i64> {
+/// How many jobs match `filter` (an SQL condition written here, never from input).
+async fn count_jobs(admin: &tokio_postgres::Config, db: &str, filter: &str) -> Option<i64> {
     let (client, conn) = admin_db(admin, db)
         .connect(tokio_postgres::NoTls)
         .await
         .ok()?;
     let t = tokio::spawn(conn);
     let n: i64 = client
-        .query_one(
-            "SELECT count(*) FROM jobs WHERE status NOT IN ('completed', 'failed', 'canceled', 'heuristic')",
-            &[],
-        )
+        .query_one(&format!("SELECT count(*) FROM jobs WHERE {filter}"), &[])
         .await
         .ok()?
         .get(0);
@@ -419,10 +401,13 @@ async fn active_jobs(admin: &tokio_postgres::Config, db: &str) -> Option<i64> {
     Some(n)
 }
 
+/// Jobs not yet ended.
+const ACTIVE: &str = "status NOT IN ('completed', 'failed', 'canceled', 'heuristic')";
+
 /// Wait (up to a minute) until no job is active.
 async fn quiesce(admin: &tokio_postgres::Config, db: &str) {
     let until = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < until && active_jobs(admin, db).await.unwrap_or(0) > 0 {
+    while Instant::now() < until && count_jobs(admin, db, ACTIVE).await.unwrap_or(0) > 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -517,7 +502,7 @@ fn postgres_ids() -> Option<(u32, u32)> {
 type Series = (String, Vec<(usize, f64)>);
 
 /// One line chart against concurrency (log scale), drawn at vertical offset `top`.
-fn panel(s: &mut String, top: f64, title: &str, unit: &str, series: &[Series]) {
+fn panel(s: &mut String, top: f64, title: &str, series: &[Series]) {
     let (w, h, pad) = (720.0, 380.0, 60.0);
     let max_c = series
         .iter()
@@ -552,11 +537,7 @@ fn panel(s: &mut String, top: f64, title: &str, unit: &str, series: &[Series]) {
     );
     for frac in [0.0, 0.25, 0.5, 0.75, 1.0] {
         let v = max_y * frac;
-        let _ = writeln!(
-            s,
-            "<text x=\"6\" y=\"{:.0}\">{v:.0}{unit}</text>",
-            y(v) + 4.0
-        );
+        let _ = writeln!(s, "<text x=\"6\" y=\"{:.0}\">{v:.0}</text>", y(v) + 4.0);
     }
     let mut cs: Vec<usize> = series
         .iter()
@@ -640,14 +621,12 @@ fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
         &mut s,
         0.0,
         "Completed jobs/s against concurrency",
-        "",
         &throughput,
     );
     panel(
         &mut s,
         380.0,
         "Latency from POST /jobs to the last confirm received (ms)",
-        "",
         &latency,
     );
     s.push_str("</svg>\n");

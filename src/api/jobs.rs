@@ -36,6 +36,18 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
     resp
 }
 
+/// `304 Not Modified` instead of `resp` when `If-None-Match` names its `ETag`.
+fn unless_matched(resp: Response, headers: &HeaderMap) -> Response {
+    match resp
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(etag) if none_match(headers, etag) => not_modified(etag),
+        _ => resp,
+    }
+}
+
 fn not_modified(etag: &str) -> Response {
     let mut resp = StatusCode::NOT_MODIFIED.into_response();
     if let Ok(v) = HeaderValue::from_str(etag) {
@@ -197,15 +209,7 @@ pub async fn get_job(
     let record = load(&state, &id).await?;
     let base = base_url(&state, &headers);
     let resp = job_response(StatusCode::OK, &base, &record, false);
-    if let Some(etag) = resp
-        .headers()
-        .get(header::ETAG)
-        .and_then(|v| v.to_str().ok())
-        && none_match(&headers, etag)
-    {
-        return Ok(not_modified(etag));
-    }
-    Ok(resp)
+    Ok(unless_matched(resp, &headers))
 }
 
 fn parse_list_query(q: Option<&str>) -> Result<JobFilter, ApiError> {
@@ -594,15 +598,7 @@ pub async fn shared_state(
 ) -> Result<Response, ApiError> {
     let record = load(&state, &id).await?;
     let resp = json_response(StatusCode::OK, &record.job.shared_state);
-    if let Some(etag) = resp
-        .headers()
-        .get(header::ETAG)
-        .and_then(|v| v.to_str().ok())
-        && none_match(&headers, etag)
-    {
-        return Ok(not_modified(etag));
-    }
-    Ok(resp)
+    Ok(unless_matched(resp, &headers))
 }
 
 #[cfg(test)]

@@ -147,7 +147,6 @@ pub struct Fence {
 #[derive(Debug, Clone)]
 pub struct JobRecord {
     pub job: Job,
-    pub source: String,
     pub fields: Value,
     pub updated_at: DateTime<Utc>,
     pub attempt: i32,
@@ -158,7 +157,7 @@ pub struct JobRecord {
 
 const JOB_COLUMNS: &str = "id, status, failure_reason, correlation_id, traceparent, auto_confirm, \
     confirm_requested, cancel_requested, created_at, deadline, shared_state, retry_policy, \
-    source, fields, updated_at, attempt, wake_seq, lease_owner, lease_generation";
+    fields, updated_at, attempt, wake_seq, lease_owner, lease_generation";
 
 const TASK_COLUMNS: &str = "idx, task_id, description, try_spec, status, link_uri, link_expires, \
     attempts, next_attempt_at, refused, confirm_pending, confirm_unknown, start_time, end_time, \
@@ -191,7 +190,6 @@ fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Result<JobRecord
             retry_policy,
             tasks,
         },
-        source: row.try_get("source")?,
         fields: row.try_get("fields")?,
         updated_at: row.try_get("updated_at")?,
         attempt: row.try_get("attempt")?,
@@ -310,7 +308,6 @@ pub fn initial_record(row: &NewJobRow<'_>) -> Result<JobRecord> {
             retry_policy: new.fields.retry_policy,
             tasks,
         },
-        source: row.source.to_string(),
         fields: serde_json::to_value(&new.fields).map_err(corrupt)?,
         updated_at: row.created_at,
         attempt: 1,
