@@ -3,11 +3,18 @@
 //! (pgbench doing the synchronous commits our happy path needs per job).
 //!
 //! `cargo bench --bench e2e` (options after `--`: `--tasks 1,2,5 --concurrency 1,8,32,128
-//! --seconds 10 --no-pgbench`). Writes `target/bench/e2e.md` and `target/bench/e2e.svg`.
+//! --seconds 10 --no-pgbench --idle 10000 --with-dtmrs`). Writes `target/bench/e2e.md` and
+//! `target/bench/e2e.svg`.
 //!
 //! Everything runs on this machine: PostgreSQL (a private cluster), the coordinator (the release
 //! binary, as its own process), the participant stubs and the closed-loop load generator (this
 //! process).
+//!
+//! `--with-dtmrs` measures dtmrs (DTM's HTTP protocol) the same way, on its own database in the
+//! same cluster, with the same stubs and the same finish line: per job the client prepares a
+//! global transaction, registers each branch and calls its Try (in turn, as DTM's clients do),
+//! then submits; dtmrs confirms every branch. The binary is taken from `DTMRS_BIN`, or installed
+//! once with `cargo install dtmrs` into `target/bench/dtmrs/`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -75,6 +82,35 @@ async fn stub_cancel() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// DTM's branches answer 200 for success.
+async fn stub_dtm_confirm(state: State<Stubs>, path: UrlPath<(String, String)>) -> StatusCode {
+    stub_confirm(state, path).await;
+    StatusCode::OK
+}
+
+async fn stub_dtm_cancel() -> StatusCode {
+    StatusCode::OK
+}
+
+/// The systems measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum System {
+    /// This coordinator, through JCL `POST /jobs`.
+    #[default]
+    Ours,
+    /// dtmrs through DTM's TCC HTTP protocol.
+    Dtmrs,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Ours => "tcc-coordinator",
+            System::Dtmrs => "dtmrs",
+        }
+    }
+}
+
 struct Opts {
     tasks: Vec<usize>,
     concurrency: Vec<usize>,
@@ -82,6 +118,7 @@ struct Opts {
     pgbench: bool,
     /// Jobs to park in `reserved` before measuring the idle coordinator (0: skip).
     idle: usize,
+    dtmrs: bool,
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -95,6 +132,7 @@ fn opts() -> Opts {
         seconds: 10,
         pgbench: true,
         idle: 10_000,
+        dtmrs: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -118,9 +156,7 @@ fn opts() -> Opts {
                 o.idle = next.parse().unwrap_or(0);
                 i += 1;
             }
-            "--with-dtmrs" => eprintln!(
-                "--with-dtmrs: not implemented yet; measuring the coordinator and the ceiling only"
-            ),
+            "--with-dtmrs" => o.dtmrs = true,
             _ => {} // cargo passes --bench
         }
         i += 1;
@@ -131,6 +167,7 @@ fn opts() -> Opts {
 /// One measured point.
 #[derive(Debug, Clone, Default)]
 struct Point {
+    system: System,
     tasks: usize,
     concurrency: usize,
     jobs: usize,
@@ -210,12 +247,14 @@ async fn db_counters(admin: &tokio_postgres::Config, db: &str) -> (f64, f64) {
     (commits, syncs)
 }
 
-struct Coordinator {
+/// A system under test, running as its own process; stopped with SIGTERM when dropped.
+struct Server {
+    system: System,
     child: Child,
     addr: String,
 }
 
-impl Drop for Coordinator {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -224,11 +263,15 @@ impl Drop for Coordinator {
     }
 }
 
-fn start_coordinator(db_url: &str) -> Coordinator {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or(18080);
+        .expect("a free port")
+}
+
+fn start_coordinator(db_url: &str) -> Server {
+    let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
         .arg("serve")
         .env("DATABASE_URL", db_url)
@@ -238,15 +281,153 @@ fn start_coordinator(db_url: &str) -> Coordinator {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the coordinator");
-    Coordinator {
+    Server {
+        system: System::Ours,
         child,
         addr: format!("http://127.0.0.1:{port}"),
     }
 }
 
+/// The dtmrs binary: `DTMRS_BIN`, or `cargo install dtmrs` into `target/bench/dtmrs/` once.
+fn dtmrs_binary(out_dir: &Path) -> Option<PathBuf> {
+    if let Ok(bin) = std::env::var("DTMRS_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    let root = out_dir.join("dtmrs");
+    let bin = root.join("bin").join("dtmrs");
+    if !bin.exists() {
+        eprintln!("installing dtmrs into {} (once)", root.display());
+        let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "dtmrs", "--version", DTMRS_VERSION, "--root"])
+            .arg(&root)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("could not install dtmrs; measuring without it");
+            return None;
+        }
+    }
+    Some(bin)
+}
+
+const BENCH_DB: &str = "bench";
+const DTMRS_DB: &str = "dtmrs";
+
+/// The dtmrs release measured.
+const DTMRS_VERSION: &str = "0.13.0";
+
+fn start_dtmrs(bin: &Path, socket_dir: &Path, db: &str) -> Server {
+    let (port, grpc) = (free_port(), free_port());
+    let child = Command::new(bin)
+        .env(
+            "DTMRS_DB",
+            format!(
+                "postgres://postgres@localhost/{db}?host={}",
+                socket_dir.display()
+            ),
+        )
+        .env("DTMRS_ADDR", format!("127.0.0.1:{port}"))
+        .env("DTMRS_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start dtmrs");
+    Server {
+        system: System::Dtmrs,
+        child,
+        addr: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Wait until the server answers `path` with 200.
+async fn wait_ready(http: &reqwest::Client, server: &Server, path: &str) {
+    let ready = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{}{path}", server.addr))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            Instant::now() < ready,
+            "{} never became ready",
+            server.system.name()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Start one job through JCL: `POST /jobs`.
+async fn submit_jcl(
+    http: &reqwest::Client,
+    addr: &str,
+    base: &str,
+    corr: &str,
+    tasks: usize,
+) -> bool {
+    let task_list: Vec<_> = (0..tasks)
+        .map(|t| json!({"taskID": format!("t{t}"), "taskURL": format!("{base}/try/t{t}")}))
+        .collect();
+    let body = json!({"correlationID": corr, "tasks": task_list}).to_string();
+    http.post(format!("{addr}/jobs"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 202)
+}
+
+/// Start one job through DTM's TCC protocol: prepare, then register each branch and call its
+/// Try, then submit. dtmrs answers 200 with `dtm_result` for every step.
+async fn submit_dtm(
+    http: &reqwest::Client,
+    addr: &str,
+    base: &str,
+    gid: &str,
+    tasks: usize,
+) -> bool {
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{addr}/api/dtmsvr/{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let ok = |r: Result<reqwest::Response, reqwest::Error>| r.is_ok_and(|r| r.status() == 200);
+    if !ok(post("prepare", json!({"gid": gid, "trans_type": "tcc"})).await) {
+        return false;
+    }
+    for t in 0..tasks {
+        let branch = format!("{:02}", t + 1);
+        let registered = post(
+            "registerBranch",
+            json!({"gid": gid, "branch_id": branch,
+                   "try": format!("{base}/try/t{t}"),
+                   "confirm": format!("{base}/dtm/confirm/{gid}/t{t}"),
+                   "cancel": format!("{base}/dtm/cancel/{gid}/t{t}")}),
+        )
+        .await;
+        if !ok(registered) {
+            return false;
+        }
+        let tried = http
+            .post(format!("{base}/try/t{t}"))
+            .header("correlation-id", gid)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if !tried {
+            return false;
+        }
+    }
+    ok(post("submit", json!({"gid": gid, "trans_type": "tcc"})).await)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn measure(
-    coordinator: &Coordinator,
+    server: &Server,
     stubs: &Stubs,
     http: &reqwest::Client,
     tasks: usize,
@@ -255,26 +436,23 @@ async fn measure(
     admin: &tokio_postgres::Config,
     db: &str,
 ) -> Point {
-    let pid = coordinator.child.id();
-    // Every point starts from a quiet coordinator: the previous point's jobs have ended.
-    quiesce(admin, db).await;
+    let pid = server.child.id();
+    // Every point starts from a quiet system: the previous point's jobs have ended.
+    quiesce(server.system, stubs, admin, db).await;
     let (cpu0, _) = proc_usage(pid);
     let (commits0, syncs0) = db_counters(admin, db).await;
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..concurrency {
-        let (http, stubs, addr) = (http.clone(), stubs.clone(), coordinator.addr.clone());
+        let (http, stubs, addr) = (http.clone(), stubs.clone(), server.addr.clone());
+        let system = server.system;
         clients.spawn(async move {
             let mut latencies = Vec::new();
             let mut n = 0u64;
             while Instant::now() < until {
                 n += 1;
                 let corr = format!("b{tasks}-{concurrency}-{c}-{n}");
-                let task_list: Vec<_> = (0..tasks)
-                    .map(|t| json!({"taskID": format!("t{t}"), "taskURL": format!("{}/try/t{t}", stubs.base)}))
-                    .collect();
-                let body = json!({"correlationID": corr, "tasks": task_list}).to_string();
                 let (tx, rx) = oneshot::channel();
                 stubs
                     .waiting
@@ -282,19 +460,22 @@ async fn measure(
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(corr.clone(), (tasks, Some(tx)));
                 let sent = Instant::now();
-                let ok = http
-                    .post(format!("{addr}/jobs"))
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 202);
-                if !ok {
-                    continue;
+                let ok = match system {
+                    System::Ours => submit_jcl(&http, &addr, &stubs.base, &corr, tasks).await,
+                    System::Dtmrs => submit_dtm(&http, &addr, &stubs.base, &corr, tasks).await,
+                };
+                if ok {
+                    if let Ok(Ok(done)) = tokio::time::timeout(Duration::from_secs(30), rx).await {
+                        latencies.push(done.duration_since(sent).as_secs_f64() * 1000.0);
+                        continue;
+                    }
                 }
-                if let Ok(Ok(done)) = tokio::time::timeout(Duration::from_secs(30), rx).await {
-                    latencies.push(done.duration_since(sent).as_secs_f64() * 1000.0);
-                }
+                // Never finished: stop waiting for it.
+                stubs
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&corr);
             }
             latencies
         });
@@ -310,6 +491,7 @@ async fn measure(
     let jobs = lat.len();
     let per_job = |d: f64| if jobs == 0 { 0.0 } else { d / jobs as f64 };
     Point {
+        system: server.system,
         tasks,
         concurrency,
         jobs,
@@ -327,7 +509,7 @@ async fn measure(
 /// Park `n` jobs in `reserved` (autoConfirm false), then measure the idle coordinator for 10 s:
 /// (jobs, RSS MiB, CPU share of one core).
 async fn park(
-    coordinator: &Coordinator,
+    coordinator: &Server,
     stubs: &Stubs,
     http: &reqwest::Client,
     n: usize,
@@ -404,10 +586,21 @@ async fn count_jobs(admin: &tokio_postgres::Config, db: &str, filter: &str) -> O
 /// Jobs not yet ended.
 const ACTIVE: &str = "status NOT IN ('completed', 'failed', 'canceled', 'heuristic')";
 
-/// Wait (up to a minute) until no job is active.
-async fn quiesce(admin: &tokio_postgres::Config, db: &str) {
+/// Wait (up to a minute) until no job is active: every confirm the stubs wait for has come, and
+/// for this coordinator every job has ended in its database.
+async fn quiesce(system: System, stubs: &Stubs, admin: &tokio_postgres::Config, db: &str) {
     let until = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < until && count_jobs(admin, db, ACTIVE).await.unwrap_or(0) > 0 {
+    let busy = || {
+        !stubs
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    };
+    while Instant::now() < until
+        && (busy()
+            || (system == System::Ours && count_jobs(admin, db, ACTIVE).await.unwrap_or(0) > 0))
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -560,7 +753,8 @@ fn panel(s: &mut String, top: f64, title: &str, series: &[Series]) {
         top + h - pad + 36.0
     );
     let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f",
+        "#bcbd22", "#17becf", "#393b79", "#637939",
     ];
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = colors[i % colors.len()];
@@ -591,28 +785,33 @@ fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
     let mut tasks: Vec<usize> = points.iter().map(|p| p.tasks).collect();
     tasks.sort();
     tasks.dedup();
-    let of = |t: usize, f: fn(&Point) -> f64| -> Vec<(usize, f64)> {
+    let of = |system: System, t: usize, f: fn(&Point) -> f64| -> Vec<(usize, f64)> {
         points
             .iter()
-            .filter(|p| p.tasks == t)
+            .filter(|p| p.system == system && p.tasks == t)
             .map(|p| (p.concurrency, f(p)))
             .collect()
     };
-    let mut throughput: Vec<Series> = tasks
-        .iter()
-        .map(|t| (format!("{t} task(s)"), of(*t, |p| p.per_sec)))
+    let systems: Vec<System> = [System::Ours, System::Dtmrs]
+        .into_iter()
+        .filter(|s| points.iter().any(|p| p.system == *s))
         .collect();
+    let mut throughput: Vec<Series> = Vec::new();
+    let mut latency: Vec<Series> = Vec::new();
+    for system in &systems {
+        for t in &tasks {
+            let name = format!("{}, {t} task(s)", system.name());
+            throughput.push((name.clone(), of(*system, *t, |p| p.per_sec)));
+            latency.push((format!("{name} p50"), of(*system, *t, |p| p.p50)));
+            latency.push((format!("{name} p99"), of(*system, *t, |p| p.p99)));
+        }
+    }
     if !ceiling.is_empty() {
         throughput.push((
             "PostgreSQL ceiling: pgbench, 3 synchronous commits per job (at most 64 clients)"
                 .into(),
             ceiling.to_vec(),
         ));
-    }
-    let mut latency: Vec<Series> = Vec::new();
-    for t in &tasks {
-        latency.push((format!("{t} task(s) p50"), of(*t, |p| p.p50)));
-        latency.push((format!("{t} task(s) p99"), of(*t, |p| p.p99)));
     }
     let mut s = String::from(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" height=\"760\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
@@ -643,7 +842,7 @@ fn main() {
     let pg = EmbeddedPostgres::start(&pg_dir).expect("start PostgreSQL");
     let bindir = tcc_coordinator::embedded_pg::find_bindir().expect("PostgreSQL binaries");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let db = "bench";
+    let db = BENCH_DB;
     let admin = pg.config_for("postgres");
     runtime.block_on(async {
         create_database(&admin, db)
@@ -664,43 +863,56 @@ fn main() {
         let app = Router::new()
             .route("/try/{name}", post(stub_try))
             .route("/r/{corr}/{task}", put(stub_confirm).delete(stub_cancel))
+            .route("/dtm/confirm/{corr}/{task}", post(stub_dtm_confirm))
+            .route("/dtm/cancel/{corr}/{task}", post(stub_dtm_cancel))
             .with_state(stubs.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let coordinator = start_coordinator(&db_url);
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(256)
             .build()
             .expect("client");
-        let ready = Instant::now() + Duration::from_secs(60);
-        while !http
-            .get(format!("{}/health/ready", coordinator.addr))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            assert!(Instant::now() < ready, "the coordinator never became ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut points = Vec::new();
-        for &t in &o.tasks {
-            for &c in &o.concurrency {
-                let p = measure(&coordinator, &stubs, &http, t, c, o.seconds, &admin, db).await;
-                println!(
-                    "tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms xacts/job={:.2} wal-flushes/job={:.2} cpu-s/1000={:.2} rss={:.0}MiB",
-                    p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.cpu_per_1000, p.rss_mib
-                );
-                points.push(p);
+        let run_points = |server: Server, db: &'static str| {
+            let (stubs, http, admin, o) = (stubs.clone(), http.clone(), admin.clone(), &o);
+            async move {
+                let mut points = Vec::new();
+                for &t in &o.tasks {
+                    for &c in &o.concurrency {
+                        let p = measure(&server, &stubs, &http, t, c, o.seconds, &admin, db).await;
+                        println!(
+                            "{:<15} tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms xacts/job={:.2} wal-flushes/job={:.2} cpu-s/1000={:.2} rss={:.0}MiB",
+                            p.system.name(), p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.cpu_per_1000, p.rss_mib
+                        );
+                        points.push(p);
+                    }
+                }
+                (server, points)
             }
-        }
+        };
+
+        let coordinator = start_coordinator(&db_url);
+        wait_ready(&http, &coordinator, "/health/ready").await;
+        let (coordinator, mut points) = run_points(coordinator, db).await;
         let idle = if o.idle > 0 {
             Some(park(&coordinator, &stubs, &http, o.idle, &admin, db).await)
         } else {
             None
         };
         drop(coordinator);
+        if o.dtmrs {
+            if let Some(bin) = dtmrs_binary(&out_dir) {
+                create_database(&admin, DTMRS_DB)
+                    .await
+                    .expect("create the dtmrs database");
+                let server = start_dtmrs(&bin, pg.socket_dir(), DTMRS_DB);
+                wait_ready(&http, &server, "/health").await;
+                let (server, theirs) = run_points(server, DTMRS_DB).await;
+                drop(server);
+                points.extend(theirs);
+            }
+        }
         let mut ceiling = Vec::new();
         if o.pgbench {
             for &c in &o.concurrency {
@@ -719,7 +931,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&pg_dir);
 
     let mut md = String::from(
-        "| tasks | concurrency | jobs/s | p50 ms | p95 ms | p99 ms | transactions/job (reads included) | WAL flushes/job | CPU s/1000 jobs | peak RSS MiB | vs ceiling |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| system | tasks | concurrency | jobs/s | p50 ms | p95 ms | p99 ms | transactions/job (reads included) | WAL flushes/job | CPU s/1000 jobs | peak RSS MiB | vs ceiling | ours / dtmrs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in &points {
         let ratio = ceiling
@@ -727,9 +939,23 @@ fn main() {
             .find(|(c, _)| *c == p.concurrency)
             .map(|(_, tps)| format!("{:.2}", p.per_sec / tps))
             .unwrap_or_else(|| "–".into());
+        let versus = match p.system {
+            System::Ours => points
+                .iter()
+                .find(|q| {
+                    q.system == System::Dtmrs
+                        && q.tasks == p.tasks
+                        && q.concurrency == p.concurrency
+                })
+                .filter(|q| q.per_sec > 0.0)
+                .map(|q| format!("{:.1}×", p.per_sec / q.per_sec))
+                .unwrap_or_else(|| "–".into()),
+            System::Dtmrs => "–".into(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {ratio} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {ratio} | {versus} |",
+            p.system.name(),
             p.tasks,
             p.concurrency,
             p.per_sec,
@@ -740,6 +966,39 @@ fn main() {
             p.wal_syncs_per_job,
             p.cpu_per_1000,
             p.rss_mib
+        );
+    }
+    let best = |system: System, tasks: usize| {
+        points
+            .iter()
+            .filter(|p| p.system == system && p.tasks == tasks)
+            .map(|p| p.per_sec)
+            .fold(0.0f64, f64::max)
+    };
+    let mut tasks: Vec<usize> = points.iter().map(|p| p.tasks).collect();
+    tasks.sort();
+    tasks.dedup();
+    let best_ceiling = ceiling.iter().map(|(_, t)| *t).fold(0.0f64, f64::max);
+    md.push_str("\n| tasks | best jobs/s, ours | best, dtmrs | ours / dtmrs | ours / best ceiling |\n|---|---|---|---|---|\n");
+    for t in tasks {
+        let (ours, theirs) = (best(System::Ours, t), best(System::Dtmrs, t));
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.2}", a / b)
+            } else {
+                "–".into()
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {t} | {ours:.1} | {} | {} | {} |",
+            if theirs > 0.0 {
+                format!("{theirs:.1}")
+            } else {
+                "–".into()
+            },
+            ratio(ours, theirs),
+            ratio(ours, best_ceiling)
         );
     }
     if !ceiling.is_empty() {
