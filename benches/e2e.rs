@@ -178,6 +178,7 @@ struct Point {
     commits_per_job: f64,
     wal_syncs_per_job: f64,
     cpu_per_1000: f64,
+    pg_cpu_per_1000: f64,
     rss_mib: f64,
 }
 
@@ -201,25 +202,61 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// (utime + stime) in seconds and peak RSS in MiB of a process.
-fn proc_usage(pid: u32) -> (f64, f64) {
-    let ticks: f64 = Command::new("getconf")
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
         .arg("CLK_TCK")
         .output()
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0);
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s[s.rfind(')')? + 1..].to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let u: f64 = f.get(11)?.parse().ok()?;
-            let st: f64 = f.get(12)?.parse().ok()?;
-            Some((u + st) / ticks)
-        })
-        .unwrap_or(0.0);
+        .unwrap_or(100.0)
+}
+
+/// The fields of `/proc/{pid}/stat` after the command name (field 3 onwards).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        s[s.rfind(')')? + 1..]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// CPU seconds from stat fields: utime + stime, and with `children` the reaped children too.
+fn cpu_of(f: &[String], children: bool) -> f64 {
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let own = n(11) + n(12);
+    (if children { own + n(13) + n(14) } else { own }) / clock_ticks()
+}
+
+/// (utime + stime) in seconds and peak RSS in MiB of a process.
+fn proc_usage(pid: u32) -> (f64, f64) {
+    let cpu = stat_fields(pid).map(|f| cpu_of(&f, false)).unwrap_or(0.0);
     (cpu, status_mib(pid, "VmHWM:"))
+}
+
+/// CPU seconds used by PostgreSQL so far: the postmaster, its live children and the ones that
+/// ended.
+fn postgres_cpu(postmaster: Option<u32>) -> f64 {
+    let Some(pm) = postmaster else { return 0.0 };
+    let mut total = stat_fields(pm).map(|f| cpu_of(&f, true)).unwrap_or(0.0);
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(f) = stat_fields(pid) {
+                if f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pm) {
+                    total += cpu_of(&f, false);
+                }
+            }
+        }
+    }
+    total
 }
 
 /// (transactions committed, read-only ones included; WAL flushes) of the database so far. The
@@ -435,11 +472,13 @@ async fn measure(
     seconds: u64,
     admin: &tokio_postgres::Config,
     db: &str,
+    postmaster: Option<u32>,
 ) -> Point {
     let pid = server.child.id();
     // Every point starts from a quiet system: the previous point's jobs have ended.
     quiesce(server.system, stubs, admin, db).await;
     let (cpu0, _) = proc_usage(pid);
+    let pg0 = postgres_cpu(postmaster);
     let (commits0, syncs0) = db_counters(admin, db).await;
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
@@ -487,6 +526,7 @@ async fn measure(
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort_by(|a, b| a.total_cmp(b));
     let (cpu1, rss) = proc_usage(pid);
+    let pg1 = postgres_cpu(postmaster);
     let (commits1, syncs1) = db_counters(admin, db).await;
     let jobs = lat.len();
     let per_job = |d: f64| if jobs == 0 { 0.0 } else { d / jobs as f64 };
@@ -502,6 +542,7 @@ async fn measure(
         commits_per_job: per_job(commits1 - commits0),
         wal_syncs_per_job: per_job(syncs1 - syncs0),
         cpu_per_1000: per_job(cpu1 - cpu0) * 1000.0,
+        pg_cpu_per_1000: per_job(pg1 - pg0) * 1000.0,
         rss_mib: rss,
     }
 }
@@ -874,16 +915,17 @@ fn main() {
             .pool_max_idle_per_host(256)
             .build()
             .expect("client");
+        let postmaster = pg.postmaster_pid();
         let run_points = |server: Server, db: &'static str| {
             let (stubs, http, admin, o) = (stubs.clone(), http.clone(), admin.clone(), &o);
             async move {
                 let mut points = Vec::new();
                 for &t in &o.tasks {
                     for &c in &o.concurrency {
-                        let p = measure(&server, &stubs, &http, t, c, o.seconds, &admin, db).await;
+                        let p = measure(&server, &stubs, &http, t, c, o.seconds, &admin, db, postmaster).await;
                         println!(
-                            "{:<15} tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms xacts/job={:.2} wal-flushes/job={:.2} cpu-s/1000={:.2} rss={:.0}MiB",
-                            p.system.name(), p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.cpu_per_1000, p.rss_mib
+                            "{:<15} tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms xacts/job={:.2} wal-flushes/job={:.2} cpu-s/1000={:.2} pg-cpu-s/1000={:.2} rss={:.0}MiB",
+                            p.system.name(), p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.cpu_per_1000, p.pg_cpu_per_1000, p.rss_mib
                         );
                         points.push(p);
                     }
@@ -931,7 +973,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&pg_dir);
 
     let mut md = String::from(
-        "| system | tasks | concurrency | jobs/s | p50 ms | p95 ms | p99 ms | transactions/job (reads included) | WAL flushes/job | CPU s/1000 jobs | peak RSS MiB | vs ceiling | ours / dtmrs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| system | tasks | concurrency | jobs/s | p50 ms | p95 ms | p99 ms | transactions/job (reads included) | WAL flushes/job | CPU s/1000 jobs | PostgreSQL CPU s/1000 jobs | peak RSS MiB | vs ceiling | ours / dtmrs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in &points {
         let ratio = ceiling
@@ -954,7 +996,7 @@ fn main() {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {ratio} | {versus} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {ratio} | {versus} |",
             p.system.name(),
             p.tasks,
             p.concurrency,
@@ -965,6 +1007,7 @@ fn main() {
             p.commits_per_job,
             p.wal_syncs_per_job,
             p.cpu_per_1000,
+            p.pg_cpu_per_1000,
             p.rss_mib
         );
     }

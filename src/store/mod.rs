@@ -73,7 +73,17 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 }
 
 /// A connection pool over `config`.
-pub fn pool(config: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
+///
+/// Its sessions plan each prepared statement once (`plan_cache_mode = force_generic_plan`): every
+/// statement here is written so that one plan fits all parameters (lookups by key, and a list
+/// query whose text carries only the filters given), and re-planning the engine's statements on
+/// every execution cost more than a quarter of PostgreSQL's CPU.
+pub fn pool(mut config: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
+    let options = match config.get_options() {
+        Some(o) if !o.trim().is_empty() => format!("{o} -c plan_cache_mode=force_generic_plan"),
+        _ => "-c plan_cache_mode=force_generic_plan".to_string(),
+    };
+    config.options(&options);
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -712,24 +722,30 @@ async fn claim(
     only: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Claimed>> {
+    // One text per shape: the pool's sessions plan a statement once, and claiming one job must
+    // stay a primary-key lookup.
+    let by_id = if only.is_some() { "AND id = $3" } else { "" };
+    let limit_param = if only.is_some() { "$4" } else { "$3" };
     let stmt = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "WITH c AS (
                 SELECT id FROM jobs
                 WHERE next_wake <= now() AND (lease_owner IS NULL OR lease_expires < now())
-                  AND ($3::text IS NULL OR id = $3)
-                ORDER BY next_wake LIMIT $4
+                  {by_id}
+                ORDER BY next_wake LIMIT {limit_param}
                 FOR UPDATE SKIP LOCKED
              )
              UPDATE jobs SET lease_owner = $1, lease_expires = now() + make_interval(secs => $2),
                     lease_generation = lease_generation + 1
              FROM c WHERE jobs.id = c.id
-             RETURNING jobs.id, jobs.lease_generation",
-        )
+             RETURNING jobs.id, jobs.lease_generation"
+        ))
         .await?;
-    let rows = client
-        .query(&stmt, &[&owner, &ttl.as_secs_f64(), &only, &limit])
-        .await?;
+    let ttl = ttl.as_secs_f64();
+    let rows = match only {
+        Some(id) => client.query(&stmt, &[&owner, &ttl, &id, &limit]).await?,
+        None => client.query(&stmt, &[&owner, &ttl, &limit]).await?,
+    };
     rows.iter()
         .map(|r| {
             Ok(Claimed {
@@ -969,40 +985,56 @@ pub struct JobFilter {
 
 pub async fn list_jobs(client: &impl GenericClient, f: &JobFilter) -> Result<Vec<JobSummary>> {
     let statuses: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
-    let (before_at, before_id) = match &f.before {
-        Some((at, id)) => (Some(*at), Some(id.as_str())),
-        None => (None, None),
+    // Only the filters given are in the text, so that each shape gets a plan fitting it (the
+    // pool's sessions plan a prepared statement once).
+    let mut conditions: Vec<String> = Vec::new();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if !statuses.is_empty() {
+        params.push(&statuses);
+        conditions.push(format!("status = ANY(${}::text[])", params.len()));
+    }
+    if let Some(c) = &f.correlation_id {
+        params.push(c);
+        conditions.push(format!("correlation_id = ${}::text", params.len()));
+    }
+    if let Some(t) = &f.tag {
+        params.push(t);
+        conditions.push(format!("tags @> ARRAY[${}::text]", params.len()));
+    }
+    if let Some(at) = &f.created_after {
+        params.push(at);
+        conditions.push(format!("created_at > ${}::timestamptz", params.len()));
+    }
+    if let Some(at) = &f.created_before {
+        params.push(at);
+        conditions.push(format!("created_at < ${}::timestamptz", params.len()));
+    }
+    if let Some((at, id)) = &f.before {
+        params.push(at);
+        params.push(id);
+        conditions.push(format!(
+            "(created_at, id) < (${}::timestamptz, ${}::text)",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    params.push(&f.limit);
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
     };
     let stmt = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT id, status, failure_reason, correlation_id, fields, created_at, updated_at,
                     deadline, task_count
-             FROM jobs
-             WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))
-               AND ($2::text IS NULL OR correlation_id = $2)
-               AND ($3::text IS NULL OR tags @> ARRAY[$3::text])
-               AND ($4::timestamptz IS NULL OR created_at > $4)
-               AND ($5::timestamptz IS NULL OR created_at < $5)
-               AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::text))
+             FROM jobs {filter}
              ORDER BY created_at DESC, id DESC
-             LIMIT $8",
-        )
+             LIMIT ${}",
+            params.len()
+        ))
         .await?;
-    let rows = client
-        .query(
-            &stmt,
-            &[
-                &statuses,
-                &f.correlation_id,
-                &f.tag,
-                &f.created_after,
-                &f.created_before,
-                &before_at,
-                &before_id,
-                &f.limit,
-            ],
-        )
-        .await?;
+    let rows = client.query(&stmt, &params).await?;
     rows.iter()
         .map(|r| {
             let status: String = r.try_get("status")?;
