@@ -154,30 +154,30 @@ pub async fn create_job(
     let new = request::parse_job(&value, limits, now).map_err(ApiError::validation)?;
     let hash = repr::sha256_hex(repr::canonical(&value).to_string().as_bytes());
     let id = uuid::Uuid::now_v7().to_string();
+    let row = store::NewJobRow {
+        id: &id,
+        job: &new,
+        source: "jcl",
+        created_at: now,
+        owner: state.engine.instance_id(),
+        lease_ttl: state.engine.lease_ttl(),
+        idempotency_key: key.as_deref(),
+        request_hash: &hash,
+        traceparent: traceparent(&headers),
+    };
+    let mut record = store::initial_record(&row)?;
+    // The first Tries are recorded by the very write that accepts the job.
+    let first = state.engine.plan_first(&mut record.job);
     let inserted = {
         let client = db(&state).await?;
-        store::insert_job(
-            &client,
-            &store::NewJobRow {
-                id: &id,
-                job: &new,
-                source: "jcl",
-                created_at: now,
-                owner: state.engine.instance_id(),
-                lease_ttl: state.engine.lease_ttl(),
-                idempotency_key: key.as_deref(),
-                request_hash: &hash,
-                traceparent: traceparent(&headers),
-            },
-        )
-        .await?
+        store::insert_job(&client, &row, record).await?
     };
     let base = base_url(&state, &headers);
     match inserted {
         Inserted::Created(record) => {
             metrics::counter!(m::JOBS_CREATED, "source" => "jcl").increment(1);
             let resp = job_response(StatusCode::ACCEPTED, &base, &record, true);
-            state.engine.start_claimed(*record);
+            state.engine.start_claimed(*record, first);
             Ok(resp)
         }
         Inserted::Replay {

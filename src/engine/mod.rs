@@ -57,6 +57,8 @@ pub struct EngineSettings {
 /// How long a driver keeps its lease while waiting for nothing but time (a retry falling due);
 /// longer waits give the lease back and leave the job to the scanner.
 const MAX_HOLD: Duration = Duration::from_secs(2);
+/// How long a driver may hold back changes that need no write yet (see `must_write`).
+const WRITE_DELAY: Duration = Duration::from_millis(100);
 /// How many jobs one scan claims at most.
 const CLAIM_BATCH: usize = 256;
 /// Every how many seconds the gauges and the retention purge run.
@@ -140,10 +142,35 @@ impl Engine {
         let _ = self.inner.changes.send(id.to_string());
     }
 
-    /// Start driving a job this instance created and claimed, from the record it stored.
-    pub fn start_claimed(&self, record: store::JobRecord) {
+    /// Plan a new job's first Tries before it is stored, so that the accepting write records
+    /// them too (one write fewer per job). Anything more than Tries (a job made of links only
+    /// decides at once) is left to the driver, which commits it before acting.
+    pub fn plan_first(&self, job: &mut Job) -> Vec<Step> {
+        let mut planned = job.clone();
+        match planner::plan(
+            &mut planned,
+            &HashSet::new(),
+            Utc::now(),
+            &self.inner.settings.planner,
+        ) {
+            Ok(plan)
+                if !plan.durable
+                    && planned.status.is_undecided()
+                    && !plan.steps.is_empty()
+                    && plan.steps.iter().all(|s| s.op == Op::Try) =>
+            {
+                *job = planned;
+                plan.steps
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Start driving a job this instance created and claimed, from the record it stored and the
+    /// first steps planned into it (`plan_first`).
+    pub fn start_claimed(&self, record: store::JobRecord, first: Vec<Step>) {
         let (id, generation) = (record.job.id.clone(), record.lease_generation);
-        self.spawn_driver(id, generation, Some(record));
+        self.spawn_driver(id, generation, Some((record, first)));
     }
 
     /// A client request changed the job: wake its driver here, or claim it.
@@ -175,8 +202,14 @@ impl Engine {
         }
     }
 
-    /// Drive a claimed job here. `known`: the job as just stored, saving a read.
-    fn spawn_driver(&self, id: String, generation: i64, known: Option<store::JobRecord>) {
+    /// Drive a claimed job here. `known`: the job as just stored, saving a read, with the steps
+    /// already planned into it.
+    fn spawn_driver(
+        &self,
+        id: String,
+        generation: i64,
+        known: Option<(store::JobRecord, Vec<Step>)>,
+    ) {
         let inner = self.inner.clone();
         let fence = Fence {
             owner: inner.settings.instance_id.clone(),
@@ -392,15 +425,16 @@ impl Driver {
         tracing::info!(job = %self.id, "lease lost to another instance; stopping");
     }
 
-    async fn run(self, known: Option<store::JobRecord>) -> Result<(), DriveError> {
+    async fn run(self, known: Option<(store::JobRecord, Vec<Step>)>) -> Result<(), DriveError> {
         let settings = &self.inner.settings;
-        let record = match known {
-            Some(r) => r,
+        let (record, first) = match known {
+            Some(k) => k,
             None => {
                 let client = self.inner.pool.get().await?;
-                store::load_job(&client, &self.id)
+                let record = store::load_job(&client, &self.id)
                     .await?
-                    .ok_or(DriveError::Vanished)?
+                    .ok_or(DriveError::Vanished)?;
+                (record, Vec::new())
             }
         };
         if record.lease_owner.as_deref() != Some(self.fence.owner.as_str())
@@ -419,6 +453,12 @@ impl Driver {
         let mut needs_refresh = false;
         let hold = MAX_HOLD.min(settings.lease_ttl / 4);
         let mut renew_at = Instant::now() + settings.lease_ttl / 3;
+        // Since when the job has changes not yet written (see `must_write`).
+        let mut unsaved_since: Option<Instant> = None;
+        for step in first {
+            in_flight.insert(step.task);
+            calls.push(self.call(&job, step));
+        }
 
         loop {
             if needs_refresh {
@@ -464,8 +504,18 @@ impl Driver {
                 None
             };
             let deciding = before_plan.status.is_undecided() && !job.status.is_undecided();
+            let ending = job.status != saved.status && job.status.is_terminal();
+            let durable = plan.durable || ending;
+            let calls_pending = !in_flight.is_empty() || !plan.steps.is_empty();
+            let write = job != saved
+                && must_write(
+                    durable,
+                    deciding,
+                    calls_pending,
+                    unsaved_since.get_or_insert_with(Instant::now).elapsed(),
+                );
 
-            if job != saved || release.is_some() {
+            if write || release.is_some() {
                 let changed: Vec<&crate::domain::Task> = job
                     .tasks
                     .iter()
@@ -480,8 +530,7 @@ impl Driver {
                     shared_state_changed: job.shared_state != saved.shared_state,
                     guard_seq: (release.is_some() || deciding).then_some(seen_seq),
                     release,
-                    durable: plan.durable
-                        || (job.status != saved.status && job.status.is_terminal()),
+                    durable,
                     lease_ttl: settings.lease_ttl,
                 };
                 let result = {
@@ -494,6 +543,7 @@ impl Driver {
                             self.on_status_change(&saved, &job, now);
                         }
                         saved = job.clone();
+                        unsaved_since = None;
                         renew_at = Instant::now() + settings.lease_ttl / 3;
                         self.inner.changes.send(self.id.clone()).ok();
                         if release.is_some() {
@@ -521,9 +571,14 @@ impl Driver {
                 calls.push(self.call(&job, step));
             }
 
+            if job == saved {
+                unsaved_since = None;
+            }
             let timer = if stopping { None } else { plan.wake_at };
+            // Changes held back are written at the latest WRITE_DELAY after the first of them.
+            let flush_at = unsaved_since.map(|since| since + WRITE_DELAY);
             let wakeup = self
-                .wait(&mut calls, timer, renew_at, stopping, grace_until)
+                .wait(&mut calls, timer, flush_at, renew_at, stopping, grace_until)
                 .await;
             match wakeup {
                 Wakeup::Answer(idx, op, result) => {
@@ -565,6 +620,7 @@ impl Driver {
         &self,
         calls: &mut FuturesUnordered<CallFuture>,
         timer: Option<DateTime<Utc>>,
+        flush_at: Option<Instant>,
         renew_at: Instant,
         stopping: bool,
         grace_until: Option<Instant>,
@@ -579,6 +635,7 @@ impl Driver {
             Some((idx, op, result)) = calls.next(), if !calls.is_empty() => Wakeup::Answer(idx, op, result),
             _ = self.wake.notified(), if !stopping => Wakeup::Woken,
             _ = sleep_until_opt(timer_at) => Wakeup::Timer,
+            _ = sleep_until_opt(flush_at) => Wakeup::Timer,
             _ = tokio::time::sleep_until(renew_at) => Wakeup::Renew,
             _ = self.inner.shutdown.cancelled(), if !stopping => Wakeup::Shutdown,
             _ = sleep_until_opt(grace_until), if stopping => Wakeup::GraceOver,
@@ -696,6 +753,17 @@ fn immediate(idx: usize, op: Op, message: String) -> CallFuture {
         duration: Duration::ZERO,
     };
     futures::future::ready((idx, op, result)).boxed()
+}
+
+/// Whether a driver writes its changes now. Changes that need no synchronous commit and come
+/// while calls are still out (a Try answered while the other Tries run, one confirm of several
+/// done) are held back and written with the next change that must be written (the decision,
+/// the end) or after `WRITE_DELAY`, whichever comes first: losing them in a crash only means
+/// sending the same call again under the same request-id, which participants treat as a repeat.
+/// Decisions, ends, changes that precede a confirm or cancel (`durable`), and changes made when
+/// no call is out (the job is about to wait) are written at once.
+fn must_write(durable: bool, deciding: bool, calls_pending: bool, held_for: Duration) -> bool {
+    durable || deciding || !calls_pending || held_for >= WRITE_DELAY
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

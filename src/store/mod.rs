@@ -262,10 +262,8 @@ pub struct NewJobRow<'a> {
     pub traceparent: Option<&'a str>,
 }
 
-/// Store a new job and its tasks in one statement, claimed by `owner`. A job whose tasks are all
-/// links starts `pending` like any other: the engine moves it on.
-/// The job exactly as `insert_job` stores it: what the API answers with and what the new job's
-/// driver starts from, without reading it back.
+/// A new job as accepted, before the engine planned anything: `pending`, claimed by the inserting
+/// instance. The engine may plan its first steps on it before it is stored (`insert_job`).
 pub fn initial_record(row: &NewJobRow<'_>) -> Result<JobRecord> {
     let new = row.job;
     let tasks = new
@@ -327,8 +325,14 @@ pub fn initial_record(row: &NewJobRow<'_>) -> Result<JobRecord> {
     })
 }
 
-pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Result<Inserted> {
-    let record = initial_record(row)?;
+/// Store a new job and its tasks in one statement, claimed by `owner`, exactly as `record` holds
+/// it (`initial_record`, perhaps with its first Tries planned): what the API answers with and what
+/// the new job's driver starts from, without reading it back.
+pub async fn insert_job(
+    client: &impl GenericClient,
+    row: &NewJobRow<'_>,
+    record: JobRecord,
+) -> Result<Inserted> {
     let job = &record.job;
     let retry_policy = job
         .retry_policy
@@ -342,7 +346,11 @@ pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Res
     let mut statuses = Vec::new();
     let mut uris: Vec<Option<&str>> = Vec::new();
     let mut expires: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut attempts = Vec::new();
+    let mut started: Vec<Option<DateTime<Utc>>> = Vec::new();
     for t in &job.tasks {
+        attempts.push(t.attempts);
+        started.push(t.start_time);
         idx.push(t.idx);
         task_ids.push(t.task_id.as_str());
         descriptions.push(t.description.as_deref());
@@ -366,18 +374,19 @@ pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Res
                     retry_policy, shared_state, task_count, created_at, updated_at, deadline,
                     lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
                     request_hash, traceparent)
-                VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $10, $11,
+                VALUES ($1, $2, $24, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11,
                     $12, now() + make_interval(secs => $13), 1, $10, $14, $15, $23)
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING id
              ), t AS (
                 INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
-                    link_uri, link_expires)
+                    link_uri, link_expires, attempts, start_time)
                 SELECT j.id, u.idx, u.task_id, u.description, u.try_spec, u.status,
-                    u.link_uri, u.link_expires
+                    u.link_uri, u.link_expires, u.attempts, u.start_time
                 FROM j, unnest($16::int[], $17::text[], $18::text[], $19::jsonb[], $20::text[],
-                    $21::text[], $22::timestamptz[])
-                    AS u(idx, task_id, description, try_spec, status, link_uri, link_expires)
+                    $21::text[], $22::timestamptz[], $25::int[], $26::timestamptz[])
+                    AS u(idx, task_id, description, try_spec, status, link_uri, link_expires,
+                         attempts, start_time)
                 RETURNING 1
              )
              SELECT (SELECT count(*) FROM j) AS inserted, (SELECT count(*) FROM t) AS tasks",
@@ -410,6 +419,9 @@ pub async fn insert_job(client: &impl GenericClient, row: &NewJobRow<'_>) -> Res
                 &uris,
                 &expires,
                 &row.traceparent,
+                &job.status.as_str(),
+                &attempts,
+                &started,
             ],
         )
         .await?;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{job_of, spawn_app, spawn_app_with, task};
+use crate::helpers::{eventually, job_of, spawn_app, spawn_app_with, task};
 use crate::participant::{Op, Participant, Reply};
 
 #[tokio::test]
@@ -220,6 +220,34 @@ async fn the_deadline_passing_while_a_try_stalls_cancels_the_job() {
     assert!(p.released("a"));
     assert_eq!(p.count_all(Op::Confirm), 0);
     assert_eq!(task(&done, "slow")["taskStatus"], "expired");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_reservation_shows_while_another_try_still_runs() {
+    // The engine holds back writes that need no synchronous commit while calls are out; they
+    // still reach the job's representation within moments.
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.set_default(Op::Try, "slow", Reply::Stall);
+    let mut job = job_of(&[("a", p.url("a")), ("slow", p.url("slow"))]);
+    job["jobMaxTTL"] = json!(120);
+    // The stalled Try stays out for longer than the test waits.
+    job["tasks"][1]["taskMaxTTL"] = json!(100);
+    let id = app.submit(&job).await;
+    let shown = eventually(|| async {
+        let j = app.get_job(&id).await;
+        j["jobStatus"] == "trying"
+            && task(&j, "a")["taskStatus"] == "reserved"
+            && task(&j, "slow")["taskStatus"] == "trying"
+    })
+    .await;
+    assert!(
+        shown,
+        "task a reserved while the other Try runs: {:#}",
+        app.get_job(&id).await
+    );
+    assert_eq!(p.count(Op::Try, "a"), 1);
     app.stop().await;
 }
 
