@@ -33,6 +33,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod group_commit;
+
+use group_commit::GroupCommit;
+
 use crate::domain::planner::{self, Plan};
 use crate::domain::status::IllegalTransition;
 use crate::domain::{Answer, Job, JobStatus, Op, PlannerSettings, Step, mapping};
@@ -71,6 +75,8 @@ pub struct Engine {
 
 struct Inner {
     pool: Pool,
+    /// Drivers' writes, committed in batches.
+    commits: GroupCommit,
     db: tokio_postgres::Config,
     client: ParticipantClient,
     settings: EngineSettings,
@@ -108,8 +114,12 @@ impl Engine {
         settings: EngineSettings,
     ) -> Self {
         let (changes, _) = broadcast::channel(4096);
+        // A quarter of the connections write batches; the rest serve the API and the drivers'
+        // reads.
+        let writers = (pool.status().max_size / 4).max(1);
         Engine {
             inner: Arc::new(Inner {
+                commits: GroupCommit::new(writers),
                 pool,
                 db,
                 client,
@@ -516,27 +526,27 @@ impl Driver {
                 );
 
             if write || release.is_some() {
-                let changed: Vec<&crate::domain::Task> = job
+                let changed: Vec<crate::domain::Task> = job
                     .tasks
                     .iter()
                     .zip(saved.tasks.iter())
                     .filter(|(a, b)| a != b)
-                    .map(|(a, _)| a)
+                    .map(|(a, _)| a.clone())
                     .collect();
                 let save = Save {
-                    job: &job,
-                    fence: &self.fence,
+                    id: job.id.clone(),
+                    status: job.status,
+                    failure_reason: job.failure_reason,
+                    fence: self.fence.clone(),
                     tasks: changed,
-                    shared_state_changed: job.shared_state != saved.shared_state,
+                    shared_state: (job.shared_state != saved.shared_state)
+                        .then(|| job.shared_state.clone()),
                     guard_seq: (release.is_some() || deciding).then_some(seen_seq),
                     release,
                     durable,
                     lease_ttl: settings.lease_ttl,
                 };
-                let result = {
-                    let client = self.inner.pool.get().await?;
-                    store::save(&client, &save).await?
-                };
+                let result = self.inner.commits.save(&self.inner.pool, save).await?;
                 match result {
                     Saved::Ok { wake_seq, .. } => {
                         if job.status != saved.status {

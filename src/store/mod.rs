@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{
-    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, tokio_postgres,
+    Client, GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, tokio_postgres,
 };
 use serde_json::Value;
 use tokio_postgres::NoTls;
@@ -517,12 +517,17 @@ pub async fn refresh(
 }
 
 /// One fenced write of a driver's progress.
-pub struct Save<'a> {
-    pub job: &'a Job,
-    pub fence: &'a Fence,
+/// One write of a driver: the job's status, the tasks whose row changed, and the lease.
+#[derive(Debug, Clone)]
+pub struct Save {
+    pub id: String,
+    pub status: JobStatus,
+    pub failure_reason: Option<FailureReason>,
+    pub fence: Fence,
     /// Tasks whose row changed since the last save.
-    pub tasks: Vec<&'a Task>,
-    pub shared_state_changed: bool,
+    pub tasks: Vec<Task>,
+    /// The shared state, when it changed.
+    pub shared_state: Option<Value>,
     /// Only write if no client request arrived since the driver last looked (`wake_seq`).
     pub guard_seq: Option<i64>,
     /// Give the lease back, with when to look at the job again (`None`: nothing left to do).
@@ -545,15 +550,32 @@ pub enum Saved {
     LeaseLost,
 }
 
-pub async fn save(client: &impl GenericClient, s: &Save<'_>) -> Result<Saved> {
-    let job = s.job;
-    let decided = !job.status.is_undecided();
-    let finished = job.status.is_terminal();
+/// Write one driver's changes, fenced by its lease; commits synchronously when `s.durable`.
+pub async fn save(client: &impl GenericClient, s: &Save) -> Result<Saved> {
+    save_as(client, s, s.durable).await
+}
+
+/// Write several drivers' changes in one transaction, one commit for all (group commit): the
+/// statements are pipelined on one connection, and the commit is synchronous when any of them
+/// must be. Returns each write's outcome in order, or an error for all of them.
+pub async fn save_batch(client: &mut Client, saves: &[Save]) -> Result<Vec<Saved>> {
+    let durable = saves.iter().any(|s| s.durable);
+    let tx = client.transaction().await?;
+    let results =
+        futures::future::join_all(saves.iter().map(|s| save_as(&tx, s, durable))).await;
+    let saved = results.into_iter().collect::<Result<Vec<Saved>>>()?;
+    tx.commit().await?;
+    Ok(saved)
+}
+
+async fn save_as(client: &impl GenericClient, s: &Save, durable: bool) -> Result<Saved> {
+    let decided = !s.status.is_undecided();
+    let finished = s.status.is_terminal();
     let releasing = s.release.is_some();
     let next_wake: Option<DateTime<Utc>> = s.release.flatten();
     let ttl = s.lease_ttl.as_secs_f64();
-    let sync = if s.durable { "on" } else { "off" };
-    let shared_state = s.shared_state_changed.then_some(&job.shared_state);
+    let sync = if durable { "on" } else { "off" };
+    let shared_state = s.shared_state.as_ref();
 
     let mut idx = Vec::with_capacity(s.tasks.len());
     let mut status = Vec::with_capacity(s.tasks.len());
@@ -621,12 +643,12 @@ pub async fn save(client: &impl GenericClient, s: &Save<'_>) -> Result<Saved> {
              FROM j",
         )
         .await?;
-    let reason = job.failure_reason.map(|r| r.as_str());
+    let reason = s.failure_reason.map(|r| r.as_str());
     let params: [&(dyn ToSql + Sync); 26] = [
         &sync,
-        &job.id,
+        &s.id,
         &s.fence.generation,
-        &job.status.as_str(),
+        &s.status.as_str(),
         &reason,
         &shared_state,
         &decided,
@@ -660,7 +682,7 @@ pub async fn save(client: &impl GenericClient, s: &Save<'_>) -> Result<Saved> {
             let ours = client
                 .query_opt(
                     "SELECT 1 FROM jobs WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3",
-                    &[&job.id, &s.fence.owner, &s.fence.generation],
+                    &[&s.id, &s.fence.owner, &s.fence.generation],
                 )
                 .await?;
             Ok(if ours.is_some() && s.guard_seq.is_some() {
