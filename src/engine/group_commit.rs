@@ -89,10 +89,9 @@ async fn write(pool: &Pool, batch: Vec<(Save, Reply)>) {
     if batch.len() < MIN_TRANSACTION {
         // Too few for a transaction's two extra round trips to pay: pipelined, each its own
         // commit (PostgreSQL still flushes concurrent commits together).
-        let results = futures::future::join_all(
-            batch.iter().map(|(save, _)| store::save(&client, save)),
-        )
-        .await;
+        let results =
+            futures::future::join_all(batch.iter().map(|(save, _)| store::save(&client, save)))
+                .await;
         for (result, (_, reply)) in results.into_iter().zip(batch) {
             let _ = reply.send(result);
         }

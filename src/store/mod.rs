@@ -181,14 +181,24 @@ fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Result<JobRecord
         .map(serde_json::from_value)
         .transpose()
         .map_err(corrupt)?;
+    let status: JobStatus = status.parse().map_err(corrupt)?;
+    let failure_reason = reason
+        .map(|r| r.parse::<FailureReason>())
+        .transpose()
+        .map_err(corrupt)?;
+    // The rule the schema no longer checks on every write (V2): failed and canceled jobs say
+    // why; other jobs, but a cancelling one, carry no reason.
+    let ended_with_reason = matches!(status, JobStatus::Failed | JobStatus::Canceled);
+    if ended_with_reason != failure_reason.is_some() && status != JobStatus::Cancelling {
+        return Err(corrupt(format!(
+            "job in status {status} with failure reason {failure_reason:?}"
+        )));
+    }
     Ok(JobRecord {
         job: Job {
             id: row.try_get("id")?,
-            status: status.parse().map_err(corrupt)?,
-            failure_reason: reason
-                .map(|r| r.parse::<FailureReason>())
-                .transpose()
-                .map_err(corrupt)?,
+            status,
+            failure_reason,
             correlation_id: row.try_get("correlation_id")?,
             traceparent: row.try_get("traceparent")?,
             auto_confirm: row.try_get("auto_confirm")?,
@@ -214,6 +224,9 @@ fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
     let spec: Option<Value> = row.try_get("try_spec")?;
     let link_uri: Option<String> = row.try_get("link_uri")?;
     let link_expires: Option<DateTime<Utc>> = row.try_get("link_expires")?;
+    if spec.is_none() && link_uri.is_none() {
+        return Err(corrupt("a task with neither a Try nor a link"));
+    }
     Ok(Task {
         idx: row.try_get("idx")?,
         task_id: row.try_get("task_id")?,
@@ -225,7 +238,8 @@ fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
         status: status.parse::<TaskStatus>().map_err(corrupt)?,
         link: match (link_uri, link_expires) {
             (Some(uri), Some(expires)) => Some(Link { uri, expires }),
-            _ => None,
+            (None, None) => None,
+            _ => return Err(corrupt("a task link without its expiry, or the reverse")),
         },
         attempts: row.try_get("attempts")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
@@ -374,9 +388,9 @@ pub async fn insert_job(
                     retry_policy, shared_state, task_count, created_at, updated_at, deadline,
                     lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
                     request_hash, traceparent)
-                VALUES ($1, $2, $24, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11,
+                VALUES ($1, $2::text, $24::text, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11,
                     $12, now() + make_interval(secs => $13), 1, $10, $14, $15, $23)
-                ON CONFLICT (idempotency_key) DO NOTHING
+                ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING id
              ), t AS (
                 INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
@@ -561,8 +575,7 @@ pub async fn save(client: &impl GenericClient, s: &Save) -> Result<Saved> {
 pub async fn save_batch(client: &mut Client, saves: &[Save]) -> Result<Vec<Saved>> {
     let durable = saves.iter().any(|s| s.durable);
     let tx = client.transaction().await?;
-    let results =
-        futures::future::join_all(saves.iter().map(|s| save_as(&tx, s, durable))).await;
+    let results = futures::future::join_all(saves.iter().map(|s| save_as(&tx, s, durable))).await;
     let saved = results.into_iter().collect::<Result<Vec<Saved>>>()?;
     tx.commit().await?;
     Ok(saved)
@@ -610,7 +623,7 @@ async fn save_as(client: &impl GenericClient, s: &Save, durable: bool) -> Result
             "WITH cfg AS (SELECT set_config('synchronous_commit', $1, true) AS v),
              j AS (
                 UPDATE jobs SET
-                    status = $4, failure_reason = $5,
+                    status = $4::text, failure_reason = $5::text,
                     shared_state = COALESCE($6::jsonb, shared_state),
                     updated_at = now(),
                     decided_at = CASE WHEN $7 THEN COALESCE(decided_at, now()) ELSE decided_at END,
