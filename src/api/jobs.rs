@@ -14,10 +14,9 @@ use super::repr::{self, job_repr};
 use super::{ApiError, AppState, base_url, none_match, prefer_wait, read_json};
 use crate::domain::request::{self, FieldError, Limits, parse_rfc3339};
 use crate::domain::{FailureReason, JobStatus};
+use crate::engine::Accepted;
 use crate::metrics as m;
-use crate::store::{
-    self, ClientRequest, Inserted, JobFilter, JobRecord, Registered, RequestOutcome,
-};
+use crate::store::{self, ClientRequest, JobFilter, JobRecord, Registered, RequestOutcome};
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -155,39 +154,31 @@ pub async fn create_job(
     let hash = repr::sha256_hex(repr::canonical(&value).to_string().as_bytes());
     let id = uuid::Uuid::now_v7().to_string();
     let row = store::NewJobRow {
-        id: &id,
-        job: &new,
+        id,
+        job: new,
         source: "jcl",
         created_at: now,
-        owner: state.engine.instance_id(),
+        owner: state.engine.instance_id().to_string(),
         lease_ttl: state.engine.lease_ttl(),
-        idempotency_key: key.as_deref(),
-        request_hash: &hash,
-        traceparent: traceparent(&headers),
+        idempotency_key: key,
+        request_hash: hash,
+        traceparent: traceparent(&headers).map(str::to_string),
     };
-    let mut record = store::initial_record(&row)?;
-    // The first Tries are recorded by the very write that accepts the job.
-    let first = state.engine.plan_first(&mut record.job);
-    let inserted = {
-        let client = db(&state).await?;
-        store::insert_job(&client, &row, record).await?
-    };
+    let inserted = state.engine.accept(row).await?;
     let base = base_url(&state, &headers);
     match inserted {
-        Inserted::Created(record) => {
+        Accepted::Created(record) => {
             metrics::counter!(m::JOBS_CREATED, "source" => "jcl").increment(1);
-            let resp = job_response(StatusCode::ACCEPTED, &base, &record, true);
-            state.engine.start_claimed(*record, first);
-            Ok(resp)
+            Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
         }
-        Inserted::Replay {
+        Accepted::Replay {
             id,
             same_request: true,
         } => {
             let record = load(&state, &id).await?;
             Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
         }
-        Inserted::Replay {
+        Accepted::Replay {
             id,
             same_request: false,
         } => Err(ApiError::new(

@@ -42,7 +42,7 @@ use crate::domain::status::IllegalTransition;
 use crate::domain::{Answer, Job, JobStatus, Op, PlannerSettings, Step, mapping};
 use crate::metrics as m;
 use crate::participant::{CallIds, CallResult, ParticipantClient, TryCall};
-use crate::store::{self, Fence, Save, Saved, StoreError};
+use crate::store::{self, Fence, Inserted, Save, Saved, StoreError};
 
 /// Settings of the engine, from the configuration.
 #[derive(Debug, Clone)]
@@ -67,6 +67,16 @@ const WRITE_DELAY: Duration = Duration::from_millis(100);
 const CLAIM_BATCH: usize = 256;
 /// Every how many seconds the gauges and the retention purge run.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
+
+/// What `Engine::accept` did.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A new job, as stored; its driver has started.
+    Created(Box<store::JobRecord>),
+    /// The idempotency key was used before, for job `id`; `same_request` tells whether with the
+    /// same document.
+    Replay { id: String, same_request: bool },
+}
 
 #[derive(Clone)]
 pub struct Engine {
@@ -152,10 +162,35 @@ impl Engine {
         let _ = self.inner.changes.send(id.to_string());
     }
 
+    /// Store a new job (claimed by this instance, its first Tries planned into the same write,
+    /// committed synchronously with other writes of the moment) and start driving it. Runs as
+    /// its own task: once asked, the job is stored and driven even if the client hangs up.
+    pub async fn accept(&self, row: store::NewJobRow) -> Result<Accepted, StoreError> {
+        let mut record = store::initial_record(&row)?;
+        let first = self.plan_first(&mut record.job);
+        let engine = self.clone();
+        let task = self.inner.tracker.spawn(async move {
+            let inner = &engine.inner;
+            let inserted = inner
+                .commits
+                .insert(&inner.pool, row, record.clone())
+                .await?;
+            Ok(match inserted {
+                Inserted::Created => {
+                    engine.start_claimed(record.clone(), first);
+                    Accepted::Created(Box::new(record))
+                }
+                Inserted::Replay { id, same_request } => Accepted::Replay { id, same_request },
+            })
+        });
+        task.await
+            .map_err(|e| StoreError::Unavailable(format!("accepting the job failed: {e}")))?
+    }
+
     /// Plan a new job's first Tries before it is stored, so that the accepting write records
     /// them too (one write fewer per job). Anything more than Tries (a job made of links only
     /// decides at once) is left to the driver, which commits it before acting.
-    pub fn plan_first(&self, job: &mut Job) -> Vec<Step> {
+    fn plan_first(&self, job: &mut Job) -> Vec<Step> {
         let mut planned = job.clone();
         match planner::plan(
             &mut planned,
@@ -178,7 +213,7 @@ impl Engine {
 
     /// Start driving a job this instance created and claimed, from the record it stored and the
     /// first steps planned into it (`plan_first`).
-    pub fn start_claimed(&self, record: store::JobRecord, first: Vec<Step>) {
+    fn start_claimed(&self, record: store::JobRecord, first: Vec<Step>) {
         let (id, generation) = (record.job.id.clone(), record.lease_generation);
         self.spawn_driver(id, generation, Some((record, first)));
     }

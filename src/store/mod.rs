@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{
-    Client, GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, tokio_postgres,
+    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, tokio_postgres,
 };
 use serde_json::Value;
 use tokio_postgres::NoTls;
@@ -256,30 +256,31 @@ fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
 /// What `insert_job` did.
 #[derive(Debug, Clone)]
 pub enum Inserted {
-    /// A new job, claimed by the inserting instance at lease generation 1, as stored.
-    Created(Box<JobRecord>),
+    /// A new job, claimed by the inserting instance at lease generation 1, as given.
+    Created,
     /// The idempotency key was used before, for this job; `same_request` tells whether with the
     /// same document.
     Replay { id: String, same_request: bool },
 }
 
-/// Everything `insert_job` writes besides the parsed document.
-pub struct NewJobRow<'a> {
-    pub id: &'a str,
-    pub job: &'a NewJob,
-    pub source: &'a str,
+/// A new job to store: the parsed document and everything `insert_job` writes besides.
+#[derive(Debug, Clone)]
+pub struct NewJobRow {
+    pub id: String,
+    pub job: NewJob,
+    pub source: &'static str,
     pub created_at: DateTime<Utc>,
-    pub owner: &'a str,
+    pub owner: String,
     pub lease_ttl: Duration,
-    pub idempotency_key: Option<&'a str>,
-    pub request_hash: &'a str,
-    pub traceparent: Option<&'a str>,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+    pub traceparent: Option<String>,
 }
 
 /// A new job as accepted, before the engine planned anything: `pending`, claimed by the inserting
 /// instance. The engine may plan its first steps on it before it is stored (`insert_job`).
-pub fn initial_record(row: &NewJobRow<'_>) -> Result<JobRecord> {
-    let new = row.job;
+pub fn initial_record(row: &NewJobRow) -> Result<JobRecord> {
+    let new = &row.job;
     let tasks = new
         .tasks
         .iter()
@@ -312,15 +313,15 @@ pub fn initial_record(row: &NewJobRow<'_>) -> Result<JobRecord> {
         + chrono::Duration::milliseconds((new.fields.job_max_ttl * 1000.0).round() as i64);
     Ok(JobRecord {
         job: Job {
-            id: row.id.to_string(),
+            id: row.id.clone(),
             status: JobStatus::Pending,
             failure_reason: None,
             correlation_id: new
                 .fields
                 .correlation_id
                 .clone()
-                .unwrap_or_else(|| row.id.to_string()),
-            traceparent: row.traceparent.map(str::to_string),
+                .unwrap_or_else(|| row.id.clone()),
+            traceparent: row.traceparent.clone(),
             auto_confirm: new.fields.auto_confirm,
             confirm_requested: false,
             cancel_requested: false,
@@ -334,7 +335,7 @@ pub fn initial_record(row: &NewJobRow<'_>) -> Result<JobRecord> {
         updated_at: row.created_at,
         attempt: 1,
         wake_seq: 0,
-        lease_owner: Some(row.owner.to_string()),
+        lease_owner: Some(row.owner.clone()),
         lease_generation: 1,
     })
 }
@@ -344,8 +345,8 @@ pub fn initial_record(row: &NewJobRow<'_>) -> Result<JobRecord> {
 /// the new job's driver starts from, without reading it back.
 pub async fn insert_job(
     client: &impl GenericClient,
-    row: &NewJobRow<'_>,
-    record: JobRecord,
+    row: &NewJobRow,
+    record: &JobRecord,
 ) -> Result<Inserted> {
     let job = &record.job;
     let retry_policy = job
@@ -441,10 +442,11 @@ pub async fn insert_job(
         .await?;
     let n: i64 = inserted.try_get("inserted")?;
     if n == 1 {
-        return Ok(Inserted::Created(Box::new(record)));
+        return Ok(Inserted::Created);
     }
     let key = row
         .idempotency_key
+        .as_deref()
         .ok_or_else(|| corrupt("insert conflicted without an idempotency key"))?;
     let existing = client
         .query_one(
@@ -455,7 +457,7 @@ pub async fn insert_job(
     let hash: Option<String> = existing.try_get("request_hash")?;
     Ok(Inserted::Replay {
         id: existing.try_get("id")?,
-        same_request: hash.as_deref() == Some(row.request_hash),
+        same_request: hash.as_deref() == Some(row.request_hash.as_str()),
     })
 }
 
@@ -569,19 +571,9 @@ pub async fn save(client: &impl GenericClient, s: &Save) -> Result<Saved> {
     save_as(client, s, s.durable).await
 }
 
-/// Write several drivers' changes in one transaction, one commit for all (group commit): the
-/// statements are pipelined on one connection, and the commit is synchronous when any of them
-/// must be. Returns each write's outcome in order, or an error for all of them.
-pub async fn save_batch(client: &mut Client, saves: &[Save]) -> Result<Vec<Saved>> {
-    let durable = saves.iter().any(|s| s.durable);
-    let tx = client.transaction().await?;
-    let results = futures::future::join_all(saves.iter().map(|s| save_as(&tx, s, durable))).await;
-    let saved = results.into_iter().collect::<Result<Vec<Saved>>>()?;
-    tx.commit().await?;
-    Ok(saved)
-}
-
-async fn save_as(client: &impl GenericClient, s: &Save, durable: bool) -> Result<Saved> {
+/// `save`, committed synchronously or not as `durable` says (a batch commits as its most
+/// demanding write needs).
+pub async fn save_as(client: &impl GenericClient, s: &Save, durable: bool) -> Result<Saved> {
     let decided = !s.status.is_undecided();
     let finished = s.status.is_terminal();
     let releasing = s.release.is_some();
