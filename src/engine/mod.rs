@@ -817,3 +817,22 @@ async fn sleep_until_opt(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_written_at_once_and_what_may_wait() {
+        let fresh = Duration::ZERO;
+        // Decisions, ends and what precedes a confirm or cancel: always at once.
+        assert!(must_write(true, false, true, fresh));
+        assert!(must_write(false, true, true, fresh));
+        // Nothing out: the job is about to wait, so its state is written.
+        assert!(!must_write(false, false, true, fresh));
+        assert!(must_write(false, false, false, fresh));
+        // Held back no longer than WRITE_DELAY.
+        assert!(!must_write(false, false, true, WRITE_DELAY / 2));
+        assert!(must_write(false, false, true, WRITE_DELAY));
+    }
+}
