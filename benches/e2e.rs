@@ -179,6 +179,8 @@ struct Point {
     wal_syncs_per_job: f64,
     cpu_per_1000: f64,
     pg_cpu_per_1000: f64,
+    /// This process: the load generator and the participant stubs.
+    harness_cpu_per_1000: f64,
     rss_mib: f64,
 }
 
@@ -479,6 +481,7 @@ async fn measure(
     quiesce(server.system, stubs, admin, db).await;
     let (cpu0, _) = proc_usage(pid);
     let pg0 = postgres_cpu(postmaster);
+    let (own0, _) = proc_usage(std::process::id());
     let (commits0, syncs0) = db_counters(admin, db).await;
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
@@ -527,6 +530,7 @@ async fn measure(
     lat.sort_by(|a, b| a.total_cmp(b));
     let (cpu1, rss) = proc_usage(pid);
     let pg1 = postgres_cpu(postmaster);
+    let (own1, _) = proc_usage(std::process::id());
     let (commits1, syncs1) = db_counters(admin, db).await;
     let jobs = lat.len();
     let per_job = |d: f64| if jobs == 0 { 0.0 } else { d / jobs as f64 };
@@ -543,6 +547,7 @@ async fn measure(
         wal_syncs_per_job: per_job(syncs1 - syncs0),
         cpu_per_1000: per_job(cpu1 - cpu0) * 1000.0,
         pg_cpu_per_1000: per_job(pg1 - pg0) * 1000.0,
+        harness_cpu_per_1000: per_job(own1 - own0) * 1000.0,
         rss_mib: rss,
     }
 }
@@ -924,8 +929,8 @@ fn main() {
                     for &c in &o.concurrency {
                         let p = measure(&server, &stubs, &http, t, c, o.seconds, &admin, db, postmaster).await;
                         println!(
-                            "{:<15} tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms xacts/job={:.2} wal-flushes/job={:.2} cpu-s/1000={:.2} pg-cpu-s/1000={:.2} rss={:.0}MiB",
-                            p.system.name(), p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.cpu_per_1000, p.pg_cpu_per_1000, p.rss_mib
+                            "{:<15} tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms xacts/job={:.2} wal-flushes/job={:.2} cpu-s/1000={:.2} pg-cpu-s/1000={:.2} harness-cpu-s/1000={:.2} rss={:.0}MiB",
+                            p.system.name(), p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.cpu_per_1000, p.pg_cpu_per_1000, p.harness_cpu_per_1000, p.rss_mib
                         );
                         points.push(p);
                     }
@@ -973,7 +978,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&pg_dir);
 
     let mut md = String::from(
-        "| system | tasks | concurrency | jobs/s | p50 ms | p95 ms | p99 ms | transactions/job (reads included) | WAL flushes/job | CPU s/1000 jobs | PostgreSQL CPU s/1000 jobs | peak RSS MiB | vs ceiling | ours / dtmrs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| system | tasks | concurrency | jobs/s | p50 ms | p95 ms | p99 ms | transactions/job (reads included) | WAL flushes/job | CPU s/1000 jobs | PostgreSQL CPU s/1000 jobs | harness CPU s/1000 jobs | peak RSS MiB | vs ceiling | ours / dtmrs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in &points {
         let ratio = ceiling
@@ -996,7 +1001,7 @@ fn main() {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {ratio} | {versus} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {ratio} | {versus} |",
             p.system.name(),
             p.tasks,
             p.concurrency,
@@ -1008,6 +1013,7 @@ fn main() {
             p.wal_syncs_per_job,
             p.cpu_per_1000,
             p.pg_cpu_per_1000,
+            p.harness_cpu_per_1000,
             p.rss_mib
         );
     }
