@@ -232,3 +232,35 @@ async fn idempotent_submission() {
     assert_eq!(app.job_count().await, 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_submissions_under_one_key_make_one_job() {
+    // New jobs are written in batches: the same key twice in one batch, or in two batches at
+    // once, must still make one job, and every answer names it.
+    let app = spawn_app_with(&[]).await;
+    let job = json!({"autoConfirm": false, "tasks": []});
+    let sends = (0..24).map(|i| {
+        let (app, job) = (&app, job.clone());
+        async move {
+            let key = if i % 2 == 0 { "shared" } else { "" };
+            let mut req = app.http.post(app.url("/jobs")).json(&job);
+            if !key.is_empty() {
+                req = req.header("idempotency-key", key);
+            }
+            let resp = req.send().await.expect("POST");
+            assert_eq!(resp.status(), 202);
+            let body: Value = resp.json().await.expect("json");
+            (key, body["jobID"].as_str().map(str::to_string))
+        }
+    });
+    let answers = futures::future::join_all(sends).await;
+    let shared: std::collections::HashSet<_> = answers
+        .iter()
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(shared.len(), 1, "one job under the shared key: {answers:?}");
+    // 12 without a key, one under the shared key.
+    assert_eq!(app.job_count().await, 13);
+    app.stop().await;
+}
