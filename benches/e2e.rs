@@ -802,13 +802,31 @@ fn panel(s: &mut String, top: f64, title: &str, series: &[Series]) {
         "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f",
         "#bcbd22", "#17becf", "#393b79", "#637939",
     ];
-    for (i, (name, pts)) in series.iter().enumerate() {
+    // A series and its p99 share a colour (the p99 dashed) and one legend line.
+    let mut bases: Vec<&str> = Vec::new();
+    for (name, pts) in series {
+        let base = name.trim_end_matches(" p50").trim_end_matches(" p99");
+        let i = match bases.iter().position(|b| *b == base) {
+            Some(i) => i,
+            None => {
+                bases.push(base);
+                let i = bases.len() - 1;
+                let _ = writeln!(
+                    s,
+                    "<text x=\"{}\" y=\"{}\" fill=\"{}\">{base}</text>",
+                    pad + 16.0,
+                    top + pad + 16.0 * i as f64,
+                    colors[i % colors.len()]
+                );
+                i
+            }
+        };
         let color = colors[i % colors.len()];
         let path: Vec<String> = pts
             .iter()
             .map(|(c, v)| format!("{:.1},{:.1}", x(*c), y(*v)))
             .collect();
-        let dash = if name.contains("p99") {
+        let dash = if name.ends_with(" p99") {
             " stroke-dasharray=\"6 4\""
         } else {
             ""
@@ -817,12 +835,6 @@ fn panel(s: &mut String, top: f64, title: &str, series: &[Series]) {
             s,
             "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash} points=\"{}\"/>",
             path.join(" ")
-        );
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
-            pad + 16.0,
-            top + pad + 16.0 * i as f64
         );
     }
 }
@@ -871,7 +883,7 @@ fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
     panel(
         &mut s,
         380.0,
-        "Latency from POST /jobs to the last confirm received (ms)",
+        "Latency from POST /jobs to the last confirm received (ms): p50 solid, p99 dashed",
         &latency,
     );
     s.push_str("</svg>\n");
