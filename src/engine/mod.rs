@@ -1,13 +1,14 @@
 //! The engine: claim a job → plan → persist → call participants → fold answers in → repeat.
 //!
 //! ```text
-//!   POST /jobs ──insert+claim──▶ start_claimed ─┐
-//!   client request ──▶ wake ──claim_one────────┤
-//!   scanner (every TCC_SCAN_INTERVAL) ─claim_due┘
-//!                                              ▼
+//!   POST /jobs ──accept: insert + claim + first Tries─┐
+//!   client request ──▶ wake ──claim_one──────────────┤
+//!   scanner (every TCC_SCAN_INTERVAL) ─claim_due─────┘
+//!                                                    ▼
 //!                     ┌──────────── driver (one per claimed job) ────────────┐
 //!                     │ plan(job, in_flight, now)  (pure, domain::planner)   │
-//!                     │ save(fenced by owner+generation; durable if needed)  │
+//!                     │ save when it must (group_commit; fenced by owner and │
+//!                     │ generation; synchronous for decisions and ends)      │
 //!                     │ send the steps ─▶ participants (bounded in flight)   │
 //!                     │ wait: an answer │ a wake │ wake_at │ renew │ shutdown │
 //!                     │ release the lease with next_wake when only time or a │
