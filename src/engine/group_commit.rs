@@ -5,7 +5,9 @@
 //! No task of its own: whoever has a write queues it and, if a writer slot is free, becomes a
 //! writer itself, writing whatever is queued (its own write and others') until the queue is
 //! empty. At most `writers` batches are in flight; while they run, the next writes gather into
-//! the next batch. One or two writes are sent as they are (pipelined, each its own commit).
+//! the next batch. All the saves of a batch are one statement (`store::save_many`); each new job
+//! is a statement of its own; a transaction binds them when there are three statements or more,
+//! otherwise they are pipelined, each its own commit.
 
 use std::sync::Mutex;
 
@@ -16,7 +18,8 @@ use crate::store::{self, Inserted, JobRecord, NewJobRow, Save, Saved, StoreError
 
 /// The most writes one transaction carries.
 const MAX_BATCH: usize = 64;
-/// The fewest writes worth one transaction (whose BEGIN and COMMIT are two more round trips).
+/// The fewest statements worth one transaction (whose BEGIN and COMMIT are two more round
+/// trips).
 const MIN_TRANSACTION: usize = 3;
 
 /// One queued write and where its outcome goes.
@@ -26,67 +29,6 @@ enum Write {
         Box<(NewJobRow, JobRecord)>,
         oneshot::Sender<Result<Inserted, StoreError>>,
     ),
-}
-
-/// A write's outcome.
-enum Outcome {
-    Saved(Saved),
-    Inserted(Inserted),
-}
-
-impl Write {
-    async fn run(
-        &self,
-        client: &impl GenericClient,
-        durable: Option<bool>,
-    ) -> Result<Outcome, StoreError> {
-        match self {
-            Write::Save(save, _) => {
-                let durable = durable.unwrap_or(save.durable);
-                store::save_as(client, save, durable)
-                    .await
-                    .map(Outcome::Saved)
-            }
-            Write::Insert(new, _) => store::insert_job(client, &new.0, &new.1)
-                .await
-                .map(Outcome::Inserted),
-        }
-    }
-
-    /// Must the commit carrying this write be synchronous? A new job always.
-    fn durable(&self) -> bool {
-        match self {
-            Write::Save(save, _) => save.durable,
-            Write::Insert(..) => true,
-        }
-    }
-
-    fn reply(self, outcome: Result<Outcome, StoreError>) {
-        match (self, outcome) {
-            (Write::Save(_, tx), Ok(Outcome::Saved(s))) => {
-                let _ = tx.send(Ok(s));
-            }
-            (Write::Insert(_, tx), Ok(Outcome::Inserted(i))) => {
-                let _ = tx.send(Ok(i));
-            }
-            (Write::Save(_, tx), Err(e)) => {
-                let _ = tx.send(Err(e));
-            }
-            (Write::Insert(_, tx), Err(e)) => {
-                let _ = tx.send(Err(e));
-            }
-            (Write::Save(_, tx), Ok(_)) => {
-                let _ = tx.send(Err(StoreError::Corrupt(
-                    "a save answered as an insert".into(),
-                )));
-            }
-            (Write::Insert(_, tx), Ok(_)) => {
-                let _ = tx.send(Err(StoreError::Corrupt(
-                    "an insert answered as a save".into(),
-                )));
-            }
-        }
-    }
 }
 
 pub struct GroupCommit {
@@ -160,51 +102,103 @@ impl GroupCommit {
 }
 
 async fn write(pool: &Pool, batch: Vec<Write>) {
+    let mut saves = Vec::new();
+    let mut inserts = Vec::new();
+    for w in batch {
+        match w {
+            Write::Save(save, reply) => saves.push((save, reply)),
+            Write::Insert(new, reply) => inserts.push((new, reply)),
+        }
+    }
     let mut client = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
             let e = StoreError::from(e).to_string();
-            for w in batch {
-                w.reply(Err(StoreError::Unavailable(e.clone())));
+            for (_, reply) in saves {
+                let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
+            }
+            for (_, reply) in inserts {
+                let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
             }
             return;
         }
     };
-    if batch.len() < MIN_TRANSACTION {
-        // Pipelined, each its own commit (PostgreSQL still flushes concurrent commits together).
-        let results = futures::future::join_all(batch.iter().map(|w| w.run(&client, None))).await;
-        for (result, w) in results.into_iter().zip(batch) {
-            w.reply(result);
+    let save_refs: Vec<&Save> = saves.iter().map(|(s, _)| s).collect();
+    // All saves go in one statement; each new job is a statement of its own.
+    let statements = inserts.len() + usize::from(!saves.is_empty());
+    let together = if statements < MIN_TRANSACTION {
+        // No transaction: pipelined, each statement its own commit (a statement is atomic; a
+        // new job is committed synchronously, the saves as the most demanding of them needs).
+        let durable = save_refs.iter().any(|s| s.durable);
+        let (saved, inserted) = futures::future::join(
+            async {
+                if save_refs.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    store::save_many(&client, &save_refs, durable).await
+                }
+            },
+            futures::future::join_all(
+                inserts
+                    .iter()
+                    .map(|(new, _)| store::insert_job(&client, &new.0, &new.1)),
+            ),
+        )
+        .await;
+        // Inserts answer on their own; only the saves' statement can fall back.
+        for (result, (_, reply)) in inserted.into_iter().zip(inserts.drain(..)) {
+            let _ = reply.send(result);
         }
-        return;
-    }
-    let durable = batch.iter().any(Write::durable);
-    let together = async {
-        let tx = client.transaction().await?;
-        let results =
-            futures::future::join_all(batch.iter().map(|w| w.run(&tx, Some(durable)))).await;
-        let outcomes = results
-            .into_iter()
-            .collect::<Result<Vec<Outcome>, StoreError>>()?;
-        tx.commit().await?;
-        Ok::<_, StoreError>(outcomes)
-    }
-    .await;
+        saved
+    } else {
+        // One transaction, synchronous commit (it carries new jobs, or enough saves to be worth
+        // it; a new job always needs it, and a batch commits as its most demanding write).
+        let durable = !inserts.is_empty() || save_refs.iter().any(|s| s.durable);
+        async {
+            let tx = client.transaction().await?;
+            let (saved, inserted) = futures::future::join(
+                async {
+                    if save_refs.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        store::save_many(&tx, &save_refs, durable).await
+                    }
+                },
+                futures::future::join_all(
+                    inserts
+                        .iter()
+                        .map(|(new, _)| store::insert_job(&tx, &new.0, &new.1)),
+                ),
+            )
+            .await;
+            let saved = saved?;
+            let inserted = inserted.into_iter().collect::<Result<Vec<Inserted>, _>>()?;
+            tx.commit().await?;
+            for (result, (_, reply)) in inserted.into_iter().zip(inserts.drain(..)) {
+                let _ = reply.send(Ok(result));
+            }
+            Ok::<_, StoreError>(saved)
+        }
+        .await
+    };
     match together {
-        Ok(outcomes) => {
-            for (outcome, w) in outcomes.into_iter().zip(batch) {
-                w.reply(Ok(outcome));
+        Ok(saved) if saved.len() == saves.len() => {
+            for (result, (_, reply)) in saved.into_iter().zip(saves) {
+                let _ = reply.send(Ok(result));
             }
         }
-        Err(_) => {
-            // Nothing of the batch was committed, so write each on its own: one bad write then
-            // fails only itself. (Should the commit itself have failed on a lost connection, its
-            // fate is unknown, as for any single write: a save written again is harmless, being
-            // fenced and stating whole rows; a new job written again fails on its id, and its
-            // client hears an error, as it would have without batching.)
-            for w in batch {
-                let result = w.run(&client, None).await;
-                w.reply(result);
+        _ => {
+            // Nothing of the failed statement or transaction was committed, so write each on
+            // its own: one bad write then fails only itself. (Should a commit itself have failed
+            // on a lost connection, its fate is unknown, as for any single write: a save written
+            // again is harmless, being fenced and stating whole rows; a new job written again
+            // fails on its id, and its client hears an error, as it would have without
+            // batching.)
+            for (save, reply) in saves {
+                let _ = reply.send(store::save(&client, &save).await);
+            }
+            for (new, reply) in inserts {
+                let _ = reply.send(store::insert_job(&client, &new.0, &new.1).await);
             }
         }
     }

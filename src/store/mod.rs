@@ -5,6 +5,7 @@
 //! open across anything but SQL. Timestamps the planner reasons about come from the caller; lease
 //! times come from the database clock so that instances agree on them.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -568,65 +569,106 @@ pub enum Saved {
 
 /// Write one driver's changes, fenced by its lease; commits synchronously when `s.durable`.
 pub async fn save(client: &impl GenericClient, s: &Save) -> Result<Saved> {
-    save_as(client, s, s.durable).await
+    save_many(client, &[s], s.durable)
+        .await?
+        .pop()
+        .ok_or_else(|| corrupt("a save without an outcome"))
 }
 
-/// `save`, committed synchronously or not as `durable` says (a batch commits as its most
-/// demanding write needs).
-pub async fn save_as(client: &impl GenericClient, s: &Save, durable: bool) -> Result<Saved> {
-    let decided = !s.status.is_undecided();
-    let finished = s.status.is_terminal();
-    let releasing = s.release.is_some();
-    let next_wake: Option<DateTime<Utc>> = s.release.flatten();
-    let ttl = s.lease_ttl.as_secs_f64();
+/// Write several drivers' changes in one statement, each fenced by its own lease, and return
+/// each one's outcome in order. Commits synchronously when `durable` (a batch commits as its most
+/// demanding write needs; inside a transaction, the setting holds for its commit).
+pub async fn save_many(
+    client: &impl GenericClient,
+    saves: &[&Save],
+    durable: bool,
+) -> Result<Vec<Saved>> {
     let sync = if durable { "on" } else { "off" };
-    let shared_state = s.shared_state.as_ref();
-
-    let mut idx = Vec::with_capacity(s.tasks.len());
-    let mut status = Vec::with_capacity(s.tasks.len());
-    let mut uri = Vec::with_capacity(s.tasks.len());
-    let mut expires = Vec::with_capacity(s.tasks.len());
-    let mut attempts = Vec::with_capacity(s.tasks.len());
-    let mut next_at = Vec::with_capacity(s.tasks.len());
-    let mut refused = Vec::with_capacity(s.tasks.len());
-    let mut pending = Vec::with_capacity(s.tasks.len());
-    let mut unknown = Vec::with_capacity(s.tasks.len());
-    let mut start = Vec::with_capacity(s.tasks.len());
-    let mut end = Vec::with_capacity(s.tasks.len());
-    let mut message = Vec::with_capacity(s.tasks.len());
-    let mut response = Vec::with_capacity(s.tasks.len());
-    for t in &s.tasks {
-        idx.push(t.idx);
-        status.push(t.status.as_str());
-        uri.push(t.link.as_ref().map(|l| l.uri.as_str()));
-        expires.push(t.link.as_ref().map(|l| l.expires));
-        attempts.push(t.attempts);
-        next_at.push(t.next_attempt_at);
-        refused.push(t.refused);
-        pending.push(t.confirm_pending);
-        unknown.push(t.confirm_unknown);
-        start.push(t.start_time);
-        end.push(t.end_time);
-        message.push(t.last_message.as_deref());
-        response.push(t.try_response.as_ref());
+    let n = saves.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut owners = Vec::with_capacity(n);
+    let mut generations = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut decided = Vec::with_capacity(n);
+    let mut finished = Vec::with_capacity(n);
+    let mut releasing = Vec::with_capacity(n);
+    let mut ttls = Vec::with_capacity(n);
+    let mut next_wakes: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut guards = Vec::with_capacity(n);
+    let tn: usize = saves.iter().map(|s| s.tasks.len()).sum();
+    let mut job_of = Vec::with_capacity(tn);
+    let mut idx = Vec::with_capacity(tn);
+    let mut status = Vec::with_capacity(tn);
+    let mut uri = Vec::with_capacity(tn);
+    let mut expires = Vec::with_capacity(tn);
+    let mut attempts = Vec::with_capacity(tn);
+    let mut next_at = Vec::with_capacity(tn);
+    let mut refused = Vec::with_capacity(tn);
+    let mut pending = Vec::with_capacity(tn);
+    let mut unknown = Vec::with_capacity(tn);
+    let mut start = Vec::with_capacity(tn);
+    let mut end = Vec::with_capacity(tn);
+    let mut message = Vec::with_capacity(tn);
+    let mut response = Vec::with_capacity(tn);
+    for s in saves {
+        ids.push(s.id.as_str());
+        owners.push(s.fence.owner.as_str());
+        generations.push(s.fence.generation);
+        statuses.push(s.status.as_str());
+        reasons.push(s.failure_reason.map(|r| r.as_str()));
+        states.push(s.shared_state.as_ref());
+        decided.push(!s.status.is_undecided());
+        finished.push(s.status.is_terminal());
+        releasing.push(s.release.is_some());
+        ttls.push(s.lease_ttl.as_secs_f64());
+        next_wakes.push(s.release.flatten());
+        guards.push(s.guard_seq);
+        for t in &s.tasks {
+            job_of.push(s.id.as_str());
+            idx.push(t.idx);
+            status.push(t.status.as_str());
+            uri.push(t.link.as_ref().map(|l| l.uri.as_str()));
+            expires.push(t.link.as_ref().map(|l| l.expires));
+            attempts.push(t.attempts);
+            next_at.push(t.next_attempt_at);
+            refused.push(t.refused);
+            pending.push(t.confirm_pending);
+            unknown.push(t.confirm_unknown);
+            start.push(t.start_time);
+            end.push(t.end_time);
+            message.push(t.last_message.as_deref());
+            response.push(t.try_response.as_ref());
+        }
     }
     let stmt = client
         .prepare_cached(
             "WITH cfg AS (SELECT set_config('synchronous_commit', $1, true) AS v),
-             j AS (
+             w AS (
+                SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[],
+                    $6::text[], $7::jsonb[], $8::bool[], $9::bool[], $10::bool[],
+                    $11::float8[], $12::timestamptz[], $13::bigint[])
+                    AS w(id, owner, generation, status, reason, shared_state, decided,
+                         finished, releasing, ttl, next_wake, guard)
+             ), j AS (
                 UPDATE jobs SET
-                    status = $4::text, failure_reason = $5::text,
-                    shared_state = COALESCE($6::jsonb, shared_state),
+                    status = w.status, failure_reason = w.reason,
+                    shared_state = COALESCE(w.shared_state, jobs.shared_state),
                     updated_at = now(),
-                    decided_at = CASE WHEN $7 THEN COALESCE(decided_at, now()) ELSE decided_at END,
-                    finished_at = CASE WHEN $8 THEN COALESCE(finished_at, now()) ELSE finished_at END,
-                    lease_owner = CASE WHEN $9 THEN NULL ELSE lease_owner END,
-                    lease_expires = CASE WHEN $9 THEN NULL
-                                         ELSE now() + make_interval(secs => $10) END,
-                    next_wake = CASE WHEN $9 THEN $11 ELSE next_wake END
-                WHERE id = $2 AND lease_owner = $12 AND lease_generation = $3
-                  AND ($13::bigint IS NULL OR wake_seq = $13)
-                RETURNING id, wake_seq, confirm_requested, cancel_requested
+                    decided_at = CASE WHEN w.decided THEN COALESCE(jobs.decided_at, now())
+                                      ELSE jobs.decided_at END,
+                    finished_at = CASE WHEN w.finished THEN COALESCE(jobs.finished_at, now())
+                                       ELSE jobs.finished_at END,
+                    lease_owner = CASE WHEN w.releasing THEN NULL ELSE jobs.lease_owner END,
+                    lease_expires = CASE WHEN w.releasing THEN NULL
+                                         ELSE now() + make_interval(secs => w.ttl) END,
+                    next_wake = CASE WHEN w.releasing THEN w.next_wake ELSE jobs.next_wake END
+                FROM w
+                WHERE jobs.id = w.id AND jobs.lease_owner = w.owner
+                  AND jobs.lease_generation = w.generation
+                  AND (w.guard IS NULL OR jobs.wake_seq = w.guard)
+                RETURNING jobs.id, jobs.wake_seq, jobs.confirm_requested, jobs.cancel_requested
              ), t AS (
                 UPDATE tasks SET status = u.status, link_uri = u.link_uri,
                     link_expires = u.link_expires, attempts = u.attempts,
@@ -634,35 +676,37 @@ pub async fn save_as(client: &impl GenericClient, s: &Save, durable: bool) -> Re
                     confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
                     start_time = u.start_time, end_time = u.end_time,
                     last_message = u.last_message, try_response = u.try_response
-                FROM unnest($14::int[], $15::text[], $16::text[], $17::timestamptz[], $18::int[],
-                    $19::timestamptz[], $20::bool[], $21::timestamptz[], $22::timestamptz[],
-                    $23::text[], $24::jsonb[], $25::bool[], $26::bool[])
-                    AS u(idx, status, link_uri, link_expires, attempts, next_attempt_at, refused,
-                         start_time, end_time, last_message, try_response, confirm_pending,
-                         confirm_unknown)
-                WHERE tasks.job_id = (SELECT id FROM j) AND tasks.idx = u.idx
+                FROM unnest($14::text[], $15::int[], $16::text[], $17::text[],
+                    $18::timestamptz[], $19::int[], $20::timestamptz[], $21::bool[],
+                    $22::timestamptz[], $23::timestamptz[], $24::text[], $25::jsonb[],
+                    $26::bool[], $27::bool[])
+                    AS u(job_id, idx, status, link_uri, link_expires, attempts, next_attempt_at,
+                         refused, start_time, end_time, last_message, try_response,
+                         confirm_pending, confirm_unknown)
+                WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx
+                  AND u.job_id IN (SELECT id FROM j)
                 RETURNING 1
              )
-             SELECT j.wake_seq, j.confirm_requested, j.cancel_requested,
+             SELECT j.id, j.wake_seq, j.confirm_requested, j.cancel_requested,
                     (SELECT count(*) FROM t) AS tasks, (SELECT v FROM cfg) AS sync
              FROM j",
         )
         .await?;
-    let reason = s.failure_reason.map(|r| r.as_str());
-    let params: [&(dyn ToSql + Sync); 26] = [
+    let params: [&(dyn ToSql + Sync); 27] = [
         &sync,
-        &s.id,
-        &s.fence.generation,
-        &s.status.as_str(),
-        &reason,
-        &shared_state,
+        &ids,
+        &owners,
+        &generations,
+        &statuses,
+        &reasons,
+        &states,
         &decided,
         &finished,
         &releasing,
-        &ttl,
-        &next_wake,
-        &s.fence.owner,
-        &s.guard_seq,
+        &ttls,
+        &next_wakes,
+        &guards,
+        &job_of,
         &idx,
         &status,
         &uri,
@@ -677,26 +721,40 @@ pub async fn save_as(client: &impl GenericClient, s: &Save, durable: bool) -> Re
         &pending,
         &unknown,
     ];
-    match client.query_opt(&stmt, &params).await? {
-        Some(row) => Ok(Saved::Ok {
-            wake_seq: row.try_get("wake_seq")?,
-            confirm_requested: row.try_get("confirm_requested")?,
-            cancel_requested: row.try_get("cancel_requested")?,
-        }),
-        None => {
-            let ours = client
-                .query_opt(
-                    "SELECT 1 FROM jobs WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3",
-                    &[&s.id, &s.fence.owner, &s.fence.generation],
-                )
-                .await?;
-            Ok(if ours.is_some() && s.guard_seq.is_some() {
-                Saved::Conflict
-            } else {
-                Saved::LeaseLost
-            })
-        }
+    let rows = client.query(&stmt, &params).await?;
+    let mut written: HashMap<String, Saved> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        written.insert(
+            row.try_get("id")?,
+            Saved::Ok {
+                wake_seq: row.try_get("wake_seq")?,
+                confirm_requested: row.try_get("confirm_requested")?,
+                cancel_requested: row.try_get("cancel_requested")?,
+            },
+        );
     }
+    let mut outcomes = Vec::with_capacity(n);
+    for s in saves {
+        let outcome = match written.remove(&s.id) {
+            Some(saved) => saved,
+            None => {
+                // Not written: the lease is gone, or (with a guard) a client request came.
+                let ours = client
+                    .query_opt(
+                        "SELECT 1 FROM jobs WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3",
+                        &[&s.id, &s.fence.owner, &s.fence.generation],
+                    )
+                    .await?;
+                if ours.is_some() && s.guard_seq.is_some() {
+                    Saved::Conflict
+                } else {
+                    Saved::LeaseLost
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
 }
 
 /// Push the lease forward while a driver waits on calls. `false`: the lease is lost.
