@@ -78,11 +78,16 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 /// Its sessions plan each prepared statement once (`plan_cache_mode = force_generic_plan`): every
 /// statement here is written so that one plan fits all parameters (lookups by key, and a list
 /// query whose text carries only the filters given), and re-planning the engine's statements on
-/// every execution cost more than a quarter of PostgreSQL's CPU.
+/// every execution cost more than a quarter of PostgreSQL's CPU. A plan made once must not bet on
+/// the table being small (as it is when an instance starts on a new database): every statement
+/// here reaches its rows through an index, so the sessions rule out sequential scans and hash or
+/// merge joins where an index path exists.
 pub fn pool(mut config: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
+    const SESSION: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+                           -c enable_hashjoin=off -c enable_mergejoin=off";
     let options = match config.get_options() {
-        Some(o) if !o.trim().is_empty() => format!("{o} -c plan_cache_mode=force_generic_plan"),
-        _ => "-c plan_cache_mode=force_generic_plan".to_string(),
+        Some(o) if !o.trim().is_empty() => format!("{o} {SESSION}"),
+        _ => SESSION.to_string(),
     };
     config.options(&options);
     let manager = Manager::from_config(
