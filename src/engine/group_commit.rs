@@ -2,17 +2,17 @@
 //! commit for a batch, instead of one transaction each. Both kinds of hot-path write take part:
 //! new jobs being accepted and drivers' saves.
 //!
-//! No task of its own: whoever has a write queues it and, if a writer slot is free, becomes a
-//! writer itself, writing whatever is queued (its own write and others') until the queue is
-//! empty. At most `writers` batches are in flight; while they run, the next writes gather into
-//! the next batch. All the saves of a batch are one statement (`store::save_many`); each new job
+//! Whoever has a write queues it and, if a writer slot is free, starts a writer task that writes
+//! whatever is queued until the queue is empty, then ends. At most `writers` batches are in
+//! flight; while they run, the next writes gather into the next batch. Nobody who queues a write
+//! waits for more than the batch that carries it. All the saves of a batch are one statement (`store::save_many`); each new job
 //! is a statement of its own; a transaction binds them when there are three statements or more,
 //! otherwise they are pipelined, each its own commit.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::{GenericClient, Pool};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::store::{self, Inserted, JobRecord, NewJobRow, Save, Saved, StoreError};
 
@@ -33,14 +33,14 @@ enum Write {
 
 pub struct GroupCommit {
     queue: Mutex<Vec<Write>>,
-    writers: Semaphore,
+    writers: Arc<Semaphore>,
 }
 
 impl GroupCommit {
     pub fn new(writers: usize) -> Self {
         GroupCommit {
             queue: Mutex::new(Vec::new()),
-            writers: Semaphore::new(writers.max(1)),
+            writers: Arc::new(Semaphore::new(writers.max(1))),
         }
     }
 
@@ -50,10 +50,10 @@ impl GroupCommit {
     }
 
     /// Write a driver's `save` with whatever else is waiting, and return its outcome.
-    pub async fn save(&self, pool: &Pool, save: Save) -> Result<Saved, StoreError> {
+    pub async fn save(self: &Arc<Self>, pool: &Pool, save: Save) -> Result<Saved, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.lock().push(Write::Save(save, tx));
-        self.drain(pool).await;
+        self.kick(pool);
         rx.await
             .map_err(|_| StoreError::Unavailable("the write was abandoned".into()))?
     }
@@ -61,25 +61,30 @@ impl GroupCommit {
     /// Store a new job (`store::insert_job`) with whatever else is waiting; always committed
     /// synchronously.
     pub async fn insert(
-        &self,
+        self: &Arc<Self>,
         pool: &Pool,
         row: NewJobRow,
         record: JobRecord,
     ) -> Result<Inserted, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.lock().push(Write::Insert(Box::new((row, record)), tx));
-        self.drain(pool).await;
+        self.kick(pool);
         rx.await
             .map_err(|_| StoreError::Unavailable("the write was abandoned".into()))?
     }
 
-    /// Become a writer if a slot is free, and write batches until the queue is empty.
-    async fn drain(&self, pool: &Pool) {
+    /// Start a writer if a slot is free. Otherwise every slot is taken, and a running writer
+    /// finds the queued write when it looks again.
+    fn kick(self: &Arc<Self>, pool: &Pool) {
+        if let Ok(slot) = self.writers.clone().try_acquire_owned() {
+            let (this, pool) = (self.clone(), pool.clone());
+            tokio::spawn(async move { this.drain(slot, pool).await });
+        }
+    }
+
+    /// Write batches until the queue is empty.
+    async fn drain(self: Arc<Self>, mut slot: OwnedSemaphorePermit, pool: Pool) {
         loop {
-            let Ok(slot) = self.writers.try_acquire() else {
-                // Every slot is taken: a writer will find this write when it looks again.
-                return;
-            };
             loop {
                 let batch: Vec<Write> = {
                     let mut q = self.lock();
@@ -89,7 +94,7 @@ impl GroupCommit {
                 if batch.is_empty() {
                     break;
                 }
-                write(pool, batch).await;
+                write(&pool, batch).await;
             }
             drop(slot);
             // A write queued between the last look and giving the slot back found no free
@@ -97,6 +102,11 @@ impl GroupCommit {
             if self.lock().is_empty() {
                 return;
             }
+            slot = match self.writers.clone().try_acquire_owned() {
+                Ok(s) => s,
+                // Another writer took the slot and will find it.
+                Err(_) => return,
+            };
         }
     }
 }

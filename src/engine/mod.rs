@@ -87,7 +87,7 @@ pub struct Engine {
 struct Inner {
     pool: Pool,
     /// Drivers' writes, committed in batches.
-    commits: GroupCommit,
+    commits: Arc<GroupCommit>,
     db: tokio_postgres::Config,
     client: ParticipantClient,
     settings: EngineSettings,
@@ -130,7 +130,7 @@ impl Engine {
         let writers = (pool.status().max_size / 4).max(1);
         Engine {
             inner: Arc::new(Inner {
-                commits: GroupCommit::new(writers),
+                commits: Arc::new(GroupCommit::new(writers)),
                 pool,
                 db,
                 client,
