@@ -309,22 +309,28 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn start_coordinator(db_url: &str) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
-        .arg("serve")
-        .env("DATABASE_URL", db_url)
-        .env("TCC_LISTEN", format!("127.0.0.1:{port}"))
+/// Start `cmd` (listening on `port`) quietly: errors only, on our stderr.
+fn spawn_server(system: System, mut cmd: Command, port: u16) -> Server {
+    let child = cmd
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start the coordinator");
+        .unwrap_or_else(|e| panic!("start {}: {e}", system.name()));
     Server {
-        system: System::Ours,
+        system,
         child,
         addr: format!("http://127.0.0.1:{port}"),
     }
+}
+
+fn start_coordinator(db_url: &str) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"));
+    cmd.arg("serve")
+        .env("DATABASE_URL", db_url)
+        .env("TCC_LISTEN", format!("127.0.0.1:{port}"));
+    spawn_server(System::Ours, cmd, port)
 }
 
 /// The dtmrs binary: `DTMRS_BIN`, or `cargo install dtmrs` into `target/bench/dtmrs/` once.
@@ -357,26 +363,17 @@ const DTMRS_VERSION: &str = "0.13.0";
 
 fn start_dtmrs(bin: &Path, socket_dir: &Path, db: &str) -> Server {
     let (port, grpc) = (free_port(), free_port());
-    let child = Command::new(bin)
-        .env(
-            "DTMRS_DB",
-            format!(
-                "postgres://postgres@localhost/{db}?host={}",
-                socket_dir.display()
-            ),
-        )
-        .env("DTMRS_ADDR", format!("127.0.0.1:{port}"))
-        .env("DTMRS_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start dtmrs");
-    Server {
-        system: System::Dtmrs,
-        child,
-        addr: format!("http://127.0.0.1:{port}"),
-    }
+    let mut cmd = Command::new(bin);
+    cmd.env(
+        "DTMRS_DB",
+        format!(
+            "postgres://postgres@localhost/{db}?host={}",
+            socket_dir.display()
+        ),
+    )
+    .env("DTMRS_ADDR", format!("127.0.0.1:{port}"))
+    .env("DTMRS_GRPC_ADDR", format!("127.0.0.1:{grpc}"));
+    spawn_server(System::Dtmrs, cmd, port)
 }
 
 /// Wait until the server answers `path` with 200.

@@ -113,11 +113,14 @@ impl GroupCommit {
 
 async fn write(pool: &Pool, batch: Vec<Write>) {
     let mut saves = Vec::new();
-    let mut inserts = Vec::new();
+    let (mut new_jobs, mut job_replies) = (Vec::new(), Vec::new());
     for w in batch {
         match w {
             Write::Save(save, reply) => saves.push((save, reply)),
-            Write::Insert(new, reply) => inserts.push((new, reply)),
+            Write::Insert(new, reply) => {
+                new_jobs.push(*new);
+                job_replies.push(reply);
+            }
         }
     }
     let mut client = match pool.get().await {
@@ -127,7 +130,7 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
             for (_, reply) in saves {
                 let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
             }
-            for (_, reply) in inserts {
+            for reply in job_replies {
                 let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
             }
             return;
@@ -135,56 +138,28 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
     };
     let save_refs: Vec<&Save> = saves.iter().map(|(s, _)| s).collect();
     // All saves go in one statement; each new job is a statement of its own.
-    let statements = inserts.len() + usize::from(!saves.is_empty());
+    let statements = new_jobs.len() + usize::from(!saves.is_empty());
     let together = if statements < MIN_TRANSACTION {
         // No transaction: pipelined, each statement its own commit (a statement is atomic; a
         // new job is committed synchronously, the saves as the most demanding of them needs).
         let durable = save_refs.iter().any(|s| s.durable);
-        let (saved, inserted) = futures::future::join(
-            async {
-                if save_refs.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    store::save_many(&client, &save_refs, durable).await
-                }
-            },
-            futures::future::join_all(
-                inserts
-                    .iter()
-                    .map(|(new, _)| store::insert_job(&client, &new.0, &new.1)),
-            ),
-        )
-        .await;
+        let (saved, inserted) = statements_of(&client, &save_refs, &new_jobs, durable).await;
         // Inserts answer on their own; only the saves' statement can fall back.
-        for (result, (_, reply)) in inserted.into_iter().zip(inserts.drain(..)) {
+        for (result, reply) in inserted.into_iter().zip(job_replies.drain(..)) {
             let _ = reply.send(result);
         }
         saved
     } else {
         // One transaction, synchronous commit (it carries new jobs, or enough saves to be worth
         // it; a new job always needs it, and a batch commits as its most demanding write).
-        let durable = !inserts.is_empty() || save_refs.iter().any(|s| s.durable);
+        let durable = !new_jobs.is_empty() || save_refs.iter().any(|s| s.durable);
         async {
             let tx = client.transaction().await?;
-            let (saved, inserted) = futures::future::join(
-                async {
-                    if save_refs.is_empty() {
-                        Ok(Vec::new())
-                    } else {
-                        store::save_many(&tx, &save_refs, durable).await
-                    }
-                },
-                futures::future::join_all(
-                    inserts
-                        .iter()
-                        .map(|(new, _)| store::insert_job(&tx, &new.0, &new.1)),
-                ),
-            )
-            .await;
+            let (saved, inserted) = statements_of(&tx, &save_refs, &new_jobs, durable).await;
             let saved = saved?;
             let inserted = inserted.into_iter().collect::<Result<Vec<Inserted>, _>>()?;
             tx.commit().await?;
-            for (result, (_, reply)) in inserted.into_iter().zip(inserts.drain(..)) {
+            for (result, reply) in inserted.into_iter().zip(job_replies.drain(..)) {
                 let _ = reply.send(Ok(result));
             }
             Ok::<_, StoreError>(saved)
@@ -207,9 +182,38 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
             for (save, reply) in saves {
                 let _ = reply.send(store::save(&client, &save).await);
             }
-            for (new, reply) in inserts {
-                let _ = reply.send(store::insert_job(&client, &new.0, &new.1).await);
+            // New jobs already answered (left out of `job_replies`) are not written again.
+            for ((row, record), reply) in new_jobs.iter().zip(job_replies) {
+                let _ = reply.send(store::insert_job(&client, row, record).await);
             }
         }
     }
+}
+
+/// A batch's statements, pipelined on one connection: every save in one statement, each new job
+/// in its own. Returns the saves' outcomes and each new job's.
+async fn statements_of(
+    client: &impl GenericClient,
+    saves: &[&Save],
+    new_jobs: &[(NewJobRow, JobRecord)],
+    durable: bool,
+) -> (
+    Result<Vec<Saved>, StoreError>,
+    Vec<Result<Inserted, StoreError>>,
+) {
+    futures::future::join(
+        async {
+            if saves.is_empty() {
+                Ok(Vec::new())
+            } else {
+                store::save_many(client, saves, durable).await
+            }
+        },
+        futures::future::join_all(
+            new_jobs
+                .iter()
+                .map(|(row, record)| store::insert_job(client, row, record)),
+        ),
+    )
+    .await
 }
