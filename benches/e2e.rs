@@ -8,7 +8,7 @@
 //!
 //! Everything runs on this machine: PostgreSQL (a private cluster), the coordinator (the release
 //! binary, as its own process), the participant stubs and the closed-loop load generator (this
-//! process).
+//! process). `TCC_BIN` names another coordinator binary to measure (to compare two builds).
 //!
 //! `--with-dtmrs` measures dtmrs (DTM's HTTP protocol) the same way, on its own database in the
 //! same cluster, with the same stubs and the same finish line: per job the client prepares a
@@ -326,7 +326,9 @@ fn spawn_server(system: System, mut cmd: Command, port: u16) -> Server {
 
 fn start_coordinator(db_url: &str) -> Server {
     let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"));
+    let bin =
+        std::env::var_os("TCC_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tcc-coordinator").into());
+    let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .env("DATABASE_URL", db_url)
         .env("TCC_LISTEN", format!("127.0.0.1:{port}"));
