@@ -1,26 +1,23 @@
-//! Group commit: the writes of many jobs go to PostgreSQL together, one transaction and one
-//! commit for a batch, instead of one transaction each. Both kinds of hot-path write take part:
+//! Group commit: the writes of many jobs go to PostgreSQL together, a batch in two statements
+//! and two commits at most, instead of a transaction each. Both kinds of hot-path write take part:
 //! new jobs being accepted and drivers' saves.
 //!
 //! Whoever has a write queues it and, if a writer slot is free, starts a writer task that writes
 //! whatever is queued until the queue is empty, then ends. At most `writers` batches are in
 //! flight; while they run, the next writes gather into the next batch. Nobody who queues a write
-//! waits for more than the batch that carries it. All the saves of a batch are one statement (`store::save_many`); each new job
-//! is a statement of its own; a transaction binds them when there are three statements or more,
-//! otherwise they are pipelined, each its own commit.
+//! waits for more than the batch that carries it. All the saves of a batch are one statement
+//! (`store::save_many`), all its new jobs another (`store::insert_many`); the two are pipelined
+//! on one connection, each its own transaction and commit.
 
 use std::sync::{Arc, Mutex};
 
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::Pool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::store::{self, Inserted, JobRecord, NewJobRow, Save, Saved, StoreError};
 
 /// The most writes one transaction carries.
 const MAX_BATCH: usize = 64;
-/// The fewest statements worth one transaction (whose BEGIN and COMMIT are two more round
-/// trips).
-const MIN_TRANSACTION: usize = 3;
 
 /// One queued write and where its outcome goes.
 enum Write {
@@ -123,7 +120,7 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
             }
         }
     }
-    let mut client = match pool.get().await {
+    let client = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
             let e = StoreError::from(e).to_string();
@@ -137,83 +134,54 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
         }
     };
     let save_refs: Vec<&Save> = saves.iter().map(|(s, _)| s).collect();
-    // All saves go in one statement; each new job is a statement of its own.
-    let statements = new_jobs.len() + usize::from(!saves.is_empty());
-    let together = if statements < MIN_TRANSACTION {
-        // No transaction: pipelined, each statement its own commit (a statement is atomic; a
-        // new job is committed synchronously, the saves as the most demanding of them needs).
-        let durable = save_refs.iter().any(|s| s.durable);
-        let (saved, inserted) = statements_of(&client, &save_refs, &new_jobs, durable).await;
-        // Inserts answer on their own; only the saves' statement can fall back.
-        for (result, reply) in inserted.into_iter().zip(job_replies.drain(..)) {
-            let _ = reply.send(result);
-        }
-        saved
-    } else {
-        // One transaction, synchronous commit (it carries new jobs, or enough saves to be worth
-        // it; a new job always needs it, and a batch commits as its most demanding write).
-        let durable = !new_jobs.is_empty() || save_refs.iter().any(|s| s.durable);
+    let job_refs: Vec<(&NewJobRow, &JobRecord)> = new_jobs.iter().map(|(r, j)| (r, j)).collect();
+    // Two statements at most, pipelined, each its own transaction: the saves' commit is
+    // synchronous if any save needs it; the new jobs' always is (the session's default).
+    let durable = save_refs.iter().any(|s| s.durable);
+    let (saved, inserted) = futures::future::join(
         async {
-            let tx = client.transaction().await?;
-            let (saved, inserted) = statements_of(&tx, &save_refs, &new_jobs, durable).await;
-            let saved = saved?;
-            let inserted = inserted.into_iter().collect::<Result<Vec<Inserted>, _>>()?;
-            tx.commit().await?;
-            for (result, reply) in inserted.into_iter().zip(job_replies.drain(..)) {
-                let _ = reply.send(Ok(result));
+            if save_refs.is_empty() {
+                Ok(Vec::new())
+            } else {
+                store::save_many(&client, &save_refs, durable).await
             }
-            Ok::<_, StoreError>(saved)
-        }
-        .await
-    };
-    match together {
+        },
+        async {
+            if job_refs.is_empty() {
+                Ok(Vec::new())
+            } else {
+                store::insert_many(&client, &job_refs).await
+            }
+        },
+    )
+    .await;
+    // A statement that failed committed nothing of its writes: write each of them on its own,
+    // so that one bad write fails only itself. (Should a commit itself have failed on a lost
+    // connection, its fate is unknown, as for any single write: a save written again is
+    // harmless, being fenced and stating whole rows; a new job written again fails on its id,
+    // and its client hears an error, as it would have without batching.)
+    match saved {
         Ok(saved) if saved.len() == saves.len() => {
             for (result, (_, reply)) in saved.into_iter().zip(saves) {
                 let _ = reply.send(Ok(result));
             }
         }
         _ => {
-            // Nothing of the failed statement or transaction was committed, so write each on
-            // its own: one bad write then fails only itself. (Should a commit itself have failed
-            // on a lost connection, its fate is unknown, as for any single write: a save written
-            // again is harmless, being fenced and stating whole rows; a new job written again
-            // fails on its id, and its client hears an error, as it would have without
-            // batching.)
             for (save, reply) in saves {
                 let _ = reply.send(store::save(&client, &save).await);
             }
-            // New jobs already answered (left out of `job_replies`) are not written again.
+        }
+    }
+    match inserted {
+        Ok(inserted) if inserted.len() == new_jobs.len() => {
+            for (result, reply) in inserted.into_iter().zip(job_replies) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        _ => {
             for ((row, record), reply) in new_jobs.iter().zip(job_replies) {
                 let _ = reply.send(store::insert_job(&client, row, record).await);
             }
         }
     }
-}
-
-/// A batch's statements, pipelined on one connection: every save in one statement, each new job
-/// in its own. Returns the saves' outcomes and each new job's.
-async fn statements_of(
-    client: &impl GenericClient,
-    saves: &[&Save],
-    new_jobs: &[(NewJobRow, JobRecord)],
-    durable: bool,
-) -> (
-    Result<Vec<Saved>, StoreError>,
-    Vec<Result<Inserted, StoreError>>,
-) {
-    futures::future::join(
-        async {
-            if saves.is_empty() {
-                Ok(Vec::new())
-            } else {
-                store::save_many(client, saves, durable).await
-            }
-        },
-        futures::future::join_all(
-            new_jobs
-                .iter()
-                .map(|(row, record)| store::insert_job(client, row, record)),
-        ),
-    )
-    .await
 }

@@ -260,7 +260,7 @@ fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
 }
 
 /// What `insert_job` did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
     /// A new job, claimed by the inserting instance at lease generation 1, as given.
     Created,
@@ -354,12 +354,40 @@ pub async fn insert_job(
     row: &NewJobRow,
     record: &JobRecord,
 ) -> Result<Inserted> {
-    let job = &record.job;
-    let retry_policy = job
-        .retry_policy
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(corrupt)?;
+    insert_many(client, &[(row, record)])
+        .await?
+        .pop()
+        .ok_or_else(|| corrupt("one new job written, no outcome"))
+}
+
+/// Store new jobs and their tasks in one statement (see `insert_job`), each job's outcome in the
+/// order given. A job whose idempotency key was taken, before or earlier in the same list, is
+/// not stored and answers `Replay`. The statement is atomic: should any row be refused, none is
+/// stored.
+pub async fn insert_many(
+    client: &impl GenericClient,
+    jobs: &[(&NewJobRow, &JobRecord)],
+) -> Result<Vec<Inserted>> {
+    let n = jobs.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut sources = Vec::with_capacity(n);
+    let mut job_statuses = Vec::with_capacity(n);
+    let mut fields = Vec::with_capacity(n);
+    let mut correlations = Vec::with_capacity(n);
+    let (mut tags, mut tags_from, mut tags_to) =
+        (Vec::new(), Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut auto_confirms = Vec::with_capacity(n);
+    let mut retry_policies: Vec<Option<Value>> = Vec::with_capacity(n);
+    let mut shared_states = Vec::with_capacity(n);
+    let mut task_counts = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut deadlines = Vec::with_capacity(n);
+    let mut owners = Vec::with_capacity(n);
+    let mut ttls = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    let mut traceparents = Vec::with_capacity(n);
+    let mut job_of = Vec::new();
     let mut idx = Vec::new();
     let mut task_ids = Vec::new();
     let mut descriptions = Vec::new();
@@ -369,25 +397,52 @@ pub async fn insert_job(
     let mut expires: Vec<Option<DateTime<Utc>>> = Vec::new();
     let mut attempts = Vec::new();
     let mut started: Vec<Option<DateTime<Utc>>> = Vec::new();
-    for t in &job.tasks {
-        attempts.push(t.attempts);
-        started.push(t.start_time);
-        idx.push(t.idx);
-        task_ids.push(t.task_id.as_str());
-        descriptions.push(t.description.as_deref());
-        specs.push(
-            t.try_spec
-                .as_ref()
+    for (row, record) in jobs {
+        let job = &record.job;
+        ids.push(row.id.as_str());
+        sources.push(row.source);
+        job_statuses.push(job.status.as_str());
+        fields.push(&record.fields);
+        correlations.push(job.correlation_id.as_str());
+        // Tags go as one flat array; each job takes its slice (1-based, bounds included).
+        tags_from.push(tags.len() as i32 + 1);
+        tags.extend(row.job.fields.tags.iter().map(String::as_str));
+        tags_to.push(tags.len() as i32);
+        auto_confirms.push(job.auto_confirm);
+        retry_policies.push(
+            job.retry_policy
                 .map(serde_json::to_value)
                 .transpose()
                 .map_err(corrupt)?,
         );
-        statuses.push(t.status.as_str());
-        uris.push(t.link.as_ref().map(|l| l.uri.as_str()));
-        expires.push(t.link.as_ref().map(|l| l.expires));
+        shared_states.push(&job.shared_state);
+        task_counts.push(job.tasks.len() as i32);
+        created.push(row.created_at);
+        deadlines.push(job.deadline);
+        owners.push(row.owner.as_str());
+        ttls.push(row.lease_ttl.as_secs_f64());
+        keys.push(row.idempotency_key.as_deref());
+        hashes.push(row.request_hash.as_str());
+        traceparents.push(row.traceparent.as_deref());
+        for t in &job.tasks {
+            job_of.push(row.id.as_str());
+            attempts.push(t.attempts);
+            started.push(t.start_time);
+            idx.push(t.idx);
+            task_ids.push(t.task_id.as_str());
+            descriptions.push(t.description.as_deref());
+            specs.push(
+                t.try_spec
+                    .as_ref()
+                    .map(serde_json::to_value)
+                    .transpose()
+                    .map_err(corrupt)?,
+            );
+            statuses.push(t.status.as_str());
+            uris.push(t.link.as_ref().map(|l| l.uri.as_str()));
+            expires.push(t.link.as_ref().map(|l| l.expires));
+        }
     }
-    let task_count = job.tasks.len() as i32;
-    let ttl = row.lease_ttl.as_secs_f64();
     let stmt = client
         .prepare_cached(
             "WITH j AS (
@@ -395,76 +450,94 @@ pub async fn insert_job(
                     retry_policy, shared_state, task_count, created_at, updated_at, deadline,
                     lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
                     request_hash, traceparent)
-                VALUES ($1, $2::text, $24::text, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11,
-                    $12, now() + make_interval(secs => $13), 1, $10, $14, $15, $23)
+                SELECT n.id, n.source, n.status, n.fields, n.correlation_id,
+                    ($5::text[])[n.tags_from:n.tags_to], n.auto_confirm, n.retry_policy,
+                    n.shared_state, n.task_count, n.created_at, n.created_at, n.deadline,
+                    n.owner, now() + make_interval(secs => n.ttl), 1, n.created_at, n.key,
+                    n.hash, n.traceparent
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $6::text[],
+                    $7::int[], $8::int[], $9::bool[], $10::jsonb[], $11::jsonb[], $12::int[],
+                    $13::timestamptz[], $14::timestamptz[], $15::text[], $16::float8[],
+                    $17::text[], $18::text[], $19::text[])
+                    AS n(id, source, status, fields, correlation_id, tags_from, tags_to,
+                         auto_confirm, retry_policy, shared_state, task_count, created_at,
+                         deadline, owner, ttl, key, hash, traceparent)
                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING id
              ), t AS (
                 INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
                     link_uri, link_expires, attempts, start_time)
-                SELECT j.id, u.idx, u.task_id, u.description, u.try_spec, u.status,
+                SELECT u.job_id, u.idx, u.task_id, u.description, u.try_spec, u.status,
                     u.link_uri, u.link_expires, u.attempts, u.start_time
-                FROM j, unnest($16::int[], $17::text[], $18::text[], $19::jsonb[], $20::text[],
-                    $21::text[], $22::timestamptz[], $25::int[], $26::timestamptz[])
-                    AS u(idx, task_id, description, try_spec, status, link_uri, link_expires,
-                         attempts, start_time)
-                RETURNING 1
+                FROM unnest($20::text[], $21::int[], $22::text[], $23::text[], $24::jsonb[],
+                    $25::text[], $26::text[], $27::timestamptz[], $28::int[],
+                    $29::timestamptz[])
+                    AS u(job_id, idx, task_id, description, try_spec, status, link_uri,
+                         link_expires, attempts, start_time)
+                WHERE u.job_id IN (SELECT id FROM j)
              )
-             SELECT (SELECT count(*) FROM j) AS inserted, (SELECT count(*) FROM t) AS tasks",
+             SELECT id FROM j",
         )
         .await?;
-    let inserted = client
-        .query_one(
-            &stmt,
-            &[
-                &row.id,
-                &row.source,
-                &record.fields,
-                &job.correlation_id,
-                &row.job.fields.tags,
-                &job.auto_confirm,
-                &retry_policy,
-                &job.shared_state,
-                &task_count,
-                &row.created_at,
-                &job.deadline,
-                &row.owner,
-                &ttl,
-                &row.idempotency_key,
-                &row.request_hash,
-                &idx,
-                &task_ids,
-                &descriptions,
-                &specs,
-                &statuses,
-                &uris,
-                &expires,
-                &row.traceparent,
-                &job.status.as_str(),
-                &attempts,
-                &started,
-            ],
-        )
-        .await?;
-    let n: i64 = inserted.try_get("inserted")?;
-    if n == 1 {
-        return Ok(Inserted::Created);
+    let params: [&(dyn ToSql + Sync); 29] = [
+        &ids,
+        &sources,
+        &job_statuses,
+        &fields,
+        &tags,
+        &correlations,
+        &tags_from,
+        &tags_to,
+        &auto_confirms,
+        &retry_policies,
+        &shared_states,
+        &task_counts,
+        &created,
+        &deadlines,
+        &owners,
+        &ttls,
+        &keys,
+        &hashes,
+        &traceparents,
+        &job_of,
+        &idx,
+        &task_ids,
+        &descriptions,
+        &specs,
+        &statuses,
+        &uris,
+        &expires,
+        &attempts,
+        &started,
+    ];
+    let stored = client.query(&stmt, &params).await?;
+    let stored = stored
+        .iter()
+        .map(|r| r.try_get::<_, String>("id"))
+        .collect::<std::result::Result<std::collections::HashSet<String>, _>>()?;
+    let mut outcomes = Vec::with_capacity(n);
+    for (row, _) in jobs {
+        if stored.contains(&row.id) {
+            outcomes.push(Inserted::Created);
+            continue;
+        }
+        let key = row
+            .idempotency_key
+            .as_deref()
+            .ok_or_else(|| corrupt("insert conflicted without an idempotency key"))?;
+        let existing = client
+            .query_one(
+                "SELECT id, request_hash FROM jobs WHERE idempotency_key = $1",
+                &[&key],
+            )
+            .await?;
+        let hash: Option<String> = existing.try_get("request_hash")?;
+        outcomes.push(Inserted::Replay {
+            id: existing.try_get("id")?,
+            same_request: hash.as_deref() == Some(row.request_hash.as_str()),
+        });
     }
-    let key = row
-        .idempotency_key
-        .as_deref()
-        .ok_or_else(|| corrupt("insert conflicted without an idempotency key"))?;
-    let existing = client
-        .query_one(
-            "SELECT id, request_hash FROM jobs WHERE idempotency_key = $1",
-            &[&key],
-        )
-        .await?;
-    let hash: Option<String> = existing.try_get("request_hash")?;
-    Ok(Inserted::Replay {
-        id: existing.try_get("id")?,
-        same_request: hash.as_deref() == Some(row.request_hash.as_str()),
-    })
+    Ok(outcomes)
 }
 
 /// The job and its tasks, or `None`.

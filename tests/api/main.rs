@@ -6,5 +6,6 @@ mod participant;
 
 mod lifecycle;
 mod recovery;
+mod store;
 mod surface;
 mod validation;
