@@ -376,10 +376,36 @@ fn excerpt(body: &Result<Vec<u8>, String>) -> String {
     match body {
         Ok(b) if !b.is_empty() => {
             let text = String::from_utf8_lossy(b);
-            let short: String = text.chars().take(200).collect();
+            let short: String = text.chars().take(200).map(without_nul).collect();
             format!(" ({})", short.trim())
         }
         _ => String::new(),
+    }
+}
+
+/// PostgreSQL stores no NUL character (U+0000) in text or JSON; what a participant said is kept
+/// with each one shown as U+FFFD instead.
+fn without_nul(c: char) -> char {
+    if c == '\0' { '\u{FFFD}' } else { c }
+}
+
+fn scrub_nul(value: Value) -> Value {
+    let text = |s: String| {
+        if s.contains('\0') {
+            s.chars().map(without_nul).collect()
+        } else {
+            s
+        }
+    };
+    match value {
+        Value::String(s) => Value::String(text(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(scrub_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (text(k), scrub_nul(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -448,7 +474,9 @@ fn read_link(
             (at, None)
         }
     };
-    let kept = json.filter(|_| body.len() <= MAX_KEPT_RESPONSE);
+    let kept = json
+        .filter(|_| body.len() <= MAX_KEPT_RESPONSE)
+        .map(scrub_nul);
     Ok(Answer::Reserved {
         link: Link {
             uri: resolved.to_string(),

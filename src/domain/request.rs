@@ -350,6 +350,46 @@ fn mapping_pairs(
 }
 
 /// Parse and check a job document. `now` judges link expiries.
+/// Where a document holds the NUL character (U+0000), in a key or a string: PostgreSQL can store
+/// neither, so such a document is refused up front rather than failing when it is written.
+fn nul_errors(value: &Value) -> Vec<FieldError> {
+    const MESSAGE: &str = "must not contain the NUL character (U+0000)";
+    fn walk(v: &Value, pointer: &mut String, out: &mut Vec<FieldError>) {
+        match v {
+            Value::String(s) if s.contains('\0') => {
+                out.push(FieldError::new(pointer.clone(), MESSAGE));
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = pointer.len();
+                    pointer.push_str(&format!("/{i}"));
+                    walk(item, pointer, out);
+                    pointer.truncate(len);
+                }
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                    if key.contains('\0') {
+                        out.push(FieldError::new(
+                            pointer.clone(),
+                            format!("the key {MESSAGE}"),
+                        ));
+                    }
+                    walk(item, pointer, out);
+                    pointer.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut String::new(), &mut out);
+    out
+}
+
 pub fn parse_job(
     value: &Value,
     limits: Limits,
@@ -357,6 +397,10 @@ pub fn parse_job(
 ) -> Result<NewJob, Vec<FieldError>> {
     if !value.is_object() {
         return Err(vec![FieldError::new("", "the job must be a JSON object")]);
+    }
+    let nul = nul_errors(value);
+    if !nul.is_empty() {
+        return Err(nul);
     }
     let wire: JobWire = from_value(value)?;
     let mut errors = Vec::new();
@@ -589,6 +633,10 @@ pub fn parse_registration(
             "",
             "the registration must be a JSON object",
         )]);
+    }
+    let nul = nul_errors(value);
+    if !nul.is_empty() {
+        return Err(nul);
     }
     let wire: RegistrationWire = from_value(value)?;
     let mut errors = Vec::new();

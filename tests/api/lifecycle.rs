@@ -82,6 +82,34 @@ async fn a_failed_try_cancels_the_reserved_tasks() {
     app.stop().await;
 }
 
+/// PostgreSQL stores no NUL character; participants' answers holding one are kept with U+FFFD in
+/// its place, and the job goes on to its end.
+#[tokio::test]
+async fn answers_holding_a_nul_character_are_kept_readable_and_the_job_ends() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(
+        Op::Try,
+        "a",
+        vec![Reply::ReserveWithNote("held\u{0}here".into())],
+    );
+    p.script(
+        Op::Try,
+        "b",
+        vec![Reply::StatusBody(409, "no\u{0}stock".into())],
+    );
+    let id = app
+        .submit(&job_of(&[("a", p.url("a")), ("b", p.url("b"))]))
+        .await;
+    let done = app.wait_status(&id, "failed").await;
+    assert_eq!(task(&done, "a")["tryResponse"]["note"], "held\u{FFFD}here");
+    assert_eq!(task(&done, "a")["taskStatus"], "cancelled");
+    assert!(p.released("a"));
+    let message = task(&done, "b")["lastMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("no\u{FFFD}stock"), "{message}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_confirm_answered_503_twice_is_retried_to_completion() {
     let app = spawn_app().await;

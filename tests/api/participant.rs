@@ -38,6 +38,10 @@ pub enum Reply {
     ReserveFor(Duration),
     /// Try only: reserve, answering only a relative `Location` (no body, no expiry).
     ReserveLocationOnly,
+    /// Try only: reserve, with this `note` beside the link in the answer.
+    ReserveWithNote(String),
+    /// Answer this status with this body, without any effect.
+    StatusBody(u16, String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,13 +168,14 @@ async fn try_handler(
     let parsed: Option<Value> = serde_json::from_str(&body).ok();
     s.record(Op::Try, &name, &headers, parsed);
     let reply = s.next_reply(Op::Try, &name);
-    let ttl = match reply {
-        Reply::Ok | Reply::ApplyThenStall => Duration::from_secs(60),
-        Reply::ReserveFor(d) => d,
+    let ttl = match &reply {
+        Reply::Ok | Reply::ApplyThenStall | Reply::ReserveWithNote(_) => Duration::from_secs(60),
+        Reply::ReserveFor(d) => *d,
         Reply::ReserveLocationOnly => Duration::from_secs(60),
-        Reply::Status(c) => return status(c),
+        Reply::Status(c) => return status(*c),
+        Reply::StatusBody(c, body) => return (status(*c).status(), body.clone()).into_response(),
         Reply::StatusRetryAfter(c, secs) => {
-            return (status(c).status(), [("retry-after", secs.to_string())]).into_response();
+            return (status(*c).status(), [("retry-after", secs.to_string())]).into_response();
         }
         Reply::Stall => return stall().await,
     };
@@ -201,6 +206,10 @@ async fn try_handler(
                 "expires": expires.to_rfc3339_opts(SecondsFormat::Millis, true),
             },
             "reservation": id,
+            "note": match reply {
+                Reply::ReserveWithNote(note) => Value::String(note),
+                _ => Value::Null,
+            },
         })),
     )
         .into_response()
@@ -224,6 +233,7 @@ async fn settle(s: Shared, op: Op, id: String, headers: HeaderMap) -> Response {
     let lose_answer = matches!(reply, Reply::ApplyThenStall);
     let resp = match reply {
         Reply::Status(c) => status(c),
+        Reply::StatusBody(c, body) => (status(c).status(), body).into_response(),
         Reply::StatusRetryAfter(c, secs) => {
             (status(c).status(), [("retry-after", secs.to_string())]).into_response()
         }

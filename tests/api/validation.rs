@@ -99,6 +99,25 @@ async fn bad_jobs_are_rejected_with_a_named_field_and_nothing_is_stored() {
             422,
             "/autoConfirm",
         ),
+        // PostgreSQL stores no NUL character: refused by name, not failed on writing.
+        case(
+            "NUL in a text",
+            json!({"description": "a\u{0}b", "tasks": [t("http://a/t")]}),
+            422,
+            "/description",
+        ),
+        case(
+            "NUL deep in a Try body",
+            json!({"tasks": [{"taskURL": "http://a/t", "body": {"items": [{"name": "x\u{0}"}]}}]}),
+            422,
+            "/tasks/0/body/items/0/name",
+        ),
+        case(
+            "NUL in a key of the shared state",
+            json!({"sharedState": {"a/\u{0}": 1}, "tasks": [t("http://a/t")]}),
+            422,
+            "/sharedState/a~1\u{0}",
+        ),
     ];
     for c in cases {
         let resp = app
@@ -164,6 +183,16 @@ async fn bad_registrations_and_unknown_jobs() {
         .map(|es| es.iter().filter_map(|e| e["pointer"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(pointers, vec!["/uri", "/expires"]);
+    let resp = app
+        .http
+        .post(&url)
+        .json(&json!({"uri": "http://a/r/\u{0}", "expires": "2999-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(resp.status(), 422);
+    let problem: Value = resp.json().await.expect("problem");
+    assert_eq!(problem["errors"][0]["pointer"], "/uri", "{problem:#}");
     let job = app.get_job(&id).await;
     assert_eq!(
         job["tasks"].as_array().map(Vec::len),
