@@ -1,5 +1,7 @@
 //! The job and its tasks as the engine and the planner see them.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -41,8 +43,9 @@ pub struct Task {
     pub idx: i32,
     pub task_id: String,
     pub description: Option<String>,
-    /// `None` for a task registered with a link.
-    pub try_spec: Option<TrySpec>,
+    /// `None` for a task registered with a link. Shared: it never changes, and the engine copies
+    /// its tasks on every step.
+    pub try_spec: Option<Arc<TrySpec>>,
     pub status: TaskStatus,
     pub link: Option<Link>,
     /// Calls of the task's current operation (Try, then confirm, then cancel).

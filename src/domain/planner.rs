@@ -659,14 +659,14 @@ mod tests {
             idx,
             task_id: format!("t{idx}"),
             description: None,
-            try_spec: Some(TrySpec {
+            try_spec: Some(std::sync::Arc::new(TrySpec {
                 task_url: format!("http://p/{idx}"),
                 body: None,
                 input_mapping: vec![],
                 output_mapping: vec![],
                 task_max_ttl: 10.0,
                 retry_policy: None,
-            }),
+            })),
             status: TaskStatus::Pending,
             link: None,
             attempts: 0,

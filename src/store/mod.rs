@@ -240,7 +240,8 @@ fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
         try_spec: spec
             .map(serde_json::from_value::<TrySpec>)
             .transpose()
-            .map_err(corrupt)?,
+            .map_err(corrupt)?
+            .map(std::sync::Arc::new),
         status: status.parse::<TaskStatus>().map_err(corrupt)?,
         link: match (link_uri, link_expires) {
             (Some(uri), Some(expires)) => Some(Link { uri, expires }),
@@ -293,7 +294,11 @@ pub fn initial_record(row: &NewJobRow) -> Result<JobRecord> {
         .enumerate()
         .map(|(i, t)| {
             let (try_spec, status, link) = match &t.kind {
-                NewTaskKind::Try(spec) => (Some(spec.clone()), TaskStatus::Pending, None),
+                NewTaskKind::Try(spec) => (
+                    Some(std::sync::Arc::new(spec.clone())),
+                    TaskStatus::Pending,
+                    None,
+                ),
                 NewTaskKind::Link(link) => (None, TaskStatus::Reserved, Some(link.clone())),
             };
             Task {
@@ -433,7 +438,7 @@ pub async fn insert_many(
             descriptions.push(t.description.as_deref());
             specs.push(
                 t.try_spec
-                    .as_ref()
+                    .as_deref()
                     .map(serde_json::to_value)
                     .transpose()
                     .map_err(corrupt)?,
