@@ -59,8 +59,9 @@ fn not_modified(etag: &str) -> Response {
 fn job_response(status: StatusCode, base: &str, record: &JobRecord, location: bool) -> Response {
     let body = job_repr(base, record);
     let mut resp = json_response(status, &body);
-    let links = repr::job_links(base, &record.job.id, record.job.status);
-    if let Ok(v) = HeaderValue::from_str(&repr::link_header(&links)) {
+    // The `Link` header states the document's own `_links`.
+    let links = body.get("_links").and_then(Value::as_object);
+    if let Some(v) = links.and_then(|l| HeaderValue::from_str(&repr::link_header(l)).ok()) {
         resp.headers_mut().insert(header::LINK, v);
     }
     if location && let Ok(v) = HeaderValue::from_str(&format!("{base}/jobs/{}", record.job.id)) {
