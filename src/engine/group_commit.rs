@@ -173,9 +173,11 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
         }
     }
     match inserted {
+        // The statement committed: each job has its outcome (a replay whose key holder could
+        // not be read has its own error, and is not written again).
         Ok(inserted) if inserted.len() == new_jobs.len() => {
             for (result, reply) in inserted.into_iter().zip(job_replies) {
-                let _ = reply.send(Ok(result));
+                let _ = reply.send(result);
             }
         }
         _ => {

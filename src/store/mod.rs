@@ -362,17 +362,17 @@ pub async fn insert_job(
     insert_many(client, &[(row, record)])
         .await?
         .pop()
-        .ok_or_else(|| corrupt("one new job written, no outcome"))
+        .ok_or_else(|| corrupt("one new job written, no outcome"))?
 }
 
 /// Store new jobs and their tasks in one statement (see `insert_job`), each job's outcome in the
 /// order given. A job whose idempotency key was taken, before or earlier in the same list, is
-/// not stored and answers `Replay`. The statement is atomic: should any row be refused, none is
-/// stored.
+/// not stored and answers `Replay` (or its own error, should the holder of the key not be read).
+/// The statement is atomic: should any row be refused, none is stored, and that is the error.
 pub async fn insert_many(
     client: &impl GenericClient,
     jobs: &[(&NewJobRow, &JobRecord)],
-) -> Result<Vec<Inserted>> {
+) -> Result<Vec<Result<Inserted>>> {
     let n = jobs.len();
     let mut ids = Vec::with_capacity(n);
     let mut sources = Vec::with_capacity(n);
@@ -522,27 +522,32 @@ pub async fn insert_many(
         .collect::<std::result::Result<std::collections::HashSet<String>, _>>()?;
     let mut outcomes = Vec::with_capacity(n);
     for (row, _) in jobs {
-        if stored.contains(&row.id) {
-            outcomes.push(Inserted::Created);
-            continue;
-        }
-        let key = row
-            .idempotency_key
-            .as_deref()
-            .ok_or_else(|| corrupt("insert conflicted without an idempotency key"))?;
-        let existing = client
-            .query_one(
-                "SELECT id, request_hash FROM jobs WHERE idempotency_key = $1",
-                &[&key],
-            )
-            .await?;
-        let hash: Option<String> = existing.try_get("request_hash")?;
-        outcomes.push(Inserted::Replay {
-            id: existing.try_get("id")?,
-            same_request: hash.as_deref() == Some(row.request_hash.as_str()),
+        outcomes.push(if stored.contains(&row.id) {
+            Ok(Inserted::Created)
+        } else {
+            replay(client, row).await
         });
     }
     Ok(outcomes)
+}
+
+/// The job that holds the idempotency key a new job could not take.
+async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted> {
+    let key = row
+        .idempotency_key
+        .as_deref()
+        .ok_or_else(|| corrupt("insert conflicted without an idempotency key"))?;
+    let existing = client
+        .query_one(
+            "SELECT id, request_hash FROM jobs WHERE idempotency_key = $1",
+            &[&key],
+        )
+        .await?;
+    let hash: Option<String> = existing.try_get("request_hash")?;
+    Ok(Inserted::Replay {
+        id: existing.try_get("id")?,
+        same_request: hash.as_deref() == Some(row.request_hash.as_str()),
+    })
 }
 
 /// The job and its tasks, or `None`.

@@ -59,9 +59,12 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
         new_row(Some("key-1"), "h1", "f"),
     ];
     let refs: Vec<(&NewJobRow, &JobRecord)> = batch.iter().map(|(r, j)| (r, j)).collect();
-    let outcomes = store::insert_many(&client, &refs)
+    let outcomes: Vec<Inserted> = store::insert_many(&client, &refs)
         .await
-        .expect("the batch is written");
+        .expect("the batch is written")
+        .into_iter()
+        .map(|o| o.expect("an outcome"))
+        .collect();
     let a = batch[0].0.id.clone();
     let expected = [
         Inserted::Created,
