@@ -349,7 +349,6 @@ fn mapping_pairs(
     out
 }
 
-/// Parse and check a job document. `now` judges link expiries.
 /// Where a document holds the NUL character (U+0000), in a key or a string: PostgreSQL can store
 /// neither, so such a document is refused up front rather than failing when it is written.
 fn nul_errors(value: &Value) -> Vec<FieldError> {
@@ -390,6 +389,7 @@ fn nul_errors(value: &Value) -> Vec<FieldError> {
     out
 }
 
+/// Parse and check a job document. `now` judges link expiries.
 pub fn parse_job(
     value: &Value,
     limits: Limits,

@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::store::{self, Inserted, JobRecord, NewJobRow, Save, Saved, StoreError};
 
-/// The most writes one transaction carries.
+/// The most writes one batch carries.
 const MAX_BATCH: usize = 64;
 
 /// One queued write and where its outcome goes.
