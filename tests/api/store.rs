@@ -40,12 +40,17 @@ async fn stored_tags(client: &deadpool_postgres::Client, id: &str) -> Option<Vec
         .map(|r| r.get(0))
 }
 
-#[tokio::test]
-async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
+/// A connection to a new database with the schema in place.
+async fn migrated_database() -> deadpool_postgres::Client {
     let config: tokio_postgres::Config = fresh_database().await.parse().expect("a config");
     store::migrate(&config).await.expect("migrate");
     let pool = store::pool(config, 2).expect("a pool");
-    let client = pool.get().await.expect("a connection");
+    pool.get().await.expect("a connection")
+}
+
+#[tokio::test]
+async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
+    let client = migrated_database().await;
 
     let earlier = new_row(Some("key-before"), "h0", "e");
     let first = store::insert_job(&client, &earlier.0, &earlier.1).await;
@@ -105,10 +110,7 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
 
 #[tokio::test]
 async fn a_batch_with_one_refused_row_stores_none_of_it() {
-    let config: tokio_postgres::Config = fresh_database().await.parse().expect("a config");
-    store::migrate(&config).await.expect("migrate");
-    let pool = store::pool(config, 2).expect("a pool");
-    let client = pool.get().await.expect("a connection");
+    let client = migrated_database().await;
 
     let stored = new_row(None, "h0", "x");
     store::insert_job(&client, &stored.0, &stored.1)
