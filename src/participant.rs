@@ -389,23 +389,22 @@ fn without_nul(c: char) -> char {
     if c == '\0' { '\u{FFFD}' } else { c }
 }
 
-fn scrub_nul(value: Value) -> Value {
-    let text = |s: String| {
-        if s.contains('\0') {
-            s.chars().map(without_nul).collect()
-        } else {
-            s
-        }
-    };
+/// In place; a clean answer (the usual one) is not copied.
+fn scrub_nul(value: &mut Value) {
+    const NUL: char = '\0';
     match value {
-        Value::String(s) => Value::String(text(s)),
-        Value::Array(items) => Value::Array(items.into_iter().map(scrub_nul).collect()),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (text(k), scrub_nul(v)))
-                .collect(),
-        ),
-        other => other,
+        Value::String(s) if s.contains(NUL) => *s = s.replace(NUL, "\u{FFFD}"),
+        Value::Array(items) => items.iter_mut().for_each(scrub_nul),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains(NUL)) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (k.replace(NUL, "\u{FFFD}"), v))
+                    .collect();
+            }
+            map.values_mut().for_each(scrub_nul);
+        }
+        _ => {}
     }
 }
 
@@ -476,7 +475,10 @@ fn read_link(
     };
     let kept = json
         .filter(|_| body.len() <= MAX_KEPT_RESPONSE)
-        .map(scrub_nul);
+        .map(|mut v| {
+            scrub_nul(&mut v);
+            v
+        });
     Ok(Answer::Reserved {
         link: Link {
             uri: resolved.to_string(),
