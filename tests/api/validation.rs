@@ -169,30 +169,31 @@ async fn bad_registrations_and_unknown_jobs() {
         .submit(&json!({"autoConfirm": false, "tasks": []}))
         .await;
     let url = app.url(&format!("/jobs/{id}/participants"));
-    let resp = app
-        .http
-        .post(&url)
-        .json(&json!({"uri": "not a url", "expires": "soon"}))
-        .send()
-        .await
-        .expect("register");
-    assert_eq!(resp.status(), 422);
-    let problem: Value = resp.json().await.expect("problem");
-    let pointers: Vec<&str> = problem["errors"]
-        .as_array()
-        .map(|es| es.iter().filter_map(|e| e["pointer"].as_str()).collect())
-        .unwrap_or_default();
+    // A refused registration's status and the pointers its problem names.
+    let refused = |body: Value| {
+        let (http, url) = (app.http.clone(), url.clone());
+        async move {
+            let resp = http.post(&url).json(&body).send().await.expect("register");
+            let status = resp.status();
+            let problem: Value = resp.json().await.expect("problem");
+            let pointers: Vec<String> = problem["errors"]
+                .as_array()
+                .map(|es| {
+                    es.iter()
+                        .filter_map(|e| e["pointer"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (status, pointers)
+        }
+    };
+    let (status, pointers) = refused(json!({"uri": "not a url", "expires": "soon"})).await;
+    assert_eq!(status, 422);
     assert_eq!(pointers, vec!["/uri", "/expires"]);
-    let resp = app
-        .http
-        .post(&url)
-        .json(&json!({"uri": "http://a/r/\u{0}", "expires": "2999-01-01T00:00:00Z"}))
-        .send()
-        .await
-        .expect("register");
-    assert_eq!(resp.status(), 422);
-    let problem: Value = resp.json().await.expect("problem");
-    assert_eq!(problem["errors"][0]["pointer"], "/uri", "{problem:#}");
+    let (status, pointers) =
+        refused(json!({"uri": "http://a/r/\u{0}", "expires": "2999-01-01T00:00:00Z"})).await;
+    assert_eq!(status, 422);
+    assert_eq!(pointers, vec!["/uri"]);
     let job = app.get_job(&id).await;
     assert_eq!(
         job["tasks"].as_array().map(Vec::len),
