@@ -212,7 +212,8 @@ pub struct Config {
     )]
     pub call_timeout: Span,
 
-    /// Most participant calls in flight at once.
+    /// Most participant calls in flight at once; also how many idle keep-alive connections are
+    /// kept per participant host.
     #[arg(long, env = "TCC_MAX_INFLIGHT_CALLS", value_name = "TCC_MAX_INFLIGHT_CALLS", default_value = "512", value_parser = parse_positive, global = true)]
     pub max_inflight_calls: usize,
 

@@ -85,13 +85,16 @@ enum Failure {
 }
 
 impl ParticipantClient {
-    pub fn new() -> Result<Self, reqwest::Error> {
+    /// `max_inflight` is the most calls that can be out at once (`TCC_MAX_INFLIGHT_CALLS`): the
+    /// keep-alive pool keeps that many idle connections per participant host, so a busy host's
+    /// connections are reused rather than closed after each call and opened again.
+    pub fn new(max_inflight: usize) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(max_inflight)
             .user_agent(concat!("tcc-coordinator/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(ParticipantClient { http })

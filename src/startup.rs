@@ -72,7 +72,7 @@ impl Application {
         let engine = Engine::new(
             pool.clone(),
             db.clone(),
-            ParticipantClient::new()?,
+            ParticipantClient::new(config.max_inflight_calls)?,
             EngineSettings {
                 instance_id: instance_id.clone(),
                 lease_ttl: config.lease_ttl.0,

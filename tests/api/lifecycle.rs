@@ -561,3 +561,33 @@ async fn a_lost_confirm_answer_and_a_refusal_make_the_job_heuristic_not_failed()
     assert!(p.count(Op::Confirm, "a") >= 2, "a's confirm was sent again");
     app.stop().await;
 }
+
+/// Calls to one participant host keep their connections: after 80 Tries out at once (above what
+/// an idle pool of a fixed few dozen would keep), the 80 confirms go out on those same
+/// connections rather than on new ones.
+#[tokio::test]
+async fn many_calls_at_once_to_one_host_reuse_their_connections() {
+    const N: usize = 80;
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let names: Vec<String> = (0..N).map(|i| format!("r{i}")).collect();
+    for name in &names {
+        p.set_default(Op::Try, name, Reply::Together(N));
+        p.set_default(Op::Confirm, name, Reply::Together(N));
+    }
+    let tasks: Vec<(&str, String)> = names.iter().map(|n| (n.as_str(), p.url(n))).collect();
+    let id = app.submit(&job_of(&tasks)).await;
+    app.wait_status(&id, "completed").await;
+    assert!(names.iter().all(|n| p.confirmed(n)), "every task confirmed");
+    let tried = p.peers(Op::Try);
+    let confirmed = p.peers(Op::Confirm);
+    assert_eq!(
+        tried.len(),
+        N,
+        "the Tries were out at once, one connection each"
+    );
+    assert_eq!(confirmed.len(), N, "the confirms were out at once");
+    let fresh = confirmed.difference(&tried).count();
+    assert_eq!(fresh, 0, "{fresh} of {N} confirms needed a new connection");
+    app.stop().await;
+}

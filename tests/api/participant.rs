@@ -2,12 +2,13 @@
 //! ledger of every request and effect, and can be told, per resource name and operation, to
 //! answer a status, stall, or let its reservation lapse.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
@@ -42,6 +43,9 @@ pub enum Reply {
     ReserveWithNote(String),
     /// Answer this status with this body, without any effect.
     StatusBody(u16, String),
+    /// Hold the request until this many requests of its operation have arrived (so many are
+    /// out at once), for at most 30 s; then do what was asked.
+    Together(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +76,8 @@ pub struct Received {
     pub traceparent: Option<String>,
     pub body: Option<Value>,
     pub at: std::time::Instant,
+    /// The connection it came on (the caller's address and port).
+    pub peer: SocketAddr,
 }
 
 #[derive(Default)]
@@ -117,7 +123,14 @@ impl Shared {
         l.defaults.get(&key).cloned().unwrap_or(Reply::Ok)
     }
 
-    fn record(&self, op: Op, name: &str, headers: &HeaderMap, body: Option<Value>) {
+    fn record(
+        &self,
+        op: Op,
+        name: &str,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        body: Option<Value>,
+    ) {
         self.lock().received.push(Received {
             op,
             name: name.to_string(),
@@ -128,7 +141,18 @@ impl Shared {
             traceparent: header(headers, "traceparent"),
             body,
             at: std::time::Instant::now(),
+            peer,
         });
+    }
+
+    /// Wait until `n` requests of `op` have arrived, or 30 s have passed.
+    async fn together(&self, op: Op, n: usize) {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while self.lock().received.iter().filter(|r| r.op == op).count() < n
+            && std::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Mark a request on a resource in flight; overlapping ones are counted.
@@ -161,15 +185,21 @@ fn status(code: u16) -> Response {
 
 async fn try_handler(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
     let parsed: Option<Value> = serde_json::from_str(&body).ok();
-    s.record(Op::Try, &name, &headers, parsed);
+    s.record(Op::Try, &name, peer, &headers, parsed);
     let reply = s.next_reply(Op::Try, &name);
+    if let Reply::Together(n) = &reply {
+        s.together(Op::Try, *n).await;
+    }
     let ttl = match &reply {
-        Reply::Ok | Reply::ApplyThenStall | Reply::ReserveWithNote(_) => Duration::from_secs(60),
+        Reply::Ok | Reply::ApplyThenStall | Reply::ReserveWithNote(_) | Reply::Together(_) => {
+            Duration::from_secs(60)
+        }
         Reply::ReserveFor(d) => *d,
         Reply::ReserveLocationOnly => Duration::from_secs(60),
         Reply::Status(c) => return status(*c),
@@ -223,13 +253,16 @@ fn name_of(s: &Shared, id: &str) -> String {
         .unwrap_or_else(|| id.rsplit_once('-').map_or(id, |(n, _)| n).to_string())
 }
 
-async fn settle(s: Shared, op: Op, id: String, headers: HeaderMap) -> Response {
+async fn settle(s: Shared, op: Op, id: String, peer: SocketAddr, headers: HeaderMap) -> Response {
     let name = name_of(&s, &id);
-    s.record(op, &name, &headers, None);
+    s.record(op, &name, peer, &headers, None);
     s.enter(&id);
     // A little work, so that two requests arriving together really overlap here.
     tokio::time::sleep(Duration::from_millis(2)).await;
     let reply = s.next_reply(op, &name);
+    if let Reply::Together(n) = &reply {
+        s.together(op, *n).await;
+    }
     let lose_answer = matches!(reply, Reply::ApplyThenStall);
     let resp = match reply {
         Reply::Status(c) => status(c),
@@ -277,18 +310,20 @@ async fn settle(s: Shared, op: Op, id: String, headers: HeaderMap) -> Response {
 
 async fn confirm_handler(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    settle(s, Op::Confirm, id, headers).await
+    settle(s, Op::Confirm, id, peer, headers).await
 }
 
 async fn cancel_handler(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    settle(s, Op::Cancel, id, headers).await
+    settle(s, Op::Cancel, id, peer, headers).await
 }
 
 impl Participant {
@@ -308,6 +343,7 @@ impl Participant {
             .route("/r/{id}", put(confirm_handler).delete(cancel_handler))
             .with_state(shared);
         let server = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app).await;
         });
         Participant {
@@ -389,6 +425,16 @@ impl Participant {
             ResState::Reserved => r.expires <= now,
             ResState::Confirmed => false,
         })
+    }
+
+    /// The connections that requests of `op` came on.
+    pub fn peers(&self, op: Op) -> HashSet<SocketAddr> {
+        self.lock()
+            .received
+            .iter()
+            .filter(|r| r.op == op)
+            .map(|r| r.peer)
+            .collect()
     }
 
     /// Requests that arrived on a resource while another was still being answered.
