@@ -152,7 +152,10 @@ pub async fn create_job(
         max_tasks: state.settings.max_tasks,
     };
     let new = request::parse_job(&value, limits, now).map_err(ApiError::validation)?;
-    let hash = repr::sha256_hex(repr::canonical(&value).to_string().as_bytes());
+    // Only a replay under the same key compares hashes.
+    let hash = key
+        .as_ref()
+        .map(|_| repr::sha256_hex(repr::canonical(&value).to_string().as_bytes()));
     let id = uuid::Uuid::now_v7().to_string();
     let row = store::NewJobRow {
         id,

@@ -280,7 +280,8 @@ pub struct NewJobRow {
     pub owner: String,
     pub lease_ttl: Duration,
     pub idempotency_key: Option<String>,
-    pub request_hash: String,
+    /// What a replay under the same key must match: a hash of the request (set with a key).
+    pub request_hash: Option<String>,
     pub traceparent: Option<String>,
 }
 
@@ -427,7 +428,7 @@ pub async fn insert_many(
         owners.push(row.owner.as_str());
         ttls.push(row.lease_ttl.as_secs_f64());
         keys.push(row.idempotency_key.as_deref());
-        hashes.push(row.request_hash.as_str());
+        hashes.push(row.request_hash.as_deref());
         traceparents.push(row.traceparent.as_deref());
         for t in &job.tasks {
             job_of.push(row.id.as_str());
@@ -546,7 +547,7 @@ async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted
     let hash: Option<String> = existing.try_get("request_hash")?;
     Ok(Inserted::Replay {
         id: existing.try_get("id")?,
-        same_request: hash.as_deref() == Some(row.request_hash.as_str()),
+        same_request: hash.is_some() && hash == row.request_hash,
     })
 }
 

@@ -25,7 +25,7 @@ fn new_row(key: Option<&str>, hash: &str, task: &str) -> (NewJobRow, JobRecord) 
         owner: "store-test".into(),
         lease_ttl: Duration::from_secs(30),
         idempotency_key: key.map(str::to_string),
-        request_hash: hash.into(),
+        request_hash: key.map(|_| hash.to_string()),
         traceparent: None,
     };
     let record = store::initial_record(&row).expect("an initial record");
