@@ -91,6 +91,10 @@ impl ParticipantClient {
     pub fn new(max_inflight: usize) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Whether and when a call is sent again is the engine's decision (same request-id,
+            // the job's retry policy). reqwest's own retries would also copy every request
+            // before sending it, in case.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -118,7 +122,7 @@ impl ParticipantClient {
         }
         let mut resp = req.send().await.map_err(classify_error)?;
         let status = resp.status();
-        let headers = resp.headers().clone();
+        let headers = std::mem::take(resp.headers_mut());
         let mut buf = Vec::new();
         let body = loop {
             match resp.chunk().await {
@@ -442,10 +446,20 @@ fn read_link(
             (location.to_string(), None)
         }
     };
-    let base = url::Url::parse(task_url).map_err(|e| format!("bad taskURL: {e}"))?;
-    let resolved = base
-        .join(&uri)
-        .map_err(|e| format!("the Try answer's link {uri:?} is not a URL: {e}"))?;
+    let not_a_url = |e: url::ParseError| format!("the Try answer's link {uri:?} is not a URL: {e}");
+    // An absolute http(s) link resolves to itself: no need to parse the task URL as its base.
+    let absolute = ["http://", "https://"].iter().any(|p| {
+        uri.get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p))
+    });
+    let resolved = if absolute {
+        url::Url::parse(&uri).map_err(not_a_url)?
+    } else {
+        url::Url::parse(task_url)
+            .map_err(|e| format!("bad taskURL: {e}"))?
+            .join(&uri)
+            .map_err(not_a_url)?
+    };
     if !matches!(resolved.scheme(), "http" | "https") {
         return Err(format!(
             "the Try answer's link {resolved} is not an http or https URL"
@@ -495,6 +509,7 @@ fn read_link(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn deadline() -> DateTime<Utc> {
         Utc::now() + chrono::Duration::seconds(60)
@@ -509,6 +524,24 @@ mod tests {
                 assert!(note.is_none());
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn absolute_and_scheme_relative_links() {
+        let cases = [
+            ("HTTPS://Q:8443/r/1?x=1", "https://q:8443/r/1?x=1"),
+            ("http://other/r/2", "http://other/r/2"),
+            ("//q/r/3", "http://q/r/3"),
+            ("http:r/4", "http://p:9/try/r/4"),
+        ];
+        for (uri, want) in cases {
+            let body = json!({"participantLink": {"uri": uri, "expires": "2999-01-01T00:00:00Z"}});
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            match read_link("http://p:9/try/x", &HeaderMap::new(), &body, deadline()) {
+                Ok(Answer::Reserved { link, .. }) => assert_eq!(link.uri, want, "{uri}"),
+                other => panic!("{uri}: {other:?}"),
+            }
         }
     }
 

@@ -120,7 +120,7 @@ pub fn task_repr(base: &str, job_id: &str, t: &Task) -> Value {
         t.last_message.clone().map_or(Value::Null, Value::String),
     );
     if let Some(r) = &t.try_response {
-        o.insert("tryResponse".into(), r.clone());
+        o.insert("tryResponse".into(), Value::clone(r));
     }
     o.insert(
         "_links".into(),

@@ -65,7 +65,8 @@ pub struct Task {
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub last_message: Option<String>,
-    pub try_response: Option<Value>,
+    /// The Try answer as kept; shared, as it never changes once there.
+    pub try_response: Option<Arc<Value>>,
 }
 
 impl Task {

@@ -555,7 +555,7 @@ fn apply_try(
             }
             let task = &mut job.tasks[idx];
             task.link = Some(link);
-            task.try_response = response;
+            task.try_response = response.map(std::sync::Arc::new);
             task.next_attempt_at = None;
             task.last_message = Some(if notes.is_empty() {
                 "reserved".to_string()

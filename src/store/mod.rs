@@ -256,7 +256,9 @@ fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
         start_time: row.try_get("start_time")?,
         end_time: row.try_get("end_time")?,
         last_message: row.try_get("last_message")?,
-        try_response: row.try_get("try_response")?,
+        try_response: row
+            .try_get::<_, Option<Value>>("try_response")?
+            .map(std::sync::Arc::new),
     })
 }
 
@@ -728,7 +730,7 @@ pub async fn save_many(
             start.push(t.start_time);
             end.push(t.end_time);
             message.push(t.last_message.as_deref());
-            response.push(t.try_response.as_ref());
+            response.push(t.try_response.as_deref());
         }
     }
     let stmt = client
