@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-mod group_commit;
+pub mod group_commit;
 
 use group_commit::GroupCommit;
 

@@ -1,12 +1,15 @@
-//! The store's batched insert on a real PostgreSQL: many new jobs in one statement, idempotency
-//! keys taken earlier or inside the same batch, and a batch that must fail as a whole.
+//! The store's batched writes on a real PostgreSQL: many new jobs in one statement, idempotency
+//! keys taken earlier or inside the same batch, a batch that must fail as a whole, and the group
+//! commit writing such a batch again write by write.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
 use tcc_coordinator::domain::request::{Limits, parse_job};
-use tcc_coordinator::store::{self, Inserted, JobRecord, NewJobRow};
+use tcc_coordinator::engine::group_commit::GroupCommit;
+use tcc_coordinator::store::{self, Fence, Inserted, JobRecord, NewJobRow, Save, Saved};
 
 use crate::helpers::fresh_database;
 
@@ -40,12 +43,16 @@ async fn stored_tags(client: &deadpool_postgres::Client, id: &str) -> Option<Vec
         .map(|r| r.get(0))
 }
 
-/// A connection to a new database with the schema in place.
-async fn migrated_database() -> deadpool_postgres::Client {
+/// A pool on a new database with the schema in place.
+async fn migrated_pool() -> deadpool_postgres::Pool {
     let config: tokio_postgres::Config = fresh_database().await.parse().expect("a config");
     store::migrate(&config).await.expect("migrate");
-    let pool = store::pool(config, 2).expect("a pool");
-    pool.get().await.expect("a connection")
+    store::pool(config, 2).expect("a pool")
+}
+
+/// A connection to a new database with the schema in place.
+async fn migrated_database() -> deadpool_postgres::Client {
+    migrated_pool().await.get().await.expect("a connection")
 }
 
 #[tokio::test]
@@ -134,4 +141,94 @@ async fn a_batch_with_one_refused_row_stores_none_of_it() {
         stored_tags(&client, &stored.0.id).await,
         Some(vec!["shared".to_string(), "x".to_string()])
     );
+}
+
+/// A save of job `id` (as `new_row` stored it) whose one task now says `message`.
+async fn save_saying(client: &deadpool_postgres::Client, id: &str, message: &str) -> Save {
+    let record = store::load_job(client, id)
+        .await
+        .expect("load")
+        .expect("stored");
+    let mut task = record.job.tasks[0].clone();
+    task.last_message = Some(message.to_string());
+    Save {
+        id: id.to_string(),
+        status: record.job.status,
+        failure_reason: None,
+        fence: Fence {
+            owner: "store-test".into(),
+            generation: record.lease_generation,
+        },
+        tasks: vec![task],
+        shared_state: None,
+        guard_seq: None,
+        release: None,
+        durable: true,
+        lease_ttl: Duration::from_secs(30),
+    }
+}
+
+/// One batch of the group commit carrying two new jobs and two saves, one of each refused by the
+/// database (a job id already taken; a NUL character, which PostgreSQL stores in no text): both
+/// statements fail, and the group commit writes their writes again one by one, so that only the
+/// two bad ones fail.
+#[tokio::test]
+async fn the_group_commit_fails_only_the_bad_writes_of_a_refused_batch() {
+    let pool = migrated_pool().await;
+    let client = pool.get().await.expect("a connection");
+    let taken = new_row(None, "h0", "t");
+    let saved_ok = new_row(None, "h1", "s");
+    for (row, record) in [&taken, &saved_ok] {
+        store::insert_job(&client, row, record)
+            .await
+            .expect("stored");
+    }
+    let good_new = new_row(None, "h2", "g");
+    let bad_new = new_row(None, "h3", "b");
+    let bad_new = (
+        NewJobRow {
+            id: taken.0.id.clone(),
+            ..bad_new.0
+        },
+        bad_new.1,
+    );
+    let good_save = save_saying(&client, &saved_ok.0.id, "noted").await;
+    let bad_save = save_saying(&client, &taken.0.id, "bad \0 byte").await;
+
+    // On this test's single-threaded runtime, the first write starts the writer task and the
+    // others queue before it runs: the four are one batch.
+    let commits = Arc::new(GroupCommit::new(1));
+    let (bad_insert, good_insert, bad_saved, good_saved) = tokio::join!(
+        commits.insert(&pool, bad_new.0, bad_new.1),
+        commits.insert(&pool, good_new.0.clone(), good_new.1),
+        commits.save(&pool, bad_save),
+        commits.save(&pool, good_save),
+    );
+    assert!(bad_insert.is_err(), "{bad_insert:?}");
+    assert!(
+        matches!(good_insert, Ok(Inserted::Created)),
+        "{good_insert:?}"
+    );
+    assert!(bad_saved.is_err(), "{bad_saved:?}");
+    assert!(matches!(good_saved, Ok(Saved::Ok { .. })), "{good_saved:?}");
+
+    let load = |id: String| {
+        let client = &client;
+        async move {
+            store::load_job(client, &id)
+                .await
+                .expect("load")
+                .expect("stored")
+        }
+    };
+    assert_eq!(load(good_new.0.id.clone()).await.job.tasks[0].task_id, "g");
+    let said = |r: &JobRecord| r.job.tasks[0].last_message.clone();
+    assert_eq!(
+        said(&load(saved_ok.0.id.clone()).await).as_deref(),
+        Some("noted")
+    );
+    // The job whose id was taken is the one stored first, untouched by either bad write.
+    let first = load(taken.0.id.clone()).await;
+    assert_eq!(first.job.tasks[0].task_id, "t");
+    assert_eq!(said(&first), said(&taken.1));
 }
