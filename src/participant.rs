@@ -92,8 +92,8 @@ impl ParticipantClient {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             // Whether and when a call is sent again is the engine's decision (same request-id,
-            // the job's retry policy). reqwest's own retries would also copy every request
-            // before sending it, in case.
+            // the job's retry policy). reqwest's own retries (of HTTP/2 refusals only, and this
+            // client speaks HTTP/1.1) still copied every request before sending it, in case.
             .retry(reqwest::retry::never().max_retries_per_request(0))
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
