@@ -35,6 +35,15 @@ fn new_row(key: Option<&str>, hash: &str, task: &str) -> (NewJobRow, JobRecord) 
     (row, record)
 }
 
+/// The same new job under another id (one already taken makes the database refuse the row).
+fn with_id((row, record): (NewJobRow, JobRecord), id: &str) -> (NewJobRow, JobRecord) {
+    let row = NewJobRow {
+        id: id.to_string(),
+        ..row
+    };
+    (row, record)
+}
+
 async fn stored_tags(client: &deadpool_postgres::Client, id: &str) -> Option<Vec<String>> {
     client
         .query_opt("SELECT tags FROM jobs WHERE id = $1", &[&id])
@@ -125,14 +134,7 @@ async fn a_batch_with_one_refused_row_stores_none_of_it() {
         .expect("stored");
     let good = new_row(None, "h1", "y");
     // The same id again: the database refuses that row.
-    let again = new_row(None, "h2", "z");
-    let again = (
-        NewJobRow {
-            id: stored.0.id.clone(),
-            ..again.0
-        },
-        again.1,
-    );
+    let again = with_id(new_row(None, "h2", "z"), &stored.0.id);
     let refs = [(&good.0, &good.1), (&again.0, &again.1)];
     assert!(store::insert_many(&client, &refs).await.is_err());
     assert_eq!(stored_tags(&client, &good.0.id).await, None);
@@ -184,14 +186,7 @@ async fn the_group_commit_fails_only_the_bad_writes_of_a_refused_batch() {
             .expect("stored");
     }
     let good_new = new_row(None, "h2", "g");
-    let bad_new = new_row(None, "h3", "b");
-    let bad_new = (
-        NewJobRow {
-            id: taken.0.id.clone(),
-            ..bad_new.0
-        },
-        bad_new.1,
-    );
+    let bad_new = with_id(new_row(None, "h3", "b"), &taken.0.id);
     let good_save = save_saying(&client, &saved_ok.0.id, "noted").await;
     let bad_save = save_saying(&client, &taken.0.id, "bad \0 byte").await;
 
