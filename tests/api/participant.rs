@@ -155,13 +155,18 @@ impl Shared {
         }
     }
 
-    /// Mark a request on a resource in flight; overlapping ones are counted.
-    fn enter(&self, id: &str) {
+    /// Mark a request on a resource in flight until the guard is dropped; overlapping ones are
+    /// counted.
+    fn enter(&self, id: &str) -> InFlight {
         let mut l = self.lock();
         let n = l.in_flight.entry(id.to_string()).or_insert(0);
         *n += 1;
         if *n > 1 {
             l.overlaps += 1;
+        }
+        InFlight {
+            shared: self.clone(),
+            id: id.to_string(),
         }
     }
 
@@ -169,6 +174,19 @@ impl Shared {
         if let Some(n) = self.lock().in_flight.get_mut(id) {
             *n = n.saturating_sub(1);
         }
+    }
+}
+
+/// A request on a resource being handled. It ends when its handler ends, also when the caller
+/// hung up and the handler was dropped half-way (a killed coordinator's call).
+struct InFlight {
+    shared: Shared,
+    id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.leave(&self.id);
     }
 }
 
@@ -256,7 +274,7 @@ fn name_of(s: &Shared, id: &str) -> String {
 async fn settle(s: Shared, op: Op, id: String, peer: SocketAddr, headers: HeaderMap) -> Response {
     let name = name_of(&s, &id);
     s.record(op, &name, peer, &headers, None);
-    s.enter(&id);
+    let in_flight = s.enter(&id);
     // A little work, so that two requests arriving together really overlap here.
     tokio::time::sleep(Duration::from_millis(2)).await;
     let reply = s.next_reply(op, &name);
@@ -271,7 +289,7 @@ async fn settle(s: Shared, op: Op, id: String, peer: SocketAddr, headers: Header
             (status(c).status(), [("retry-after", secs.to_string())]).into_response()
         }
         Reply::Stall => {
-            s.leave(&id);
+            drop(in_flight);
             return stall().await;
         }
         _ => {
@@ -300,11 +318,10 @@ async fn settle(s: Shared, op: Op, id: String, peer: SocketAddr, headers: Header
             }
         }
     };
+    drop(in_flight);
     if lose_answer {
-        s.leave(&id);
         return stall().await;
     }
-    s.leave(&id);
     resp
 }
 
