@@ -174,7 +174,8 @@ async fn save_saying(client: &deadpool_postgres::Client, id: &str, message: &str
 /// database (a job id already taken; a NUL character, which PostgreSQL stores in no text): both
 /// statements fail, and the group commit writes their writes again one by one, so that only the
 /// two bad ones fail.
-#[tokio::test]
+// Single-threaded on purpose: the writer task cannot run before all four writes are queued.
+#[tokio::test(flavor = "current_thread")]
 async fn the_group_commit_fails_only_the_bad_writes_of_a_refused_batch() {
     let pool = migrated_pool().await;
     let client = pool.get().await.expect("a connection");
