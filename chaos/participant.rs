@@ -44,7 +44,7 @@ pub struct Faults {
 pub enum ResState {
     Reserved,
     Confirmed,
-    Cancelled,
+    Canceled,
 }
 
 /// One reservation in the ledger.
@@ -61,10 +61,10 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Nothing is held any more: cancelled, or lapsed unconfirmed.
+    /// Nothing is held any more: canceled, or lapsed unconfirmed.
     pub fn released(&self, now: DateTime<Utc>) -> bool {
         match self.state {
-            ResState::Cancelled => true,
+            ResState::Canceled => true,
             ResState::Reserved => self.expires <= now,
             ResState::Confirmed => false,
         }
@@ -308,7 +308,7 @@ fn apply(inner: &Inner, id: &str, op: Settle) -> StatusCode {
     };
     match (op, r.state) {
         (Settle::Confirm, ResState::Confirmed) => StatusCode::NO_CONTENT,
-        (Settle::Confirm, ResState::Cancelled) => StatusCode::NOT_FOUND,
+        (Settle::Confirm, ResState::Canceled) => StatusCode::NOT_FOUND,
         (Settle::Confirm, ResState::Reserved) if r.expires <= now => StatusCode::NOT_FOUND,
         (Settle::Confirm, ResState::Reserved) => {
             r.state = ResState::Confirmed;
@@ -316,10 +316,10 @@ fn apply(inner: &Inner, id: &str, op: Settle) -> StatusCode {
             StatusCode::NO_CONTENT
         }
         (Settle::Cancel, ResState::Confirmed) => StatusCode::CONFLICT,
-        (Settle::Cancel, ResState::Cancelled) => StatusCode::NO_CONTENT,
+        (Settle::Cancel, ResState::Canceled) => StatusCode::NO_CONTENT,
         (Settle::Cancel, ResState::Reserved) if r.expires <= now => StatusCode::NOT_FOUND,
         (Settle::Cancel, ResState::Reserved) => {
-            r.state = ResState::Cancelled;
+            r.state = ResState::Canceled;
             r.cancels_applied += 1;
             StatusCode::NO_CONTENT
         }

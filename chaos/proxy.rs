@@ -31,7 +31,7 @@ pub enum Mode {
 
 struct State {
     mode: Mode,
-    /// Cancelled to drop every open connection at once.
+    /// Canceled to drop every open connection at once.
     generation: CancellationToken,
 }
 

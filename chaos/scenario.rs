@@ -3,7 +3,7 @@
 //!
 //! The promise, for every accepted job: it reaches a terminal status within a bound; either every
 //! participant applied the confirm exactly once, or none applied a confirm and every reservation
-//! was released (cancelled or lapsed), or the job is heuristic; no reservation ever saw two calls
+//! was released (canceled or lapsed), or the job is heuristic; no reservation ever saw two calls
 //! at once; and the coordinator's view of each task matches the participant's ledger.
 
 use std::path::PathBuf;
@@ -265,11 +265,11 @@ fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Repo
             }
             for t in &job.tasks {
                 if let Some(r) = by_task(&t.task_id)
-                    && t.status == TaskStatus::Cancelled
+                    && t.status == TaskStatus::Canceled
                     && !r.released(now)
                 {
                     v.push(format!(
-                        "{}: task {} cancelled, but the participant still holds {}",
+                        "{}: task {} canceled, but the participant still holds {}",
                         job.id, t.task_id, r.id
                     ));
                 }
@@ -292,7 +292,7 @@ fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Repo
         let state = by_task(&t.task_id).map(|r| r.state);
         let contradiction = match t.status {
             TaskStatus::Confirmed => state != Some(ResState::Confirmed),
-            TaskStatus::Cancelled | TaskStatus::Failed | TaskStatus::Expired => {
+            TaskStatus::Canceled | TaskStatus::Failed | TaskStatus::Expired => {
                 state == Some(ResState::Confirmed)
             }
             _ => false,
@@ -536,7 +536,7 @@ async fn run_inner(
         drop(client);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Reservations of cancelled jobs may still be lapsing: give the longest one its time.
+    // Reservations of canceled jobs may still be lapsing: give the longest one its time.
     let client = checker.get().await.map_err(|e| err(&e))?;
     for a in &accepted {
         let Some(record) = store::load_job(&client, &a.id).await.map_err(|e| err(&e))? else {

@@ -3,7 +3,6 @@
 //! Each setting is a `--flag` and an environment variable; a bad value stops start-up with a
 //! message that names the setting. The rest of the program trusts what it gets from here.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -68,6 +67,66 @@ impl FromStr for Bytes {
     }
 }
 
+/// An address to listen on: `host:port` with a host name or an IP (`[::1]:8080` for IPv6), or
+/// `:port` for every interface. Host names are resolved when the listener is bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "{s:?} is not host:port or :port (examples: 127.0.0.1:8080, localhost:8080, [::1]:8080, :8080)"
+            )
+        };
+        let (host, port) = s.trim().rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host = if host.is_empty() {
+            "0.0.0.0".to_string()
+        } else if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            v6.to_string()
+        } else if host.parse::<std::net::Ipv4Addr>().is_ok()
+            || (host.len() <= 253
+                && host.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                }))
+        {
+            host.to_string()
+        } else {
+            return Err(bad());
+        };
+        Ok(ListenAddr { host, port })
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only when the output is a terminal.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
 fn parse_public_url(s: &str) -> Result<String, String> {
     let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
@@ -122,23 +181,35 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
-    /// Address of the HTTP API.
+    /// Address of the HTTP API: host:port (a host name or an IP) or :port for every interface.
     #[arg(
         long,
         env = "TCC_LISTEN",
+        value_name = "TCC_LISTEN",
         default_value = "127.0.0.1:8080",
         global = true
     )]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
 
-    /// A second address serving only /metrics.
+    /// A second address serving only /metrics (same forms as TCC_LISTEN).
     #[arg(
         long,
         env = "TCC_METRICS_LISTEN",
         value_name = "TCC_METRICS_LISTEN",
         global = true
     )]
-    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<ListenAddr>,
+
+    /// Log format: text (colour only on a terminal) or json (one object a line).
+    #[arg(
+        long,
+        env = "TCC_LOG_FORMAT",
+        value_name = "TCC_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
 
     /// Base of the absolute links the API writes; unset: taken from each request's Host.
     #[arg(long, env = "TCC_PUBLIC_URL", value_name = "TCC_PUBLIC_URL", value_parser = parse_public_url, global = true)]
@@ -307,6 +378,18 @@ mod tests {
         assert!("ten".parse::<Span>().is_err());
         assert!("5y".parse::<Span>().is_err());
         assert!("-1".parse::<Span>().is_err());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let a = |s: &str| s.parse::<ListenAddr>().map(|a| a.to_string());
+        assert_eq!(a("127.0.0.1:8080"), Ok("127.0.0.1:8080".into()));
+        assert_eq!(a("localhost:9"), Ok("localhost:9".into()));
+        assert_eq!(a(":8080"), Ok("0.0.0.0:8080".into()));
+        assert_eq!(a("[::1]:80"), Ok("[::1]:80".into()));
+        for bad in ["8080", "host:", "host:99999", "a b:1", "[zz]:1", "-x:1", ""] {
+            assert!(a(bad).is_err(), "{bad:?} refused");
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The `tcc-coordinator` command: `serve` (the default) and `migrate`.
 
 use clap::{Parser, Subcommand};
-use tcc_coordinator::config::Config;
-use tcc_coordinator::startup::{Application, Database, shutdown_signal};
+use tcc_coordinator::config::{Config, LogFormat};
+use tcc_coordinator::startup::{Application, Database, Listeners, shutdown_signal};
 
 /// Every job allocates many small, short-lived buffers (HTTP heads, JSON, statement parameters)
 /// across threads; mimalloc serves them with less CPU than the system allocator
@@ -33,12 +33,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logs(cli.config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -55,22 +50,46 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `RUST_LOG` filters (default `info`); `TCC_LOG_FORMAT` chooses text or JSON lines. Colour
+/// codes only when the output is a terminal. Lines about a job carry its `jobID` and
+/// `correlationID` (the driver's span; in JSON, the `span` object).
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     cli.config.validate()?;
-    let db = Database::open(&cli.config).await?;
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => tcc_coordinator::store::migrate(&db.config)
+    if matches!(cli.command, Some(Command::Migrate)) {
+        let db = Database::open(&cli.config).await?;
+        let result = tcc_coordinator::store::migrate(&db.config)
             .await
             .map(|applied| tracing::info!(?applied, "migrations applied"))
-            .map_err(Into::into),
-        Command::Serve => serve(&cli.config, &db).await,
-    };
+            .map_err(Into::into);
+        db.close().await;
+        return result;
+    }
+    // The ports first: a busy port fails start-up at once, before a cluster is created or a
+    // migration runs.
+    let listeners = Listeners::bind(&cli.config).await?;
+    let db = Database::open(&cli.config).await?;
+    let result = serve(&cli.config, listeners, &db).await;
     db.close().await;
     result
 }
 
-async fn serve(config: &Config, db: &Database) -> anyhow::Result<()> {
-    let app = Application::build(config, &db.config).await?;
+async fn serve(config: &Config, listeners: Listeners, db: &Database) -> anyhow::Result<()> {
+    let app = Application::build_on(listeners, config, &db.config).await?;
     tracing::info!(addr = %app.local_addr()?, "tcc-coordinator serving");
     if let Some(m) = app.metrics_addr() {
         tracing::info!(addr = %m, "metrics serving");

@@ -21,6 +21,15 @@ pub const HTTP_REQUEST_DURATION: &str = "tcc_http_request_duration_seconds";
 pub const ENGINE_LEASE_LOST: &str = "tcc_engine_lease_lost_total";
 pub const DB_POOL_CONNECTIONS: &str = "tcc_db_pool_connections";
 pub const BUILD_INFO: &str = "tcc_build_info";
+pub const ENGINE_DRIVER_FAILURES: &str = "tcc_engine_driver_failures_total";
+pub const API_REJECTED: &str = "tcc_api_rejected_total";
+
+/// `tcc_engine_driver_failures_total{kind}`: the values of `kind`.
+pub const DRIVER_FAILURE_KINDS: [&str; 3] = ["panic", "illegal", "store"];
+/// `tcc_api_rejected_total{reason}`: a request refused with 503 because the accept queue or the
+/// in-flight limit was full (`overloaded`), or answered 503 because it ran out of time
+/// (`timeout`).
+pub const REJECTED_REASONS: [&str; 2] = ["overloaded", "timeout"];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -38,6 +47,14 @@ pub fn install() -> Option<PrometheusHandle> {
                 .install_recorder()
                 .ok()?;
             describe();
+            // Counters exist from start-up, at 0, for every label value, so that increase()
+            // and alerts work before the first event.
+            for kind in DRIVER_FAILURE_KINDS {
+                metrics::counter!(ENGINE_DRIVER_FAILURES, "kind" => kind).absolute(0);
+            }
+            for reason in REJECTED_REASONS {
+                metrics::counter!(API_REJECTED, "reason" => reason).absolute(0);
+            }
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             Some(handle)
         })
@@ -87,5 +104,13 @@ fn describe() {
         "Times this instance found a job's lease taken by another instance."
     );
     describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections by state.");
+    describe_counter!(
+        ENGINE_DRIVER_FAILURES,
+        "Job drivers that ended in a panic, an illegal transition or a store error; the job is retried."
+    );
+    describe_counter!(
+        API_REJECTED,
+        "Requests answered 503: overloaded (queue or in-flight limit full) or timeout."
+    );
     describe_gauge!(BUILD_INFO, "Build information.");
 }

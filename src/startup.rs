@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiSettings, AppState};
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::domain::PlannerSettings;
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::engine::{Engine, EngineSettings};
@@ -52,6 +52,29 @@ impl Database {
     }
 }
 
+/// The listening sockets, bound before anything else starts.
+pub struct Listeners {
+    api: TcpListener,
+    metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Bind `TCC_LISTEN` (and `TCC_METRICS_LISTEN`); host names are resolved here.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        async fn bind(name: &str, addr: &ListenAddr) -> anyhow::Result<TcpListener> {
+            TcpListener::bind((addr.host.as_str(), addr.port))
+                .await
+                .map_err(|e| anyhow::anyhow!("{name} {addr}: {e}"))
+        }
+        let api = bind("TCC_LISTEN", &config.listen).await?;
+        let metrics = match &config.metrics_listen {
+            Some(addr) => Some(bind("TCC_METRICS_LISTEN", addr).await?),
+            None => None,
+        };
+        Ok(Listeners { api, metrics })
+    }
+}
+
 /// A coordinator, built and bound, ready to run.
 pub struct Application {
     listener: TcpListener,
@@ -61,8 +84,21 @@ pub struct Application {
 }
 
 impl Application {
-    /// Migrate the database, build the engine and bind the listeners.
+    /// Bind the listeners, migrate the database, build the engine.
     pub async fn build(config: &Config, db: &tokio_postgres::Config) -> anyhow::Result<Self> {
+        Self::build_on(Listeners::bind(config).await?, config, db).await
+    }
+
+    /// Migrate the database and build the engine, serving on listeners already bound.
+    pub async fn build_on(
+        listeners: Listeners,
+        config: &Config,
+        db: &tokio_postgres::Config,
+    ) -> anyhow::Result<Self> {
+        let Listeners {
+            api: listener,
+            metrics: metrics_listener,
+        } = listeners;
         let applied = store::migrate(db).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "migrations applied");
@@ -87,17 +123,10 @@ impl Application {
                 },
             },
         );
-        let listener = TcpListener::bind(config.listen)
+        engine
+            .take_identity()
             .await
-            .map_err(|e| anyhow::anyhow!("TCC_LISTEN {}: {e}", config.listen))?;
-        let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("TCC_METRICS_LISTEN {addr}: {e}"))?,
-            ),
-            None => None,
-        };
+            .map_err(|e| anyhow::anyhow!("instance identity: {e}"))?;
         let state = AppState {
             pool,
             engine: engine.clone(),

@@ -222,12 +222,14 @@ fn parse_list_query(q: Option<&str>) -> Result<JobFilter, ApiError> {
                     f.statuses.extend(JobStatus::WORKING);
                 } else {
                     let s = v.parse::<JobStatus>().map_err(|_| {
-                        bad(
-                            "status",
-                            format!(
-                                "{v:?} is not a job status (pending, trying, reserved, confirming, cancelling, completed, failed, canceled, heuristic, working)"
+                        let detail = match v.as_ref() {
+                            "cancelling" => "\"cancelling\" is spelt \"canceling\" (one l, as every status)".to_string(),
+                            "cancelled" => "\"cancelled\" is spelt \"canceled\" (one l, as every status)".to_string(),
+                            _ => format!(
+                                "{v:?} is not a job status (pending, trying, reserved, confirming, canceling, completed, failed, canceled, heuristic, working)"
                             ),
-                        )
+                        };
+                        bad("status", detail)
                     })?;
                     f.statuses.push(s);
                 }
@@ -347,7 +349,7 @@ pub async fn cancel_job(
             let record = load(&state, &id).await?;
             Ok(job_response(StatusCode::OK, &base, &record, false))
         }
-        RequestOutcome::AlreadyAt(JobStatus::Cancelling, Some(FailureReason::Client)) => {
+        RequestOutcome::AlreadyAt(JobStatus::Canceling, Some(FailureReason::Client)) => {
             let record = load(&state, &id).await?;
             Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
         }
@@ -356,7 +358,7 @@ pub async fn cancel_job(
         ))),
         RequestOutcome::NotFound => Err(ApiError::not_found(format!("no job {id}"))),
         RequestOutcome::NoTasks | RequestOutcome::CancelRequested => Err(ApiError::conflict(
-            "the job cannot be cancelled in its current state",
+            "the job cannot be canceled in its current state",
         )),
     }
 }
@@ -461,7 +463,7 @@ pub async fn confirm_job(
                 confirm_outcome(&base, &record)
             } else {
                 Err(ApiError::conflict(format!(
-                    "the job is {}: it is being cancelled and can no longer be confirmed",
+                    "the job is {}: it is being canceled and can no longer be confirmed",
                     record.job.status
                 ))
                 .with("tasks", repr::task_outcomes(&record)))
@@ -615,6 +617,15 @@ mod tests {
         assert!(e.is_some_and(|e| e.detail.contains("status")));
         let e = parse_list_query(Some("limit=501")).err();
         assert!(e.is_some_and(|e| e.detail.contains("limit")));
+        for british in ["cancelling", "cancelled"] {
+            let e = parse_list_query(Some(&format!("status={british}"))).err();
+            let right = british.replacen("ll", "l", 1);
+            assert!(
+                e.is_some_and(|e| e.status == axum::http::StatusCode::BAD_REQUEST
+                    && e.detail.contains(&format!("{right:?}"))),
+                "{british} is answered 400 naming {right}"
+            );
+        }
         let f = parse_list_query(Some("status=working&status=completed&tag=a")).ok();
         assert_eq!(f.map(|f| f.statuses.len()), Some(5));
     }

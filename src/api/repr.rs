@@ -179,7 +179,7 @@ fn task_weight(s: TaskStatus) -> u32 {
         TaskStatus::Pending => 0,
         TaskStatus::Trying => 10,
         TaskStatus::Reserved => 50,
-        TaskStatus::Confirming | TaskStatus::Cancelling => 60,
+        TaskStatus::Confirming | TaskStatus::Canceling => 60,
         _ => 100,
     }
 }

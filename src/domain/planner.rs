@@ -123,7 +123,7 @@ pub fn plan(
                 plan_undecided(job, &busy, now, settings, &mut plan)?
             }
             JobStatus::Confirming => plan_confirming(job, &busy, now, &mut plan)?,
-            JobStatus::Cancelling => plan_cancelling(job, &busy, now, &mut plan)?,
+            JobStatus::Canceling => plan_canceling(job, &busy, now, &mut plan)?,
             JobStatus::Completed
             | JobStatus::Failed
             | JobStatus::Canceled
@@ -337,7 +337,7 @@ fn plan_confirming(
     Ok(())
 }
 
-fn plan_cancelling(
+fn plan_canceling(
     job: &mut Job,
     in_flight: &HashSet<usize>,
     now: DateTime<Utc>,
@@ -350,7 +350,7 @@ fn plan_cancelling(
         match job.tasks[i].status {
             TaskStatus::Pending => {
                 job.task_on(i, TaskEvent::Abandoned, now)?;
-                job.tasks[i].last_message = Some("not tried: the job was cancelled".into());
+                job.tasks[i].last_message = Some("not tried: the job was canceled".into());
                 continue;
             }
             TaskStatus::Trying => {
@@ -377,7 +377,7 @@ fn plan_cancelling(
             _ => {}
         }
         let task = &mut job.tasks[i];
-        if task.status != TaskStatus::Cancelling {
+        if task.status != TaskStatus::Canceling {
             continue;
         }
         let expires = task.link.as_ref().map(|l| l.expires);
@@ -388,7 +388,7 @@ fn plan_cancelling(
                 Some(last) if task.attempts > 0 => format!(
                     "the reservation lapsed before a cancel succeeded (last answer: {last})"
                 ),
-                _ => "the reservation lapsed before it could be cancelled".to_string(),
+                _ => "the reservation lapsed before it could be canceled".to_string(),
             });
             continue;
         }
@@ -479,16 +479,16 @@ pub fn apply(
         }
         Op::Cancel => {
             let task = &mut job.tasks[idx];
-            if task.status != TaskStatus::Cancelling {
+            if task.status != TaskStatus::Canceling {
                 return Err(out_of_turn(task.status, op));
             }
             match answer {
                 Answer::Done => {
-                    job.task_on(idx, TaskEvent::Cancelled, now)?;
-                    job.tasks[idx].last_message = Some("cancelled".into());
+                    job.task_on(idx, TaskEvent::Canceled, now)?;
+                    job.tasks[idx].last_message = Some("canceled".into());
                 }
                 Answer::Gone { message } => {
-                    job.task_on(idx, TaskEvent::Cancelled, now)?;
+                    job.task_on(idx, TaskEvent::Canceled, now)?;
                     job.tasks[idx].last_message = Some(format!("already gone: {message}"));
                 }
                 Answer::NotImplemented { message } => {
@@ -797,15 +797,15 @@ mod tests {
             0.5,
         )
         .expect("apply");
-        // Task 2's Try is still in flight: task 0 is cancelled now, task 2 waits for its answer.
+        // Task 2's Try is still in flight: task 0 is canceled now, task 2 waits for its answer.
         let in_flight: HashSet<usize> = [2].into();
         let p = plan(&mut j, &in_flight, now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Cancelling);
+        assert_eq!(j.status, JobStatus::Canceling);
         assert_eq!(j.failure_reason, Some(FailureReason::TryFailed));
         assert_eq!(ops(&p), vec![(0, Op::Cancel)]);
         assert!(p.durable);
         apply(&mut j, 0, Op::Cancel, Answer::Done, now, 0.5).expect("apply");
-        // The late Try answer brings a link: it is cancelled too (rule 3).
+        // The late Try answer brings a link: it is canceled too (rule 3).
         apply(&mut j, 2, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
         assert_eq!(ops(&p), vec![(2, Op::Cancel)]);
@@ -815,9 +815,9 @@ mod tests {
         assert_eq!(
             statuses(&j),
             vec![
-                TaskStatus::Cancelled,
+                TaskStatus::Canceled,
                 TaskStatus::Failed,
-                TaskStatus::Cancelled
+                TaskStatus::Canceled
             ]
         );
     }
@@ -925,7 +925,7 @@ mod tests {
         apply(&mut j, 1, Op::Confirm, retry503(), now, 0.5).expect("apply");
         apply(&mut j, 2, Op::Confirm, retry503(), now, 0.5).expect("apply");
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Cancelling);
+        assert_eq!(j.status, JobStatus::Canceling);
         assert_eq!(j.failure_reason, Some(FailureReason::ConfirmRefused));
         assert_eq!(
             ops(&p),
@@ -981,7 +981,7 @@ mod tests {
         )
         .expect("apply");
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Cancelling);
+        assert_eq!(j.status, JobStatus::Canceling);
         assert_eq!(j.failure_reason, Some(FailureReason::Expiring));
         assert!(p.steps.iter().all(|s| s.op == Op::Cancel));
         settle(&mut j, now, |_| Answer::Done);
@@ -997,7 +997,7 @@ mod tests {
         apply(&mut j, 0, Op::Try, reserved(now + secs(300)), now, 0.5).expect("apply");
         let later = j.deadline;
         let p = plan(&mut j, &[1].into(), later, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Cancelling);
+        assert_eq!(j.status, JobStatus::Canceling);
         assert_eq!(j.failure_reason, Some(FailureReason::Timeout));
         assert_eq!(ops(&p), vec![(0, Op::Cancel)]);
         apply(&mut j, 0, Op::Cancel, Answer::Done, later, 0.5).expect("apply");
@@ -1018,7 +1018,7 @@ mod tests {
         assert_eq!(j.status, JobStatus::Failed);
         assert_eq!(
             statuses(&j),
-            vec![TaskStatus::Cancelled, TaskStatus::Expired]
+            vec![TaskStatus::Canceled, TaskStatus::Expired]
         );
     }
 
@@ -1094,10 +1094,10 @@ mod tests {
         assert_eq!(
             statuses(&j),
             vec![
-                TaskStatus::Cancelled,
+                TaskStatus::Canceled,
                 TaskStatus::Expired,
                 TaskStatus::Confirmed,
-                TaskStatus::Cancelled
+                TaskStatus::Canceled
             ]
         );
         assert_eq!(
@@ -1220,7 +1220,7 @@ mod tests {
         apply(&mut j, 0, Op::Confirm, retry503(), now, 0.0).expect("apply");
         apply(&mut j, 1, Op::Confirm, refused("403"), now, 0.0).expect("apply");
         plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Cancelling);
+        assert_eq!(j.status, JobStatus::Canceling);
         assert_eq!(j.failure_reason, Some(FailureReason::ConfirmRefused));
     }
 

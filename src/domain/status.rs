@@ -16,7 +16,7 @@ pub enum JobStatus {
     Trying,
     Reserved,
     Confirming,
-    Cancelling,
+    Canceling,
     Completed,
     Failed,
     Canceled,
@@ -51,7 +51,7 @@ pub enum JobEvent {
     AllConfirmed,
     /// Every confirm has settled and at least one task could not be confirmed.
     ConfirmSettledHeuristic,
-    /// Every reservation was cancelled or lapsed.
+    /// Every reservation was canceled or lapsed.
     AllReleased,
     /// Every cancel has settled but a participant had already confirmed.
     ReleasedButConfirmed,
@@ -71,7 +71,7 @@ impl JobStatus {
         JobStatus::Trying,
         JobStatus::Reserved,
         JobStatus::Confirming,
-        JobStatus::Cancelling,
+        JobStatus::Canceling,
         JobStatus::Completed,
         JobStatus::Failed,
         JobStatus::Canceled,
@@ -83,7 +83,7 @@ impl JobStatus {
         JobStatus::Trying,
         JobStatus::Reserved,
         JobStatus::Confirming,
-        JobStatus::Cancelling,
+        JobStatus::Canceling,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,7 +92,7 @@ impl JobStatus {
             JobStatus::Trying => "trying",
             JobStatus::Reserved => "reserved",
             JobStatus::Confirming => "confirming",
-            JobStatus::Cancelling => "cancelling",
+            JobStatus::Canceling => "canceling",
             JobStatus::Completed => "completed",
             JobStatus::Failed => "failed",
             JobStatus::Canceled => "canceled",
@@ -127,18 +127,18 @@ impl JobStatus {
             (S::Pending, E::TryStarted) => (S::Trying, None),
             (S::Pending | S::Trying, E::AllReserved) => (S::Reserved, None),
             (S::Reserved, E::DecideConfirm) => (S::Confirming, None),
-            (S::Pending | S::Trying | S::Reserved, E::DecideCancel(r)) => (S::Cancelling, Some(r)),
+            (S::Pending | S::Trying | S::Reserved, E::DecideCancel(r)) => (S::Canceling, Some(r)),
             (S::Confirming, E::ConfirmRefused) => {
-                (S::Cancelling, Some(FailureReason::ConfirmRefused))
+                (S::Canceling, Some(FailureReason::ConfirmRefused))
             }
             (S::Confirming, E::AllConfirmed) => (S::Completed, None),
             (S::Confirming, E::ConfirmSettledHeuristic) => (S::Heuristic, None),
-            (S::Cancelling, E::AllReleased) => match reason {
+            (S::Canceling, E::AllReleased) => match reason {
                 Some(FailureReason::Client) => (S::Canceled, reason),
                 Some(_) => (S::Failed, reason),
                 None => return Err(self.illegal(event)),
             },
-            (S::Cancelling, E::ReleasedButConfirmed) => (S::Heuristic, None),
+            (S::Canceling, E::ReleasedButConfirmed) => (S::Heuristic, None),
             _ => return Err(self.illegal(event)),
         };
         Ok(next)
@@ -212,8 +212,8 @@ pub enum TaskStatus {
     Reserved,
     Confirming,
     Confirmed,
-    Cancelling,
-    Cancelled,
+    Canceling,
+    Canceled,
     Expired,
     Failed,
     Heuristic,
@@ -236,13 +236,13 @@ pub enum TaskEvent {
     ConfirmHeuristic,
     /// The decision to cancel reached this task, which holds a link.
     CancelStarted,
-    /// The participant cancelled, or the reservation was already gone.
-    Cancelled,
+    /// The participant canceled, or the reservation was already gone.
+    Canceled,
     /// The reservation lapses by itself at the participant.
     Lapsed,
     /// A cancel was answered 409: the participant had already confirmed.
     FoundConfirmed,
-    /// The job was cancelled before this task held a reservation: nothing to release.
+    /// The job was canceled before this task held a reservation: nothing to release.
     Abandoned,
 }
 
@@ -253,8 +253,8 @@ impl TaskStatus {
         TaskStatus::Reserved,
         TaskStatus::Confirming,
         TaskStatus::Confirmed,
-        TaskStatus::Cancelling,
-        TaskStatus::Cancelled,
+        TaskStatus::Canceling,
+        TaskStatus::Canceled,
         TaskStatus::Expired,
         TaskStatus::Failed,
         TaskStatus::Heuristic,
@@ -267,8 +267,8 @@ impl TaskStatus {
             TaskStatus::Reserved => "reserved",
             TaskStatus::Confirming => "confirming",
             TaskStatus::Confirmed => "confirmed",
-            TaskStatus::Cancelling => "cancelling",
-            TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Canceling => "canceling",
+            TaskStatus::Canceled => "canceled",
             TaskStatus::Expired => "expired",
             TaskStatus::Failed => "failed",
             TaskStatus::Heuristic => "heuristic",
@@ -279,7 +279,7 @@ impl TaskStatus {
         matches!(
             self,
             TaskStatus::Confirmed
-                | TaskStatus::Cancelled
+                | TaskStatus::Canceled
                 | TaskStatus::Expired
                 | TaskStatus::Failed
                 | TaskStatus::Heuristic
@@ -296,11 +296,11 @@ impl TaskStatus {
             (S::Reserved, E::ConfirmStarted) => S::Confirming,
             (S::Confirming, E::Confirmed) => S::Confirmed,
             (S::Confirming, E::ConfirmHeuristic) => S::Heuristic,
-            (S::Reserved | S::Confirming, E::CancelStarted) => S::Cancelling,
-            (S::Cancelling, E::Cancelled) => S::Cancelled,
-            (S::Cancelling | S::Trying, E::Lapsed) => S::Expired,
-            (S::Cancelling, E::FoundConfirmed) => S::Confirmed,
-            (S::Pending, E::Abandoned) => S::Cancelled,
+            (S::Reserved | S::Confirming, E::CancelStarted) => S::Canceling,
+            (S::Canceling, E::Canceled) => S::Canceled,
+            (S::Canceling | S::Trying, E::Lapsed) => S::Expired,
+            (S::Canceling, E::FoundConfirmed) => S::Confirmed,
+            (S::Pending, E::Abandoned) => S::Canceled,
             _ => {
                 return Err(IllegalTransition {
                     what: "task",
@@ -373,32 +373,32 @@ mod tests {
                 S::Confirming,
                 None,
                 E::ConfirmRefused,
-                S::Cancelling,
+                S::Canceling,
                 Some(R::ConfirmRefused),
             ),
             (
-                S::Cancelling,
+                S::Canceling,
                 Some(R::Client),
                 E::AllReleased,
                 S::Canceled,
                 Some(R::Client),
             ),
             (
-                S::Cancelling,
+                S::Canceling,
                 Some(R::Timeout),
                 E::AllReleased,
                 S::Failed,
                 Some(R::Timeout),
             ),
             (
-                S::Cancelling,
+                S::Canceling,
                 Some(R::TryFailed),
                 E::AllReleased,
                 S::Failed,
                 Some(R::TryFailed),
             ),
             (
-                S::Cancelling,
+                S::Canceling,
                 None,
                 E::ReleasedButConfirmed,
                 S::Heuristic,
@@ -408,7 +408,7 @@ mod tests {
         let mut expected = legal.clone();
         for from in [S::Pending, S::Trying, S::Reserved] {
             for r in R::ALL {
-                expected.push((from, None, E::DecideCancel(r), S::Cancelling, Some(r)));
+                expected.push((from, None, E::DecideCancel(r), S::Canceling, Some(r)));
             }
         }
         for status in JobStatus::ALL {
@@ -462,7 +462,7 @@ mod tests {
             E::Confirmed,
             E::ConfirmHeuristic,
             E::CancelStarted,
-            E::Cancelled,
+            E::Canceled,
             E::Lapsed,
             E::FoundConfirmed,
             E::Abandoned,
@@ -476,12 +476,12 @@ mod tests {
             (S::Reserved, E::ConfirmStarted, S::Confirming),
             (S::Confirming, E::Confirmed, S::Confirmed),
             (S::Confirming, E::ConfirmHeuristic, S::Heuristic),
-            (S::Reserved, E::CancelStarted, S::Cancelling),
-            (S::Confirming, E::CancelStarted, S::Cancelling),
-            (S::Cancelling, E::Cancelled, S::Cancelled),
-            (S::Cancelling, E::Lapsed, S::Expired),
-            (S::Cancelling, E::FoundConfirmed, S::Confirmed),
-            (S::Pending, E::Abandoned, S::Cancelled),
+            (S::Reserved, E::CancelStarted, S::Canceling),
+            (S::Confirming, E::CancelStarted, S::Canceling),
+            (S::Canceling, E::Canceled, S::Canceled),
+            (S::Canceling, E::Lapsed, S::Expired),
+            (S::Canceling, E::FoundConfirmed, S::Confirmed),
+            (S::Pending, E::Abandoned, S::Canceled),
         ];
         for status in TaskStatus::ALL {
             for event in events {

@@ -35,8 +35,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod group_commit;
+mod identity;
 
 use group_commit::GroupCommit;
+use identity::Identity;
 
 use crate::domain::planner::{self, Plan};
 use crate::domain::status::IllegalTransition;
@@ -102,6 +104,13 @@ struct Inner {
     /// Ids of jobs whose state changed, for long polls. Bounded: a slow listener lags and
     /// re-reads instead of holding the engine back.
     changes: broadcast::Sender<String>,
+    /// This instance's identity lock: drivers run only while it is held.
+    identity: Identity,
+    /// The identity session, from `take_identity` until `start_background` watches it.
+    identity_session: Mutex<Option<identity::Session>>,
+    /// The task watching the identity session; it ends last, at shutdown.
+    identity_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    identity_stop: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +137,7 @@ impl Engine {
         // A quarter of the connections write batches; the rest serve the API and the drivers'
         // reads.
         let writers = (pool.status().max_size / 4).max(1);
+        let (settings_instance, db_identity) = (settings.instance_id.clone(), db.clone());
         Engine {
             inner: Arc::new(Inner {
                 commits: Arc::new(GroupCommit::new(writers)),
@@ -141,8 +151,24 @@ impl Engine {
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 changes,
+                identity: Identity::new(settings_instance, db_identity),
+                identity_session: Mutex::new(None),
+                identity_task: Mutex::new(None),
+                identity_stop: CancellationToken::new(),
             }),
         }
+    }
+
+    /// Take this instance's identity in the database (`store::instances`): fails when another
+    /// live instance has the same id. Called once before `start_background`.
+    pub async fn take_identity(&self) -> Result<(), StoreError> {
+        let session = self
+            .inner
+            .identity
+            .take(self.inner.settings.lease_ttl)
+            .await?;
+        *lock(&self.inner.identity_session) = Some(session);
+        Ok(())
     }
 
     pub fn instance_id(&self) -> &str {
@@ -261,16 +287,14 @@ impl Engine {
             owner: inner.settings.instance_id.clone(),
             generation,
         };
-        let permit = match inner.drivers.clone().try_acquire_owned() {
-            Ok(p) if !inner.shutdown.is_cancelled() => p,
+        // Drivers run only while this instance holds its identity (see `identity`).
+        let live = inner.identity.live();
+        let (permit, live) = match (inner.drivers.clone().try_acquire_owned(), live) {
+            (Ok(p), Some(live)) if !inner.shutdown.is_cancelled() => (p, live),
             _ => {
-                // At capacity (or stopping): hand the job back for the scanner to claim later.
-                let tracker = inner.tracker.clone();
-                tracker.spawn(async move {
-                    if let Ok(client) = inner.pool.get().await {
-                        let _ = store::release(&client, &id, &fence).await;
-                    }
-                });
+                // At capacity, stopping, or without identity: hand the job back for a scanner
+                // to claim later.
+                inner.hand_back(id, fence);
                 return;
             }
         };
@@ -281,12 +305,7 @@ impl Engine {
                 // Already driven here under an older generation; that driver will find its
                 // lease lost at its next write. Let it finish first.
                 drop(running);
-                let tracker = inner.tracker.clone();
-                tracker.spawn(async move {
-                    if let Ok(client) = inner.pool.get().await {
-                        let _ = store::release(&client, &id, &fence).await;
-                    }
-                });
+                inner.hand_back(id, fence);
                 return;
             }
             running.insert(id.clone(), notify.clone());
@@ -294,22 +313,41 @@ impl Engine {
         let tracker = inner.tracker.clone();
         tracker.spawn(async move {
             let _permit: OwnedSemaphorePermit = permit;
-            let result = Driver::new(inner.clone(), id.clone(), fence.clone(), notify)
-                .run(known)
-                .await;
-            inner.lock_running().remove(&id);
-            if let Err(e) = result {
-                tracing::warn!(job = %id, error = %e, "driving the job failed; handing it back");
-                if let Ok(client) = inner.pool.get().await {
-                    let _ = store::release(&client, &id, &fence).await;
+            // Leaves the map however the driver ends: done, failed, panicked or stopped.
+            let _running = Running(inner.clone(), id.clone());
+            let driver = Driver::new(inner.clone(), id.clone(), fence.clone(), notify);
+            let outcome = tokio::select! {
+                r = std::panic::AssertUnwindSafe(driver.run(known)).catch_unwind() => r,
+                // The identity was lost: others may take the job now. Stop at once, writing
+                // nothing and calling nobody; the calls in flight are dropped.
+                _ = live.cancelled() => return,
+            };
+            let failure = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(DriveError::Illegal(e))) => (DriverFailure::Illegal, e.to_string()),
+                Ok(Err(e)) => {
+                    metrics::counter!(m::ENGINE_DRIVER_FAILURES, "kind" => DriverFailure::Store.as_str()).increment(1);
+                    tracing::warn!(job = %id, error = %e, "driving the job failed; handing it back");
+                    if let Ok(client) = inner.pool.get().await {
+                        let _ = store::release(&client, &id, &fence).await;
+                    }
+                    return;
                 }
-            }
+                Err(panic) => (DriverFailure::Panic, panic_message(&*panic)),
+            };
+            inner.driver_failed(&id, &fence, failure.0, &failure.1).await;
         });
     }
 
     /// Start the scanner (due retries, lapsed leases) with housekeeping, and the listener for
     /// wake-ups from other instances.
     pub fn start_background(&self) {
+        if let Some(session) = lock(&self.inner.identity_session).take() {
+            let inner = self.inner.clone();
+            let stop = self.inner.identity_stop.clone();
+            let task = tokio::spawn(async move { inner.identity.watch(session, stop).await });
+            *lock(&self.inner.identity_task) = Some(task);
+        }
         let engine = self.clone();
         self.inner
             .tracker
@@ -352,8 +390,13 @@ impl Engine {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.inner.settings.scan_interval) => {}
             }
+            // Instances whose process ended free their leases first, so that their jobs are
+            // claimed in this very scan.
+            if let Err(e) = self.reap_dead_instances().await {
+                tracing::warn!(error = %e, "looking for ended instances failed");
+            }
             let capacity = self.inner.drivers.available_permits().min(CLAIM_BATCH);
-            if capacity > 0 {
+            if capacity > 0 && self.inner.identity.live().is_some() {
                 match self.claim_due(capacity as i64).await {
                     Ok(claimed) => {
                         for c in claimed {
@@ -370,6 +413,14 @@ impl Engine {
                 }
             }
         }
+    }
+
+    async fn reap_dead_instances(&self) -> Result<(), StoreError> {
+        let client = self.inner.pool.get().await?;
+        for dead in store::reap_dead(&client).await? {
+            tracing::info!(instance = %dead, "an instance's process ended: its jobs are taken over");
+        }
+        Ok(())
     }
 
     async fn claim_due(&self, limit: i64) -> Result<Vec<store::Claimed>, StoreError> {
@@ -395,7 +446,7 @@ impl Engine {
             JobStatus::Trying,
             JobStatus::Reserved,
             JobStatus::Confirming,
-            JobStatus::Cancelling,
+            JobStatus::Canceling,
         ] {
             let (count, age) = stats
                 .iter()
@@ -423,10 +474,84 @@ impl Engine {
         self.inner.shutdown.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+        // The identity goes last: the leases are released by now.
+        self.inner.identity_stop.cancel();
+        let task = lock(&self.inner.identity_task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Why a driver ended without finishing its step (`tcc_engine_driver_failures_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverFailure {
+    /// The driver panicked (a bug): caught, the job retried with backoff.
+    Panic,
+    /// The planner met a transition the protocol does not allow (a bug or a hand-edited row).
+    Illegal,
+    /// The database failed or refused a write: the job is handed back.
+    Store,
+}
+
+impl DriverFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverFailure::Panic => "panic",
+            DriverFailure::Illegal => "illegal",
+            DriverFailure::Store => "store",
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// A job in the `running` map; removed from it when dropped.
+struct Running(Arc<Inner>, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.lock_running().remove(&self.1);
     }
 }
 
 impl Inner {
+    /// Give a claimed job back without driving it, for a scanner to claim later.
+    fn hand_back(self: Arc<Self>, id: String, fence: Fence) {
+        let tracker = self.tracker.clone();
+        tracker.spawn(async move {
+            if let Ok(client) = self.pool.get().await {
+                let _ = store::release(&client, &id, &fence).await;
+            }
+        });
+    }
+
+    /// A driver panicked or met an illegal transition: count it, say so on the job's open
+    /// tasks, and hand the job back to be driven again after a backoff that grows with each
+    /// failure. It never drops out of the engine.
+    async fn driver_failed(&self, id: &str, fence: &Fence, kind: DriverFailure, message: &str) {
+        metrics::counter!(m::ENGINE_DRIVER_FAILURES, "kind" => kind.as_str()).increment(1);
+        tracing::error!(job = %id, kind = kind.as_str(), error = %message, "driving the job failed; retrying it after a backoff");
+        let text = format!(
+            "the coordinator failed while driving this job ({}: {message}); it retries with backoff",
+            kind.as_str()
+        );
+        let recorded = async {
+            let client = self.pool.get().await?;
+            store::record_driver_failure(&client, id, fence, &text).await
+        }
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(job = %id, error = %e, "could not record the driver failure; the lease will lapse");
+        }
+    }
+
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
         // A poisoned map only means a driver panicked while inserting; the map is still valid.
         self.running.lock().unwrap_or_else(|p| p.into_inner())
@@ -435,6 +560,12 @@ impl Inner {
     fn running_notify(&self, id: &str) -> Option<Arc<Notify>> {
         self.lock_running().get(id).cloned()
     }
+}
+
+/// A mutex whose holder may have panicked: the data is still valid (every use replaces or takes
+/// a value whole).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 type CallFuture = BoxFuture<'static, (usize, Op, CallResult)>;
@@ -523,6 +654,8 @@ impl Driver {
                 }
             }
 
+            #[cfg(feature = "fault-injection")]
+            injected_fault(&job)?;
             let now = Utc::now();
             let before_plan = job.clone();
             let plan = if stopping {
@@ -787,6 +920,21 @@ impl Driver {
                 .boxed()
             }
         }
+    }
+}
+
+/// Test-only faults (the `fault-injection` feature): a job whose correlation id asks for one
+/// makes its driver panic, or meet an illegal transition, at every step.
+#[cfg(feature = "fault-injection")]
+fn injected_fault(job: &Job) -> Result<(), IllegalTransition> {
+    match job.correlation_id.as_str() {
+        "fault:panic" => panic!("fault injected: panic"),
+        "fault:illegal" => Err(IllegalTransition {
+            what: "job",
+            from: job.status.as_str().to_string(),
+            event: "InjectedFault".into(),
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -20,6 +20,10 @@ use crate::domain::request::{NewJob, NewTaskKind, Registration};
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{FailureReason, Job, JobStatus, Link, Task, TaskStatus, TrySpec};
 
+mod instances;
+
+pub use instances::{deregister_instance, reap_dead, register_instance, try_lock_identity};
+
 mod embedded {
     refinery::embed_migrations!("migrations");
 }
@@ -193,9 +197,9 @@ fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Result<JobRecord
         .transpose()
         .map_err(corrupt)?;
     // The rule the schema no longer checks on every write (V2): failed and canceled jobs say
-    // why; other jobs, but a cancelling one, carry no reason.
+    // why; other jobs, but a canceling one, carry no reason.
     let ended_with_reason = matches!(status, JobStatus::Failed | JobStatus::Canceled);
-    if ended_with_reason != failure_reason.is_some() && status != JobStatus::Cancelling {
+    if ended_with_reason != failure_reason.is_some() && status != JobStatus::Canceling {
         return Err(corrupt(format!(
             "job in status {status} with failure reason {failure_reason:?}"
         )));
@@ -964,6 +968,38 @@ pub async fn claim_one(
     Ok(claim(client, owner, ttl, Some(id), 1).await?.pop())
 }
 
+/// A driver of the job failed (a panic or an illegal transition): say so on its open tasks
+/// (`message`) and give the lease back with the next look at the job after a backoff that
+/// doubles with each failure (1 s to 5 min, with jitter). Fenced: a lost lease writes nothing.
+pub async fn record_driver_failure(
+    client: &impl GenericClient,
+    id: &str,
+    fence: &Fence,
+    message: &str,
+) -> Result<bool> {
+    let stmt = client
+        .prepare_cached(
+            "WITH j AS (
+                UPDATE jobs SET lease_owner = NULL, lease_expires = NULL,
+                    driver_failures = driver_failures + 1,
+                    next_wake = now() + least(interval '5 min',
+                        interval '1 s' * power(2, least(driver_failures, 20)))
+                        * (0.5 + random() / 2)
+                WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3
+                RETURNING id
+             )
+             UPDATE tasks SET last_message = $4
+             WHERE job_id IN (SELECT id FROM j)
+               AND status NOT IN ('confirmed', 'canceled', 'expired', 'failed', 'heuristic')
+             RETURNING 1",
+        )
+        .await?;
+    let rows = client
+        .query(&stmt, &[&id, &fence.owner, &fence.generation, &message])
+        .await?;
+    Ok(!rows.is_empty())
+}
+
 /// Give a lease back without other changes (shutdown, or a job this instance cannot take now).
 pub async fn release(client: &impl GenericClient, id: &str, fence: &Fence) -> Result<()> {
     client
@@ -1248,7 +1284,7 @@ pub async fn active_stats(client: &impl GenericClient) -> Result<Vec<(JobStatus,
         .query(
             "SELECT status, count(*), extract(epoch FROM now() - min(created_at))::float8
              FROM jobs
-             WHERE status IN ('pending', 'trying', 'reserved', 'confirming', 'cancelling')
+             WHERE status IN ('pending', 'trying', 'reserved', 'confirming', 'canceling')
              GROUP BY status",
             &[],
         )

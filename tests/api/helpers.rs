@@ -282,9 +282,14 @@ fn free_port() -> u16 {
 }
 
 pub fn start_process(db: &str, instance: &str) -> Process {
+    start_process_with(db, instance, &[])
+}
+
+/// The coordinator binary with short leases and quick scans; `env` overrides or adds settings.
+pub fn start_process_with(db: &str, instance: &str, env: &[(&str, &str)]) -> Process {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
-        .arg("serve")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"));
+    cmd.arg("serve")
         .env("DATABASE_URL", db)
         .env("TCC_LISTEN", format!("127.0.0.1:{port}"))
         .env("TCC_INSTANCE_ID", instance)
@@ -293,9 +298,11 @@ pub fn start_process(db: &str, instance: &str) -> Process {
         .env("TCC_SCAN_INTERVAL", "50ms")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the coordinator binary");
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start the coordinator binary");
     Process {
         child,
         addr: format!("http://127.0.0.1:{port}"),

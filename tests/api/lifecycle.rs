@@ -76,7 +76,7 @@ async fn a_failed_try_cancels_the_reserved_tasks() {
     for name in ["a", "c"] {
         assert!(p.released(name), "{name} released");
         assert_eq!(p.count(Op::Cancel, name), 1, "{name}: one cancel (DELETE)");
-        assert_eq!(task(&done, name)["taskStatus"], "cancelled");
+        assert_eq!(task(&done, name)["taskStatus"], "canceled");
     }
     assert_eq!(p.count_all(Op::Confirm), 0, "nothing confirmed");
     app.stop().await;
@@ -103,7 +103,7 @@ async fn answers_holding_a_nul_character_are_kept_readable_and_the_job_ends() {
         .await;
     let done = app.wait_status(&id, "failed").await;
     assert_eq!(task(&done, "a")["tryResponse"]["note"], "held\u{FFFD}here");
-    assert_eq!(task(&done, "a")["taskStatus"], "cancelled");
+    assert_eq!(task(&done, "a")["taskStatus"], "canceled");
     assert!(p.released("a"));
     let message = task(&done, "b")["lastMessage"].as_str().unwrap_or_default();
     assert!(message.contains("no\u{FFFD}stock"), "{message}");
@@ -174,8 +174,8 @@ async fn a_first_confirm_refused_before_any_confirmed_cancels_the_rest() {
     assert_eq!(p.count(Op::Confirm, "a"), 1, "no further confirm to a");
     for name in ["a", "b"] {
         assert!(p.released(name), "{name} released");
-        assert_eq!(p.count(Op::Cancel, name), 1, "{name} cancelled");
-        assert_eq!(task(&done, name)["taskStatus"], "cancelled");
+        assert_eq!(p.count(Op::Cancel, name), 1, "{name} canceled");
+        assert_eq!(task(&done, name)["taskStatus"], "canceled");
     }
     app.stop().await;
 }
@@ -240,11 +240,7 @@ async fn the_deadline_passing_while_a_try_stalls_cancels_the_job() {
     let id = app.submit(&job).await;
     let done = app.wait_status(&id, "failed").await;
     assert_eq!(done["failureReason"], "timeout");
-    assert_eq!(
-        p.count(Op::Cancel, "a"),
-        1,
-        "the reserved task is cancelled"
-    );
+    assert_eq!(p.count(Op::Cancel, "a"), 1, "the reserved task is canceled");
     assert!(p.released("a"));
     assert_eq!(p.count_all(Op::Confirm), 0);
     assert_eq!(task(&done, "slow")["taskStatus"], "expired");
@@ -354,7 +350,7 @@ async fn prefer_wait_on_a_job_that_cannot_confirm_answers_409_with_the_outcomes(
     );
     let problem: Value = resp.json().await.expect("problem");
     assert_eq!(problem["tasks"][0]["taskID"], "a");
-    assert_eq!(problem["tasks"][0]["taskStatus"], "cancelled");
+    assert_eq!(problem["tasks"][0]["taskStatus"], "canceled");
     let done = app.get_job(&id).await;
     assert_eq!(done["jobStatus"], "failed");
     assert_eq!(done["failureReason"], "confirm-refused");

@@ -8,4 +8,5 @@ mod lifecycle;
 mod recovery;
 mod store;
 mod surface;
+mod takeover;
 mod validation;

@@ -52,7 +52,7 @@ pub enum Reply {
 pub enum ResState {
     Reserved,
     Confirmed,
-    Cancelled,
+    Canceled,
 }
 
 #[derive(Debug, Clone)]
@@ -299,7 +299,7 @@ async fn settle(s: Shared, op: Op, id: String, peer: SocketAddr, headers: Header
                 None => status(404),
                 Some(r) => match (op, &r.state) {
                     (Op::Confirm, ResState::Confirmed) => status(204),
-                    (Op::Confirm, ResState::Cancelled) => status(404),
+                    (Op::Confirm, ResState::Canceled) => status(404),
                     (Op::Confirm, ResState::Reserved) if r.expires <= now => status(404),
                     (Op::Confirm, ResState::Reserved) => {
                         r.state = ResState::Confirmed;
@@ -307,10 +307,10 @@ async fn settle(s: Shared, op: Op, id: String, peer: SocketAddr, headers: Header
                         status(204)
                     }
                     (Op::Cancel, ResState::Confirmed) => status(409),
-                    (Op::Cancel, ResState::Cancelled) => status(204),
+                    (Op::Cancel, ResState::Canceled) => status(204),
                     (Op::Cancel, ResState::Reserved) if r.expires <= now => status(404),
                     (Op::Cancel, ResState::Reserved) => {
-                        r.state = ResState::Cancelled;
+                        r.state = ResState::Canceled;
                         status(204)
                     }
                     (Op::Try, _) => status(405),
@@ -434,11 +434,11 @@ impl Participant {
         r.len() == 1 && r[0].state == ResState::Confirmed && r[0].confirms_applied == 1
     }
 
-    /// No reservation of `name` is confirmed; each is cancelled or has lapsed.
+    /// No reservation of `name` is confirmed; each is canceled or has lapsed.
     pub fn released(&self, name: &str) -> bool {
         let now = Utc::now();
         self.reservations(name).iter().all(|r| match r.state {
-            ResState::Cancelled => true,
+            ResState::Canceled => true,
             ResState::Reserved => r.expires <= now,
             ResState::Confirmed => false,
         })

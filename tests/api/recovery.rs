@@ -190,11 +190,11 @@ async fn a_cancel_sent_to_another_instance_reaches_the_driving_one_at_once() {
     assert_eq!(resp.status(), 202);
     assert!(
         eventually(|| async { p.count(Op::Cancel, "a") == 1 && p.released("a") }).await,
-        "instance a, blocked on the stalled Try, was woken and cancelled the reservation"
+        "instance a, blocked on the stalled Try, was woken and canceled the reservation"
     );
     let job = a.get_job(&id).await;
     assert_eq!(
-        job["jobStatus"], "cancelling",
+        job["jobStatus"], "canceling",
         "the stalled Try is still awaited"
     );
     assert_eq!(job["failureReason"], "client");
