@@ -158,7 +158,16 @@ fn job_document(
 ) -> Value {
     let n = rng.usize(1..=5);
     let tasks: Vec<Value> = (0..n)
-        .map(|t| json!({"taskID": format!("t{t}"), "taskURL": format!("{base}/try/item"), "taskMaxTTL": 2}))
+        .map(|t| {
+            json!({
+                "taskID": format!("t{t}"),
+                "taskURL": format!("{base}/try/item"),
+                "taskMaxTTL": 2,
+                // Checked after the run: the shared state must hold every value mapped out of a
+                // Try answer, however the coordinator's writes fared.
+                "outputMapping": {format!("/links/t{t}"): "/participantLink/uri"}
+            })
+        })
         .collect();
     json!({
         "correlationID": correlation_id,
@@ -286,6 +295,54 @@ fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Repo
             }
         }
         other => v.push(format!("{}: still {other} after the settle time", job.id)),
+    }
+    // The job's own rows must agree with its status, whatever was lost in a crash: a finished
+    // job has no unfinished task, a heuristic job has a task that explains it, and every value
+    // mapped out of a Try answer is in the shared state.
+    if job.status.is_terminal() {
+        for t in job.tasks.iter().filter(|t| !t.status.is_terminal()) {
+            v.push(format!(
+                "{}: {}, but task {} is still {}",
+                job.id, job.status, t.task_id, t.status
+            ));
+        }
+    }
+    if job.status == JobStatus::Heuristic {
+        let some = |s: &[TaskStatus]| job.tasks.iter().any(|t| s.contains(&t.status));
+        let explained = some(&[TaskStatus::Heuristic])
+            || (some(&[TaskStatus::Confirmed])
+                && some(&[
+                    TaskStatus::Canceled,
+                    TaskStatus::Expired,
+                    TaskStatus::Failed,
+                ]));
+        if !explained {
+            v.push(format!(
+                "{}: heuristic, but no task explains it ({})",
+                job.id,
+                job.tasks
+                    .iter()
+                    .map(|t| format!("{} {}", t.task_id, t.status))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    for t in &job.tasks {
+        let Some(mapped) = t
+            .try_response
+            .as_deref()
+            .and_then(|r| r.pointer("/participantLink/uri"))
+        else {
+            continue;
+        };
+        let held = job.shared_state.pointer(&format!("/links/{}", t.task_id));
+        if held != Some(mapped) {
+            v.push(format!(
+                "{}: task {} answered {mapped} for /links/{}, but the shared state holds {held:?}",
+                job.id, t.task_id, t.task_id
+            ));
+        }
     }
     // Per task: what the coordinator says must not contradict the ledger.
     for t in &job.tasks {

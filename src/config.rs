@@ -296,6 +296,22 @@ pub struct Config {
     #[arg(long, env = "TCC_DB_POOL_SIZE", value_name = "TCC_DB_POOL_SIZE", default_value = "16", value_parser = parse_positive, global = true)]
     pub db_pool_size: usize,
 
+    /// The time limit of one HTTP request (a long poll's `Prefer: wait` is capped below it);
+    /// past it the request is answered 503.
+    #[arg(
+        long,
+        env = "TCC_REQUEST_TIMEOUT",
+        value_name = "TCC_REQUEST_TIMEOUT",
+        default_value = "60s",
+        global = true
+    )]
+    pub request_timeout: Span,
+
+    /// Most HTTP requests in progress at once; beyond it requests are answered 503 with
+    /// Retry-After at once, never queued.
+    #[arg(long, env = "TCC_MAX_INFLIGHT_REQUESTS", value_name = "TCC_MAX_INFLIGHT_REQUESTS", default_value = "1024", value_parser = parse_positive, global = true)]
+    pub max_inflight_requests: usize,
+
     /// On SIGTERM, how long in-flight participant calls may take to finish before their jobs
     /// are handed back.
     #[arg(
@@ -345,6 +361,11 @@ impl Config {
         if self.scan_interval.0 < Duration::from_millis(10) {
             return Err(ConfigError::Invalid(
                 "TCC_SCAN_INTERVAL must be at least 10ms".into(),
+            ));
+        }
+        if self.request_timeout.0 < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "TCC_REQUEST_TIMEOUT must be at least 1s".into(),
             ));
         }
         if self.call_timeout.0 < Duration::from_millis(100) {

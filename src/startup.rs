@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::Request;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiSettings, AppState};
@@ -116,6 +117,7 @@ impl Application {
                 call_timeout: config.call_timeout.0,
                 max_inflight_calls: config.max_inflight_calls,
                 max_active_jobs: config.max_active_jobs,
+                max_inflight_requests: config.max_inflight_requests,
                 shutdown_grace: config.shutdown_grace.0,
                 retention: config.retention.0,
                 planner: PlannerSettings {
@@ -135,6 +137,8 @@ impl Application {
                 max_tasks: config.max_tasks,
                 max_body: config.max_body.0,
                 listen: listener.local_addr()?,
+                request_timeout: config.request_timeout.0,
+                max_inflight_requests: config.max_inflight_requests,
             }),
             metrics: crate::metrics::install(),
         };
@@ -169,7 +173,7 @@ impl Application {
             let app = api::metrics_router(self.state.clone());
             let stop = stop.clone();
             tokio::spawn(async move {
-                axum::serve(l, app)
+                axum::serve(l, axum::ServiceExt::<Request>::into_make_service(app))
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await
             })
@@ -177,13 +181,16 @@ impl Application {
         let app = api::router(self.state.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let stop_api = stop.clone();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: no new requests");
-                stop_api.cancel();
-            })
-            .await;
+        let served = axum::serve(
+            self.listener,
+            axum::ServiceExt::<Request>::into_make_service(app),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new requests");
+            stop_api.cancel();
+        })
+        .await;
         stop.cancel();
         if let Some(m) = metrics_server {
             let _ = m.await;

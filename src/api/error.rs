@@ -95,6 +95,18 @@ impl From<StoreError> for ApiError {
                     "the coordinator's database cannot be reached right now; nothing was lost, try again shortly",
                 )
             }
+            StoreError::Overloaded(what) => {
+                metrics::counter!(crate::metrics::API_REJECTED, "reason" => "overloaded")
+                    .increment(1);
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    format!(
+                        "the coordinator is at its limit ({what}); nothing was stored, try again shortly"
+                    ),
+                )
+            }
             other => {
                 tracing::error!(error = %other, "database error");
                 ApiError::new(

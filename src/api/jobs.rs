@@ -433,7 +433,7 @@ pub async fn confirm_job(
     let base = base_url(&state, &headers);
     match outcome {
         RequestOutcome::Accepted | RequestOutcome::AlreadyAt(JobStatus::Confirming, _) => {
-            match prefer_wait(&headers) {
+            match prefer_wait(&headers, state.settings.max_wait()) {
                 Some(wait) => {
                     let record = wait_terminal(&state, &id, wait).await?;
                     if record.job.status.is_terminal() {
@@ -485,7 +485,7 @@ pub async fn progress(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let base = base_url(&state, &headers);
-    let wait = prefer_wait(&headers);
+    let wait = prefer_wait(&headers, state.settings.max_wait());
     let mut changes = state.engine.subscribe();
     let until = Instant::now() + wait.unwrap_or_default();
     loop {
@@ -596,6 +596,26 @@ pub async fn shared_state(
     let record = load(&state, &id).await?;
     let resp = json_response(StatusCode::OK, &record.job.shared_state);
     Ok(unless_matched(resp, &headers))
+}
+
+#[cfg(test)]
+mod list_query_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the query, the list's parser answers a filter or an error naming a
+        /// parameter; it never panics.
+        #[test]
+        fn the_list_query_parser_never_panics(q in ".{0,80}", raw in any::<Vec<u8>>()) {
+            let encoded: String = url::form_urlencoded::byte_serialize(&raw).collect();
+            for query in [q.clone(), format!("status={encoded}&limit={encoded}&cursor={encoded}&createdAfter={encoded}")] {
+                if let Err(e) = parse_list_query(Some(&query)) {
+                    prop_assert!(e.detail.starts_with("query parameter"), "{}", e.detail);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

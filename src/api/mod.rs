@@ -41,10 +41,19 @@ pub struct ApiSettings {
     pub max_tasks: usize,
     pub max_body: usize,
     pub listen: std::net::SocketAddr,
+    /// Every request's time limit (`TCC_REQUEST_TIMEOUT`).
+    pub request_timeout: Duration,
+    /// Most requests in progress at once (`TCC_MAX_INFLIGHT_REQUESTS`).
+    pub max_inflight_requests: usize,
 }
 
-/// The longest `Prefer: wait=N` honoured.
-const MAX_WAIT: Duration = Duration::from_secs(300);
+impl ApiSettings {
+    /// The longest `Prefer: wait=N` honoured: a long poll answers well within the request's
+    /// time limit.
+    pub fn max_wait(&self) -> Duration {
+        self.request_timeout.mul_f64(0.75)
+    }
+}
 
 /// A route that also answers OPTIONS with its `Allow`.
 fn with_options(router: MethodRouter<AppState>, allow: &'static str) -> MethodRouter<AppState> {
@@ -56,11 +65,165 @@ fn with_options(router: MethodRouter<AppState>, allow: &'static str) -> MethodRo
     })
 }
 
-pub fn router(state: AppState) -> Router {
+/// The API, as the service the HTTP server runs.
+pub fn router(state: AppState) -> impl HttpService {
+    let settings = state.settings.clone();
+    guarded(routes().with_state(state), &settings)
+}
+
+/// What the HTTP server runs: a request in, a response out, never an error.
+pub trait HttpService:
+    tower::Service<
+        Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: tower::Service<
+            Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The layers every request passes, outermost first: overload (503 at once when
+/// `max_inflight_requests` are in progress, never queued) and the time limit (503), around the
+/// whole router so that the limit is one for all routes; then, on each route, a panic caught
+/// into a 500 problem (the process goes on serving), unreadable input refused (400), problem
+/// details completed.
+fn guarded(routes: Router, settings: &ApiSettings) -> impl HttpService + use<> {
+    use tower::ServiceBuilder;
+    let routes = routes
+        .layer(middleware::from_fn(reject_unreadable))
+        .layer(middleware::from_fn(problem_details))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked));
+    ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(refused))
+        .load_shed()
+        .concurrency_limit(settings.max_inflight_requests)
+        .timeout(settings.request_timeout)
+        .service(routes)
+}
+
+/// A request the guard layers refused: overloaded or out of time. 503 with `Retry-After`.
+async fn refused(err: tower::BoxError) -> Response {
+    let (reason, detail) = if err.is::<tower::load_shed::error::Overloaded>() {
+        (
+            "overloaded",
+            "the coordinator is serving as many requests as it takes at once (TCC_MAX_INFLIGHT_REQUESTS); try again shortly",
+        )
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        (
+            "timeout",
+            "the request was not answered within the time limit (TCC_REQUEST_TIMEOUT); it may still take effect: look before repeating it",
+        )
+    } else {
+        (
+            "overloaded",
+            "the coordinator could not take the request now",
+        )
+    };
+    metrics::counter!(m::API_REJECTED, "reason" => reason).increment(1);
+    overloaded(detail)
+}
+
+/// 503 (with `Retry-After`, as every 503), as a problem.
+pub fn overloaded(detail: impl Into<String>) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Service unavailable",
+        detail,
+    )
+    .into_response()
+}
+
+/// A handler panicked: a 500 problem that says nothing of the internals.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "a request handler panicked; answered 500");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal error",
+        "the coordinator failed while answering this request; it was not applied, or only in part: look before repeating it",
+    )
+    .into_response()
+}
+
+/// The headers the API reads: each must be visible ASCII when present.
+const READ_HEADERS: [&str; 7] = [
+    "idempotency-key",
+    "if-match",
+    "if-none-match",
+    "prefer",
+    "traceparent",
+    "content-type",
+    "accept",
+];
+
+/// Refuse a path or query that is not UTF-8 or holds a NUL once percent-decoded, and a header
+/// the API reads that is not visible ASCII: 400, naming which.
+async fn reject_unreadable(req: Request, next: Next) -> Response {
+    match unreadable(&req) {
+        Some(detail) => ApiError::bad_request(detail).into_response(),
+        None => next.run(req).await,
+    }
+}
+
+fn unreadable(req: &Request) -> Option<String> {
+    let uri = req.uri();
+    let parts = [("path", Some(uri.path())), ("query", uri.query())];
+    for (what, raw) in parts {
+        let Some(raw) = raw else { continue };
+        match percent_encoding::percent_decode_str(raw).decode_utf8() {
+            Err(_) => return Some(format!("the {what} is not UTF-8 once percent-decoded")),
+            Ok(text) if text.contains('\0') => {
+                return Some(format!("the {what} holds a NUL character (%00)"));
+            }
+            Ok(_) => {}
+        }
+    }
+    READ_HEADERS.iter().find_map(|name| {
+        req.headers()
+            .get_all(*name)
+            .iter()
+            .any(|v| v.to_str().is_err())
+            .then(|| format!("the {name} header must be visible ASCII"))
+    })
+}
+
+/// Test-only routes (the `fault-injection` feature): a handler that panics, one that never
+/// answers.
+#[cfg(feature = "fault-injection")]
+async fn fault_panic() -> StatusCode {
+    panic!("fault injected")
+}
+
+#[cfg(feature = "fault-injection")]
+async fn fault_stall() -> StatusCode {
+    std::future::pending().await
+}
+
+fn routes() -> Router<AppState> {
     use axum::routing::{delete, post};
     const GET: &str = "GET, HEAD, OPTIONS";
     const POST: &str = "POST, OPTIONS";
-    Router::new()
+    let router = Router::new()
         .route("/", with_options(get(jobs::entry_point), GET))
         .route(
             "/jobs",
@@ -106,20 +269,24 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/health/live", with_options(get(live), GET))
         .route("/health/ready", with_options(get(ready), GET))
-        .route("/metrics", with_options(get(metrics_text), GET))
+        .route("/metrics", with_options(get(metrics_text), GET));
+    #[cfg(feature = "fault-injection")]
+    let router = router
+        .route("/fault/panic", get(fault_panic))
+        .route("/fault/stall", get(fault_stall));
+    router
         .route_layer(middleware::from_fn(track_http))
         .fallback(not_found)
-        .layer(middleware::from_fn(problem_details))
-        .with_state(state)
 }
 
 /// Only `/metrics`, for `TCC_METRICS_LISTEN`.
-pub fn metrics_router(state: AppState) -> Router {
-    Router::new()
+pub fn metrics_router(state: AppState) -> impl HttpService {
+    let settings = state.settings.clone();
+    let routes = Router::new()
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
-        .layer(middleware::from_fn(problem_details))
-        .with_state(state)
+        .with_state(state);
+    guarded(routes, &settings)
 }
 
 async fn not_found() -> ApiError {
@@ -253,8 +420,8 @@ pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-/// `Prefer: wait=N` (RFC 7240), capped.
-pub fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
+/// `Prefer: wait=N` (RFC 7240), capped at `max`.
+pub fn prefer_wait(headers: &HeaderMap, max: Duration) -> Option<Duration> {
     headers
         .get_all("prefer")
         .iter()
@@ -265,7 +432,7 @@ pub fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
             (k.trim().eq_ignore_ascii_case("wait")).then(|| v.trim().parse::<f64>().ok())?
         })
         .find(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s).min(MAX_WAIT))
+        .map(|s| Duration::from_secs_f64(s.min(max.as_secs_f64())))
 }
 
 /// Whether `If-None-Match` names `etag` (or `*`).
@@ -333,4 +500,79 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Va
 
 fn strip_position(msg: &str) -> &str {
     msg.find(" at line ").map_or(msg, |i| &msg[..i])
+}
+
+/// Property tests over the parsers of what a request carries: whatever the input, they answer
+/// (a value or an error) and never panic. Bounded: proptest's default number of cases.
+#[cfg(test)]
+mod parser_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>().prop_map(|f| json!(f)),
+            any::<i64>().prop_map(|i| json!(i)),
+            ".{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("tasks".to_string()),
+                        Just("taskURL".to_string()),
+                        Just("participantLink".to_string()),
+                        Just("uri".to_string()),
+                        Just("expires".to_string()),
+                        Just("jobMaxTTL".to_string()),
+                        Just("retryPolicy".to_string()),
+                        Just("inputMapping".to_string()),
+                        Just("sharedState".to_string()),
+                        ".{0,12}"
+                    ],
+                    inner,
+                    0..8
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn prefer_wait_never_panics_and_stays_under_the_cap(v in any::<Vec<u8>>(), n in any::<f64>()) {
+            let max = Duration::from_secs(45);
+            for value in [v.clone(), format!("wait={n}").into_bytes(), format!("respond-async, wait={n:e}").into_bytes()] {
+                let mut headers = HeaderMap::new();
+                if let Ok(h) = HeaderValue::from_bytes(&value) {
+                    headers.insert("prefer", h);
+                }
+                prop_assert!(prefer_wait(&headers, max).is_none_or(|w| w <= max));
+            }
+        }
+
+        #[test]
+        fn unreadable_input_never_panics(path in "/[a-zA-Z0-9/._~%-]{0,40}", raw in any::<Vec<u8>>()) {
+            let uri = format!("{path}?q={}", percent_encoding::percent_encode(&raw, percent_encoding::NON_ALPHANUMERIC));
+            if let Ok(req) = Request::builder().uri(uri.as_str()).body(Body::empty()) {
+                let verdict = unreadable(&req);
+                let decoded = std::str::from_utf8(&raw);
+                if decoded.is_err() || decoded.is_ok_and(|s| s.contains('\0')) {
+                    prop_assert!(verdict.is_some(), "{uri} refused");
+                }
+            }
+        }
+
+        #[test]
+        fn job_and_registration_parsers_never_panic(v in json_value()) {
+            let now = chrono::Utc::now();
+            let _ = crate::domain::request::parse_job(&v, crate::domain::request::Limits { max_tasks: 100 }, now);
+            let _ = crate::domain::request::parse_registration(&v, now);
+            let doc = json!({"autoConfirm": false, "tasks": [v.clone()], "sharedState": v});
+            let _ = crate::domain::request::parse_job(&doc, crate::domain::request::Limits { max_tasks: 100 }, now);
+        }
+    }
 }

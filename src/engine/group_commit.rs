@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::task::TaskTracker;
 
 use crate::store::{self, Inserted, JobRecord, NewJobRow, Save, Saved, StoreError};
 
@@ -30,14 +31,22 @@ enum Write {
 
 pub struct GroupCommit {
     queue: Mutex<Vec<Write>>,
+    /// The most writes queued at once. Each driver has at most one save queued and each
+    /// request at most one new job, so a bound of drivers + requests in flight is never reached
+    /// in normal operation; past it a new job is refused (503), never queued.
+    bound: usize,
     writers: Arc<Semaphore>,
+    /// The writer tasks are the engine's: awaited at shutdown.
+    tracker: TaskTracker,
 }
 
 impl GroupCommit {
-    pub fn new(writers: usize) -> Self {
+    pub fn new(writers: usize, bound: usize, tracker: TaskTracker) -> Self {
         GroupCommit {
             queue: Mutex::new(Vec::new()),
+            bound: bound.max(1),
             writers: Arc::new(Semaphore::new(writers.max(1))),
+            tracker,
         }
     }
 
@@ -64,7 +73,13 @@ impl GroupCommit {
         record: JobRecord,
     ) -> Result<Inserted, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.lock().push(Write::Insert(Box::new((row, record)), tx));
+        {
+            let mut q = self.lock();
+            if q.len() >= self.bound {
+                return Err(StoreError::Overloaded("the accept queue is full"));
+            }
+            q.push(Write::Insert(Box::new((row, record)), tx));
+        }
         self.kick(pool);
         rx.await
             .map_err(|_| StoreError::Unavailable("the write was abandoned".into()))?
@@ -75,7 +90,8 @@ impl GroupCommit {
     fn kick(self: &Arc<Self>, pool: &Pool) {
         if let Ok(slot) = self.writers.clone().try_acquire_owned() {
             let (this, pool) = (self.clone(), pool.clone());
-            tokio::spawn(async move { this.drain(slot, pool).await });
+            self.tracker
+                .spawn(async move { this.drain(slot, pool).await });
         }
     }
 

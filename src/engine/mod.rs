@@ -33,6 +33,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub mod group_commit;
 mod identity;
@@ -56,6 +57,8 @@ pub struct EngineSettings {
     pub call_timeout: Duration,
     pub max_inflight_calls: usize,
     pub max_active_jobs: usize,
+    /// Most HTTP requests in progress (each may queue one new job).
+    pub max_inflight_requests: usize,
     pub shutdown_grace: Duration,
     pub retention: Duration,
     pub planner: PlannerSettings,
@@ -138,9 +141,14 @@ impl Engine {
         // reads.
         let writers = (pool.status().max_size / 4).max(1);
         let (settings_instance, db_identity) = (settings.instance_id.clone(), db.clone());
+        let tracker = TaskTracker::new();
         Engine {
             inner: Arc::new(Inner {
-                commits: Arc::new(GroupCommit::new(writers)),
+                commits: Arc::new(GroupCommit::new(
+                    writers,
+                    settings.max_active_jobs + settings.max_inflight_requests,
+                    tracker.clone(),
+                )),
                 pool,
                 db,
                 client,
@@ -148,7 +156,7 @@ impl Engine {
                 drivers: Arc::new(Semaphore::new(settings.max_active_jobs)),
                 settings,
                 running: Mutex::new(HashMap::new()),
-                tracker: TaskTracker::new(),
+                tracker,
                 shutdown: CancellationToken::new(),
                 changes,
                 identity: Identity::new(settings_instance, db_identity),
@@ -317,7 +325,13 @@ impl Engine {
             let _running = Running(inner.clone(), id.clone());
             let driver = Driver::new(inner.clone(), id.clone(), fence.clone(), notify);
             let outcome = tokio::select! {
-                r = std::panic::AssertUnwindSafe(driver.run(known)).catch_unwind() => r,
+                r = std::panic::AssertUnwindSafe(driver.run(known))
+                    .catch_unwind()
+                    .instrument(tracing::info_span!(
+                        "job",
+                        jobID = %id,
+                        correlationID = tracing::field::Empty
+                    )) => r,
                 // The identity was lost: others may take the job now. Stop at once, writing
                 // nothing and calling nobody; the calls in flight are dropped.
                 _ = live.cancelled() => return,
@@ -621,7 +635,14 @@ impl Driver {
             return Ok(());
         }
         let mut job = record.job;
+        tracing::Span::current().record("correlationID", job.correlation_id.as_str());
+        // `saved`: the job as last written. `durable`: as last written with a synchronous
+        // commit, which makes every earlier write durable too. Rows are written as they differ
+        // from `durable`, not from `saved`: an asynchronous commit that the database loses in a
+        // crash while this driver goes on (the pool reconnects unseen) is written again with
+        // the next save, never assumed.
         let mut saved = job.clone();
+        let mut durable_base = job.clone();
         let mut seen_seq = record.wake_seq;
         let mut in_flight: HashSet<usize> = HashSet::new();
         let mut calls: FuturesUnordered<CallFuture> = FuturesUnordered::new();
@@ -647,7 +668,7 @@ impl Driver {
                     return Ok(());
                 }
                 seen_seq = r.wake_seq;
-                for j in [&mut job, &mut saved] {
+                for j in [&mut job, &mut saved, &mut durable_base] {
                     j.confirm_requested = r.confirm_requested;
                     j.cancel_requested = r.cancel_requested;
                     j.tasks.extend(r.new_tasks.iter().cloned());
@@ -698,7 +719,7 @@ impl Driver {
                 let changed: Vec<crate::domain::Task> = job
                     .tasks
                     .iter()
-                    .zip(saved.tasks.iter())
+                    .zip(durable_base.tasks.iter())
                     .filter(|(a, b)| a != b)
                     .map(|(a, _)| a.clone())
                     .collect();
@@ -708,7 +729,7 @@ impl Driver {
                     failure_reason: job.failure_reason,
                     fence: self.fence.clone(),
                     tasks: changed,
-                    shared_state: (job.shared_state != saved.shared_state)
+                    shared_state: (job.shared_state != durable_base.shared_state)
                         .then(|| job.shared_state.clone()),
                     guard_seq: (release.is_some() || deciding).then_some(seen_seq),
                     release,
@@ -722,6 +743,9 @@ impl Driver {
                             self.on_status_change(&saved, &job, now);
                         }
                         saved = job.clone();
+                        if durable {
+                            durable_base = job.clone();
+                        }
                         unsaved_since = None;
                         renew_at = Instant::now() + settings.lease_ttl / 3;
                         self.inner.changes.send(self.id.clone()).ok();

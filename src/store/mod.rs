@@ -43,6 +43,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("migration failed: {0}")]
     Migration(String),
+    /// A bounded queue in front of the database is full: nothing was written.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -86,9 +89,14 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 /// the table being small (as it is when an instance starts on a new database): every statement
 /// here reaches its rows through an index, so the sessions rule out sequential scans and hash or
 /// merge joins where an index path exists.
+///
+/// `synchronous_commit` is set, not inherited: a server configured `off` must not turn "202 only
+/// once durable" into a promise the database does not keep. Writes that may be lost (and are
+/// written again, see the engine's durable baseline) turn it off for their own transaction.
 pub fn pool(mut config: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
     const SESSION: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
-                           -c enable_hashjoin=off -c enable_mergejoin=off";
+                           -c enable_hashjoin=off -c enable_mergejoin=off \
+                           -c synchronous_commit=on";
     let options = match config.get_options() {
         Some(o) if !o.trim().is_empty() => format!("{o} {SESSION}"),
         _ => SESSION.to_string(),

@@ -4,6 +4,7 @@
 mod helpers;
 mod participant;
 
+mod hardening;
 mod lifecycle;
 mod recovery;
 mod store;

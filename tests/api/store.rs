@@ -193,7 +193,11 @@ async fn the_group_commit_fails_only_the_bad_writes_of_a_refused_batch() {
 
     // On this test's single-threaded runtime, the first write starts the writer task and the
     // others queue before it runs: the four are one batch.
-    let commits = Arc::new(GroupCommit::new(1));
+    let commits = Arc::new(GroupCommit::new(
+        1,
+        64,
+        tokio_util::task::TaskTracker::new(),
+    ));
     let (bad_insert, good_insert, bad_saved, good_saved) = tokio::join!(
         commits.insert(&pool, bad_new.0, bad_new.1),
         commits.insert(&pool, good_new.0.clone(), good_new.1),
@@ -227,4 +231,111 @@ async fn the_group_commit_fails_only_the_bad_writes_of_a_refused_batch() {
     let first = load(taken.0.id.clone()).await;
     assert_eq!(first.job.tasks[0].task_id, "t");
     assert_eq!(said(&first), said(&taken.1));
+}
+
+/// The fence: a claim skips a job whose lease is live, a claim of a free job bumps the
+/// generation, and a write under a stale generation (or another owner) is `LeaseLost` and
+/// writes nothing.
+#[tokio::test]
+async fn fencing_claims_skip_live_leases_bump_the_generation_and_refuse_stale_writes() {
+    let client = migrated_database().await;
+    let (row, record) = new_row(None, "h", "f");
+    store::insert_job(&client, &row, &record)
+        .await
+        .expect("stored");
+    let id = row.id.clone();
+    let ttl = Duration::from_secs(30);
+    // Claims only look at due jobs; this one is due from its creation.
+    let live = store::claim_one(&client, &id, "other", ttl)
+        .await
+        .expect("claim");
+    assert_eq!(live, None, "a live lease is skipped");
+
+    let ours = save_saying(&client, &id, "first owner").await;
+    assert_eq!(ours.fence.generation, 1);
+    assert!(matches!(
+        store::save(&client, &ours).await,
+        Ok(Saved::Ok { .. })
+    ));
+
+    store::release(&client, &id, &ours.fence)
+        .await
+        .expect("release");
+    let claimed = store::claim_one(&client, &id, "other", ttl)
+        .await
+        .expect("claim")
+        .expect("a free job is claimed");
+    assert_eq!(claimed.generation, 2, "the claim bumps the generation");
+
+    let mut stale = save_saying(&client, &id, "stale write").await;
+    stale.fence = ours.fence.clone();
+    assert_eq!(
+        store::save(&client, &stale).await.ok(),
+        Some(Saved::LeaseLost)
+    );
+    let mut wrong_owner = stale.clone();
+    wrong_owner.fence = Fence {
+        owner: "store-test".into(),
+        generation: 2,
+    };
+    assert_eq!(
+        store::save(&client, &wrong_owner).await.ok(),
+        Some(Saved::LeaseLost)
+    );
+    let after = store::load_job(&client, &id)
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(
+        after.job.tasks[0].last_message.as_deref(),
+        Some("first owner"),
+        "the stale writes wrote nothing"
+    );
+    let mut current = stale;
+    current.fence = Fence {
+        owner: "other".into(),
+        generation: 2,
+    };
+    assert!(matches!(
+        store::save(&client, &current).await,
+        Ok(Saved::Ok { .. })
+    ));
+}
+
+/// Saves queued while the writer is busy go to PostgreSQL as one batch: one statement, so one
+/// transaction, which every row it wrote names as its `xmin`.
+// Single-threaded on purpose: the writer task cannot run before all the writes are queued.
+#[tokio::test(flavor = "current_thread")]
+async fn the_group_commit_writes_queued_saves_as_one_transaction() {
+    let pool = migrated_pool().await;
+    let client = pool.get().await.expect("a connection");
+    let mut saves = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let (row, record) = new_row(None, "h", &format!("b{n}"));
+        store::insert_job(&client, &row, &record)
+            .await
+            .expect("stored");
+        saves.push(save_saying(&client, &row.id, "batched").await);
+        ids.push(row.id);
+    }
+    let commits = Arc::new(GroupCommit::new(
+        1,
+        64,
+        tokio_util::task::TaskTracker::new(),
+    ));
+    let results =
+        futures::future::join_all(saves.into_iter().map(|s| commits.save(&pool, s))).await;
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(Saved::Ok { .. }))),
+        "{results:?}"
+    );
+    let rows = client
+        .query(
+            "SELECT DISTINCT xmin::text FROM jobs WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .expect("xmin");
+    assert_eq!(rows.len(), 1, "the six saves were one transaction");
 }
