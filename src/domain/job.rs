@@ -37,6 +37,104 @@ pub struct TrySpec {
     pub retry_policy: Option<RetryPolicyPatch>,
 }
 
+/// Where a task's confirm stands, as one value, so that "sent", "refused" and "may have been
+/// applied" cannot disagree. `maybe_applied` is sticky: some confirm may have been applied
+/// without the coordinator hearing it (a timeout, a dropped connection, a 500/502/504, or an
+/// answer lost with its driver), and going back to cancel would then be a guess (rules 4, 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfirmState {
+    /// No confirm is out; the next one is sent when due.
+    Ready { maybe_applied: bool },
+    /// A confirm was sent and its answer has not been folded in yet. Persisted before the call,
+    /// so that after a crash or a hand-back the next owner knows an answer was lost.
+    Sent { maybe_applied: bool },
+    /// The confirm cannot succeed (refused, gone, or the link expired while retrying); whether
+    /// that makes the task heuristic or the job cancel depends on the others (rule 4).
+    Refused { maybe_applied: bool },
+}
+
+impl Default for ConfirmState {
+    fn default() -> Self {
+        ConfirmState::Ready {
+            maybe_applied: false,
+        }
+    }
+}
+
+impl ConfirmState {
+    pub fn maybe_applied(self) -> bool {
+        match self {
+            ConfirmState::Ready { maybe_applied }
+            | ConfirmState::Sent { maybe_applied }
+            | ConfirmState::Refused { maybe_applied } => maybe_applied,
+        }
+    }
+
+    pub fn is_refused(self) -> bool {
+        matches!(self, ConfirmState::Refused { .. })
+    }
+
+    pub fn is_sent(self) -> bool {
+        matches!(self, ConfirmState::Sent { .. })
+    }
+
+    /// A confirm goes out.
+    pub fn send(self) -> Self {
+        ConfirmState::Sent {
+            maybe_applied: self.maybe_applied(),
+        }
+    }
+
+    /// The sent confirm was answered without settling it: it waits for the next attempt.
+    /// `maybe_applied`: the answer leaves open whether it was applied.
+    pub fn answered(self, maybe_applied: bool) -> Self {
+        ConfirmState::Ready {
+            maybe_applied: maybe_applied || self.maybe_applied(),
+        }
+    }
+
+    /// A confirm was out with nobody left to hear its answer (its driver crashed or handed the
+    /// job back): it may have been applied.
+    pub fn lost(self) -> Self {
+        match self {
+            ConfirmState::Sent { .. } => ConfirmState::Ready {
+                maybe_applied: true,
+            },
+            other => other,
+        }
+    }
+
+    /// The confirm cannot succeed.
+    pub fn refuse(self) -> Self {
+        ConfirmState::Refused {
+            maybe_applied: self.maybe_applied(),
+        }
+    }
+
+    /// The job turned to cancel: no confirm is refused any more, what may have been applied
+    /// stays so.
+    pub fn reset(self) -> Self {
+        ConfirmState::Ready {
+            maybe_applied: self.maybe_applied(),
+        }
+    }
+
+    /// As stored: `(refused, sent, maybe_applied)`.
+    pub fn flags(self) -> (bool, bool, bool) {
+        (self.is_refused(), self.is_sent(), self.maybe_applied())
+    }
+
+    /// From the stored flags; `None` for a combination no state has (refused and sent).
+    pub fn from_flags(refused: bool, sent: bool, maybe_applied: bool) -> Option<Self> {
+        match (refused, sent) {
+            (true, true) => None,
+            (true, false) => Some(ConfirmState::Refused { maybe_applied }),
+            (false, true) => Some(ConfirmState::Sent { maybe_applied }),
+            (false, false) => Some(ConfirmState::Ready { maybe_applied }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
     /// Position in the job, 0-based, stable.
@@ -52,21 +150,47 @@ pub struct Task {
     pub attempts: i32,
     /// When the next call of the current operation is due, after a retryable answer.
     pub next_attempt_at: Option<DateTime<Utc>>,
-    /// The confirm cannot succeed (refused, gone, or the link expired while retrying); whether
-    /// that makes the task heuristic or the job cancel depends on the others (SPEC §3.3 rule 4).
-    pub refused: bool,
-    /// A confirm was sent and its answer has not been folded in yet. Persisted before the call,
-    /// so that after a crash or a hand-back the next owner knows an answer was lost.
-    pub confirm_pending: bool,
-    /// Some confirm may have been applied without the coordinator hearing it (a timeout, a
-    /// dropped connection, a 500/502/504, or a lost answer). Sticky: going back to cancel would
-    /// then be a guess (SPEC §3.3 rules 4 and 6).
-    pub confirm_unknown: bool,
+    /// Where the task's confirm stands.
+    pub confirm: ConfirmState,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub last_message: Option<String>,
     /// The Try answer as kept; shared, as it never changes once there.
     pub try_response: Option<Arc<Value>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConfirmState;
+
+    #[test]
+    fn the_confirm_state_round_trips_through_its_flags_and_keeps_maybe_applied() {
+        for refused in [false, true] {
+            for sent in [false, true] {
+                for maybe in [false, true] {
+                    match ConfirmState::from_flags(refused, sent, maybe) {
+                        Some(s) => assert_eq!(s.flags(), (refused, sent, maybe)),
+                        None => assert!(refused && sent),
+                    }
+                }
+            }
+        }
+        let s = ConfirmState::default().send().lost();
+        assert!(s.maybe_applied() && !s.is_sent());
+        assert!(s.refuse().reset().maybe_applied(), "sticky");
+        assert!(
+            !ConfirmState::default()
+                .send()
+                .answered(false)
+                .maybe_applied()
+        );
+        assert!(
+            ConfirmState::default()
+                .send()
+                .answered(true)
+                .maybe_applied()
+        );
+    }
 }
 
 impl Task {

@@ -12,7 +12,7 @@ pub mod status;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-pub use job::{Job, Link, Task, TrySpec};
+pub use job::{ConfirmState, Job, Link, Task, TrySpec};
 pub use planner::{Answer, Op, Plan, PlannerSettings, Step};
 pub use status::{FailureReason, JobStatus, TaskStatus};
 

@@ -239,17 +239,14 @@ fn plan_confirming(
         if in_flight.contains(&i) || task.status != TaskStatus::Confirming {
             continue;
         }
-        if task.confirm_pending {
-            // A confirm was sent and nobody folded its answer in: this driver crashed or
-            // handed the job back. It may have been applied.
-            task.confirm_pending = false;
-            task.confirm_unknown = true;
-        }
-        if task.refused {
+        // A confirm was sent and nobody folded its answer in: this driver crashed or handed
+        // the job back. It may have been applied.
+        task.confirm = task.confirm.lost();
+        if task.confirm.is_refused() {
             continue;
         }
         if task.link_expired(now) {
-            task.refused = true;
+            task.confirm = task.confirm.refuse();
             task.last_message = Some(match task.last_message.take() {
                 Some(last) if task.attempts > 0 => {
                     format!("the link expired before the confirm succeeded (last answer: {last})")
@@ -263,17 +260,17 @@ fn plan_confirming(
     let refused: Vec<usize> = (0..job.tasks.len())
         .filter(|i| {
             let t = &job.tasks[*i];
-            t.status == TaskStatus::Confirming && t.refused && !in_flight.contains(i)
+            t.status == TaskStatus::Confirming && t.confirm.is_refused() && !in_flight.contains(i)
         })
         .collect();
     let maybe_confirmed = job
         .tasks
         .iter()
-        .any(|t| t.status == TaskStatus::Confirming && t.confirm_unknown);
+        .any(|t| t.status == TaskStatus::Confirming && t.confirm.maybe_applied());
     let still_confirmable = job
         .tasks
         .iter()
-        .any(|t| t.status == TaskStatus::Confirming && !t.refused);
+        .any(|t| t.status == TaskStatus::Confirming && !t.confirm.is_refused());
     if !refused.is_empty() {
         if any_confirmed {
             for i in refused {
@@ -301,13 +298,13 @@ fn plan_confirming(
             continue;
         }
         let task = &mut job.tasks[i];
-        if task.status != TaskStatus::Confirming || task.refused {
+        if task.status != TaskStatus::Confirming || task.confirm.is_refused() {
             continue;
         }
         if due(task.next_attempt_at, now) {
             task.attempts += 1;
             task.next_attempt_at = None;
-            task.confirm_pending = true;
+            task.confirm = task.confirm.send();
             plan.steps.push(Step {
                 task: i,
                 op: Op::Confirm,
@@ -372,7 +369,7 @@ fn plan_canceling(
                 let task = &mut job.tasks[i];
                 task.attempts = 0;
                 task.next_attempt_at = None;
-                task.refused = false;
+                task.confirm = task.confirm.reset();
             }
             _ => {}
         }
@@ -438,7 +435,7 @@ pub fn apply(
             if task.status != TaskStatus::Confirming {
                 return Err(out_of_turn(task.status, op));
             }
-            task.confirm_pending = false;
+            task.confirm = task.confirm.answered(false);
             match answer {
                 Answer::Done => {
                     job.task_on(idx, TaskEvent::Confirmed, now)?;
@@ -449,7 +446,7 @@ pub fn apply(
                     retry_after,
                 } => retry_later(task, message, retry_after, policy, now, jitter),
                 Answer::Unknown { message } => {
-                    task.confirm_unknown = true;
+                    task.confirm = task.confirm.answered(true);
                     retry_later(
                         task,
                         format!("{message} (the confirm may have been applied)"),
@@ -467,11 +464,11 @@ pub fn apply(
                     note: Some(message),
                     ..
                 } => {
-                    task.refused = true;
+                    task.confirm = task.confirm.refuse();
                     task.last_message = Some(message);
                 }
                 Answer::Reserved { note: None, .. } => {
-                    task.refused = true;
+                    task.confirm = task.confirm.refuse();
                     task.last_message = Some("unexpected answer to a confirm".into());
                 }
             }
@@ -671,9 +668,7 @@ mod tests {
             link: None,
             attempts: 0,
             next_attempt_at: None,
-            refused: false,
-            confirm_pending: false,
-            confirm_unknown: false,
+            confirm: Default::default(),
             start_time: None,
             end_time: None,
             last_message: None,
@@ -1142,7 +1137,7 @@ mod tests {
         }
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
         assert_eq!(ops(&p), vec![(0, Op::Confirm), (1, Op::Confirm)]);
-        assert!(j.tasks.iter().all(|t| t.confirm_pending));
+        assert!(j.tasks.iter().all(|t| t.confirm.is_sent()));
         j
     }
 
@@ -1154,7 +1149,7 @@ mod tests {
         let mut j = confirming_pair(now);
         apply(&mut j, 0, Op::Confirm, unknown(), now, 0.0).expect("apply");
         apply(&mut j, 1, Op::Confirm, refused("403"), now, 0.0).expect("apply");
-        assert!(j.tasks[0].confirm_unknown && !j.tasks[0].confirm_pending);
+        assert!(j.tasks[0].confirm.maybe_applied() && !j.tasks[0].confirm.is_sent());
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
         assert_eq!(
             j.status,
@@ -1201,7 +1196,7 @@ mod tests {
         // The driver died with both confirms in flight; the next owner plans with nothing in
         // flight. Then t1 is refused.
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert!(j.tasks.iter().all(|t| t.confirm_unknown));
+        assert!(j.tasks.iter().all(|t| t.confirm.maybe_applied()));
         assert_eq!(ops(&p), vec![(0, Op::Confirm), (1, Op::Confirm)]);
         apply(&mut j, 1, Op::Confirm, refused("404"), now, 0.0).expect("apply");
         apply(&mut j, 0, Op::Confirm, retry503(), now, 0.0).expect("apply");

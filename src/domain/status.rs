@@ -55,6 +55,13 @@ pub enum JobEvent {
     AllReleased,
     /// Every cancel has settled but a participant had already confirmed.
     ReleasedButConfirmed,
+    /// An operator starts a new attempt of a failed or canceled job (`restart`).
+    Restart,
+    /// An operator has the confirms of a heuristic job retried (`continue`).
+    Continue,
+    /// An operator records the manual fix of a heuristic job (`resolve`): it stays heuristic,
+    /// resolved.
+    Resolve,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +146,9 @@ impl JobStatus {
                 None => return Err(self.illegal(event)),
             },
             (S::Canceling, E::ReleasedButConfirmed) => (S::Heuristic, None),
+            (S::Failed | S::Canceled, E::Restart) => (S::Pending, None),
+            (S::Heuristic, E::Continue) => (S::Confirming, None),
+            (S::Heuristic, E::Resolve) => (S::Heuristic, None),
             _ => return Err(self.illegal(event)),
         };
         Ok(next)
@@ -244,6 +254,10 @@ pub enum TaskEvent {
     FoundConfirmed,
     /// The job was canceled before this task held a reservation: nothing to release.
     Abandoned,
+    /// The job starts a new attempt: the task is tried afresh.
+    Restart,
+    /// An operator has a heuristic task's confirm retried.
+    RetryConfirm,
 }
 
 impl TaskStatus {
@@ -301,6 +315,8 @@ impl TaskStatus {
             (S::Canceling | S::Trying, E::Lapsed) => S::Expired,
             (S::Canceling, E::FoundConfirmed) => S::Confirmed,
             (S::Pending, E::Abandoned) => S::Canceled,
+            (S::Canceled | S::Expired | S::Failed | S::Pending, E::Restart) => S::Pending,
+            (S::Heuristic, E::RetryConfirm) => S::Confirming,
             _ => {
                 return Err(IllegalTransition {
                     what: "task",
@@ -343,6 +359,9 @@ mod tests {
             JobEvent::ConfirmSettledHeuristic,
             JobEvent::AllReleased,
             JobEvent::ReleasedButConfirmed,
+            JobEvent::Restart,
+            JobEvent::Continue,
+            JobEvent::Resolve,
         ];
         events.extend(FailureReason::ALL.map(JobEvent::DecideCancel));
         events
@@ -404,6 +423,10 @@ mod tests {
                 S::Heuristic,
                 None,
             ),
+            (S::Failed, None, E::Restart, S::Pending, None),
+            (S::Canceled, None, E::Restart, S::Pending, None),
+            (S::Heuristic, None, E::Continue, S::Confirming, None),
+            (S::Heuristic, None, E::Resolve, S::Heuristic, None),
         ];
         let mut expected = legal.clone();
         for from in [S::Pending, S::Trying, S::Reserved] {
@@ -432,6 +455,10 @@ mod tests {
                         (Err(_), None) => {}
                         // AllReleased with no reason on record is an inconsistency, rejected.
                         (Err(_), Some(_)) if event == E::AllReleased && reason.is_none() => {}
+                        // A restarted job carries no reason any more.
+                        (Ok((to, tr)), Some((wto, None))) if event == E::Restart => {
+                            assert_eq!((to, tr), (wto, None));
+                        }
                         (got, want) => {
                             panic!("{status} ({reason:?}) + {event:?}: got {got:?}, want {want:?}")
                         }
@@ -441,11 +468,23 @@ mod tests {
         }
     }
 
+    /// A finished job takes only the operators' events: restart (failed, canceled), continue and
+    /// resolve (heuristic). Completed takes nothing.
     #[test]
-    fn terminal_job_statuses_accept_nothing() {
+    fn terminal_job_statuses_take_only_the_operators_events() {
+        use JobEvent as E;
         for status in JobStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
             for event in all_job_events() {
-                assert!(status.on(Some(FailureReason::Client), event).is_err());
+                let operator = match status {
+                    JobStatus::Failed | JobStatus::Canceled => event == E::Restart,
+                    JobStatus::Heuristic => matches!(event, E::Continue | E::Resolve),
+                    _ => false,
+                };
+                assert_eq!(
+                    status.on(Some(FailureReason::Client), event).is_ok(),
+                    operator,
+                    "{status} + {event:?}"
+                );
             }
         }
     }
@@ -466,6 +505,8 @@ mod tests {
             E::Lapsed,
             E::FoundConfirmed,
             E::Abandoned,
+            E::Restart,
+            E::RetryConfirm,
         ];
         let legal = [
             (S::Pending, E::TrySent, S::Trying),
@@ -482,6 +523,11 @@ mod tests {
             (S::Canceling, E::Lapsed, S::Expired),
             (S::Canceling, E::FoundConfirmed, S::Confirmed),
             (S::Pending, E::Abandoned, S::Canceled),
+            (S::Pending, E::Restart, S::Pending),
+            (S::Canceled, E::Restart, S::Pending),
+            (S::Expired, E::Restart, S::Pending),
+            (S::Failed, E::Restart, S::Pending),
+            (S::Heuristic, E::RetryConfirm, S::Confirming),
         ];
         for status in TaskStatus::ALL {
             for event in events {

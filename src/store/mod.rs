@@ -18,7 +18,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::domain::request::{NewJob, NewTaskKind, Registration};
 use crate::domain::retry::RetryPolicyPatch;
-use crate::domain::{FailureReason, Job, JobStatus, Link, Task, TaskStatus, TrySpec};
+use crate::domain::{ConfirmState, FailureReason, Job, JobStatus, Link, Task, TaskStatus, TrySpec};
 
 mod instances;
 
@@ -262,9 +262,12 @@ fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
         },
         attempts: row.try_get("attempts")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
-        refused: row.try_get("refused")?,
-        confirm_pending: row.try_get("confirm_pending")?,
-        confirm_unknown: row.try_get("confirm_unknown")?,
+        confirm: ConfirmState::from_flags(
+            row.try_get("refused")?,
+            row.try_get("confirm_pending")?,
+            row.try_get("confirm_unknown")?,
+        )
+        .ok_or_else(|| corrupt("a task whose confirm is both refused and in flight"))?,
         start_time: row.try_get("start_time")?,
         end_time: row.try_get("end_time")?,
         last_message: row.try_get("last_message")?,
@@ -325,9 +328,7 @@ pub fn initial_record(row: &NewJobRow) -> Result<JobRecord> {
                 link,
                 attempts: 0,
                 next_attempt_at: None,
-                refused: false,
-                confirm_pending: false,
-                confirm_unknown: false,
+                confirm: Default::default(),
                 start_time: None,
                 end_time: None,
                 last_message: None,
@@ -736,9 +737,10 @@ pub async fn save_many(
             expires.push(t.link.as_ref().map(|l| l.expires));
             attempts.push(t.attempts);
             next_at.push(t.next_attempt_at);
-            refused.push(t.refused);
-            pending.push(t.confirm_pending);
-            unknown.push(t.confirm_unknown);
+            let (is_refused, sent, maybe_applied) = t.confirm.flags();
+            refused.push(is_refused);
+            pending.push(sent);
+            unknown.push(maybe_applied);
             start.push(t.start_time);
             end.push(t.end_time);
             message.push(t.last_message.as_deref());
