@@ -339,3 +339,126 @@ async fn the_group_commit_writes_queued_saves_as_one_transaction() {
         .expect("xmin");
     assert_eq!(rows.len(), 1, "the six saves were one transaction");
 }
+
+/// Every column a job and its tasks are stored in comes back as written: a document with every
+/// field set, a task with a Try and one with a link, then a save that sets every task column to
+/// a value other than its default.
+#[tokio::test]
+async fn every_column_round_trips() {
+    use tcc_coordinator::domain::{ConfirmState, JobStatus, Link, TaskStatus};
+    let client = migrated_database().await;
+    // PostgreSQL keeps microseconds.
+    let now = chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
+        .expect("a timestamp");
+    let doc = json!({
+        "description": "every field",
+        "correlationID": "round-trip",
+        "jobMaxTTL": 120.5,
+        "autoConfirm": false,
+        "jobSuccessURL": "http://127.0.0.1:9/ok",
+        "jobFailedURL": "http://127.0.0.1:9/failed",
+        "contact": {"person": "P", "email": "p@example.org", "webhook": "http://127.0.0.1:9/hook"},
+        "tags": ["a", "b"],
+        "sharedState": {"customer": 42, "nested": {"list": [1, 2]}},
+        "retryPolicy": {"maxAttempts": 7, "initialDelay": 0.2, "maxDelay": 3, "multiplier": 1.5},
+        "tasks": [
+            {
+                "taskID": "tried",
+                "taskDescription": "a Try",
+                "taskURL": "http://127.0.0.1:9/try",
+                "body": {"n": 1},
+                "inputMapping": {"/customer": "/customer"},
+                "outputMapping": {"/booking": "/participantLink/uri"},
+                "taskMaxTTL": 4.5,
+                "retryPolicy": {"maxAttempts": 2}
+            },
+            {
+                "taskID": "linked",
+                "participantLink": {"uri": "http://127.0.0.1:9/r/1", "expires": crate_rfc3339(now + chrono::Duration::seconds(90))}
+            }
+        ]
+    });
+    let job = parse_job(&doc, Limits { max_tasks: 10 }, now).expect("a valid document");
+    let row = NewJobRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        job,
+        source: "jcl",
+        created_at: now,
+        owner: "store-test".into(),
+        lease_ttl: Duration::from_secs(30),
+        idempotency_key: Some("rt-key".into()),
+        request_hash: Some("rt-hash".into()),
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+    };
+    let record = store::initial_record(&row).expect("an initial record");
+    store::insert_job(&client, &row, &record)
+        .await
+        .expect("stored");
+    let loaded = store::load_job(&client, &row.id)
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(loaded.job, record.job, "the new job as inserted");
+    assert_eq!(loaded.fields, record.fields);
+    assert_eq!(
+        (loaded.attempt, loaded.wake_seq, loaded.lease_generation),
+        (1, 0, 1)
+    );
+    assert_eq!(loaded.lease_owner.as_deref(), Some("store-test"));
+
+    // Every task column set, then saved and read back.
+    let mut expected = loaded.job.clone();
+    expected.status = JobStatus::Confirming;
+    expected.shared_state = json!({"customer": 42, "booking": "http://127.0.0.1:9/r/2"});
+    let at = |s: i64| now + chrono::Duration::seconds(s);
+    let t = &mut expected.tasks[0];
+    t.status = TaskStatus::Confirming;
+    t.link = Some(Link {
+        uri: "http://127.0.0.1:9/r/2".into(),
+        expires: at(60),
+    });
+    t.attempts = 3;
+    t.next_attempt_at = Some(at(2));
+    t.confirm = ConfirmState::Sent {
+        maybe_applied: true,
+    };
+    t.start_time = Some(at(1));
+    t.last_message = Some("503 from the participant".into());
+    t.try_response = Some(Arc::new(
+        json!({"participantLink": {"uri": "r/2"}, "extra": [true]}),
+    ));
+    let t = &mut expected.tasks[1];
+    t.status = TaskStatus::Confirming;
+    t.confirm = ConfirmState::Refused {
+        maybe_applied: false,
+    };
+    t.end_time = Some(at(3));
+    let save = Save {
+        id: row.id.clone(),
+        status: expected.status,
+        failure_reason: None,
+        fence: Fence {
+            owner: "store-test".into(),
+            generation: 1,
+        },
+        tasks: expected.tasks.clone(),
+        shared_state: Some(expected.shared_state.clone()),
+        guard_seq: None,
+        release: None,
+        durable: true,
+        lease_ttl: Duration::from_secs(30),
+    };
+    assert!(matches!(
+        store::save(&client, &save).await,
+        Ok(Saved::Ok { .. })
+    ));
+    let again = store::load_job(&client, &row.id)
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(again.job, expected, "every column as saved");
+}
+
+fn crate_rfc3339(t: chrono::DateTime<Utc>) -> String {
+    tcc_coordinator::domain::rfc3339(t)
+}

@@ -1,0 +1,524 @@
+//! One job's driver: plan → save when it must → call → fold the answers in, until the job must
+//! wait for time or a client, ends, or its lease is lost.
+//!
+//! The driver owns nothing but its `DriverState`; it never holds a database transaction across a
+//! call, and every write it makes is fenced by its lease (`store::Fence`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{DriveError, Inner};
+use crate::domain::planner::{self, Plan};
+#[cfg(feature = "fault-injection")]
+use crate::domain::status::IllegalTransition;
+use crate::domain::{Answer, Job, JobStatus, Op, Step, mapping};
+use crate::metrics as m;
+use crate::participant::{CallIds, CallResult, TryCall};
+use crate::store::{self, Fence, Save, Saved};
+
+/// How long a driver keeps its lease while waiting for nothing but time (a retry falling due);
+/// longer waits give the lease back and leave the job to the scanner.
+const MAX_HOLD: Duration = Duration::from_secs(2);
+/// How long a driver may hold back changes that need no write yet (see `must_write`).
+const WRITE_DELAY: Duration = Duration::from_millis(100);
+
+type CallFuture = BoxFuture<'static, (usize, Op, CallResult)>;
+
+/// Drives one claimed job until it must wait for time or a client, ends, or loses its lease.
+pub(super) struct Driver {
+    inner: Arc<Inner>,
+    id: String,
+    fence: Fence,
+    wake: Arc<Notify>,
+}
+
+enum Wakeup {
+    Answer(usize, Op, CallResult),
+    Woken,
+    Timer,
+    Renew,
+    Shutdown,
+    GraceOver,
+}
+
+/// What a driver knows between its steps.
+struct DriverState {
+    /// The job as the driver sees it now.
+    job: Job,
+    /// As last written.
+    saved: Job,
+    /// As last written with a synchronous commit, which makes every earlier write durable too.
+    /// Rows are written as they differ from this, not from `saved`: an asynchronous commit that
+    /// the database loses in a crash while this driver goes on (the pool reconnects unseen) is
+    /// written again with the next save, never assumed.
+    durable: Job,
+    /// The job's `wake_seq` as last read: client requests up to it are known.
+    seen_seq: i64,
+    in_flight: HashSet<usize>,
+    calls: FuturesUnordered<CallFuture>,
+    /// Shutting down: until when the calls in flight may finish.
+    stopping: Option<Instant>,
+    needs_refresh: bool,
+    renew_at: Instant,
+    /// Since when the job has changes not yet written (see `must_write`).
+    unsaved_since: Option<Instant>,
+}
+
+/// What the driver does after planning and saving.
+enum Next {
+    /// Send the plan's steps and wait.
+    Go(Plan),
+    /// A client request came in between: plan again.
+    Replan,
+    /// Done with the job here (released, ended, or the lease lost).
+    Stop,
+}
+
+impl Driver {
+    pub(super) fn new(inner: Arc<Inner>, id: String, fence: Fence, wake: Arc<Notify>) -> Self {
+        Driver {
+            inner,
+            id,
+            fence,
+            wake,
+        }
+    }
+
+    fn lease_lost(&self) {
+        metrics::counter!(m::ENGINE_LEASE_LOST).increment(1);
+        tracing::info!(job = %self.id, "lease lost to another instance; stopping");
+    }
+
+    /// `known`: the job as just stored, saving a read, with the steps already planned into it.
+    pub(super) async fn run(
+        self,
+        known: Option<(store::JobRecord, Vec<Step>)>,
+    ) -> Result<(), DriveError> {
+        let (record, first) = match known {
+            Some(k) => k,
+            None => {
+                let client = self.inner.pool.get().await?;
+                let record = store::load_job(&client, &self.id)
+                    .await?
+                    .ok_or(DriveError::Vanished)?;
+                (record, Vec::new())
+            }
+        };
+        if record.lease_owner.as_deref() != Some(self.fence.owner.as_str())
+            || record.lease_generation != self.fence.generation
+        {
+            self.lease_lost();
+            return Ok(());
+        }
+        tracing::Span::current().record("correlationID", record.job.correlation_id.as_str());
+        let mut st = DriverState {
+            saved: record.job.clone(),
+            durable: record.job.clone(),
+            job: record.job,
+            seen_seq: record.wake_seq,
+            in_flight: HashSet::new(),
+            calls: FuturesUnordered::new(),
+            stopping: None,
+            needs_refresh: false,
+            renew_at: self.next_renewal(),
+            unsaved_since: None,
+        };
+        self.send(&mut st, first);
+        loop {
+            if st.needs_refresh && !self.refresh(&mut st).await? {
+                self.lease_lost();
+                return Ok(());
+            }
+            #[cfg(feature = "fault-injection")]
+            injected_fault(&st.job)?;
+            let plan = match self.plan_and_save(&mut st).await? {
+                Next::Go(plan) => plan,
+                Next::Replan => continue,
+                Next::Stop => return Ok(()),
+            };
+            let timer = if st.stopping.is_some() {
+                None
+            } else {
+                plan.wake_at
+            };
+            self.send(&mut st, plan.steps);
+            if st.job == st.saved {
+                st.unsaved_since = None;
+            }
+            if !self.wait_and_fold(&mut st, timer).await? {
+                self.lease_lost();
+                return Ok(());
+            }
+        }
+    }
+
+    fn next_renewal(&self) -> Instant {
+        Instant::now() + self.inner.settings.lease_ttl / 3
+    }
+
+    /// Learn the client requests and registrations that came in. `false`: the lease is lost.
+    async fn refresh(&self, st: &mut DriverState) -> Result<bool, DriveError> {
+        st.needs_refresh = false;
+        let client = self.inner.pool.get().await?;
+        let r = store::refresh(&client, &self.id, &self.fence, st.job.tasks.len()).await?;
+        if !r.still_ours {
+            return Ok(false);
+        }
+        st.seen_seq = r.wake_seq;
+        for j in [&mut st.job, &mut st.saved, &mut st.durable] {
+            j.confirm_requested = r.confirm_requested;
+            j.cancel_requested = r.cancel_requested;
+            j.tasks.extend(r.new_tasks.iter().cloned());
+        }
+        Ok(true)
+    }
+
+    /// Plan the next steps and write what must be written before they are sent (or the lease
+    /// given back when only time or a client can move the job on).
+    async fn plan_and_save(&self, st: &mut DriverState) -> Result<Next, DriveError> {
+        let settings = &self.inner.settings;
+        let now = Utc::now();
+        let before_plan = st.job.clone();
+        let plan = if st.stopping.is_some() {
+            Plan::default()
+        } else {
+            planner::plan(&mut st.job, &st.in_flight, now, &settings.planner)?
+        };
+        let job = &st.job;
+        let idle = st.in_flight.is_empty() && plan.steps.is_empty();
+        let release: Option<Option<DateTime<Utc>>> = if st.stopping.is_some() {
+            // Hand the job back to be picked up at once by whoever runs next.
+            st.calls
+                .is_empty()
+                .then_some((!job.status.is_terminal()).then_some(now))
+        } else if idle {
+            if job.status.is_terminal() {
+                Some(None)
+            } else {
+                // A job always has a deadline or an expiry to wait for; a minute is a net under
+                // that rule, not a schedule.
+                let at = plan.wake_at.unwrap_or(now + chrono::Duration::seconds(60));
+                let hold = MAX_HOLD.min(settings.lease_ttl / 4);
+                let near = (at - now).to_std().unwrap_or_default() <= hold;
+                (!near).then_some(Some(at))
+            }
+        } else {
+            None
+        };
+        let deciding = before_plan.status.is_undecided() && !job.status.is_undecided();
+        let ending = job.status != st.saved.status && job.status.is_terminal();
+        let durable = plan.durable || ending;
+        let calls_pending = !st.in_flight.is_empty() || !plan.steps.is_empty();
+        let write = *job != st.saved
+            && must_write(
+                durable,
+                deciding,
+                calls_pending,
+                st.unsaved_since.get_or_insert_with(Instant::now).elapsed(),
+            );
+        if !write && release.is_none() {
+            return Ok(Next::Go(plan));
+        }
+        let save = Save {
+            id: job.id.clone(),
+            status: job.status,
+            failure_reason: job.failure_reason,
+            fence: self.fence.clone(),
+            tasks: job
+                .tasks
+                .iter()
+                .zip(st.durable.tasks.iter())
+                .filter(|(a, b)| a != b)
+                .map(|(a, _)| a.clone())
+                .collect(),
+            shared_state: (job.shared_state != st.durable.shared_state)
+                .then(|| job.shared_state.clone()),
+            guard_seq: (release.is_some() || deciding).then_some(st.seen_seq),
+            release,
+            durable,
+            lease_ttl: settings.lease_ttl,
+        };
+        match self.inner.commits.save(&self.inner.pool, save).await? {
+            Saved::Ok { wake_seq, .. } => {
+                if st.job.status != st.saved.status {
+                    self.on_status_change(&st.saved, &st.job, now);
+                }
+                st.saved = st.job.clone();
+                if durable {
+                    st.durable = st.job.clone();
+                }
+                st.unsaved_since = None;
+                st.renew_at = self.next_renewal();
+                self.inner.changes.send(self.id.clone()).ok();
+                if release.is_some() {
+                    return Ok(Next::Stop);
+                }
+                if wake_seq != st.seen_seq {
+                    st.needs_refresh = true;
+                }
+                Ok(Next::Go(plan))
+            }
+            Saved::Conflict => {
+                // A client request arrived: forget this plan, learn it, plan again.
+                st.job = before_plan;
+                st.needs_refresh = true;
+                Ok(Next::Replan)
+            }
+            Saved::LeaseLost => {
+                self.lease_lost();
+                Ok(Next::Stop)
+            }
+        }
+    }
+
+    fn send(&self, st: &mut DriverState, steps: Vec<Step>) {
+        for step in steps {
+            st.in_flight.insert(step.task);
+            st.calls.push(self.call(&st.job, step));
+        }
+    }
+
+    /// Wait for the next thing that can move the job on and take it in. `false`: the lease is
+    /// lost.
+    async fn wait_and_fold(
+        &self,
+        st: &mut DriverState,
+        timer: Option<DateTime<Utc>>,
+    ) -> Result<bool, DriveError> {
+        // Changes held back are written at the latest WRITE_DELAY after the first of them.
+        let flush_at = st.unsaved_since.map(|since| since + WRITE_DELAY);
+        let wakeup = self
+            .wait(&mut st.calls, timer, flush_at, st.renew_at, st.stopping)
+            .await;
+        match wakeup {
+            Wakeup::Answer(idx, op, result) => {
+                st.in_flight.remove(&idx);
+                self.apply(&mut st.job, idx, op, result);
+                // Fold in every other answer that is already there: one write for all.
+                while let Some(Some((idx, op, result))) = st.calls.next().now_or_never() {
+                    st.in_flight.remove(&idx);
+                    self.apply(&mut st.job, idx, op, result);
+                }
+            }
+            Wakeup::Woken => st.needs_refresh = true,
+            Wakeup::Timer => {}
+            Wakeup::Renew => {
+                let client = self.inner.pool.get().await?;
+                let ttl = self.inner.settings.lease_ttl;
+                if !store::renew(&client, &self.id, &self.fence, ttl).await? {
+                    return Ok(false);
+                }
+                st.renew_at = self.next_renewal();
+                // Requests that arrived meanwhile are picked up cheaply here too.
+                st.needs_refresh = true;
+            }
+            Wakeup::Shutdown => {
+                st.stopping = Some(Instant::now() + self.inner.settings.shutdown_grace);
+            }
+            Wakeup::GraceOver => {
+                // Calls still in flight are abandoned: their answers are lost, and the next
+                // owner sends them again under the same request-id.
+                st.calls.clear();
+                st.in_flight.clear();
+            }
+        }
+        Ok(true)
+    }
+
+    async fn wait(
+        &self,
+        calls: &mut FuturesUnordered<CallFuture>,
+        timer: Option<DateTime<Utc>>,
+        flush_at: Option<Instant>,
+        renew_at: Instant,
+        stopping: Option<Instant>,
+    ) -> Wakeup {
+        // A wake-up already due still waits a moment: if a plan ever asked for a time in the
+        // past while calls are in flight, the loop must not spin.
+        let timer_at = timer.map(|at| {
+            let d = (at - Utc::now()).to_std().unwrap_or_default();
+            Instant::now() + d.max(Duration::from_millis(5))
+        });
+        tokio::select! {
+            Some((idx, op, result)) = calls.next(), if !calls.is_empty() => Wakeup::Answer(idx, op, result),
+            _ = self.wake.notified(), if stopping.is_none() => Wakeup::Woken,
+            _ = sleep_until_opt(timer_at) => Wakeup::Timer,
+            _ = sleep_until_opt(flush_at) => Wakeup::Timer,
+            _ = tokio::time::sleep_until(renew_at) => Wakeup::Renew,
+            _ = self.inner.shutdown.cancelled(), if stopping.is_none() => Wakeup::Shutdown,
+            _ = sleep_until_opt(stopping), if stopping.is_some() => Wakeup::GraceOver,
+        }
+    }
+
+    fn apply(&self, job: &mut Job, idx: usize, op: Op, result: CallResult) {
+        metrics::counter!(m::PARTICIPANT_CALLS, "op" => op.as_str(), "outcome" => result.outcome.as_str())
+            .increment(1);
+        metrics::histogram!(m::PARTICIPANT_CALL_DURATION, "op" => op.as_str())
+            .record(result.duration.as_secs_f64());
+        tracing::debug!(job = %self.id, task = idx, op = op.as_str(), status = ?result.http_status, outcome = result.outcome.as_str(), "participant answered");
+        if let Err(e) = planner::apply(job, idx, op, result.answer, Utc::now(), fastrand::f64()) {
+            tracing::warn!(job = %self.id, task = idx, error = %e, "answer ignored");
+        }
+    }
+
+    fn on_status_change(&self, before: &Job, after: &Job, now: DateTime<Utc>) {
+        tracing::info!(job = %self.id, from = %before.status, to = %after.status, reason = ?after.failure_reason, "job status");
+        if after.status.is_terminal() && !before.status.is_terminal() {
+            metrics::counter!(m::JOBS_FINISHED, "status" => after.status.as_str()).increment(1);
+            let secs = (now - after.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!(m::JOB_DURATION, "status" => after.status.as_str()).record(secs);
+            if after.status == JobStatus::Heuristic {
+                metrics::counter!(m::HEURISTIC_JOBS).increment(1);
+                tracing::warn!(job = %self.id, correlation_id = %after.correlation_id, "job ended HEURISTIC: participants disagree");
+            }
+        }
+    }
+
+    /// The future of one participant call. It waits for a slot among the calls in flight.
+    fn call(&self, job: &Job, step: Step) -> CallFuture {
+        let inner = self.inner.clone();
+        let task = &job.tasks[step.task];
+        let correlation_id = job.correlation_id.clone();
+        let traceparent = job.traceparent.clone();
+        let request_id = task.task_id.clone();
+        let idx = step.task;
+        let op = step.op;
+        match op {
+            Op::Try => {
+                let Some(spec) = task.try_spec.clone() else {
+                    return immediate(idx, op, "a task without a taskURL cannot be tried".into());
+                };
+                let body = match mapping::try_body(&spec, &job.shared_state) {
+                    Ok(b) => b,
+                    Err(message) => return immediate(idx, op, message),
+                };
+                let deadline = job.deadline;
+                let left = (deadline - Utc::now()).to_std().unwrap_or_default();
+                let timeout = Duration::from_secs_f64(spec.task_max_ttl).min(left);
+                async move {
+                    let result = if timeout.is_zero() {
+                        CallResult {
+                            answer: Answer::Retryable {
+                                message: "no time left before the job deadline".into(),
+                                retry_after: None,
+                            },
+                            outcome: crate::participant::CallOutcome::Timeout,
+                            http_status: None,
+                            duration: Duration::ZERO,
+                        }
+                    } else {
+                        let _slot = inner.calls.acquire().await;
+                        inner
+                            .client
+                            .try_reserve(TryCall {
+                                url: &spec.task_url,
+                                body: &body,
+                                ids: CallIds {
+                                    correlation_id: &correlation_id,
+                                    request_id: &request_id,
+                                    traceparent: traceparent.as_deref(),
+                                },
+                                timeout,
+                                job_deadline: deadline,
+                            })
+                            .await
+                    };
+                    (idx, op, result)
+                }
+                .boxed()
+            }
+            Op::Confirm | Op::Cancel => {
+                let Some(link) = task.link.clone() else {
+                    return immediate(idx, op, "the task holds no participant link".into());
+                };
+                let timeout = inner.settings.call_timeout;
+                async move {
+                    let _slot = inner.calls.acquire().await;
+                    let ids = CallIds {
+                        correlation_id: &correlation_id,
+                        request_id: &request_id,
+                        traceparent: traceparent.as_deref(),
+                    };
+                    let result = if op == Op::Confirm {
+                        inner.client.confirm(&link, &ids, timeout).await
+                    } else {
+                        inner.client.cancel(&link, &ids, timeout).await
+                    };
+                    (idx, op, result)
+                }
+                .boxed()
+            }
+        }
+    }
+}
+
+/// Test-only faults (the `fault-injection` feature): a job whose correlation id asks for one
+/// makes its driver panic, or meet an illegal transition, at every step.
+#[cfg(feature = "fault-injection")]
+fn injected_fault(job: &Job) -> Result<(), IllegalTransition> {
+    match job.correlation_id.as_str() {
+        "fault:panic" => panic!("fault injected: panic"),
+        "fault:illegal" => Err(IllegalTransition {
+            what: "job",
+            from: job.status.as_str().to_string(),
+            event: "InjectedFault".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A call that fails before anything is sent (an input mapping that does not resolve).
+fn immediate(idx: usize, op: Op, message: String) -> CallFuture {
+    let result = CallResult {
+        answer: Answer::Refused { message },
+        outcome: crate::participant::CallOutcome::Error,
+        http_status: None,
+        duration: Duration::ZERO,
+    };
+    futures::future::ready((idx, op, result)).boxed()
+}
+
+/// Whether a driver writes its changes now. Changes that need no synchronous commit and come
+/// while calls are still out (a Try answered while the other Tries run, one confirm of several
+/// done) are held back and written with the next change that must be written (the decision,
+/// the end) or after `WRITE_DELAY`, whichever comes first: losing them in a crash only means
+/// sending the same call again under the same request-id, which participants treat as a repeat.
+/// Decisions, ends, changes that precede a confirm or cancel (`durable`), and changes made when
+/// no call is out (the job is about to wait) are written at once.
+fn must_write(durable: bool, deciding: bool, calls_pending: bool, held_for: Duration) -> bool {
+    durable || deciding || !calls_pending || held_for >= WRITE_DELAY
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_written_at_once_and_what_may_wait() {
+        let fresh = Duration::ZERO;
+        // Decisions, ends and what precedes a confirm or cancel: always at once.
+        assert!(must_write(true, false, true, fresh));
+        assert!(must_write(false, true, true, fresh));
+        // Nothing out: the job is about to wait, so its state is written.
+        assert!(!must_write(false, false, true, fresh));
+        assert!(must_write(false, false, false, fresh));
+        // Held back no longer than WRITE_DELAY.
+        assert!(!must_write(false, false, true, WRITE_DELAY / 2));
+        assert!(must_write(false, false, true, WRITE_DELAY));
+    }
+}

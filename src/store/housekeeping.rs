@@ -1,0 +1,44 @@
+//! Housekeeping: the gauges read from the database and the retention purge.
+
+use super::*;
+
+/// Per non-terminal status: how many jobs, and the age in seconds of the oldest.
+pub async fn active_stats(client: &impl GenericClient) -> Result<Vec<(JobStatus, i64, f64)>> {
+    let rows = client
+        .query(
+            "SELECT status, count(*), extract(epoch FROM now() - min(created_at))::float8
+             FROM jobs
+             WHERE status IN ('pending', 'trying', 'reserved', 'confirming', 'canceling')
+             GROUP BY status",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let s: String = r.try_get(0)?;
+            Ok((s.parse().map_err(corrupt)?, r.try_get(1)?, r.try_get(2)?))
+        })
+        .collect()
+}
+
+pub async fn count_heuristic(client: &impl GenericClient) -> Result<i64> {
+    let row = client
+        .query_one("SELECT count(*) FROM jobs WHERE status = 'heuristic'", &[])
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Delete finished jobs older than `retention` (a bounded batch per call). Heuristic jobs are
+/// kept: somebody still has to look at them.
+pub async fn purge_finished(client: &impl GenericClient, retention: Duration) -> Result<u64> {
+    Ok(client
+        .execute(
+            "DELETE FROM jobs WHERE id IN (
+                SELECT id FROM jobs
+                WHERE finished_at < now() - make_interval(secs => $1)
+                  AND status IN ('completed', 'failed', 'canceled')
+                LIMIT 1000)",
+            &[&retention.as_secs_f64()],
+        )
+        .await?)
+}

@@ -1,0 +1,686 @@
+//! Jobs: storing new ones (one statement for a batch), reading one, the drivers' fenced saves
+//! (one statement for a batch), and the list behind `GET /jobs`.
+
+use super::*;
+
+/// What `insert_job` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// A new job, claimed by the inserting instance at lease generation 1, as given.
+    Created,
+    /// The idempotency key was used before, for this job; `same_request` tells whether with the
+    /// same document.
+    Replay { id: String, same_request: bool },
+}
+
+/// A new job to store: the parsed document and everything `insert_job` writes besides.
+#[derive(Debug, Clone)]
+pub struct NewJobRow {
+    pub id: String,
+    pub job: NewJob,
+    pub source: &'static str,
+    pub created_at: DateTime<Utc>,
+    pub owner: String,
+    pub lease_ttl: Duration,
+    pub idempotency_key: Option<String>,
+    /// What a replay under the same key must match: a hash of the request (set with a key).
+    pub request_hash: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+/// A new job as accepted, before the engine planned anything: `pending`, claimed by the inserting
+/// instance. The engine may plan its first steps on it before it is stored (`insert_job`).
+pub fn initial_record(row: &NewJobRow) -> Result<JobRecord> {
+    let new = &row.job;
+    let tasks = new
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (try_spec, status, link) = match &t.kind {
+                NewTaskKind::Try(spec) => (
+                    Some(std::sync::Arc::new(spec.clone())),
+                    TaskStatus::Pending,
+                    None,
+                ),
+                NewTaskKind::Link(link) => (None, TaskStatus::Reserved, Some(link.clone())),
+            };
+            Task {
+                idx: i as i32,
+                task_id: t.task_id.clone(),
+                description: t.description.clone(),
+                try_spec,
+                status,
+                link,
+                attempts: 0,
+                next_attempt_at: None,
+                confirm: Default::default(),
+                start_time: None,
+                end_time: None,
+                last_message: None,
+                try_response: None,
+            }
+        })
+        .collect();
+    let deadline = row.created_at
+        + chrono::Duration::milliseconds((new.fields.job_max_ttl * 1000.0).round() as i64);
+    Ok(JobRecord {
+        job: Job {
+            id: row.id.clone(),
+            status: JobStatus::Pending,
+            failure_reason: None,
+            correlation_id: new
+                .fields
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| row.id.clone()),
+            traceparent: row.traceparent.clone(),
+            auto_confirm: new.fields.auto_confirm,
+            confirm_requested: false,
+            cancel_requested: false,
+            created_at: row.created_at,
+            deadline,
+            shared_state: new.shared_state.clone(),
+            retry_policy: new.fields.retry_policy,
+            tasks,
+        },
+        fields: serde_json::to_value(&new.fields).map_err(corrupt)?,
+        updated_at: row.created_at,
+        attempt: 1,
+        wake_seq: 0,
+        lease_owner: Some(row.owner.clone()),
+        lease_generation: 1,
+    })
+}
+
+/// Store a new job and its tasks in one statement, claimed by `owner`, exactly as `record` holds
+/// it (`initial_record`, perhaps with its first Tries planned): what the API answers with and what
+/// the new job's driver starts from, without reading it back.
+pub async fn insert_job(
+    client: &impl GenericClient,
+    row: &NewJobRow,
+    record: &JobRecord,
+) -> Result<Inserted> {
+    insert_many(client, &[(row, record)])
+        .await?
+        .pop()
+        .ok_or_else(|| corrupt("one new job written, no outcome"))?
+}
+
+/// Store new jobs and their tasks in one statement (see `insert_job`), each job's outcome in the
+/// order given. A job whose idempotency key was taken, before or earlier in the same list, is
+/// not stored and answers `Replay` (or its own error, should the holder of the key not be read).
+/// The statement is atomic: should any row be refused, none is stored, and that is the error.
+pub async fn insert_many(
+    client: &impl GenericClient,
+    jobs: &[(&NewJobRow, &JobRecord)],
+) -> Result<Vec<Result<Inserted>>> {
+    let n = jobs.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut sources = Vec::with_capacity(n);
+    let mut job_statuses = Vec::with_capacity(n);
+    let mut fields = Vec::with_capacity(n);
+    let mut correlations = Vec::with_capacity(n);
+    let (mut tags, mut tags_from, mut tags_to) =
+        (Vec::new(), Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut auto_confirms = Vec::with_capacity(n);
+    let mut retry_policies: Vec<Option<Value>> = Vec::with_capacity(n);
+    let mut shared_states = Vec::with_capacity(n);
+    let mut task_counts = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut deadlines = Vec::with_capacity(n);
+    let mut owners = Vec::with_capacity(n);
+    let mut ttls = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    let mut traceparents = Vec::with_capacity(n);
+    let mut job_of = Vec::new();
+    let mut idx = Vec::new();
+    let mut task_ids = Vec::new();
+    let mut descriptions = Vec::new();
+    let mut specs: Vec<Option<Value>> = Vec::new();
+    let mut statuses = Vec::new();
+    let mut uris: Vec<Option<&str>> = Vec::new();
+    let mut expires: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut attempts = Vec::new();
+    let mut started: Vec<Option<DateTime<Utc>>> = Vec::new();
+    for (row, record) in jobs {
+        let job = &record.job;
+        ids.push(row.id.as_str());
+        sources.push(row.source);
+        job_statuses.push(job.status.as_str());
+        fields.push(&record.fields);
+        correlations.push(job.correlation_id.as_str());
+        // Tags go as one flat array; each job takes its slice (1-based, bounds included).
+        tags_from.push(tags.len() as i32 + 1);
+        tags.extend(row.job.fields.tags.iter().map(String::as_str));
+        tags_to.push(tags.len() as i32);
+        auto_confirms.push(job.auto_confirm);
+        retry_policies.push(
+            job.retry_policy
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(corrupt)?,
+        );
+        shared_states.push(&job.shared_state);
+        task_counts.push(job.tasks.len() as i32);
+        created.push(row.created_at);
+        deadlines.push(job.deadline);
+        owners.push(row.owner.as_str());
+        ttls.push(row.lease_ttl.as_secs_f64());
+        keys.push(row.idempotency_key.as_deref());
+        hashes.push(row.request_hash.as_deref());
+        traceparents.push(row.traceparent.as_deref());
+        for t in &job.tasks {
+            job_of.push(row.id.as_str());
+            attempts.push(t.attempts);
+            started.push(t.start_time);
+            idx.push(t.idx);
+            task_ids.push(t.task_id.as_str());
+            descriptions.push(t.description.as_deref());
+            specs.push(
+                t.try_spec
+                    .as_deref()
+                    .map(serde_json::to_value)
+                    .transpose()
+                    .map_err(corrupt)?,
+            );
+            statuses.push(t.status.as_str());
+            uris.push(t.link.as_ref().map(|l| l.uri.as_str()));
+            expires.push(t.link.as_ref().map(|l| l.expires));
+        }
+    }
+    let stmt = client
+        .prepare_cached(
+            "WITH j AS (
+                INSERT INTO jobs (id, source, status, fields, correlation_id, tags, auto_confirm,
+                    retry_policy, shared_state, task_count, created_at, updated_at, deadline,
+                    lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
+                    request_hash, traceparent)
+                SELECT n.id, n.source, n.status, n.fields, n.correlation_id,
+                    ($5::text[])[n.tags_from:n.tags_to], n.auto_confirm, n.retry_policy,
+                    n.shared_state, n.task_count, n.created_at, n.created_at, n.deadline,
+                    n.owner, now() + make_interval(secs => n.ttl), 1, n.created_at, n.key,
+                    n.hash, n.traceparent
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $6::text[],
+                    $7::int[], $8::int[], $9::bool[], $10::jsonb[], $11::jsonb[], $12::int[],
+                    $13::timestamptz[], $14::timestamptz[], $15::text[], $16::float8[],
+                    $17::text[], $18::text[], $19::text[])
+                    AS n(id, source, status, fields, correlation_id, tags_from, tags_to,
+                         auto_confirm, retry_policy, shared_state, task_count, created_at,
+                         deadline, owner, ttl, key, hash, traceparent)
+                ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                RETURNING id
+             ), t AS (
+                INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
+                    link_uri, link_expires, attempts, start_time)
+                SELECT u.job_id, u.idx, u.task_id, u.description, u.try_spec, u.status,
+                    u.link_uri, u.link_expires, u.attempts, u.start_time
+                FROM unnest($20::text[], $21::int[], $22::text[], $23::text[], $24::jsonb[],
+                    $25::text[], $26::text[], $27::timestamptz[], $28::int[],
+                    $29::timestamptz[])
+                    AS u(job_id, idx, task_id, description, try_spec, status, link_uri,
+                         link_expires, attempts, start_time)
+                WHERE u.job_id IN (SELECT id FROM j)
+             )
+             SELECT id FROM j",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 29] = [
+        &ids,
+        &sources,
+        &job_statuses,
+        &fields,
+        &tags,
+        &correlations,
+        &tags_from,
+        &tags_to,
+        &auto_confirms,
+        &retry_policies,
+        &shared_states,
+        &task_counts,
+        &created,
+        &deadlines,
+        &owners,
+        &ttls,
+        &keys,
+        &hashes,
+        &traceparents,
+        &job_of,
+        &idx,
+        &task_ids,
+        &descriptions,
+        &specs,
+        &statuses,
+        &uris,
+        &expires,
+        &attempts,
+        &started,
+    ];
+    let stored = client.query(&stmt, &params).await?;
+    let stored = stored
+        .iter()
+        .map(|r| r.try_get::<_, String>("id"))
+        .collect::<std::result::Result<std::collections::HashSet<String>, _>>()?;
+    let mut outcomes = Vec::with_capacity(n);
+    for (row, _) in jobs {
+        outcomes.push(if stored.contains(&row.id) {
+            Ok(Inserted::Created)
+        } else {
+            replay(client, row).await
+        });
+    }
+    Ok(outcomes)
+}
+
+/// The job that holds the idempotency key a new job could not take.
+async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted> {
+    let key = row
+        .idempotency_key
+        .as_deref()
+        .ok_or_else(|| corrupt("insert conflicted without an idempotency key"))?;
+    let existing = client
+        .query_one(
+            "SELECT id, request_hash FROM jobs WHERE idempotency_key = $1",
+            &[&key],
+        )
+        .await?;
+    let hash: Option<String> = existing.try_get("request_hash")?;
+    Ok(Inserted::Replay {
+        id: existing.try_get("id")?,
+        same_request: hash.is_some() && hash == row.request_hash,
+    })
+}
+
+/// The job and its tasks, or `None`.
+pub async fn load_job(client: &impl GenericClient, id: &str) -> Result<Option<JobRecord>> {
+    let job_stmt = client
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+        .await?;
+    let task_stmt = client
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = $1 ORDER BY idx"
+        ))
+        .await?;
+    let params: [&(dyn ToSql + Sync); 1] = [&id];
+    let (job_row, task_rows) = tokio::try_join!(
+        client.query_opt(&job_stmt, &params),
+        client.query(&task_stmt, &params)
+    )?;
+    let Some(job_row) = job_row else {
+        return Ok(None);
+    };
+    let tasks = task_rows
+        .iter()
+        .map(task_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(job_from_row(&job_row, tasks)?))
+}
+
+/// What the engine must learn after a client request: the flags and tasks registered since.
+pub struct Refresh {
+    pub wake_seq: i64,
+    pub confirm_requested: bool,
+    pub cancel_requested: bool,
+    pub new_tasks: Vec<Task>,
+    pub still_ours: bool,
+}
+
+pub async fn refresh(
+    client: &impl GenericClient,
+    id: &str,
+    fence: &Fence,
+    known_tasks: usize,
+) -> Result<Refresh> {
+    let known = known_tasks as i32;
+    let job = client
+        .query_opt(
+            "SELECT wake_seq, confirm_requested, cancel_requested,
+                    (lease_owner = $2 AND lease_generation = $3) AS ours
+             FROM jobs WHERE id = $1",
+            &[&id, &fence.owner, &fence.generation],
+        )
+        .await?
+        .ok_or_else(|| corrupt(format!("job {id} vanished while leased")))?;
+    let task_rows = client
+        .query(
+            &format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = $1 AND idx >= $2 ORDER BY idx"
+            ),
+            &[&id, &known],
+        )
+        .await?;
+    let ours: Option<bool> = job.try_get("ours")?;
+    Ok(Refresh {
+        wake_seq: job.try_get("wake_seq")?,
+        confirm_requested: job.try_get("confirm_requested")?,
+        cancel_requested: job.try_get("cancel_requested")?,
+        new_tasks: task_rows
+            .iter()
+            .map(task_from_row)
+            .collect::<Result<Vec<_>>>()?,
+        still_ours: ours.unwrap_or(false),
+    })
+}
+
+/// One fenced write of a driver's progress.
+/// One write of a driver: the job's status, the tasks whose row changed, and the lease.
+#[derive(Debug, Clone)]
+pub struct Save {
+    pub id: String,
+    pub status: JobStatus,
+    pub failure_reason: Option<FailureReason>,
+    pub fence: Fence,
+    /// Tasks whose row changed since the last save.
+    pub tasks: Vec<Task>,
+    /// The shared state, when it changed.
+    pub shared_state: Option<Value>,
+    /// Only write if no client request arrived since the driver last looked (`wake_seq`).
+    pub guard_seq: Option<i64>,
+    /// Give the lease back, with when to look at the job again (`None`: nothing left to do).
+    pub release: Option<Option<DateTime<Utc>>>,
+    /// Commit synchronously (a decision, an end, or what precedes a confirm or cancel).
+    pub durable: bool,
+    pub lease_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    Ok {
+        wake_seq: i64,
+        confirm_requested: bool,
+        cancel_requested: bool,
+    },
+    /// A client request arrived since `guard_seq`: nothing was written.
+    Conflict,
+    /// The lease is no longer ours: nothing was written; stop driving the job.
+    LeaseLost,
+}
+
+/// Write one driver's changes, fenced by its lease; commits synchronously when `s.durable`.
+pub async fn save(client: &impl GenericClient, s: &Save) -> Result<Saved> {
+    save_many(client, &[s], s.durable)
+        .await?
+        .pop()
+        .ok_or_else(|| corrupt("a save without an outcome"))
+}
+
+/// Write several drivers' changes in one statement, each fenced by its own lease, and return
+/// each one's outcome in order. Commits synchronously when `durable` (a batch commits as its most
+/// demanding write needs; inside a transaction, the setting holds for its commit).
+pub async fn save_many(
+    client: &impl GenericClient,
+    saves: &[&Save],
+    durable: bool,
+) -> Result<Vec<Saved>> {
+    let sync = if durable { "on" } else { "off" };
+    let n = saves.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut owners = Vec::with_capacity(n);
+    let mut generations = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut decided = Vec::with_capacity(n);
+    let mut finished = Vec::with_capacity(n);
+    let mut releasing = Vec::with_capacity(n);
+    let mut ttls = Vec::with_capacity(n);
+    let mut next_wakes: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut guards = Vec::with_capacity(n);
+    let tn: usize = saves.iter().map(|s| s.tasks.len()).sum();
+    let mut job_of = Vec::with_capacity(tn);
+    let mut idx = Vec::with_capacity(tn);
+    let mut status = Vec::with_capacity(tn);
+    let mut uri = Vec::with_capacity(tn);
+    let mut expires = Vec::with_capacity(tn);
+    let mut attempts = Vec::with_capacity(tn);
+    let mut next_at = Vec::with_capacity(tn);
+    let mut refused = Vec::with_capacity(tn);
+    let mut pending = Vec::with_capacity(tn);
+    let mut unknown = Vec::with_capacity(tn);
+    let mut start = Vec::with_capacity(tn);
+    let mut end = Vec::with_capacity(tn);
+    let mut message = Vec::with_capacity(tn);
+    let mut response = Vec::with_capacity(tn);
+    for s in saves {
+        ids.push(s.id.as_str());
+        owners.push(s.fence.owner.as_str());
+        generations.push(s.fence.generation);
+        statuses.push(s.status.as_str());
+        reasons.push(s.failure_reason.map(|r| r.as_str()));
+        states.push(s.shared_state.as_ref());
+        decided.push(!s.status.is_undecided());
+        finished.push(s.status.is_terminal());
+        releasing.push(s.release.is_some());
+        ttls.push(s.lease_ttl.as_secs_f64());
+        next_wakes.push(s.release.flatten());
+        guards.push(s.guard_seq);
+        for t in &s.tasks {
+            job_of.push(s.id.as_str());
+            idx.push(t.idx);
+            status.push(t.status.as_str());
+            uri.push(t.link.as_ref().map(|l| l.uri.as_str()));
+            expires.push(t.link.as_ref().map(|l| l.expires));
+            attempts.push(t.attempts);
+            next_at.push(t.next_attempt_at);
+            let (is_refused, sent, maybe_applied) = t.confirm.flags();
+            refused.push(is_refused);
+            pending.push(sent);
+            unknown.push(maybe_applied);
+            start.push(t.start_time);
+            end.push(t.end_time);
+            message.push(t.last_message.as_deref());
+            response.push(t.try_response.as_deref());
+        }
+    }
+    let stmt = client
+        .prepare_cached(
+            "WITH cfg AS (SELECT set_config('synchronous_commit', $1, true) AS v),
+             w AS (
+                SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[],
+                    $6::text[], $7::jsonb[], $8::bool[], $9::bool[], $10::bool[],
+                    $11::float8[], $12::timestamptz[], $13::bigint[])
+                    AS w(id, owner, generation, status, reason, shared_state, decided,
+                         finished, releasing, ttl, next_wake, guard)
+             ), j AS (
+                UPDATE jobs SET
+                    status = w.status, failure_reason = w.reason,
+                    shared_state = COALESCE(w.shared_state, jobs.shared_state),
+                    updated_at = now(),
+                    decided_at = CASE WHEN w.decided THEN COALESCE(jobs.decided_at, now())
+                                      ELSE jobs.decided_at END,
+                    finished_at = CASE WHEN w.finished THEN COALESCE(jobs.finished_at, now())
+                                       ELSE jobs.finished_at END,
+                    lease_owner = CASE WHEN w.releasing THEN NULL ELSE jobs.lease_owner END,
+                    lease_expires = CASE WHEN w.releasing THEN NULL
+                                         ELSE now() + make_interval(secs => w.ttl) END,
+                    next_wake = CASE WHEN w.releasing THEN w.next_wake ELSE jobs.next_wake END
+                FROM w
+                WHERE jobs.id = w.id AND jobs.lease_owner = w.owner
+                  AND jobs.lease_generation = w.generation
+                  AND (w.guard IS NULL OR jobs.wake_seq = w.guard)
+                RETURNING jobs.id, jobs.wake_seq, jobs.confirm_requested, jobs.cancel_requested
+             ), t AS (
+                UPDATE tasks SET status = u.status, link_uri = u.link_uri,
+                    link_expires = u.link_expires, attempts = u.attempts,
+                    next_attempt_at = u.next_attempt_at, refused = u.refused,
+                    confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
+                    start_time = u.start_time, end_time = u.end_time,
+                    last_message = u.last_message, try_response = u.try_response
+                FROM unnest($14::text[], $15::int[], $16::text[], $17::text[],
+                    $18::timestamptz[], $19::int[], $20::timestamptz[], $21::bool[],
+                    $22::timestamptz[], $23::timestamptz[], $24::text[], $25::jsonb[],
+                    $26::bool[], $27::bool[])
+                    AS u(job_id, idx, status, link_uri, link_expires, attempts, next_attempt_at,
+                         refused, start_time, end_time, last_message, try_response,
+                         confirm_pending, confirm_unknown)
+                WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx
+                  AND u.job_id IN (SELECT id FROM j)
+                RETURNING 1
+             )
+             SELECT j.id, j.wake_seq, j.confirm_requested, j.cancel_requested,
+                    (SELECT count(*) FROM t) AS tasks, (SELECT v FROM cfg) AS sync
+             FROM j",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 27] = [
+        &sync,
+        &ids,
+        &owners,
+        &generations,
+        &statuses,
+        &reasons,
+        &states,
+        &decided,
+        &finished,
+        &releasing,
+        &ttls,
+        &next_wakes,
+        &guards,
+        &job_of,
+        &idx,
+        &status,
+        &uri,
+        &expires,
+        &attempts,
+        &next_at,
+        &refused,
+        &start,
+        &end,
+        &message,
+        &response,
+        &pending,
+        &unknown,
+    ];
+    let rows = client.query(&stmt, &params).await?;
+    let mut written: HashMap<String, Saved> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        written.insert(
+            row.try_get("id")?,
+            Saved::Ok {
+                wake_seq: row.try_get("wake_seq")?,
+                confirm_requested: row.try_get("confirm_requested")?,
+                cancel_requested: row.try_get("cancel_requested")?,
+            },
+        );
+    }
+    let mut outcomes = Vec::with_capacity(n);
+    for s in saves {
+        let outcome = match written.remove(&s.id) {
+            Some(saved) => saved,
+            None => {
+                // Not written: the lease is gone, or (with a guard) a client request came.
+                let ours = client
+                    .query_opt(
+                        "SELECT 1 FROM jobs WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3",
+                        &[&s.id, &s.fence.owner, &s.fence.generation],
+                    )
+                    .await?;
+                if ours.is_some() && s.guard_seq.is_some() {
+                    Saved::Conflict
+                } else {
+                    Saved::LeaseLost
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// One row of `GET /jobs`.
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    pub id: String,
+    pub status: JobStatus,
+    pub failure_reason: Option<FailureReason>,
+    pub correlation_id: String,
+    pub fields: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub task_count: i32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub statuses: Vec<JobStatus>,
+    pub correlation_id: Option<String>,
+    pub tag: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Keyset: strictly older than this (created_at, id).
+    pub before: Option<(DateTime<Utc>, String)>,
+    pub limit: i64,
+}
+
+pub async fn list_jobs(client: &impl GenericClient, f: &JobFilter) -> Result<Vec<JobSummary>> {
+    let statuses: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
+    // Only the filters given are in the text, so that each shape gets a plan fitting it (the
+    // pool's sessions plan a prepared statement once).
+    let mut conditions: Vec<String> = Vec::new();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if !statuses.is_empty() {
+        params.push(&statuses);
+        conditions.push(format!("status = ANY(${}::text[])", params.len()));
+    }
+    if let Some(c) = &f.correlation_id {
+        params.push(c);
+        conditions.push(format!("correlation_id = ${}::text", params.len()));
+    }
+    if let Some(t) = &f.tag {
+        params.push(t);
+        conditions.push(format!("tags @> ARRAY[${}::text]", params.len()));
+    }
+    if let Some(at) = &f.created_after {
+        params.push(at);
+        conditions.push(format!("created_at > ${}::timestamptz", params.len()));
+    }
+    if let Some(at) = &f.created_before {
+        params.push(at);
+        conditions.push(format!("created_at < ${}::timestamptz", params.len()));
+    }
+    if let Some((at, id)) = &f.before {
+        params.push(at);
+        params.push(id);
+        conditions.push(format!(
+            "(created_at, id) < (${}::timestamptz, ${}::text)",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    params.push(&f.limit);
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT id, status, failure_reason, correlation_id, fields, created_at, updated_at,
+                    deadline, task_count
+             FROM jobs {filter}
+             ORDER BY created_at DESC, id DESC
+             LIMIT ${}",
+            params.len()
+        ))
+        .await?;
+    let rows = client.query(&stmt, &params).await?;
+    rows.iter()
+        .map(|r| {
+            let status: String = r.try_get("status")?;
+            let reason: Option<String> = r.try_get("failure_reason")?;
+            Ok(JobSummary {
+                id: r.try_get("id")?,
+                status: status.parse().map_err(corrupt)?,
+                failure_reason: reason.map(|r| r.parse()).transpose().map_err(corrupt)?,
+                correlation_id: r.try_get("correlation_id")?,
+                fields: r.try_get("fields")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
+                deadline: r.try_get("deadline")?,
+                task_count: r.try_get("task_count")?,
+            })
+        })
+        .collect()
+}

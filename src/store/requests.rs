@@ -1,0 +1,201 @@
+//! Client requests the engine must act on (confirm, cancel, a participant's registration), and
+//! the wake-up channel that tells the driving instance of them.
+
+use super::*;
+
+/// The answer to a client's confirm or cancel request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Recorded; the engine acts on it.
+    Accepted,
+    NotFound,
+    /// The job is already past that point; its status and failure reason.
+    AlreadyAt(JobStatus, Option<FailureReason>),
+    /// A confirm for a job that has no task yet.
+    NoTasks,
+    /// A confirm after the client asked to cancel.
+    CancelRequested,
+}
+
+async fn current_status(
+    client: &impl GenericClient,
+    id: &str,
+) -> Result<Option<(JobStatus, Option<FailureReason>, i32, bool)>> {
+    let row = client
+        .query_opt(
+            "SELECT status, failure_reason, task_count, cancel_requested FROM jobs WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    row.map(|r| {
+        let status: String = r.try_get(0)?;
+        let reason: Option<String> = r.try_get(1)?;
+        Ok((
+            status.parse().map_err(corrupt)?,
+            reason.map(|r| r.parse()).transpose().map_err(corrupt)?,
+            r.try_get(2)?,
+            r.try_get(3)?,
+        ))
+    })
+    .transpose()
+}
+
+/// A client's request about a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRequest {
+    Confirm,
+    Cancel,
+}
+
+/// Record a client's request for the engine (and wake whichever instance drives the job). Only
+/// before the decision; a confirm never after a cancel request, nor for a job with no task.
+pub async fn request(
+    client: &impl GenericClient,
+    id: &str,
+    what: ClientRequest,
+) -> Result<RequestOutcome> {
+    let confirm = what == ClientRequest::Confirm;
+    let stmt = client
+        .prepare_cached(
+            "WITH u AS (
+                UPDATE jobs SET confirm_requested = confirm_requested OR $2,
+                    cancel_requested = cancel_requested OR NOT $2,
+                    wake_seq = wake_seq + 1, next_wake = now(), updated_at = now()
+                WHERE id = $1 AND status IN ('pending', 'trying', 'reserved')
+                  AND (NOT $2 OR (task_count > 0 AND NOT cancel_requested))
+                RETURNING id
+             )
+             SELECT pg_notify('tcc_wake', id) FROM u",
+        )
+        .await?;
+    if client.execute(&stmt, &[&id, &confirm]).await? == 1 {
+        return Ok(RequestOutcome::Accepted);
+    }
+    Ok(match current_status(client, id).await? {
+        None => RequestOutcome::NotFound,
+        Some((s, _, _, true)) if confirm && s.is_undecided() => RequestOutcome::CancelRequested,
+        Some((s, _, 0, _)) if confirm && s.is_undecided() => RequestOutcome::NoTasks,
+        Some((s, r, _, _)) => RequestOutcome::AlreadyAt(s, r),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub enum Registered {
+    Created(Task),
+    /// The same link was registered before.
+    Existing(Task),
+    NotFound,
+    /// The decision was taken (or a cancel requested): no more participants.
+    Closed(JobStatus),
+    TaskIdTaken(String),
+    TooMany(usize),
+}
+
+/// Add a participant's link to a job that has no decision yet.
+pub async fn register(
+    client: &mut deadpool_postgres::Client,
+    id: &str,
+    reg: &Registration,
+    max_tasks: usize,
+) -> Result<Registered> {
+    let tx = client.transaction().await?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT status, task_count, cancel_requested FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(Registered::NotFound);
+    };
+    let status: JobStatus = row.try_get::<_, String>(0)?.parse().map_err(corrupt)?;
+    let count: i32 = row.try_get(1)?;
+    let cancel_requested: bool = row.try_get(2)?;
+    let existing = tx
+        .query_opt(
+            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = $1 AND link_uri = $2"),
+            &[&id, &reg.link.uri],
+        )
+        .await?;
+    if let Some(existing) = existing {
+        return Ok(Registered::Existing(task_from_row(&existing)?));
+    }
+    if !status.is_undecided() || cancel_requested {
+        return Ok(Registered::Closed(status));
+    }
+    if count as usize >= max_tasks {
+        return Ok(Registered::TooMany(max_tasks));
+    }
+    let task_id = match &reg.task_id {
+        Some(t) => t.clone(),
+        None => format!("participant-{}", count + 1),
+    };
+    let taken = tx
+        .query_opt(
+            "SELECT 1 FROM tasks WHERE job_id = $1 AND task_id = $2",
+            &[&id, &task_id],
+        )
+        .await?;
+    if taken.is_some() {
+        return Ok(Registered::TaskIdTaken(task_id));
+    }
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO tasks (job_id, idx, task_id, description, status, link_uri,
+                    link_expires, start_time)
+                 VALUES ($1, $2, $3, $4, 'reserved', $5, $6, now())
+                 RETURNING {TASK_COLUMNS}"
+            ),
+            &[
+                &id,
+                &count,
+                &task_id,
+                &reg.description,
+                &reg.link.uri,
+                &reg.link.expires,
+            ],
+        )
+        .await?;
+    tx.execute(
+        "UPDATE jobs SET task_count = task_count + 1, wake_seq = wake_seq + 1,
+                next_wake = now(), updated_at = now()
+         WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify('tcc_wake', $1)", &[&id])
+        .await?;
+    let task = task_from_row(&row)?;
+    tx.commit().await?;
+    Ok(Registered::Created(task))
+}
+
+/// Listen on the wake-up channel: every client request that the driver of a job must see is
+/// announced there (by `request` and `register`), whichever instance
+/// received it. Calls `on_wake` with the job id; returns when the connection ends.
+pub async fn listen_wakes(
+    config: &tokio_postgres::Config,
+    mut on_wake: impl FnMut(&str),
+) -> Result<()> {
+    use futures::StreamExt;
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let listen = client.batch_execute("LISTEN tcc_wake");
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            done = &mut listen, if !listening => {
+                done?;
+                listening = true;
+            }
+            msg = messages.next() => match msg {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => on_wake(n.payload()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(StoreError::Unavailable("the wake-up connection closed".into())),
+            },
+        }
+    }
+}
