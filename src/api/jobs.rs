@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::repr::{self, job_repr};
+use super::repr::{self, JobRepr, TaskRepr};
 use super::{ApiError, AppState, base_url, none_match, prefer_wait, read_json};
 use crate::domain::request::{self, FieldError, Limits, parse_rfc3339};
 use crate::domain::{FailureReason, JobStatus};
@@ -20,8 +20,9 @@ use crate::store::{self, ClientRequest, JobFilter, JobRecord, Registered, Reques
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    let bytes = body.to_string();
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    // The representations are plain data: serializing them cannot fail.
+    let bytes = serde_json::to_string(body).unwrap_or_default();
     let etag = repr::etag(bytes.as_bytes());
     let mut resp = (status, bytes).into_response();
     let h = resp.headers_mut();
@@ -57,17 +58,21 @@ fn not_modified(etag: &str) -> Response {
 
 /// A job's representation with `Link` headers (and `Location` when asked).
 fn job_response(status: StatusCode, base: &str, record: &JobRecord, location: bool) -> Response {
-    let body = job_repr(base, record);
+    let body = JobRepr::new(base, record);
     let mut resp = json_response(status, &body);
     // The `Link` header states the document's own `_links`.
-    let links = body.get("_links").and_then(Value::as_object);
-    if let Some(v) = links.and_then(|l| HeaderValue::from_str(&repr::link_header(l)).ok()) {
+    if let Ok(v) = HeaderValue::from_str(&body.links.header()) {
         resp.headers_mut().insert(header::LINK, v);
     }
     if location && let Ok(v) = HeaderValue::from_str(&format!("{base}/jobs/{}", record.job.id)) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
+}
+
+/// Each task's outcome, for a problem body.
+fn outcomes(record: &JobRecord) -> Value {
+    serde_json::to_value(repr::task_outcomes(record)).unwrap_or_default()
 }
 
 /// A pooled database connection; an unreachable database is a 503.
@@ -303,8 +308,7 @@ pub async fn list_jobs(
         Some(q) if !q.is_empty() => format!("{base}/jobs?{q}"),
         _ => format!("{base}/jobs"),
     };
-    let mut links = json!({"self": {"href": self_href, "method": "GET"}});
-    let mut link_header = format!("<{self_href}>; rel=\"self\"");
+    let mut next = None;
     if rows.len() as i64 == filter.limit
         && let Some(last) = rows.last()
     {
@@ -318,16 +322,11 @@ pub async fn list_jobs(
         let qs = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params)
             .finish();
-        let next = format!("{base}/jobs?{qs}");
-        link_header.push_str(&format!(", <{next}>; rel=\"next\""));
-        links["next"] = json!({"href": next, "method": "GET"});
+        next = Some(format!("{base}/jobs?{qs}"));
     }
-    let body = json!({
-        "jobs": rows.iter().map(|r| repr::summary_repr(&base, r)).collect::<Vec<_>>(),
-        "_links": links,
-    });
+    let body = repr::JobListRepr::new(&base, &rows, self_href, next);
     let mut resp = json_response(StatusCode::OK, &body);
-    if let Ok(v) = HeaderValue::from_str(&link_header) {
+    if let Ok(v) = HeaderValue::from_str(&body.links.header()) {
         resp.headers_mut().insert(header::LINK, v);
     }
     Ok(resp)
@@ -373,7 +372,7 @@ fn confirm_outcome(base: &str, record: &JobRecord) -> Result<Response, ApiError>
             "Heuristic outcome",
             "some participants confirmed and others could not: the outcome is heuristic and needs an operator",
         )
-        .with("tasks", repr::task_outcomes(record))),
+        .with("tasks", outcomes(record))),
         status => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not-confirmed",
@@ -387,7 +386,7 @@ fn confirm_outcome(base: &str, record: &JobRecord) -> Result<Response, ApiError>
                     .unwrap_or_default()
             ),
         )
-        .with("tasks", repr::task_outcomes(record))),
+        .with("tasks", outcomes(record))),
     }
 }
 
@@ -466,7 +465,7 @@ pub async fn confirm_job(
                     "the job is {}: it is being canceled and can no longer be confirmed",
                     record.job.status
                 ))
-                .with("tasks", repr::task_outcomes(&record)))
+                .with("tasks", outcomes(&record)))
             }
         }
         RequestOutcome::NoTasks => Err(ApiError::conflict(
@@ -490,8 +489,8 @@ pub async fn progress(
     let until = Instant::now() + wait.unwrap_or_default();
     loop {
         let record = load(&state, &id).await?;
-        let body = repr::progress_repr(&base, &record);
-        let bytes = body.to_string();
+        let body = repr::ProgressRepr::new(&base, &record);
+        let bytes = serde_json::to_string(&body).unwrap_or_default();
         let etag = repr::etag(bytes.as_bytes());
         if !none_match(&headers, &etag) {
             return Ok(json_response(StatusCode::OK, &body));
@@ -511,20 +510,10 @@ pub async fn list_tasks(
 ) -> Result<Response, ApiError> {
     let record = load(&state, &id).await?;
     let base = base_url(&state, &headers);
-    let tasks: Vec<Value> = record
-        .job
-        .tasks
-        .iter()
-        .map(|t| repr::task_repr(&base, &id, t))
-        .collect();
-    let body = json!({
-        "tasks": tasks,
-        "_links": {
-            "self": {"href": format!("{base}/jobs/{id}/tasks"), "method": "GET"},
-            "job": {"href": format!("{base}/jobs/{id}"), "method": "GET"},
-        }
-    });
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(json_response(
+        StatusCode::OK,
+        &repr::TaskListRepr::new(&base, &record),
+    ))
 }
 
 pub async fn get_task(
@@ -542,7 +531,7 @@ pub async fn get_task(
         .ok_or_else(|| ApiError::not_found(format!("job {id} has no task {task_id}")))?;
     Ok(json_response(
         StatusCode::OK,
-        &repr::task_repr(&base, &id, task),
+        &TaskRepr::new(&base, &id, task),
     ))
 }
 
@@ -562,7 +551,7 @@ pub async fn register(
     match outcome {
         Registered::Created(task) => {
             state.engine.wake(&id).await;
-            let mut resp = json_response(StatusCode::CREATED, &repr::task_repr(&base, &id, &task));
+            let mut resp = json_response(StatusCode::CREATED, &TaskRepr::new(&base, &id, &task));
             if let Ok(v) =
                 HeaderValue::from_str(&format!("{base}/jobs/{id}/tasks/{}", task.task_id))
             {
@@ -572,7 +561,7 @@ pub async fn register(
         }
         Registered::Existing(task) => Ok(json_response(
             StatusCode::OK,
-            &repr::task_repr(&base, &id, &task),
+            &TaskRepr::new(&base, &id, &task),
         )),
         Registered::NotFound => Err(ApiError::not_found(format!("no job {id}"))),
         Registered::Closed(status) => Err(ApiError::conflict(format!(

@@ -1,179 +1,294 @@
-//! Representations: the job document, tasks, progress, summaries, and their hypermedia links.
+//! Representations: the job document, tasks, progress, summaries and their hypermedia links, as
+//! typed structs that serialize to the API's JSON. The JSON answers are built from these types
+//! only, so that other renderings (an OpenAPI description, HTML pages) can use the same ones.
 
-use serde_json::{Map, Value, json};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{JobStatus, Task, TaskStatus, rfc3339};
+use crate::domain::request::Contact;
+use crate::domain::retry::RetryPolicyPatch;
+use crate::domain::{FailureReason, JobStatus, Task, TaskStatus, rfc3339};
 use crate::store::{JobRecord, JobSummary};
 
+/// A timestamp as the API writes it: RFC 3339, UTC, milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&rfc3339(self.0))
+    }
+}
+
+fn ts(t: Option<DateTime<Utc>>) -> Option<Timestamp> {
+    t.map(Timestamp)
+}
+
 /// One HAL link.
-fn link(href: String, method: &str, title: &str) -> Value {
-    json!({"href": href, "method": method, "title": title})
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkRepr {
+    pub href: String,
+    pub method: &'static str,
+    pub title: &'static str,
+}
+
+/// HAL `_links`: relation → link, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links(pub Vec<(&'static str, LinkRepr)>);
+
+impl Links {
+    fn add(&mut self, rel: &'static str, href: String, method: &'static str, title: &'static str) {
+        self.0.push((
+            rel,
+            LinkRepr {
+                href,
+                method,
+                title,
+            },
+        ));
+    }
+
+    pub fn get(&self, rel: &str) -> Option<&LinkRepr> {
+        self.0.iter().find(|(r, _)| *r == rel).map(|(_, l)| l)
+    }
+
+    pub fn contains(&self, rel: &str) -> bool {
+        self.get(rel).is_some()
+    }
+
+    /// The same relations as a `Link` header value.
+    pub fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(rel, l)| format!("<{}>; rel=\"{rel}\"", l.href))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Serialize for Links {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (rel, l) in &self.0 {
+            m.serialize_entry(rel, l)?;
+        }
+        m.end()
+    }
 }
 
 /// The `_links` of a job: navigation always, actions only when the job's state allows them.
-pub fn job_links(base: &str, id: &str, status: JobStatus) -> Map<String, Value> {
+pub fn job_links(base: &str, id: &str, status: JobStatus) -> Links {
     let job = format!("{base}/jobs/{id}");
-    let mut l = Map::new();
-    l.insert("self".into(), link(job.clone(), "GET", "This job"));
-    l.insert(
-        "collection".into(),
-        link(format!("{base}/jobs"), "GET", "All jobs"),
+    let mut l = Links::default();
+    l.add("self", job.clone(), "GET", "This job");
+    l.add("collection", format!("{base}/jobs"), "GET", "All jobs");
+    l.add(
+        "progress",
+        format!("{job}/progress"),
+        "GET",
+        "Progress of this job",
     );
-    l.insert(
-        "progress".into(),
-        link(format!("{job}/progress"), "GET", "Progress of this job"),
+    l.add(
+        "shared-state",
+        format!("{job}/shared-state"),
+        "GET",
+        "The job's shared state",
     );
-    l.insert(
-        "shared-state".into(),
-        link(
-            format!("{job}/shared-state"),
-            "GET",
-            "The job's shared state",
-        ),
-    );
-    l.insert(
-        "tasks".into(),
-        link(format!("{job}/tasks"), "GET", "The job's tasks"),
-    );
+    l.add("tasks", format!("{job}/tasks"), "GET", "The job's tasks");
     if status.is_undecided() {
-        l.insert(
-            "confirm".into(),
-            link(format!("{job}/confirm"), "POST", "Confirm every task"),
+        l.add(
+            "confirm",
+            format!("{job}/confirm"),
+            "POST",
+            "Confirm every task",
         );
-        l.insert(
-            "cancel".into(),
-            link(format!("{job}/cancel"), "POST", "Cancel every task"),
+        l.add(
+            "cancel",
+            format!("{job}/cancel"),
+            "POST",
+            "Cancel every task",
         );
-        l.insert(
-            "participants".into(),
-            link(
-                format!("{job}/participants"),
-                "POST",
-                "Register a participant link",
-            ),
+        l.add(
+            "participants",
+            format!("{job}/participants"),
+            "POST",
+            "Register a participant link",
         );
     }
     l
 }
 
-/// The same relations as a `Link` header value.
-pub fn link_header(links: &Map<String, Value>) -> String {
-    links
-        .iter()
-        .filter_map(|(rel, v)| {
-            let href = v.get("href")?.as_str()?;
-            Some(format!("<{href}>; rel=\"{rel}\""))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+/// A JSON Pointer mapping, in the client's order, as an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping<'a>(&'a [(String, String)]);
 
-fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Value {
-    t.map_or(Value::Null, |t| Value::String(rfc3339(t)))
-}
-
-fn mapping_object(pairs: &[(String, String)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
-}
-
-pub fn task_repr(base: &str, job_id: &str, t: &Task) -> Value {
-    let mut o = Map::new();
-    o.insert("taskID".into(), t.task_id.clone().into());
-    if let Some(d) = &t.description {
-        o.insert("taskDescription".into(), d.clone().into());
+impl Serialize for Mapping<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
     }
-    if let Some(spec) = &t.try_spec {
-        o.insert("taskURL".into(), spec.task_url.clone().into());
-        if let Some(b) = &spec.body {
-            o.insert("body".into(), b.clone());
-        }
-        if !spec.input_mapping.is_empty() {
-            o.insert("inputMapping".into(), mapping_object(&spec.input_mapping));
-        }
-        if !spec.output_mapping.is_empty() {
-            o.insert("outputMapping".into(), mapping_object(&spec.output_mapping));
-        }
-        o.insert("taskMaxTTL".into(), json!(spec.task_max_ttl));
-        if let Some(p) = &spec.retry_policy {
-            o.insert("retryPolicy".into(), json!(p));
-        }
-    }
-    o.insert("taskStatus".into(), t.status.as_str().into());
-    o.insert(
-        "participantLink".into(),
-        t.link.as_ref().map_or(
-            Value::Null,
-            |l| json!({"uri": l.uri, "expires": rfc3339(l.expires)}),
-        ),
-    );
-    o.insert("attempts".into(), t.attempts.into());
-    o.insert("startTime".into(), ts(t.start_time));
-    o.insert("endTime".into(), ts(t.end_time));
-    o.insert(
-        "lastMessage".into(),
-        t.last_message.clone().map_or(Value::Null, Value::String),
-    );
-    if let Some(r) = &t.try_response {
-        o.insert("tryResponse".into(), Value::clone(r));
-    }
-    o.insert(
-        "_links".into(),
-        json!({
-            "self": link(format!("{base}/jobs/{job_id}/tasks/{}", t.task_id), "GET", "This task"),
-            "job": link(format!("{base}/jobs/{job_id}"), "GET", "The job"),
-        }),
-    );
-    Value::Object(o)
 }
 
-/// The full job document (SPEC §4.2).
-pub fn job_repr(base: &str, r: &JobRecord) -> Value {
-    let j = &r.job;
-    let mut o = Map::new();
-    o.insert("jobID".into(), j.id.clone().into());
-    o.insert("jobStatus".into(), j.status.as_str().into());
-    o.insert(
-        "failureReason".into(),
-        j.failure_reason.map_or(Value::Null, |f| f.as_str().into()),
-    );
-    if let Some(fields) = r.fields.as_object() {
-        for (k, v) in fields {
-            o.insert(k.clone(), v.clone());
+/// A participant link as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkValue<'a> {
+    pub uri: &'a str,
+    pub expires: Timestamp,
+}
+
+/// A task (`GET /jobs/{id}/tasks/{taskID}`, and each of a job's `tasks`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRepr<'a> {
+    #[serde(rename = "taskID")]
+    pub task_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_description: Option<&'a str>,
+    #[serde(rename = "taskURL", skip_serializing_if = "Option::is_none")]
+    pub task_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_mapping: Option<Mapping<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_mapping: Option<Mapping<'a>>,
+    #[serde(rename = "taskMaxTTL", skip_serializing_if = "Option::is_none")]
+    pub task_max_ttl: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<&'a RetryPolicyPatch>,
+    pub task_status: TaskStatus,
+    pub participant_link: Option<LinkValue<'a>>,
+    pub attempts: i32,
+    pub start_time: Option<Timestamp>,
+    pub end_time: Option<Timestamp>,
+    pub last_message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub try_response: Option<&'a Value>,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+impl<'a> TaskRepr<'a> {
+    pub fn new(base: &str, job_id: &str, t: &'a Task) -> Self {
+        let spec = t.try_spec.as_deref();
+        let mapping = |pairs: &'a [(String, String)]| (!pairs.is_empty()).then_some(Mapping(pairs));
+        let mut links = Links::default();
+        links.add(
+            "self",
+            format!("{base}/jobs/{job_id}/tasks/{}", t.task_id),
+            "GET",
+            "This task",
+        );
+        links.add("job", format!("{base}/jobs/{job_id}"), "GET", "The job");
+        TaskRepr {
+            task_id: &t.task_id,
+            task_description: t.description.as_deref(),
+            task_url: spec.map(|s| s.task_url.as_str()),
+            body: spec.and_then(|s| s.body.as_ref()),
+            input_mapping: spec.and_then(|s| mapping(&s.input_mapping)),
+            output_mapping: spec.and_then(|s| mapping(&s.output_mapping)),
+            task_max_ttl: spec.map(|s| s.task_max_ttl),
+            retry_policy: spec.and_then(|s| s.retry_policy.as_ref()),
+            task_status: t.status,
+            participant_link: t.link.as_ref().map(|l| LinkValue {
+                uri: &l.uri,
+                expires: Timestamp(l.expires),
+            }),
+            attempts: t.attempts,
+            start_time: ts(t.start_time),
+            end_time: ts(t.end_time),
+            last_message: t.last_message.as_deref(),
+            try_response: t.try_response.as_deref(),
+            links,
         }
     }
-    o.insert("correlationID".into(), j.correlation_id.clone().into());
-    o.insert("sharedState".into(), j.shared_state.clone());
-    o.insert("dateCreated".into(), rfc3339(j.created_at).into());
-    o.insert("dateUpdated".into(), rfc3339(r.updated_at).into());
-    o.insert("deadline".into(), rfc3339(j.deadline).into());
-    o.insert("attempt".into(), r.attempt.into());
-    o.insert(
-        "sharedStateURL".into(),
-        format!("{base}/jobs/{}/shared-state", j.id).into(),
-    );
-    o.insert(
-        "progressURL".into(),
-        format!("{base}/jobs/{}/progress", j.id).into(),
-    );
-    o.insert("resolution".into(), Value::Null);
-    o.insert("notifications".into(), json!([]));
-    o.insert(
-        "tasks".into(),
-        Value::Array(j.tasks.iter().map(|t| task_repr(base, &j.id, t)).collect()),
-    );
-    o.insert(
-        "_links".into(),
-        Value::Object(job_links(base, &j.id, j.status)),
-    );
-    Value::Object(o)
 }
 
+/// The full job document (`GET /jobs/{id}`): the request's fields, the job's state, its tasks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRepr<'a> {
+    #[serde(rename = "jobID")]
+    pub job_id: &'a str,
+    pub job_status: JobStatus,
+    pub failure_reason: Option<FailureReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<&'a str>,
+    #[serde(rename = "correlationID")]
+    pub correlation_id: &'a str,
+    #[serde(rename = "jobMaxTTL")]
+    pub job_max_ttl: f64,
+    pub auto_confirm: bool,
+    #[serde(rename = "jobSuccessURL", skip_serializing_if = "Option::is_none")]
+    pub job_success_url: Option<&'a str>,
+    #[serde(rename = "jobFailedURL", skip_serializing_if = "Option::is_none")]
+    pub job_failed_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<&'a Contact>,
+    pub tags: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<&'a RetryPolicyPatch>,
+    pub shared_state: &'a Value,
+    pub date_created: Timestamp,
+    pub date_updated: Timestamp,
+    pub deadline: Timestamp,
+    pub attempt: i32,
+    #[serde(rename = "sharedStateURL")]
+    pub shared_state_url: String,
+    #[serde(rename = "progressURL")]
+    pub progress_url: String,
+    /// An operator's resolution of a heuristic outcome (none yet).
+    pub resolution: Option<Value>,
+    /// Callback and contact deliveries (none yet).
+    pub notifications: Vec<Value>,
+    pub tasks: Vec<TaskRepr<'a>>,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+impl<'a> JobRepr<'a> {
+    pub fn new(base: &str, r: &'a JobRecord) -> Self {
+        let j = &r.job;
+        let f = &r.fields;
+        JobRepr {
+            job_id: &j.id,
+            job_status: j.status,
+            failure_reason: j.failure_reason,
+            description: f.description.as_deref(),
+            correlation_id: &j.correlation_id,
+            job_max_ttl: f.job_max_ttl,
+            auto_confirm: f.auto_confirm,
+            job_success_url: f.job_success_url.as_deref(),
+            job_failed_url: f.job_failed_url.as_deref(),
+            contact: f.contact.as_ref(),
+            tags: &f.tags,
+            retry_policy: f.retry_policy.as_ref(),
+            shared_state: &j.shared_state,
+            date_created: Timestamp(j.created_at),
+            date_updated: Timestamp(r.updated_at),
+            deadline: Timestamp(j.deadline),
+            attempt: r.attempt,
+            shared_state_url: format!("{base}/jobs/{}/shared-state", j.id),
+            progress_url: format!("{base}/jobs/{}/progress", j.id),
+            resolution: None,
+            notifications: Vec::new(),
+            tasks: j
+                .tasks
+                .iter()
+                .map(|t| TaskRepr::new(base, &j.id, t))
+                .collect(),
+            links: job_links(base, &j.id, j.status),
+        }
+    }
+}
+
+/// How far a task has come, for `percentComplete`.
 fn task_weight(s: TaskStatus) -> u32 {
     match s {
         TaskStatus::Pending => 0,
@@ -184,77 +299,194 @@ fn task_weight(s: TaskStatus) -> u32 {
     }
 }
 
-pub fn progress_repr(base: &str, r: &JobRecord) -> Value {
-    let j = &r.job;
-    let percent = if j.status.is_terminal() {
-        100
-    } else if j.tasks.is_empty() {
-        0
-    } else {
-        let sum: u32 = j.tasks.iter().map(|t| task_weight(t.status)).sum();
-        (sum / j.tasks.len() as u32).min(99)
-    };
-    let tasks: Vec<Value> = j
+/// One task in a progress report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskProgress<'a> {
+    #[serde(rename = "taskID")]
+    pub task_id: &'a str,
+    pub task_status: TaskStatus,
+    pub attempts: i32,
+    pub start_time: Option<Timestamp>,
+    pub end_time: Option<Timestamp>,
+    pub last_message: Option<&'a str>,
+}
+
+/// `GET /jobs/{id}/progress`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressRepr<'a> {
+    #[serde(rename = "jobID")]
+    pub job_id: &'a str,
+    pub job_status: JobStatus,
+    pub failure_reason: Option<FailureReason>,
+    pub percent_complete: u32,
+    pub tasks: Vec<TaskProgress<'a>>,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+impl<'a> ProgressRepr<'a> {
+    pub fn new(base: &str, r: &'a JobRecord) -> Self {
+        let j = &r.job;
+        let percent = if j.status.is_terminal() {
+            100
+        } else if j.tasks.is_empty() {
+            0
+        } else {
+            let sum: u32 = j.tasks.iter().map(|t| task_weight(t.status)).sum();
+            (sum / j.tasks.len() as u32).min(99)
+        };
+        let mut links = Links::default();
+        links.add(
+            "self",
+            format!("{base}/jobs/{}/progress", j.id),
+            "GET",
+            "This progress",
+        );
+        links.add("job", format!("{base}/jobs/{}", j.id), "GET", "The job");
+        ProgressRepr {
+            job_id: &j.id,
+            job_status: j.status,
+            failure_reason: j.failure_reason,
+            percent_complete: percent,
+            tasks: j
+                .tasks
+                .iter()
+                .map(|t| TaskProgress {
+                    task_id: &t.task_id,
+                    task_status: t.status,
+                    attempts: t.attempts,
+                    start_time: ts(t.start_time),
+                    end_time: ts(t.end_time),
+                    last_message: t.last_message.as_deref(),
+                })
+                .collect(),
+            links,
+        }
+    }
+}
+
+/// One job in `GET /jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryRepr<'a> {
+    #[serde(rename = "jobID")]
+    pub job_id: &'a str,
+    pub job_status: JobStatus,
+    pub failure_reason: Option<FailureReason>,
+    #[serde(rename = "correlationID")]
+    pub correlation_id: &'a str,
+    pub description: Option<&'a str>,
+    pub tags: &'a [String],
+    pub date_created: Timestamp,
+    pub date_updated: Timestamp,
+    pub deadline: Timestamp,
+    pub task_count: i32,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+impl<'a> SummaryRepr<'a> {
+    pub fn new(base: &str, s: &'a JobSummary) -> Self {
+        let mut links = Links::default();
+        links.add("self", format!("{base}/jobs/{}", s.id), "GET", "This job");
+        SummaryRepr {
+            job_id: &s.id,
+            job_status: s.status,
+            failure_reason: s.failure_reason,
+            correlation_id: &s.correlation_id,
+            description: s.fields.description.as_deref(),
+            tags: &s.fields.tags,
+            date_created: Timestamp(s.created_at),
+            date_updated: Timestamp(s.updated_at),
+            deadline: Timestamp(s.deadline),
+            task_count: s.task_count,
+            links,
+        }
+    }
+}
+
+/// `GET /jobs`: a page of summaries, with `self` and `next`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobListRepr<'a> {
+    pub jobs: Vec<SummaryRepr<'a>>,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+impl<'a> JobListRepr<'a> {
+    pub fn new(
+        base: &str,
+        rows: &'a [JobSummary],
+        self_href: String,
+        next: Option<String>,
+    ) -> Self {
+        let mut links = Links::default();
+        links.add("self", self_href, "GET", "This page");
+        if let Some(next) = next {
+            links.add("next", next, "GET", "The next page");
+        }
+        JobListRepr {
+            jobs: rows.iter().map(|r| SummaryRepr::new(base, r)).collect(),
+            links,
+        }
+    }
+}
+
+/// `GET /jobs/{id}/tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskListRepr<'a> {
+    pub tasks: Vec<TaskRepr<'a>>,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+impl<'a> TaskListRepr<'a> {
+    pub fn new(base: &str, r: &'a JobRecord) -> Self {
+        let id = &r.job.id;
+        let mut links = Links::default();
+        links.add(
+            "self",
+            format!("{base}/jobs/{id}/tasks"),
+            "GET",
+            "The job's tasks",
+        );
+        links.add("job", format!("{base}/jobs/{id}"), "GET", "The job");
+        TaskListRepr {
+            tasks: r
+                .job
+                .tasks
+                .iter()
+                .map(|t| TaskRepr::new(base, id, t))
+                .collect(),
+            links,
+        }
+    }
+}
+
+/// One task's outcome, for the problem body of a confirm that did not complete.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOutcome<'a> {
+    #[serde(rename = "taskID")]
+    pub task_id: &'a str,
+    pub task_status: TaskStatus,
+    pub participant_link: Option<&'a str>,
+    pub last_message: Option<&'a str>,
+}
+
+pub fn task_outcomes(r: &JobRecord) -> Vec<TaskOutcome<'_>> {
+    r.job
         .tasks
         .iter()
-        .map(|t| {
-            json!({
-                "taskID": t.task_id,
-                "taskStatus": t.status.as_str(),
-                "attempts": t.attempts,
-                "startTime": ts(t.start_time),
-                "endTime": ts(t.end_time),
-                "lastMessage": t.last_message,
-            })
+        .map(|t| TaskOutcome {
+            task_id: &t.task_id,
+            task_status: t.status,
+            participant_link: t.link.as_ref().map(|l| l.uri.as_str()),
+            last_message: t.last_message.as_deref(),
         })
-        .collect();
-    json!({
-        "jobID": j.id,
-        "jobStatus": j.status.as_str(),
-        "failureReason": j.failure_reason.map(|f| f.as_str()),
-        "percentComplete": percent,
-        "tasks": tasks,
-        "_links": {
-            "self": link(format!("{base}/jobs/{}/progress", j.id), "GET", "This progress"),
-            "job": link(format!("{base}/jobs/{}", j.id), "GET", "The job"),
-        },
-    })
-}
-
-pub fn summary_repr(base: &str, s: &JobSummary) -> Value {
-    let f = s.fields.as_object();
-    let field = |k: &str| f.and_then(|f| f.get(k)).cloned().unwrap_or(Value::Null);
-    json!({
-        "jobID": s.id,
-        "jobStatus": s.status.as_str(),
-        "failureReason": s.failure_reason.map(|f| f.as_str()),
-        "correlationID": s.correlation_id,
-        "description": field("description"),
-        "tags": field("tags"),
-        "dateCreated": rfc3339(s.created_at),
-        "dateUpdated": rfc3339(s.updated_at),
-        "deadline": rfc3339(s.deadline),
-        "taskCount": s.task_count,
-        "_links": {"self": link(format!("{base}/jobs/{}", s.id), "GET", "This job")},
-    })
-}
-
-/// Per-task outcomes, for the problem body of a confirm that did not complete.
-pub fn task_outcomes(r: &JobRecord) -> Value {
-    Value::Array(
-        r.job
-            .tasks
-            .iter()
-            .map(|t| {
-                json!({
-                    "taskID": t.task_id,
-                    "taskStatus": t.status.as_str(),
-                    "participantLink": t.link.as_ref().map(|l| l.uri.clone()),
-                    "lastMessage": t.last_message,
-                })
-            })
-            .collect(),
-    )
+        .collect()
 }
 
 /// A strong ETag over the exact bytes of a representation.
@@ -305,9 +537,15 @@ mod tests {
     #[test]
     fn actions_only_before_the_decision() {
         let open = job_links("http://h", "j", JobStatus::Reserved);
-        assert!(open.contains_key("confirm") && open.contains_key("participants"));
+        assert!(open.contains("confirm") && open.contains("participants"));
         let closed = job_links("http://h", "j", JobStatus::Confirming);
-        assert!(!closed.contains_key("confirm") && !closed.contains_key("cancel"));
-        assert!(closed.contains_key("self") && closed.contains_key("progress"));
+        assert!(!closed.contains("confirm") && !closed.contains("cancel"));
+        assert!(closed.contains("self") && closed.contains("progress"));
+        assert_eq!(
+            serde_json::to_value(&closed)
+                .ok()
+                .and_then(|v| v["self"]["href"].as_str().map(str::to_string)),
+            Some("http://h/jobs/j".to_string())
+        );
     }
 }

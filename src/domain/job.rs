@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::request::{NewJob, NewTaskKind};
 use super::retry::{RetryPolicy, RetryPolicyPatch};
 use super::status::{FailureReason, JobStatus, TaskStatus};
 
@@ -161,7 +162,30 @@ pub struct Task {
 
 #[cfg(test)]
 mod tests {
-    use super::ConfirmState;
+    use super::{ConfirmState, Job};
+    use crate::domain::request::{Limits, parse_job};
+    use crate::domain::{JobStatus, TaskStatus};
+
+    #[test]
+    fn a_new_job_is_pending_with_its_deadline_and_default_correlation_id() {
+        let now = chrono::Utc::now();
+        let doc = serde_json::json!({
+            "jobMaxTTL": 1.5,
+            "tasks": [
+                {"taskID": "a", "taskURL": "http://p/a"},
+                {"taskID": "b", "participantLink": {"uri": "http://p/r/1", "expires": crate::domain::rfc3339(now + chrono::Duration::seconds(60))}}
+            ]
+        });
+        let new = parse_job(&doc, Limits { max_tasks: 10 }, now).expect("valid");
+        let job = Job::new(&new, "j1", now, None);
+        assert_eq!(job.status, JobStatus::Pending);
+        assert_eq!(job.correlation_id, "j1", "defaults to the job id");
+        assert_eq!(job.deadline, now + chrono::Duration::milliseconds(1500));
+        let statuses: Vec<_> = job.tasks.iter().map(|t| t.status).collect();
+        assert_eq!(statuses, vec![TaskStatus::Pending, TaskStatus::Reserved]);
+        assert!(job.tasks[0].try_spec.is_some() && job.tasks[1].link.is_some());
+        assert_eq!(job.tasks[1].idx, 1);
+    }
 
     #[test]
     fn the_confirm_state_round_trips_through_its_flags_and_keeps_maybe_applied() {
@@ -238,6 +262,65 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job as accepted from `new`, before anything was planned: `pending`, its Try tasks
+    /// `pending`, its link tasks `reserved`; the deadline `jobMaxTTL` after `created_at`; the
+    /// correlation id defaulting to the job's id.
+    pub fn new(
+        new: &NewJob,
+        id: &str,
+        created_at: DateTime<Utc>,
+        traceparent: Option<String>,
+    ) -> Job {
+        let tasks = new
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let (try_spec, status, link) = match &t.kind {
+                    NewTaskKind::Try(spec) => {
+                        (Some(Arc::new(spec.clone())), TaskStatus::Pending, None)
+                    }
+                    NewTaskKind::Link(link) => (None, TaskStatus::Reserved, Some(link.clone())),
+                };
+                Task {
+                    idx: i as i32,
+                    task_id: t.task_id.clone(),
+                    description: t.description.clone(),
+                    try_spec,
+                    status,
+                    link,
+                    attempts: 0,
+                    next_attempt_at: None,
+                    confirm: ConfirmState::default(),
+                    start_time: None,
+                    end_time: None,
+                    last_message: None,
+                    try_response: None,
+                }
+            })
+            .collect();
+        let ttl = chrono::Duration::milliseconds((new.fields.job_max_ttl * 1000.0).round() as i64);
+        Job {
+            id: id.to_string(),
+            status: JobStatus::Pending,
+            failure_reason: None,
+            correlation_id: new
+                .fields
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| id.to_string()),
+            traceparent,
+            auto_confirm: new.fields.auto_confirm,
+            confirm_requested: false,
+            cancel_requested: false,
+            created_at,
+            deadline: created_at + ttl,
+            shared_state: new.shared_state.clone(),
+            retry_policy: new.fields.retry_policy,
+            tasks,
+        }
+    }
+
     /// Apply a task transition; the task must exist.
     pub fn task_on(
         &mut self,

@@ -118,8 +118,8 @@ pub enum NewTaskKind {
     Link(Link),
 }
 
-/// The job-level fields as they are stored and shown back.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The job-level fields as they are stored (`jobs.fields`) and shown back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobFields {
     #[serde(skip_serializing_if = "Option::is_none")]

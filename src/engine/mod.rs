@@ -196,7 +196,7 @@ impl Engine {
     /// committed synchronously with other writes of the moment) and start driving it. Runs as
     /// its own task: once asked, the job is stored and driven even if the client hangs up.
     pub async fn accept(&self, row: store::NewJobRow) -> Result<Accepted, StoreError> {
-        let mut record = store::initial_record(&row)?;
+        let mut record = store::initial_record(&row);
         let first = self.plan_first(&mut record.job);
         let engine = self.clone();
         let task = self.inner.tracker.spawn(async move {

@@ -28,69 +28,19 @@ pub struct NewJobRow {
     pub traceparent: Option<String>,
 }
 
-/// A new job as accepted, before the engine planned anything: `pending`, claimed by the inserting
-/// instance. The engine may plan its first steps on it before it is stored (`insert_job`).
-pub fn initial_record(row: &NewJobRow) -> Result<JobRecord> {
-    let new = &row.job;
-    let tasks = new
-        .tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let (try_spec, status, link) = match &t.kind {
-                NewTaskKind::Try(spec) => (
-                    Some(std::sync::Arc::new(spec.clone())),
-                    TaskStatus::Pending,
-                    None,
-                ),
-                NewTaskKind::Link(link) => (None, TaskStatus::Reserved, Some(link.clone())),
-            };
-            Task {
-                idx: i as i32,
-                task_id: t.task_id.clone(),
-                description: t.description.clone(),
-                try_spec,
-                status,
-                link,
-                attempts: 0,
-                next_attempt_at: None,
-                confirm: Default::default(),
-                start_time: None,
-                end_time: None,
-                last_message: None,
-                try_response: None,
-            }
-        })
-        .collect();
-    let deadline = row.created_at
-        + chrono::Duration::milliseconds((new.fields.job_max_ttl * 1000.0).round() as i64);
-    Ok(JobRecord {
-        job: Job {
-            id: row.id.clone(),
-            status: JobStatus::Pending,
-            failure_reason: None,
-            correlation_id: new
-                .fields
-                .correlation_id
-                .clone()
-                .unwrap_or_else(|| row.id.clone()),
-            traceparent: row.traceparent.clone(),
-            auto_confirm: new.fields.auto_confirm,
-            confirm_requested: false,
-            cancel_requested: false,
-            created_at: row.created_at,
-            deadline,
-            shared_state: new.shared_state.clone(),
-            retry_policy: new.fields.retry_policy,
-            tasks,
-        },
-        fields: serde_json::to_value(&new.fields).map_err(corrupt)?,
+/// A new job as accepted, before the engine planned anything (`Job::new`): `pending`, claimed by
+/// the inserting instance at lease generation 1. The engine may plan its first steps on it before
+/// it is stored (`insert_job`).
+pub fn initial_record(row: &NewJobRow) -> JobRecord {
+    JobRecord {
+        job: Job::new(&row.job, &row.id, row.created_at, row.traceparent.clone()),
+        fields: row.job.fields.clone(),
         updated_at: row.created_at,
         attempt: 1,
         wake_seq: 0,
         lease_owner: Some(row.owner.clone()),
         lease_generation: 1,
-    })
+    }
 }
 
 /// Store a new job and its tasks in one statement, claimed by `owner`, exactly as `record` holds
@@ -149,7 +99,7 @@ pub async fn insert_many(
         ids.push(row.id.as_str());
         sources.push(row.source);
         job_statuses.push(job.status.as_str());
-        fields.push(&record.fields);
+        fields.push(tokio_postgres::types::Json(&record.fields));
         correlations.push(job.correlation_id.as_str());
         // Tags go as one flat array; each job takes its slice (1-based, bounds included).
         tags_from.push(tags.len() as i32 + 1);
@@ -294,27 +244,27 @@ async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted
 
 /// The job and its tasks, or `None`.
 pub async fn load_job(client: &impl GenericClient, id: &str) -> Result<Option<JobRecord>> {
-    let job_stmt = client
-        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-        .await?;
-    let task_stmt = client
+    // One statement, so one snapshot: the job and its tasks as one write left them (two
+    // statements could see a job still `reserved` beside a task already `confirming`).
+    let stmt = client
         .prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = $1 ORDER BY idx"
+            "SELECT {JOB_COLUMNS}, {TASK_COLUMNS}
+             FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id
+             WHERE j.id = $1 ORDER BY t.idx"
         ))
         .await?;
-    let params: [&(dyn ToSql + Sync); 1] = [&id];
-    let (job_row, task_rows) = tokio::try_join!(
-        client.query_opt(&job_stmt, &params),
-        client.query(&task_stmt, &params)
-    )?;
-    let Some(job_row) = job_row else {
+    let rows = client.query(&stmt, &[&id]).await?;
+    let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let tasks = task_rows
-        .iter()
-        .map(task_from_row)
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Some(job_from_row(&job_row, tasks)?))
+    let mut tasks = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // A job without tasks comes as one row whose task columns are NULL.
+        if row.try_get::<_, Option<i32>>("idx")?.is_some() {
+            tasks.push(task_from_row(row)?);
+        }
+    }
+    Ok(Some(job_from_row(first, tasks)?))
 }
 
 /// What the engine must learn after a client request: the flags and tasks registered since.
@@ -345,7 +295,7 @@ pub async fn refresh(
     let task_rows = client
         .query(
             &format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = $1 AND idx >= $2 ORDER BY idx"
+                "SELECT {TASK_COLUMNS} FROM tasks t WHERE job_id = $1 AND idx >= $2 ORDER BY idx"
             ),
             &[&id, &known],
         )
@@ -595,7 +545,7 @@ pub struct JobSummary {
     pub status: JobStatus,
     pub failure_reason: Option<FailureReason>,
     pub correlation_id: String,
-    pub fields: Value,
+    pub fields: crate::domain::request::JobFields,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deadline: DateTime<Utc>,
@@ -675,7 +625,12 @@ pub async fn list_jobs(client: &impl GenericClient, f: &JobFilter) -> Result<Vec
                 status: status.parse().map_err(corrupt)?,
                 failure_reason: reason.map(|r| r.parse()).transpose().map_err(corrupt)?,
                 correlation_id: r.try_get("correlation_id")?,
-                fields: r.try_get("fields")?,
+                fields: r
+                    .try_get::<_, tokio_postgres::types::Json<crate::domain::request::JobFields>>(
+                        "fields",
+                    )
+                    .map_err(|e| corrupt(format!("the job's fields: {e}")))?
+                    .0,
                 created_at: r.try_get("created_at")?,
                 updated_at: r.try_get("updated_at")?,
                 deadline: r.try_get("deadline")?,

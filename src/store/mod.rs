@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
-use crate::domain::request::{NewJob, NewTaskKind, Registration};
+use crate::domain::request::{NewJob, Registration};
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{ConfirmState, FailureReason, Job, JobStatus, Link, Task, TaskStatus, TrySpec};
 

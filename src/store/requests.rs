@@ -113,7 +113,7 @@ pub async fn register(
     let cancel_requested: bool = row.try_get(2)?;
     let existing = tx
         .query_opt(
-            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = $1 AND link_uri = $2"),
+            &format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE job_id = $1 AND link_uri = $2"),
             &[&id, &reg.link.uri],
         )
         .await?;
@@ -142,7 +142,7 @@ pub async fn register(
     let row = tx
         .query_one(
             &format!(
-                "INSERT INTO tasks (job_id, idx, task_id, description, status, link_uri,
+                "INSERT INTO tasks AS t (job_id, idx, task_id, description, status, link_uri,
                     link_expires, start_time)
                  VALUES ($1, $2, $3, $4, 'reserved', $5, $6, now())
                  RETURNING {TASK_COLUMNS}"

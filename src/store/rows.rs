@@ -2,12 +2,14 @@
 //! a rule the schema no longer checks on every write is `Corrupt`, never silently taken.
 
 use super::*;
+use crate::domain::request::JobFields;
+use tokio_postgres::types::Json;
 
 /// A job as stored, with what only the API shows.
 #[derive(Debug, Clone)]
 pub struct JobRecord {
     pub job: Job,
-    pub fields: Value,
+    pub fields: JobFields,
     pub updated_at: DateTime<Utc>,
     pub attempt: i32,
     pub wake_seq: i64,
@@ -15,16 +17,20 @@ pub struct JobRecord {
     pub lease_generation: i64,
 }
 
-pub(super) const JOB_COLUMNS: &str = "id, status, failure_reason, correlation_id, traceparent, auto_confirm, \
-    confirm_requested, cancel_requested, created_at, deadline, shared_state, retry_policy, \
-    fields, updated_at, attempt, wake_seq, lease_owner, lease_generation";
+/// A job's columns, for a statement that reads them from `jobs j` beside its tasks `t` (the
+/// job's `status` as `job_status`, as tasks have one too).
+pub(super) const JOB_COLUMNS: &str = "j.id, j.status AS job_status, j.failure_reason, \
+    j.correlation_id, j.traceparent, j.auto_confirm, j.confirm_requested, j.cancel_requested, \
+    j.created_at, j.deadline, j.shared_state, j.retry_policy, j.fields, j.updated_at, j.attempt, \
+    j.wake_seq, j.lease_owner, j.lease_generation";
 
-pub(super) const TASK_COLUMNS: &str = "idx, task_id, description, try_spec, status, link_uri, link_expires, \
-    attempts, next_attempt_at, refused, confirm_pending, confirm_unknown, start_time, end_time, \
-    last_message, try_response";
+/// A task's columns, from `tasks t`.
+pub(super) const TASK_COLUMNS: &str = "t.idx, t.task_id, t.description, t.try_spec, t.status, \
+    t.link_uri, t.link_expires, t.attempts, t.next_attempt_at, t.refused, t.confirm_pending, \
+    t.confirm_unknown, t.start_time, t.end_time, t.last_message, t.try_response";
 
 pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Result<JobRecord> {
-    let status: String = row.try_get("status")?;
+    let status: String = row.try_get("job_status")?;
     let reason: Option<String> = row.try_get("failure_reason")?;
     let retry_policy: Option<Value> = row.try_get("retry_policy")?;
     let retry_policy: Option<RetryPolicyPatch> = retry_policy
@@ -60,7 +66,10 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
             retry_policy,
             tasks,
         },
-        fields: row.try_get("fields")?,
+        fields: row
+            .try_get::<_, Json<JobFields>>("fields")
+            .map_err(|e| corrupt(format!("the job's fields: {e}")))?
+            .0,
         updated_at: row.try_get("updated_at")?,
         attempt: row.try_get("attempt")?,
         wake_seq: row.try_get("wake_seq")?,
