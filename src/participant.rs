@@ -11,6 +11,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use crate::domain::TargetUrl;
 use crate::domain::{Answer, Link, Op, rfc3339};
 
 /// Answers larger than this are refused.
@@ -460,11 +461,8 @@ fn read_link(
             .join(&uri)
             .map_err(not_a_url)?
     };
-    if !matches!(resolved.scheme(), "http" | "https") {
-        return Err(format!(
-            "the Try answer's link {resolved} is not an http or https URL"
-        ));
-    }
+    let resolved = TargetUrl::from_url(&resolved)
+        .map_err(|_| format!("the Try answer's link {resolved} is not an http or https URL"))?;
     let now = Utc::now();
     let (expires, note) = match expires {
         None | Some(Value::Null) => (
@@ -498,7 +496,7 @@ fn read_link(
         });
     Ok(Answer::Reserved {
         link: Link {
-            uri: resolved.to_string(),
+            uri: resolved,
             expires,
         },
         note,

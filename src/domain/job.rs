@@ -9,11 +9,12 @@ use serde_json::Value;
 use super::request::{NewJob, NewTaskKind};
 use super::retry::{RetryPolicy, RetryPolicyPatch};
 use super::status::{FailureReason, JobStatus, TaskStatus};
+use super::target::{TargetUrl, TaskId};
 
 /// A participant link: the URI of a reservation and the moment it lapses by itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
-    pub uri: String,
+    pub uri: TargetUrl,
     pub expires: DateTime<Utc>,
 }
 
@@ -22,7 +23,7 @@ pub struct Link {
 #[serde(rename_all = "camelCase")]
 pub struct TrySpec {
     #[serde(rename = "taskURL")]
-    pub task_url: String,
+    pub task_url: TargetUrl,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
     /// `(pointer into the Try body, pointer into the shared state)`, in the client's order.
@@ -140,7 +141,7 @@ impl ConfirmState {
 pub struct Task {
     /// Position in the job, 0-based, stable.
     pub idx: i32,
-    pub task_id: String,
+    pub task_id: TaskId,
     pub description: Option<String>,
     /// `None` for a task registered with a link. Shared: it never changes, and the engine copies
     /// its tasks on every step.

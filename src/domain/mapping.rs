@@ -117,7 +117,7 @@ mod tests {
 
     fn spec(input: &[(&str, &str)], output: &[(&str, &str)], body: Option<Value>) -> TrySpec {
         TrySpec {
-            task_url: "http://p/try".into(),
+            task_url: crate::domain::TargetUrl::parse("http://p/try").expect("a URL"),
             body,
             input_mapping: input
                 .iter()

@@ -9,12 +9,14 @@ pub mod planner;
 pub mod request;
 pub mod retry;
 pub mod status;
+pub mod target;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use job::{ConfirmState, Job, Link, Task, TrySpec};
 pub use planner::{Answer, Op, Plan, PlannerSettings, Step};
 pub use status::{FailureReason, JobStatus, TaskStatus};
+pub use target::{TargetUrl, TaskId};
 
 /// RFC 3339 in UTC with milliseconds, the one timestamp format of the API.
 pub fn rfc3339(t: DateTime<Utc>) -> String {

@@ -654,10 +654,11 @@ mod tests {
     fn try_task(idx: i32) -> Task {
         Task {
             idx,
-            task_id: format!("t{idx}"),
+            task_id: crate::domain::TaskId::parse(&format!("t{idx}")).expect("an id"),
             description: None,
             try_spec: Some(std::sync::Arc::new(TrySpec {
-                task_url: format!("http://p/{idx}"),
+                task_url: crate::domain::TargetUrl::parse(&format!("http://p/{idx}"))
+                    .expect("a URL"),
                 body: None,
                 input_mapping: vec![],
                 output_mapping: vec![],
@@ -696,7 +697,7 @@ mod tests {
 
     fn link(expires: DateTime<Utc>) -> Link {
         Link {
-            uri: "http://p/r".into(),
+            uri: crate::domain::TargetUrl::parse("http://p/r").expect("a URL"),
             expires,
         }
     }

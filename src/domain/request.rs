@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::job::{Link, TrySpec};
 use super::mapping::valid_pointer;
 use super::retry::RetryPolicyPatch;
+use super::target::{TargetUrl, TaskId};
 
 /// One broken rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,7 +40,6 @@ const MAX_CORRELATION_ID: usize = 128;
 const MAX_TAGS: usize = 20;
 const MAX_TAG: usize = 64;
 const MAX_SHARED_STATE: usize = 256 * 1024;
-const MAX_TASK_ID: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,7 +107,7 @@ struct JobWire {
 /// A task as accepted: either a Try to send or an already reserved link.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTask {
-    pub task_id: String,
+    pub task_id: TaskId,
     pub description: Option<String>,
     pub kind: NewTaskKind,
 }
@@ -189,14 +189,6 @@ pub fn parse_rfc3339(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|d| d.with_timezone(&Utc))
-}
-
-fn valid_task_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_TASK_ID
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-'))
 }
 
 fn check_text(errors: &mut Vec<FieldError>, pointer: &str, text: &Option<String>, max: usize) {
@@ -283,14 +275,15 @@ pub fn check_link(
     now: DateTime<Utc>,
 ) -> Option<Link> {
     let before = errors.len();
-    match uri {
-        None => errors.push(FieldError::new(format!("{pointer}/uri"), "is required")),
-        Some(u) => {
-            if let Err(d) = check_url(u) {
-                errors.push(FieldError::new(format!("{pointer}/uri"), d));
-            }
+    let uri = match uri {
+        None => {
+            errors.push(FieldError::new(format!("{pointer}/uri"), "is required"));
+            None
         }
-    }
+        Some(u) => TargetUrl::parse(u)
+            .map_err(|d| errors.push(FieldError::new(format!("{pointer}/uri"), d)))
+            .ok(),
+    };
     let expires = match expires {
         None => {
             errors.push(FieldError::new(format!("{pointer}/expires"), "is required"));
@@ -318,7 +311,7 @@ pub fn check_link(
         return None;
     }
     Some(Link {
-        uri: uri?.to_string(),
+        uri: uri?,
         expires: expires?,
     })
 }
@@ -493,18 +486,14 @@ pub fn parse_job(
     for (i, t) in wire_tasks.iter().enumerate() {
         let p = format!("/tasks/{i}");
         let task_id = match &t.task_id {
-            Some(id) => {
-                if !valid_task_id(id) {
-                    errors.push(FieldError::new(
-                        format!("{p}/taskID"),
-                        "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -",
-                    ));
-                }
-                id.clone()
-            }
-            None => format!("task-{}", i + 1),
+            Some(id) => TaskId::parse(id)
+                .map_err(|d| errors.push(FieldError::new(format!("{p}/taskID"), d)))
+                .ok(),
+            None => TaskId::parse(&format!("task-{}", i + 1)).ok(),
         };
-        if !seen.insert(task_id.clone()) {
+        if let Some(task_id) = &task_id
+            && !seen.insert(task_id.clone())
+        {
             errors.push(FieldError::new(
                 format!("{p}/taskID"),
                 format!("duplicate taskID {task_id:?}: task IDs must be unique in the job"),
@@ -525,9 +514,9 @@ pub fn parse_job(
                 None
             }
             (Some(url), None) => {
-                if let Err(d) = check_url(url) {
-                    errors.push(FieldError::new(format!("{p}/taskURL"), d));
-                }
+                let target = TargetUrl::parse(url)
+                    .map_err(|d| errors.push(FieldError::new(format!("{p}/taskURL"), d)))
+                    .ok();
                 let ttl = t.task_max_ttl.unwrap_or(10.0);
                 let _ = check_seconds(&mut errors, &format!("{p}/taskMaxTTL"), ttl, MAX_JOB_TTL);
                 if let Some(rp) = &t.retry_policy {
@@ -540,14 +529,16 @@ pub fn parse_job(
                     &format!("{p}/outputMapping"),
                     &t.output_mapping,
                 );
-                Some(NewTaskKind::Try(TrySpec {
-                    task_url: url.clone(),
-                    body: t.body.clone(),
-                    input_mapping,
-                    output_mapping,
-                    task_max_ttl: ttl,
-                    retry_policy: t.retry_policy,
-                }))
+                target.map(|task_url| {
+                    NewTaskKind::Try(TrySpec {
+                        task_url,
+                        body: t.body.clone(),
+                        input_mapping,
+                        output_mapping,
+                        task_max_ttl: ttl,
+                        retry_policy: t.retry_policy,
+                    })
+                })
             }
             (None, Some(link)) => {
                 for (field, present) in [
@@ -574,7 +565,7 @@ pub fn parse_job(
                 .map(NewTaskKind::Link)
             }
         };
-        if let Some(kind) = kind {
+        if let (Some(kind), Some(task_id)) = (kind, task_id) {
             tasks.push(NewTask {
                 task_id,
                 description: t.task_description.clone(),
@@ -607,7 +598,7 @@ pub fn parse_job(
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registration {
     pub link: Link,
-    pub task_id: Option<String>,
+    pub task_id: Option<TaskId>,
     pub description: Option<String>,
 }
 
@@ -666,14 +657,11 @@ pub fn parse_registration(
             now,
         ),
     };
-    if let Some(id) = &wire.task_id
-        && !valid_task_id(id)
-    {
-        errors.push(FieldError::new(
-            "/taskID",
-            "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -",
-        ));
-    }
+    let task_id = wire.task_id.as_deref().and_then(|id| {
+        TaskId::parse(id)
+            .map_err(|d| errors.push(FieldError::new("/taskID", d)))
+            .ok()
+    });
     check_text(
         &mut errors,
         "/taskDescription",
@@ -683,7 +671,7 @@ pub fn parse_registration(
     match link {
         Some(link) if errors.is_empty() => Ok(Registration {
             link,
-            task_id: wire.task_id,
+            task_id,
             description: wire.task_description,
         }),
         _ => Err(errors),

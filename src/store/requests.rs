@@ -114,7 +114,7 @@ pub async fn register(
     let existing = tx
         .query_opt(
             &format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE job_id = $1 AND link_uri = $2"),
-            &[&id, &reg.link.uri],
+            &[&id, &reg.link.uri.as_str()],
         )
         .await?;
     if let Some(existing) = existing {
@@ -127,7 +127,7 @@ pub async fn register(
         return Ok(Registered::TooMany(max_tasks));
     }
     let task_id = match &reg.task_id {
-        Some(t) => t.clone(),
+        Some(t) => t.to_string(),
         None => format!("participant-{}", count + 1),
     };
     let taken = tx
@@ -152,7 +152,7 @@ pub async fn register(
                 &count,
                 &task_id,
                 &reg.description,
-                &reg.link.uri,
+                &reg.link.uri.as_str(),
                 &reg.link.expires,
             ],
         )

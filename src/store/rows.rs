@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::domain::request::JobFields;
+use crate::domain::{TargetUrl, TaskId};
 use tokio_postgres::types::Json;
 
 /// A job as stored, with what only the API shows.
@@ -88,7 +89,7 @@ pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
     }
     Ok(Task {
         idx: row.try_get("idx")?,
-        task_id: row.try_get("task_id")?,
+        task_id: TaskId::try_from(row.try_get::<_, String>("task_id")?).map_err(corrupt)?,
         description: row.try_get("description")?,
         try_spec: spec
             .map(serde_json::from_value::<TrySpec>)
@@ -97,7 +98,10 @@ pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
             .map(std::sync::Arc::new),
         status: status.parse::<TaskStatus>().map_err(corrupt)?,
         link: match (link_uri, link_expires) {
-            (Some(uri), Some(expires)) => Some(Link { uri, expires }),
+            (Some(uri), Some(expires)) => Some(Link {
+                uri: TargetUrl::try_from(uri).map_err(corrupt)?,
+                expires,
+            }),
             (None, None) => None,
             _ => return Err(corrupt("a task link without its expiry, or the reverse")),
         },

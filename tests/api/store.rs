@@ -414,7 +414,7 @@ async fn every_column_round_trips() {
     let t = &mut expected.tasks[0];
     t.status = TaskStatus::Confirming;
     t.link = Some(Link {
-        uri: "http://127.0.0.1:9/r/2".into(),
+        uri: tcc_coordinator::domain::TargetUrl::parse("http://127.0.0.1:9/r/2").expect("a URL"),
         expires: at(60),
     });
     t.attempts = 3;

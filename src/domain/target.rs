@@ -1,0 +1,181 @@
+//! Newtypes for what is parsed once at the edge and trusted inside: outbound URLs and task ids.
+
+use std::fmt;
+use std::ops::Deref;
+
+use serde::{Deserialize, Serialize};
+
+/// An outbound URL: an absolute http or https URL the coordinator may call (a task's Try, a
+/// participant link). Parsed once where it enters (a job document, a registration, a Try
+/// answer, a stored row); the place where the outbound target policy will be checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TargetUrl(String);
+
+impl TargetUrl {
+    pub const RULE: &'static str = "must be an absolute http or https URL";
+
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        Self::try_from(s.to_string())
+    }
+
+    /// A URL already parsed as absolute http(s) (`url::Url` resolved it against one).
+    pub fn from_url(u: &url::Url) -> Result<Self, &'static str> {
+        if matches!(u.scheme(), "http" | "https") && u.host().is_some() {
+            Ok(TargetUrl(u.as_str().to_string()))
+        } else {
+            Err(Self::RULE)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TargetUrl {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match url::Url::parse(&s) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                Ok(TargetUrl(s))
+            }
+            _ => Err(Self::RULE),
+        }
+    }
+}
+
+impl From<TargetUrl> for String {
+    fn from(t: TargetUrl) -> String {
+        t.0
+    }
+}
+
+impl Deref for TargetUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for TargetUrl {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for TargetUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// A task's id: 1–128 characters of `A-Z a-z 0-9 . _ ~ -`, unique in its job. `/` cannot occur,
+/// so `{taskID}/{attempt}` is unambiguous as a `request-id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskId(String);
+
+impl TaskId {
+    pub const MAX_LEN: usize = 128;
+    pub const RULE: &'static str = "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -";
+
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        Self::try_from(s.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TaskId {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let valid = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-'));
+        if valid {
+            Ok(TaskId(s))
+        } else {
+            Err(Self::RULE)
+        }
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(t: TaskId) -> String {
+        t.0
+    }
+}
+
+impl Deref for TaskId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for TaskId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for TaskId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for TaskId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_absolute_http_urls() {
+        assert!(TargetUrl::parse("http://p:9/try").is_ok());
+        assert!(TargetUrl::parse("HTTPS://p/r/1").is_ok());
+        for bad in [
+            "/relative",
+            "ftp://p/x",
+            "http://",
+            "mailto:a@b",
+            "p/try",
+            "",
+        ] {
+            assert!(TargetUrl::parse(bad).is_err(), "{bad:?}");
+        }
+        let json = serde_json::to_string(&TargetUrl::parse("http://p/x").ok()).unwrap_or_default();
+        assert_eq!(json, "\"http://p/x\"");
+        assert!(serde_json::from_str::<TargetUrl>("\"not a url\"").is_err());
+    }
+
+    #[test]
+    fn task_ids_follow_the_rule() {
+        assert!(TaskId::parse("reserve-number.v2_~").is_ok());
+        for bad in ["", "a/b", "a b", "é", &"x".repeat(129)] {
+            assert!(TaskId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(TaskId::parse(&"x".repeat(128)).is_ok());
+    }
+}
