@@ -9,7 +9,7 @@
 //! nobody, when the session is lost; the engine drives again only after the lock is taken anew,
 //! its registration written and its former leases freed.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
@@ -28,12 +28,21 @@ pub struct Session {
     connection: tokio::task::JoinHandle<()>,
 }
 
-/// The current incarnation: a token that is cancelled when the session holding the identity
-/// lock is lost.
+/// This instance's identity: the current incarnation (a token cancelled when the session holding
+/// the identity lock is lost), the session until it is watched, and the watching task.
 pub struct Identity {
     id: String,
     db: tokio_postgres::Config,
     current: Mutex<CancellationToken>,
+    /// From `take` until `start` hands it to the watching task.
+    session: Mutex<Option<Session>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    stop: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every use replaces or takes a value whole: a holder that panicked left it valid.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Identity {
@@ -44,23 +53,47 @@ impl Identity {
             id,
             db,
             current: Mutex::new(lost),
+            session: Mutex::new(None),
+            task: Mutex::new(None),
+            stop: CancellationToken::new(),
         }
     }
 
     /// The token drivers run under, while the identity is held.
     pub fn live(&self) -> Option<CancellationToken> {
-        let t = self.lock().clone();
+        let t = lock(&self.current).clone();
         (!t.is_cancelled()).then_some(t)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CancellationToken> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    /// Take the identity for the first time (fails when another live instance holds the id).
+    pub async fn take(&self, patience: Duration) -> Result<(), StoreError> {
+        let session = self.open(patience).await?;
+        *lock(&self.session) = Some(session);
+        Ok(())
+    }
+
+    /// Watch the session taken by `take` until `stop`.
+    pub fn start(self: &Arc<Self>) {
+        if let Some(session) = lock(&self.session).take() {
+            let this = self.clone();
+            let task = tokio::spawn(async move { this.watch(session).await });
+            *lock(&self.task) = Some(task);
+        }
+    }
+
+    /// Deregister and close the session; returns when the watching task has ended.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// Open a session, take the identity lock (waiting up to `patience` for an earlier process
     /// under the same id to be gone), register, free that process's leases, and start a new
     /// incarnation.
-    pub async fn take(&self, patience: Duration) -> Result<Session, StoreError> {
+    async fn open(&self, patience: Duration) -> Result<Session, StoreError> {
         let (client, connection) = self.db.connect(NoTls).await?;
         let connection = tokio::spawn(async move {
             let _ = connection.await;
@@ -86,13 +119,14 @@ impl Identity {
                 "freed the leases an earlier process under this instance id left"
             );
         }
-        *self.lock() = CancellationToken::new();
+        *lock(&self.current) = CancellationToken::new();
         Ok(Session { client, connection })
     }
 
     /// Watch `session` until `stop`; when it is lost, stop every driver and take the identity
     /// anew. At `stop`, deregister and close.
-    pub async fn watch(&self, mut session: Session, stop: CancellationToken) {
+    async fn watch(&self, mut session: Session) {
+        let stop = self.stop.clone();
         loop {
             let lost = tokio::select! {
                 _ = stop.cancelled() => false,
@@ -105,7 +139,7 @@ impl Identity {
                 session.connection.abort();
                 return;
             }
-            self.lock().cancel();
+            lock(&self.current).cancel();
             session.connection.abort();
             tracing::warn!(
                 "the database session holding this instance's identity was lost: drivers stopped; taking it anew"
@@ -114,7 +148,7 @@ impl Identity {
             session = loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = self.take(CHECK_TIMEOUT.max(Duration::from_secs(1))) => match r {
+                    r = self.open(CHECK_TIMEOUT) => match r {
                         Ok(s) => break s,
                         Err(e) => tracing::warn!(error = %e, "taking the instance identity failed; retrying"),
                     },

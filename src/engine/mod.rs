@@ -3,7 +3,7 @@
 //! ```text
 //!   POST /jobs ──accept: insert + claim + first Tries─┐
 //!   client request ──▶ wake ──claim_one──────────────┤
-//!   scanner (every TCC_SCAN_INTERVAL) ─claim_due─────┘
+//!   scanner (every TCC_SCAN_INTERVAL) ─reap_dead, claim_due─┘
 //!                                                    ▼
 //!                     ┌──────────── driver (one per claimed job) ────────────┐
 //!                     │ plan(job, in_flight, now)  (pure, domain::planner)   │
@@ -16,9 +16,13 @@
 //!                     └──────────────────────────────────────────────────────┘
 //! ```
 //!
-//! Recovery is the same loop: a job whose lease lapsed (its instance died) is claimed by the
-//! scanner like any due job. The engine never holds a database transaction across an HTTP call,
-//! and every spawned task is owned by the tracker and awaited at shutdown.
+//! Recovery is the same loop: a job whose instance died is claimed by the scanner like any due
+//! job — at once when the instance's identity lock is free (`identity`, `store::reap_dead`),
+//! after its lease lapses when the instance is alive but cut off. The driver is `driver`; a
+//! driver that panics or meets an illegal transition is caught, counted and retried with backoff.
+//! The engine never holds a database transaction across an HTTP call, and every spawned task
+//! (drivers, group-commit writers, the scanner, the listener) is owned by the tracker and awaited
+//! at shutdown; the identity session goes last.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -102,13 +106,9 @@ struct Inner {
     /// Ids of jobs whose state changed, for long polls. Bounded: a slow listener lags and
     /// re-reads instead of holding the engine back.
     changes: broadcast::Sender<String>,
-    /// This instance's identity lock: drivers run only while it is held.
-    identity: Identity,
-    /// The identity session, from `take_identity` until `start_background` watches it.
-    identity_session: Mutex<Option<identity::Session>>,
-    /// The task watching the identity session; it ends last, at shutdown.
-    identity_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    identity_stop: CancellationToken,
+    /// This instance's identity lock: drivers run only while it is held. Its task ends last,
+    /// at shutdown.
+    identity: Arc<Identity>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,10 +154,7 @@ impl Engine {
                 tracker,
                 shutdown: CancellationToken::new(),
                 changes,
-                identity: Identity::new(settings_instance, db_identity),
-                identity_session: Mutex::new(None),
-                identity_task: Mutex::new(None),
-                identity_stop: CancellationToken::new(),
+                identity: Arc::new(Identity::new(settings_instance, db_identity)),
             }),
         }
     }
@@ -165,13 +162,10 @@ impl Engine {
     /// Take this instance's identity in the database (`store::instances`): fails when another
     /// live instance has the same id. Called once before `start_background`.
     pub async fn take_identity(&self) -> Result<(), StoreError> {
-        let session = self
-            .inner
+        self.inner
             .identity
             .take(self.inner.settings.lease_ttl)
-            .await?;
-        *lock(&self.inner.identity_session) = Some(session);
-        Ok(())
+            .await
     }
 
     pub fn instance_id(&self) -> &str {
@@ -351,12 +345,7 @@ impl Engine {
     /// Start the scanner (due retries, lapsed leases) with housekeeping, and the listener for
     /// wake-ups from other instances.
     pub fn start_background(&self) {
-        if let Some(session) = lock(&self.inner.identity_session).take() {
-            let inner = self.inner.clone();
-            let stop = self.inner.identity_stop.clone();
-            let task = tokio::spawn(async move { inner.identity.watch(session, stop).await });
-            *lock(&self.inner.identity_task) = Some(task);
-        }
+        self.inner.identity.start();
         let engine = self.clone();
         self.inner
             .tracker
@@ -484,11 +473,7 @@ impl Engine {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         // The identity goes last: the leases are released by now.
-        self.inner.identity_stop.cancel();
-        let task = lock(&self.inner.identity_task).take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        self.inner.identity.stop().await;
     }
 }
 
@@ -569,10 +554,4 @@ impl Inner {
     fn running_notify(&self, id: &str) -> Option<Arc<Notify>> {
         self.lock_running().get(id).cloned()
     }
-}
-
-/// A mutex whose holder may have panicked: the data is still valid (every use replaces or takes
-/// a value whole).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -105,13 +105,18 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 /// here reaches its rows through an index, so the sessions rule out sequential scans and hash or
 /// merge joins where an index path exists.
 ///
+/// JIT compilation is off: every statement here is short, and the cost penalty of a disabled
+/// sequential scan (on a table too small for an index to matter, such as `instances`) pushes a
+/// plan's estimate past `jit_above_cost`, which once made PostgreSQL compile the per-scan
+/// liveness statement, 0.2 ms of work, for 460 ms of CPU every second (docs/performance.md).
+///
 /// `synchronous_commit` is set, not inherited: a server configured `off` must not turn "202 only
 /// once durable" into a promise the database does not keep. Writes that may be lost (and are
 /// written again, see the engine's durable baseline) turn it off for their own transaction.
 pub fn pool(mut config: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
     const SESSION: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
                            -c enable_hashjoin=off -c enable_mergejoin=off \
-                           -c synchronous_commit=on";
+                           -c synchronous_commit=on -c jit=off";
     let options = match config.get_options() {
         Some(o) if !o.trim().is_empty() => format!("{o} {SESSION}"),
         _ => SESSION.to_string(),
