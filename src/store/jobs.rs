@@ -625,12 +625,7 @@ pub async fn list_jobs(client: &impl GenericClient, f: &JobFilter) -> Result<Vec
                 status: status.parse().map_err(corrupt)?,
                 failure_reason: reason.map(|r| r.parse()).transpose().map_err(corrupt)?,
                 correlation_id: r.try_get("correlation_id")?,
-                fields: r
-                    .try_get::<_, tokio_postgres::types::Json<crate::domain::request::JobFields>>(
-                        "fields",
-                    )
-                    .map_err(|e| corrupt(format!("the job's fields: {e}")))?
-                    .0,
+                fields: fields_from_row(r)?,
                 created_at: r.try_get("created_at")?,
                 updated_at: r.try_get("updated_at")?,
                 deadline: r.try_get("deadline")?,

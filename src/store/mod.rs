@@ -37,7 +37,7 @@ pub use jobs::*;
 pub use leases::*;
 pub use requests::*;
 pub use rows::JobRecord;
-use rows::{JOB_COLUMNS, TASK_COLUMNS, job_from_row, task_from_row};
+use rows::{JOB_COLUMNS, TASK_COLUMNS, fields_from_row, job_from_row, task_from_row};
 
 mod embedded {
     refinery::embed_migrations!("migrations");

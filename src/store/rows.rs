@@ -30,6 +30,14 @@ pub(super) const TASK_COLUMNS: &str = "t.idx, t.task_id, t.description, t.try_sp
     t.link_uri, t.link_expires, t.attempts, t.next_attempt_at, t.refused, t.confirm_pending, \
     t.confirm_unknown, t.start_time, t.end_time, t.last_message, t.try_response";
 
+/// The job-level fields (`jobs.fields`), as typed.
+pub(super) fn fields_from_row(row: &tokio_postgres::Row) -> Result<JobFields> {
+    Ok(row
+        .try_get::<_, Json<JobFields>>("fields")
+        .map_err(|e| corrupt(format!("the job's fields: {e}")))?
+        .0)
+}
+
 pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Result<JobRecord> {
     let status: String = row.try_get("job_status")?;
     let reason: Option<String> = row.try_get("failure_reason")?;
@@ -67,10 +75,7 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
             retry_policy,
             tasks,
         },
-        fields: row
-            .try_get::<_, Json<JobFields>>("fields")
-            .map_err(|e| corrupt(format!("the job's fields: {e}")))?
-            .0,
+        fields: fields_from_row(row)?,
         updated_at: row.try_get("updated_at")?,
         attempt: row.try_get("attempt")?,
         wake_seq: row.try_get("wake_seq")?,

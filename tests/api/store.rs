@@ -374,7 +374,7 @@ async fn every_column_round_trips() {
             },
             {
                 "taskID": "linked",
-                "participantLink": {"uri": "http://127.0.0.1:9/r/1", "expires": crate_rfc3339(now + chrono::Duration::seconds(90))}
+                "participantLink": {"uri": "http://127.0.0.1:9/r/1", "expires": tcc_coordinator::domain::rfc3339(now + chrono::Duration::seconds(90))}
             }
         ]
     });
@@ -457,8 +457,4 @@ async fn every_column_round_trips() {
         .expect("load")
         .expect("stored");
     assert_eq!(again.job, expected, "every column as saved");
-}
-
-fn crate_rfc3339(t: chrono::DateTime<Utc>) -> String {
-    tcc_coordinator::domain::rfc3339(t)
 }
