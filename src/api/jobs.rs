@@ -161,9 +161,8 @@ pub async fn create_job(
     let hash = key
         .as_ref()
         .map(|_| repr::sha256_hex(repr::canonical(&value).to_string().as_bytes()));
-    let id = uuid::Uuid::now_v7().to_string();
     let row = store::NewJobRow {
-        id,
+        id: crate::domain::JobId::generate(),
         job: new,
         source: "jcl",
         created_at: now,

@@ -150,11 +150,7 @@ pub fn overloaded(detail: impl Into<String>) -> Response {
 
 /// A handler panicked: a 500 problem that says nothing of the internals.
 fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
+    let message = crate::engine::panic_message(&*panic);
     tracing::error!(panic = %message, "a request handler panicked; answered 500");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::request::{NewJob, NewTaskKind};
 use super::retry::{RetryPolicy, RetryPolicyPatch};
 use super::status::{FailureReason, JobStatus, TaskStatus};
-use super::target::{TargetUrl, TaskId};
+use super::target::{JobId, TargetUrl, TaskId};
 
 /// A participant link: the URI of a reservation and the moment it lapses by itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +178,8 @@ mod tests {
             ]
         });
         let new = parse_job(&doc, Limits { max_tasks: 10 }, now).expect("valid");
-        let job = Job::new(&new, "j1", now, None);
+        let id = crate::domain::JobId::parse("j1").expect("an id");
+        let job = Job::new(&new, &id, now, None);
         assert_eq!(job.status, JobStatus::Pending);
         assert_eq!(job.correlation_id, "j1", "defaults to the job id");
         assert_eq!(job.deadline, now + chrono::Duration::milliseconds(1500));
@@ -246,7 +247,7 @@ impl Task {
 /// Everything the engine needs about a job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
-    pub id: String,
+    pub id: JobId,
     pub status: JobStatus,
     pub failure_reason: Option<FailureReason>,
     pub correlation_id: String,
@@ -268,7 +269,7 @@ impl Job {
     /// correlation id defaulting to the job's id.
     pub fn new(
         new: &NewJob,
-        id: &str,
+        id: &JobId,
         created_at: DateTime<Utc>,
         traceparent: Option<String>,
     ) -> Job {
@@ -302,7 +303,7 @@ impl Job {
             .collect();
         let ttl = chrono::Duration::milliseconds((new.fields.job_max_ttl * 1000.0).round() as i64);
         Job {
-            id: id.to_string(),
+            id: id.clone(),
             status: JobStatus::Pending,
             failure_reason: None,
             correlation_id: new

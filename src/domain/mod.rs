@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 pub use job::{ConfirmState, Job, Link, Task, TrySpec};
 pub use planner::{Answer, Op, Plan, PlannerSettings, Step};
 pub use status::{FailureReason, JobStatus, TaskStatus};
-pub use target::{TargetUrl, TaskId};
+pub use target::{JobId, TargetUrl, TaskId};
 
 /// RFC 3339 in UTC with milliseconds, the one timestamp format of the API.
 pub fn rfc3339(t: DateTime<Utc>) -> String {

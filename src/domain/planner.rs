@@ -679,7 +679,7 @@ mod tests {
 
     fn job(tasks: usize) -> Job {
         Job {
-            id: "j".into(),
+            id: crate::domain::JobId::parse("j").expect("an id"),
             status: JobStatus::Pending,
             failure_reason: None,
             correlation_id: "c".into(),

@@ -1,4 +1,5 @@
-//! Newtypes for what is parsed once at the edge and trusted inside: outbound URLs and task ids.
+//! Newtypes for what is parsed once at the edge and trusted inside: outbound URLs, job and task
+//! ids.
 
 use std::fmt;
 use std::ops::Deref;
@@ -147,6 +148,64 @@ impl PartialEq<String> for TaskId {
     }
 }
 
+/// A job's id: 1–128 characters of `A-Z a-z 0-9 . _ ~ -` (URL-safe as a path segment); the
+/// coordinator's own are UUIDv7s.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+impl JobId {
+    pub const RULE: &'static str = "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -";
+
+    /// A new, time-ordered id.
+    pub fn generate() -> Self {
+        JobId(uuid::Uuid::now_v7().to_string())
+    }
+
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        Self::try_from(s.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        // The same characters as a task id.
+        TaskId::try_from(s)
+            .map(|t| JobId(t.0))
+            .map_err(|_| Self::RULE)
+    }
+}
+
+impl From<JobId> for String {
+    fn from(t: JobId) -> String {
+        t.0
+    }
+}
+
+impl Deref for JobId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for JobId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +227,16 @@ mod tests {
         let json = serde_json::to_string(&TargetUrl::parse("http://p/x").ok()).unwrap_or_default();
         assert_eq!(json, "\"http://p/x\"");
         assert!(serde_json::from_str::<TargetUrl>("\"not a url\"").is_err());
+    }
+
+    #[test]
+    fn job_ids_are_url_safe_and_generated_ids_follow_the_rule() {
+        let g = JobId::generate();
+        assert_eq!(JobId::parse(g.as_str()).ok(), Some(g));
+        assert!(JobId::parse("order-8812.v1").is_ok());
+        for bad in ["", "a/b", "a b", "%00", &"x".repeat(129)] {
+            assert!(JobId::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -228,7 +228,7 @@ impl Driver {
             return Ok(Next::Go(plan));
         }
         let save = Save {
-            id: job.id.clone(),
+            id: job.id.to_string(),
             status: job.status,
             failure_reason: job.failure_reason,
             fence: self.fence.clone(),

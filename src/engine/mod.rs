@@ -238,7 +238,7 @@ impl Engine {
     /// Start driving a job this instance created and claimed, from the record it stored and the
     /// first steps planned into it (`plan_first`).
     fn start_claimed(&self, record: store::JobRecord, first: Vec<Step>) {
-        let (id, generation) = (record.job.id.clone(), record.lease_generation);
+        let (id, generation) = (record.job.id.to_string(), record.lease_generation);
         self.spawn_driver(id, generation, Some((record, first)));
     }
 
@@ -498,7 +498,8 @@ impl DriverFailure {
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// The message a panic carried, for a log line or a task's `lastMessage`.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

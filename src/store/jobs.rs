@@ -16,7 +16,7 @@ pub enum Inserted {
 /// A new job to store: the parsed document and everything `insert_job` writes besides.
 #[derive(Debug, Clone)]
 pub struct NewJobRow {
-    pub id: String,
+    pub id: JobId,
     pub job: NewJob,
     pub source: &'static str,
     pub created_at: DateTime<Utc>,
@@ -214,7 +214,7 @@ pub async fn insert_many(
         .collect::<std::result::Result<std::collections::HashSet<String>, _>>()?;
     let mut outcomes = Vec::with_capacity(n);
     for (row, _) in jobs {
-        outcomes.push(if stored.contains(&row.id) {
+        outcomes.push(if stored.contains(row.id.as_str()) {
             Ok(Inserted::Created)
         } else {
             replay(client, row).await

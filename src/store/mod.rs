@@ -22,7 +22,9 @@ use tokio_postgres::types::ToSql;
 
 use crate::domain::request::{NewJob, Registration};
 use crate::domain::retry::RetryPolicyPatch;
-use crate::domain::{ConfirmState, FailureReason, Job, JobStatus, Link, Task, TaskStatus, TrySpec};
+use crate::domain::{
+    ConfirmState, FailureReason, Job, JobId, JobStatus, Link, Task, TaskStatus, TrySpec,
+};
 
 mod housekeeping;
 mod instances;

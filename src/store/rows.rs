@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::domain::request::JobFields;
-use crate::domain::{TargetUrl, TaskId};
+use crate::domain::{JobId, TargetUrl, TaskId};
 use tokio_postgres::types::Json;
 
 /// A job as stored, with what only the API shows.
@@ -61,7 +61,7 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
     }
     Ok(JobRecord {
         job: Job {
-            id: row.try_get("id")?,
+            id: JobId::try_from(row.try_get::<_, String>("id")?).map_err(corrupt)?,
             status,
             failure_reason,
             correlation_id: row.try_get("correlation_id")?,

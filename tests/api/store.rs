@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
+use tcc_coordinator::domain::JobId;
 use tcc_coordinator::domain::request::{Limits, parse_job};
 use tcc_coordinator::engine::group_commit::GroupCommit;
 use tcc_coordinator::store::{self, Fence, Inserted, JobRecord, NewJobRow, Save, Saved};
@@ -21,7 +22,7 @@ fn new_row(key: Option<&str>, hash: &str, task: &str) -> (NewJobRow, JobRecord) 
     });
     let job = parse_job(&doc, Limits { max_tasks: 10 }, now).expect("a valid document");
     let row = NewJobRow {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: JobId::generate(),
         job,
         source: "jcl",
         created_at: now,
@@ -38,7 +39,7 @@ fn new_row(key: Option<&str>, hash: &str, task: &str) -> (NewJobRow, JobRecord) 
 /// The same new job under another id (one already taken makes the database refuse the row).
 fn with_id((row, record): (NewJobRow, JobRecord), id: &str) -> (NewJobRow, JobRecord) {
     let row = NewJobRow {
-        id: id.to_string(),
+        id: JobId::parse(id).expect("an id"),
         ..row
     };
     (row, record)
@@ -86,7 +87,7 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
         .into_iter()
         .map(|o| o.expect("an outcome"))
         .collect();
-    let a = batch[0].0.id.clone();
+    let a = batch[0].0.id.to_string();
     let expected = [
         Inserted::Created,
         Inserted::Replay {
@@ -95,7 +96,7 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
         },
         Inserted::Created,
         Inserted::Replay {
-            id: earlier.0.id.clone(),
+            id: earlier.0.id.to_string(),
             same_request: true,
         },
         Inserted::Replay {
@@ -212,7 +213,7 @@ async fn the_group_commit_fails_only_the_bad_writes_of_a_refused_batch() {
     assert!(bad_saved.is_err(), "{bad_saved:?}");
     assert!(matches!(good_saved, Ok(Saved::Ok { .. })), "{good_saved:?}");
 
-    let load = |id: String| {
+    let load = |id: JobId| {
         let client = &client;
         async move {
             store::load_job(client, &id)
@@ -317,7 +318,7 @@ async fn the_group_commit_writes_queued_saves_as_one_transaction() {
             .await
             .expect("stored");
         saves.push(save_saying(&client, &row.id, "batched").await);
-        ids.push(row.id);
+        ids.push(row.id.to_string());
     }
     let commits = Arc::new(GroupCommit::new(
         1,
@@ -380,7 +381,7 @@ async fn every_column_round_trips() {
     });
     let job = parse_job(&doc, Limits { max_tasks: 10 }, now).expect("a valid document");
     let row = NewJobRow {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: JobId::generate(),
         job,
         source: "jcl",
         created_at: now,
@@ -434,7 +435,7 @@ async fn every_column_round_trips() {
     };
     t.end_time = Some(at(3));
     let save = Save {
-        id: row.id.clone(),
+        id: row.id.to_string(),
         status: expected.status,
         failure_reason: None,
         fence: Fence {
