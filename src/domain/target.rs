@@ -20,17 +20,17 @@ impl TargetUrl {
         Self::try_from(s.to_string())
     }
 
-    /// A URL already parsed as absolute http(s) (`url::Url` resolved it against one).
+    /// A URL already parsed (`url::Url` resolved it against another, say).
     pub fn from_url(u: &url::Url) -> Result<Self, &'static str> {
-        if matches!(u.scheme(), "http" | "https") && u.host().is_some() {
+        if Self::allowed(u) {
             Ok(TargetUrl(u.as_str().to_string()))
         } else {
             Err(Self::RULE)
         }
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    fn allowed(u: &url::Url) -> bool {
+        matches!(u.scheme(), "http" | "https") && u.host().is_some()
     }
 }
 
@@ -38,42 +38,9 @@ impl TryFrom<String> for TargetUrl {
     type Error = &'static str;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         match url::Url::parse(&s) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                Ok(TargetUrl(s))
-            }
+            Ok(u) if Self::allowed(&u) => Ok(TargetUrl(s)),
             _ => Err(Self::RULE),
         }
-    }
-}
-
-impl From<TargetUrl> for String {
-    fn from(t: TargetUrl) -> String {
-        t.0
-    }
-}
-
-impl Deref for TargetUrl {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TargetUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl PartialEq<str> for TargetUrl {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for TargetUrl {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
     }
 }
 
@@ -90,10 +57,6 @@ impl TaskId {
     pub fn parse(s: &str) -> Result<Self, &'static str> {
         Self::try_from(s.to_string())
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl TryFrom<String> for TaskId {
@@ -108,43 +71,6 @@ impl TryFrom<String> for TaskId {
         } else {
             Err(Self::RULE)
         }
-    }
-}
-
-impl From<TaskId> for String {
-    fn from(t: TaskId) -> String {
-        t.0
-    }
-}
-
-impl Deref for TaskId {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl PartialEq<str> for TaskId {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for TaskId {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
-    }
-}
-
-impl PartialEq<String> for TaskId {
-    fn eq(&self, other: &String) -> bool {
-        &self.0 == other
     }
 }
 
@@ -165,10 +91,6 @@ impl JobId {
     pub fn parse(s: &str) -> Result<Self, &'static str> {
         Self::try_from(s.to_string())
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl TryFrom<String> for JobId {
@@ -181,30 +103,58 @@ impl TryFrom<String> for JobId {
     }
 }
 
-impl From<JobId> for String {
-    fn from(t: JobId) -> String {
-        t.0
-    }
+/// What every string newtype here has: its text (`as_str`, `Deref`, `Display`), comparisons with
+/// plain strings, and the way back to a `String`.
+macro_rules! text_newtype {
+    ($t:ident) => {
+        impl $t {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(t: $t) -> String {
+                t.0
+            }
+        }
+
+        impl Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $t {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+    };
 }
 
-impl Deref for JobId {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl PartialEq<str> for JobId {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
+text_newtype!(TargetUrl);
+text_newtype!(TaskId);
+text_newtype!(JobId);
 
 #[cfg(test)]
 mod tests {
