@@ -303,7 +303,7 @@ async fn a_busy_port_fails_start_up_before_the_database_is_touched() {
         .arg("serve")
         .env_remove("DATABASE_URL")
         .env("TCC_DATA_DIR", &dir)
-        .env("TCC_LISTEN", format!("localhost:{port}"))
+        .env("TCC_LISTEN", format!("127.0.0.1:{port}"))
         .output()
         .expect("run the coordinator");
     assert!(!out.status.success());
