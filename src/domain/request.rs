@@ -177,12 +177,9 @@ pub fn from_value<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Ve
     })
 }
 
-/// An absolute http(s) URL, or why not.
+/// An absolute http(s) URL, or why not (the rule of `TargetUrl`).
 pub fn check_url(url: &str) -> Result<(), &'static str> {
-    match url::Url::parse(url) {
-        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => Ok(()),
-        _ => Err("must be an absolute http or https URL"),
-    }
+    TargetUrl::parse(url).map(|_| ())
 }
 
 pub fn parse_rfc3339(s: &str) -> Option<DateTime<Utc>> {
