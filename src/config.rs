@@ -322,6 +322,18 @@ pub struct Config {
         global = true
     )]
     pub shutdown_grace: Span,
+
+    /// How long a request waits for the database (a connection, a read, a durable commit)
+    /// before it is answered 503: a database that fails over or cannot commit is answered
+    /// for, never waited on without end.
+    #[arg(
+        long,
+        env = "TCC_DB_TIMEOUT",
+        value_name = "TCC_DB_TIMEOUT",
+        default_value = "5s",
+        global = true
+    )]
+    pub db_timeout: Span,
 }
 
 /// Settings of the contract that this version does not implement yet. Accepting them silently
@@ -366,6 +378,11 @@ impl Config {
         if self.request_timeout.0 < Duration::from_secs(1) {
             return Err(ConfigError::Invalid(
                 "TCC_REQUEST_TIMEOUT must be at least 1s".into(),
+            ));
+        }
+        if self.db_timeout.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "TCC_DB_TIMEOUT must be at least 100ms".into(),
             ));
         }
         if self.call_timeout.0 < Duration::from_millis(100) {

@@ -42,9 +42,8 @@ pub enum EmbeddedError {
 /// A running private cluster.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
-    bindir: PathBuf,
+    tools: ServerTools,
     base: PathBuf,
-    run_as: Option<(u32, u32)>,
 }
 
 fn has_server(dir: &Path) -> bool {
@@ -127,16 +126,55 @@ fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-impl EmbeddedPostgres {
-    /// Initialise the cluster if needed and start it (or adopt one already running there).
-    /// Blocking: call from `spawn_blocking` in async code.
-    pub fn start(base: &Path) -> Result<Self, EmbeddedError> {
+/// The server binaries and the user they run as, for clusters other than the embedded one (the
+/// chaos suite's replicated pair): commands run as the `postgres` system user when this process
+/// is root, as the embedded cluster does.
+#[derive(Debug, Clone)]
+pub struct ServerTools {
+    pub bindir: PathBuf,
+    run_as: Option<(u32, u32)>,
+}
+
+impl ServerTools {
+    pub fn find() -> Result<Self, EmbeddedError> {
         let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
         let run_as = if running_as_root() {
             Some(postgres_user().ok_or(EmbeddedError::NoPostgresUser)?)
         } else {
             None
         };
+        Ok(ServerTools { bindir, run_as })
+    }
+
+    /// `program` from the server binaries, run as the cluster's user.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bindir.join(program));
+        cmd.env_remove("PGDATA")
+            .env_remove("PGHOST")
+            .env_remove("PGPORT")
+            .env("LC_ALL", "C");
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    /// Make `dir` (created if missing) the cluster user's own, mode 0700.
+    pub fn own_dir(&self, dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir)?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+}
+
+impl EmbeddedPostgres {
+    /// Initialise the cluster if needed and start it (or adopt one already running there).
+    /// Blocking: call from `spawn_blocking` in async code.
+    pub fn start(base: &Path) -> Result<Self, EmbeddedError> {
+        let tools = ServerTools::find()?;
         std::fs::create_dir_all(base).map_err(|e| EmbeddedError::DataDir(base.into(), e))?;
         let base =
             std::fs::canonicalize(base).map_err(|e| EmbeddedError::DataDir(base.into(), e))?;
@@ -144,13 +182,9 @@ impl EmbeddedPostgres {
         if len > MAX_SOCKET_DIR {
             return Err(EmbeddedError::PathTooLong(base, len));
         }
-        let pg = EmbeddedPostgres {
-            bindir,
-            base,
-            run_as,
-        };
+        let pg = EmbeddedPostgres { tools, base };
         let data = pg.data_dir();
-        if let Some((uid, gid)) = pg.run_as {
+        if let Some((uid, gid)) = pg.tools.run_as {
             if let Some(blocked) = first_unsearchable(&pg.base, uid, gid) {
                 return Err(EmbeddedError::Unreachable(pg.base.clone(), blocked));
             }
@@ -200,15 +234,8 @@ impl EmbeddedPostgres {
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bindir.join(program));
-        cmd.current_dir(&self.base)
-            .env_remove("PGDATA")
-            .env_remove("PGHOST")
-            .env_remove("PGPORT")
-            .env("LC_ALL", "C");
-        if let Some((uid, gid)) = self.run_as {
-            cmd.uid(uid).gid(gid);
-        }
+        let mut cmd = self.tools.command(program);
+        cmd.current_dir(&self.base);
         cmd
     }
 

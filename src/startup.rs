@@ -100,6 +100,9 @@ impl Application {
             api: listener,
             metrics: metrics_listener,
         } = listeners;
+        let mut db = db.clone();
+        store::connection_defaults(&mut db);
+        let db = &db;
         let applied = store::migrate(db).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "migrations applied");
@@ -138,6 +141,7 @@ impl Application {
                 max_body: config.max_body.0,
                 listen: listener.local_addr()?,
                 request_timeout: config.request_timeout.0,
+                db_timeout: config.db_timeout.0,
                 max_inflight_requests: config.max_inflight_requests,
             }),
             metrics: crate::metrics::install(),

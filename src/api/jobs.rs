@@ -75,9 +75,28 @@ fn outcomes(record: &JobRecord) -> Value {
     serde_json::to_value(repr::task_outcomes(record)).unwrap_or_default()
 }
 
+/// `work` with the database, given up after `TCC_DB_TIMEOUT`: a database that cannot answer or
+/// commit (failing over, a synchronous standby missing) is a 503, not a request that hangs. The
+/// work given up may still take effect (a commit already sent), which is why the answer says
+/// so and why a new job is repeated under its `Idempotency-Key`.
+pub(super) async fn within<T>(
+    state: &AppState,
+    work: impl Future<Output = Result<T, store::StoreError>>,
+) -> Result<T, store::StoreError> {
+    let limit = state.settings.db_timeout;
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(store::StoreError::Unavailable(format!(
+            "the database did not answer within {limit:?} (TCC_DB_TIMEOUT); what was asked may still take effect: look before repeating it"
+        )))
+    })
+}
+
 /// A pooled database connection; an unreachable database is a 503.
 async fn db(state: &AppState) -> Result<deadpool_postgres::Client, ApiError> {
-    Ok(state.pool.get().await.map_err(store::StoreError::from)?)
+    Ok(within(state, async {
+        state.pool.get().await.map_err(store::StoreError::from)
+    })
+    .await?)
 }
 
 /// Record a client's confirm or cancel, and wake the job's driver when it was taken.
@@ -86,16 +105,23 @@ async fn record_request(
     id: &str,
     what: ClientRequest,
 ) -> Result<RequestOutcome, ApiError> {
-    let outcome = store::request(&db(state).await?, id, what).await?;
+    let client = db(state).await?;
+    let outcome = within(state, store::request(&client, id, what)).await?;
     if outcome == RequestOutcome::Accepted {
-        state.engine.wake(id).await;
+        wake(state, id).await;
     }
     Ok(outcome)
 }
 
+/// Wake the job's driver, or claim the job, for a request just recorded; given up after
+/// `TCC_DB_TIMEOUT` (the request is stored, and the scanner claims a job nobody drives).
+async fn wake(state: &AppState, id: &str) {
+    let _ = tokio::time::timeout(state.settings.db_timeout, state.engine.wake(id)).await;
+}
+
 async fn load(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     let client = db(state).await?;
-    store::load_job(&client, id)
+    within(state, store::load_job(&client, id))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
@@ -172,7 +198,7 @@ pub async fn create_job(
         request_hash: hash,
         traceparent: traceparent(&headers).map(str::to_string),
     };
-    let inserted = state.engine.accept(row).await?;
+    let inserted = within(&state, state.engine.accept(row)).await?;
     let base = base_url(&state, &headers);
     match inserted {
         Accepted::Created(record) => {
@@ -300,7 +326,7 @@ pub async fn list_jobs(
     let filter = parse_list_query(query.as_deref())?;
     let rows = {
         let client = db(&state).await?;
-        store::list_jobs(&client, &filter).await?
+        within(&state, store::list_jobs(&client, &filter)).await?
     };
     let base = base_url(&state, &headers);
     let self_href = match &query {
@@ -544,12 +570,16 @@ pub async fn register(
     let reg = request::parse_registration(&value, Utc::now()).map_err(ApiError::validation)?;
     let outcome = {
         let mut client = db(&state).await?;
-        store::register(&mut client, &id, &reg, state.settings.max_tasks).await?
+        within(
+            &state,
+            store::register(&mut client, &id, &reg, state.settings.max_tasks),
+        )
+        .await?
     };
     let base = base_url(&state, &headers);
     match outcome {
         Registered::Created(task) => {
-            state.engine.wake(&id).await;
+            wake(&state, &id).await;
             let mut resp = json_response(StatusCode::CREATED, &TaskRepr::new(&base, &id, &task));
             if let Ok(v) =
                 HeaderValue::from_str(&format!("{base}/jobs/{id}/tasks/{}", task.task_id))

@@ -45,6 +45,8 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// Most requests in progress at once (`TCC_MAX_INFLIGHT_REQUESTS`).
     pub max_inflight_requests: usize,
+    /// How long a request waits for the database (`TCC_DB_TIMEOUT`).
+    pub db_timeout: Duration,
 }
 
 impl ApiSettings {
@@ -293,17 +295,28 @@ async fn live() -> impl IntoResponse {
     axum::Json(json!({"status": "live"}))
 }
 
+/// 200 only while this instance can accept and drive jobs: it holds its identity (drivers run
+/// only then), and the database answers, is writable and commits durably within
+/// `TCC_DB_TIMEOUT` (`store::ready`).
 async fn ready(State(state): State<AppState>) -> Response {
-    match crate::store::ready(&state.pool).await {
-        Ok(true) => axum::Json(json!({"status": "ready"})).into_response(),
-        Ok(false) => ApiError::new(
+    let not_ready = |detail: &str| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not-ready",
             "Not ready",
-            "the database schema is not migrated to this version yet",
+            detail,
         )
-        .into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        .into_response()
+    };
+    if !state.engine.driving() {
+        return not_ready(
+            "this instance does not hold its identity in the database (the session was lost); it is taking it anew",
+        );
+    }
+    match jobs::within(&state, crate::store::ready(&state.pool)).await {
+        Ok(true) => axum::Json(json!({"status": "ready"})).into_response(),
+        Ok(false) => not_ready("the database schema is not migrated to this version yet"),
+        Err(e) => not_ready(&format!("the database cannot take a durable commit: {e}")),
     }
 }
 

@@ -159,6 +159,11 @@ impl Engine {
         }
     }
 
+    /// Whether drivers may run now: the identity is held (see `identity`).
+    pub fn driving(&self) -> bool {
+        self.inner.identity.live().is_some()
+    }
+
     /// Take this instance's identity in the database (`store::instances`): fails when another
     /// live instance has the same id. Called once before `start_background`.
     pub async fn take_identity(&self) -> Result<(), StoreError> {
@@ -357,11 +362,18 @@ impl Engine {
     }
 
     /// Wake local drivers for requests other instances received. Only drivers running here are
-    /// woken: a job nobody drives is claimed by the instance that took the request.
+    /// woken: a job nobody drives is claimed by the instance that took the request. Wake-ups
+    /// sent while the listener was reconnecting (the database restarted or failed over) are
+    /// lost, so once listening again every driver here looks for requests.
     async fn listen_loop(self) {
         loop {
             let inner = &self.inner;
-            let listen = store::listen_wakes(&inner.db, |id| {
+            let wake_all = || {
+                for n in inner.lock_running().values() {
+                    n.notify_one();
+                }
+            };
+            let listen = store::listen_wakes(&inner.db, wake_all, |id| {
                 if let Some(n) = inner.running_notify(id) {
                     n.notify_one();
                 }

@@ -97,6 +97,30 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
+/// Connection settings no session may go without, unless `DATABASE_URL` sets them: a connect
+/// attempt gives up after 5 s (per host, so a dead first host of a multi-host URL does not hold
+/// up the next), and a TCP connection whose peer vanished without a word (a machine gone, a
+/// network cut: no reset ever comes) is noticed within about 15 s, idle (keepalive probes
+/// after 5 s, every 2 s, 5 of them) or not (unacknowledged data for 15 s ends it). Every
+/// session of the program, pooled, identity, wake-up listener and migrations, uses them.
+pub fn connection_defaults(config: &mut tokio_postgres::Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_keepalives_idle() >= Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(5));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(2));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(5);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(15));
+    }
+}
+
 /// A connection pool over `config`.
 ///
 /// Its sessions plan each prepared statement once (`plan_cache_mode = force_generic_plan`): every
@@ -136,6 +160,7 @@ pub fn pool(mut config: tokio_postgres::Config, max_size: usize) -> Result<Pool>
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
@@ -176,11 +201,17 @@ pub fn latest_migration() -> i32 {
         .unwrap_or(0)
 }
 
-/// Reachable, and migrated at least as far as this build expects.
+/// Reachable, writable, able to commit durably, and migrated at least as far as this build
+/// expects. The statement takes a transaction id, so its commit is a real one: on a standby it
+/// fails (read-only), and on a primary whose required synchronous standby is missing it waits
+/// (the caller's time limit answers for it), as every job's commit would.
 pub async fn ready(pool: &Pool) -> Result<bool> {
     let client = pool.get().await?;
     let row = client
-        .query_opt("SELECT max(version) FROM refinery_schema_history", &[])
+        .query_opt(
+            "SELECT max(version), pg_current_xact_id()::text FROM refinery_schema_history",
+            &[],
+        )
         .await?;
     let version: Option<i32> = row.and_then(|r| r.get(0));
     Ok(version.is_some_and(|v| v >= latest_migration()))

@@ -173,9 +173,11 @@ pub async fn register(
 
 /// Listen on the wake-up channel: every client request that the driver of a job must see is
 /// announced there (by `request` and `register`), whichever instance
-/// received it. Calls `on_wake` with the job id; returns when the connection ends.
+/// received it. Calls `on_listening` once listening (wake-ups sent before were missed), then
+/// `on_wake` with each job id; returns when the connection ends.
 pub async fn listen_wakes(
     config: &tokio_postgres::Config,
+    on_listening: impl FnOnce(),
     mut on_wake: impl FnMut(&str),
 ) -> Result<()> {
     use futures::StreamExt;
@@ -184,11 +186,15 @@ pub async fn listen_wakes(
     let listen = client.batch_execute("LISTEN tcc_wake");
     tokio::pin!(listen);
     let mut listening = false;
+    let mut on_listening = Some(on_listening);
     loop {
         tokio::select! {
             done = &mut listen, if !listening => {
                 done?;
                 listening = true;
+                if let Some(f) = on_listening.take() {
+                    f();
+                }
             }
             msg = messages.next() => match msg {
                 Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => on_wake(n.payload()),
