@@ -4,6 +4,7 @@
 pub mod participant;
 pub mod procs;
 pub mod proxy;
+pub mod replication;
 pub mod scenario;
 
 use std::path::{Path, PathBuf};
