@@ -22,7 +22,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Scenarios to run (repeatable); default: all. One of: kill-coordinator, three-instances,
-    /// postgres, flaky-participants, short-expiries.
+    /// postgres, flaky-participants, short-expiries, failover.
     #[arg(long)]
     scenario: Vec<String>,
     /// Seed of the first scenario; default: random.

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::participant::{Faults, ParticipantService, ResState, Reservation};
 use super::procs::{Instance, pause_postgres};
 use super::proxy::{Mode, Proxy, Target};
+use super::replication::Pair;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -34,15 +35,19 @@ pub enum Scenario {
     FlakyParticipants,
     /// Reservations that expire close to the confirm.
     ShortExpiries,
+    /// A primary and a synchronous standby (`replication::Pair`): the primary killed, the
+    /// standby promoted, the old primary rebuilt as the new standby, and again, while jobs run.
+    Failover,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::KillCoordinator,
         Scenario::ThreeInstances,
         Scenario::Postgres,
         Scenario::FlakyParticipants,
         Scenario::ShortExpiries,
+        Scenario::Failover,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +57,7 @@ impl Scenario {
             Scenario::Postgres => "postgres",
             Scenario::FlakyParticipants => "flaky-participants",
             Scenario::ShortExpiries => "short-expiries",
+            Scenario::Failover => "failover",
         }
     }
 
@@ -97,6 +103,8 @@ pub struct Report {
     pub violations: Vec<String>,
     pub longest: Duration,
     pub elapsed: Duration,
+    /// Failover: from each promotion to the first job answered 202 after it.
+    pub promotion_to_accept: Vec<Duration>,
 }
 
 impl Report {
@@ -114,7 +122,19 @@ impl Report {
             self.violations.len(),
             self.longest.as_secs_f64(),
             self.elapsed.as_secs_f64(),
-        )
+        ) + &self.failovers()
+    }
+
+    /// ` failovers=N promotion-to-accept max=…s`, for runs with failovers.
+    fn failovers(&self) -> String {
+        match self.promotion_to_accept.iter().max() {
+            Some(max) => format!(
+                " failovers={} promotion-to-accept max={:.2}s",
+                self.promotion_to_accept.len(),
+                max.as_secs_f64()
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -399,9 +419,23 @@ async fn run_inner(
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
     let db = format!("chaos_{}_{seed}", scenario.name().replace('-', "_"));
-    create_database(&world.pg.config_for("postgres"), &db)
-        .await
-        .map_err(|e| err(&e))?;
+    // The failover scenario has a replicated pair of its own; the others share the world's.
+    let pair = if scenario == Scenario::Failover {
+        let dir = world.pg.socket_dir().join(format!("fo-{seed}"));
+        let pair = tokio::task::spawn_blocking(move || Pair::start(&dir))
+            .await
+            .map_err(|e| err(&e))??;
+        create_database(&pair.primary_config("postgres"), &db)
+            .await
+            .map_err(|e| err(&e))?;
+        Some(Arc::new(std::sync::Mutex::new(pair)))
+    } else {
+        create_database(&world.pg.config_for("postgres"), &db)
+            .await
+            .map_err(|e| err(&e))?;
+        None
+    };
+    let _pair_guard = PairGuard(pair.clone());
 
     let (pg_proxy, _pg_task) = Proxy::start(Target::Unix(world.socket.clone()), stop.clone())
         .await
@@ -418,10 +452,13 @@ async fn run_inner(
         ParticipantService::serve(listener, Some(base.clone()), seed, false)
             .map_err(|e| err(&e))?;
 
-    let database_url = format!(
-        "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5",
-        pg_proxy.addr.port()
-    );
+    let database_url = match &pair {
+        Some(p) => lock(p).url(&db),
+        None => format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5",
+            pg_proxy.addr.port()
+        ),
+    };
     let env: Vec<(String, String)> = [
         ("DATABASE_URL", database_url.as_str()),
         ("TCC_LEASE_TTL", "3s"),
@@ -479,6 +516,14 @@ async fn run_inner(
 
     let instances = Arc::new(Mutex::new(instances));
     let load_done = CancellationToken::new();
+    let accepted = Arc::new(Mutex::new(Vec::<Accepted>::new()));
+    let failover = pair.clone().map(|pair| Failover {
+        pair,
+        http: http.clone(),
+        addrs: addrs.clone(),
+        base: base.clone(),
+        accepted: accepted.clone(),
+    });
     let faults = tokio::spawn(inject(
         scenario,
         seed,
@@ -486,11 +531,11 @@ async fn run_inner(
         world.pg.clone(),
         pg_proxy.clone(),
         p_proxy.clone(),
+        failover,
         load_done.clone(),
     ));
 
     // The load: closed loop, `concurrency` clients.
-    let accepted = Arc::new(Mutex::new(Vec::<Accepted>::new()));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut clients = tokio::task::JoinSet::new();
     let load_start = Instant::now();
@@ -556,7 +601,33 @@ async fn run_inner(
     }
     while clients.join_next().await.is_some() {}
     load_done.cancel();
-    let _ = faults.await;
+    match faults.await {
+        Ok(Injected {
+            promotion_to_accept,
+            errors,
+        }) => {
+            if scenario == Scenario::Failover && promotion_to_accept.is_empty() {
+                report
+                    .violations
+                    .push("the run never failed over".to_string());
+            }
+            for (i, took) in promotion_to_accept.iter().enumerate() {
+                if *took > MAX_PROMOTION_TO_ACCEPT {
+                    report.violations.push(format!(
+                        "failover {}: the first job was accepted {:.1}s after the promotion (at most {:?})",
+                        i + 1,
+                        took.as_secs_f64(),
+                        MAX_PROMOTION_TO_ACCEPT
+                    ));
+                }
+            }
+            report.promotion_to_accept = promotion_to_accept;
+            report.violations.extend(errors);
+        }
+        Err(e) => report
+            .violations
+            .push(format!("the fault injector failed: {e}")),
+    }
 
     // Heal everything, and let every accepted job end.
     pg_proxy.set(Mode::Pass);
@@ -575,7 +646,11 @@ async fn run_inner(
     let accepted = std::mem::take(&mut *accepted.lock().await);
     report.accepted = accepted.len();
 
-    let checker = store::pool(world.pg.config_for(&db), 2).map_err(|e| err(&e))?;
+    let checker_config = match &pair {
+        Some(p) => lock(p).primary_config(&db),
+        None => world.pg.config_for(&db),
+    };
+    let checker = store::pool(checker_config, 2).map_err(|e| err(&e))?;
     let settle_until = Instant::now() + opts.settle;
     loop {
         let client = checker.get().await.map_err(|e| err(&e))?;
@@ -644,6 +719,79 @@ async fn wait_ready(http: &reqwest::Client, addrs: &[String]) -> Result<(), Stri
     Ok(())
 }
 
+/// What the failover scenario's injector needs: the pair, and a client to submit the job that
+/// times each failover (it joins the accepted jobs, and is checked like them).
+struct Failover {
+    pair: SharedPair,
+    http: reqwest::Client,
+    addrs: Vec<String>,
+    base: String,
+    accepted: Arc<Mutex<Vec<Accepted>>>,
+}
+
+type SharedPair = Arc<std::sync::Mutex<Pair>>;
+
+fn lock(pair: &SharedPair) -> std::sync::MutexGuard<'_, Pair> {
+    pair.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stops the pair's servers when the run ends, however it ends.
+struct PairGuard(Option<SharedPair>);
+
+impl Drop for PairGuard {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            lock(p).stop();
+        }
+    }
+}
+
+/// The contract: a coordinator accepts jobs again within 10 s of a promotion.
+const MAX_PROMOTION_TO_ACCEPT: Duration = Duration::from_secs(10);
+
+/// What the injector saw: the failovers' times, and faults it could not inject.
+#[derive(Default)]
+struct Injected {
+    promotion_to_accept: Vec<Duration>,
+    errors: Vec<String>,
+}
+
+/// One failover: the primary killed, the standby promoted a moment later (a failover manager
+/// noticing), a job submitted until one is accepted (timed from the promotion), the old
+/// primary rebuilt as the synchronous standby.
+async fn fail_over(
+    f: &Failover,
+    rng: &mut fastrand::Rng,
+    seed: u64,
+    n: usize,
+    out: &mut Injected,
+) -> Result<(), String> {
+    let blocking = |op: fn(&mut Pair) -> Result<(), String>| {
+        let pair = f.pair.clone();
+        async move {
+            tokio::task::spawn_blocking(move || op(&mut lock(&pair)))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
+    blocking(|p| p.kill_primary()).await?;
+    tokio::time::sleep(Duration::from_millis(rng.u64(0..500))).await;
+    blocking(Pair::promote).await?;
+    let promoted = Instant::now();
+    let correlation_id = format!("failover-{seed}-probe-{n}");
+    let doc = job_document(rng, &f.base, &correlation_id, ClientPlan::AutoConfirm);
+    let until = promoted + Duration::from_secs(60);
+    let id = submit(&f.http, &f.addrs, rng, &doc, &correlation_id, until).await;
+    out.promotion_to_accept.push(promoted.elapsed());
+    if let Some(id) = id {
+        f.accepted
+            .lock()
+            .await
+            .push(Accepted { id, correlation_id });
+    }
+    blocking(|p| p.rebuild_standby()).await
+}
+
 /// The faults of each scenario, drawn from the seed, until the load is done.
 #[allow(clippy::too_many_arguments)]
 async fn inject(
@@ -653,13 +801,15 @@ async fn inject(
     pg: Arc<EmbeddedPostgres>,
     pg_proxy: Proxy,
     p_proxy: Proxy,
+    failover: Option<Failover>,
     done: CancellationToken,
-) {
+) -> Injected {
     let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(17));
+    let mut out = Injected::default();
     loop {
         let pause = Duration::from_millis(rng.u64(300..1500));
         tokio::select! {
-            _ = done.cancelled() => return,
+            _ = done.cancelled() => return out,
             _ = tokio::time::sleep(pause) => {}
         }
         match scenario {
@@ -732,6 +882,15 @@ async fn inject(
             },
             Scenario::ShortExpiries => {
                 p_proxy.set(Mode::Latency(Duration::from_millis(rng.u64(0..300))));
+            }
+            Scenario::Failover => {
+                let Some(f) = &failover else { return out };
+                let n = out.promotion_to_accept.len() + 1;
+                if let Err(e) = fail_over(f, &mut rng, seed, n, &mut out).await {
+                    out.errors
+                        .push(format!("failover {n} could not be done: {e}"));
+                    return out;
+                }
             }
         }
     }
