@@ -160,7 +160,6 @@ pub fn pool(mut config: tokio_postgres::Config, max_size: usize) -> Result<Pool>
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
-        .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
