@@ -10,6 +10,8 @@
 //! binary, as its own process), the participant stubs and the closed-loop load generator (this
 //! process). `TCC_BIN` names another coordinator binary to measure (to compare two builds).
 //!
+//! `--instances 1,2,3` runs the points once per number of coordinator instances sharing the
+//! database, the clients spread over them (CPU and RSS summed over the instances).
 //! `--with-dtmrs` measures dtmrs (DTM's HTTP protocol) the same way, on its own database in the
 //! same cluster, with the same stubs and the same finish line: per job the client prepares a
 //! global transaction, registers each branch and calls its Try (in turn, as DTM's clients do),
@@ -124,6 +126,8 @@ struct Opts {
     /// Jobs to park in `reserved` before measuring the idle coordinator (0: skip).
     idle: usize,
     dtmrs: bool,
+    /// Coordinator instances sharing the database, one run each (clients spread over them).
+    instances: Vec<usize>,
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -138,6 +142,7 @@ fn opts() -> Opts {
         pgbench: true,
         idle: 10_000,
         dtmrs: false,
+        instances: vec![1],
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -162,6 +167,10 @@ fn opts() -> Opts {
                 i += 1;
             }
             "--with-dtmrs" => o.dtmrs = true,
+            "--instances" => {
+                o.instances = parse_list(&next);
+                i += 1;
+            }
             _ => {} // cargo passes --bench
         }
         i += 1;
@@ -173,6 +182,8 @@ fn opts() -> Opts {
 #[derive(Debug, Clone, Default)]
 struct Point {
     system: System,
+    /// Coordinator instances on the one database (1 for dtmrs).
+    instances: usize,
     tasks: usize,
     concurrency: usize,
     jobs: usize,
@@ -187,6 +198,16 @@ struct Point {
     /// This process: the load generator and the participant stubs.
     harness_cpu_per_1000: f64,
     rss_mib: f64,
+}
+
+impl Point {
+    /// The system, with the number of instances when several shared the database.
+    fn label(&self) -> String {
+        match self.instances {
+            0 | 1 => self.system.name().to_string(),
+            n => format!("{} ×{n}", self.system.name()),
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -294,16 +315,34 @@ async fn db_counters(admin: &tokio_postgres::Config, db: &str) -> (f64, f64) {
 /// A system under test, running as its own process; stopped with SIGTERM when dropped.
 struct Server {
     system: System,
-    child: Child,
-    addr: String,
+    /// One process, or several coordinator instances on one database.
+    children: Vec<Child>,
+    addrs: Vec<String>,
+}
+
+impl Server {
+    /// The first instance's address (the only one, but for several coordinator instances).
+    fn addr(&self) -> &str {
+        &self.addrs[0]
+    }
+
+    /// CPU seconds and peak RSS (MiB) of every process, summed.
+    fn usage(&self) -> (f64, f64) {
+        self.children
+            .iter()
+            .map(|c| proc_usage(c.id()))
+            .fold((0.0, 0.0), |(a, b), (c, d)| (a + c, b + d))
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -324,20 +363,32 @@ fn spawn_server(system: System, mut cmd: Command, port: u16) -> Server {
         .unwrap_or_else(|e| panic!("start {}: {e}", system.name()));
     Server {
         system,
-        child,
-        addr: format!("http://127.0.0.1:{port}"),
+        children: vec![child],
+        addrs: vec![format!("http://127.0.0.1:{port}")],
     }
 }
 
-fn start_coordinator(db_url: &str) -> Server {
-    let port = free_port();
+/// `instances` coordinator processes on the database at `db_url`, each with its own id.
+fn start_coordinator(db_url: &str, instances: usize) -> Server {
     let bin =
         std::env::var_os("TCC_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tcc-coordinator").into());
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .env("DATABASE_URL", db_url)
-        .env("TCC_LISTEN", format!("127.0.0.1:{port}"));
-    spawn_server(System::Ours, cmd, port)
+    let mut all = Server {
+        system: System::Ours,
+        children: Vec::new(),
+        addrs: Vec::new(),
+    };
+    for i in 0..instances.max(1) {
+        let port = free_port();
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("TCC_INSTANCE_ID", format!("bench-{i}"))
+            .env("TCC_LISTEN", format!("127.0.0.1:{port}"));
+        let mut one = spawn_server(System::Ours, cmd, port);
+        all.children.append(&mut one.children);
+        all.addrs.append(&mut one.addrs);
+    }
+    all
 }
 
 /// The dtmrs binary: `DTMRS_BIN`, or `cargo install dtmrs` into `target/bench/dtmrs/` once.
@@ -386,18 +437,20 @@ fn start_dtmrs(bin: &Path, socket_dir: &Path, db: &str) -> Server {
 /// Wait until the server answers `path` with 200.
 async fn wait_ready(http: &reqwest::Client, server: &Server, path: &str) {
     let ready = Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("{}{path}", server.addr))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(
-            Instant::now() < ready,
-            "{} never became ready",
-            server.system.name()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for addr in &server.addrs {
+        while !http
+            .get(format!("{addr}{path}"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(
+                Instant::now() < ready,
+                "{} never became ready",
+                server.system.name()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -480,10 +533,9 @@ async fn measure(
     db: &str,
     postmaster: Option<u32>,
 ) -> Point {
-    let pid = server.child.id();
     // Every point starts from a quiet system: the previous point's jobs have ended.
     quiesce(server.system, stubs, admin, db).await;
-    let (cpu0, _) = proc_usage(pid);
+    let (cpu0, _) = server.usage();
     let pg0 = postgres_cpu(postmaster);
     let (own0, _) = proc_usage(std::process::id());
     let (commits0, syncs0) = db_counters(admin, db).await;
@@ -491,7 +543,8 @@ async fn measure(
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..concurrency {
-        let (http, stubs, addr) = (http.clone(), stubs.clone(), server.addr.clone());
+        let addr = server.addrs[c % server.addrs.len()].clone();
+        let (http, stubs) = (http.clone(), stubs.clone());
         let system = server.system;
         clients.spawn(async move {
             let mut latencies = Vec::new();
@@ -532,7 +585,7 @@ async fn measure(
     }
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort_by(|a, b| a.total_cmp(b));
-    let (cpu1, rss) = proc_usage(pid);
+    let (cpu1, rss) = server.usage();
     let pg1 = postgres_cpu(postmaster);
     let (own1, _) = proc_usage(std::process::id());
     let (commits1, syncs1) = db_counters(admin, db).await;
@@ -540,6 +593,7 @@ async fn measure(
     let per_job = |d: f64| if jobs == 0 { 0.0 } else { d / jobs as f64 };
     Point {
         system: server.system,
+        instances: server.addrs.len(),
         tasks,
         concurrency,
         jobs,
@@ -572,7 +626,7 @@ async fn park(
         let (http, next, addr, base) = (
             http.clone(),
             next.clone(),
-            coordinator.addr.clone(),
+            coordinator.addr().to_string(),
             stubs.base.clone(),
         );
         clients.spawn(async move {
@@ -604,7 +658,7 @@ async fn park(
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let pid = coordinator.child.id();
+    let pid = coordinator.children[0].id();
     let (cpu0, _) = proc_usage(pid);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (cpu1, _) = proc_usage(pid);
@@ -946,7 +1000,7 @@ fn main() {
                         let p = measure(&server, &stubs, &http, t, c, o.seconds, &admin, db, postmaster).await;
                         println!(
                             "{:<15} tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms xacts/job={:.2} wal-flushes/job={:.2} cpu-s/1000={:.2} pg-cpu-s/1000={:.2} harness-cpu-s/1000={:.2} rss={:.0}MiB",
-                            p.system.name(), p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.cpu_per_1000, p.pg_cpu_per_1000, p.harness_cpu_per_1000, p.rss_mib
+                            p.label(), p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.cpu_per_1000, p.pg_cpu_per_1000, p.harness_cpu_per_1000, p.rss_mib
                         );
                         points.push(p);
                     }
@@ -955,15 +1009,17 @@ fn main() {
             }
         };
 
-        let coordinator = start_coordinator(&db_url);
-        wait_ready(&http, &coordinator, "/health/ready").await;
-        let (coordinator, mut points) = run_points(coordinator, db).await;
-        let idle = if o.idle > 0 {
-            Some(park(&coordinator, &stubs, &http, o.idle, &admin, db).await)
-        } else {
-            None
-        };
-        drop(coordinator);
+        let mut points = Vec::new();
+        let mut idle = None;
+        for &n in &o.instances {
+            let coordinator = start_coordinator(&db_url, n);
+            wait_ready(&http, &coordinator, "/health/ready").await;
+            let (coordinator, ours) = run_points(coordinator, db).await;
+            points.extend(ours);
+            if o.idle > 0 && idle.is_none() && n == 1 {
+                idle = Some(park(&coordinator, &stubs, &http, o.idle, &admin, db).await);
+            }
+        }
         if o.dtmrs {
             if let Some(bin) = dtmrs_binary(&out_dir) {
                 create_database(&admin, DTMRS_DB)
@@ -1007,6 +1063,7 @@ fn main() {
                 .iter()
                 .find(|q| {
                     q.system == System::Dtmrs
+                        && p.instances == 1
                         && q.tasks == p.tasks
                         && q.concurrency == p.concurrency
                 })
@@ -1018,7 +1075,7 @@ fn main() {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {ratio} | {versus} |",
-            p.system.name(),
+            p.label(),
             p.tasks,
             p.concurrency,
             p.per_sec,
@@ -1036,7 +1093,7 @@ fn main() {
     let best = |system: System, tasks: usize| {
         points
             .iter()
-            .filter(|p| p.system == system && p.tasks == tasks)
+            .filter(|p| p.system == system && p.instances == 1 && p.tasks == tasks)
             .map(|p| p.per_sec)
             .fold(0.0f64, f64::max)
     };
@@ -1080,6 +1137,11 @@ fn main() {
         );
     }
     let _ = std::fs::write(out_dir.join("e2e.md"), &md);
-    let _ = std::fs::write(out_dir.join("e2e.svg"), svg(&points, &ceiling));
+    let single: Vec<Point> = points
+        .iter()
+        .filter(|p| p.instances == 1)
+        .cloned()
+        .collect();
+    let _ = std::fs::write(out_dir.join("e2e.svg"), svg(&single, &ceiling));
     println!("\n{md}\nwritten: {}", out_dir.join("e2e.md").display());
 }
