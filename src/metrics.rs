@@ -24,6 +24,9 @@ pub const BUILD_INFO: &str = "tcc_build_info";
 pub const ENGINE_DRIVER_FAILURES: &str = "tcc_engine_driver_failures_total";
 pub const API_REJECTED: &str = "tcc_api_rejected_total";
 
+/// `tcc_jobs_created_total{source}`: JCL `POST /jobs`, or the Atomikos-compatible
+/// `PUT /coordinator/*`.
+pub const JOB_SOURCES: [&str; 2] = ["jcl", "atomikos"];
 /// `tcc_engine_driver_failures_total{kind}`: the values of `kind`.
 pub const DRIVER_FAILURE_KINDS: [&str; 3] = ["panic", "illegal", "store"];
 /// `tcc_api_rejected_total{reason}`: a request refused with 503 because the accept queue or the
@@ -49,6 +52,9 @@ pub fn install() -> Option<PrometheusHandle> {
             describe();
             // Counters exist from start-up, at 0, for every label value, so that increase()
             // and alerts work before the first event.
+            for source in JOB_SOURCES {
+                metrics::counter!(JOBS_CREATED, "source" => source).absolute(0);
+            }
             for kind in DRIVER_FAILURE_KINDS {
                 metrics::counter!(ENGINE_DRIVER_FAILURES, "kind" => kind).absolute(0);
             }

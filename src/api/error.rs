@@ -44,6 +44,13 @@ impl ApiError {
         }))
     }
 
+    /// The same problem under another status and type (a contract that answers differently).
+    pub fn with_status(mut self, status: StatusCode, slug: &'static str) -> Self {
+        self.0.status = status;
+        self.0.slug = slug;
+        self
+    }
+
     pub fn with(mut self, key: &'static str, value: Value) -> Self {
         self.0.extra = Some((key, value));
         self

@@ -71,7 +71,7 @@ fn job_response(status: StatusCode, base: &str, record: &JobRecord, location: bo
 }
 
 /// Each task's outcome, for a problem body.
-fn outcomes(record: &JobRecord) -> Value {
+pub(super) fn outcomes(record: &JobRecord) -> Value {
     serde_json::to_value(repr::task_outcomes(record)).unwrap_or_default()
 }
 
@@ -92,7 +92,7 @@ pub(super) async fn within<T>(
 }
 
 /// A pooled database connection; an unreachable database is a 503.
-async fn db(state: &AppState) -> Result<deadpool_postgres::Client, ApiError> {
+pub(super) async fn db(state: &AppState) -> Result<deadpool_postgres::Client, ApiError> {
     Ok(within(state, async {
         state.pool.get().await.map_err(store::StoreError::from)
     })
@@ -115,7 +115,7 @@ async fn record_request(
 
 /// Wake the job's driver, or claim the job, for a request just recorded; given up after
 /// `TCC_DB_TIMEOUT` (the request is stored, and the scanner claims a job nobody drives).
-async fn wake(state: &AppState, id: &str) {
+pub(super) async fn wake(state: &AppState, id: &str) {
     let _ = tokio::time::timeout(state.settings.db_timeout, state.engine.wake(id)).await;
 }
 
@@ -149,6 +149,8 @@ pub async fn entry_point(State(state): State<AppState>, headers: HeaderMap) -> R
             "self": {"href": format!("{base}/"), "method": "GET", "title": "This entry point"},
             "jobs": {"href": format!("{base}/jobs"), "method": "GET", "title": "List jobs"},
             "create-job": {"href": format!("{base}/jobs"), "method": "POST", "title": "Submit a job"},
+            "atomikos-confirm": {"href": format!("{base}/coordinator/confirm"), "method": "PUT", "type": "application/tcc+json", "title": "Atomikos-compatible: confirm a set of participant links"},
+            "atomikos-cancel": {"href": format!("{base}/coordinator/cancel"), "method": "PUT", "type": "application/tcc+json", "title": "Atomikos-compatible: cancel a set of participant links"},
             "metrics": {"href": format!("{base}/metrics"), "method": "GET", "title": "Prometheus metrics"},
             "health-live": {"href": format!("{base}/health/live"), "method": "GET", "title": "Liveness"},
             "health-ready": {"href": format!("{base}/health/ready"), "method": "GET", "title": "Readiness"},
@@ -416,7 +418,11 @@ fn confirm_outcome(base: &str, record: &JobRecord) -> Result<Response, ApiError>
 }
 
 /// Wait up to `wait` for the job to reach a terminal status.
-async fn wait_terminal(state: &AppState, id: &str, wait: Duration) -> Result<JobRecord, ApiError> {
+pub(super) async fn wait_terminal(
+    state: &AppState,
+    id: &str,
+    wait: Duration,
+) -> Result<JobRecord, ApiError> {
     let mut changes = state.engine.subscribe();
     let until = Instant::now() + wait;
     loop {

@@ -3,6 +3,7 @@
 //! Handlers parse input once at the edge (into `domain` types), call the store and wake the
 //! engine; they never drive a job themselves and never call a participant.
 
+mod coordinator;
 mod error;
 mod jobs;
 pub mod repr;
@@ -218,7 +219,7 @@ async fn fault_stall() -> StatusCode {
 }
 
 fn routes() -> Router<AppState> {
-    use axum::routing::{delete, post};
+    use axum::routing::{delete, post, put};
     const GET: &str = "GET, HEAD, OPTIONS";
     const POST: &str = "POST, OPTIONS";
     let router = Router::new()
@@ -264,6 +265,14 @@ fn routes() -> Router<AppState> {
         .route(
             "/jobs/{job_id}/shared-state",
             with_options(get(jobs::shared_state), GET),
+        )
+        .route(
+            "/coordinator/confirm",
+            with_options(put(coordinator::confirm), "PUT, OPTIONS"),
+        )
+        .route(
+            "/coordinator/cancel",
+            with_options(put(coordinator::cancel), "PUT, OPTIONS"),
         )
         .route("/health/live", with_options(get(live), GET))
         .route("/health/ready", with_options(get(ready), GET))

@@ -591,6 +591,173 @@ pub fn parse_job(
     })
 }
 
+/// The body of the Atomikos-compatible `PUT /coordinator/confirm` and `/cancel`:
+/// `{"participantLinks": [{"uri", "expires"}...]}`, split into links still open and links whose
+/// reservation has already lapsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkSet {
+    pub open: Vec<Link>,
+    pub lapsed: Vec<Link>,
+}
+
+impl LinkSet {
+    /// A digest of the set (order and spelling of the JSON aside): the same links give the same
+    /// digest, so a repeated request finds the job made for the first.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let mut all: Vec<(String, String)> = self
+            .open
+            .iter()
+            .chain(&self.lapsed)
+            .map(|l| (l.uri.to_string(), l.expires.to_rfc3339()))
+            .collect();
+        all.sort();
+        let mut h = sha2::Sha256::new();
+        for (uri, expires) in all {
+            h.update(uri.as_bytes());
+            h.update([0]);
+            h.update(expires.as_bytes());
+            h.update([0]);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The job that carries out the set: a task per open link (`p1`, `p2`… in the order given),
+    /// confirmed at once (`confirm`) or waiting for the cancel that follows.
+    pub fn job(&self, confirm: bool) -> NewJob {
+        let what = if confirm { "confirm" } else { "cancel" };
+        let tasks = self
+            .open
+            .iter()
+            .enumerate()
+            .filter_map(|(i, link)| {
+                Some(NewTask {
+                    task_id: TaskId::parse(&format!("p{}", i + 1)).ok()?,
+                    description: None,
+                    kind: NewTaskKind::Link(link.clone()),
+                })
+            })
+            .collect();
+        NewJob {
+            fields: JobFields {
+                description: Some(format!(
+                    "Atomikos-compatible {what} of {} participant links (PUT /coordinator/{what})",
+                    self.open.len()
+                )),
+                correlation_id: None,
+                job_max_ttl: 60.0,
+                auto_confirm: confirm,
+                job_success_url: None,
+                job_failed_url: None,
+                contact: None,
+                tags: vec!["atomikos".to_string()],
+                retry_policy: None,
+            },
+            shared_state: Value::Object(Default::default()),
+            tasks,
+        }
+    }
+}
+
+/// Parse an Atomikos link set: every link needs `uri` (an absolute http or https URL) and
+/// `expires` (RFC 3339); at least one link, at most `max_links`, no uri twice. A link whose
+/// `expires` has passed is not an error here: it makes the set too late to confirm.
+pub fn parse_link_set(
+    value: &Value,
+    max_links: usize,
+    now: DateTime<Utc>,
+) -> Result<LinkSet, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let Some(items) = value.get("participantLinks").and_then(Value::as_array) else {
+        return Err(vec![FieldError::new(
+            "/participantLinks",
+            "is required: an array of {\"uri\", \"expires\"}",
+        )]);
+    };
+    if items.is_empty() {
+        errors.push(FieldError::new(
+            "/participantLinks",
+            "must hold at least one link",
+        ));
+    }
+    if items.len() > max_links {
+        errors.push(FieldError::new(
+            "/participantLinks",
+            format!(
+                "holds {} links; at most {max_links} (TCC_MAX_TASKS)",
+                items.len()
+            ),
+        ));
+    }
+    let mut set = LinkSet {
+        open: Vec::new(),
+        lapsed: Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("/participantLinks/{i}");
+        if !item.is_object() {
+            errors.push(FieldError::new(
+                &p,
+                "must be an object {\"uri\", \"expires\"}",
+            ));
+            continue;
+        }
+        let text = |k: &str| item.get(k).map(|v| v.as_str().ok_or(()));
+        let uri = match text("uri") {
+            None => {
+                errors.push(FieldError::new(format!("{p}/uri"), "is required"));
+                None
+            }
+            Some(Err(())) => {
+                errors.push(FieldError::new(format!("{p}/uri"), "must be a string"));
+                None
+            }
+            Some(Ok(u)) => TargetUrl::parse(u)
+                .map_err(|d| errors.push(FieldError::new(format!("{p}/uri"), d)))
+                .ok(),
+        };
+        let expires = match text("expires") {
+            None => {
+                errors.push(FieldError::new(format!("{p}/expires"), "is required"));
+                None
+            }
+            Some(Err(())) => {
+                errors.push(FieldError::new(format!("{p}/expires"), "must be a string"));
+                None
+            }
+            Some(Ok(e)) => parse_rfc3339(e)
+                .ok_or_else(|| {
+                    errors.push(FieldError::new(
+                        format!("{p}/expires"),
+                        "must be an RFC 3339 date-time, like 2026-11-23T10:15:54Z",
+                    ))
+                })
+                .ok(),
+        };
+        if let (Some(uri), Some(expires)) = (uri, expires) {
+            if !seen.insert(uri.to_string()) {
+                errors.push(FieldError::new(
+                    format!("{p}/uri"),
+                    "names a link already in the set",
+                ));
+                continue;
+            }
+            let link = Link { uri, expires };
+            if expires <= now {
+                set.lapsed.push(link);
+            } else {
+                set.open.push(link);
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(errors)
+    }
+}
+
 /// A participant's registration into an open job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registration {

@@ -4,6 +4,7 @@
 mod helpers;
 mod participant;
 
+mod atomikos;
 mod hardening;
 mod lifecycle;
 mod recovery;

@@ -1,0 +1,168 @@
+//! The Atomikos-compatible coordinator: `PUT /coordinator/confirm` and `PUT /coordinator/cancel`
+//! with `{"participantLinks": [{"uri", "expires"}...]}` (`application/tcc+json`), as the
+//! Atomikos TCC client sends them after it has run the Tries itself.
+//!
+//! Each request becomes a job of link tasks (`source: atomikos`), stored under a key derived
+//! from the link set, so that the same set again, on any instance, finds the same job and
+//! confirms nothing twice. The participants see what an Atomikos coordinator sends: `PUT` (or
+//! `DELETE`) on each link with `application/tcc`.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+
+use super::jobs::{db, outcomes, wait_terminal, wake, within};
+use super::{ApiError, AppState, base_url, read_json};
+use crate::domain::JobStatus;
+use crate::domain::request::{self, FieldError, LinkSet};
+use crate::engine::Accepted;
+use crate::metrics as m;
+use crate::store::{self, ClientRequest, JobRecord};
+
+/// A link set that breaks the rules: 400, as the Atomikos contract has it (not 422).
+fn invalid(errors: Vec<FieldError>) -> ApiError {
+    ApiError::validation(errors).with_status(StatusCode::BAD_REQUEST, "invalid-participant-links")
+}
+
+async fn link_set(state: &AppState, headers: &HeaderMap, body: Body) -> Result<LinkSet, ApiError> {
+    let value = read_json(headers, body, state.settings.max_body).await?;
+    request::parse_link_set(&value, state.settings.max_tasks, Utc::now()).map_err(invalid)
+}
+
+/// Store the job for `set` (or find the one stored for the same set before): its id.
+async fn job_for(state: &AppState, set: &LinkSet, confirm: bool) -> Result<String, ApiError> {
+    let digest = set.digest();
+    let what = if confirm { "confirm" } else { "cancel" };
+    let row = store::NewJobRow {
+        id: crate::domain::JobId::generate(),
+        job: set.job(confirm),
+        source: "atomikos",
+        created_at: Utc::now(),
+        owner: state.engine.instance_id().to_string(),
+        lease_ttl: state.engine.lease_ttl(),
+        idempotency_key: Some(format!("atomikos-{what}:{digest}")),
+        request_hash: Some(digest),
+        traceparent: None,
+    };
+    match within(state, state.engine.accept(row)).await? {
+        Accepted::Created(record) => {
+            metrics::counter!(m::JOBS_CREATED, "source" => "atomikos").increment(1);
+            Ok(record.job.id.to_string())
+        }
+        // The key is the set's digest: a replay is always of the same set.
+        Accepted::Replay { id, .. } => Ok(id),
+    }
+}
+
+fn with_location(mut resp: Response, base: &str, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("{base}/jobs/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// The answer for a job that has ended (or not, after the longest wait).
+fn confirm_answer(record: &JobRecord) -> Response {
+    match record.job.status {
+        JobStatus::Completed => StatusCode::NO_CONTENT.into_response(),
+        JobStatus::Heuristic => ApiError::new(
+            StatusCode::CONFLICT,
+            "heuristic",
+            "Heuristic outcome",
+            "some participants confirmed and others could not: the outcome is heuristic and needs an operator",
+        )
+        .with("tasks", outcomes(record))
+        .into_response(),
+        JobStatus::Failed | JobStatus::Canceled => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "too-late",
+            "Too late to confirm",
+            "nothing was confirmed: the reservations were canceled or lapsed before every participant confirmed",
+        )
+        .with("tasks", outcomes(record))
+        .into_response(),
+        status => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "outcome-pending",
+            "Outcome not known yet",
+            format!(
+                "the job is still {status} (a participant is being retried); repeat the same request to wait for its outcome"
+            ),
+        )
+        .with("tasks", outcomes(record))
+        .into_response(),
+    }
+}
+
+/// `PUT /coordinator/confirm`: confirm every link; answer once the outcome is known.
+pub async fn confirm(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let set = link_set(&state, &headers, body).await?;
+    let base = base_url(&state, &headers);
+    if let Some(late) = set.lapsed.first() {
+        // Not every participant can confirm any more: release the others.
+        let id = if set.open.is_empty() {
+            None
+        } else {
+            let id = job_for(&state, &set, false).await?;
+            cancel_job(&state, &id).await?;
+            Some(id)
+        };
+        let e = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "too-late",
+            "Too late to confirm",
+            format!(
+                "the reservation at {} lapsed at {}: nothing is confirmed, and the other links are canceled",
+                late.uri,
+                late.expires.to_rfc3339()
+            ),
+        )
+        .into_response();
+        return Ok(match id {
+            Some(id) => with_location(e, &base, &id),
+            None => e,
+        });
+    }
+    let id = job_for(&state, &set, true).await?;
+    let record = wait_terminal(&state, &id, state.settings.max_wait()).await?;
+    Ok(with_location(confirm_answer(&record), &base, &id))
+}
+
+/// `PUT /coordinator/cancel`: cancel every link (those already lapsed need nothing); 204 once the
+/// cancel is recorded, the calls follow.
+pub async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let set = link_set(&state, &headers, body).await?;
+    let base = base_url(&state, &headers);
+    if set.open.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let id = job_for(&state, &set, false).await?;
+    cancel_job(&state, &id).await?;
+    Ok(with_location(
+        StatusCode::NO_CONTENT.into_response(),
+        &base,
+        &id,
+    ))
+}
+
+/// Record the cancel of a job made for a link set (again, for a replay: harmless).
+async fn cancel_job(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let client = db(state).await?;
+    let outcome = within(state, store::request(&client, id, ClientRequest::Cancel)).await?;
+    drop(client);
+    // Anything else is a replay: the cancel was recorded before, or the job is already at its end.
+    if outcome == store::RequestOutcome::Accepted {
+        wake(state, id).await;
+    }
+    Ok(())
+}
