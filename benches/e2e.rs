@@ -12,6 +12,8 @@
 //!
 //! `--instances 1,2,3` runs the points once per number of coordinator instances sharing the
 //! database, the clients spread over them (CPU and RSS summed over the instances).
+//! `--with-atomikos` adds the points of `PUT /coordinator/confirm` (the client runs the Tries,
+//! then hands the links to the coordinator).
 //! `--with-dtmrs` measures dtmrs (DTM's HTTP protocol) the same way, on its own database in the
 //! same cluster, with the same stubs and the same finish line: per job the client prepares a
 //! global transaction, registers each branch and calls its Try (in turn, as DTM's clients do),
@@ -107,6 +109,9 @@ enum System {
     Ours,
     /// dtmrs through DTM's TCC HTTP protocol.
     Dtmrs,
+    /// This coordinator through the Atomikos-compatible `PUT /coordinator/confirm`: the client
+    /// runs the Tries, then hands over the links.
+    Atomikos,
 }
 
 impl System {
@@ -114,6 +119,7 @@ impl System {
         match self {
             System::Ours => "tcc-coordinator",
             System::Dtmrs => "dtmrs",
+            System::Atomikos => "tcc-coordinator (Atomikos)",
         }
     }
 }
@@ -126,6 +132,8 @@ struct Opts {
     /// Jobs to park in `reserved` before measuring the idle coordinator (0: skip).
     idle: usize,
     dtmrs: bool,
+    /// Also measure `PUT /coordinator/confirm` (the client runs the Tries).
+    atomikos: bool,
     /// Coordinator instances sharing the database, one run each (clients spread over them).
     instances: Vec<usize>,
 }
@@ -142,6 +150,7 @@ fn opts() -> Opts {
         pgbench: true,
         idle: 10_000,
         dtmrs: false,
+        atomikos: false,
         instances: vec![1],
     };
     let args: Vec<String> = std::env::args().collect();
@@ -167,6 +176,7 @@ fn opts() -> Opts {
                 i += 1;
             }
             "--with-dtmrs" => o.dtmrs = true,
+            "--with-atomikos" => o.atomikos = true,
             "--instances" => {
                 o.instances = parse_list(&next);
                 i += 1;
@@ -474,6 +484,42 @@ async fn submit_jcl(
         .is_ok_and(|r| r.status() == 202)
 }
 
+/// One job through the Atomikos-compatible coordinator: each Try in turn (the client's own
+/// calls, as an Atomikos client makes them), then `PUT /coordinator/confirm` with the links,
+/// which answers 204 once every link is confirmed.
+async fn submit_atomikos(
+    http: &reqwest::Client,
+    addr: &str,
+    base: &str,
+    corr: &str,
+    tasks: usize,
+) -> bool {
+    let mut links = Vec::new();
+    for t in 0..tasks {
+        let link = async {
+            let r = http
+                .post(format!("{base}/try/t{t}"))
+                .header("correlation-id", corr)
+                .send()
+                .await
+                .ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            Some(v["participantLink"].clone())
+        }
+        .await;
+        match link {
+            Some(l) => links.push(l),
+            None => return false,
+        }
+    }
+    http.put(format!("{addr}/coordinator/confirm"))
+        .header("content-type", "application/tcc+json")
+        .body(json!({"participantLinks": links}).to_string())
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 204)
+}
+
 /// Start one job through DTM's TCC protocol: prepare, then register each branch and call its
 /// Try, then submit. dtmrs answers 200 with `dtm_result` for every step.
 async fn submit_dtm(
@@ -562,6 +608,9 @@ async fn measure(
                 let ok = match system {
                     System::Ours => submit_jcl(&http, &addr, &stubs.base, &corr, tasks).await,
                     System::Dtmrs => submit_dtm(&http, &addr, &stubs.base, &corr, tasks).await,
+                    System::Atomikos => {
+                        submit_atomikos(&http, &addr, &stubs.base, &corr, tasks).await
+                    }
                 };
                 if ok {
                     if let Ok(Ok(done)) = tokio::time::timeout(Duration::from_secs(30), rx).await {
@@ -703,7 +752,7 @@ async fn quiesce(system: System, stubs: &Stubs, admin: &tokio_postgres::Config, 
     };
     while Instant::now() < until
         && (busy()
-            || (system == System::Ours && count_jobs(admin, db, ACTIVE).await.unwrap_or(0) > 0))
+            || (system != System::Dtmrs && count_jobs(admin, db, ACTIVE).await.unwrap_or(0) > 0))
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -908,7 +957,7 @@ fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
             .map(|p| (p.concurrency, f(p)))
             .collect()
     };
-    let systems: Vec<System> = [System::Ours, System::Dtmrs]
+    let systems: Vec<System> = [System::Ours, System::Dtmrs, System::Atomikos]
         .into_iter()
         .filter(|s| points.iter().any(|p| p.system == *s))
         .collect();
@@ -1014,8 +1063,15 @@ fn main() {
         for &n in &o.instances {
             let coordinator = start_coordinator(&db_url, n);
             wait_ready(&http, &coordinator, "/health/ready").await;
-            let (coordinator, ours) = run_points(coordinator, db).await;
+            let (mut coordinator, ours) = run_points(coordinator, db).await;
             points.extend(ours);
+            if o.atomikos && n == 1 {
+                coordinator.system = System::Atomikos;
+                let (c, theirs) = run_points(coordinator, db).await;
+                points.extend(theirs);
+                coordinator = c;
+                coordinator.system = System::Ours;
+            }
             if o.idle > 0 && idle.is_none() && n == 1 {
                 idle = Some(park(&coordinator, &stubs, &http, o.idle, &admin, db).await);
             }
@@ -1070,7 +1126,7 @@ fn main() {
                 .filter(|q| q.per_sec > 0.0)
                 .map(|q| format!("{:.1}×", p.per_sec / q.per_sec))
                 .unwrap_or_else(|| "–".into()),
-            System::Dtmrs => "–".into(),
+            System::Dtmrs | System::Atomikos => "–".into(),
         };
         let _ = writeln!(
             md,
