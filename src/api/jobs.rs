@@ -148,6 +148,7 @@ pub async fn entry_point(State(state): State<AppState>, headers: HeaderMap) -> R
         "_links": {
             "self": {"href": format!("{base}/"), "method": "GET", "title": "This entry point"},
             "jobs": {"href": format!("{base}/jobs"), "method": "GET", "title": "List jobs"},
+            "heuristics": {"href": format!("{base}/heuristics"), "method": "GET", "title": "Unresolved heuristic jobs, oldest first"},
             "create-job": {"href": format!("{base}/jobs"), "method": "POST", "title": "Submit a job"},
             "atomikos-confirm": {"href": format!("{base}/coordinator/confirm"), "method": "PUT", "type": "application/tcc+json", "title": "Atomikos-compatible: confirm a set of participant links"},
             "atomikos-cancel": {"href": format!("{base}/coordinator/cancel"), "method": "PUT", "type": "application/tcc+json", "title": "Atomikos-compatible: cancel a set of participant links"},
@@ -673,4 +674,158 @@ mod tests {
         let f = parse_list_query(Some("status=working&status=completed&tag=a")).ok();
         assert_eq!(f.map(|f| f.statuses.len()), Some(5));
     }
+}
+
+/// The longest resolution note taken.
+const MAX_NOTE: usize = 4096;
+
+/// `POST /jobs/{id}/resolve` `{"note"}`: an operator records the manual fix of a heuristic
+/// outcome; the job leaves `/heuristics` and `tcc_heuristic_unresolved`. The same note again is
+/// answered as the first time; another note on a resolved job is a conflict.
+pub async fn resolve_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&headers, body, state.settings.max_body).await?;
+    let note = match value.get("note") {
+        Some(Value::String(n)) if !n.trim().is_empty() && n.chars().count() <= MAX_NOTE => {
+            n.clone()
+        }
+        Some(Value::String(n)) if !n.trim().is_empty() => {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "/note",
+                format!("is longer than {MAX_NOTE} characters"),
+            )]));
+        }
+        Some(Value::String(_)) => {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "/note",
+                "must say what was done to fix the outcome (it is empty)",
+            )]));
+        }
+        Some(_) => {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "/note",
+                "must be a string",
+            )]));
+        }
+        None => {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "/note",
+                "is required: say what was done to fix the outcome",
+            )]));
+        }
+    };
+    if note.contains('\0') {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "/note",
+            "must not contain a NUL character (U+0000)",
+        )]));
+    }
+    let resolution = crate::domain::Resolution {
+        note,
+        resolved_at: Utc::now(),
+        resolved_by: "anonymous".to_string(),
+    };
+    let client = db(&state).await?;
+    let outcome = within(&state, store::resolve(&client, &id, &resolution)).await?;
+    drop(client);
+    match outcome {
+        store::Resolved::Done(_) => {
+            state.engine.changed(&id);
+        }
+        store::Resolved::Already(first) if first.note == resolution.note => {}
+        store::Resolved::Already(first) => {
+            return Err(ApiError::conflict(format!(
+                "the job was already resolved at {} by {}: {:?}",
+                crate::domain::rfc3339(first.resolved_at),
+                first.resolved_by,
+                first.note
+            )));
+        }
+        store::Resolved::NotHeuristic(status) => {
+            return Err(ApiError::conflict(format!(
+                "the job is {status}: only a heuristic job can be resolved"
+            )));
+        }
+        store::Resolved::NotFound => return Err(ApiError::not_found(format!("no job {id}"))),
+    }
+    let record = load(&state, &id).await?;
+    let base = base_url(&state, &headers);
+    Ok(job_response(StatusCode::OK, &base, &record, false))
+}
+
+/// `GET /heuristics`: unresolved heuristic jobs, oldest first, each with its tasks' outcomes;
+/// `limit` (1–500, default 50) and `cursor`, with `Link: rel="next"`.
+pub async fn heuristics(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (mut limit, mut after) = (50i64, None);
+    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "limit" => {
+                limit = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (1..=500).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "query parameter limit: must be a number from 1 to 500",
+                        )
+                    })?;
+            }
+            "cursor" => {
+                after = Some(decode_cursor(&v).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "query parameter cursor: is not a cursor this server gave",
+                    )
+                })?);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter {other}: unknown; use limit or cursor"
+                )));
+            }
+        }
+    }
+    let jobs = {
+        let client = db(&state).await?;
+        within(&state, store::unresolved_heuristics(&client, after, limit)).await?
+    };
+    let base = base_url(&state, &headers);
+    let mut links = repr::Links::default();
+    links.add(
+        "self",
+        format!("{base}/heuristics"),
+        "GET",
+        "Unresolved heuristic jobs, oldest first",
+    );
+    if jobs.len() as i64 == limit
+        && let Some(last) = jobs.last()
+    {
+        let cursor = encode_cursor(last.job.created_at, last.job.id.as_str());
+        links.add(
+            "next",
+            format!("{base}/heuristics?limit={limit}&cursor={cursor}"),
+            "GET",
+            "The next page",
+        );
+    }
+    let body = repr::HeuristicListRepr {
+        jobs: jobs
+            .iter()
+            .map(|r| repr::HeuristicRepr::new(&base, r))
+            .collect(),
+        links,
+    };
+    let header_links = body.links.header();
+    let mut resp = json_response(StatusCode::OK, &body);
+    if let Ok(v) = HeaderValue::from_str(&header_links) {
+        resp.headers_mut().insert(header::LINK, v);
+    }
+    Ok(resp)
 }

@@ -267,6 +267,11 @@ fn routes() -> Router<AppState> {
             with_options(get(jobs::shared_state), GET),
         )
         .route(
+            "/jobs/{job_id}/resolve",
+            with_options(post(jobs::resolve_job), POST),
+        )
+        .route("/heuristics", with_options(get(jobs::heuristics), GET))
+        .route(
             "/coordinator/confirm",
             with_options(put(coordinator::confirm), "PUT, OPTIONS"),
         )

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::request::Contact;
 use crate::domain::retry::RetryPolicyPatch;
-use crate::domain::{FailureReason, JobStatus, Task, TaskStatus, rfc3339};
+use crate::domain::{FailureReason, JobStatus, Resolution, Task, TaskStatus, rfc3339};
 use crate::store::{JobRecord, JobSummary};
 
 /// A timestamp as the API writes it: RFC 3339, UTC, milliseconds.
@@ -40,7 +40,13 @@ pub struct LinkRepr {
 pub struct Links(pub Vec<(&'static str, LinkRepr)>);
 
 impl Links {
-    fn add(&mut self, rel: &'static str, href: String, method: &'static str, title: &'static str) {
+    pub fn add(
+        &mut self,
+        rel: &'static str,
+        href: String,
+        method: &'static str,
+        title: &'static str,
+    ) {
         self.0.push((
             rel,
             LinkRepr {
@@ -79,8 +85,9 @@ impl Serialize for Links {
     }
 }
 
-/// The `_links` of a job: navigation always, actions only when the job's state allows them.
-pub fn job_links(base: &str, id: &str, status: JobStatus) -> Links {
+/// The `_links` of a job: navigation always, actions only when the job's state allows them
+/// (`resolved`: an operator has resolved its heuristic outcome).
+pub fn job_links(base: &str, id: &str, status: JobStatus, resolved: bool) -> Links {
     let job = format!("{base}/jobs/{id}");
     let mut l = Links::default();
     l.add("self", job.clone(), "GET", "This job");
@@ -118,7 +125,34 @@ pub fn job_links(base: &str, id: &str, status: JobStatus) -> Links {
             "Register a participant link",
         );
     }
+    if status == JobStatus::Heuristic && !resolved {
+        l.add(
+            "resolve",
+            format!("{job}/resolve"),
+            "POST",
+            "Record the manual fix of this heuristic outcome (body {\"note\"})",
+        );
+    }
     l
+}
+
+/// An operator's resolution, as shown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolutionRepr<'a> {
+    pub note: &'a str,
+    pub resolved_at: Timestamp,
+    pub resolved_by: &'a str,
+}
+
+impl<'a> ResolutionRepr<'a> {
+    pub fn new(r: &'a Resolution) -> Self {
+        ResolutionRepr {
+            note: &r.note,
+            resolved_at: Timestamp(r.resolved_at),
+            resolved_by: &r.resolved_by,
+        }
+    }
 }
 
 /// A JSON Pointer mapping, in the client's order, as an object.
@@ -243,8 +277,8 @@ pub struct JobRepr<'a> {
     pub shared_state_url: String,
     #[serde(rename = "progressURL")]
     pub progress_url: String,
-    /// An operator's resolution of a heuristic outcome (none yet).
-    pub resolution: Option<Value>,
+    /// An operator's resolution of a heuristic outcome.
+    pub resolution: Option<ResolutionRepr<'a>>,
     /// Callback and contact deliveries (none yet).
     pub notifications: Vec<Value>,
     pub tasks: Vec<TaskRepr<'a>>,
@@ -276,14 +310,14 @@ impl<'a> JobRepr<'a> {
             attempt: r.attempt,
             shared_state_url: format!("{base}/jobs/{}/shared-state", j.id),
             progress_url: format!("{base}/jobs/{}/progress", j.id),
-            resolution: None,
+            resolution: r.resolution.as_ref().map(ResolutionRepr::new),
             notifications: Vec::new(),
             tasks: j
                 .tasks
                 .iter()
                 .map(|t| TaskRepr::new(base, &j.id, t))
                 .collect(),
-            links: job_links(base, &j.id, j.status),
+            links: job_links(base, &j.id, j.status, r.resolution.is_some()),
         }
     }
 }
@@ -476,6 +510,51 @@ pub struct TaskOutcome<'a> {
     pub last_message: Option<&'a str>,
 }
 
+/// An unresolved heuristic job on `GET /heuristics`: what it is, and each task's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeuristicRepr<'a> {
+    #[serde(rename = "jobID")]
+    pub job_id: &'a str,
+    pub job_status: JobStatus,
+    #[serde(rename = "correlationID")]
+    pub correlation_id: &'a str,
+    pub description: Option<&'a str>,
+    pub date_created: Timestamp,
+    pub date_updated: Timestamp,
+    pub tasks: Vec<TaskOutcome<'a>>,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+impl<'a> HeuristicRepr<'a> {
+    pub fn new(base: &str, r: &'a JobRecord) -> Self {
+        HeuristicRepr {
+            job_id: r.job.id.as_str(),
+            job_status: r.job.status,
+            correlation_id: &r.job.correlation_id,
+            description: r.fields.description.as_deref(),
+            date_created: Timestamp(r.job.created_at),
+            date_updated: Timestamp(r.updated_at),
+            tasks: task_outcomes(r),
+            links: job_links(
+                base,
+                r.job.id.as_str(),
+                r.job.status,
+                r.resolution.is_some(),
+            ),
+        }
+    }
+}
+
+/// `GET /heuristics`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeuristicListRepr<'a> {
+    pub jobs: Vec<HeuristicRepr<'a>>,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
 pub fn task_outcomes(r: &JobRecord) -> Vec<TaskOutcome<'_>> {
     r.job
         .tasks
@@ -536,9 +615,9 @@ mod tests {
 
     #[test]
     fn actions_only_before_the_decision() {
-        let open = job_links("http://h", "j", JobStatus::Reserved);
+        let open = job_links("http://h", "j", JobStatus::Reserved, false);
         assert!(open.contains("confirm") && open.contains("participants"));
-        let closed = job_links("http://h", "j", JobStatus::Confirming);
+        let closed = job_links("http://h", "j", JobStatus::Confirming, false);
         assert!(!closed.contains("confirm") && !closed.contains("cancel"));
         assert!(closed.contains("self") && closed.contains("progress"));
         assert_eq!(

@@ -18,6 +18,16 @@ pub struct Link {
     pub expires: DateTime<Utc>,
 }
 
+/// An operator's record of the manual fix of a heuristic outcome (`POST /jobs/{id}/resolve`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolution {
+    pub note: String,
+    pub resolved_at: DateTime<Utc>,
+    /// Who resolved it: the API key's name (`anonymous` while the API is open).
+    pub resolved_by: String,
+}
+
 /// How a task came to the job: a Try the coordinator sends, or a link a service registered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

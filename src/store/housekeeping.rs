@@ -21,9 +21,13 @@ pub async fn active_stats(client: &impl GenericClient) -> Result<Vec<(JobStatus,
         .collect()
 }
 
+/// Heuristic jobs no operator has resolved yet (`tcc_heuristic_unresolved`).
 pub async fn count_heuristic(client: &impl GenericClient) -> Result<i64> {
     let row = client
-        .query_one("SELECT count(*) FROM jobs WHERE status = 'heuristic'", &[])
+        .query_one(
+            "SELECT count(*) FROM jobs WHERE status = 'heuristic' AND resolution IS NULL",
+            &[],
+        )
         .await?;
     Ok(row.try_get(0)?)
 }

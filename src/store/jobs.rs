@@ -40,6 +40,7 @@ pub fn initial_record(row: &NewJobRow) -> JobRecord {
         wake_seq: 0,
         lease_owner: Some(row.owner.clone()),
         lease_generation: 1,
+        resolution: None,
     }
 }
 

@@ -23,7 +23,7 @@ use tokio_postgres::types::ToSql;
 use crate::domain::request::{NewJob, Registration};
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{
-    ConfirmState, FailureReason, Job, JobId, JobStatus, Link, Task, TaskStatus, TrySpec,
+    ConfirmState, FailureReason, Job, JobId, JobStatus, Link, Resolution, Task, TaskStatus, TrySpec,
 };
 
 mod housekeeping;

@@ -205,3 +205,80 @@ pub async fn listen_wakes(
         }
     }
 }
+
+/// What came of an operator's resolve.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolved {
+    /// Recorded now.
+    Done(Resolution),
+    /// Resolved before (by this same request repeated, or by another).
+    Already(Resolution),
+    /// Only a heuristic job can be resolved.
+    NotHeuristic(JobStatus),
+    NotFound,
+}
+
+/// Record an operator's resolution of a heuristic job: it leaves `/heuristics` and the
+/// unresolved gauge. A job already resolved keeps its first resolution.
+pub async fn resolve(
+    client: &impl GenericClient,
+    id: &str,
+    resolution: &Resolution,
+) -> Result<Resolved> {
+    let value = serde_json::to_value(resolution).map_err(corrupt)?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE jobs SET resolution = $2::jsonb, updated_at = now()
+             WHERE id = $1 AND status = 'heuristic' AND resolution IS NULL",
+        )
+        .await?;
+    if client.execute(&stmt, &[&id, &value]).await? == 1 {
+        return Ok(Resolved::Done(resolution.clone()));
+    }
+    let Some(row) = client
+        .query_opt("SELECT status, resolution FROM jobs WHERE id = $1", &[&id])
+        .await?
+    else {
+        return Ok(Resolved::NotFound);
+    };
+    let status: JobStatus = row.try_get::<_, String>(0)?.parse().map_err(corrupt)?;
+    let existing: Option<Value> = row.try_get(1)?;
+    Ok(match existing {
+        Some(v) => Resolved::Already(serde_json::from_value(v).map_err(corrupt)?),
+        None => Resolved::NotHeuristic(status),
+    })
+}
+
+/// Unresolved heuristic jobs, oldest first, after `after` (a keyset cursor), at most `limit`.
+pub async fn unresolved_heuristics(
+    client: &impl GenericClient,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> Result<Vec<JobRecord>> {
+    // No cursor: from before any job (PostgreSQL's timestamps do not reach chrono's minimum).
+    let (at, from) = after.unwrap_or((DateTime::<Utc>::UNIX_EPOCH, String::new()));
+    let stmt = client
+        .prepare_cached(
+            "SELECT id FROM jobs
+             WHERE status = 'heuristic' AND resolution IS NULL
+               AND (created_at, id) > ($1::timestamptz, $2::text)
+             ORDER BY created_at, id LIMIT $3",
+        )
+        .await?;
+    let ids: Vec<String> = client
+        .query(&stmt, &[&at, &from, &limit])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        // Resolved or deleted between the two reads: no longer on the list.
+        if let Some(j) = load_job(client, &id).await?
+            && j.resolution.is_none()
+        {
+            jobs.push(j);
+        }
+    }
+    Ok(jobs)
+}

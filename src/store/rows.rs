@@ -16,6 +16,8 @@ pub struct JobRecord {
     pub wake_seq: i64,
     pub lease_owner: Option<String>,
     pub lease_generation: i64,
+    /// An operator's resolution of a heuristic outcome.
+    pub resolution: Option<Resolution>,
 }
 
 /// A job's columns, for a statement that reads them from `jobs j` beside its tasks `t` (the
@@ -23,7 +25,7 @@ pub struct JobRecord {
 pub(super) const JOB_COLUMNS: &str = "j.id, j.status AS job_status, j.failure_reason, \
     j.correlation_id, j.traceparent, j.auto_confirm, j.confirm_requested, j.cancel_requested, \
     j.created_at, j.deadline, j.shared_state, j.retry_policy, j.fields, j.updated_at, j.attempt, \
-    j.wake_seq, j.lease_owner, j.lease_generation";
+    j.wake_seq, j.lease_owner, j.lease_generation, j.resolution";
 
 /// A task's columns, from `tasks t`.
 pub(super) const TASK_COLUMNS: &str = "t.idx, t.task_id, t.description, t.try_spec, t.status, \
@@ -81,6 +83,10 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
         wake_seq: row.try_get("wake_seq")?,
         lease_owner: row.try_get("lease_owner")?,
         lease_generation: row.try_get("lease_generation")?,
+        resolution: row
+            .try_get::<_, Option<Json<Resolution>>>("resolution")
+            .map_err(|e| corrupt(format!("the job's resolution: {e}")))?
+            .map(|j| j.0),
     })
 }
 

@@ -7,6 +7,7 @@ mod participant;
 mod atomikos;
 mod hardening;
 mod lifecycle;
+mod operator;
 mod recovery;
 mod store;
 mod surface;
