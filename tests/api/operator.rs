@@ -50,11 +50,21 @@ fn listed(heuristics: &Value) -> Vec<String> {
         .collect()
 }
 
-fn gauge(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
+/// Wait until the instance at `addr` reports `tcc_heuristic_unresolved` = `n` (its gauges are
+/// read from the database every few seconds).
+async fn wait_unresolved(http: &reqwest::Client, addr: &str, n: f64) {
+    let ok = eventually(|| async {
+        let m = match http.get(format!("{addr}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        m.lines()
+            .find_map(|l| l.strip_prefix("tcc_heuristic_unresolved "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            == Some(n)
+    })
+    .await;
+    assert!(ok, "{addr}: tcc_heuristic_unresolved never {n}");
 }
 
 #[tokio::test]
@@ -94,19 +104,7 @@ async fn a_resolved_heuristic_leaves_the_list_and_the_gauge_on_every_instance() 
     assert_eq!(listed(&get_json(&http, &next).await), vec![second.clone()]);
 
     for addr in [&one.addr, &two.addr] {
-        let ok = eventually(|| async {
-            let m = http
-                .get(format!("{addr}/metrics"))
-                .send()
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .unwrap_or_default();
-            gauge(&m, "tcc_heuristic_unresolved") == Some(2.0)
-        })
-        .await;
-        assert!(ok, "{addr}: tcc_heuristic_unresolved 2");
+        wait_unresolved(&http, addr, 2.0).await;
     }
 
     // Resolved on the second instance.
@@ -139,19 +137,7 @@ async fn a_resolved_heuristic_leaves_the_list_and_the_gauge_on_every_instance() 
             listed(&get_json(&http, &format!("{addr}/heuristics")).await),
             vec![second.clone()]
         );
-        let ok = eventually(|| async {
-            let m = http
-                .get(format!("{addr}/metrics"))
-                .send()
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .unwrap_or_default();
-            gauge(&m, "tcc_heuristic_unresolved") == Some(1.0)
-        })
-        .await;
-        assert!(ok, "{addr}: tcc_heuristic_unresolved back to 1");
+        wait_unresolved(&http, addr, 1.0).await;
     }
     let shown = get_json(&http, &format!("{}/jobs/{first}", one.addr)).await;
     assert_eq!(shown["resolution"]["note"], note);
