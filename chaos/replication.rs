@@ -269,6 +269,13 @@ impl Pair {
     }
 }
 
+/// A pair never outlives its owner, even one that panicked: both servers are stopped.
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn append(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     std::fs::OpenOptions::new()

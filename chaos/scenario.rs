@@ -435,7 +435,6 @@ async fn run_inner(
             .map_err(|e| err(&e))?;
         None
     };
-    let _pair_guard = PairGuard(pair.clone());
 
     let (pg_proxy, _pg_task) = Proxy::start(Target::Unix(world.socket.clone()), stop.clone())
         .await
@@ -733,17 +732,6 @@ type SharedPair = Arc<std::sync::Mutex<Pair>>;
 
 fn lock(pair: &SharedPair) -> std::sync::MutexGuard<'_, Pair> {
     pair.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Stops the pair's servers when the run ends, however it ends.
-struct PairGuard(Option<SharedPair>);
-
-impl Drop for PairGuard {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            lock(p).stop();
-        }
-    }
 }
 
 /// The contract: a coordinator accepts jobs again within 10 s of a promotion.
