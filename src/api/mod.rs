@@ -330,7 +330,19 @@ async fn ready(State(state): State<AppState>) -> Response {
     match jobs::within(&state, crate::store::ready(&state.pool)).await {
         Ok(true) => axum::Json(json!({"status": "ready"})).into_response(),
         Ok(false) => not_ready("the database schema is not migrated to this version yet"),
-        Err(e) => not_ready(&format!("the database cannot take a durable commit: {e}")),
+        Err(e) => {
+            // What the database said stays in the log: no internal detail reaches a client.
+            tracing::warn!(error = %e, "not ready");
+            not_ready(match e {
+                crate::store::StoreError::Unavailable(_) => {
+                    "the database cannot be reached, or did not take a durable commit within TCC_DB_TIMEOUT (is a required synchronous standby missing?)"
+                }
+                crate::store::StoreError::Db(_) => {
+                    "the database refused a write: it is read-only (a standby, or in recovery)"
+                }
+                _ => "the database cannot take a durable commit",
+            })
+        }
     }
 }
 
