@@ -27,6 +27,11 @@ pub const API_REJECTED: &str = "tcc_api_rejected_total";
 /// `tcc_jobs_created_total{source}`: JCL `POST /jobs`, or the Atomikos-compatible
 /// `PUT /coordinator/*`.
 pub const JOB_SOURCES: [&str; 2] = ["jcl", "atomikos"];
+/// `tcc_jobs_finished_total{status}`: the terminal statuses.
+pub const FINISHED_STATUSES: [&str; 4] = ["completed", "failed", "canceled", "heuristic"];
+/// `tcc_notifications_total{channel, outcome}`.
+pub const NOTIFICATION_CHANNELS: [&str; 3] = ["callback", "webhook", "email"];
+pub const NOTIFICATION_OUTCOMES: [&str; 3] = ["delivered", "retry", "failed"];
 /// `tcc_engine_driver_failures_total{kind}`: the values of `kind`.
 pub const DRIVER_FAILURE_KINDS: [&str; 3] = ["panic", "illegal", "store"];
 /// `tcc_api_rejected_total{reason}`: a request refused with 503 because the accept queue or the
@@ -54,6 +59,17 @@ pub fn install() -> Option<PrometheusHandle> {
             // and alerts work before the first event.
             for source in JOB_SOURCES {
                 metrics::counter!(JOBS_CREATED, "source" => source).absolute(0);
+            }
+            for status in FINISHED_STATUSES {
+                metrics::counter!(JOBS_FINISHED, "status" => status).absolute(0);
+            }
+            metrics::counter!(HEURISTIC_JOBS).absolute(0);
+            metrics::counter!(ENGINE_LEASE_LOST).absolute(0);
+            for channel in NOTIFICATION_CHANNELS {
+                for outcome in NOTIFICATION_OUTCOMES {
+                    metrics::counter!(NOTIFICATIONS, "channel" => channel, "outcome" => outcome)
+                        .absolute(0);
+                }
             }
             for kind in DRIVER_FAILURE_KINDS {
                 metrics::counter!(ENGINE_DRIVER_FAILURES, "kind" => kind).absolute(0);
@@ -119,4 +135,20 @@ fn describe() {
         "Requests answered 503: overloaded (queue or in-flight limit full) or timeout."
     );
     describe_gauge!(BUILD_INFO, "Build information.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::JobStatus;
+
+    #[test]
+    fn the_finished_statuses_are_exactly_the_terminal_ones() {
+        let terminal: Vec<&str> = JobStatus::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(terminal, FINISHED_STATUSES);
+    }
 }

@@ -228,3 +228,52 @@ async fn methods_head_options_links_and_errors() {
     assert_eq!(problem["instance"], "/nowhere");
     app.stop().await;
 }
+
+/// A process just started exports every counter of the contract whose labels it knows, at 0, so
+/// that `increase()` and alerts work before the first event.
+#[tokio::test]
+async fn a_fresh_process_exports_the_counters_at_zero() {
+    let db = crate::helpers::fresh_database().await;
+    let process = crate::helpers::start_process(&db, "metrics-at-zero");
+    let http = reqwest::Client::new();
+    process.wait_ready(&http).await;
+    let text = http
+        .get(format!("{}/metrics", process.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let mut series: Vec<String> = vec![
+        "tcc_heuristic_jobs_total".into(),
+        "tcc_engine_lease_lost_total".into(),
+    ];
+    for source in ["jcl", "atomikos"] {
+        series.push(format!("tcc_jobs_created_total{{source=\"{source}\"}}"));
+    }
+    for status in ["completed", "failed", "canceled", "heuristic"] {
+        series.push(format!("tcc_jobs_finished_total{{status=\"{status}\"}}"));
+    }
+    for channel in ["callback", "webhook", "email"] {
+        for outcome in ["delivered", "retry", "failed"] {
+            series.push(format!(
+                "tcc_notifications_total{{channel=\"{channel}\",outcome=\"{outcome}\"}}"
+            ));
+        }
+    }
+    for kind in ["panic", "illegal", "store"] {
+        series.push(format!(
+            "tcc_engine_driver_failures_total{{kind=\"{kind}\"}}"
+        ));
+    }
+    for reason in ["overloaded", "timeout"] {
+        series.push(format!("tcc_api_rejected_total{{reason=\"{reason}\"}}"));
+    }
+    for s in &series {
+        assert!(
+            text.lines().any(|l| l == format!("{s} 0")),
+            "{s} is not exported at 0:\n{text}"
+        );
+    }
+}
