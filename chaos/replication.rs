@@ -160,14 +160,18 @@ impl Pair {
         run(cmd, "psql")
     }
 
-    /// Commits on the primary wait for the standby (`*`), or not (empty).
+    /// Commits on the primary wait for the standby (`*`), or not (empty); in effect on return.
+    /// A reload alone is not: the checkpointer publishes the setting to the backends, and in the
+    /// middle of a spread checkpoint (one follows every promotion) it may not look for half a
+    /// minute. A `CHECKPOINT` returns only after a checkpoint that began after it was asked for,
+    /// and the checkpointer takes the reload before beginning one.
     fn set_synchronous(&self, names: &str) -> Result<(), String> {
         self.psql(
             self.primary,
             &format!("ALTER SYSTEM SET synchronous_standby_names = '{names}'"),
         )?;
-        self.psql(self.primary, "SELECT pg_reload_conf()")
-            .map(|_| ())
+        self.psql(self.primary, "SELECT pg_reload_conf()")?;
+        self.psql(self.primary, "CHECKPOINT").map(|_| ())
     }
 
     /// The primary dies at once (`pg_ctl stop -m immediate`: no checkpoint, sessions cut).

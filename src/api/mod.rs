@@ -313,6 +313,7 @@ async fn live() -> impl IntoResponse {
 /// only then), and the database answers, is writable and commits durably within
 /// `TCC_DB_TIMEOUT` (`store::ready`).
 async fn ready(State(state): State<AppState>) -> Response {
+    use crate::store::Readiness;
     let not_ready = |detail: &str| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -327,9 +328,15 @@ async fn ready(State(state): State<AppState>) -> Response {
             "this instance does not hold its identity in the database (the session was lost); it is taking it anew",
         );
     }
-    match jobs::within(&state, crate::store::ready(&state.pool)).await {
-        Ok(true) => axum::Json(json!({"status": "ready"})).into_response(),
-        Ok(false) => not_ready("the database schema is not migrated to this version yet"),
+    let instance = state.engine.instance_id();
+    match jobs::within(&state, crate::store::ready(&state.pool, instance)).await {
+        Ok(Readiness::Ready) => axum::Json(json!({"status": "ready"})).into_response(),
+        Ok(Readiness::NotMigrated) => {
+            not_ready("the database schema is not migrated to this version yet")
+        }
+        Ok(Readiness::NotRegistered) => not_ready(
+            "this instance is not registered in the database (its identity is being taken anew)",
+        ),
         Err(e) => {
             // What the database said stays in the log: no internal detail reaches a client.
             tracing::warn!(error = %e, "not ready");

@@ -200,20 +200,43 @@ pub fn latest_migration() -> i32 {
         .unwrap_or(0)
 }
 
+/// What `ready` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// The schema is older than this build.
+    NotMigrated,
+    /// This instance has no row in `instances` (its identity is being taken anew).
+    NotRegistered,
+}
+
 /// Reachable, writable, able to commit durably, and migrated at least as far as this build
-/// expects. The statement takes a transaction id, so its commit is a real one: on a standby it
-/// fails (read-only), and on a primary whose required synchronous standby is missing it waits
-/// (the caller's time limit answers for it), as every job's commit would.
-pub async fn ready(pool: &Pool) -> Result<bool> {
+/// expects. The statement rewrites this instance's row in `instances` (to the same values), so
+/// its commit writes WAL and is a real one: on a standby it fails (read-only), and on a primary
+/// whose required synchronous standby is missing it waits (the caller's time limit answers for
+/// it), as every job's commit would. (A transaction that only takes a transaction id writes no
+/// WAL of its own, and PostgreSQL neither flushes nor replicates its commit before answering.)
+pub async fn ready(pool: &Pool, instance: &str) -> Result<Readiness> {
     let client = pool.get().await?;
     let row = client
-        .query_opt(
-            "SELECT max(version), pg_current_xact_id()::text FROM refinery_schema_history",
-            &[],
+        .query_one(
+            "WITH touched AS (
+                UPDATE instances SET started_at = started_at WHERE id = $1 RETURNING 1
+             )
+             SELECT (SELECT max(version) FROM refinery_schema_history),
+                    (SELECT count(*) FROM touched)",
+            &[&instance],
         )
         .await?;
-    let version: Option<i32> = row.and_then(|r| r.get(0));
-    Ok(version.is_some_and(|v| v >= latest_migration()))
+    let version: Option<i32> = row.try_get(0)?;
+    let touched: i64 = row.try_get(1)?;
+    Ok(if !version.is_some_and(|v| v >= latest_migration()) {
+        Readiness::NotMigrated
+    } else if touched == 0 {
+        Readiness::NotRegistered
+    } else {
+        Readiness::Ready
+    })
 }
 
 /// The lease a driver holds: every write after the claim names it.
