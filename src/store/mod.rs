@@ -230,7 +230,7 @@ pub async fn ready(pool: &Pool, instance: &str) -> Result<Readiness> {
         .await?;
     let version: Option<i32> = row.try_get(0)?;
     let touched: i64 = row.try_get(1)?;
-    Ok(if !version.is_some_and(|v| v >= latest_migration()) {
+    Ok(if version.is_none_or(|v| v < latest_migration()) {
         Readiness::NotMigrated
     } else if touched == 0 {
         Readiness::NotRegistered
