@@ -278,19 +278,8 @@ fn parse_list_query(q: Option<&str>) -> Result<JobFilter, ApiError> {
                     f.created_before = Some(t);
                 }
             }
-            "limit" => {
-                f.limit = v
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (1..=500).contains(n))
-                    .ok_or_else(|| bad("limit", "must be a number from 1 to 500".into()))?;
-            }
-            "cursor" => {
-                f.before = Some(
-                    decode_cursor(&v)
-                        .ok_or_else(|| bad("cursor", "is not a cursor this server gave".into()))?,
-                );
-            }
+            "limit" => f.limit = parse_limit(&v)?,
+            "cursor" => f.before = Some(parse_cursor(&v)?),
             other => {
                 return Err(bad(
                     other,
@@ -300,6 +289,23 @@ fn parse_list_query(q: Option<&str>) -> Result<JobFilter, ApiError> {
         }
     }
     Ok(f)
+}
+
+/// A page size: 1 to 500.
+fn parse_limit(v: &str) -> Result<i64, ApiError> {
+    v.parse::<i64>()
+        .ok()
+        .filter(|n| (1..=500).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request("query parameter limit: must be a number from 1 to 500")
+        })
+}
+
+/// A keyset cursor this server gave (`encode_cursor`).
+fn parse_cursor(v: &str) -> Result<(chrono::DateTime<Utc>, String), ApiError> {
+    decode_cursor(v).ok_or_else(|| {
+        ApiError::bad_request("query parameter cursor: is not a cursor this server gave")
+    })
 }
 
 fn encode_cursor(at: chrono::DateTime<Utc>, id: &str) -> String {
@@ -767,24 +773,8 @@ pub async fn heuristics(
     let (mut limit, mut after) = (50i64, None);
     for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match k.as_ref() {
-            "limit" => {
-                limit = v
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (1..=500).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "query parameter limit: must be a number from 1 to 500",
-                        )
-                    })?;
-            }
-            "cursor" => {
-                after = Some(decode_cursor(&v).ok_or_else(|| {
-                    ApiError::bad_request(
-                        "query parameter cursor: is not a cursor this server gave",
-                    )
-                })?);
-            }
+            "limit" => limit = parse_limit(&v)?,
+            "cursor" => after = Some(parse_cursor(&v)?),
             other => {
                 return Err(ApiError::bad_request(format!(
                     "query parameter {other}: unknown; use limit or cursor"

@@ -136,8 +136,9 @@ async fn a_link_already_lapsed_answers_404_at_once_and_the_others_are_canceled()
             .is_some_and(|d| d.contains("/r/old") && d.contains("lapsed")),
         "{problem}"
     );
+    // Canceled, not merely lapsed: the participant got the DELETE.
     assert!(
-        eventually(|| async { p.released("a") }).await,
+        eventually(|| async { p.count(Op::Cancel, "a") == 1 && p.released("a") }).await,
         "the open link is canceled"
     );
     assert_eq!(p.count(Op::Confirm, "a"), 0);
