@@ -145,6 +145,7 @@ impl Application {
                 max_inflight_requests: config.max_inflight_requests,
             }),
             metrics: crate::metrics::install(),
+            streams: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_requests)),
         };
         tracing::info!(instance = %instance_id, "coordinator built");
         Ok(Application {

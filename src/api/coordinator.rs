@@ -158,7 +158,11 @@ pub async fn cancel(
 /// Record the cancel of a job made for a link set (again, for a replay: harmless).
 async fn cancel_job(state: &AppState, id: &str) -> Result<(), ApiError> {
     let client = db(state).await?;
-    let outcome = within(state, store::request(&client, id, ClientRequest::Cancel)).await?;
+    let outcome = within(
+        state,
+        store::request(&client, id, ClientRequest::Cancel, super::ANONYMOUS),
+    )
+    .await?;
     drop(client);
     // Anything else is a replay: the cancel was recorded before, or the job is already at its end.
     if outcome == store::RequestOutcome::Accepted {

@@ -56,6 +56,11 @@ impl ApiError {
         self
     }
 
+    /// What the problem says to the client.
+    pub fn detail(&self) -> &str {
+        &self.0.detail
+    }
+
     pub fn not_found(what: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", what)
     }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::repr::{self, JobRepr, TaskRepr};
-use super::{ApiError, AppState, base_url, none_match, prefer_wait, read_json};
+use super::{ANONYMOUS, ApiError, AppState, base_url, none_match, prefer_wait, read_json};
 use crate::domain::request::{self, FieldError, Limits, parse_rfc3339};
 use crate::domain::{FailureReason, JobStatus};
 use crate::engine::Accepted;
@@ -106,7 +106,7 @@ async fn record_request(
     what: ClientRequest,
 ) -> Result<RequestOutcome, ApiError> {
     let client = db(state).await?;
-    let outcome = within(state, store::request(&client, id, what)).await?;
+    let outcome = within(state, store::request(&client, id, what, ANONYMOUS)).await?;
     if outcome == RequestOutcome::Accepted {
         wake(state, id).await;
     }
@@ -443,7 +443,7 @@ pub(super) async fn wait_terminal(
 
 /// Until `id` changes here, `until`, or a short re-check interval (changes made by another
 /// instance are not announced here).
-async fn wait_change(
+pub(super) async fn wait_change(
     changes: &mut tokio::sync::broadcast::Receiver<String>,
     id: &str,
     until: Instant,
@@ -585,7 +585,7 @@ pub async fn register(
         let mut client = db(&state).await?;
         within(
             &state,
-            store::register(&mut client, &id, &reg, state.settings.max_tasks),
+            store::register(&mut client, &id, &reg, state.settings.max_tasks, ANONYMOUS),
         )
         .await?
     };
@@ -733,7 +733,7 @@ pub async fn resolve_job(
     let resolution = crate::domain::Resolution {
         note,
         resolved_at: Utc::now(),
-        resolved_by: "anonymous".to_string(),
+        resolved_by: ANONYMOUS.to_string(),
     };
     let client = db(&state).await?;
     let outcome = within(&state, store::resolve(&client, &id, &resolution)).await?;

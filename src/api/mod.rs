@@ -5,6 +5,7 @@
 
 mod coordinator;
 mod error;
+mod events;
 mod jobs;
 pub mod repr;
 
@@ -34,7 +35,13 @@ pub struct AppState {
     pub engine: Engine,
     pub settings: Arc<ApiSettings>,
     pub metrics: Option<PrometheusHandle>,
+    /// Event streams open at once (`GET /jobs/{id}/events` as `text/event-stream`): at most
+    /// `max_inflight_requests`, which they do not count against while they stream.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Who acts, as the event log and resolutions record it, while the API is open (no API keys).
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -269,6 +276,10 @@ fn routes() -> Router<AppState> {
         .route(
             "/jobs/{job_id}/resolve",
             with_options(post(jobs::resolve_job), POST),
+        )
+        .route(
+            "/jobs/{job_id}/events",
+            with_options(get(events::events), GET),
         )
         .route("/heuristics", with_options(get(jobs::heuristics), GET))
         .route(

@@ -105,6 +105,12 @@ pub fn job_links(base: &str, id: &str, status: JobStatus, resolved: bool) -> Lin
         "The job's shared state",
     );
     l.add("tasks", format!("{job}/tasks"), "GET", "The job's tasks");
+    l.add(
+        "events",
+        format!("{job}/events"),
+        "GET",
+        "What happened to this job, in order (text/event-stream: live)",
+    );
     if status.is_undecided() {
         l.add(
             "confirm",
@@ -551,6 +557,74 @@ impl<'a> HeuristicRepr<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HeuristicListRepr<'a> {
     pub jobs: Vec<HeuristicRepr<'a>>,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+/// One entry of a job's event log (`GET /jobs/{id}/events`). Only the fields its `type` has are
+/// present.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRepr<'a> {
+    pub seq: i64,
+    pub at: Timestamp,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(rename = "taskID", skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_status: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_status: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'a str>,
+}
+
+impl<'a> EventRepr<'a> {
+    pub fn new(s: &'a crate::store::StoredEvent) -> Self {
+        let e = &s.event;
+        let is_job = e.kind == crate::domain::EventKind::Status;
+        EventRepr {
+            seq: s.seq,
+            at: Timestamp(e.at),
+            kind: e.kind.as_str(),
+            task_id: e.task_id.as_deref(),
+            job_status: e.status.as_deref().filter(|_| is_job),
+            failure_reason: e.reason.map(FailureReason::as_str),
+            task_status: e.status.as_deref().filter(|_| !is_job),
+            op: e.op.map(crate::domain::Op::as_str),
+            attempt: e.attempt,
+            http_status: e.http_status,
+            duration_ms: e.duration_ms,
+            action: e.action.as_deref(),
+            actor: e.actor.as_deref(),
+            message: e.message.as_deref(),
+        }
+    }
+}
+
+/// `GET /jobs/{id}/events`: a page of the log, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventListRepr<'a> {
+    #[serde(rename = "jobID")]
+    pub job_id: &'a str,
+    #[serde(rename = "jobStatus")]
+    pub job_status: &'static str,
+    pub events: Vec<EventRepr<'a>>,
     #[serde(rename = "_links")]
     pub links: Links,
 }

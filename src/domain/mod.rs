@@ -3,6 +3,7 @@
 //! Nothing here does I/O or reads the clock: callers pass `now` in. That is what lets the
 //! planner be tested exhaustively without a database or a network.
 
+pub mod event;
 pub mod job;
 pub mod mapping;
 pub mod planner;
@@ -13,6 +14,7 @@ pub mod target;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+pub use event::{Event, EventKind};
 pub use job::{ConfirmState, Job, Link, Resolution, Task, TrySpec};
 pub use planner::{Answer, Op, Plan, PlannerSettings, Step};
 pub use status::{FailureReason, JobStatus, TaskStatus};

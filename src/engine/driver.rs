@@ -16,10 +16,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{DriveError, Inner};
+use crate::domain::event::{self, CallRecord};
 use crate::domain::planner::{self, Plan};
 #[cfg(feature = "fault-injection")]
 use crate::domain::status::IllegalTransition;
-use crate::domain::{Answer, Job, JobStatus, Op, Step, mapping};
+use crate::domain::{Answer, Event, Job, JobStatus, Op, Step, mapping};
 use crate::metrics as m;
 use crate::participant::{CallIds, CallResult, TryCall};
 use crate::store::{self, Fence, Save, Saved};
@@ -30,7 +31,7 @@ const MAX_HOLD: Duration = Duration::from_secs(2);
 /// How long a driver may hold back changes that need no write yet (see `must_write`).
 const WRITE_DELAY: Duration = Duration::from_millis(100);
 
-type CallFuture = BoxFuture<'static, (usize, Op, CallResult)>;
+type CallFuture = BoxFuture<'static, (Step, CallResult)>;
 
 /// Drives one claimed job until it must wait for time or a client, ends, or loses its lease.
 pub(super) struct Driver {
@@ -41,7 +42,7 @@ pub(super) struct Driver {
 }
 
 enum Wakeup {
-    Answer(usize, Op, CallResult),
+    Answer(Step, CallResult),
     Woken,
     Timer,
     Renew,
@@ -70,6 +71,8 @@ struct DriverState {
     renew_at: Instant,
     /// Since when the job has changes not yet written (see `must_write`).
     unsaved_since: Option<Instant>,
+    /// The calls answered since the last write, for the event log; written with the next save.
+    events: Vec<Event>,
 }
 
 /// What the driver does after planning and saving.
@@ -130,6 +133,7 @@ impl Driver {
             needs_refresh: false,
             renew_at: self.next_renewal(),
             unsaved_since: None,
+            events: Vec::new(),
         };
         self.send(&mut st, first);
         loop {
@@ -227,6 +231,10 @@ impl Driver {
         if !write && release.is_none() {
             return Ok(Next::Go(plan));
         }
+        // The calls answered since the last write, then the status changes they and the plan
+        // made.
+        let mut events = st.events.clone();
+        events.extend(event::status_changes(&st.saved, job, now, &st.events));
         let save = Save {
             id: job.id.to_string(),
             status: job.status,
@@ -245,6 +253,7 @@ impl Driver {
             release,
             durable,
             lease_ttl: settings.lease_ttl,
+            events,
         };
         match self.inner.commits.save(&self.inner.pool, save).await? {
             Saved::Ok { wake_seq, .. } => {
@@ -256,6 +265,7 @@ impl Driver {
                     st.durable = st.job.clone();
                 }
                 st.unsaved_since = None;
+                st.events.clear();
                 st.renew_at = self.next_renewal();
                 self.inner.changes.send(self.id.clone()).ok();
                 if release.is_some() {
@@ -299,13 +309,13 @@ impl Driver {
             .wait(&mut st.calls, timer, flush_at, st.renew_at, st.stopping)
             .await;
         match wakeup {
-            Wakeup::Answer(idx, op, result) => {
-                st.in_flight.remove(&idx);
-                self.apply(&mut st.job, idx, op, result);
+            Wakeup::Answer(step, result) => {
+                st.in_flight.remove(&step.task);
+                self.apply(st, step, result);
                 // Fold in every other answer that is already there: one write for all.
-                while let Some(Some((idx, op, result))) = st.calls.next().now_or_never() {
-                    st.in_flight.remove(&idx);
-                    self.apply(&mut st.job, idx, op, result);
+                while let Some(Some((step, result))) = st.calls.next().now_or_never() {
+                    st.in_flight.remove(&step.task);
+                    self.apply(st, step, result);
                 }
             }
             Wakeup::Woken => st.needs_refresh = true,
@@ -348,7 +358,7 @@ impl Driver {
             Instant::now() + d.max(Duration::from_millis(5))
         });
         tokio::select! {
-            Some((idx, op, result)) = calls.next(), if !calls.is_empty() => Wakeup::Answer(idx, op, result),
+            Some((step, result)) = calls.next(), if !calls.is_empty() => Wakeup::Answer(step, result),
             _ = self.wake.notified(), if stopping.is_none() => Wakeup::Woken,
             _ = sleep_until_opt(timer_at) => Wakeup::Timer,
             _ = sleep_until_opt(flush_at) => Wakeup::Timer,
@@ -358,15 +368,33 @@ impl Driver {
         }
     }
 
-    fn apply(&self, job: &mut Job, idx: usize, op: Op, result: CallResult) {
+    /// Take a participant's answer in, and log the call.
+    fn apply(&self, st: &mut DriverState, step: Step, result: CallResult) {
+        let (idx, op) = (step.task, step.op);
         metrics::counter!(m::PARTICIPANT_CALLS, "op" => op.as_str(), "outcome" => result.outcome.as_str())
             .increment(1);
         metrics::histogram!(m::PARTICIPANT_CALL_DURATION, "op" => op.as_str())
             .record(result.duration.as_secs_f64());
         tracing::debug!(job = %self.id, task = idx, op = op.as_str(), status = ?result.http_status, outcome = result.outcome.as_str(), "participant answered");
-        if let Err(e) = planner::apply(job, idx, op, result.answer, Utc::now(), fastrand::f64()) {
+        let now = Utc::now();
+        let job = &mut st.job;
+        if let Err(e) = planner::apply(job, idx, op, result.answer, now, fastrand::f64()) {
             tracing::warn!(job = %self.id, task = idx, error = %e, "answer ignored");
         }
+        let task = &job.tasks[idx];
+        st.events.push(
+            CallRecord {
+                at: now,
+                task_id: task.task_id.as_str(),
+                op,
+                attempt: step.attempt,
+                http_status: result.http_status,
+                duration: result.duration,
+                task_status: task.status,
+                message: task.last_message.clone(),
+            }
+            .into(),
+        );
     }
 
     fn on_status_change(&self, before: &Job, after: &Job, now: DateTime<Utc>) {
@@ -389,16 +417,15 @@ impl Driver {
         let correlation_id = job.correlation_id.clone();
         let traceparent = job.traceparent.clone();
         let request_id = task.task_id.clone();
-        let idx = step.task;
         let op = step.op;
         match op {
             Op::Try => {
                 let Some(spec) = task.try_spec.clone() else {
-                    return immediate(idx, op, "a task without a taskURL cannot be tried".into());
+                    return immediate(step, "a task without a taskURL cannot be tried".into());
                 };
                 let body = match mapping::try_body(&spec, &job.shared_state) {
                     Ok(b) => b,
-                    Err(message) => return immediate(idx, op, message),
+                    Err(message) => return immediate(step, message),
                 };
                 let deadline = job.deadline;
                 let left = (deadline - Utc::now()).to_std().unwrap_or_default();
@@ -431,13 +458,13 @@ impl Driver {
                             })
                             .await
                     };
-                    (idx, op, result)
+                    (step, result)
                 }
                 .boxed()
             }
             Op::Confirm | Op::Cancel => {
                 let Some(link) = task.link.clone() else {
-                    return immediate(idx, op, "the task holds no participant link".into());
+                    return immediate(step, "the task holds no participant link".into());
                 };
                 let timeout = inner.settings.call_timeout;
                 async move {
@@ -452,7 +479,7 @@ impl Driver {
                     } else {
                         inner.client.cancel(&link, &ids, timeout).await
                     };
-                    (idx, op, result)
+                    (step, result)
                 }
                 .boxed()
             }
@@ -476,14 +503,14 @@ fn injected_fault(job: &Job) -> Result<(), IllegalTransition> {
 }
 
 /// A call that fails before anything is sent (an input mapping that does not resolve).
-fn immediate(idx: usize, op: Op, message: String) -> CallFuture {
+fn immediate(step: Step, message: String) -> CallFuture {
     let result = CallResult {
         answer: Answer::Refused { message },
         outcome: crate::participant::CallOutcome::Error,
         http_status: None,
         duration: Duration::ZERO,
     };
-    futures::future::ready((idx, op, result)).boxed()
+    futures::future::ready((step, result)).boxed()
 }
 
 /// Whether a driver writes its changes now. Changes that need no synchronous commit and come

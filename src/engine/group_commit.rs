@@ -22,7 +22,7 @@ const MAX_BATCH: usize = 64;
 
 /// One queued write and where its outcome goes.
 enum Write {
-    Save(Save, oneshot::Sender<Result<Saved, StoreError>>),
+    Save(Box<Save>, oneshot::Sender<Result<Saved, StoreError>>),
     Insert(
         Box<(NewJobRow, JobRecord)>,
         oneshot::Sender<Result<Inserted, StoreError>>,
@@ -58,7 +58,7 @@ impl GroupCommit {
     /// Write a driver's `save` with whatever else is waiting, and return its outcome.
     pub async fn save(self: &Arc<Self>, pool: &Pool, save: Save) -> Result<Saved, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.lock().push(Write::Save(save, tx));
+        self.lock().push(Write::Save(Box::new(save), tx));
         self.kick(pool);
         rx.await
             .map_err(|_| StoreError::Unavailable("the write was abandoned".into()))?
@@ -129,7 +129,7 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
     let (mut new_jobs, mut job_replies) = (Vec::new(), Vec::new());
     for w in batch {
         match w {
-            Write::Save(save, reply) => saves.push((save, reply)),
+            Write::Save(save, reply) => saves.push((*save, reply)),
             Write::Insert(new, reply) => {
                 new_jobs.push(*new);
                 job_replies.push(reply);

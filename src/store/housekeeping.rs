@@ -32,16 +32,22 @@ pub async fn count_heuristic(client: &impl GenericClient) -> Result<i64> {
     Ok(row.try_get(0)?)
 }
 
-/// Delete finished jobs older than `retention` (a bounded batch per call). Heuristic jobs are
-/// kept: somebody still has to look at them.
+/// Delete finished jobs older than `retention`, with their events (a bounded batch per call).
+/// Heuristic jobs are kept: somebody still has to look at them.
 pub async fn purge_finished(client: &impl GenericClient, retention: Duration) -> Result<u64> {
     Ok(client
         .execute(
-            "DELETE FROM jobs WHERE id IN (
-                SELECT id FROM jobs
-                WHERE finished_at < now() - make_interval(secs => $1)
-                  AND status IN ('completed', 'failed', 'canceled')
-                LIMIT 1000)",
+            "WITH d AS (
+                DELETE FROM jobs WHERE id IN (
+                    SELECT id FROM jobs
+                    WHERE finished_at < now() - make_interval(secs => $1)
+                      AND status IN ('completed', 'failed', 'canceled')
+                    LIMIT 1000)
+                RETURNING id
+             ), e AS (
+                DELETE FROM job_events WHERE job_id IN (SELECT id FROM d)
+             )
+             SELECT 1 FROM d",
             &[&retention.as_secs_f64()],
         )
         .await?)

@@ -147,12 +147,12 @@ pub async fn insert_many(
                 INSERT INTO jobs (id, source, status, fields, correlation_id, tags, auto_confirm,
                     retry_policy, shared_state, task_count, created_at, updated_at, deadline,
                     lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
-                    request_hash, traceparent)
+                    request_hash, traceparent, event_seq)
                 SELECT n.id, n.source, n.status, n.fields, n.correlation_id,
                     ($5::text[])[n.tags_from:n.tags_to], n.auto_confirm, n.retry_policy,
                     n.shared_state, n.task_count, n.created_at, n.created_at, n.deadline,
                     n.owner, now() + make_interval(secs => n.ttl), 1, n.created_at, n.key,
-                    n.hash, n.traceparent
+                    n.hash, n.traceparent, CASE WHEN n.status = 'pending' THEN 1 ELSE 2 END
                 FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $6::text[],
                     $7::int[], $8::int[], $9::bool[], $10::jsonb[], $11::jsonb[], $12::int[],
                     $13::timestamptz[], $14::timestamptz[], $15::text[], $16::float8[],
@@ -161,7 +161,16 @@ pub async fn insert_many(
                          auto_confirm, retry_policy, shared_state, task_count, created_at,
                          deadline, owner, ttl, key, hash, traceparent)
                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                RETURNING id
+                RETURNING id, status, created_at, source
+             ), e AS (
+                -- Accepted (pending), and trying when its first Tries were planned in.
+                INSERT INTO job_events (job_id, seq, at, type, status, message)
+                SELECT id, 1, created_at, 'status', 'pending',
+                    CASE WHEN source = 'atomikos' THEN 'accepted (Atomikos coordinator)'
+                         ELSE 'accepted' END
+                FROM j
+                UNION ALL
+                SELECT id, 2, created_at, 'status', status, NULL FROM j WHERE status <> 'pending'
              ), t AS (
                 INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
                     link_uri, link_expires, attempts, start_time)
@@ -333,6 +342,8 @@ pub struct Save {
     /// Commit synchronously (a decision, an end, or what precedes a confirm or cancel).
     pub durable: bool,
     pub lease_ttl: Duration,
+    /// What happened since the last save, for the job's event log.
+    pub events: Vec<Event>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,6 +366,61 @@ pub async fn save(client: &impl GenericClient, s: &Save) -> Result<Saved> {
         .pop()
         .ok_or_else(|| corrupt("a save without an outcome"))
 }
+
+/// The statement of `save_many`, made once.
+static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH cfg AS (SELECT set_config('synchronous_commit', $1, true) AS v),
+             w AS (
+                SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[],
+                    $6::text[], $7::jsonb[], $8::bool[], $9::bool[], $10::bool[],
+                    $11::float8[], $12::timestamptz[], $13::bigint[], $28::bigint[])
+                    AS w(id, owner, generation, status, reason, shared_state, decided,
+                         finished, releasing, ttl, next_wake, guard, n_events)
+             ), j AS (
+                UPDATE jobs SET
+                    status = w.status, failure_reason = w.reason,
+                    shared_state = COALESCE(w.shared_state, jobs.shared_state),
+                    updated_at = now(),
+                    decided_at = CASE WHEN w.decided THEN COALESCE(jobs.decided_at, now())
+                                      ELSE jobs.decided_at END,
+                    finished_at = CASE WHEN w.finished THEN COALESCE(jobs.finished_at, now())
+                                       ELSE jobs.finished_at END,
+                    lease_owner = CASE WHEN w.releasing THEN NULL ELSE jobs.lease_owner END,
+                    lease_expires = CASE WHEN w.releasing THEN NULL
+                                         ELSE now() + make_interval(secs => w.ttl) END,
+                    next_wake = CASE WHEN w.releasing THEN w.next_wake ELSE jobs.next_wake END,
+                    event_seq = jobs.event_seq + w.n_events
+                FROM w
+                WHERE jobs.id = w.id AND jobs.lease_owner = w.owner
+                  AND jobs.lease_generation = w.generation
+                  AND (w.guard IS NULL OR jobs.wake_seq = w.guard)
+                RETURNING jobs.id, jobs.wake_seq, jobs.confirm_requested, jobs.cancel_requested,
+                    jobs.event_seq - w.n_events AS event_base
+             ), t AS (
+                UPDATE tasks SET status = u.status, link_uri = u.link_uri,
+                    link_expires = u.link_expires, attempts = u.attempts,
+                    next_attempt_at = u.next_attempt_at, refused = u.refused,
+                    confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
+                    start_time = u.start_time, end_time = u.end_time,
+                    last_message = u.last_message, try_response = u.try_response
+                FROM unnest($14::text[], $15::int[], $16::text[], $17::text[],
+                    $18::timestamptz[], $19::int[], $20::timestamptz[], $21::bool[],
+                    $22::timestamptz[], $23::timestamptz[], $24::text[], $25::jsonb[],
+                    $26::bool[], $27::bool[])
+                    AS u(job_id, idx, status, link_uri, link_expires, attempts, next_attempt_at,
+                         refused, start_time, end_time, last_message, try_response,
+                         confirm_pending, confirm_unknown)
+                WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx
+                  AND u.job_id IN (SELECT id FROM j)
+                RETURNING 1
+             ), e AS ({})
+             SELECT j.id, j.wake_seq, j.confirm_requested, j.cancel_requested,
+                    (SELECT count(*) FROM t) AS tasks, (SELECT v FROM cfg) AS sync
+             FROM j",
+        insert_events(29, "j")
+    )
+});
 
 /// Write several drivers' changes in one statement, each fenced by its own lease, and return
 /// each one's outcome in order. Commits synchronously when `durable` (a batch commits as its most
@@ -393,7 +459,10 @@ pub async fn save_many(
     let mut end = Vec::with_capacity(tn);
     let mut message = Vec::with_capacity(tn);
     let mut response = Vec::with_capacity(tn);
+    let mut events = EventColumns::default();
+    let mut event_counts = Vec::with_capacity(n);
     for s in saves {
+        event_counts.push(events.push(s.id.as_str(), &s.events));
         ids.push(s.id.as_str());
         owners.push(s.fence.owner.as_str());
         generations.push(s.fence.generation);
@@ -424,57 +493,8 @@ pub async fn save_many(
             response.push(t.try_response.as_deref());
         }
     }
-    let stmt = client
-        .prepare_cached(
-            "WITH cfg AS (SELECT set_config('synchronous_commit', $1, true) AS v),
-             w AS (
-                SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[],
-                    $6::text[], $7::jsonb[], $8::bool[], $9::bool[], $10::bool[],
-                    $11::float8[], $12::timestamptz[], $13::bigint[])
-                    AS w(id, owner, generation, status, reason, shared_state, decided,
-                         finished, releasing, ttl, next_wake, guard)
-             ), j AS (
-                UPDATE jobs SET
-                    status = w.status, failure_reason = w.reason,
-                    shared_state = COALESCE(w.shared_state, jobs.shared_state),
-                    updated_at = now(),
-                    decided_at = CASE WHEN w.decided THEN COALESCE(jobs.decided_at, now())
-                                      ELSE jobs.decided_at END,
-                    finished_at = CASE WHEN w.finished THEN COALESCE(jobs.finished_at, now())
-                                       ELSE jobs.finished_at END,
-                    lease_owner = CASE WHEN w.releasing THEN NULL ELSE jobs.lease_owner END,
-                    lease_expires = CASE WHEN w.releasing THEN NULL
-                                         ELSE now() + make_interval(secs => w.ttl) END,
-                    next_wake = CASE WHEN w.releasing THEN w.next_wake ELSE jobs.next_wake END
-                FROM w
-                WHERE jobs.id = w.id AND jobs.lease_owner = w.owner
-                  AND jobs.lease_generation = w.generation
-                  AND (w.guard IS NULL OR jobs.wake_seq = w.guard)
-                RETURNING jobs.id, jobs.wake_seq, jobs.confirm_requested, jobs.cancel_requested
-             ), t AS (
-                UPDATE tasks SET status = u.status, link_uri = u.link_uri,
-                    link_expires = u.link_expires, attempts = u.attempts,
-                    next_attempt_at = u.next_attempt_at, refused = u.refused,
-                    confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
-                    start_time = u.start_time, end_time = u.end_time,
-                    last_message = u.last_message, try_response = u.try_response
-                FROM unnest($14::text[], $15::int[], $16::text[], $17::text[],
-                    $18::timestamptz[], $19::int[], $20::timestamptz[], $21::bool[],
-                    $22::timestamptz[], $23::timestamptz[], $24::text[], $25::jsonb[],
-                    $26::bool[], $27::bool[])
-                    AS u(job_id, idx, status, link_uri, link_expires, attempts, next_attempt_at,
-                         refused, start_time, end_time, last_message, try_response,
-                         confirm_pending, confirm_unknown)
-                WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx
-                  AND u.job_id IN (SELECT id FROM j)
-                RETURNING 1
-             )
-             SELECT j.id, j.wake_seq, j.confirm_requested, j.cancel_requested,
-                    (SELECT count(*) FROM t) AS tasks, (SELECT v FROM cfg) AS sync
-             FROM j",
-        )
-        .await?;
-    let params: [&(dyn ToSql + Sync); 27] = [
+    let stmt = client.prepare_cached(&SAVE_MANY).await?;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &sync,
         &ids,
         &owners,
@@ -502,7 +522,9 @@ pub async fn save_many(
         &response,
         &pending,
         &unknown,
+        &event_counts,
     ];
+    params.extend(events.params());
     let rows = client.query(&stmt, &params).await?;
     let mut written: HashMap<String, Saved> = HashMap::with_capacity(rows.len());
     for row in &rows {

@@ -6,8 +6,8 @@
 //! times come from the database clock so that instances agree on them.
 //!
 //! By concern: [`rows`] (columns ↔ domain types), [`jobs`] (insert, load, save, list), [`leases`]
-//! (claim, renew, release), [`requests`] (client requests, wake-ups), [`instances`] (liveness),
-//! [`housekeeping`] (gauges, retention).
+//! (claim, renew, release), [`requests`] (client requests, wake-ups), [`events`] (the event
+//! log), [`instances`] (liveness), [`housekeeping`] (gauges, retention).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,9 +23,11 @@ use tokio_postgres::types::ToSql;
 use crate::domain::request::{NewJob, Registration};
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{
-    ConfirmState, FailureReason, Job, JobId, JobStatus, Link, Resolution, Task, TaskStatus, TrySpec,
+    ConfirmState, Event, FailureReason, Job, JobId, JobStatus, Link, Resolution, Task, TaskStatus,
+    TrySpec,
 };
 
+mod events;
 mod housekeeping;
 mod instances;
 mod jobs;
@@ -33,6 +35,8 @@ mod leases;
 mod requests;
 mod rows;
 
+use events::{EventColumns, insert_events};
+pub use events::{StoredEvent, list_events, log_action};
 pub use housekeeping::*;
 pub use instances::{deregister_instance, reap_dead, register_instance, try_lock_identity};
 pub use jobs::*;

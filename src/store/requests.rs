@@ -47,28 +47,43 @@ pub enum ClientRequest {
     Cancel,
 }
 
-/// Record a client's request for the engine (and wake whichever instance drives the job). Only
-/// before the decision; a confirm never after a cancel request, nor for a job with no task.
+/// Record a client's request for the engine (and wake whichever instance drives the job), with
+/// its event (`actor` asked). Only before the decision; a confirm never after a cancel request,
+/// nor for a job with no task.
 pub async fn request(
     client: &impl GenericClient,
     id: &str,
     what: ClientRequest,
+    actor: &str,
 ) -> Result<RequestOutcome> {
     let confirm = what == ClientRequest::Confirm;
+    let event = [Event::action(
+        Utc::now(),
+        if confirm { "confirm" } else { "cancel" },
+        actor,
+        None,
+    )];
+    let mut events = EventColumns::default();
+    events.push(id, &event);
     let stmt = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "WITH u AS (
-                UPDATE jobs SET confirm_requested = confirm_requested OR $2,
-                    cancel_requested = cancel_requested OR NOT $2,
-                    wake_seq = wake_seq + 1, next_wake = now(), updated_at = now()
-                WHERE id = $1 AND status IN ('pending', 'trying', 'reserved')
-                  AND (NOT $2 OR (task_count > 0 AND NOT cancel_requested))
-                RETURNING id
-             )
+                UPDATE jobs SET confirm_requested = confirm_requested OR $15,
+                    cancel_requested = cancel_requested OR NOT $15,
+                    wake_seq = wake_seq + 1, next_wake = now(), updated_at = now(),
+                    event_seq = event_seq + 1
+                WHERE id = $16 AND status IN ('pending', 'trying', 'reserved')
+                  AND (NOT $15 OR (task_count > 0 AND NOT cancel_requested))
+                RETURNING id, event_seq - 1 AS event_base
+             ), e AS ({})
              SELECT pg_notify('tcc_wake', id) FROM u",
-        )
+            insert_events(1, "u")
+        ))
         .await?;
-    if client.execute(&stmt, &[&id, &confirm]).await? == 1 {
+    let mut params: Vec<&(dyn ToSql + Sync)> = events.params().to_vec();
+    params.push(&confirm);
+    params.push(&id);
+    if client.execute(&stmt, &params).await? == 1 {
         return Ok(RequestOutcome::Accepted);
     }
     Ok(match current_status(client, id).await? {
@@ -91,12 +106,14 @@ pub enum Registered {
     TooMany(usize),
 }
 
-/// Add a participant's link to a job that has no decision yet.
+/// Add a participant's link to a job that has no decision yet, with its event (`actor`
+/// registered it).
 pub async fn register(
     client: &mut deadpool_postgres::Client,
     id: &str,
     reg: &Registration,
     max_tasks: usize,
+    actor: &str,
 ) -> Result<Registered> {
     let tx = client.transaction().await?;
     let Some(row) = tx
@@ -157,11 +174,31 @@ pub async fn register(
             ],
         )
         .await?;
+    let event = [Event {
+        task_id: Some(task_id.clone()),
+        ..Event::action(
+            Utc::now(),
+            "register",
+            actor,
+            Some(format!("registered the link {}", reg.link.uri.as_str())),
+        )
+    }];
+    let mut events = EventColumns::default();
+    events.push(id, &event);
+    let mut params: Vec<&(dyn ToSql + Sync)> = events.params().to_vec();
+    params.push(&id);
     tx.execute(
-        "UPDATE jobs SET task_count = task_count + 1, wake_seq = wake_seq + 1,
-                next_wake = now(), updated_at = now()
-         WHERE id = $1",
-        &[&id],
+        &format!(
+            "WITH b AS (
+                UPDATE jobs SET task_count = task_count + 1, wake_seq = wake_seq + 1,
+                    next_wake = now(), updated_at = now(), event_seq = event_seq + 1
+                WHERE id = $15
+                RETURNING id, event_seq - 1 AS event_base
+             )
+             {}",
+            insert_events(1, "b")
+        ),
+        &params,
     )
     .await?;
     tx.execute("SELECT pg_notify('tcc_wake', $1)", &[&id])
@@ -226,13 +263,30 @@ pub async fn resolve(
     resolution: &Resolution,
 ) -> Result<Resolved> {
     let value = serde_json::to_value(resolution).map_err(corrupt)?;
+    let event = [Event::action(
+        resolution.resolved_at,
+        "resolve",
+        &resolution.resolved_by,
+        Some(resolution.note.clone()),
+    )];
+    let mut events = EventColumns::default();
+    events.push(id, &event);
     let stmt = client
-        .prepare_cached(
-            "UPDATE jobs SET resolution = $2::jsonb, updated_at = now()
-             WHERE id = $1 AND status = 'heuristic' AND resolution IS NULL",
-        )
+        .prepare_cached(&format!(
+            "WITH b AS (
+                UPDATE jobs SET resolution = $16::jsonb, updated_at = now(),
+                    event_seq = event_seq + 1
+                WHERE id = $15 AND status = 'heuristic' AND resolution IS NULL
+                RETURNING id, event_seq - 1 AS event_base
+             ), e AS ({})
+             SELECT 1 FROM b",
+            insert_events(1, "b")
+        ))
         .await?;
-    if client.execute(&stmt, &[&id, &value]).await? == 1 {
+    let mut params: Vec<&(dyn ToSql + Sync)> = events.params().to_vec();
+    params.push(&id);
+    params.push(&value);
+    if client.execute(&stmt, &params).await? == 1 {
         return Ok(Resolved::Done(resolution.clone()));
     }
     let Some(row) = client

@@ -5,6 +5,7 @@ mod helpers;
 mod participant;
 
 mod atomikos;
+mod events;
 mod hardening;
 mod lifecycle;
 mod operator;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
-use tcc_coordinator::domain::JobId;
 use tcc_coordinator::domain::request::{Limits, parse_job};
+use tcc_coordinator::domain::{Event, EventKind, JobId};
 use tcc_coordinator::engine::group_commit::GroupCommit;
 use tcc_coordinator::store::{self, Fence, Inserted, JobRecord, NewJobRow, Save, Saved};
 
@@ -168,6 +168,7 @@ async fn save_saying(client: &deadpool_postgres::Client, id: &str, message: &str
         release: None,
         durable: true,
         lease_ttl: Duration::from_secs(30),
+        events: Vec::new(),
     }
 }
 
@@ -448,6 +449,19 @@ async fn every_column_round_trips() {
         release: None,
         durable: true,
         lease_ttl: Duration::from_secs(30),
+        events: vec![
+            Event {
+                task_id: Some("a".into()),
+                op: Some(tcc_coordinator::domain::Op::Confirm),
+                attempt: Some(3),
+                http_status: Some(503),
+                duration_ms: Some(12),
+                status: Some("confirming".into()),
+                message: Some("503 from the participant".into()),
+                ..Event::new(at(2), EventKind::Call)
+            },
+            Event::job_status(at(2), JobStatus::Confirming, None),
+        ],
     };
     assert!(matches!(
         store::save(&client, &save).await,
@@ -458,4 +472,17 @@ async fn every_column_round_trips() {
         .expect("load")
         .expect("stored");
     assert_eq!(again.job, expected, "every column as saved");
+
+    // The events written with the save follow the job's first (accepted), every field kept.
+    let (status, log) = store::list_events(&client, row.id.as_str(), 0, 100)
+        .await
+        .expect("events")
+        .expect("the job");
+    assert_eq!(status, JobStatus::Confirming);
+    let seqs: Vec<i64> = log.iter().map(|e| e.seq).collect();
+    let first = log.len() - save.events.len();
+    assert_eq!(seqs, (1..=log.len() as i64).collect::<Vec<_>>());
+    assert_eq!(log[0].event.status.as_deref(), Some("pending"));
+    let written: Vec<Event> = log[first..].iter().map(|e| e.event.clone()).collect();
+    assert_eq!(written, save.events);
 }
