@@ -1,31 +1,25 @@
 -- The job's event log (GET /jobs/{id}/events). Events are written in the same statement as the
--- state change they describe; `seq` is gapless per job: jobs.event_seq is the last one given.
--- No foreign key: checking one would cost a lookup per event on the engine's hot path; the
--- retention purge deletes a job's events with the job.
+-- state change they describe, each statement's events of one job as one row (a JSON array, in
+-- order): one row per write instead of one per event keeps the log cheap on the engine's hot
+-- path. Sequence numbers are gapless per job: jobs.event_seq is the last one given, and a row
+-- holds the events last_seq - (its length) + 1 .. last_seq.
+-- No foreign key: checking one would cost a lookup per row; the retention purge deletes a job's
+-- events with the job.
 ALTER TABLE jobs ADD COLUMN event_seq bigint NOT NULL DEFAULT 0;
 
 CREATE TABLE job_events (
-    job_id      text NOT NULL,
-    seq         bigint NOT NULL,
-    at          timestamptz NOT NULL,
-    -- status | call | task | action (src/domain/event.rs)
-    type        text NOT NULL,
-    task_id     text,
-    op          text,
-    attempt     integer,
-    http_status integer,
-    duration_ms integer,
-    -- The job's status for a status event, the task's for the others.
-    status      text,
-    reason      text,
-    action      text,
-    actor       text,
-    message     text,
-    PRIMARY KEY (job_id, seq)
+    job_id   text NOT NULL,
+    last_seq bigint NOT NULL,
+    -- [{at, type, taskID, op, attempt, httpStatus, durationMs, status, reason, action, actor,
+    --   message}, ...] (src/domain/event.rs)
+    events   jsonb NOT NULL,
+    PRIMARY KEY (job_id, last_seq)
 );
 
--- Jobs accepted before the log existed start it at 1 with their current status.
-INSERT INTO job_events (job_id, seq, at, type, status, reason, message)
-SELECT id, 1, updated_at, 'status', status, failure_reason, 'the log starts here (older job)'
+-- Jobs accepted before the log existed start it with their current status.
+INSERT INTO job_events (job_id, last_seq, events)
+SELECT id, 1, jsonb_build_array(jsonb_build_object(
+    'at', updated_at, 'type', 'status', 'status', status, 'reason', failure_reason,
+    'message', 'the log starts here (the job is older than the log)'))
 FROM jobs;
 UPDATE jobs SET event_seq = 1;

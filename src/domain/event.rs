@@ -3,13 +3,15 @@
 //! number, 1-based and gapless per job, which orders them and resumes an event stream.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::job::Job;
 use super::planner::Op;
 use super::status::{FailureReason, JobStatus, TaskStatus};
 
 /// What kind of thing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EventKind {
     /// The job's status changed (or the job was accepted).
     Status,
@@ -48,22 +50,36 @@ impl EventKind {
 /// `status` (the job's) and perhaps `reason`; a call has `task_id`, `op`, `attempt`,
 /// `http_status` (when an answer came), `duration_ms` and `status` (the task's, after the
 /// answer); an action has `action`, `actor` and perhaps `task_id`.
-#[derive(Debug, Clone, PartialEq)]
+/// Stored as JSON in this shape (the statements that write a batch of events write them as one
+/// JSON array).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Event {
     pub at: DateTime<Utc>,
+    #[serde(rename = "type")]
     pub kind: EventKind,
+    #[serde(rename = "taskID", skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<Op>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i32>,
     /// The job's status (`Status`) or the task's (`Call`, `Task`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<FailureReason>,
     /// `confirm`, `cancel`, `register`, `resolve`, `continue`, `restart`, `update`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     /// Who acted: the API key's name, `anonymous` while the API is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 

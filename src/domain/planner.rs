@@ -17,7 +17,8 @@ use super::retry::RetryPolicy;
 use super::status::{FailureReason, IllegalTransition, JobEvent, JobStatus, TaskEvent, TaskStatus};
 
 /// A participant operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Op {
     Try,
     Confirm,

@@ -2,89 +2,45 @@
 //! make the changes they describe), and the reads behind `GET /jobs/{id}/events`.
 
 use super::*;
-use crate::domain::{Event, EventKind, Op};
+use crate::domain::Event;
+use tokio_postgres::types::Json;
 
-/// A batch of events as the parallel arrays a statement unnests: for each event its job, its
-/// place among that job's events in the batch (1-based; the job's `event_seq` before the write
-/// plus this is its sequence number), and its fields.
+/// A batch of events as the parallel arrays a statement unnests: per job, how many events and
+/// the events themselves as one JSON array.
 #[derive(Default)]
 pub(super) struct EventColumns<'a> {
     pub job: Vec<&'a str>,
-    pub ord: Vec<i64>,
-    pub at: Vec<DateTime<Utc>>,
-    pub kind: Vec<&'static str>,
-    pub task: Vec<Option<&'a str>>,
-    pub op: Vec<Option<&'static str>>,
-    pub attempt: Vec<Option<i32>>,
-    pub http: Vec<Option<i32>>,
-    pub duration: Vec<Option<i32>>,
-    pub status: Vec<Option<&'a str>>,
-    pub reason: Vec<Option<&'static str>>,
-    pub action: Vec<Option<&'a str>>,
-    pub actor: Vec<Option<&'a str>>,
-    pub message: Vec<Option<&'a str>>,
+    pub count: Vec<i64>,
+    pub events: Vec<Json<&'a [Event]>>,
 }
 
 impl<'a> EventColumns<'a> {
-    /// Add one job's events; returns how many.
+    /// Add one job's events (none: nothing); returns how many.
     pub fn push(&mut self, job: &'a str, events: &'a [Event]) -> i64 {
-        for (i, e) in events.iter().enumerate() {
+        if !events.is_empty() {
             self.job.push(job);
-            self.ord.push(i as i64 + 1);
-            self.at.push(e.at);
-            self.kind.push(e.kind.as_str());
-            self.task.push(e.task_id.as_deref());
-            self.op.push(e.op.map(Op::as_str));
-            self.attempt.push(e.attempt);
-            self.http.push(e.http_status);
-            self.duration.push(e.duration_ms);
-            self.status.push(e.status.as_deref());
-            self.reason.push(e.reason.map(FailureReason::as_str));
-            self.action.push(e.action.as_deref());
-            self.actor.push(e.actor.as_deref());
-            self.message.push(e.message.as_deref());
+            self.count.push(events.len() as i64);
+            self.events.push(Json(events));
         }
         events.len() as i64
     }
 
-    /// The arrays as statement parameters, in the order of `INSERT_FROM`.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 14] {
-        [
-            &self.job,
-            &self.ord,
-            &self.at,
-            &self.kind,
-            &self.task,
-            &self.op,
-            &self.attempt,
-            &self.http,
-            &self.duration,
-            &self.status,
-            &self.reason,
-            &self.action,
-            &self.actor,
-            &self.message,
-        ]
+    /// The arrays as statement parameters, in the order of `insert_events`.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.job, &self.count, &self.events]
     }
 }
 
-/// The insert of an `EventColumns` batch whose parameters start at `$first`, each event
-/// numbered from its job's `event_base` in the CTE `base` (`id`, `event_base`): only the events
-/// of jobs that `base` holds are written.
+/// The insert of an `EventColumns` batch whose three parameters start at `$first`: each job's
+/// row is numbered from its `event_base` in the CTE `base` (`id`, `event_base`, the job's
+/// `event_seq` before the write), and only jobs that `base` holds are written.
 pub(super) fn insert_events(first: usize, base: &str) -> String {
-    let p: Vec<String> = (first..first + 14).map(|i| format!("${i}")).collect();
+    let (a, b, c) = (first, first + 1, first + 2);
     format!(
-        "INSERT INTO job_events (job_id, seq, at, type, task_id, op, attempt, http_status,
-            duration_ms, status, reason, action, actor, message)
-         SELECT v.job_id, b.event_base + v.ord, v.at, v.type, v.task_id, v.op, v.attempt,
-            v.http_status, v.duration_ms, v.status, v.reason, v.action, v.actor, v.message
-         FROM unnest({}::text[], {}::bigint[], {}::timestamptz[], {}::text[], {}::text[],
-            {}::text[], {}::int[], {}::int[], {}::int[], {}::text[], {}::text[], {}::text[],
-            {}::text[], {}::text[])
-            AS v(job_id, ord, at, type, task_id, op, attempt, http_status, duration_ms, status,
-                 reason, action, actor, message)
-         JOIN {base} b ON b.id = v.job_id",
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13]
+        "INSERT INTO job_events (job_id, last_seq, events)
+         SELECT v.job_id, b.event_base + v.n, v.events
+         FROM unnest(${a}::text[], ${b}::bigint[], ${c}::jsonb[]) AS v(job_id, n, events)
+         JOIN {base} b ON b.id = v.job_id"
     )
 }
 
@@ -113,49 +69,28 @@ pub async fn list_events(
         return Ok(None);
     };
     let status: JobStatus = row.try_get::<_, String>(0)?.parse().map_err(corrupt)?;
+    // The rows that hold an event after `after`: the one that holds `after + 1` and the rest.
     let stmt = client
         .prepare_cached(
-            "SELECT seq, at, type, task_id, op, attempt, http_status, duration_ms, status, reason,
-                    action, actor, message
-             FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT last_seq, events FROM job_events
+             WHERE job_id = $1 AND last_seq > $2 ORDER BY last_seq LIMIT $3",
         )
         .await?;
     let rows = client.query(&stmt, &[&id, &after, &limit]).await?;
-    let events = rows
-        .iter()
-        .map(|r| {
-            let kind: String = r.try_get("type")?;
-            let op: Option<String> = r.try_get("op")?;
-            let reason: Option<String> = r.try_get("reason")?;
-            Ok(StoredEvent {
-                seq: r.try_get("seq")?,
-                event: Event {
-                    task_id: r.try_get("task_id")?,
-                    op: op
-                        .map(|o| {
-                            [Op::Try, Op::Confirm, Op::Cancel]
-                                .into_iter()
-                                .find(|x| x.as_str() == o)
-                                .ok_or_else(|| corrupt(format!("an event with op {o:?}")))
-                        })
-                        .transpose()?,
-                    attempt: r.try_get("attempt")?,
-                    http_status: r.try_get("http_status")?,
-                    duration_ms: r.try_get("duration_ms")?,
-                    status: r.try_get("status")?,
-                    reason: reason.map(|x| x.parse()).transpose().map_err(corrupt)?,
-                    action: r.try_get("action")?,
-                    actor: r.try_get("actor")?,
-                    message: r.try_get("message")?,
-                    ..Event::new(
-                        r.try_get("at")?,
-                        EventKind::parse(&kind)
-                            .ok_or_else(|| corrupt(format!("an event of type {kind:?}")))?,
-                    )
-                },
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut events = Vec::new();
+    for r in &rows {
+        let last: i64 = r.try_get("last_seq")?;
+        let batch: Vec<Event> = r
+            .try_get::<_, Json<Vec<Event>>>("events")
+            .map_err(|e| corrupt(format!("the events of job {id}: {e}")))?
+            .0;
+        let first = last - batch.len() as i64 + 1;
+        for (seq, event) in (first..).zip(batch) {
+            if seq > after && (events.len() as i64) < limit {
+                events.push(StoredEvent { seq, event });
+            }
+        }
+    }
     Ok(Some((status, events)))
 }
 
@@ -167,7 +102,7 @@ pub async fn log_action(client: &impl GenericClient, id: &str, event: &Event) ->
     let stmt = client
         .prepare_cached(&format!(
             "WITH b AS (
-                UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $15
+                UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $4
                 RETURNING id, event_seq - 1 AS event_base
              ), e AS ({})
              SELECT 1 FROM b",

@@ -163,14 +163,18 @@ pub async fn insert_many(
                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING id, status, created_at, source
              ), e AS (
-                -- Accepted (pending), and trying when its first Tries were planned in.
-                INSERT INTO job_events (job_id, seq, at, type, status, message)
-                SELECT id, 1, created_at, 'status', 'pending',
-                    CASE WHEN source = 'atomikos' THEN 'accepted (Atomikos coordinator)'
-                         ELSE 'accepted' END
+                -- Accepted (pending), and trying when its first Tries were planned in: the
+                -- event_seq given above. The events' shape is domain::Event's.
+                INSERT INTO job_events (job_id, last_seq, events)
+                SELECT id, CASE WHEN status = 'pending' THEN 1 ELSE 2 END,
+                    jsonb_build_array(jsonb_build_object('at', created_at, 'type', 'status',
+                        'status', 'pending', 'message',
+                        CASE WHEN source = 'atomikos' THEN 'accepted (Atomikos coordinator)'
+                             ELSE 'accepted' END))
+                    || CASE WHEN status = 'pending' THEN '[]'::jsonb
+                            ELSE jsonb_build_array(jsonb_build_object('at', created_at,
+                                'type', 'status', 'status', status)) END
                 FROM j
-                UNION ALL
-                SELECT id, 2, created_at, 'status', status, NULL FROM j WHERE status <> 'pending'
              ), t AS (
                 INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
                     link_uri, link_expires, attempts, start_time)

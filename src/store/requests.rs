@@ -68,12 +68,12 @@ pub async fn request(
     let stmt = client
         .prepare_cached(&format!(
             "WITH u AS (
-                UPDATE jobs SET confirm_requested = confirm_requested OR $15,
-                    cancel_requested = cancel_requested OR NOT $15,
+                UPDATE jobs SET confirm_requested = confirm_requested OR $4,
+                    cancel_requested = cancel_requested OR NOT $4,
                     wake_seq = wake_seq + 1, next_wake = now(), updated_at = now(),
                     event_seq = event_seq + 1
-                WHERE id = $16 AND status IN ('pending', 'trying', 'reserved')
-                  AND (NOT $15 OR (task_count > 0 AND NOT cancel_requested))
+                WHERE id = $5 AND status IN ('pending', 'trying', 'reserved')
+                  AND (NOT $4 OR (task_count > 0 AND NOT cancel_requested))
                 RETURNING id, event_seq - 1 AS event_base
              ), e AS ({})
              SELECT pg_notify('tcc_wake', id) FROM u",
@@ -192,7 +192,7 @@ pub async fn register(
             "WITH b AS (
                 UPDATE jobs SET task_count = task_count + 1, wake_seq = wake_seq + 1,
                     next_wake = now(), updated_at = now(), event_seq = event_seq + 1
-                WHERE id = $15
+                WHERE id = $4
                 RETURNING id, event_seq - 1 AS event_base
              )
              {}",
@@ -274,9 +274,9 @@ pub async fn resolve(
     let stmt = client
         .prepare_cached(&format!(
             "WITH b AS (
-                UPDATE jobs SET resolution = $16::jsonb, updated_at = now(),
+                UPDATE jobs SET resolution = $5::jsonb, updated_at = now(),
                     event_seq = event_seq + 1
-                WHERE id = $15 AND status = 'heuristic' AND resolution IS NULL
+                WHERE id = $4 AND status = 'heuristic' AND resolution IS NULL
                 RETURNING id, event_seq - 1 AS event_base
              ), e AS ({})
              SELECT 1 FROM b",
