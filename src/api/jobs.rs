@@ -57,7 +57,12 @@ fn not_modified(etag: &str) -> Response {
 }
 
 /// A job's representation with `Link` headers (and `Location` when asked).
-fn job_response(status: StatusCode, base: &str, record: &JobRecord, location: bool) -> Response {
+pub(super) fn job_response(
+    status: StatusCode,
+    base: &str,
+    record: &JobRecord,
+    location: bool,
+) -> Response {
     let body = JobRepr::new(base, record);
     let mut resp = json_response(status, &body);
     // The `Link` header states the document's own `_links`.
@@ -119,7 +124,7 @@ pub(super) async fn wake(state: &AppState, id: &str) {
     let _ = tokio::time::timeout(state.settings.db_timeout, state.engine.wake(id)).await;
 }
 
-async fn load(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
+pub(super) async fn load(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     let client = db(state).await?;
     within(state, store::load_job(&client, id))
         .await?

@@ -3,6 +3,7 @@
 //! Handlers parse input once at the edge (into `domain` types), call the store and wake the
 //! engine; they never drive a job themselves and never call a participant.
 
+mod actions;
 mod coordinator;
 mod error;
 mod events;
@@ -276,6 +277,14 @@ fn routes() -> Router<AppState> {
         .route(
             "/jobs/{job_id}/resolve",
             with_options(post(jobs::resolve_job), POST),
+        )
+        .route(
+            "/jobs/{job_id}/continue",
+            with_options(post(actions::continue_job), POST),
+        )
+        .route(
+            "/jobs/{job_id}/restart",
+            with_options(post(actions::restart_job), POST),
         )
         .route(
             "/jobs/{job_id}/events",

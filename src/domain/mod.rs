@@ -3,6 +3,7 @@
 //! Nothing here does I/O or reads the clock: callers pass `now` in. That is what lets the
 //! planner be tested exhaustively without a database or a network.
 
+pub mod actions;
 pub mod event;
 pub mod job;
 pub mod mapping;

@@ -257,7 +257,12 @@ fn plan_confirming(
         }
     }
 
-    let any_confirmed = job.tasks.iter().any(|t| t.status == TaskStatus::Confirmed);
+    // A task already settled heuristic (a job continued by an operator) is as good as a
+    // confirmed one here: the outcome is already mixed, and going back to cancel would be a guess.
+    let any_confirmed = job
+        .tasks
+        .iter()
+        .any(|t| matches!(t.status, TaskStatus::Confirmed | TaskStatus::Heuristic));
     let refused: Vec<usize> = (0..job.tasks.len())
         .filter(|i| {
             let t = &job.tasks[*i];
@@ -690,6 +695,7 @@ mod tests {
             cancel_requested: false,
             created_at: t0(),
             deadline: t0() + secs(60),
+            attempt: 1,
             shared_state: json!({}),
             retry_policy: None,
             tasks: (0..tasks as i32).map(try_task).collect(),
@@ -1185,6 +1191,35 @@ mod tests {
             JobStatus::Heuristic,
             "the coordinator does not guess"
         );
+        assert_eq!(
+            statuses(&j),
+            vec![TaskStatus::Heuristic, TaskStatus::Heuristic]
+        );
+    }
+
+    /// A heuristic job continued by an operator: t0 stays heuristic (its link lapsed, its confirm
+    /// may have been applied), t1 is retried and refused again. Nothing was seen confirmed, yet
+    /// the job must not turn to cancel: it is heuristic again.
+    #[test]
+    fn a_continued_job_refused_again_is_heuristic_again_never_canceled() {
+        let now = t0();
+        let mut j = confirming_pair(now);
+        apply(&mut j, 0, Op::Confirm, unknown(), now, 0.0).expect("apply");
+        apply(&mut j, 1, Op::Confirm, refused("403"), now, 0.0).expect("apply");
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        // t0's link lapses: heuristic, both of them.
+        let later = now + secs(30);
+        plan(&mut j, &none(), later, &settings()).expect("plan");
+        assert_eq!(j.status, JobStatus::Heuristic);
+        // t1's reservation is extended by hand, and an operator continues.
+        j.tasks[1].link = Some(link(later + secs(60)));
+        crate::domain::actions::continue_heuristic(&mut j, false, later).expect("continue");
+        let p = plan(&mut j, &none(), later, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(1, Op::Confirm)]);
+        apply(&mut j, 1, Op::Confirm, refused("403"), later, 0.0).expect("apply");
+        let p = plan(&mut j, &none(), later, &settings()).expect("plan");
+        assert!(p.steps.is_empty());
+        assert_eq!(j.status, JobStatus::Heuristic, "never back to cancel");
         assert_eq!(
             statuses(&j),
             vec![TaskStatus::Heuristic, TaskStatus::Heuristic]

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{DriveError, Inner};
+use crate::domain::actions;
 use crate::domain::event::{self, CallRecord};
 use crate::domain::planner::{self, Plan};
 #[cfg(feature = "fault-injection")]
@@ -63,6 +64,8 @@ struct DriverState {
     durable: Job,
     /// The job's `wake_seq` as last read: client requests up to it are known.
     seen_seq: i64,
+    /// The job's `retry_seq` as last read: `continue` requests up to it were acted on.
+    seen_retry: i64,
     in_flight: HashSet<usize>,
     calls: FuturesUnordered<CallFuture>,
     /// Shutting down: until when the calls in flight may finish.
@@ -127,6 +130,7 @@ impl Driver {
             durable: record.job.clone(),
             job: record.job,
             seen_seq: record.wake_seq,
+            seen_retry: record.retry_seq,
             in_flight: HashSet::new(),
             calls: FuturesUnordered::new(),
             stopping: None,
@@ -177,6 +181,11 @@ impl Driver {
             return Ok(false);
         }
         st.seen_seq = r.wake_seq;
+        if r.retry_seq != st.seen_retry {
+            // An operator's `continue`: the confirms waiting for their backoff go now.
+            st.seen_retry = r.retry_seq;
+            actions::retry_now(&mut st.job, Utc::now());
+        }
         for j in [&mut st.job, &mut st.saved, &mut st.durable] {
             j.confirm_requested = r.confirm_requested;
             j.cancel_requested = r.cancel_requested;
@@ -416,7 +425,12 @@ impl Driver {
         let task = &job.tasks[step.task];
         let correlation_id = job.correlation_id.clone();
         let traceparent = job.traceparent.clone();
-        let request_id = task.task_id.clone();
+        // Later attempts of a restarted job are new requests to the participants (SPEC §2).
+        let request_id = if job.attempt > 1 {
+            format!("{}/{}", task.task_id, job.attempt)
+        } else {
+            task.task_id.to_string()
+        };
         let op = step.op;
         match op {
             Op::Try => {

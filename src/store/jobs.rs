@@ -36,8 +36,8 @@ pub fn initial_record(row: &NewJobRow) -> JobRecord {
         job: Job::new(&row.job, &row.id, row.created_at, row.traceparent.clone()),
         fields: row.job.fields.clone(),
         updated_at: row.created_at,
-        attempt: 1,
         wake_seq: 0,
+        retry_seq: 0,
         lease_owner: Some(row.owner.clone()),
         lease_generation: 1,
         resolution: None,
@@ -284,6 +284,7 @@ pub async fn load_job(client: &impl GenericClient, id: &str) -> Result<Option<Jo
 /// What the engine must learn after a client request: the flags and tasks registered since.
 pub struct Refresh {
     pub wake_seq: i64,
+    pub retry_seq: i64,
     pub confirm_requested: bool,
     pub cancel_requested: bool,
     pub new_tasks: Vec<Task>,
@@ -299,7 +300,7 @@ pub async fn refresh(
     let known = known_tasks as i32;
     let job = client
         .query_opt(
-            "SELECT wake_seq, confirm_requested, cancel_requested,
+            "SELECT wake_seq, retry_seq, confirm_requested, cancel_requested,
                     (lease_owner = $2 AND lease_generation = $3) AS ours
              FROM jobs WHERE id = $1",
             &[&id, &fence.owner, &fence.generation],
@@ -317,6 +318,7 @@ pub async fn refresh(
     let ours: Option<bool> = job.try_get("ours")?;
     Ok(Refresh {
         wake_seq: job.try_get("wake_seq")?,
+        retry_seq: job.try_get("retry_seq")?,
         confirm_requested: job.try_get("confirm_requested")?,
         cancel_requested: job.try_get("cancel_requested")?,
         new_tasks: task_rows

@@ -336,3 +336,138 @@ pub async fn unresolved_heuristics(
     }
     Ok(jobs)
 }
+
+/// Write an operator's change of a finished job (`continue` of a heuristic job, `restart` of a
+/// failed or canceled one) as `job` holds it, with its events, and wake whichever instance is to
+/// drive it. Only if the job is as the operator read it (`updated_at`) and nobody holds a live
+/// lease on it; an expired lease is taken away (its holder's writes are fenced out). `false`:
+/// nothing was written, the job changed or is being driven.
+pub async fn rewrite_job(
+    client: &impl GenericClient,
+    job: &Job,
+    read_at: DateTime<Utc>,
+    events: &[Event],
+) -> Result<bool> {
+    let id = job.id.as_str();
+    let mut cols = EventColumns::default();
+    let n = cols.push(id, events);
+    let n_tasks = job.tasks.len();
+    let mut idx = Vec::with_capacity(n_tasks);
+    let mut status = Vec::with_capacity(n_tasks);
+    let mut uri = Vec::with_capacity(n_tasks);
+    let mut expires = Vec::with_capacity(n_tasks);
+    let mut attempts = Vec::with_capacity(n_tasks);
+    let mut next_at = Vec::with_capacity(n_tasks);
+    let mut refused = Vec::with_capacity(n_tasks);
+    let mut pending = Vec::with_capacity(n_tasks);
+    let mut unknown = Vec::with_capacity(n_tasks);
+    let mut start = Vec::with_capacity(n_tasks);
+    let mut end = Vec::with_capacity(n_tasks);
+    let mut message = Vec::with_capacity(n_tasks);
+    let mut response = Vec::with_capacity(n_tasks);
+    for t in &job.tasks {
+        idx.push(t.idx);
+        status.push(t.status.as_str());
+        uri.push(t.link.as_ref().map(|l| l.uri.as_str()));
+        expires.push(t.link.as_ref().map(|l| l.expires));
+        attempts.push(t.attempts);
+        next_at.push(t.next_attempt_at);
+        let (is_refused, sent, maybe_applied) = t.confirm.flags();
+        refused.push(is_refused);
+        pending.push(sent);
+        unknown.push(maybe_applied);
+        start.push(t.start_time);
+        end.push(t.end_time);
+        message.push(t.last_message.as_deref());
+        response.push(t.try_response.as_deref());
+    }
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH b AS (
+                UPDATE jobs SET status = $4::text, failure_reason = $5::text,
+                    attempt = $6::int, deadline = $7::timestamptz,
+                    confirm_requested = $8::bool, cancel_requested = $9::bool,
+                    decided_at = CASE WHEN $10::bool THEN decided_at ELSE NULL END,
+                    finished_at = NULL, lease_owner = NULL, lease_expires = NULL,
+                    next_wake = now(), wake_seq = wake_seq + 1,
+                    event_seq = event_seq + $13::bigint, updated_at = now()
+                WHERE id = $11::text AND updated_at = $12::timestamptz
+                  AND (lease_owner IS NULL OR lease_expires < now())
+                RETURNING id, event_seq - $13::bigint AS event_base
+             ), t AS (
+                UPDATE tasks SET status = u.status, link_uri = u.link_uri,
+                    link_expires = u.link_expires, attempts = u.attempts,
+                    next_attempt_at = u.next_attempt_at, refused = u.refused,
+                    confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
+                    start_time = u.start_time, end_time = u.end_time,
+                    last_message = u.last_message, try_response = u.try_response
+                FROM unnest($14::int[], $15::text[], $16::text[], $17::timestamptz[],
+                    $18::int[], $19::timestamptz[], $20::bool[], $21::bool[], $22::bool[],
+                    $23::timestamptz[], $24::timestamptz[], $25::text[], $26::jsonb[])
+                    AS u(idx, status, link_uri, link_expires, attempts, next_attempt_at,
+                         refused, confirm_pending, confirm_unknown, start_time, end_time,
+                         last_message, try_response)
+                WHERE tasks.job_id = $11::text AND tasks.idx = u.idx AND EXISTS (SELECT 1 FROM b)
+             ), e AS ({})
+             SELECT pg_notify('tcc_wake', id) FROM b",
+            insert_events(1, "b")
+        ))
+        .await?;
+    let decided = !job.status.is_undecided();
+    let mut params: Vec<&(dyn ToSql + Sync)> = cols.params().to_vec();
+    let job_status = job.status.as_str();
+    let reason = job.failure_reason.map(FailureReason::as_str);
+    params.extend([
+        &job_status as &(dyn ToSql + Sync),
+        &reason,
+        &job.attempt,
+        &job.deadline,
+        &job.confirm_requested,
+        &job.cancel_requested,
+        &decided,
+        &id,
+        &read_at,
+        &n,
+        &idx,
+        &status,
+        &uri,
+        &expires,
+        &attempts,
+        &next_at,
+        &refused,
+        &pending,
+        &unknown,
+        &start,
+        &end,
+        &message,
+        &response,
+    ]);
+    Ok(client.execute(&stmt, &params).await? == 1)
+}
+
+/// `continue` on a confirming job: every confirm waiting for its backoff is due now, here and
+/// in the memory of whichever instance drives the job (it hears of it through `retry_seq`).
+/// `false`: the job is not confirming.
+pub async fn retry_now(client: &impl GenericClient, id: &str, event: &Event) -> Result<bool> {
+    let mut cols = EventColumns::default();
+    cols.push(id, std::slice::from_ref(event));
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH b AS (
+                UPDATE jobs SET retry_seq = retry_seq + 1, wake_seq = wake_seq + 1,
+                    next_wake = now(), event_seq = event_seq + 1, updated_at = now()
+                WHERE id = $4 AND status = 'confirming'
+                RETURNING id, event_seq - 1 AS event_base
+             ), t AS (
+                UPDATE tasks SET next_attempt_at = NULL
+                WHERE job_id = $4 AND status = 'confirming' AND next_attempt_at > now()
+                  AND EXISTS (SELECT 1 FROM b)
+             ), e AS ({})
+             SELECT pg_notify('tcc_wake', id) FROM b",
+            insert_events(1, "b")
+        ))
+        .await?;
+    let mut params: Vec<&(dyn ToSql + Sync)> = cols.params().to_vec();
+    params.push(&id);
+    Ok(client.execute(&stmt, &params).await? == 1)
+}

@@ -12,8 +12,9 @@ pub struct JobRecord {
     pub job: Job,
     pub fields: JobFields,
     pub updated_at: DateTime<Utc>,
-    pub attempt: i32,
     pub wake_seq: i64,
+    /// `continue` requests on a confirming job so far (`store::retry_now`).
+    pub retry_seq: i64,
     pub lease_owner: Option<String>,
     pub lease_generation: i64,
     /// An operator's resolution of a heuristic outcome.
@@ -25,7 +26,7 @@ pub struct JobRecord {
 pub(super) const JOB_COLUMNS: &str = "j.id, j.status AS job_status, j.failure_reason, \
     j.correlation_id, j.traceparent, j.auto_confirm, j.confirm_requested, j.cancel_requested, \
     j.created_at, j.deadline, j.shared_state, j.retry_policy, j.fields, j.updated_at, j.attempt, \
-    j.wake_seq, j.lease_owner, j.lease_generation, j.resolution";
+    j.wake_seq, j.retry_seq, j.lease_owner, j.lease_generation, j.resolution";
 
 /// A task's columns, from `tasks t`.
 pub(super) const TASK_COLUMNS: &str = "t.idx, t.task_id, t.description, t.try_spec, t.status, \
@@ -73,14 +74,15 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
             cancel_requested: row.try_get("cancel_requested")?,
             created_at: row.try_get("created_at")?,
             deadline: row.try_get("deadline")?,
+            attempt: row.try_get("attempt")?,
             shared_state: row.try_get("shared_state")?,
             retry_policy,
             tasks,
         },
         fields: fields_from_row(row)?,
         updated_at: row.try_get("updated_at")?,
-        attempt: row.try_get("attempt")?,
         wake_seq: row.try_get("wake_seq")?,
+        retry_seq: row.try_get("retry_seq")?,
         lease_owner: row.try_get("lease_owner")?,
         lease_generation: row.try_get("lease_generation")?,
         resolution: row

@@ -4,6 +4,7 @@
 mod helpers;
 mod participant;
 
+mod actions;
 mod atomikos;
 mod events;
 mod hardening;

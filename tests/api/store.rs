@@ -403,7 +403,7 @@ async fn every_column_round_trips() {
     assert_eq!(loaded.job, record.job, "the new job as inserted");
     assert_eq!(loaded.fields, record.fields);
     assert_eq!(
-        (loaded.attempt, loaded.wake_seq, loaded.lease_generation),
+        (loaded.job.attempt, loaded.wake_seq, loaded.lease_generation),
         (1, 0, 1)
     );
     assert_eq!(loaded.lease_owner.as_deref(), Some("store-test"));

@@ -1,0 +1,120 @@
+//! The operators' actions on finished jobs: `POST /jobs/{id}/continue` and
+//! `POST /jobs/{id}/restart`. Each reads the job, lets the domain say whether the job's state
+//! allows the action (`domain::actions`, where the advertised links come from too) and what it
+//! does, writes that only if the job did not change meanwhile, and wakes whichever instance is
+//! to drive the job.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::Utc;
+
+use super::jobs::{db, job_response, load, wake, within};
+use super::{ANONYMOUS, ApiError, AppState, base_url};
+use crate::domain::actions::{self, Action};
+use crate::domain::{Event, JobStatus};
+use crate::store;
+
+/// The answer when the job changed between reading and writing it.
+fn changed_meanwhile() -> ApiError {
+    ApiError::conflict(
+        "the job changed while the action was being taken (or an instance is still driving it): look at it again and repeat the action if it is still offered",
+    )
+}
+
+/// `POST /jobs/{id}/continue`: a heuristic job retries the confirm of every task whose link has
+/// not expired (and completes if they all confirm); a confirming job sends the confirms waiting
+/// for their backoff now.
+pub async fn continue_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let record = load(&state, &id).await?;
+    let now = Utc::now();
+    let resolved = record.resolution.is_some();
+    if let Some(why) = actions::refusal(&record.job, resolved, Action::Continue, now) {
+        return Err(ApiError::conflict(why));
+    }
+    let written = if record.job.status == JobStatus::Heuristic {
+        let mut job = record.job.clone();
+        let n = actions::continue_heuristic(&mut job, resolved, now).map_err(ApiError::conflict)?;
+        let events = [
+            Event::action(
+                now,
+                "continue",
+                ANONYMOUS,
+                Some(format!("the confirm of {n} heuristic task(s) is retried")),
+            ),
+            Event::job_status(now, job.status, None),
+        ];
+        let client = db(&state).await?;
+        within(
+            &state,
+            store::rewrite_job(&client, &job, record.updated_at, &events),
+        )
+        .await?
+    } else {
+        let event = Event::action(
+            now,
+            "continue",
+            ANONYMOUS,
+            Some("the confirms waiting for a retry are sent now".into()),
+        );
+        let client = db(&state).await?;
+        within(&state, store::retry_now(&client, &id, &event)).await?
+    };
+    if !written {
+        return Err(changed_meanwhile());
+    }
+    wake(&state, &id).await;
+    let record = load(&state, &id).await?;
+    Ok(job_response(
+        StatusCode::ACCEPTED,
+        &base_url(&state, &headers),
+        &record,
+        true,
+    ))
+}
+
+/// `POST /jobs/{id}/restart`: a failed or canceled job whose tasks all have a `taskURL` starts
+/// a new attempt: `pending`, every task tried afresh under `request-id: {taskID}/{attempt}`, a
+/// new deadline `jobMaxTTL` from now. The earlier attempt stays in the event log.
+pub async fn restart_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let record = load(&state, &id).await?;
+    let now = Utc::now();
+    let mut job = record.job.clone();
+    actions::restart(&mut job, record.fields.job_max_ttl, now).map_err(ApiError::conflict)?;
+    let events = [
+        Event::action(
+            now,
+            "restart",
+            ANONYMOUS,
+            Some(format!("attempt {} starts", job.attempt)),
+        ),
+        Event::job_status(now, job.status, None),
+    ];
+    let written = {
+        let client = db(&state).await?;
+        within(
+            &state,
+            store::rewrite_job(&client, &job, record.updated_at, &events),
+        )
+        .await?
+    };
+    if !written {
+        return Err(changed_meanwhile());
+    }
+    wake(&state, &id).await;
+    let record = load(&state, &id).await?;
+    Ok(job_response(
+        StatusCode::ACCEPTED,
+        &base_url(&state, &headers),
+        &record,
+        true,
+    ))
+}

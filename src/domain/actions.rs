@@ -1,0 +1,349 @@
+//! What a client or an operator may do with a job, and what the operators' actions do to it:
+//! the one place that says which actions a job's state allows (SPEC §4.2). The representations'
+//! links and the endpoints' refusals both come from here, so they cannot disagree.
+
+use chrono::{DateTime, Utc};
+
+use super::job::{ConfirmState, Job};
+use super::status::{JobEvent, JobStatus, TaskEvent, TaskStatus};
+
+/// An action on a job, as its link relation names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Confirm,
+    Cancel,
+    Participants,
+    Continue,
+    Resolve,
+    Restart,
+}
+
+impl Action {
+    pub const ALL: [Action; 6] = [
+        Action::Confirm,
+        Action::Cancel,
+        Action::Participants,
+        Action::Continue,
+        Action::Resolve,
+        Action::Restart,
+    ];
+
+    pub fn rel(self) -> &'static str {
+        match self {
+            Action::Confirm => "confirm",
+            Action::Cancel => "cancel",
+            Action::Participants => "participants",
+            Action::Continue => "continue",
+            Action::Resolve => "resolve",
+            Action::Restart => "restart",
+        }
+    }
+}
+
+/// Why the job's state does not allow `action` now; `None`: it does. `resolved`: an operator
+/// has resolved the job's heuristic outcome.
+pub fn refusal(job: &Job, resolved: bool, action: Action, now: DateTime<Utc>) -> Option<String> {
+    let status = job.status;
+    match action {
+        _ if matches!(action, Action::Confirm | Action::Cancel | Action::Participants)
+            && !status.is_undecided() =>
+        {
+            Some(format!("the job is {status}: the decision was already taken"))
+        }
+        Action::Confirm | Action::Participants if job.cancel_requested => {
+            Some("a cancel of this job was already requested".into())
+        }
+        Action::Confirm if job.tasks.is_empty() => {
+            Some("the job has no task yet: register participants before confirming".into())
+        }
+        Action::Confirm | Action::Cancel | Action::Participants => None,
+        Action::Resolve => match status {
+            JobStatus::Heuristic if resolved => {
+                Some("the job's heuristic outcome was already resolved".into())
+            }
+            JobStatus::Heuristic => None,
+            _ => Some(format!(
+                "the job is {status}: only a heuristic job can be resolved"
+            )),
+        },
+        Action::Continue => match status {
+            JobStatus::Heuristic if resolved => Some(
+                "the job's heuristic outcome was resolved by hand: it is not retried any more"
+                    .into(),
+            ),
+            JobStatus::Heuristic if retryable(job, now).next().is_none() => Some(
+                "no heuristic task of this job can be confirmed any more: every one's participant link has expired"
+                    .into(),
+            ),
+            JobStatus::Heuristic => None,
+            JobStatus::Confirming if waiting(job, now).next().is_none() => Some(
+                "no confirm of this job is waiting for a retry: they are in flight or done".into(),
+            ),
+            JobStatus::Confirming => None,
+            _ => Some(format!(
+                "the job is {status}: continue retries the confirms of a heuristic or confirming job"
+            )),
+        },
+        Action::Restart => match status {
+            JobStatus::Failed | JobStatus::Canceled => {
+                if job.tasks.is_empty() {
+                    return Some("the job has no task to try again".into());
+                }
+                job.tasks.iter().find(|t| t.try_spec.is_none()).map(|t| {
+                    format!(
+                        "task {} was registered with a participant link, not a taskURL: the coordinator cannot reserve it again",
+                        t.task_id
+                    )
+                })
+            }
+            _ => Some(format!(
+                "the job is {status}: only a failed or canceled job can be restarted"
+            )),
+        },
+    }
+}
+
+/// The actions the job's state allows now, in `Action::ALL`'s order.
+pub fn allowed(job: &Job, resolved: bool, now: DateTime<Utc>) -> Vec<Action> {
+    Action::ALL
+        .into_iter()
+        .filter(|a| refusal(job, resolved, *a, now).is_none())
+        .collect()
+}
+
+/// The heuristic tasks whose link has not expired: `continue` retries their confirm.
+fn retryable(job: &Job, now: DateTime<Utc>) -> impl Iterator<Item = usize> + '_ {
+    job.tasks
+        .iter()
+        .enumerate()
+        .filter(move |(_, t)| t.status == TaskStatus::Heuristic && !t.link_expired(now))
+        .map(|(i, _)| i)
+}
+
+/// The confirming tasks whose next confirm waits for its backoff.
+fn waiting(job: &Job, now: DateTime<Utc>) -> impl Iterator<Item = usize> + '_ {
+    job.tasks
+        .iter()
+        .enumerate()
+        .filter(move |(_, t)| {
+            t.status == TaskStatus::Confirming
+                && !t.confirm.is_refused()
+                && !t.confirm.is_sent()
+                && t.next_attempt_at.is_some_and(|at| at > now)
+        })
+        .map(|(i, _)| i)
+}
+
+/// `continue` on a heuristic job: confirming again, with the confirm of every heuristic task
+/// whose link has not expired retried from its first attempt (what may have been applied stays
+/// so). Returns how many tasks are retried, or why the job cannot continue.
+pub fn continue_heuristic(
+    job: &mut Job,
+    resolved: bool,
+    now: DateTime<Utc>,
+) -> Result<usize, String> {
+    if let Some(why) = refusal(job, resolved, Action::Continue, now) {
+        return Err(why);
+    }
+    if job.status != JobStatus::Heuristic {
+        return Err(format!("the job is {}, not heuristic", job.status));
+    }
+    let tasks: Vec<usize> = retryable(job, now).collect();
+    job.job_on(JobEvent::Continue).map_err(|e| e.to_string())?;
+    for &i in &tasks {
+        job.task_on(i, TaskEvent::RetryConfirm, now)
+            .map_err(|e| e.to_string())?;
+        let t = &mut job.tasks[i];
+        t.confirm = t.confirm.reset();
+        t.attempts = 0;
+        t.next_attempt_at = None;
+        t.end_time = None;
+        t.last_message = Some("the confirm is retried on an operator's request".into());
+    }
+    Ok(tasks.len())
+}
+
+/// `continue` on a confirming job: every confirm waiting for its backoff is due now. Returns how
+/// many.
+pub fn retry_now(job: &mut Job, now: DateTime<Utc>) -> usize {
+    let tasks: Vec<usize> = waiting(job, now).collect();
+    for &i in &tasks {
+        job.tasks[i].next_attempt_at = None;
+    }
+    tasks.len()
+}
+
+/// `restart` of a failed or canceled job: a new attempt from the start, `pending` with every task
+/// to be tried again, a new deadline `job_max_ttl` seconds from `now`. The earlier attempt's
+/// links and answers are forgotten here (the event log keeps them).
+pub fn restart(job: &mut Job, job_max_ttl: f64, now: DateTime<Utc>) -> Result<(), String> {
+    if let Some(why) = refusal(job, false, Action::Restart, now) {
+        return Err(why);
+    }
+    job.job_on(JobEvent::Restart).map_err(|e| e.to_string())?;
+    job.attempt += 1;
+    job.deadline = now + chrono::Duration::milliseconds((job_max_ttl * 1000.0).round() as i64);
+    job.confirm_requested = false;
+    job.cancel_requested = false;
+    for i in 0..job.tasks.len() {
+        job.task_on(i, TaskEvent::Restart, now)
+            .map_err(|e| e.to_string())?;
+        let t = &mut job.tasks[i];
+        t.link = None;
+        t.attempts = 0;
+        t.next_attempt_at = None;
+        t.confirm = ConfirmState::default();
+        t.start_time = None;
+        t.end_time = None;
+        t.last_message = None;
+        t.try_response = None;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::request::{Limits, parse_job};
+    use crate::domain::{JobId, Link, TargetUrl};
+
+    fn job(tasks: serde_json::Value) -> Job {
+        let now = Utc::now();
+        let new = parse_job(
+            &serde_json::json!({"autoConfirm": false, "tasks": tasks}),
+            Limits { max_tasks: 10 },
+            now,
+        )
+        .expect("valid");
+        Job::new(&new, &JobId::parse("j").expect("id"), now, None)
+    }
+
+    fn link(expires: DateTime<Utc>) -> Option<Link> {
+        Some(Link {
+            uri: TargetUrl::parse("http://p/r/1").expect("url"),
+            expires,
+        })
+    }
+
+    /// Every status, with the tasks that make each action possible or not: exactly the allowed
+    /// actions are offered.
+    #[test]
+    fn each_status_allows_exactly_its_actions() {
+        use Action as A;
+        let now = Utc::now();
+        let later = now + chrono::Duration::seconds(60);
+        let tried = job(serde_json::json!([{"taskID": "a", "taskURL": "http://p/a"}]));
+        for status in JobStatus::ALL {
+            let mut j = tried.clone();
+            j.status = status;
+            let want: Vec<Action> = match status {
+                JobStatus::Pending | JobStatus::Trying | JobStatus::Reserved => {
+                    vec![A::Confirm, A::Cancel, A::Participants]
+                }
+                JobStatus::Failed | JobStatus::Canceled => vec![A::Restart],
+                JobStatus::Heuristic => vec![A::Resolve],
+                _ => vec![],
+            };
+            assert_eq!(allowed(&j, false, now), want, "{status}");
+        }
+        // A heuristic task whose link has not expired can be continued; resolved, nothing.
+        let mut h = tried.clone();
+        h.status = JobStatus::Heuristic;
+        h.tasks[0].status = TaskStatus::Heuristic;
+        h.tasks[0].link = link(later);
+        assert_eq!(allowed(&h, false, now), vec![A::Continue, A::Resolve]);
+        assert_eq!(allowed(&h, true, now), vec![]);
+        h.tasks[0].link = link(now);
+        assert_eq!(allowed(&h, false, now), vec![A::Resolve]);
+        // A confirm waiting for its backoff can be hurried.
+        let mut c = tried.clone();
+        c.status = JobStatus::Confirming;
+        c.tasks[0].status = TaskStatus::Confirming;
+        c.tasks[0].link = link(later);
+        assert_eq!(allowed(&c, false, now), vec![]);
+        c.tasks[0].next_attempt_at = Some(now + chrono::Duration::seconds(5));
+        assert_eq!(allowed(&c, false, now), vec![A::Continue]);
+        // A job with a registered link cannot be restarted.
+        let mut f = job(serde_json::json!([
+            {"taskID": "a", "taskURL": "http://p/a"},
+            {"taskID": "b", "participantLink": {"uri": "http://p/r/2", "expires": crate::domain::rfc3339(later)}}
+        ]));
+        f.status = JobStatus::Failed;
+        f.failure_reason = Some(crate::domain::FailureReason::Timeout);
+        assert_eq!(allowed(&f, false, now), vec![]);
+        assert!(
+            refusal(&f, false, A::Restart, now).is_some_and(|w| w.contains("task b")),
+            "names the task"
+        );
+    }
+
+    #[test]
+    fn continue_retries_only_the_heuristic_tasks_that_can_still_confirm() {
+        let now = Utc::now();
+        let mut j = job(serde_json::json!([
+            {"taskID": "a", "taskURL": "http://p/a"},
+            {"taskID": "b", "taskURL": "http://p/b"},
+            {"taskID": "c", "taskURL": "http://p/c"}
+        ]));
+        j.status = JobStatus::Heuristic;
+        for (t, status, expires) in [
+            (0, TaskStatus::Confirmed, 60),
+            (1, TaskStatus::Heuristic, 60),
+            (2, TaskStatus::Heuristic, -1),
+        ] {
+            j.tasks[t].status = status;
+            j.tasks[t].link = link(now + chrono::Duration::seconds(expires));
+            j.tasks[t].end_time = Some(now);
+        }
+        j.tasks[1].confirm = ConfirmState::Refused {
+            maybe_applied: true,
+        };
+        assert_eq!(continue_heuristic(&mut j, false, now), Ok(1));
+        assert_eq!(j.status, JobStatus::Confirming);
+        let statuses: Vec<_> = j.tasks.iter().map(|t| t.status).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                TaskStatus::Confirmed,
+                TaskStatus::Confirming,
+                TaskStatus::Heuristic
+            ]
+        );
+        assert_eq!(
+            j.tasks[1].confirm,
+            ConfirmState::Ready {
+                maybe_applied: true
+            },
+            "what may have been applied stays so"
+        );
+        assert_eq!(j.tasks[1].end_time, None);
+        // Once confirming, a heuristic job's continue is refused.
+        assert!(continue_heuristic(&mut j, false, now).is_err());
+    }
+
+    #[test]
+    fn restart_starts_a_new_attempt_from_scratch() {
+        let now = Utc::now();
+        let mut j = job(serde_json::json!([{"taskID": "a", "taskURL": "http://p/a"}]));
+        j.status = JobStatus::Failed;
+        j.failure_reason = Some(crate::domain::FailureReason::TryFailed);
+        j.tasks[0].status = TaskStatus::Failed;
+        j.tasks[0].attempts = 3;
+        j.tasks[0].last_message = Some("400".into());
+        j.cancel_requested = true;
+        restart(&mut j, 30.0, now).expect("restarted");
+        assert_eq!(
+            (j.status, j.failure_reason, j.attempt),
+            (JobStatus::Pending, None, 2)
+        );
+        assert_eq!(j.deadline, now + chrono::Duration::seconds(30));
+        assert!(!j.cancel_requested);
+        let t = &j.tasks[0];
+        assert_eq!(
+            (t.status, t.attempts, t.last_message.as_deref()),
+            (TaskStatus::Pending, 0, None)
+        );
+        // A pending job cannot be restarted.
+        assert!(restart(&mut j, 30.0, now).is_err());
+    }
+}
