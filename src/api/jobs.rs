@@ -234,6 +234,167 @@ pub async fn create_job(
     }
 }
 
+/// `PUT /jobs/{id}`: create the job under the client's id (201); the same document again answers
+/// the job as it stands (200); another document is a conflict (409), unless `If-Match` holds
+/// the job's current `ETag` and no decision was taken: then its description, contact,
+/// callbacks, tags, `autoConfirm` and `jobMaxTTL` are updated (200). Tasks, the correlation id,
+/// the retry policy and the shared state cannot change this way.
+pub async fn put_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let job_id = crate::domain::JobId::parse(&id)
+        .map_err(|rule| ApiError::bad_request(format!("the job id in the path {rule}")))?;
+    let value = read_json(&headers, body, state.settings.max_body).await?;
+    let now = Utc::now();
+    let limits = Limits {
+        max_tasks: state.settings.max_tasks,
+    };
+    let new = request::parse_job(&value, limits, now).map_err(ApiError::validation)?;
+    let hash = repr::sha256_hex(repr::canonical(&value).to_string().as_bytes());
+    let base = base_url(&state, &headers);
+    let known = {
+        let client = db(&state).await?;
+        within(&state, store::request_hash(&client, &id)).await?
+    };
+    if known.is_none() {
+        let row = store::NewJobRow {
+            id: job_id,
+            job: new.clone(),
+            source: "jcl",
+            created_at: now,
+            owner: state.engine.instance_id().to_string(),
+            lease_ttl: state.engine.lease_ttl(),
+            idempotency_key: None,
+            request_hash: Some(hash.clone()),
+            traceparent: traceparent(&headers).map(str::to_string),
+        };
+        match within(&state, state.engine.accept(row)).await {
+            Ok(Accepted::Created(record)) => {
+                metrics::counter!(m::JOBS_CREATED, "source" => "jcl").increment(1);
+                return Ok(job_response(StatusCode::CREATED, &base, &record, true));
+            }
+            // No idempotency key was given: a replay cannot come back.
+            Ok(Accepted::Replay { .. }) => {}
+            Err(e) => {
+                // Another PUT of the same id may have won the race: answer as to a second PUT.
+                let client = db(&state).await?;
+                if within(&state, store::request_hash(&client, &id))
+                    .await?
+                    .is_none()
+                {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    let record = load(&state, &id).await?;
+    let stored_hash = {
+        let client = db(&state).await?;
+        within(&state, store::request_hash(&client, &id))
+            .await?
+            .flatten()
+    };
+    if stored_hash.as_deref() == Some(hash.as_str()) {
+        return Ok(job_response(StatusCode::OK, &base, &record, false));
+    }
+    let Some(if_match) = headers.get(header::IF_MATCH) else {
+        return Err(ApiError::conflict(format!(
+            "job {id} exists with another document; to update it, send If-Match with its current ETag"
+        )));
+    };
+    let current = job_response(StatusCode::OK, &base, &record, false);
+    let etag = current
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let matches = if_match
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .any(|t| t.trim() == etag || t.trim() == "*");
+    if !matches {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition-failed",
+            "Precondition failed",
+            format!(
+                "If-Match does not hold the job's current ETag ({etag}): it changed since it was read"
+            ),
+        ));
+    }
+    if let Some(why) = unchanged_parts(&record, &new, &value) {
+        return Err(ApiError::conflict(why));
+    }
+    if !record.job.status.is_undecided() || record.job.cancel_requested {
+        return Err(ApiError::conflict(format!(
+            "the job is {}: it can only be updated before the decision",
+            record.job.status
+        )));
+    }
+    let event = crate::domain::Event::action(
+        now,
+        "update",
+        ANONYMOUS,
+        Some("description, contact, callbacks, tags, autoConfirm and jobMaxTTL as sent".into()),
+    );
+    let written = {
+        let client = db(&state).await?;
+        within(
+            &state,
+            store::update_job(&client, &id, &new.fields, &hash, record.updated_at, &event),
+        )
+        .await?
+    };
+    if !written {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition-failed",
+            "Precondition failed",
+            "the job changed while it was being updated (or the decision was taken): read it again",
+        ));
+    }
+    wake(&state, &id).await;
+    let record = load(&state, &id).await?;
+    Ok(job_response(StatusCode::OK, &base, &record, false))
+}
+
+/// What an update may not change: the tasks (each as sent: its id when the document gives one,
+/// its Try or link, its description), the correlation id, the retry policy. `Some`: what
+/// differs.
+fn unchanged_parts(record: &JobRecord, new: &request::NewJob, doc: &Value) -> Option<String> {
+    let old = &record.fields;
+    if new.fields.correlation_id.is_some() && new.fields.correlation_id != old.correlation_id {
+        return Some("correlationID cannot change".into());
+    }
+    if new.fields.retry_policy != old.retry_policy {
+        return Some("retryPolicy cannot change".into());
+    }
+    if new.tasks.len() > record.job.tasks.len() {
+        return Some("tasks cannot change: the document has more tasks than the job".into());
+    }
+    for (i, (t, stored)) in new.tasks.iter().zip(&record.job.tasks).enumerate() {
+        let id_given = doc["tasks"][i].get("taskID").is_some();
+        let same = (!id_given || t.task_id == stored.task_id)
+            && t.description == stored.description
+            && match &t.kind {
+                request::NewTaskKind::Try(spec) => stored.try_spec.as_deref() == Some(spec),
+                request::NewTaskKind::Link(link) => {
+                    stored.try_spec.is_none() && stored.link.as_ref() == Some(link)
+                }
+            };
+        if !same {
+            return Some(format!(
+                "tasks cannot change: /tasks/{i} differs from the job's"
+            ));
+        }
+    }
+    None
+}
+
 pub async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,

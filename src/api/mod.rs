@@ -242,8 +242,10 @@ fn routes() -> Router<AppState> {
         .route(
             "/jobs/{job_id}",
             with_options(
-                get(jobs::get_job).merge(delete(jobs::cancel_job)),
-                "GET, HEAD, DELETE, OPTIONS",
+                get(jobs::get_job)
+                    .merge(put(jobs::put_job))
+                    .merge(delete(jobs::cancel_job)),
+                "GET, HEAD, PUT, DELETE, OPTIONS",
             ),
         )
         .route(

@@ -189,6 +189,8 @@ impl Driver {
         for j in [&mut st.job, &mut st.saved, &mut st.durable] {
             j.confirm_requested = r.confirm_requested;
             j.cancel_requested = r.cancel_requested;
+            j.auto_confirm = r.auto_confirm;
+            j.deadline = r.deadline;
             j.tasks.extend(r.new_tasks.iter().cloned());
         }
         Ok(true)

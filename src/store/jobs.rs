@@ -285,6 +285,9 @@ pub async fn load_job(client: &impl GenericClient, id: &str) -> Result<Option<Jo
 pub struct Refresh {
     pub wake_seq: i64,
     pub retry_seq: i64,
+    /// A client may change these before the decision (`PUT /jobs/{id}`).
+    pub auto_confirm: bool,
+    pub deadline: DateTime<Utc>,
     pub confirm_requested: bool,
     pub cancel_requested: bool,
     pub new_tasks: Vec<Task>,
@@ -300,7 +303,7 @@ pub async fn refresh(
     let known = known_tasks as i32;
     let job = client
         .query_opt(
-            "SELECT wake_seq, retry_seq, confirm_requested, cancel_requested,
+            "SELECT wake_seq, retry_seq, auto_confirm, deadline, confirm_requested, cancel_requested,
                     (lease_owner = $2 AND lease_generation = $3) AS ours
              FROM jobs WHERE id = $1",
             &[&id, &fence.owner, &fence.generation],
@@ -319,6 +322,8 @@ pub async fn refresh(
     Ok(Refresh {
         wake_seq: job.try_get("wake_seq")?,
         retry_seq: job.try_get("retry_seq")?,
+        auto_confirm: job.try_get("auto_confirm")?,
+        deadline: job.try_get("deadline")?,
         confirm_requested: job.try_get("confirm_requested")?,
         cancel_requested: job.try_get("cancel_requested")?,
         new_tasks: task_rows

@@ -471,3 +471,55 @@ pub async fn retry_now(client: &impl GenericClient, id: &str, event: &Event) -> 
     params.push(&id);
     Ok(client.execute(&stmt, &params).await? == 1)
 }
+
+/// The hash of the document a job was created from with `PUT /jobs/{id}` (or last updated
+/// with); `None`: no such job; `Some(None)`: created otherwise (`POST /jobs`, Atomikos).
+pub async fn request_hash(client: &impl GenericClient, id: &str) -> Result<Option<Option<String>>> {
+    let row = client
+        .query_opt("SELECT request_hash FROM jobs WHERE id = $1", &[&id])
+        .await?;
+    row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+}
+
+/// A client's update of a job before the decision (`PUT /jobs/{id}` with `If-Match`): its
+/// fields, tags, `autoConfirm` and deadline (`created_at` + `jobMaxTTL`), the document's hash, and
+/// the event; the driving instance is woken to take them in. Only if the job is as the client
+/// saw it (`read_at`) and still undecided. `false`: nothing written.
+pub async fn update_job(
+    client: &impl GenericClient,
+    id: &str,
+    fields: &crate::domain::request::JobFields,
+    request_hash: &str,
+    read_at: DateTime<Utc>,
+    event: &Event,
+) -> Result<bool> {
+    let mut cols = EventColumns::default();
+    cols.push(id, std::slice::from_ref(event));
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH b AS (
+                UPDATE jobs SET fields = $4::jsonb, tags = $5::text[], auto_confirm = $6::bool,
+                    deadline = created_at + make_interval(secs => $7::float8),
+                    request_hash = $8::text, wake_seq = wake_seq + 1, next_wake = now(),
+                    event_seq = event_seq + 1, updated_at = now()
+                WHERE id = $9::text AND updated_at = $10::timestamptz
+                  AND status IN ('pending', 'trying', 'reserved') AND NOT cancel_requested
+                RETURNING id, event_seq - 1 AS event_base
+             ), e AS ({})
+             SELECT pg_notify('tcc_wake', id) FROM b",
+            insert_events(1, "b")
+        ))
+        .await?;
+    let json = tokio_postgres::types::Json(fields);
+    let mut params: Vec<&(dyn ToSql + Sync)> = cols.params().to_vec();
+    params.extend([
+        &json as &(dyn ToSql + Sync),
+        &fields.tags,
+        &fields.auto_confirm,
+        &fields.job_max_ttl,
+        &request_hash,
+        &id,
+        &read_at,
+    ]);
+    Ok(client.execute(&stmt, &params).await? == 1)
+}

@@ -10,6 +10,7 @@ mod events;
 mod hardening;
 mod lifecycle;
 mod operator;
+mod put;
 mod recovery;
 mod store;
 mod surface;
