@@ -20,7 +20,7 @@ use crate::store::{self, ClientRequest, JobFilter, JobRecord, Registered, Reques
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+pub(super) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
     // The representations are plain data: serializing them cannot fail.
     let bytes = serde_json::to_string(body).unwrap_or_default();
     let etag = repr::etag(bytes.as_bytes());
@@ -48,7 +48,7 @@ fn unless_matched(resp: Response, headers: &HeaderMap) -> Response {
     }
 }
 
-fn not_modified(etag: &str) -> Response {
+pub(super) fn not_modified(etag: &str) -> Response {
     let mut resp = StatusCode::NOT_MODIFIED.into_response();
     if let Ok(v) = HeaderValue::from_str(etag) {
         resp.headers_mut().insert(header::ETAG, v);
@@ -783,16 +783,6 @@ pub async fn register(
             format!("the job already has the most tasks allowed ({max}, TCC_MAX_TASKS)"),
         )])),
     }
-}
-
-pub async fn shared_state(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let record = load(&state, &id).await?;
-    let resp = json_response(StatusCode::OK, &record.job.shared_state);
-    Ok(unless_matched(resp, &headers))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod jobs;
 pub mod repr;
+mod state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -274,7 +275,12 @@ fn routes() -> Router<AppState> {
         )
         .route(
             "/jobs/{job_id}/shared-state",
-            with_options(get(jobs::shared_state), GET),
+            with_options(
+                get(state::get_shared_state)
+                    .put(state::put_shared_state)
+                    .patch(state::patch_shared_state),
+                "GET, HEAD, PUT, PATCH, OPTIONS",
+            ),
         )
         .route(
             "/jobs/{job_id}/resolve",

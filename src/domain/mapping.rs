@@ -75,6 +75,27 @@ pub fn pointer_set(root: &mut Value, ptr: &str, value: Value) -> Result<(), Stri
     Ok(())
 }
 
+/// Apply a JSON Merge Patch (RFC 7396) to `target`: objects merge member by member, `null`
+/// removes a member, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (key, value) in members {
+            if value.is_null() {
+                t.remove(key);
+            } else {
+                merge_patch(t.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
 /// The Try body: `body` (or `{}`), then each input mapping copies a shared-state value into it.
 pub fn try_body(spec: &TrySpec, shared_state: &Value) -> Result<Value, String> {
     let mut body = spec
@@ -93,6 +114,15 @@ pub fn try_body(spec: &TrySpec, shared_state: &Value) -> Result<Value, String> {
 
 /// Copy values from the Try answer into the shared state; returns a note for each mapping that
 /// found nothing to copy (the reservation stands; the shared state is left as it was there).
+/// The writes an answer's output mappings make to the shared state, in order: `(pointer into the
+/// shared state, value)` for each source pointer the answer has.
+pub fn output_writes(spec: &TrySpec, answer: &Value) -> Vec<(String, Value)> {
+    spec.output_mapping
+        .iter()
+        .filter_map(|(target, source)| answer.pointer(source).map(|v| (target.clone(), v.clone())))
+        .collect()
+}
+
 pub fn apply_output(spec: &TrySpec, answer: &Value, shared_state: &mut Value) -> Vec<String> {
     let mut notes = Vec::new();
     for (target, source) in &spec.output_mapping {
@@ -178,6 +208,61 @@ mod tests {
         assert_eq!(state, json!({"customer": 42, "booking": "http://p/r/1"}));
         assert_eq!(notes.len(), 1);
         assert!(notes[0].contains("/nope"));
+    }
+
+    /// The examples of RFC 7396, appendix A.
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": "b", "b": "c"}),
+                json!({"a": null}),
+                json!({"b": "c"}),
+            ),
+            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+            (json!({"a": "foo"}), json!(null), json!(null)),
+            (json!({"a": "foo"}), json!("bar"), json!("bar")),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!([1, 2]),
+                json!({"a": "b", "c": null}),
+                json!({"a": "b"}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
+        ];
+        for (target, patch, want) in cases {
+            let mut got = target.clone();
+            merge_patch(&mut got, &patch);
+            assert_eq!(got, want, "{target} + {patch}");
+        }
     }
 
     #[test]

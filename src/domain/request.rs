@@ -339,6 +339,28 @@ fn mapping_pairs(
     out
 }
 
+/// The largest shared state, serialized.
+pub const MAX_SHARED_STATE_BYTES: usize = MAX_SHARED_STATE;
+
+/// A shared state as a client writes it (`PUT`, or the result of a `PATCH`): a JSON object of
+/// at most 256 KiB serialized, with no NUL character.
+pub fn check_shared_state(value: &Value) -> Result<(), Vec<FieldError>> {
+    if !value.is_object() {
+        return Err(vec![FieldError::new(
+            "",
+            "the shared state must be a JSON object",
+        )]);
+    }
+    if serde_json::to_vec(value).map_or(0, |v| v.len()) > MAX_SHARED_STATE {
+        return Err(vec![FieldError::new(
+            "",
+            "the shared state must be at most 256 KiB serialized",
+        )]);
+    }
+    let nul = nul_errors(value);
+    if nul.is_empty() { Ok(()) } else { Err(nul) }
+}
+
 /// Where a document holds the NUL character (U+0000), in a key or a string: PostgreSQL can store
 /// neither, so such a document is refused up front rather than failing when it is written.
 fn nul_errors(value: &Value) -> Vec<FieldError> {

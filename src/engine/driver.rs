@@ -66,6 +66,11 @@ struct DriverState {
     seen_seq: i64,
     /// The job's `retry_seq` as last read: `continue` requests up to it were acted on.
     seen_retry: i64,
+    /// The version of the shared state this driver's writes go over (`state_seq`).
+    seen_state: i64,
+    /// The output mappings' writes to the shared state not yet written: taken in again over a
+    /// version another writer (a client) wrote first.
+    state_writes: Vec<(String, serde_json::Value)>,
     in_flight: HashSet<usize>,
     calls: FuturesUnordered<CallFuture>,
     /// Shutting down: until when the calls in flight may finish.
@@ -131,6 +136,8 @@ impl Driver {
             job: record.job,
             seen_seq: record.wake_seq,
             seen_retry: record.retry_seq,
+            seen_state: record.state_seq,
+            state_writes: Vec::new(),
             in_flight: HashSet::new(),
             calls: FuturesUnordered::new(),
             stopping: None,
@@ -176,7 +183,14 @@ impl Driver {
     async fn refresh(&self, st: &mut DriverState) -> Result<bool, DriveError> {
         st.needs_refresh = false;
         let client = self.inner.pool.get().await?;
-        let r = store::refresh(&client, &self.id, &self.fence, st.job.tasks.len()).await?;
+        let r = store::refresh(
+            &client,
+            &self.id,
+            &self.fence,
+            st.job.tasks.len(),
+            st.seen_state,
+        )
+        .await?;
         if !r.still_ours {
             return Ok(false);
         }
@@ -192,6 +206,19 @@ impl Driver {
             j.auto_confirm = r.auto_confirm;
             j.deadline = r.deadline;
             j.tasks.extend(r.new_tasks.iter().cloned());
+        }
+        if let Some(state) = r.shared_state {
+            // Another writer (a client) wrote the shared state: this driver's writes not yet
+            // written go over that version, never instead of it.
+            st.seen_state = r.state_seq;
+            st.saved.shared_state = state.clone();
+            st.durable.shared_state = state.clone();
+            st.job.shared_state = state;
+            for (ptr, value) in &st.state_writes {
+                if let Err(e) = mapping::pointer_set(&mut st.job.shared_state, ptr, value.clone()) {
+                    tracing::warn!(job = %self.id, error = %e, "an output mapping no longer fits the shared state");
+                }
+            }
         }
         Ok(true)
     }
@@ -260,6 +287,7 @@ impl Driver {
                 .collect(),
             shared_state: (job.shared_state != st.durable.shared_state)
                 .then(|| job.shared_state.clone()),
+            state_guard: st.seen_state,
             guard_seq: (release.is_some() || deciding).then_some(st.seen_seq),
             release,
             durable,
@@ -267,7 +295,19 @@ impl Driver {
             events,
         };
         match self.inner.commits.save(&self.inner.pool, save).await? {
-            Saved::Ok { wake_seq, .. } => {
+            Saved::Ok {
+                wake_seq,
+                state_seq,
+                state_written,
+                ..
+            } => {
+                if state_written {
+                    st.seen_state = state_seq;
+                    st.state_writes.clear();
+                } else {
+                    // A client wrote the shared state first: learn it, and write ours over it.
+                    st.needs_refresh = true;
+                }
                 if st.job.status != st.saved.status {
                     self.on_status_change(&st.saved, &st.job, now);
                 }
@@ -389,6 +429,20 @@ impl Driver {
         tracing::debug!(job = %self.id, task = idx, op = op.as_str(), status = ?result.http_status, outcome = result.outcome.as_str(), "participant answered");
         let now = Utc::now();
         let job = &mut st.job;
+        let was = job.tasks[idx].status;
+        if let (
+            Op::Try,
+            Answer::Reserved {
+                response: Some(resp),
+                ..
+            },
+        ) = (op, &result.answer)
+            && let Some(spec) = job.tasks[idx].try_spec.as_deref()
+            && !spec.output_mapping.is_empty()
+            && was == crate::domain::TaskStatus::Trying
+        {
+            st.state_writes.extend(mapping::output_writes(spec, resp));
+        }
         if let Err(e) = planner::apply(job, idx, op, result.answer, now, fastrand::f64()) {
             tracing::warn!(job = %self.id, task = idx, error = %e, "answer ignored");
         }

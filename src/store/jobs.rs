@@ -38,6 +38,7 @@ pub fn initial_record(row: &NewJobRow) -> JobRecord {
         updated_at: row.created_at,
         wake_seq: 0,
         retry_seq: 0,
+        state_seq: 0,
         lease_owner: Some(row.owner.clone()),
         lease_generation: 1,
         resolution: None,
@@ -288,6 +289,9 @@ pub struct Refresh {
     /// A client may change these before the decision (`PUT /jobs/{id}`).
     pub auto_confirm: bool,
     pub deadline: DateTime<Utc>,
+    /// The shared state's version, and the state itself when it is not the version known.
+    pub state_seq: i64,
+    pub shared_state: Option<Value>,
     pub confirm_requested: bool,
     pub cancel_requested: bool,
     pub new_tasks: Vec<Task>,
@@ -299,14 +303,16 @@ pub async fn refresh(
     id: &str,
     fence: &Fence,
     known_tasks: usize,
+    known_state: i64,
 ) -> Result<Refresh> {
     let known = known_tasks as i32;
     let job = client
         .query_opt(
             "SELECT wake_seq, retry_seq, auto_confirm, deadline, confirm_requested, cancel_requested,
-                    (lease_owner = $2 AND lease_generation = $3) AS ours
+                    (lease_owner = $2 AND lease_generation = $3) AS ours, state_seq,
+                    CASE WHEN state_seq <> $4 THEN shared_state END AS shared_state
              FROM jobs WHERE id = $1",
-            &[&id, &fence.owner, &fence.generation],
+            &[&id, &fence.owner, &fence.generation, &known_state],
         )
         .await?
         .ok_or_else(|| corrupt(format!("job {id} vanished while leased")))?;
@@ -324,6 +330,8 @@ pub async fn refresh(
         retry_seq: job.try_get("retry_seq")?,
         auto_confirm: job.try_get("auto_confirm")?,
         deadline: job.try_get("deadline")?,
+        state_seq: job.try_get("state_seq")?,
+        shared_state: job.try_get("shared_state")?,
         confirm_requested: job.try_get("confirm_requested")?,
         cancel_requested: job.try_get("cancel_requested")?,
         new_tasks: task_rows
@@ -344,8 +352,10 @@ pub struct Save {
     pub fence: Fence,
     /// Tasks whose row changed since the last save.
     pub tasks: Vec<Task>,
-    /// The shared state, when it changed.
+    /// The shared state, when it changed: written only over version `state_guard` (another
+    /// writer came first otherwise, and the save answers `state_written: false`).
     pub shared_state: Option<Value>,
+    pub state_guard: i64,
     /// Only write if no client request arrived since the driver last looked (`wake_seq`).
     pub guard_seq: Option<i64>,
     /// Give the lease back, with when to look at the job again (`None`: nothing left to do).
@@ -363,6 +373,10 @@ pub enum Saved {
         wake_seq: i64,
         confirm_requested: bool,
         cancel_requested: bool,
+        /// The shared state's version after the write.
+        state_seq: i64,
+        /// The save's shared state is the job's now (none given counts as written).
+        state_written: bool,
     },
     /// A client request arrived since `guard_seq`: nothing was written.
     Conflict,
@@ -385,13 +399,19 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              w AS (
                 SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[],
                     $6::text[], $7::jsonb[], $8::bool[], $9::bool[], $10::bool[],
-                    $11::float8[], $12::timestamptz[], $13::bigint[], $28::bigint[])
+                    $11::float8[], $12::timestamptz[], $13::bigint[], $28::bigint[],
+                    $32::bigint[])
                     AS w(id, owner, generation, status, reason, shared_state, decided,
-                         finished, releasing, ttl, next_wake, guard, n_events)
+                         finished, releasing, ttl, next_wake, guard, n_events, state_guard)
              ), j AS (
                 UPDATE jobs SET
                     status = w.status, failure_reason = w.reason,
-                    shared_state = COALESCE(w.shared_state, jobs.shared_state),
+                    shared_state = CASE WHEN w.shared_state IS NOT NULL
+                        AND jobs.state_seq = w.state_guard THEN w.shared_state
+                        ELSE jobs.shared_state END,
+                    state_seq = CASE WHEN w.shared_state IS NOT NULL
+                        AND jobs.state_seq = w.state_guard THEN jobs.state_seq + 1
+                        ELSE jobs.state_seq END,
                     updated_at = now(),
                     decided_at = CASE WHEN w.decided THEN COALESCE(jobs.decided_at, now())
                                       ELSE jobs.decided_at END,
@@ -407,7 +427,9 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                   AND jobs.lease_generation = w.generation
                   AND (w.guard IS NULL OR jobs.wake_seq = w.guard)
                 RETURNING jobs.id, jobs.wake_seq, jobs.confirm_requested, jobs.cancel_requested,
-                    jobs.event_seq - w.n_events AS event_base
+                    jobs.event_seq - w.n_events AS event_base, jobs.state_seq,
+                    (w.shared_state IS NULL OR jobs.shared_state = w.shared_state)
+                        AS state_written
              ), t AS (
                 UPDATE tasks SET status = u.status, link_uri = u.link_uri,
                     link_expires = u.link_expires, attempts = u.attempts,
@@ -426,7 +448,8 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                   AND u.job_id IN (SELECT id FROM j)
                 RETURNING 1
              ), e AS ({})
-             SELECT j.id, j.wake_seq, j.confirm_requested, j.cancel_requested,
+             SELECT j.id, j.wake_seq, j.confirm_requested, j.cancel_requested, j.state_seq,
+                    j.state_written,
                     (SELECT count(*) FROM t) AS tasks, (SELECT v FROM cfg) AS sync
              FROM j",
         insert_events(29, "j")
@@ -472,6 +495,7 @@ pub async fn save_many(
     let mut response = Vec::with_capacity(tn);
     let mut events = EventColumns::default();
     let mut event_counts = Vec::with_capacity(n);
+    let mut state_guards = Vec::with_capacity(n);
     for s in saves {
         event_counts.push(events.push(s.id.as_str(), &s.events));
         ids.push(s.id.as_str());
@@ -486,6 +510,7 @@ pub async fn save_many(
         ttls.push(s.lease_ttl.as_secs_f64());
         next_wakes.push(s.release.flatten());
         guards.push(s.guard_seq);
+        state_guards.push(s.state_guard);
         for t in &s.tasks {
             job_of.push(s.id.as_str());
             idx.push(t.idx);
@@ -536,6 +561,7 @@ pub async fn save_many(
         &event_counts,
     ];
     params.extend(events.params());
+    params.push(&state_guards);
     let rows = client.query(&stmt, &params).await?;
     let mut written: HashMap<String, Saved> = HashMap::with_capacity(rows.len());
     for row in &rows {
@@ -545,6 +571,8 @@ pub async fn save_many(
                 wake_seq: row.try_get("wake_seq")?,
                 confirm_requested: row.try_get("confirm_requested")?,
                 cancel_requested: row.try_get("cancel_requested")?,
+                state_seq: row.try_get("state_seq")?,
+                state_written: row.try_get("state_written")?,
             },
         );
     }

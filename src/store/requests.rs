@@ -523,3 +523,60 @@ pub async fn update_job(
     ]);
     Ok(client.execute(&stmt, &params).await? == 1)
 }
+
+/// A job's shared state and its version (`state_seq`); `None`: no such job.
+pub async fn shared_state(client: &impl GenericClient, id: &str) -> Result<Option<(Value, i64)>> {
+    let stmt = client
+        .prepare_cached("SELECT shared_state, state_seq FROM jobs WHERE id = $1")
+        .await?;
+    let row = client.query_opt(&stmt, &[&id]).await?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+}
+
+/// What came of a client's write of the shared state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateWritten {
+    /// Written: the new version.
+    Done(i64),
+    /// Another writer wrote first: the version is no longer the one given.
+    Moved,
+    NotFound,
+}
+
+/// A client's write of a job's shared state, over version `over` when given (compare and set),
+/// with its event; the driving instance is woken to take it in before its next Try.
+pub async fn write_shared_state(
+    client: &impl GenericClient,
+    id: &str,
+    state: &Value,
+    over: Option<i64>,
+    event: &Event,
+) -> Result<StateWritten> {
+    let mut cols = EventColumns::default();
+    cols.push(id, std::slice::from_ref(event));
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH b AS (
+                UPDATE jobs SET shared_state = $4::jsonb, state_seq = state_seq + 1,
+                    wake_seq = wake_seq + 1, event_seq = event_seq + 1, updated_at = now()
+                WHERE id = $5::text AND ($6::bigint IS NULL OR state_seq = $6::bigint)
+                RETURNING id, event_seq - 1 AS event_base, state_seq
+             ), e AS ({})
+             SELECT state_seq, pg_notify('tcc_wake', id)::text FROM b",
+            insert_events(1, "b")
+        ))
+        .await?;
+    let mut params: Vec<&(dyn ToSql + Sync)> = cols.params().to_vec();
+    params.extend([state as &(dyn ToSql + Sync), &id, &over]);
+    if let Some(row) = client.query_opt(&stmt, &params).await? {
+        return Ok(StateWritten::Done(row.try_get(0)?));
+    }
+    let exists = client
+        .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id])
+        .await?;
+    Ok(if exists.is_some() {
+        StateWritten::Moved
+    } else {
+        StateWritten::NotFound
+    })
+}

@@ -15,6 +15,8 @@ pub struct JobRecord {
     pub wake_seq: i64,
     /// `continue` requests on a confirming job so far (`store::retry_now`).
     pub retry_seq: i64,
+    /// Writes of the shared state so far (the version `shared_state` is).
+    pub state_seq: i64,
     pub lease_owner: Option<String>,
     pub lease_generation: i64,
     /// An operator's resolution of a heuristic outcome.
@@ -26,7 +28,7 @@ pub struct JobRecord {
 pub(super) const JOB_COLUMNS: &str = "j.id, j.status AS job_status, j.failure_reason, \
     j.correlation_id, j.traceparent, j.auto_confirm, j.confirm_requested, j.cancel_requested, \
     j.created_at, j.deadline, j.shared_state, j.retry_policy, j.fields, j.updated_at, j.attempt, \
-    j.wake_seq, j.retry_seq, j.lease_owner, j.lease_generation, j.resolution";
+    j.wake_seq, j.retry_seq, j.state_seq, j.lease_owner, j.lease_generation, j.resolution";
 
 /// A task's columns, from `tasks t`.
 pub(super) const TASK_COLUMNS: &str = "t.idx, t.task_id, t.description, t.try_spec, t.status, \
@@ -83,6 +85,7 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
         updated_at: row.try_get("updated_at")?,
         wake_seq: row.try_get("wake_seq")?,
         retry_seq: row.try_get("retry_seq")?,
+        state_seq: row.try_get("state_seq")?,
         lease_owner: row.try_get("lease_owner")?,
         lease_generation: row.try_get("lease_generation")?,
         resolution: row

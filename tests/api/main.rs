@@ -12,6 +12,7 @@ mod lifecycle;
 mod operator;
 mod put;
 mod recovery;
+mod shared_state;
 mod store;
 mod surface;
 mod takeover;

@@ -198,12 +198,14 @@ async fn methods_head_options_links_and_errors() {
         "collection",
         "progress",
         "tasks",
-        "confirm",
+        "events",
         "cancel",
         "participants",
     ] {
         assert!(job["_links"][rel]["href"].as_str().is_some(), "link {rel}");
     }
+    // An open job with no task yet cannot be confirmed: not offered.
+    assert!(job["_links"]["confirm"].is_null(), "{:#}", job["_links"]);
     let resp = app.http.get(&url).send().await.expect("get");
     let link = resp
         .headers()

@@ -1,0 +1,217 @@
+//! `GET`, `PUT` and `PATCH /jobs/{id}/shared-state`: the job's shared state, with strong ETags.
+//! A client's write goes over the version it read when it sent `If-Match` (412 otherwise), and
+//! never over an output mapping's write it did not see: every writer compares and sets the
+//! state's version (`store::write_shared_state`, the engine's saves), and the engine writes its
+//! mappings again over a client's version (`engine::driver`).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use chrono::Utc;
+use serde_json::Value;
+
+use super::jobs::{db, json_response, not_modified, wake, within};
+use super::{ANONYMOUS, ApiError, AppState, none_match, read_json};
+use crate::domain::request::{self, FieldError};
+use crate::domain::{Event, mapping};
+use crate::store::{self, StateWritten};
+
+/// How often a `PATCH` without `If-Match` is applied again over a newer version before it gives
+/// up (each time, another writer came between its read and its write).
+const PATCH_TRIES: usize = 5;
+
+/// The state's `ETag`, over its canonical form: the database keeps an object's members in an
+/// order of its own, so the same state must have the same tag however its members were sent.
+fn etag_of(state: &Value) -> String {
+    super::repr::etag(super::repr::canonical(state).to_string().as_bytes())
+}
+
+/// The state as an answer, with its `ETag`.
+fn state_response(state: &Value) -> Response {
+    let mut resp = json_response(StatusCode::OK, state);
+    if let Ok(v) = HeaderValue::from_str(&etag_of(state)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+async fn read(state: &AppState, id: &str) -> Result<(Value, i64), ApiError> {
+    let client = db(state).await?;
+    within(state, store::shared_state(&client, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
+}
+
+pub async fn get_shared_state(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (value, _) = read(&state, &id).await?;
+    let etag = etag_of(&value);
+    if none_match(&headers, &etag) {
+        return Ok(not_modified(&etag));
+    }
+    Ok(state_response(&value))
+}
+
+/// `If-Match`: the ETags given, or `None` without the header.
+fn if_match(headers: &HeaderMap) -> Option<Vec<String>> {
+    let v = headers.get(header::IF_MATCH)?;
+    Some(
+        v.to_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .collect(),
+    )
+}
+
+fn precondition_failed(current: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition-failed",
+        "Precondition failed",
+        format!(
+            "If-Match does not hold the shared state's current ETag ({current}): it changed since it was read"
+        ),
+    )
+}
+
+fn check(value: &Value, too_large: StatusCode) -> Result<(), ApiError> {
+    request::check_shared_state(value).map_err(|errors| {
+        let large = errors.iter().any(|e| e.detail.contains("256 KiB"));
+        if large && too_large == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "shared-state-too-large",
+                "Shared state too large",
+                "the shared state must be at most 256 KiB serialized",
+            )
+        } else {
+            ApiError::validation(errors)
+        }
+    })
+}
+
+/// Write `new` over version `over` (`None`: whatever is there), and answer the state written.
+async fn write(
+    state: &AppState,
+    id: &str,
+    new: &Value,
+    over: Option<i64>,
+    how: &str,
+) -> Result<Option<Response>, ApiError> {
+    let event = Event::action(
+        Utc::now(),
+        "shared-state",
+        ANONYMOUS,
+        Some(format!("the shared state was {how}")),
+    );
+    let written = {
+        let client = db(state).await?;
+        within(
+            state,
+            store::write_shared_state(&client, id, new, over, &event),
+        )
+        .await?
+    };
+    match written {
+        StateWritten::Done(_) => {
+            wake(state, id).await;
+            Ok(Some(state_response(new)))
+        }
+        StateWritten::Moved => Ok(None),
+        StateWritten::NotFound => Err(ApiError::not_found(format!("no job {id}"))),
+    }
+}
+
+/// `PUT`: the shared state replaced by the body (a JSON object, at most 256 KiB).
+pub async fn put_shared_state(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let new = read_json(&headers, body, state.settings.max_body).await?;
+    check(&new, StatusCode::PAYLOAD_TOO_LARGE)?;
+    let over = match if_match(&headers) {
+        None => None,
+        Some(tags) => {
+            let (current, version) = read(&state, &id).await?;
+            let etag = etag_of(&current);
+            if !tags.iter().any(|t| *t == etag || t == "*") {
+                return Err(precondition_failed(&etag));
+            }
+            Some(version)
+        }
+    };
+    match write(&state, &id, &new, over, "replaced").await? {
+        Some(resp) => Ok(resp),
+        // Only a conditional write can find the version moved.
+        None => {
+            let (current, _) = read(&state, &id).await?;
+            Err(precondition_failed(&etag_of(&current)))
+        }
+    }
+}
+
+/// `PATCH` with `application/merge-patch+json` (RFC 7396): the body merged into the shared state.
+/// Without `If-Match` it is applied to whatever version is current when it is written.
+pub async fn patch_shared_state(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ctype.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/merge-patch+json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!(
+                "a PATCH of the shared state is a JSON Merge Patch: send Content-Type: application/merge-patch+json{}",
+                if ctype.is_empty() {
+                    String::new()
+                } else {
+                    format!(", not {ctype}")
+                }
+            ),
+        ));
+    }
+    let patch = read_json(&headers, body, state.settings.max_body).await?;
+    if !patch.is_object() {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "",
+            "the merge patch must be a JSON object (the shared state stays an object)",
+        )]));
+    }
+    let wanted = if_match(&headers);
+    for _ in 0..PATCH_TRIES {
+        let (mut current, version) = read(&state, &id).await?;
+        if let Some(tags) = &wanted {
+            let etag = etag_of(&current);
+            if !tags.iter().any(|t| *t == etag || t == "*") {
+                return Err(precondition_failed(&etag));
+            }
+        }
+        mapping::merge_patch(&mut current, &patch);
+        check(&current, StatusCode::UNPROCESSABLE_ENTITY)?;
+        if let Some(resp) = write(&state, &id, &current, Some(version), "patched").await? {
+            return Ok(resp);
+        }
+        if wanted.is_some() {
+            let (current, _) = read(&state, &id).await?;
+            return Err(precondition_failed(&etag_of(&current)));
+        }
+    }
+    Err(ApiError::conflict(
+        "the shared state kept changing while the patch was being applied: try again",
+    ))
+}
