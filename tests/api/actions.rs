@@ -117,21 +117,34 @@ async fn continue_sends_a_confirm_waiting_for_its_backoff_at_once() {
     assert_eq!(p.count(Op::Confirm, "hurry-b"), 2);
 }
 
+/// Restarted through another instance than the one that ran the first attempt, which is then
+/// stopped at once; a third instance started afterwards finishes the new attempt.
 #[tokio::test]
-async fn restart_tries_a_failed_job_again_as_a_new_attempt() {
-    let app = spawn_app().await;
+async fn restart_tries_a_failed_job_again_as_a_new_attempt_across_instances_and_a_restart() {
+    let db = fresh_database().await;
+    let first = spawn_app_on(&db, &[]).await;
     let p = Participant::start().await;
     p.script(Op::Try, "again-b", vec![Reply::Status(400)]);
-    let id = app
+    let id = first
         .submit(&job_of(&[("a", p.url("again-a")), ("b", p.url("again-b"))]))
         .await;
-    let failed = app.wait_status(&id, "failed").await;
+    let failed = first.wait_status(&id, "failed").await;
     assert_eq!(failed["failureReason"], "try-failed");
     assert_eq!(failed["attempt"], 1);
     assert!(p.released("again-a"), "a's reservation canceled");
+    first.stop().await;
 
-    let (status, body) = post(&app.http, &app.url(&format!("/jobs/{id}/restart")), None).await;
+    let second = spawn_app_on(&db, &[]).await;
+    let (status, body) = post(
+        &second.http,
+        &second.url(&format!("/jobs/{id}/restart")),
+        None,
+    )
+    .await;
     assert_eq!(status, 202, "{body:#}");
+    assert_eq!(body["attempt"], 2);
+    second.stop().await;
+    let app = spawn_app_on(&db, &[]).await;
     let done = app.wait_status(&id, "completed").await;
     assert_eq!(done["attempt"], 2);
     assert!(done["failureReason"].is_null());

@@ -488,3 +488,67 @@ async fn every_column_round_trips() {
     let written: Vec<Event> = log[first..].iter().map(|e| e.event.clone()).collect();
     assert_eq!(written, save.events);
 }
+
+/// The retention purge deletes finished jobs with their tasks and their event log, and keeps
+/// heuristic jobs and jobs still inside the retention.
+#[tokio::test]
+async fn the_purge_takes_a_finished_jobs_events_with_it_and_keeps_heuristic_ones() {
+    let pool = migrated_pool().await;
+    let client = pool.get().await.expect("a connection");
+    let mut ids = Vec::new();
+    for (task, status) in [
+        ("old", "completed"),
+        ("hurt", "heuristic"),
+        ("young", "completed"),
+    ] {
+        let (row, record) = new_row(None, "", task);
+        store::insert_job(&client, &row, &record)
+            .await
+            .expect("stored");
+        let age = if task == "young" {
+            "1 minute"
+        } else {
+            "10 days"
+        };
+        client
+            .execute(
+                &format!(
+                    "UPDATE jobs SET status = $2::text, finished_at = now() - interval '{age}' WHERE id = $1"
+                ),
+                &[&row.id.as_str(), &status],
+            )
+            .await
+            .expect("age the job");
+        ids.push(row.id.to_string());
+    }
+    let events = |id: String| {
+        let client = &client;
+        async move {
+            store::list_events(client, &id, 0, 100)
+                .await
+                .expect("events")
+                .map(|(_, e)| e.len())
+        }
+    };
+    assert_eq!(events(ids[0].clone()).await, Some(1));
+    let purged = store::purge_finished(&client, Duration::from_secs(7 * 24 * 3600))
+        .await
+        .expect("purge");
+    assert_eq!(purged, 1);
+    assert_eq!(events(ids[0].clone()).await, None, "the job is gone");
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM job_events WHERE job_id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "its events went with it");
+    assert_eq!(events(ids[1].clone()).await, Some(1), "heuristic: kept");
+    assert_eq!(
+        events(ids[2].clone()).await,
+        Some(1),
+        "inside the retention: kept"
+    );
+}
