@@ -14,6 +14,8 @@
 //! database, the clients spread over them (CPU and RSS summed over the instances).
 //! `--with-atomikos` adds the points of `PUT /coordinator/confirm` (the client runs the Tries,
 //! then hands the links to the coordinator).
+//! `--with-callback` adds the points of JCL jobs with a `jobSuccessURL` (a stub that answers
+//! 204), the same finish line: what the notification outbox costs.
 //! `--with-dtmrs` measures dtmrs (DTM's HTTP protocol) the same way, on its own database in the
 //! same cluster, with the same stubs and the same finish line: per job the client prepares a
 //! global transaction, registers each branch and calls its Try (in turn, as DTM's clients do),
@@ -112,6 +114,8 @@ enum System {
     /// This coordinator through the Atomikos-compatible `PUT /coordinator/confirm`: the client
     /// runs the Tries, then hands over the links.
     Atomikos,
+    /// This coordinator through JCL, each job with a `jobSuccessURL`.
+    Callback,
 }
 
 impl System {
@@ -120,6 +124,7 @@ impl System {
             System::Ours => "tcc-coordinator",
             System::Dtmrs => "dtmrs",
             System::Atomikos => "tcc-coordinator (Atomikos)",
+            System::Callback => "tcc-coordinator (callback)",
         }
     }
 }
@@ -134,6 +139,7 @@ struct Opts {
     dtmrs: bool,
     /// Also measure `PUT /coordinator/confirm` (the client runs the Tries).
     atomikos: bool,
+    callback: bool,
     /// Coordinator instances sharing the database, one run each (clients spread over them).
     instances: Vec<usize>,
 }
@@ -151,6 +157,7 @@ fn opts() -> Opts {
         idle: 10_000,
         dtmrs: false,
         atomikos: false,
+        callback: false,
         instances: vec![1],
     };
     let args: Vec<String> = std::env::args().collect();
@@ -177,6 +184,7 @@ fn opts() -> Opts {
             }
             "--with-dtmrs" => o.dtmrs = true,
             "--with-atomikos" => o.atomikos = true,
+            "--with-callback" => o.callback = true,
             "--instances" => {
                 o.instances = parse_list(&next);
                 i += 1;
@@ -471,11 +479,16 @@ async fn submit_jcl(
     base: &str,
     corr: &str,
     tasks: usize,
+    callback: bool,
 ) -> bool {
     let task_list: Vec<_> = (0..tasks)
         .map(|t| json!({"taskID": format!("t{t}"), "taskURL": format!("{base}/try/t{t}")}))
         .collect();
-    let body = json!({"correlationID": corr, "tasks": task_list}).to_string();
+    let mut doc = json!({"correlationID": corr, "tasks": task_list});
+    if callback {
+        doc["jobSuccessURL"] = json!(format!("{base}/callback"));
+    }
+    let body = doc.to_string();
     http.post(format!("{addr}/jobs"))
         .header("content-type", "application/json")
         .body(body)
@@ -606,7 +619,12 @@ async fn measure(
                     .insert(corr.clone(), (tasks, Some(tx)));
                 let sent = Instant::now();
                 let ok = match system {
-                    System::Ours => submit_jcl(&http, &addr, &stubs.base, &corr, tasks).await,
+                    System::Ours => {
+                        submit_jcl(&http, &addr, &stubs.base, &corr, tasks, false).await
+                    }
+                    System::Callback => {
+                        submit_jcl(&http, &addr, &stubs.base, &corr, tasks, true).await
+                    }
                     System::Dtmrs => submit_dtm(&http, &addr, &stubs.base, &corr, tasks).await,
                     System::Atomikos => {
                         submit_atomikos(&http, &addr, &stubs.base, &corr, tasks).await
@@ -957,10 +975,15 @@ fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
             .map(|p| (p.concurrency, f(p)))
             .collect()
     };
-    let systems: Vec<System> = [System::Ours, System::Dtmrs, System::Atomikos]
-        .into_iter()
-        .filter(|s| points.iter().any(|p| p.system == *s))
-        .collect();
+    let systems: Vec<System> = [
+        System::Ours,
+        System::Dtmrs,
+        System::Atomikos,
+        System::Callback,
+    ]
+    .into_iter()
+    .filter(|s| points.iter().any(|p| p.system == *s))
+    .collect();
     let mut throughput: Vec<Series> = Vec::new();
     let mut latency: Vec<Series> = Vec::new();
     for system in &systems {
@@ -1030,6 +1053,7 @@ fn main() {
             .route("/r/{corr}/{task}", put(stub_confirm).delete(stub_cancel))
             .route("/dtm/confirm/{corr}/{task}", post(stub_dtm_confirm))
             .route("/dtm/cancel/{corr}/{task}", post(stub_dtm_cancel))
+            .route("/callback", post(|| async { StatusCode::NO_CONTENT }))
             .with_state(stubs.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -1067,6 +1091,13 @@ fn main() {
             points.extend(ours);
             if o.atomikos && n == 1 {
                 coordinator.system = System::Atomikos;
+                let (c, theirs) = run_points(coordinator, db).await;
+                points.extend(theirs);
+                coordinator = c;
+                coordinator.system = System::Ours;
+            }
+            if o.callback && n == 1 {
+                coordinator.system = System::Callback;
                 let (c, theirs) = run_points(coordinator, db).await;
                 points.extend(theirs);
                 coordinator = c;
@@ -1126,7 +1157,7 @@ fn main() {
                 .filter(|q| q.per_sec > 0.0)
                 .map(|q| format!("{:.1}×", p.per_sec / q.per_sec))
                 .unwrap_or_else(|| "–".into()),
-            System::Dtmrs | System::Atomikos => "–".into(),
+            System::Dtmrs | System::Atomikos | System::Callback => "–".into(),
         };
         let _ = writeln!(
             md,

@@ -253,6 +253,31 @@ pub struct Config {
     )]
     pub retention: Span,
 
+    /// The secret that signs every callback and webhook: `tcc-signature: sha256=<hex HMAC-SHA256
+    /// of the body>`. Unset: deliveries are not signed.
+    #[arg(
+        long,
+        env = "TCC_WEBHOOK_SECRET",
+        value_name = "TCC_WEBHOOK_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+
+    /// The operators' webhook: told of every heuristic outcome (as the job's contact is).
+    #[arg(long, env = "TCC_HEURISTIC_WEBHOOK", value_name = "TCC_HEURISTIC_WEBHOOK", value_parser = parse_public_url, global = true)]
+    pub heuristic_webhook: Option<String>,
+
+    /// How long a notification is retried before it is given up as failed.
+    #[arg(
+        long,
+        env = "TCC_NOTIFY_MAX_AGE",
+        value_name = "TCC_NOTIFY_MAX_AGE",
+        default_value = "24h",
+        global = true
+    )]
+    pub notify_max_age: Span,
+
     /// How long a job's lease lasts without renewal; another instance takes the job over after.
     #[arg(
         long,
@@ -338,14 +363,11 @@ pub struct Config {
 
 /// Settings of the contract that this version does not implement yet. Accepting them silently
 /// would give a false sense of protection (API keys) or of being called (notifications).
-pub const NOT_YET_SUPPORTED: [&str; 7] = [
+pub const NOT_YET_SUPPORTED: [&str; 4] = [
     "TCC_API_KEYS",
     "TCC_ALLOWED_TARGETS",
-    "TCC_WEBHOOK_SECRET",
-    "TCC_HEURISTIC_WEBHOOK",
     "TCC_SMTP_URL",
     "TCC_SMTP_FROM",
-    "TCC_NOTIFY_MAX_AGE",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,7 @@ pub mod domain;
 pub mod embedded_pg;
 pub mod engine;
 pub mod metrics;
+pub mod notify;
 pub mod participant;
 pub mod startup;
 pub mod store;

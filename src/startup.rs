@@ -82,6 +82,7 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     state: AppState,
     engine: Engine,
+    notifier: crate::notify::Notifier,
 }
 
 impl Application {
@@ -126,6 +127,7 @@ impl Application {
                 planner: PlannerSettings {
                     confirm_margin: config.confirm_margin.0,
                 },
+                heuristic_webhook: config.heuristic_webhook.clone(),
             },
         );
         engine
@@ -147,12 +149,31 @@ impl Application {
             metrics: crate::metrics::install(),
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_requests)),
         };
+        let base_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", state.settings.listen));
+        let notifier = crate::notify::Notifier::new(
+            state.pool.clone(),
+            crate::notify::NotifySettings {
+                secret: config.webhook_secret.clone(),
+                max_age: config.notify_max_age.0,
+                base_url,
+                scan_interval: config.scan_interval.0,
+                call_timeout: config.call_timeout.0,
+            },
+            engine.outbox_signal(),
+        )?;
+        tracing::warn!(
+            "TCC_SMTP_URL is not set: a heuristic job's contact.email cannot be told (its email notification fails, saying so)"
+        );
         tracing::info!(instance = %instance_id, "coordinator built");
         Ok(Application {
             listener,
             metrics_listener,
             state,
             engine,
+            notifier,
         })
     }
 
@@ -174,6 +195,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let stop = tokio_util::sync::CancellationToken::new();
         self.engine.start_background();
+        let notifier = tokio::spawn(self.notifier.run(stop.clone()));
         let metrics_server = self.metrics_listener.map(|l| {
             let app = api::metrics_router(self.state.clone());
             let stop = stop.clone();
@@ -201,6 +223,7 @@ impl Application {
             let _ = m.await;
         }
         self.engine.shutdown().await;
+        let _ = notifier.await;
         self.state.pool.close();
         tracing::info!("engine stopped, leases released");
         served.map_err(Into::into)

@@ -126,7 +126,7 @@ pub(super) async fn wake(state: &AppState, id: &str) {
 
 pub(super) async fn load(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     let client = db(state).await?;
-    within(state, store::load_job(&client, id))
+    within(state, store::load_shown(&client, id))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }

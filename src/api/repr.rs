@@ -134,6 +134,33 @@ pub fn job_links(base: &str, r: &JobRecord) -> Links {
     l
 }
 
+/// One notification of the job (a callback, webhook or email) and where its delivery stands.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationRepr<'a> {
+    pub channel: &'a str,
+    pub target: &'a str,
+    pub event: &'a str,
+    pub status: &'a str,
+    pub attempts: i32,
+    pub last_attempt: Option<Timestamp>,
+    pub last_error: Option<&'a str>,
+}
+
+impl<'a> NotificationRepr<'a> {
+    pub fn new(n: &'a crate::store::Notification) -> Self {
+        NotificationRepr {
+            channel: &n.channel,
+            target: &n.target,
+            event: &n.event,
+            status: &n.status,
+            attempts: n.attempts,
+            last_attempt: ts(n.last_attempt),
+            last_error: n.last_error.as_deref(),
+        }
+    }
+}
+
 /// An operator's resolution, as shown.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -278,7 +305,7 @@ pub struct JobRepr<'a> {
     /// An operator's resolution of a heuristic outcome.
     pub resolution: Option<ResolutionRepr<'a>>,
     /// Callback and contact deliveries (none yet).
-    pub notifications: Vec<Value>,
+    pub notifications: Vec<NotificationRepr<'a>>,
     pub tasks: Vec<TaskRepr<'a>>,
     #[serde(rename = "_links")]
     pub links: Links,
@@ -309,7 +336,7 @@ impl<'a> JobRepr<'a> {
             shared_state_url: format!("{base}/jobs/{}/shared-state", j.id),
             progress_url: format!("{base}/jobs/{}/progress", j.id),
             resolution: r.resolution.as_ref().map(ResolutionRepr::new),
-            notifications: Vec::new(),
+            notifications: r.notifications.iter().map(NotificationRepr::new).collect(),
             tasks: j
                 .tasks
                 .iter()

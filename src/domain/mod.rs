@@ -7,6 +7,7 @@ pub mod actions;
 pub mod event;
 pub mod job;
 pub mod mapping;
+pub mod notify;
 pub mod planner;
 pub mod request;
 pub mod retry;

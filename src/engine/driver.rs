@@ -16,12 +16,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{DriveError, Inner};
-use crate::domain::actions;
 use crate::domain::event::{self, CallRecord};
 use crate::domain::planner::{self, Plan};
 #[cfg(feature = "fault-injection")]
 use crate::domain::status::IllegalTransition;
 use crate::domain::{Answer, Event, Job, JobStatus, Op, Step, mapping};
+use crate::domain::{actions, notify};
 use crate::metrics as m;
 use crate::participant::{CallIds, CallResult, TryCall};
 use crate::store::{self, Fence, Save, Saved};
@@ -81,6 +81,8 @@ struct DriverState {
     unsaved_since: Option<Instant>,
     /// The calls answered since the last write, for the event log; written with the next save.
     events: Vec<Event>,
+    /// The job's fields as accepted: who is told when it ends.
+    fields: crate::domain::request::JobFields,
 }
 
 /// What the driver does after planning and saving.
@@ -145,6 +147,7 @@ impl Driver {
             renew_at: self.next_renewal(),
             unsaved_since: None,
             events: Vec::new(),
+            fields: record.fields,
         };
         self.send(&mut st, first);
         loop {
@@ -293,7 +296,17 @@ impl Driver {
             durable,
             lease_ttl: settings.lease_ttl,
             events,
+            notifications: if ending {
+                notify::on_end(
+                    &st.fields,
+                    job.status,
+                    settings.heuristic_webhook.as_deref(),
+                )
+            } else {
+                Vec::new()
+            },
         };
+        let notifies = !save.notifications.is_empty();
         match self.inner.commits.save(&self.inner.pool, save).await? {
             Saved::Ok {
                 wake_seq,
@@ -317,6 +330,9 @@ impl Driver {
                 }
                 st.unsaved_since = None;
                 st.events.clear();
+                if notifies {
+                    self.inner.outbox.notify_one();
+                }
                 st.renew_at = self.next_renewal();
                 self.inner.changes.send(self.id.clone()).ok();
                 if release.is_some() {

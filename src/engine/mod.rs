@@ -66,6 +66,8 @@ pub struct EngineSettings {
     pub shutdown_grace: Duration,
     pub retention: Duration,
     pub planner: PlannerSettings,
+    /// The operators' webhook (`TCC_HEURISTIC_WEBHOOK`): told of every heuristic outcome.
+    pub heuristic_webhook: Option<String>,
 }
 
 /// How many jobs one scan claims at most.
@@ -109,6 +111,8 @@ struct Inner {
     /// This instance's identity lock: drivers run only while it is held. Its task ends last,
     /// at shutdown.
     identity: Arc<Identity>,
+    /// Rung when a write put notifications in the outbox, so that they go out at once.
+    outbox: Arc<Notify>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +159,7 @@ impl Engine {
                 shutdown: CancellationToken::new(),
                 changes,
                 identity: Arc::new(Identity::new(settings_instance, db_identity)),
+                outbox: Arc::new(Notify::new()),
             }),
         }
     }
@@ -187,6 +192,11 @@ impl Engine {
     }
 
     /// Tell long polls that a job changed.
+    /// Rung whenever this instance wrote notifications to the outbox.
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        self.inner.outbox.clone()
+    }
+
     pub fn changed(&self, id: &str) {
         let _ = self.inner.changes.send(id.to_string());
     }

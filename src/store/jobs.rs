@@ -42,6 +42,7 @@ pub fn initial_record(row: &NewJobRow) -> JobRecord {
         lease_owner: Some(row.owner.clone()),
         lease_generation: 1,
         resolution: None,
+        notifications: Vec::new(),
     }
 }
 
@@ -365,6 +366,8 @@ pub struct Save {
     pub lease_ttl: Duration,
     /// What happened since the last save, for the job's event log.
     pub events: Vec<Event>,
+    /// Notifications the change calls for (the job ended): written to the outbox with it.
+    pub notifications: Vec<crate::domain::notify::NewNotification>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -447,7 +450,13 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                 WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx
                   AND u.job_id IN (SELECT id FROM j)
                 RETURNING 1
-             ), e AS ({})
+             ), e AS ({}), nt AS (
+                INSERT INTO notifications (job_id, channel, target, event)
+                SELECT v.job_id, v.channel, v.target, v.event
+                FROM unnest($33::text[], $34::text[], $35::text[], $36::text[])
+                    AS v(job_id, channel, target, event)
+                WHERE v.job_id IN (SELECT id FROM j)
+             )
              SELECT j.id, j.wake_seq, j.confirm_requested, j.cancel_requested, j.state_seq,
                     j.state_written,
                     (SELECT count(*) FROM t) AS tasks, (SELECT v FROM cfg) AS sync
@@ -496,6 +505,8 @@ pub async fn save_many(
     let mut events = EventColumns::default();
     let mut event_counts = Vec::with_capacity(n);
     let mut state_guards = Vec::with_capacity(n);
+    let (mut n_job, mut n_channel, mut n_target, mut n_event) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for s in saves {
         event_counts.push(events.push(s.id.as_str(), &s.events));
         ids.push(s.id.as_str());
@@ -511,6 +522,12 @@ pub async fn save_many(
         next_wakes.push(s.release.flatten());
         guards.push(s.guard_seq);
         state_guards.push(s.state_guard);
+        for nt in &s.notifications {
+            n_job.push(s.id.as_str());
+            n_channel.push(nt.channel.as_str());
+            n_target.push(nt.target.as_str());
+            n_event.push(nt.event.as_str());
+        }
         for t in &s.tasks {
             job_of.push(s.id.as_str());
             idx.push(t.idx);
@@ -562,6 +579,12 @@ pub async fn save_many(
     ];
     params.extend(events.params());
     params.push(&state_guards);
+    params.extend([
+        &n_job as &(dyn ToSql + Sync),
+        &n_channel,
+        &n_target,
+        &n_event,
+    ]);
     let rows = client.query(&stmt, &params).await?;
     let mut written: HashMap<String, Saved> = HashMap::with_capacity(rows.len());
     for row in &rows {

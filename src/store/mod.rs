@@ -32,6 +32,7 @@ mod housekeeping;
 mod instances;
 mod jobs;
 mod leases;
+mod notifications;
 mod requests;
 mod rows;
 
@@ -41,6 +42,7 @@ pub use housekeeping::*;
 pub use instances::{deregister_instance, reap_dead, register_instance, try_lock_identity};
 pub use jobs::*;
 pub use leases::*;
+pub use notifications::*;
 pub use requests::*;
 pub use rows::JobRecord;
 use rows::{JOB_COLUMNS, TASK_COLUMNS, fields_from_row, job_from_row, task_from_row};

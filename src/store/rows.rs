@@ -21,6 +21,9 @@ pub struct JobRecord {
     pub lease_generation: i64,
     /// An operator's resolution of a heuristic outcome.
     pub resolution: Option<Resolution>,
+    /// The job's notifications: read only where they are shown (`notifications_of`), empty
+    /// otherwise.
+    pub notifications: Vec<super::Notification>,
 }
 
 /// A job's columns, for a statement that reads them from `jobs j` beside its tasks `t` (the
@@ -92,6 +95,7 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
             .try_get::<_, Option<Json<Resolution>>>("resolution")
             .map_err(|e| corrupt(format!("the job's resolution: {e}")))?
             .map(|j| j.0),
+        notifications: Vec::new(),
     })
 }
 

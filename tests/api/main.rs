@@ -9,6 +9,7 @@ mod atomikos;
 mod events;
 mod hardening;
 mod lifecycle;
+mod notify;
 mod operator;
 mod put;
 mod recovery;

@@ -170,6 +170,7 @@ async fn save_saying(client: &deadpool_postgres::Client, id: &str, message: &str
         durable: true,
         lease_ttl: Duration::from_secs(30),
         events: Vec::new(),
+        notifications: Vec::new(),
     }
 }
 
@@ -464,6 +465,7 @@ async fn every_column_round_trips() {
             },
             Event::job_status(at(2), JobStatus::Confirming, None),
         ],
+        notifications: Vec::new(),
     };
     assert!(matches!(
         store::save(&client, &save).await,

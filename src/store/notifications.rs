@@ -1,0 +1,139 @@
+//! The notification outbox: rows written with the change that causes them (`save_many`), claimed
+//! by one instance at a time for delivery (`FOR UPDATE SKIP LOCKED`, a lease so that a delivery
+//! whose instance died goes out again), and each attempt's outcome.
+
+use super::*;
+
+/// One notification as the job's representation shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub id: i64,
+    pub channel: String,
+    pub target: String,
+    pub event: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+const COLUMNS: &str =
+    "id, channel, target, event, status, attempts, created_at, last_attempt, last_error";
+
+fn from_row(r: &tokio_postgres::Row) -> Result<Notification> {
+    Ok(Notification {
+        id: r.try_get("id")?,
+        channel: r.try_get("channel")?,
+        target: r.try_get("target")?,
+        event: r.try_get("event")?,
+        status: r.try_get("status")?,
+        attempts: r.try_get("attempts")?,
+        created_at: r.try_get("created_at")?,
+        last_attempt: r.try_get("last_attempt")?,
+        last_error: r.try_get("last_error")?,
+    })
+}
+
+/// A job's notifications, oldest first.
+pub async fn notifications_of(
+    client: &impl GenericClient,
+    job_id: &str,
+) -> Result<Vec<Notification>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM notifications WHERE job_id = $1 ORDER BY id"
+        ))
+        .await?;
+    client
+        .query(&stmt, &[&job_id])
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+}
+
+/// A job as its representation shows it: with its notifications.
+pub async fn load_shown(client: &impl GenericClient, id: &str) -> Result<Option<JobRecord>> {
+    let Some(mut record) = load_job(client, id).await? else {
+        return Ok(None);
+    };
+    record.notifications = notifications_of(client, id).await?;
+    Ok(Some(record))
+}
+
+/// A notification claimed for one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct ClaimedNotification {
+    pub job_id: String,
+    pub n: Notification,
+}
+
+/// Claim up to `limit` due notifications for `lease` (another instance skips them meanwhile;
+/// after it they are due again, so that one whose instance died in the middle goes out again),
+/// counting the attempt.
+pub async fn claim_notifications(
+    client: &impl GenericClient,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<ClaimedNotification>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "UPDATE notifications SET lease_until = now() + make_interval(secs => $2),
+                attempts = attempts + 1, last_attempt = now()
+             WHERE id IN (
+                SELECT id FROM notifications
+                WHERE status = 'pending' AND next_attempt_at <= now()
+                  AND (lease_until IS NULL OR lease_until < now())
+                ORDER BY next_attempt_at LIMIT $1
+                FOR UPDATE SKIP LOCKED)
+             RETURNING job_id, {COLUMNS}"
+        ))
+        .await?;
+    client
+        .query(&stmt, &[&limit, &lease.as_secs_f64()])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ClaimedNotification {
+                job_id: r.try_get("job_id")?,
+                n: from_row(r)?,
+            })
+        })
+        .collect()
+}
+
+/// What came of one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    Delivered,
+    /// Try again after this long.
+    Retry(Duration, String),
+    /// Given up.
+    Failed(String),
+}
+
+/// Record an attempt's outcome and give the claim back.
+pub async fn record_delivery(
+    client: &impl GenericClient,
+    id: i64,
+    outcome: &Delivery,
+) -> Result<()> {
+    let (status, delay, error) = match outcome {
+        Delivery::Delivered => ("delivered", 0.0, None),
+        Delivery::Retry(d, e) => ("pending", d.as_secs_f64(), Some(e.as_str())),
+        Delivery::Failed(e) => ("failed", 0.0, Some(e.as_str())),
+    };
+    let stmt = client
+        .prepare_cached(
+            "UPDATE notifications SET status = $2, lease_until = NULL, last_error = $4,
+                next_attempt_at = now() + make_interval(secs => $3)
+             WHERE id = $1",
+        )
+        .await?;
+    client
+        .execute(&stmt, &[&id, &status, &delay, &error])
+        .await?;
+    Ok(())
+}

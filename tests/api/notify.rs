@@ -1,0 +1,302 @@
+//! Being told: callbacks on a job's end, calls for help on a heuristic outcome (the contact's
+//! webhook, the operators' webhook, email), signed, retried until the receiver is back, and
+//! delivered after a coordinator crash.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::helpers::*;
+use crate::participant::{Op, Participant, Reply};
+
+/// One delivery as a receiver got it.
+#[derive(Debug, Clone)]
+struct Got {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Default)]
+struct Inbox {
+    got: HashMap<String, Vec<Got>>,
+    /// Statuses to answer, per path, before answering 200.
+    script: HashMap<String, VecDeque<u16>>,
+}
+
+/// A webhook receiver: records every POST by path; can be told to fail a few times first.
+#[derive(Clone)]
+struct Receiver {
+    base: String,
+    inbox: Arc<Mutex<Inbox>>,
+}
+
+async fn receive(
+    State(inbox): State<Arc<Mutex<Inbox>>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let mut i = inbox.lock().unwrap_or_else(|p| p.into_inner());
+    let answer = i
+        .script
+        .get_mut(&path)
+        .and_then(|q| q.pop_front())
+        .unwrap_or(200);
+    if answer == 200 {
+        i.got.entry(path).or_default().push(Got { headers, body });
+    }
+    StatusCode::from_u16(answer).unwrap_or(StatusCode::OK)
+}
+
+impl Receiver {
+    async fn start_on(listener: tokio::net::TcpListener) -> Receiver {
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        let app = Router::new()
+            .route("/{*path}", post(receive))
+            .with_state(inbox.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { base, inbox }
+    }
+
+    async fn start() -> Receiver {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Receiver::start_on(l).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    fn fail_first(&self, path: &str, statuses: &[u16]) {
+        let mut i = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        i.script
+            .entry(path.to_string())
+            .or_default()
+            .extend(statuses);
+    }
+
+    fn got(&self, path: &str) -> Vec<Got> {
+        let i = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        i.got.get(path).cloned().unwrap_or_default()
+    }
+
+    async fn wait_for(&self, path: &str) -> Got {
+        let ok = eventually(|| async { !self.got(path).is_empty() }).await;
+        assert!(ok, "nothing delivered to /{path}");
+        self.got(path)[0].clone()
+    }
+}
+
+/// The check the README gives receivers: HMAC-SHA256 of the exact body with the shared secret,
+/// in hex, after `sha256=`.
+fn verify(secret: &str, got: &Got) -> bool {
+    let Some(hex) = got
+        .header("tcc-signature")
+        .and_then(|s| s.strip_prefix("sha256="))
+    else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(&got.body);
+    let want: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    want == hex
+}
+
+fn notification<'a>(job: &'a Value, target: &str) -> &'a Value {
+    job["notifications"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["target"] == target))
+        .unwrap_or_else(|| panic!("no notification to {target} in {job:#}"))
+}
+
+async fn wait_notification(app: &TestApp, id: &str, target: &str, status: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..3000 {
+        let job = app.get_job(id).await;
+        if job["notifications"].as_array().is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n["target"] == target && n["status"] == status)
+        }) {
+            return notification(&job, target).clone();
+        }
+        last = job;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the notification to {target} never became {status}: {last:#}");
+}
+
+#[tokio::test]
+async fn callbacks_and_calls_for_help_are_delivered_and_signed() {
+    let r = Receiver::start().await;
+    let secret = "s3cret";
+    let ops = r.url("ops");
+    let app = spawn_app_with(&["--webhook-secret", secret, "--heuristic-webhook", &ops]).await;
+    let p = Participant::start().await;
+
+    // A job that completes: its success callback, signed.
+    let mut ok = job_of(&[("a", p.url("told-a"))]);
+    ok["correlationID"] = json!("told-ok");
+    ok["jobSuccessURL"] = json!(r.url("done"));
+    ok["jobFailedURL"] = json!(r.url("failed"));
+    let id = app.submit(&ok).await;
+    let got = r.wait_for("done").await;
+    assert!(
+        verify(secret, &got),
+        "the signature checks out: {:?}",
+        got.headers
+    );
+    assert!(!verify("another secret", &got));
+    assert_eq!(got.header("tcc-event"), Some("job.completed"));
+    assert_eq!(got.header("correlation-id"), Some("told-ok"));
+    let body = got.json();
+    assert_eq!(body["event"], "job.completed");
+    assert_eq!(body["job"]["jobID"], id.as_str());
+    assert_eq!(body["job"]["jobStatus"], "completed");
+    assert_eq!(
+        body["job"]["_links"]["self"]["href"],
+        app.url(&format!("/jobs/{id}"))
+    );
+    let n = wait_notification(&app, &id, &r.url("done"), "delivered").await;
+    assert_eq!(
+        (n["channel"].as_str(), n["attempts"].as_i64()),
+        (Some("callback"), Some(1))
+    );
+    assert!(r.got("failed").is_empty() && r.got("ops").is_empty());
+
+    // A heuristic job: its failure callback, its contact's webhook, the operators' webhook; its
+    // contact's email fails, saying why.
+    p.set_default(Op::Confirm, "told-h-b", Reply::Status(403));
+    let mut bad = job_of(&[("a", p.url("told-h-a")), ("b", p.url("told-h-b"))]);
+    bad["correlationID"] = json!("told-h");
+    bad["jobFailedURL"] = json!(r.url("failed"));
+    bad["contact"] =
+        json!({"person": "Mook", "email": "mook@example.org", "webhook": r.url("pager")});
+    let hid = app.submit(&bad).await;
+    for path in ["failed", "pager", "ops"] {
+        let got = r.wait_for(path).await;
+        assert!(verify(secret, &got), "/{path} signed");
+        let body = got.json();
+        assert_eq!(body["event"], "job.heuristic", "/{path}");
+        assert_eq!(body["job"]["jobID"], hid.as_str());
+        assert_eq!(task(&body["job"], "b")["taskStatus"], "heuristic");
+    }
+    let email = wait_notification(&app, &hid, "mook@example.org", "failed").await;
+    assert_eq!(email["channel"], "email");
+    assert!(
+        email["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("TCC_SMTP_URL")),
+        "{email:#}"
+    );
+    for target in [r.url("failed"), r.url("pager"), ops.clone()] {
+        wait_notification(&app, &hid, &target, "delivered").await;
+    }
+    // Each was delivered once.
+    for path in ["done", "failed", "pager", "ops"] {
+        assert_eq!(r.got(path).len(), 1, "/{path}");
+    }
+    // Counted (the recorder is the test process's: other tests count there too).
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+    let count = |channel: &str, outcome: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("tcc_notifications_total{"))
+            .filter(|l| {
+                l.contains(&format!("channel=\"{channel}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(count("callback", "delivered") >= 2.0, "{text}");
+    assert!(count("webhook", "delivered") >= 2.0, "{text}");
+    assert!(count("email", "failed") >= 1.0, "{text}");
+}
+
+#[tokio::test]
+async fn a_receiver_that_fails_three_times_gets_it_when_it_is_back() {
+    let r = Receiver::start().await;
+    r.fail_first("flaky", &[503, 500, 502]);
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut doc = job_of(&[("a", p.url("flaky-a"))]);
+    doc["jobSuccessURL"] = json!(r.url("flaky"));
+    let id = app.submit(&doc).await;
+    let got = r.wait_for("flaky").await;
+    assert_eq!(got.json()["event"], "job.completed");
+    assert!(
+        got.header("tcc-signature").is_none(),
+        "no secret, no signature"
+    );
+    let n = wait_notification(&app, &id, &r.url("flaky"), "delivered").await;
+    assert_eq!(n["attempts"], 4, "{n:#}");
+    assert_eq!(r.got("flaky").len(), 1);
+}
+
+#[tokio::test]
+async fn a_notification_outlives_a_coordinator_crash_before_its_delivery() {
+    // The receiver's port, not listening yet: every attempt is refused.
+    let parked = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = parked.local_addr().expect("address");
+    drop(parked);
+    let target = format!("http://{addr}/after-crash");
+    let db = fresh_database().await;
+    let http = reqwest::Client::new();
+    let mut first = start_process(&db, "notify-1");
+    first.wait_ready(&http).await;
+    let p = Participant::start().await;
+    let mut doc = job_of(&[("a", p.url("crash-a"))]);
+    doc["jobSuccessURL"] = json!(target);
+    let id = submit_to(&http, &first.addr, &doc).await;
+    let url = format!("{}/jobs/{id}", first.addr);
+    let tried = eventually(|| async {
+        let job = get_json(&http, &url).await;
+        job["notifications"][0]["attempts"].as_i64().unwrap_or(0) >= 1
+            && job["notifications"][0]["status"] == "pending"
+    })
+    .await;
+    assert!(tried, "the delivery was never attempted");
+    first.kill();
+
+    // The receiver comes up; a new coordinator on the same database delivers.
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let r = Receiver::start_on(listener).await;
+    let second = start_process(&db, "notify-2");
+    second.wait_ready(&http).await;
+    let got = r.wait_for("after-crash").await;
+    assert_eq!(got.json()["job"]["jobID"], id.as_str());
+    let url = format!("{}/jobs/{id}", second.addr);
+    let delivered = eventually(|| async {
+        get_json(&http, &url).await["notifications"][0]["status"] == "delivered"
+    })
+    .await;
+    assert!(delivered);
+}
