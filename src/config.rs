@@ -135,6 +135,22 @@ fn parse_public_url(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_string())
 }
 
+fn parse_smtp_url(s: &str) -> Result<String, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(u.scheme(), "smtp" | "smtps") || u.host().is_none() {
+        return Err("must be smtp://host[:port][?tls=required] or smtps://host[:port]".into());
+    }
+    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not an SMTP server URL: {e}"))
+}
+
+fn parse_mailbox(s: &str) -> Result<String, String> {
+    s.parse::<lettre::message::Mailbox>()
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{s:?} is not an email address: {e}"))
+}
+
 fn parse_pg(s: &str) -> Result<tokio_postgres::Config, String> {
     tokio_postgres::Config::from_str(s)
         .map_err(|e| format!("not a PostgreSQL connection string: {e}"))
@@ -268,6 +284,17 @@ pub struct Config {
     #[arg(long, env = "TCC_HEURISTIC_WEBHOOK", value_name = "TCC_HEURISTIC_WEBHOOK", value_parser = parse_public_url, global = true)]
     pub heuristic_webhook: Option<String>,
 
+    /// The SMTP server that email goes through: `smtp://host:port` (plain),
+    /// `smtp://host:port?tls=required` (STARTTLS), `smtps://host:port` (TLS); credentials in the
+    /// URL (`smtp://user:password@host`). Unset: no email is sent (a heuristic job's
+    /// `contact.email` notification fails, saying so).
+    #[arg(long, env = "TCC_SMTP_URL", value_name = "TCC_SMTP_URL", value_parser = parse_smtp_url, global = true, hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// The sender of email (`TCC_SMTP_URL`).
+    #[arg(long, env = "TCC_SMTP_FROM", value_name = "TCC_SMTP_FROM", default_value = "tcc-coordinator@localhost", value_parser = parse_mailbox, global = true)]
+    pub smtp_from: String,
+
     /// How long a notification is retried before it is given up as failed.
     #[arg(
         long,
@@ -363,12 +390,7 @@ pub struct Config {
 
 /// Settings of the contract that this version does not implement yet. Accepting them silently
 /// would give a false sense of protection (API keys) or of being called (notifications).
-pub const NOT_YET_SUPPORTED: [&str; 4] = [
-    "TCC_API_KEYS",
-    "TCC_ALLOWED_TARGETS",
-    "TCC_SMTP_URL",
-    "TCC_SMTP_FROM",
-];
+pub const NOT_YET_SUPPORTED: [&str; 2] = ["TCC_API_KEYS", "TCC_ALLOWED_TARGETS"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use hmac::{Hmac, KeyInit, Mac};
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Message};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use sha2::Sha256;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +48,36 @@ pub struct NotifySettings {
     /// One delivery's time limit (`TCC_CALL_TIMEOUT`, as for participant calls). A claim holds
     /// three times as long: past it, a delivery whose instance died goes out again.
     pub call_timeout: Duration,
+    /// Where email goes (`TCC_SMTP_URL`, `TCC_SMTP_FROM`); `None`: no email is sent.
+    pub smtp: Option<Smtp>,
+}
+
+/// An SMTP server and the sender's address.
+#[derive(Clone)]
+pub struct Smtp {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl std::fmt::Debug for Smtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold credentials: never shown.
+        f.debug_struct("Smtp").field("from", &self.from).finish()
+    }
+}
+
+impl Smtp {
+    /// From `TCC_SMTP_URL` and `TCC_SMTP_FROM`; each call bounded by `timeout`.
+    pub fn new(url: &str, from: &str, timeout: Duration) -> anyhow::Result<Smtp> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+            .map_err(|e| anyhow::anyhow!("TCC_SMTP_URL: {e}"))?
+            .timeout(Some(timeout))
+            .build();
+        let from = from
+            .parse()
+            .map_err(|e| anyhow::anyhow!("TCC_SMTP_FROM: {e}"))?;
+        Ok(Smtp { transport, from })
+    }
 }
 
 pub struct Notifier {
@@ -179,10 +212,7 @@ impl Notifier {
 
     async fn deliver(&self, c: &ClaimedNotification, channel: Channel) -> Result<(), Attempt> {
         if channel == Channel::Email {
-            return Err(Attempt::Permanent(format!(
-                "no email was sent to {}: no SMTP server is configured (TCC_SMTP_URL; this version does not send email yet)",
-                c.n.target
-            )));
+            return self.email(c).await;
         }
         let body = self.body(c).await?;
         let mut req = self
@@ -226,15 +256,78 @@ impl Notifier {
         )))
     }
 
-    /// The body (`{"event", "job"}`) and the job's correlation id.
-    async fn body(&self, c: &ClaimedNotification) -> Result<(Vec<u8>, Option<String>), Attempt> {
-        let record = async {
+    /// An email to the contact: subject the job id and correlation id; the text what a heuristic
+    /// outcome means, every task with its status, link and last message, the job's URL, and how
+    /// to continue or resolve it.
+    async fn email(&self, c: &ClaimedNotification) -> Result<(), Attempt> {
+        let Some(smtp) = &self.settings.smtp else {
+            return Err(Attempt::Permanent(format!(
+                "no email was sent to {}: no SMTP server is configured (TCC_SMTP_URL)",
+                c.n.target
+            )));
+        };
+        let to: Mailbox = c.n.target.parse().map_err(|e| {
+            Attempt::Permanent(format!("{:?} is not an email address: {e}", c.n.target))
+        })?;
+        let record = self.record(c).await?;
+        let job = &record.job;
+        let base = &self.settings.base_url;
+        let url = format!("{base}/jobs/{}", job.id);
+        let mut text = format!(
+            "Job {} (correlation id {}) ended {}: some of its participants confirmed and others could not, \
+             so they disagree and the coordinator cannot settle it by itself; someone has to set them right by hand.\n\nTasks:\n",
+            job.id,
+            job.correlation_id,
+            job.status.as_str().to_uppercase()
+        );
+        for t in &job.tasks {
+            text.push_str(&format!(
+                "- {}: {}, participant link {}, last message: {}\n",
+                t.task_id,
+                t.status,
+                t.link.as_ref().map_or("none", |l| l.uri.as_str()),
+                t.last_message.as_deref().unwrap_or("-")
+            ));
+        }
+        text.push_str(&format!(
+            "\nThe job: {url}\n\nOnce the participants agree again, record what was done:\n  \
+             POST {url}/resolve with {{\"note\": \"what was done\"}}\n\
+             If a participant is back and its reservation still holds, have its confirm retried:\n  \
+             POST {url}/continue\n\nEvery unresolved heuristic job: {base}/heuristics\n"
+        ));
+        let message = Message::builder()
+            .from(smtp.from.clone())
+            .to(to)
+            .subject(format!(
+                "Heuristic outcome: job {} (correlation id {})",
+                job.id, job.correlation_id
+            ))
+            .header(ContentType::TEXT_PLAIN)
+            .body(text)
+            .map_err(|e| Attempt::Permanent(format!("the email could not be written: {e}")))?;
+        match smtp.transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_permanent() => Err(Attempt::Permanent(format!(
+                "the SMTP server refused the email to {}: {e}",
+                c.n.target
+            ))),
+            Err(e) => Err(Attempt::Again(format!("email to {}: {e}", c.n.target))),
+        }
+    }
+
+    async fn record(&self, c: &ClaimedNotification) -> Result<store::JobRecord, Attempt> {
+        async {
             let client = self.pool.get().await?;
             store::load_shown(&client, &c.job_id).await
         }
         .await
         .map_err(|e| Attempt::Again(format!("the job could not be read: {e}")))?
-        .ok_or_else(|| Attempt::Permanent(format!("job {} no longer exists", c.job_id)))?;
+        .ok_or_else(|| Attempt::Permanent(format!("job {} no longer exists", c.job_id)))
+    }
+
+    /// The body (`{"event", "job"}`) and the job's correlation id.
+    async fn body(&self, c: &ClaimedNotification) -> Result<(Vec<u8>, Option<String>), Attempt> {
+        let record = self.record(c).await?;
         let doc = serde_json::json!({
             "event": c.n.event,
             "job": JobRepr::new(&self.settings.base_url, &record),

@@ -161,12 +161,21 @@ impl Application {
                 base_url,
                 scan_interval: config.scan_interval.0,
                 call_timeout: config.call_timeout.0,
+                smtp: config
+                    .smtp_url
+                    .as_deref()
+                    .map(|url| {
+                        crate::notify::Smtp::new(url, &config.smtp_from, config.call_timeout.0)
+                    })
+                    .transpose()?,
             },
             engine.outbox_signal(),
         )?;
-        tracing::warn!(
-            "TCC_SMTP_URL is not set: a heuristic job's contact.email cannot be told (its email notification fails, saying so)"
-        );
+        if config.smtp_url.is_none() {
+            tracing::warn!(
+                "TCC_SMTP_URL is not set: a heuristic job's contact.email cannot be told (its email notification fails, saying so)"
+            );
+        }
         tracing::info!(instance = %instance_id, "coordinator built");
         Ok(Application {
             listener,

@@ -300,3 +300,177 @@ async fn a_notification_outlives_a_coordinator_crash_before_its_delivery() {
     .await;
     assert!(delivered);
 }
+
+/// A real SMTP server (aiosmtpd from PyPI, which `.ci/run` installs) keeping what it receives
+/// in a maildir. `None` when it is not installed outside CI (the test says it skipped).
+struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl SmtpServer {
+    fn start() -> Option<SmtpServer> {
+        let found = std::process::Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "aiosmtpd is missing (python3 -m pip install aiosmtpd); under CI that is a failure"
+            );
+            eprintln!("skipped: aiosmtpd is not installed (python3 -m pip install aiosmtpd)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir = std::env::temp_dir().join(format!("tcc-maildir-{}", uuid::Uuid::new_v4()));
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("maildir");
+        }
+        let child = std::process::Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd");
+        Some(SmtpServer { child, port, dir })
+    }
+
+    async fn wait_listening(&self) {
+        let addr = format!("127.0.0.1:{}", self.port);
+        let up = eventually(|| async { tokio::net::TcpStream::connect(&addr).await.is_ok() }).await;
+        assert!(up, "aiosmtpd never listened");
+    }
+
+    /// The messages received so far, as text.
+    fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("new")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The value of a header in a message's text (its first line; folded lines joined).
+fn mail_header(message: &str, name: &str) -> Option<String> {
+    let head = message
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .replace("\r\n", "\n");
+    let mut lines = head.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case(name)
+        {
+            let mut value = v.trim().to_string();
+            while let Some(next) = lines.peek().filter(|l| l.starts_with([' ', '\t'])) {
+                value.push(' ');
+                value.push_str(next.trim());
+                lines.next();
+            }
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_heuristic_outcome_emails_the_contact_through_a_real_smtp_server() {
+    let Some(smtp) = SmtpServer::start() else {
+        return;
+    };
+    smtp.wait_listening().await;
+    let url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let app = spawn_app_with(&["--smtp-url", &url, "--smtp-from", "tcc@example.org"]).await;
+    let p = Participant::start().await;
+    p.set_default(Op::Confirm, "mail-pay", Reply::Status(403));
+    let mut doc = job_of(&[("seat", p.url("mail-seat")), ("pay", p.url("mail-pay"))]);
+    doc["correlationID"] = json!("order-77");
+    doc["contact"] = json!({"person": "Mook", "email": "mook@example.org"});
+    let id = app.submit(&doc).await;
+    let got = eventually(|| async { !smtp.messages().is_empty() }).await;
+    assert!(
+        got,
+        "no email arrived: {:#}",
+        app.get_job(&id).await["notifications"]
+    );
+    let message = smtp.messages().remove(0);
+    assert_eq!(
+        mail_header(&message, "To").as_deref(),
+        Some("mook@example.org")
+    );
+    assert_eq!(
+        mail_header(&message, "From").as_deref(),
+        Some("tcc@example.org")
+    );
+    let subject = mail_header(&message, "Subject").unwrap_or_default();
+    assert!(
+        subject.contains(&id) && subject.contains("order-77"),
+        "{subject}"
+    );
+    let text = message
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("\r\n", "\n");
+    let job_url = app.url(&format!("/jobs/{id}"));
+    for needle in [
+        "seat: confirmed",
+        "pay: heuristic",
+        "HEURISTIC",
+        job_url.as_str(),
+        "/resolve",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in\n{text}");
+    }
+    let n = wait_notification(&app, &id, "mook@example.org", "delivered").await;
+    assert_eq!(n["channel"], "email");
+}
+
+#[tokio::test]
+async fn an_smtp_server_that_refuses_is_quoted_in_the_notification() {
+    // An SMTP server that says no at once: a permanent refusal.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let _ = conn
+                .write_all(b"554 5.7.1 no mail from you today\r\n")
+                .await;
+        }
+    });
+    let url = format!("smtp://127.0.0.1:{port}");
+    let app = spawn_app_with(&["--smtp-url", &url]).await;
+    let p = Participant::start().await;
+    p.set_default(Op::Confirm, "refused-b", Reply::Status(403));
+    let mut doc = job_of(&[("a", p.url("refused-a")), ("b", p.url("refused-b"))]);
+    doc["contact"] = json!({"email": "ops@example.org"});
+    let id = app.submit(&doc).await;
+    let n = wait_notification(&app, &id, "ops@example.org", "failed").await;
+    assert!(
+        n["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("no mail from you today")),
+        "{n:#}"
+    );
+}
