@@ -4,6 +4,7 @@
 pub mod participant;
 pub mod procs;
 pub mod proxy;
+pub mod receiver;
 pub mod replication;
 pub mod scenario;
 

@@ -4,7 +4,8 @@
 //! The promise, for every accepted job: it reaches a terminal status within a bound; either every
 //! participant applied the confirm exactly once, or none applied a confirm and every reservation
 //! was released (canceled or lapsed), or the job is heuristic; no reservation ever saw two calls
-//! at once; and the coordinator's view of each task matches the participant's ledger.
+//! at once; the coordinator's view of each task matches the participant's ledger; and every
+//! heuristic job was reported to its contact and to the operators.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::participant::{Faults, ParticipantService, ResState, Reservation};
 use super::procs::{Instance, pause_postgres};
 use super::proxy::{Mode, Proxy, Target};
+use super::receiver::Receiver;
 use super::replication::Pair;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +175,7 @@ struct Accepted {
 fn job_document(
     rng: &mut fastrand::Rng,
     base: &str,
+    hooks: &str,
     correlation_id: &str,
     plan: ClientPlan,
 ) -> Value {
@@ -194,6 +197,8 @@ fn job_document(
         "jobMaxTTL": 20,
         "autoConfirm": plan == ClientPlan::AutoConfirm,
         "retryPolicy": {"maxAttempts": 4, "initialDelay": 0.05, "maxDelay": 1},
+        // A heuristic outcome must reach the contact (and the operators) at least once.
+        "contact": {"webhook": format!("{hooks}/contact")},
         "tasks": tasks,
     })
 }
@@ -450,6 +455,9 @@ async fn run_inner(
     let (participant, _participant_task) =
         ParticipantService::serve(listener, Some(base.clone()), seed, false)
             .map_err(|e| err(&e))?;
+    let receiver = Receiver::start(seed).await?;
+    let hooks = receiver.base.clone();
+    let operators = receiver.url("ops");
 
     let database_url = match &pair {
         Some(p) => lock(p).url(&db),
@@ -464,6 +472,7 @@ async fn run_inner(
         ("TCC_CALL_TIMEOUT", "1s"),
         ("TCC_SCAN_INTERVAL", "100ms"),
         ("TCC_SHUTDOWN_GRACE", "1s"),
+        ("TCC_HEURISTIC_WEBHOOK", operators.as_str()),
         ("TCC_DB_POOL_SIZE", "8"),
         ("RUST_LOG", "error"),
     ]
@@ -521,6 +530,7 @@ async fn run_inner(
         http: http.clone(),
         addrs: addrs.clone(),
         base: base.clone(),
+        hooks: hooks.clone(),
         accepted: accepted.clone(),
     });
     let faults = tokio::spawn(inject(
@@ -540,12 +550,13 @@ async fn run_inner(
     let load_start = Instant::now();
     let deadline = load_start + opts.duration + Duration::from_secs(120) + opts.settle;
     for c in 0..opts.concurrency {
-        let (http, addrs, accepted, next, base) = (
+        let (http, addrs, accepted, next, base, hooks) = (
             http.clone(),
             addrs.clone(),
             accepted.clone(),
             next.clone(),
             base.clone(),
+            hooks.clone(),
         );
         let jobs = opts.jobs;
         let pace = opts.duration.div_f64(jobs.max(1) as f64);
@@ -565,7 +576,7 @@ async fn run_inner(
                     _ => ClientPlan::AutoConfirm,
                 };
                 let correlation_id = format!("{name}-{seed}-{i}");
-                let doc = job_document(&mut rng, &base, &correlation_id, plan);
+                let doc = job_document(&mut rng, &base, &hooks, &correlation_id, plan);
                 let Some(id) =
                     submit(&http, &addrs, &mut rng, &doc, &correlation_id, deadline).await
                 else {
@@ -680,6 +691,44 @@ async fn run_inner(
         let found = check_job(&record, &reservations, report);
         report.violations.extend(found);
     }
+    // Every heuristic job was reported to its contact and to the operators, at least once
+    // (deliveries are retried with backoff: give them their time).
+    let heuristic: Vec<&str> = {
+        let mut ids = Vec::new();
+        for a in &accepted {
+            if let Some(r) = store::load_job(&client, &a.id).await.map_err(|e| err(&e))?
+                && r.job.status == JobStatus::Heuristic
+            {
+                ids.push(a.id.as_str());
+            }
+        }
+        ids
+    };
+    let told_until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let untold: Vec<(&str, &str)> = heuristic
+            .iter()
+            .flat_map(|id| [("contact", *id), ("ops", *id)])
+            .filter(|(path, id)| !receiver.told(path, id))
+            .collect();
+        if untold.is_empty() {
+            break;
+        }
+        if Instant::now() >= told_until {
+            for (path, id) in untold {
+                let whom = if path == "ops" {
+                    "the operators' webhook"
+                } else {
+                    "its contact's webhook"
+                };
+                report
+                    .violations
+                    .push(format!("{id}: heuristic, but {whom} was never told"));
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for id in participant.overlaps() {
         report
             .violations
@@ -725,6 +774,8 @@ struct Failover {
     http: reqwest::Client,
     addrs: Vec<String>,
     base: String,
+    /// The webhook receiver's base (`job_document`).
+    hooks: String,
     accepted: Arc<Mutex<Vec<Accepted>>>,
 }
 
@@ -767,7 +818,13 @@ async fn fail_over(
     blocking(Pair::promote).await?;
     let promoted = Instant::now();
     let correlation_id = format!("failover-{seed}-probe-{n}");
-    let doc = job_document(rng, &f.base, &correlation_id, ClientPlan::AutoConfirm);
+    let doc = job_document(
+        rng,
+        &f.base,
+        &f.hooks,
+        &correlation_id,
+        ClientPlan::AutoConfirm,
+    );
     let until = promoted + Duration::from_secs(60);
     let id = submit(&f.http, &f.addrs, rng, &doc, &correlation_id, until).await;
     out.promotion_to_accept.push(promoted.elapsed());
