@@ -148,11 +148,19 @@ impl Notifier {
             }
             let deliveries = claimed.into_iter().map(|c| {
                 let this = this.clone();
-                async move { this.deliver_and_record(c).await }
+                async move { this.attempt(c).await }
             });
             // A shutdown waits for the attempts under way (each bounded by its timeout); what
             // is not recorded goes out again once its claim lapses.
-            futures::future::join_all(deliveries).await;
+            let outcomes = futures::future::join_all(deliveries).await;
+            let recorded = async {
+                let client = this.pool.get().await?;
+                store::record_deliveries(&client, &outcomes).await
+            };
+            if let Err(e) = recorded.await {
+                // The claims lapse and the notifications are attempted again.
+                tracing::warn!(error = %e, "notification outcomes not recorded");
+            }
             if stop.is_cancelled() {
                 return;
             }
@@ -164,7 +172,8 @@ impl Notifier {
         store::claim_notifications(&client, BATCH, self.settings.call_timeout * 3).await
     }
 
-    async fn deliver_and_record(&self, c: ClaimedNotification) {
+    /// One attempt, counted and logged; its outcome to record.
+    async fn attempt(&self, c: ClaimedNotification) -> (i64, Delivery) {
         let channel = Channel::parse(&c.n.channel).unwrap_or(Channel::Webhook);
         let outcome = match self.deliver(&c, channel).await {
             Ok(()) => Delivery::Delivered,
@@ -200,14 +209,7 @@ impl Notifier {
             }
             Delivery::Delivered => {}
         }
-        let recorded = async {
-            let client = self.pool.get().await?;
-            store::record_delivery(&client, c.n.id, &outcome).await
-        };
-        if let Err(e) = recorded.await {
-            // The claim lapses and the notification is attempted again.
-            tracing::warn!(job = %c.job_id, error = %e, "notification outcome not recorded");
-        }
+        (c.n.id, outcome)
     }
 
     async fn deliver(&self, c: &ClaimedNotification, channel: Channel) -> Result<(), Attempt> {

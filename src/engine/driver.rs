@@ -68,8 +68,10 @@ struct DriverState {
     seen_retry: i64,
     /// The version of the shared state this driver's writes go over (`state_seq`).
     seen_state: i64,
-    /// The output mappings' writes to the shared state not yet written: taken in again over a
-    /// version another writer (a client) wrote first.
+    /// The output mappings' writes to the shared state since the last synchronous commit: taken
+    /// in again over a version another writer (a client) wrote first, and over the version the
+    /// database went back to should it lose an asynchronous commit of them. (A client's write to
+    /// the very pointer a mapping wrote, in that window, is written over by the mapping.)
     state_writes: Vec<(String, serde_json::Value)>,
     in_flight: HashSet<usize>,
     calls: FuturesUnordered<CallFuture>,
@@ -316,7 +318,10 @@ impl Driver {
             } => {
                 if state_written {
                     st.seen_state = state_seq;
-                    st.state_writes.clear();
+                    if durable {
+                        // A synchronous commit makes every earlier write durable too.
+                        st.state_writes.clear();
+                    }
                 } else {
                     // A client wrote the shared state first: learn it, and write ours over it.
                     st.needs_refresh = true;

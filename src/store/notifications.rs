@@ -72,7 +72,8 @@ pub struct ClaimedNotification {
 
 /// Claim up to `limit` due notifications for `lease` (another instance skips them meanwhile;
 /// after it they are due again, so that one whose instance died in the middle goes out again),
-/// counting the attempt.
+/// counting the attempt. Committed asynchronously: a claim the database loses only lets the
+/// notification be delivered once more, which at-least-once allows.
 pub async fn claim_notifications(
     client: &impl GenericClient,
     limit: i64,
@@ -80,9 +81,10 @@ pub async fn claim_notifications(
 ) -> Result<Vec<ClaimedNotification>> {
     let stmt = client
         .prepare_cached(&format!(
-            "UPDATE notifications SET lease_until = now() + make_interval(secs => $2),
+            "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true))
+             UPDATE notifications SET lease_until = now() + make_interval(secs => $2),
                 attempts = attempts + 1, last_attempt = now()
-             WHERE id IN (
+             WHERE (SELECT count(*) FROM cfg) = 1 AND id IN (
                 SELECT id FROM notifications
                 WHERE status = 'pending' AND next_attempt_at <= now()
                   AND (lease_until IS NULL OR lease_until < now())
@@ -114,26 +116,43 @@ pub enum Delivery {
     Failed(String),
 }
 
-/// Record an attempt's outcome and give the claim back.
-pub async fn record_delivery(
+/// Record a batch of attempts' outcomes and give their claims back, in one statement committed
+/// asynchronously: an outcome the database loses only lets the notification be delivered once
+/// more.
+pub async fn record_deliveries(
     client: &impl GenericClient,
-    id: i64,
-    outcome: &Delivery,
+    outcomes: &[(i64, Delivery)],
 ) -> Result<()> {
-    let (status, delay, error) = match outcome {
-        Delivery::Delivered => ("delivered", 0.0, None),
-        Delivery::Retry(d, e) => ("pending", d.as_secs_f64(), Some(e.as_str())),
-        Delivery::Failed(e) => ("failed", 0.0, Some(e.as_str())),
-    };
+    let n = outcomes.len();
+    let (mut ids, mut statuses, mut delays, mut errors) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (id, outcome) in outcomes {
+        let (status, delay, error) = match outcome {
+            Delivery::Delivered => ("delivered", 0.0, None),
+            Delivery::Retry(d, e) => ("pending", d.as_secs_f64(), Some(e.as_str())),
+            Delivery::Failed(e) => ("failed", 0.0, Some(e.as_str())),
+        };
+        ids.push(*id);
+        statuses.push(status);
+        delays.push(delay);
+        errors.push(error);
+    }
     let stmt = client
         .prepare_cached(
-            "UPDATE notifications SET status = $2, lease_until = NULL, last_error = $4,
-                next_attempt_at = now() + make_interval(secs => $3)
-             WHERE id = $1",
+            "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true))
+             UPDATE notifications SET status = u.status, lease_until = NULL,
+                last_error = u.error, next_attempt_at = now() + make_interval(secs => u.delay)
+             FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[])
+                AS u(id, status, delay, error)
+             WHERE notifications.id = u.id AND (SELECT count(*) FROM cfg) = 1",
         )
         .await?;
     client
-        .execute(&stmt, &[&id, &status, &delay, &error])
+        .execute(&stmt, &[&ids, &statuses, &delays, &errors])
         .await?;
     Ok(())
 }

@@ -33,6 +33,9 @@ impl Got {
     }
 }
 
+/// In a receiver's script: hold the request and never answer.
+const STALL: u16 = 0;
+
 #[derive(Default)]
 struct Inbox {
     got: HashMap<String, Vec<Got>>,
@@ -53,14 +56,21 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let mut i = inbox.lock().unwrap_or_else(|p| p.into_inner());
-    let answer = i
-        .script
-        .get_mut(&path)
-        .and_then(|q| q.pop_front())
-        .unwrap_or(200);
-    if answer == 200 {
-        i.got.entry(path).or_default().push(Got { headers, body });
+    let answer = {
+        let mut i = inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let answer = i
+            .script
+            .get_mut(&path)
+            .and_then(|q| q.pop_front())
+            .unwrap_or(200);
+        if answer == 200 {
+            i.got.entry(path).or_default().push(Got { headers, body });
+        }
+        answer
+    };
+    if answer == STALL {
+        // Never answers: the coordinator's timeout must end the call.
+        std::future::pending::<()>().await;
     }
     StatusCode::from_u16(answer).unwrap_or(StatusCode::OK)
 }
@@ -259,6 +269,24 @@ async fn a_receiver_that_fails_three_times_gets_it_when_it_is_back() {
     let n = wait_notification(&app, &id, &r.url("flaky"), "delivered").await;
     assert_eq!(n["attempts"], 4, "{n:#}");
     assert_eq!(r.got("flaky").len(), 1);
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_is_timed_out_and_tried_again() {
+    let r = Receiver::start().await;
+    r.fail_first("stuck", &[STALL]);
+    // The test app's TCC_CALL_TIMEOUT is 2 s: each delivery is bounded by it.
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut doc = job_of(&[("a", p.url("stuck-a"))]);
+    doc["jobSuccessURL"] = json!(r.url("stuck"));
+    let id = app.submit(&doc).await;
+    let n = wait_notification(&app, &id, &r.url("stuck"), "delivered").await;
+    assert_eq!(
+        n["attempts"], 2,
+        "the stalled attempt, then the delivery: {n:#}"
+    );
+    assert_eq!(r.got("stuck").len(), 1);
 }
 
 #[tokio::test]
