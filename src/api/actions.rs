@@ -22,6 +22,27 @@ fn changed_meanwhile() -> ApiError {
     )
 }
 
+/// The answer to an action: 202 with the job as it stands, once its driver is woken; or 409 if
+/// it was not `written` (the job changed meanwhile).
+async fn taken(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    written: bool,
+) -> Result<Response, ApiError> {
+    if !written {
+        return Err(changed_meanwhile());
+    }
+    wake(state, id).await;
+    let record = load(state, id).await?;
+    Ok(job_response(
+        StatusCode::ACCEPTED,
+        &base_url(state, headers),
+        &record,
+        true,
+    ))
+}
+
 /// `POST /jobs/{id}/continue`: a heuristic job retries the confirm of every task whose link has
 /// not expired (and completes if they all confirm); a confirming job sends the confirms waiting
 /// for their backoff now.
@@ -64,17 +85,7 @@ pub async fn continue_job(
         let client = db(&state).await?;
         within(&state, store::retry_now(&client, &id, &event)).await?
     };
-    if !written {
-        return Err(changed_meanwhile());
-    }
-    wake(&state, &id).await;
-    let record = load(&state, &id).await?;
-    Ok(job_response(
-        StatusCode::ACCEPTED,
-        &base_url(&state, &headers),
-        &record,
-        true,
-    ))
+    taken(&state, &id, &headers, written).await
 }
 
 /// `POST /jobs/{id}/restart`: a failed or canceled job whose tasks all have a `taskURL` starts
@@ -106,15 +117,5 @@ pub async fn restart_job(
         )
         .await?
     };
-    if !written {
-        return Err(changed_meanwhile());
-    }
-    wake(&state, &id).await;
-    let record = load(&state, &id).await?;
-    Ok(job_response(
-        StatusCode::ACCEPTED,
-        &base_url(&state, &headers),
-        &record,
-        true,
-    ))
+    taken(&state, &id, &headers, written).await
 }

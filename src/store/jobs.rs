@@ -433,24 +433,7 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     jobs.event_seq - w.n_events AS event_base, jobs.state_seq,
                     (w.shared_state IS NULL OR jobs.shared_state = w.shared_state)
                         AS state_written
-             ), t AS (
-                UPDATE tasks SET status = u.status, link_uri = u.link_uri,
-                    link_expires = u.link_expires, attempts = u.attempts,
-                    next_attempt_at = u.next_attempt_at, refused = u.refused,
-                    confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
-                    start_time = u.start_time, end_time = u.end_time,
-                    last_message = u.last_message, try_response = u.try_response
-                FROM unnest($14::text[], $15::int[], $16::text[], $17::text[],
-                    $18::timestamptz[], $19::int[], $20::timestamptz[], $21::bool[],
-                    $22::timestamptz[], $23::timestamptz[], $24::text[], $25::jsonb[],
-                    $26::bool[], $27::bool[])
-                    AS u(job_id, idx, status, link_uri, link_expires, attempts, next_attempt_at,
-                         refused, start_time, end_time, last_message, try_response,
-                         confirm_pending, confirm_unknown)
-                WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx
-                  AND u.job_id IN (SELECT id FROM j)
-                RETURNING 1
-             ), e AS ({}), nt AS (
+             ), t AS ({}), e AS ({}), nt AS (
                 INSERT INTO notifications (job_id, channel, target, event)
                 SELECT v.job_id, v.channel, v.target, v.event
                 FROM unnest($33::text[], $34::text[], $35::text[], $36::text[])
@@ -461,6 +444,7 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     j.state_written,
                     (SELECT count(*) FROM t) AS tasks, (SELECT v FROM cfg) AS sync
              FROM j",
+        update_tasks(14, "j"),
         insert_events(29, "j")
     )
 });
@@ -487,21 +471,7 @@ pub async fn save_many(
     let mut ttls = Vec::with_capacity(n);
     let mut next_wakes: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut guards = Vec::with_capacity(n);
-    let tn: usize = saves.iter().map(|s| s.tasks.len()).sum();
-    let mut job_of = Vec::with_capacity(tn);
-    let mut idx = Vec::with_capacity(tn);
-    let mut status = Vec::with_capacity(tn);
-    let mut uri = Vec::with_capacity(tn);
-    let mut expires = Vec::with_capacity(tn);
-    let mut attempts = Vec::with_capacity(tn);
-    let mut next_at = Vec::with_capacity(tn);
-    let mut refused = Vec::with_capacity(tn);
-    let mut pending = Vec::with_capacity(tn);
-    let mut unknown = Vec::with_capacity(tn);
-    let mut start = Vec::with_capacity(tn);
-    let mut end = Vec::with_capacity(tn);
-    let mut message = Vec::with_capacity(tn);
-    let mut response = Vec::with_capacity(tn);
+    let mut tasks = TaskColumns::default();
     let mut events = EventColumns::default();
     let mut event_counts = Vec::with_capacity(n);
     let mut state_guards = Vec::with_capacity(n);
@@ -529,21 +499,7 @@ pub async fn save_many(
             n_event.push(nt.event.as_str());
         }
         for t in &s.tasks {
-            job_of.push(s.id.as_str());
-            idx.push(t.idx);
-            status.push(t.status.as_str());
-            uri.push(t.link.as_ref().map(|l| l.uri.as_str()));
-            expires.push(t.link.as_ref().map(|l| l.expires));
-            attempts.push(t.attempts);
-            next_at.push(t.next_attempt_at);
-            let (is_refused, sent, maybe_applied) = t.confirm.flags();
-            refused.push(is_refused);
-            pending.push(sent);
-            unknown.push(maybe_applied);
-            start.push(t.start_time);
-            end.push(t.end_time);
-            message.push(t.last_message.as_deref());
-            response.push(t.try_response.as_deref());
+            tasks.push(s.id.as_str(), t);
         }
     }
     let stmt = client.prepare_cached(&SAVE_MANY).await?;
@@ -561,22 +517,9 @@ pub async fn save_many(
         &ttls,
         &next_wakes,
         &guards,
-        &job_of,
-        &idx,
-        &status,
-        &uri,
-        &expires,
-        &attempts,
-        &next_at,
-        &refused,
-        &start,
-        &end,
-        &message,
-        &response,
-        &pending,
-        &unknown,
-        &event_counts,
     ];
+    params.extend(tasks.params());
+    params.push(&event_counts);
     params.extend(events.params());
     params.push(&state_guards);
     params.extend([

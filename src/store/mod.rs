@@ -45,7 +45,10 @@ pub use leases::*;
 pub use notifications::*;
 pub use requests::*;
 pub use rows::JobRecord;
-use rows::{JOB_COLUMNS, TASK_COLUMNS, fields_from_row, job_from_row, task_from_row};
+use rows::{
+    JOB_COLUMNS, TASK_COLUMNS, TaskColumns, fields_from_row, job_from_row, task_from_row,
+    update_tasks,
+};
 
 mod embedded {
     refinery::embed_migrations!("migrations");

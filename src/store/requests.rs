@@ -351,35 +351,9 @@ pub async fn rewrite_job(
     let id = job.id.as_str();
     let mut cols = EventColumns::default();
     let n = cols.push(id, events);
-    let n_tasks = job.tasks.len();
-    let mut idx = Vec::with_capacity(n_tasks);
-    let mut status = Vec::with_capacity(n_tasks);
-    let mut uri = Vec::with_capacity(n_tasks);
-    let mut expires = Vec::with_capacity(n_tasks);
-    let mut attempts = Vec::with_capacity(n_tasks);
-    let mut next_at = Vec::with_capacity(n_tasks);
-    let mut refused = Vec::with_capacity(n_tasks);
-    let mut pending = Vec::with_capacity(n_tasks);
-    let mut unknown = Vec::with_capacity(n_tasks);
-    let mut start = Vec::with_capacity(n_tasks);
-    let mut end = Vec::with_capacity(n_tasks);
-    let mut message = Vec::with_capacity(n_tasks);
-    let mut response = Vec::with_capacity(n_tasks);
+    let mut tasks = TaskColumns::default();
     for t in &job.tasks {
-        idx.push(t.idx);
-        status.push(t.status.as_str());
-        uri.push(t.link.as_ref().map(|l| l.uri.as_str()));
-        expires.push(t.link.as_ref().map(|l| l.expires));
-        attempts.push(t.attempts);
-        next_at.push(t.next_attempt_at);
-        let (is_refused, sent, maybe_applied) = t.confirm.flags();
-        refused.push(is_refused);
-        pending.push(sent);
-        unknown.push(maybe_applied);
-        start.push(t.start_time);
-        end.push(t.end_time);
-        message.push(t.last_message.as_deref());
-        response.push(t.try_response.as_deref());
+        tasks.push(id, t);
     }
     let stmt = client
         .prepare_cached(&format!(
@@ -394,22 +368,9 @@ pub async fn rewrite_job(
                 WHERE id = $11::text AND updated_at = $12::timestamptz
                   AND (lease_owner IS NULL OR lease_expires < now())
                 RETURNING id, event_seq - $13::bigint AS event_base
-             ), t AS (
-                UPDATE tasks SET status = u.status, link_uri = u.link_uri,
-                    link_expires = u.link_expires, attempts = u.attempts,
-                    next_attempt_at = u.next_attempt_at, refused = u.refused,
-                    confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
-                    start_time = u.start_time, end_time = u.end_time,
-                    last_message = u.last_message, try_response = u.try_response
-                FROM unnest($14::int[], $15::text[], $16::text[], $17::timestamptz[],
-                    $18::int[], $19::timestamptz[], $20::bool[], $21::bool[], $22::bool[],
-                    $23::timestamptz[], $24::timestamptz[], $25::text[], $26::jsonb[])
-                    AS u(idx, status, link_uri, link_expires, attempts, next_attempt_at,
-                         refused, confirm_pending, confirm_unknown, start_time, end_time,
-                         last_message, try_response)
-                WHERE tasks.job_id = $11::text AND tasks.idx = u.idx AND EXISTS (SELECT 1 FROM b)
-             ), e AS ({})
+             ), t AS ({}), e AS ({})
              SELECT pg_notify('tcc_wake', id) FROM b",
+            update_tasks(14, "b"),
             insert_events(1, "b")
         ))
         .await?;
@@ -428,20 +389,8 @@ pub async fn rewrite_job(
         &id,
         &read_at,
         &n,
-        &idx,
-        &status,
-        &uri,
-        &expires,
-        &attempts,
-        &next_at,
-        &refused,
-        &pending,
-        &unknown,
-        &start,
-        &end,
-        &message,
-        &response,
     ]);
+    params.extend(tasks.params());
     Ok(client.execute(&stmt, &params).await? == 1)
 }
 

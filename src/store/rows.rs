@@ -141,3 +141,87 @@ pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
             .map(std::sync::Arc::new),
     })
 }
+
+/// Tasks' rows as the parallel arrays a statement unnests to update them (`update_tasks`).
+#[derive(Default)]
+pub(super) struct TaskColumns<'a> {
+    job: Vec<&'a str>,
+    idx: Vec<i32>,
+    status: Vec<&'static str>,
+    uri: Vec<Option<&'a str>>,
+    expires: Vec<Option<DateTime<Utc>>>,
+    attempts: Vec<i32>,
+    next_at: Vec<Option<DateTime<Utc>>>,
+    refused: Vec<bool>,
+    start: Vec<Option<DateTime<Utc>>>,
+    end: Vec<Option<DateTime<Utc>>>,
+    message: Vec<Option<&'a str>>,
+    response: Vec<Option<&'a Value>>,
+    pending: Vec<bool>,
+    unknown: Vec<bool>,
+}
+
+impl<'a> TaskColumns<'a> {
+    pub fn push(&mut self, job: &'a str, t: &'a Task) {
+        self.job.push(job);
+        self.idx.push(t.idx);
+        self.status.push(t.status.as_str());
+        self.uri.push(t.link.as_ref().map(|l| l.uri.as_str()));
+        self.expires.push(t.link.as_ref().map(|l| l.expires));
+        self.attempts.push(t.attempts);
+        self.next_at.push(t.next_attempt_at);
+        let (is_refused, sent, maybe_applied) = t.confirm.flags();
+        self.refused.push(is_refused);
+        self.pending.push(sent);
+        self.unknown.push(maybe_applied);
+        self.start.push(t.start_time);
+        self.end.push(t.end_time);
+        self.message.push(t.last_message.as_deref());
+        self.response.push(t.try_response.as_deref());
+    }
+
+    /// The arrays as statement parameters, in the order of `update_tasks`.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+        [
+            &self.job,
+            &self.idx,
+            &self.status,
+            &self.uri,
+            &self.expires,
+            &self.attempts,
+            &self.next_at,
+            &self.refused,
+            &self.start,
+            &self.end,
+            &self.message,
+            &self.response,
+            &self.pending,
+            &self.unknown,
+        ]
+    }
+}
+
+/// The update of a `TaskColumns` batch whose fourteen parameters start at `$first`, for the tasks
+/// of jobs that the CTE `jobs` (`id`) holds; returns a row per task updated.
+pub(super) fn update_tasks(first: usize, jobs: &str) -> String {
+    let p: Vec<String> = (first..first + 14).map(|i| format!("${i}")).collect();
+    format!(
+        "UPDATE tasks SET status = u.status, link_uri = u.link_uri,
+                    link_expires = u.link_expires, attempts = u.attempts,
+                    next_attempt_at = u.next_attempt_at, refused = u.refused,
+                    confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
+                    start_time = u.start_time, end_time = u.end_time,
+                    last_message = u.last_message, try_response = u.try_response
+                FROM unnest({}::text[], {}::int[], {}::text[], {}::text[],
+                    {}::timestamptz[], {}::int[], {}::timestamptz[], {}::bool[],
+                    {}::timestamptz[], {}::timestamptz[], {}::text[], {}::jsonb[],
+                    {}::bool[], {}::bool[])
+                    AS u(job_id, idx, status, link_uri, link_expires, attempts, next_attempt_at,
+                         refused, start_time, end_time, last_message, try_response,
+                         confirm_pending, confirm_unknown)
+                WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx
+                  AND u.job_id IN (SELECT id FROM {jobs})
+                RETURNING 1",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13]
+    )
+}
