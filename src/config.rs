@@ -269,6 +269,19 @@ pub struct Config {
     )]
     pub retention: Span,
 
+    /// API keys, `name:role:secret,...` (roles `read` < `submit` < `admin`; secrets at least 16
+    /// characters), sent as `Authorization: Bearer <secret>`. Unset: the API is open to anyone
+    /// who can reach it.
+    /// (Read as text and parsed by `validate`, so that an error never repeats a secret.)
+    #[arg(
+        long = "api-keys",
+        env = "TCC_API_KEYS",
+        value_name = "TCC_API_KEYS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub api_keys_raw: Option<String>,
+
     /// The secret that signs every callback and webhook: `tcc-signature: sha256=<hex HMAC-SHA256
     /// of the body>`. Unset: deliveries are not signed.
     #[arg(
@@ -390,7 +403,7 @@ pub struct Config {
 
 /// Settings of the contract that this version does not implement yet. Accepting them silently
 /// would give a false sense of protection (API keys) or of being called (notifications).
-pub const NOT_YET_SUPPORTED: [&str; 2] = ["TCC_API_KEYS", "TCC_ALLOWED_TARGETS"];
+pub const NOT_YET_SUPPORTED: [&str; 1] = ["TCC_ALLOWED_TARGETS"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -399,8 +412,20 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The API keys (`TCC_API_KEYS`); empty when unset. `validate` has checked them.
+    pub fn api_keys(&self) -> crate::api::auth::ApiKeys {
+        self.api_keys_raw
+            .as_deref()
+            .and_then(|raw| raw.parse().ok())
+            .unwrap_or_default()
+    }
+
     /// Rules that involve several settings, and settings this version refuses.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(raw) = &self.api_keys_raw {
+            raw.parse::<crate::api::auth::ApiKeys>()
+                .map_err(|e| ConfigError::Invalid(format!("TCC_API_KEYS: {e}")))?;
+        }
         for name in NOT_YET_SUPPORTED {
             if std::env::var_os(name).is_some() {
                 return Err(ConfigError::Invalid(format!(

@@ -94,6 +94,10 @@ async fn serve(config: &Config, listeners: Listeners, db: &Database) -> anyhow::
     if let Some(m) = app.metrics_addr() {
         tracing::info!(addr = %m, "metrics serving");
     }
-    tracing::warn!("no API keys are configured: the API is open to anyone who can reach it");
+    if config.api_keys().is_empty() {
+        tracing::warn!(
+            "no API keys are configured (TCC_API_KEYS): the API is open to anyone who can reach it"
+        );
+    }
     app.run_until_stopped(shutdown_signal()).await
 }

@@ -145,6 +145,7 @@ impl Application {
                 request_timeout: config.request_timeout.0,
                 db_timeout: config.db_timeout.0,
                 max_inflight_requests: config.max_inflight_requests,
+                api_keys: Arc::new(config.api_keys()),
             }),
             metrics: crate::metrics::install(),
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_requests)),

@@ -4,13 +4,14 @@
 //! does, writes that only if the job did not change meanwhile, and wakes whichever instance is
 //! to drive the job.
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::Utc;
 
+use super::auth::Actor;
 use super::jobs::{db, job_response, load, wake, within};
-use super::{ANONYMOUS, ApiError, AppState, base_url};
+use super::{ApiError, AppState, base_url};
 use crate::domain::actions::{self, Action};
 use crate::domain::{Event, JobStatus};
 use crate::store;
@@ -48,6 +49,7 @@ async fn taken(
 /// for their backoff now.
 pub async fn continue_job(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -64,7 +66,7 @@ pub async fn continue_job(
             Event::action(
                 now,
                 "continue",
-                ANONYMOUS,
+                &actor.0,
                 Some(format!("the confirm of {n} heuristic task(s) is retried")),
             ),
             Event::job_status(now, job.status, None),
@@ -79,7 +81,7 @@ pub async fn continue_job(
         let event = Event::action(
             now,
             "continue",
-            ANONYMOUS,
+            &actor.0,
             Some("the confirms waiting for a retry are sent now".into()),
         );
         let client = db(&state).await?;
@@ -93,6 +95,7 @@ pub async fn continue_job(
 /// new deadline `jobMaxTTL` from now. The earlier attempt stays in the event log.
 pub async fn restart_job(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -104,7 +107,7 @@ pub async fn restart_job(
         Event::action(
             now,
             "restart",
-            ANONYMOUS,
+            &actor.0,
             Some(format!("attempt {} starts", job.attempt)),
         ),
         Event::job_status(now, job.status, None),

@@ -8,7 +8,9 @@
 //! `DELETE`) on each link with `application/tcc`.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
+
+use super::auth::Actor;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -99,6 +101,7 @@ fn confirm_answer(record: &JobRecord) -> Response {
 /// `PUT /coordinator/confirm`: confirm every link; answer once the outcome is known.
 pub async fn confirm(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -110,7 +113,7 @@ pub async fn confirm(
             None
         } else {
             let id = job_for(&state, &set, false).await?;
-            cancel_job(&state, &id).await?;
+            cancel_job(&state, &id, &actor.0).await?;
             Some(id)
         };
         let e = ApiError::new(
@@ -138,6 +141,7 @@ pub async fn confirm(
 /// cancel is recorded, the calls follow.
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -147,7 +151,7 @@ pub async fn cancel(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let id = job_for(&state, &set, false).await?;
-    cancel_job(&state, &id).await?;
+    cancel_job(&state, &id, &actor.0).await?;
     Ok(with_location(
         StatusCode::NO_CONTENT.into_response(),
         &base,
@@ -156,11 +160,11 @@ pub async fn cancel(
 }
 
 /// Record the cancel of a job made for a link set (again, for a replay: harmless).
-async fn cancel_job(state: &AppState, id: &str) -> Result<(), ApiError> {
+async fn cancel_job(state: &AppState, id: &str, actor: &str) -> Result<(), ApiError> {
     let client = db(state).await?;
     let outcome = within(
         state,
-        store::request(&client, id, ClientRequest::Cancel, super::ANONYMOUS),
+        store::request(&client, id, ClientRequest::Cancel, actor),
     )
     .await?;
     drop(client);

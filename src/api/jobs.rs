@@ -3,15 +3,16 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::auth::Actor;
 use super::repr::{self, JobRepr, TaskRepr};
-use super::{ANONYMOUS, ApiError, AppState, base_url, none_match, prefer_wait, read_json};
+use super::{ApiError, AppState, base_url, none_match, prefer_wait, read_json};
 use crate::domain::request::{self, FieldError, Limits, parse_rfc3339};
 use crate::domain::{FailureReason, JobStatus};
 use crate::engine::Accepted;
@@ -109,9 +110,10 @@ async fn record_request(
     state: &AppState,
     id: &str,
     what: ClientRequest,
+    actor: &str,
 ) -> Result<RequestOutcome, ApiError> {
     let client = db(state).await?;
-    let outcome = within(state, store::request(&client, id, what, ANONYMOUS)).await?;
+    let outcome = within(state, store::request(&client, id, what, actor)).await?;
     if outcome == RequestOutcome::Accepted {
         wake(state, id).await;
     }
@@ -241,6 +243,7 @@ pub async fn create_job(
 /// the retry policy and the shared state cannot change this way.
 pub async fn put_job(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -338,7 +341,7 @@ pub async fn put_job(
     let event = crate::domain::Event::action(
         now,
         "update",
-        ANONYMOUS,
+        &actor.0,
         Some("description, contact, callbacks, tags, autoConfirm and jobMaxTTL as sent".into()),
     );
     let written = {
@@ -534,10 +537,11 @@ pub async fn list_jobs(
 
 pub async fn cancel_job(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let outcome = record_request(&state, &id, ClientRequest::Cancel).await?;
+    let outcome = record_request(&state, &id, ClientRequest::Cancel, &actor.0).await?;
     let base = base_url(&state, &headers);
     match outcome {
         RequestOutcome::Accepted => {
@@ -629,10 +633,11 @@ pub(super) async fn wait_change(
 
 pub async fn confirm_job(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let outcome = record_request(&state, &id, ClientRequest::Confirm).await?;
+    let outcome = record_request(&state, &id, ClientRequest::Confirm, &actor.0).await?;
     let base = base_url(&state, &headers);
     match outcome {
         RequestOutcome::Accepted | RequestOutcome::AlreadyAt(JobStatus::Confirming, _) => {
@@ -741,6 +746,7 @@ pub async fn get_task(
 
 pub async fn register(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -751,7 +757,7 @@ pub async fn register(
         let mut client = db(&state).await?;
         within(
             &state,
-            store::register(&mut client, &id, &reg, state.settings.max_tasks, ANONYMOUS),
+            store::register(&mut client, &id, &reg, state.settings.max_tasks, &actor.0),
         )
         .await?
     };
@@ -846,6 +852,7 @@ const MAX_NOTE: usize = 4096;
 /// answered as the first time; another note on a resolved job is a conflict.
 pub async fn resolve_job(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -889,7 +896,7 @@ pub async fn resolve_job(
     let resolution = crate::domain::Resolution {
         note,
         resolved_at: Utc::now(),
-        resolved_by: ANONYMOUS.to_string(),
+        resolved_by: actor.0.clone(),
     };
     let client = db(&state).await?;
     let outcome = within(&state, store::resolve(&client, &id, &resolution)).await?;

@@ -4,6 +4,7 @@
 //! engine; they never drive a job themselves and never call a participant.
 
 mod actions;
+pub mod auth;
 mod coordinator;
 mod error;
 mod events;
@@ -57,6 +58,8 @@ pub struct ApiSettings {
     pub max_inflight_requests: usize,
     /// How long a request waits for the database (`TCC_DB_TIMEOUT`).
     pub db_timeout: Duration,
+    /// `TCC_API_KEYS`; empty: the API is open.
+    pub api_keys: Arc<auth::ApiKeys>,
 }
 
 impl ApiSettings {
@@ -80,7 +83,10 @@ fn with_options(router: MethodRouter<AppState>, allow: &'static str) -> MethodRo
 /// The API, as the service the HTTP server runs.
 pub fn router(state: AppState) -> impl HttpService {
     let settings = state.settings.clone();
-    guarded(routes().with_state(state), &settings)
+    guarded(
+        routes(settings.api_keys.clone()).with_state(state),
+        &settings,
+    )
 }
 
 /// What the HTTP server runs: a request in, a response out, never an error.
@@ -227,7 +233,9 @@ async fn fault_stall() -> StatusCode {
     std::future::pending().await
 }
 
-fn routes() -> Router<AppState> {
+/// Every route, behind the API keys' check (`auth::authorize`), itself inside the HTTP metrics
+/// (so that refusals are counted too).
+fn routes(keys: Arc<auth::ApiKeys>) -> Router<AppState> {
     use axum::routing::{delete, post, put};
     const GET: &str = "GET, HEAD, OPTIONS";
     const POST: &str = "POST, OPTIONS";
@@ -315,6 +323,9 @@ fn routes() -> Router<AppState> {
         .route("/fault/panic", get(fault_panic))
         .route("/fault/stall", get(fault_stall));
     router
+        .route_layer(middleware::from_fn(move |req, next| {
+            auth::authorize(keys.clone(), req, next)
+        }))
         .route_layer(middleware::from_fn(track_http))
         .fallback(not_found)
 }

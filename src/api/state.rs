@@ -5,14 +5,15 @@
 //! mappings again over a client's version (`engine::driver`).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chrono::Utc;
 use serde_json::Value;
 
+use super::auth::Actor;
 use super::jobs::{db, json_response, not_modified, wake, within};
-use super::{ANONYMOUS, ApiError, AppState, none_match, read_json};
+use super::{ApiError, AppState, none_match, read_json};
 use crate::domain::request::{self, FieldError};
 use crate::domain::{Event, mapping};
 use crate::store::{self, StateWritten};
@@ -102,11 +103,12 @@ async fn write(
     new: &Value,
     over: Option<i64>,
     how: &str,
+    actor: &str,
 ) -> Result<Option<Response>, ApiError> {
     let event = Event::action(
         Utc::now(),
         "shared-state",
-        ANONYMOUS,
+        actor,
         Some(format!("the shared state was {how}")),
     );
     let written = {
@@ -130,6 +132,7 @@ async fn write(
 /// `PUT`: the shared state replaced by the body (a JSON object, at most 256 KiB).
 pub async fn put_shared_state(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -147,7 +150,7 @@ pub async fn put_shared_state(
             Some(version)
         }
     };
-    match write(&state, &id, &new, over, "replaced").await? {
+    match write(&state, &id, &new, over, "replaced", &actor.0).await? {
         Some(resp) => Ok(resp),
         // Only a conditional write can find the version moved.
         None => {
@@ -161,6 +164,7 @@ pub async fn put_shared_state(
 /// Without `If-Match` it is applied to whatever version is current when it is written.
 pub async fn patch_shared_state(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -203,7 +207,8 @@ pub async fn patch_shared_state(
         }
         mapping::merge_patch(&mut current, &patch);
         check(&current, StatusCode::UNPROCESSABLE_ENTITY)?;
-        if let Some(resp) = write(&state, &id, &current, Some(version), "patched").await? {
+        if let Some(resp) = write(&state, &id, &current, Some(version), "patched", &actor.0).await?
+        {
             return Ok(resp);
         }
         if wanted.is_some() {

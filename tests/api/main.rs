@@ -6,6 +6,7 @@ mod participant;
 
 mod actions;
 mod atomikos;
+mod auth;
 mod events;
 mod hardening;
 mod lifecycle;

@@ -1,0 +1,283 @@
+//! API keys and roles (SPEC §8): `TCC_API_KEYS="name:role:secret,..."`, sent as
+//! `Authorization: Bearer <secret>`. Roles are ordered `read` < `submit` < `admin`: reads need
+//! `read`; creating, registering, confirming, canceling and writing the shared state `submit`;
+//! `restart`, `continue` and `resolve` `admin`. Health and metrics stay open. Without keys the
+//! API is open and every action is recorded as `anonymous`.
+//!
+//! Secrets are compared in constant time (`subtle`), never logged and never shown: a key is
+//! known by its name, which the event log records on every action it takes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Read,
+    Submit,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Submit => "submit",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read" => Ok(Role::Read),
+            "submit" => Ok(Role::Submit),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("role {other:?} is not one of read, submit, admin")),
+        }
+    }
+}
+
+/// One key: its name (shown, recorded), role, and secret (never shown).
+#[derive(Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub role: Role,
+    secret: Vec<u8>,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The configured keys (`TCC_API_KEYS`).
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys(Vec<ApiKey>);
+
+/// The shortest secret taken: a guessable key protects nothing.
+pub const MIN_SECRET: usize = 16;
+
+impl FromStr for ApiKeys {
+    type Err = String;
+    /// `name:role:secret,...`; the secret may hold `:`. Names are 1–64 characters of
+    /// `A-Z a-z 0-9 . _ -`, unique; secrets at least 16 characters, unique.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut keys: Vec<ApiKey> = Vec::new();
+        for (i, entry) in s.split(',').map(str::trim).enumerate() {
+            let n = i + 1;
+            let mut parts = entry.splitn(3, ':');
+            let (Some(name), Some(role), Some(secret)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(format!("key {n}: must be name:role:secret"));
+            };
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid_name {
+                return Err(format!(
+                    "key {n}: the name {name:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ -"
+                ));
+            }
+            let role: Role = role.parse().map_err(|e| format!("key {name}: {e}"))?;
+            if secret.chars().count() < MIN_SECRET {
+                return Err(format!(
+                    "key {name}: the secret must be at least {MIN_SECRET} characters"
+                ));
+            }
+            if keys.iter().any(|k| k.name == name) {
+                return Err(format!("key {name}: the name is used twice"));
+            }
+            if keys.iter().any(|k| k.secret == secret.as_bytes()) {
+                return Err(format!("key {name}: its secret is another key's too"));
+            }
+            keys.push(ApiKey {
+                name: name.to_string(),
+                role,
+                secret: secret.as_bytes().to_vec(),
+            });
+        }
+        Ok(ApiKeys(keys))
+    }
+}
+
+impl ApiKeys {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The key whose secret this is. Every key is compared, each in constant time.
+    fn find(&self, secret: &[u8]) -> Option<&ApiKey> {
+        let mut found = None;
+        for k in &self.0 {
+            if bool::from(k.secret.as_slice().ct_eq(secret)) {
+                found = Some(k);
+            }
+        }
+        found
+    }
+}
+
+/// Who acts on a request: the key's name, or `anonymous` while the API is open. Every handler
+/// that changes a job records it.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// The role a request needs; `None`: open to anyone (health, metrics, `OPTIONS`).
+pub fn needed(method: &Method, route: &str) -> Option<Role> {
+    if route.starts_with("/health/") || route == "/metrics" || method == Method::OPTIONS {
+        return None;
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return Some(Role::Read);
+    }
+    let admin = ["/restart", "/continue", "/resolve"]
+        .iter()
+        .any(|a| route.ends_with(a));
+    Some(if admin { Role::Admin } else { Role::Submit })
+}
+
+fn unauthorized(detail: &str) -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Unauthorized",
+        detail,
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"tcc-coordinator\""),
+    );
+    resp
+}
+
+/// The middleware: with keys, every request but the open ones must carry one strong enough;
+/// the request then carries its `Actor`.
+pub async fn authorize(keys: std::sync::Arc<ApiKeys>, mut req: Request, next: Next) -> Response {
+    if keys.is_empty() {
+        req.extensions_mut()
+            .insert(Actor(super::ANONYMOUS.to_string()));
+        return next.run(req).await;
+    }
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let Some(role) = needed(req.method(), &route) else {
+        req.extensions_mut()
+            .insert(Actor(super::ANONYMOUS.to_string()));
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, secret) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| secret.trim())
+        });
+    let Some(secret) = given else {
+        return unauthorized(
+            "this coordinator needs an API key: send Authorization: Bearer <secret>",
+        );
+    };
+    let Some(key) = keys.find(secret.as_bytes()) else {
+        return unauthorized("the API key is not known here");
+    };
+    if key.role < role {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            format!(
+                "this needs the {} role; the key {} has the {} role",
+                role.as_str(),
+                key.name,
+                key.role.as_str()
+            ),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(Actor(key.name.clone()));
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_and_bad_ones_say_why() {
+        let keys: ApiKeys = "ops:admin:0123456789abcdef, ci:submit:a:b:c:d:e:f:g:h:i:j"
+            .parse()
+            .expect("valid");
+        assert_eq!(keys.0.len(), 2);
+        assert_eq!(
+            keys.find(b"a:b:c:d:e:f:g:h:i:j").map(|k| k.name.as_str()),
+            Some("ci")
+        );
+        assert!(keys.find(b"0123456789abcdeF").is_none());
+        assert!(
+            !format!("{keys:?}").contains("0123456789"),
+            "no secret in Debug"
+        );
+        for (bad, says) in [
+            ("ops:admin", "name:role:secret"),
+            ("ops:root:0123456789abcdef", "role"),
+            ("ops:read:short", "16"),
+            ("o ps:read:0123456789abcdef", "name"),
+            ("a:read:0123456789abcdef,a:admin:fedcba9876543210", "twice"),
+            (
+                "a:read:0123456789abcdef,b:admin:0123456789abcdef",
+                "another key",
+            ),
+        ] {
+            let err = bad.parse::<ApiKeys>().expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn each_route_needs_its_role() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(needed(&get, "/health/ready"), None);
+        assert_eq!(needed(&get, "/metrics"), None);
+        assert_eq!(needed(&Method::OPTIONS, "/jobs"), None);
+        assert_eq!(needed(&get, "/jobs/{job_id}"), Some(Role::Read));
+        assert_eq!(needed(&post, "/jobs"), Some(Role::Submit));
+        assert_eq!(
+            needed(&Method::PATCH, "/jobs/{job_id}/shared-state"),
+            Some(Role::Submit)
+        );
+        assert_eq!(
+            needed(&Method::PUT, "/coordinator/confirm"),
+            Some(Role::Submit)
+        );
+        for admin in ["restart", "continue", "resolve"] {
+            assert_eq!(
+                needed(&post, &format!("/jobs/{{job_id}}/{admin}")),
+                Some(Role::Admin)
+            );
+        }
+        assert!(Role::Read < Role::Submit && Role::Submit < Role::Admin);
+    }
+}
