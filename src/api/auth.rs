@@ -1,7 +1,7 @@
 //! API keys and roles (SPEC §8): `TCC_API_KEYS="name:role:secret,..."`, sent as
 //! `Authorization: Bearer <secret>`. Roles are ordered `read` < `submit` < `admin`: reads need
 //! `read`; creating, registering, confirming, canceling and writing the shared state `submit`;
-//! `restart`, `continue` and `resolve` `admin`. Health and metrics stay open. Without keys the
+//! `restart`, `continue` and `resolve` `admin`. Health, metrics and the problem pages stay open. Without keys the
 //! API is open and every action is recorded as `anonymous`.
 //!
 //! Secrets are compared in constant time (`subtle`), never logged and never shown: a key is
@@ -141,7 +141,11 @@ pub struct Actor(pub String);
 
 /// The role a request needs; `None`: open to anyone (health, metrics, `OPTIONS`).
 pub fn needed(method: &Method, route: &str) -> Option<Role> {
-    if route.starts_with("/health/") || route == "/metrics" || method == Method::OPTIONS {
+    if route.starts_with("/health/")
+        || route.starts_with("/problems/")
+        || route == "/metrics"
+        || method == Method::OPTIONS
+    {
         return None;
     }
     if method == Method::GET || method == Method::HEAD {
@@ -261,6 +265,7 @@ mod tests {
         let post = Method::POST;
         assert_eq!(needed(&get, "/health/ready"), None);
         assert_eq!(needed(&get, "/metrics"), None);
+        assert_eq!(needed(&get, "/problems/{slug}"), None);
         assert_eq!(needed(&Method::OPTIONS, "/jobs"), None);
         assert_eq!(needed(&get, "/jobs/{job_id}"), Some(Role::Read));
         assert_eq!(needed(&post, "/jobs"), Some(Role::Submit));

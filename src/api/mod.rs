@@ -9,6 +9,7 @@ mod coordinator;
 mod error;
 mod events;
 mod jobs;
+mod problems;
 pub mod repr;
 mod state;
 
@@ -314,6 +315,10 @@ fn routes(keys: Arc<auth::ApiKeys>) -> Router<AppState> {
         .route(
             "/coordinator/cancel",
             with_options(put(coordinator::cancel), "PUT, OPTIONS"),
+        )
+        .route(
+            "/problems/{slug}",
+            with_options(get(problems::problem_page), GET),
         )
         .route("/health/live", with_options(get(live), GET))
         .route("/health/ready", with_options(get(ready), GET))

@@ -48,8 +48,13 @@ async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
         );
         assert_eq!(problem["type"], "/problems/unauthorized");
     }
-    // Health and metrics stay open.
-    for path in ["/health/live", "/health/ready", "/metrics"] {
+    // Health, metrics and the problem pages stay open.
+    for path in [
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/problems/unauthorized",
+    ] {
         assert_eq!(app.get(path).await.status(), 200, "{path}");
     }
     // read may read, not submit: 403 naming the role needed.

@@ -279,3 +279,27 @@ async fn a_fresh_process_exports_the_counters_at_zero() {
         );
     }
 }
+
+/// Every problem's `type` resolves to a page that says what it means; an unknown one is 404.
+#[tokio::test]
+async fn problem_types_resolve_to_pages() {
+    let app = spawn_app().await;
+    let resp = app.get("/jobs/no-such-job").await;
+    assert_eq!(resp.status(), 404);
+    let problem: serde_json::Value = resp.json().await.expect("a problem");
+    let ty = problem["type"].as_str().expect("a type").to_string();
+    assert_eq!(ty, "/problems/not-found");
+    let page = app.get(&ty).await;
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/html")),
+        "{:?}",
+        page.headers()
+    );
+    let html = page.text().await.expect("the page");
+    assert!(html.contains("<h1>Not found</h1>"), "{html}");
+    assert_eq!(app.get("/problems/no-such-problem").await.status(), 404);
+}
