@@ -2,7 +2,6 @@
 //! `Accept: text/event-stream` a live stream of it (SSE) that ends when the job does.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
@@ -181,7 +180,8 @@ struct Live {
     ready: Option<(JobStatus, Vec<StoredEvent>)>,
     changes: tokio::sync::broadcast::Receiver<String>,
     ended: bool,
-    _permit: Arc<OwnedSemaphorePermit>,
+    /// Held while the stream lives: one of `AppState.streams`.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// The job's events after `after` as they are written, until the job ends (every event up to
@@ -202,7 +202,7 @@ fn live(
         ready: Some((status, first)),
         changes,
         ended: false,
-        _permit: Arc::new(permit),
+        _permit: permit,
     };
     stream::unfold(live, |mut l| async move {
         if l.ended {

@@ -126,6 +126,15 @@ pub(super) async fn wake(state: &AppState, id: &str) {
     let _ = tokio::time::timeout(state.settings.db_timeout, state.engine.wake(id)).await;
 }
 
+/// The job and its tasks only, for what shows no notifications (progress, its long poll).
+async fn load_tasks(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
+    let client = db(state).await?;
+    within(state, store::load_job(&client, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
+}
+
+/// The job as its representation shows it, notifications included.
 pub(super) async fn load(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     let client = db(state).await?;
     within(state, store::load_shown(&client, id))
@@ -262,48 +271,46 @@ pub async fn put_job(
         let client = db(&state).await?;
         within(&state, store::request_hash(&client, &id)).await?
     };
-    if known.is_none() {
-        let row = store::NewJobRow {
-            id: job_id,
-            job: new.clone(),
-            source: "jcl",
-            created_at: now,
-            owner: state.engine.instance_id().to_string(),
-            lease_ttl: state.engine.lease_ttl(),
-            idempotency_key: None,
-            request_hash: Some(hash.clone()),
-            traceparent: traceparent(&headers).map(str::to_string),
-        };
-        match within(&state, state.engine.accept(row)).await {
-            Ok(Accepted::Created(record)) => {
-                metrics::counter!(m::JOBS_CREATED, "source" => "jcl").increment(1);
-                return Ok(job_response(StatusCode::CREATED, &base, &record, true));
-            }
-            // No idempotency key was given: a replay cannot come back.
-            Ok(Accepted::Replay { .. }) => {}
-            Err(e) => {
-                // Another PUT of the same id may have won the race: answer as to a second PUT.
-                let client = db(&state).await?;
-                if within(&state, store::request_hash(&client, &id))
-                    .await?
-                    .is_none()
-                {
-                    return Err(e.into());
+    let stored_hash = match known {
+        Some(hash) => hash,
+        None => {
+            let row = store::NewJobRow {
+                id: job_id,
+                job: new.clone(),
+                source: "jcl",
+                created_at: now,
+                owner: state.engine.instance_id().to_string(),
+                lease_ttl: state.engine.lease_ttl(),
+                idempotency_key: None,
+                request_hash: Some(hash.clone()),
+                traceparent: traceparent(&headers).map(str::to_string),
+            };
+            let failed = match within(&state, state.engine.accept(row)).await {
+                Ok(Accepted::Created(record)) => {
+                    metrics::counter!(m::JOBS_CREATED, "source" => "jcl").increment(1);
+                    return Ok(job_response(StatusCode::CREATED, &base, &record, true));
+                }
+                // No idempotency key was given: a replay cannot come back.
+                Ok(Accepted::Replay { .. }) => None,
+                Err(e) => Some(e),
+            };
+            // Another PUT of the same id may have won the race: answer as to a second PUT.
+            let client = db(&state).await?;
+            match within(&state, store::request_hash(&client, &id)).await? {
+                Some(hash) => hash,
+                None => {
+                    return Err(failed.map(ApiError::from).unwrap_or_else(|| {
+                        ApiError::conflict(format!("job {id} could not be stored; try again"))
+                    }));
                 }
             }
         }
-    }
-    let record = load(&state, &id).await?;
-    let stored_hash = {
-        let client = db(&state).await?;
-        within(&state, store::request_hash(&client, &id))
-            .await?
-            .flatten()
     };
+    let record = load(&state, &id).await?;
     if stored_hash.as_deref() == Some(hash.as_str()) {
         return Ok(job_response(StatusCode::OK, &base, &record, false));
     }
-    let Some(if_match) = headers.get(header::IF_MATCH) else {
+    let Some(tags) = super::if_match(&headers) else {
         return Err(ApiError::conflict(format!(
             "job {id} exists with another document; to update it, send If-Match with its current ETag"
         )));
@@ -314,12 +321,7 @@ pub async fn put_job(
         .get(header::ETAG)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let matches = if_match
-        .to_str()
-        .unwrap_or_default()
-        .split(',')
-        .any(|t| t.trim() == etag || t.trim() == "*");
-    if !matches {
+    if !super::matches_any(&tags, etag) {
         return Err(ApiError::new(
             StatusCode::PRECONDITION_FAILED,
             "precondition-failed",
@@ -697,7 +699,7 @@ pub async fn progress(
     let mut changes = state.engine.subscribe();
     let until = Instant::now() + wait.unwrap_or_default();
     loop {
-        let record = load(&state, &id).await?;
+        let record = load_tasks(&state, &id).await?;
         let body = repr::ProgressRepr::new(&base, &record);
         let bytes = serde_json::to_string(&body).unwrap_or_default();
         let etag = repr::etag(bytes.as_bytes());
@@ -717,7 +719,7 @@ pub async fn list_tasks(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = load(&state, &id).await?;
+    let record = load_tasks(&state, &id).await?;
     let base = base_url(&state, &headers);
     Ok(json_response(
         StatusCode::OK,
@@ -730,7 +732,7 @@ pub async fn get_task(
     Path((id, task_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = load(&state, &id).await?;
+    let record = load_tasks(&state, &id).await?;
     let base = base_url(&state, &headers);
     let task = record
         .job

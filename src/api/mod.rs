@@ -521,6 +521,23 @@ pub fn prefer_wait(headers: &HeaderMap, max: Duration) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(max.as_secs_f64())))
 }
 
+/// `If-Match`: the ETags given, or `None` without the header.
+pub fn if_match(headers: &HeaderMap) -> Option<Vec<String>> {
+    let v = headers.get(header::IF_MATCH)?;
+    Some(
+        v.to_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .collect(),
+    )
+}
+
+/// Whether the `If-Match` tags name `etag` (or `*`).
+pub fn matches_any(tags: &[String], etag: &str) -> bool {
+    tags.iter().any(|t| t == etag || t == "*")
+}
+
 /// Whether `If-None-Match` names `etag` (or `*`).
 pub fn none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers

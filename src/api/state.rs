@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::auth::Actor;
 use super::jobs::{db, json_response, not_modified, wake, within};
-use super::{ApiError, AppState, none_match, read_json};
+use super::{ApiError, AppState, if_match, matches_any, none_match, read_json};
 use crate::domain::request::{self, FieldError};
 use crate::domain::{Event, mapping};
 use crate::store::{self, StateWritten};
@@ -57,18 +57,6 @@ pub async fn get_shared_state(
     Ok(state_response(&value))
 }
 
-/// `If-Match`: the ETags given, or `None` without the header.
-fn if_match(headers: &HeaderMap) -> Option<Vec<String>> {
-    let v = headers.get(header::IF_MATCH)?;
-    Some(
-        v.to_str()
-            .unwrap_or_default()
-            .split(',')
-            .map(|t| t.trim().to_string())
-            .collect(),
-    )
-}
-
 fn precondition_failed(current: &str) -> ApiError {
     ApiError::new(
         StatusCode::PRECONDITION_FAILED,
@@ -80,20 +68,17 @@ fn precondition_failed(current: &str) -> ApiError {
     )
 }
 
-fn check(value: &Value, too_large: StatusCode) -> Result<(), ApiError> {
-    request::check_shared_state(value).map_err(|errors| {
-        let large = errors.iter().any(|e| e.detail.contains("256 KiB"));
-        if large && too_large == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "shared-state-too-large",
-                "Shared state too large",
-                "the shared state must be at most 256 KiB serialized",
-            )
-        } else {
-            ApiError::validation(errors)
-        }
-    })
+/// A state as a client sent it (`PUT`): past 256 KiB a 413, other faults a 422.
+fn check_sent(value: &Value) -> Result<(), ApiError> {
+    if serde_json::to_vec(value).map_or(0, |v| v.len()) > request::MAX_SHARED_STATE_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "shared-state-too-large",
+            "Shared state too large",
+            "the shared state must be at most 256 KiB serialized",
+        ));
+    }
+    request::check_shared_state(value).map_err(ApiError::validation)
 }
 
 /// Write `new` over version `over` (`None`: whatever is there), and answer the state written.
@@ -138,13 +123,13 @@ pub async fn put_shared_state(
     body: Body,
 ) -> Result<Response, ApiError> {
     let new = read_json(&headers, body, state.settings.max_body).await?;
-    check(&new, StatusCode::PAYLOAD_TOO_LARGE)?;
+    check_sent(&new)?;
     let over = match if_match(&headers) {
         None => None,
         Some(tags) => {
             let (current, version) = read(&state, &id).await?;
             let etag = etag_of(&current);
-            if !tags.iter().any(|t| *t == etag || t == "*") {
+            if !matches_any(&tags, &etag) {
                 return Err(precondition_failed(&etag));
             }
             Some(version)
@@ -201,12 +186,12 @@ pub async fn patch_shared_state(
         let (mut current, version) = read(&state, &id).await?;
         if let Some(tags) = &wanted {
             let etag = etag_of(&current);
-            if !tags.iter().any(|t| *t == etag || t == "*") {
+            if !matches_any(tags, &etag) {
                 return Err(precondition_failed(&etag));
             }
         }
         mapping::merge_patch(&mut current, &patch);
-        check(&current, StatusCode::UNPROCESSABLE_ENTITY)?;
+        request::check_shared_state(&current).map_err(ApiError::validation)?;
         if let Some(resp) = write(&state, &id, &current, Some(version), "patched", &actor.0).await?
         {
             return Ok(resp);
