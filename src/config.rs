@@ -318,6 +318,12 @@ pub struct Config {
     )]
     pub notify_max_age: Span,
 
+    /// How many distinct participants (host:port) `tcc_participant_calls_total` and
+    /// `tcc_participant_call_duration_seconds` name; calls to the targets past these are
+    /// counted as `participant="other"`.
+    #[arg(long, env = "TCC_METRICS_MAX_PARTICIPANTS", value_name = "TCC_METRICS_MAX_PARTICIPANTS", default_value = "100", value_parser = parse_positive, global = true)]
+    pub metrics_max_participants: usize,
+
     /// How long a job's lease lasts without renewal; another instance takes the job over after.
     #[arg(
         long,

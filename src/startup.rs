@@ -147,7 +147,11 @@ impl Application {
                 max_inflight_requests: config.max_inflight_requests,
                 api_keys: Arc::new(config.api_keys()),
             }),
-            metrics: crate::metrics::install(),
+            metrics: {
+                let handle = crate::metrics::install();
+                crate::metrics::set_max_participants(config.metrics_max_participants);
+                handle
+            },
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_requests)),
         };
         let base_url = config

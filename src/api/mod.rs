@@ -357,34 +357,39 @@ async fn live() -> impl IntoResponse {
 /// only then), and the database answers, is writable and commits durably within
 /// `TCC_DB_TIMEOUT` (`store::ready`).
 async fn ready(State(state): State<AppState>) -> Response {
-    use crate::store::Readiness;
-    let not_ready = |detail: &str| {
-        ApiError::new(
+    match readiness(&state).await {
+        Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
+        Err(detail) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not-ready",
             "Not ready",
             detail,
         )
-        .into_response()
-    };
+        .into_response(),
+    }
+}
+
+/// Whether this instance is ready (`/health/ready`, `tcc_ready`), or why not.
+async fn readiness(state: &AppState) -> Result<(), &'static str> {
+    use crate::store::Readiness;
     if !state.engine.driving() {
-        return not_ready(
+        return Err(
             "this instance does not hold its identity in the database (the session was lost); it is taking it anew",
         );
     }
     let instance = state.engine.instance_id();
-    match jobs::within(&state, crate::store::ready(&state.pool, instance)).await {
-        Ok(Readiness::Ready) => axum::Json(json!({"status": "ready"})).into_response(),
+    match jobs::within(state, crate::store::ready(&state.pool, instance)).await {
+        Ok(Readiness::Ready) => Ok(()),
         Ok(Readiness::NotMigrated) => {
-            not_ready("the database schema is not migrated to this version yet")
+            Err("the database schema is not migrated to this version yet")
         }
-        Ok(Readiness::NotRegistered) => not_ready(
+        Ok(Readiness::NotRegistered) => Err(
             "this instance is not registered in the database (its identity is being taken anew)",
         ),
         Err(e) => {
             // What the database said stays in the log: no internal detail reaches a client.
             tracing::warn!(error = %e, "not ready");
-            not_ready(match e {
+            Err(match e {
                 crate::store::StoreError::Unavailable(_) => {
                     "the database cannot be reached, or did not take a durable commit within TCC_DB_TIMEOUT (is a required synchronous standby missing?)"
                 }
@@ -399,14 +404,18 @@ async fn ready(State(state): State<AppState>) -> Response {
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     match &state.metrics {
-        Some(h) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            )],
-            h.render(),
-        )
-            .into_response(),
+        Some(h) => {
+            let ready = readiness(&state).await.is_ok();
+            metrics::gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                )],
+                m::render(h),
+            )
+                .into_response()
+        }
         None => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics-unavailable",

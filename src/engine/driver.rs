@@ -443,10 +443,12 @@ impl Driver {
     /// Take a participant's answer in, and log the call.
     fn apply(&self, st: &mut DriverState, step: Step, result: CallResult) {
         let (idx, op) = (step.task, step.op);
-        metrics::counter!(m::PARTICIPANT_CALLS, "op" => op.as_str(), "outcome" => result.outcome.as_str())
-            .increment(1);
-        metrics::histogram!(m::PARTICIPANT_CALL_DURATION, "op" => op.as_str())
-            .record(result.duration.as_secs_f64());
+        let task = &st.job.tasks[idx];
+        let target = match op {
+            Op::Try => task.try_spec.as_ref().map(|s| s.task_url.as_str()),
+            Op::Confirm | Op::Cancel => task.link.as_ref().map(|l| l.uri.as_str()),
+        };
+        m::participant_call(target, op, result.outcome, result.duration);
         tracing::debug!(job = %self.id, task = idx, op = op.as_str(), status = ?result.http_status, outcome = result.outcome.as_str(), "participant answered");
         let now = Utc::now();
         let job = &mut st.job;

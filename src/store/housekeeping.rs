@@ -2,11 +2,15 @@
 
 use super::*;
 
-/// Per non-terminal status: how many jobs, and the age in seconds of the oldest.
+/// Per non-terminal status: how many jobs, and the age in seconds of the oldest: since its
+/// creation while undecided, since the decision while confirming or canceling (so that "a job
+/// confirming for 5 minutes" means 5 minutes of confirming, not a long reservation before it).
 pub async fn active_stats(client: &impl GenericClient) -> Result<Vec<(JobStatus, i64, f64)>> {
     let rows = client
         .query(
-            "SELECT status, count(*), extract(epoch FROM now() - min(created_at))::float8
+            "SELECT status, count(*),
+                    extract(epoch FROM now() - min(CASE WHEN status IN ('confirming', 'canceling')
+                        THEN coalesce(decided_at, created_at) ELSE created_at END))::float8
              FROM jobs
              WHERE status IN ('pending', 'trying', 'reserved', 'confirming', 'canceling')
              GROUP BY status",

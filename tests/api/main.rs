@@ -11,6 +11,7 @@ mod events;
 mod hardening;
 mod lifecycle;
 mod notify;
+mod observability;
 mod operator;
 mod put;
 mod recovery;

@@ -6,7 +6,12 @@ use crate::helpers::*;
 use crate::participant::{Op, Participant, Reply};
 
 /// A job whose task `a` confirms and `b` refuses its confirm: heuristic.
-async fn heuristic_job(base: &str, http: &reqwest::Client, p: &Participant, corr: &str) -> String {
+pub(crate) async fn heuristic_job(
+    base: &str,
+    http: &reqwest::Client,
+    p: &Participant,
+    corr: &str,
+) -> String {
     p.set_default(Op::Confirm, &format!("{corr}-b"), Reply::Status(403));
     let mut job = job_of(&[
         ("a", p.url(&format!("{corr}-a"))),
@@ -16,7 +21,7 @@ async fn heuristic_job(base: &str, http: &reqwest::Client, p: &Participant, corr
     submit_to(http, base, &job).await
 }
 
-async fn wait_heuristic(http: &reqwest::Client, base: &str, id: &str) -> Value {
+pub(crate) async fn wait_heuristic(http: &reqwest::Client, base: &str, id: &str) -> Value {
     let url = format!("{base}/jobs/{id}");
     let until = tokio::time::Instant::now() + PATIENCE;
     loop {
