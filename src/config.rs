@@ -297,6 +297,20 @@ pub struct Config {
     #[arg(long, env = "TCC_HEURISTIC_WEBHOOK", value_name = "TCC_HEURISTIC_WEBHOOK", value_parser = parse_public_url, global = true)]
     pub heuristic_webhook: Option<String>,
 
+    /// The hosts the coordinator may call (task URLs, participant links, callbacks, webhooks):
+    /// `*`, or a comma-separated list of host names, `*.`wildcards, IPs and CIDR blocks.
+    /// Link-local and cloud-metadata addresses (169.254.0.0/16, fe80::/10) are refused unless
+    /// listed as an IP or CIDR. Checked when a request names a URL (422) and again, after DNS
+    /// resolution, when it is called.
+    #[arg(
+        long,
+        env = "TCC_ALLOWED_TARGETS",
+        value_name = "TCC_ALLOWED_TARGETS",
+        default_value = "*",
+        global = true
+    )]
+    pub allowed_targets: crate::domain::policy::TargetPolicy,
+
     /// The SMTP server that email goes through: `smtp://host:port` (plain),
     /// `smtp://host:port?tls=required` (STARTTLS), `smtps://host:port` (TLS); credentials in the
     /// URL (`smtp://user:password@host`). Unset: no email is sent (a heuristic job's
@@ -407,10 +421,6 @@ pub struct Config {
     pub db_timeout: Span,
 }
 
-/// Settings of the contract that this version does not implement yet. Accepting them silently
-/// would give a false sense of protection (API keys) or of being called (notifications).
-pub const NOT_YET_SUPPORTED: [&str; 1] = ["TCC_ALLOWED_TARGETS"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{0}")]
@@ -426,18 +436,16 @@ impl Config {
             .unwrap_or_default()
     }
 
-    /// Rules that involve several settings, and settings this version refuses.
+    /// Rules that involve several settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(raw) = &self.api_keys_raw {
             raw.parse::<crate::api::auth::ApiKeys>()
                 .map_err(|e| ConfigError::Invalid(format!("TCC_API_KEYS: {e}")))?;
         }
-        for name in NOT_YET_SUPPORTED {
-            if std::env::var_os(name).is_some() {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} is set, but this version of tcc-coordinator does not implement it yet; unset it"
-                )));
-            }
+        if let Some(hook) = &self.heuristic_webhook
+            && let Err(why) = self.allowed_targets.check_url(hook)
+        {
+            return Err(ConfigError::Invalid(format!("TCC_HEURISTIC_WEBHOOK {why}")));
         }
         if self.lease_ttl.0 < self.call_timeout.0 * 2 {
             return Err(ConfigError::Invalid(format!(

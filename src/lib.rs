@@ -30,6 +30,7 @@ pub mod embedded_pg;
 pub mod engine;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod participant;
 pub mod startup;
 pub mod store;

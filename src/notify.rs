@@ -50,6 +50,8 @@ pub struct NotifySettings {
     pub call_timeout: Duration,
     /// Where email goes (`TCC_SMTP_URL`, `TCC_SMTP_FROM`); `None`: no email is sent.
     pub smtp: Option<Smtp>,
+    /// `TCC_ALLOWED_TARGETS`: a callback or webhook it refuses is given up at once.
+    pub targets: Arc<crate::domain::policy::TargetPolicy>,
 }
 
 /// An SMTP server and the sender's address.
@@ -113,8 +115,7 @@ fn backoff(attempts: i32, jitter: f64) -> Duration {
 
 impl Notifier {
     pub fn new(pool: Pool, settings: NotifySettings, signal: Arc<Notify>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
+        let http = crate::outbound::client_builder(settings.targets.clone())
             .connect_timeout(Duration::from_secs(5))
             .timeout(settings.call_timeout)
             .user_agent(concat!("tcc-coordinator/", env!("CARGO_PKG_VERSION")))
@@ -216,6 +217,8 @@ impl Notifier {
         if channel == Channel::Email {
             return self.email(c).await;
         }
+        crate::outbound::check(&self.settings.targets, &c.n.target)
+            .map_err(|r| Attempt::Permanent(r.0))?;
         let body = self.body(c).await?;
         let mut req = self
             .http
@@ -228,11 +231,14 @@ impl Notifier {
         if let Some(secret) = &self.settings.secret {
             req = req.header("tcc-signature", signature(secret, &body.0));
         }
-        let mut resp = req
-            .body(body.0)
-            .send()
-            .await
-            .map_err(|e| Attempt::Again(describe(&e)))?;
+        let mut resp =
+            req.body(body.0)
+                .send()
+                .await
+                .map_err(|e| match crate::outbound::refusal(&e) {
+                    Some(why) => Attempt::Permanent(why),
+                    None => Attempt::Again(describe(&e)),
+                })?;
         let status = resp.status();
         // Read a little of the answer (bounded), for the error message and to let the
         // connection be reused.

@@ -11,7 +11,10 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use crate::domain::TargetUrl;
+use crate::domain::policy::TargetPolicy;
 use crate::domain::{Answer, Link, Op, rfc3339};
 
 /// Answers larger than this are refused.
@@ -56,6 +59,8 @@ pub struct CallResult {
 #[derive(Debug, Clone)]
 pub struct ParticipantClient {
     http: reqwest::Client,
+    /// `TCC_ALLOWED_TARGETS`: checked before each call, and on every address a name resolves to.
+    policy: Arc<TargetPolicy>,
 }
 
 /// The headers that identify a call: `correlation-id`, `request-id` (the task id, the same on
@@ -83,15 +88,17 @@ enum Failure {
     NotSent(String),
     /// The connection broke: the request may have been received.
     Error(String),
+    /// `TCC_ALLOWED_TARGETS` refuses the target (its name, its address, or every address its
+    /// name resolves to): nothing was sent.
+    Refused(String),
 }
 
 impl ParticipantClient {
     /// `max_inflight` is the most calls that can be out at once (`TCC_MAX_INFLIGHT_CALLS`): the
     /// keep-alive pool keeps that many idle connections per participant host, so a busy host's
     /// connections are reused rather than closed after each call and opened again.
-    pub fn new(max_inflight: usize) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
+    pub fn new(max_inflight: usize, policy: Arc<TargetPolicy>) -> Result<Self, reqwest::Error> {
+        let http = crate::outbound::client_builder(policy.clone())
             // Whether and when a call is sent again is the engine's decision (same request-id,
             // the job's retry policy). reqwest's own retries (of HTTP/2 refusals only, and this
             // client speaks HTTP/1.1) still copied every request before sending it, in case.
@@ -102,7 +109,7 @@ impl ParticipantClient {
             .pool_max_idle_per_host(max_inflight)
             .user_agent(concat!("tcc-coordinator/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(ParticipantClient { http })
+        Ok(ParticipantClient { http, policy })
     }
 
     async fn send(
@@ -113,6 +120,7 @@ impl ParticipantClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>), Failure> {
+        crate::outbound::check(&self.policy, url).map_err(|r| Failure::Refused(r.0))?;
         let mut req = self
             .http
             .request(method, url)
@@ -179,7 +187,13 @@ impl ParticipantClient {
                 let (answer, outcome) = match code {
                     200 | 201 => match body {
                         Err(e) => (Answer::Refused { message: e }, CallOutcome::Refused),
-                        Ok(body) => match read_link(call.url, &headers, &body, call.job_deadline) {
+                        Ok(body) => match read_link(
+                            call.url,
+                            &headers,
+                            &body,
+                            call.job_deadline,
+                            &self.policy,
+                        ) {
                             Ok(answer) => (answer, CallOutcome::Success),
                             Err(message) => (Answer::Refused { message }, CallOutcome::Refused),
                         },
@@ -298,7 +312,9 @@ impl ParticipantClient {
 }
 
 fn classify_error(e: reqwest::Error) -> Failure {
-    if e.is_timeout() {
+    if let Some(why) = crate::outbound::refusal(&e) {
+        Failure::Refused(why)
+    } else if e.is_timeout() {
         Failure::Timeout("timed out".into())
     } else if e.is_connect() {
         Failure::NotSent(format!("could not connect: {}", root_cause(&e)))
@@ -340,6 +356,19 @@ fn failure(f: Failure, op: Op) -> (Answer, CallOutcome, Option<u16>) {
             CallOutcome::Error,
             None,
         ),
+        // Not sent. A Try reserved nothing: the task fails. A confirm or cancel is retried
+        // (until its link expires), so that an operator who widens the policy can let it through.
+        Failure::Refused(m) => {
+            let message = format!("the {what} was not sent: {m}");
+            let answer = match op {
+                Op::Try => Answer::Refused { message },
+                Op::Confirm | Op::Cancel => Answer::Retryable {
+                    message,
+                    retry_after: None,
+                },
+            };
+            (answer, CallOutcome::Error, None)
+        }
     }
 }
 
@@ -422,6 +451,7 @@ fn read_link(
     headers: &HeaderMap,
     body: &[u8],
     job_deadline: DateTime<Utc>,
+    policy: &TargetPolicy,
 ) -> Result<Answer, String> {
     let json: Option<Value> = if body.iter().all(|b| b.is_ascii_whitespace()) {
         None
@@ -463,6 +493,11 @@ fn read_link(
     };
     let resolved = TargetUrl::from_url(&resolved)
         .map_err(|_| format!("the Try answer's link {resolved} is not an http or https URL"))?;
+    policy.check_url(resolved.as_str()).map_err(|why| {
+        format!(
+            "the Try answer's link {resolved} {why}; it is never called (what the participant reserved lapses at its expiry)"
+        )
+    })?;
     let now = Utc::now();
     let (expires, note) = match expires {
         None | Some(Value::Null) => (
@@ -516,7 +551,13 @@ mod tests {
     #[test]
     fn link_from_body_resolves_relative() {
         let body = br#"{"participantLink": {"uri": "/r/1", "expires": "2999-01-01T00:00:00Z"}}"#;
-        match read_link("http://p:9/try/x", &HeaderMap::new(), body, deadline()) {
+        match read_link(
+            "http://p:9/try/x",
+            &HeaderMap::new(),
+            body,
+            deadline(),
+            &TargetPolicy::default(),
+        ) {
             Ok(Answer::Reserved { link, note, .. }) => {
                 assert_eq!(link.uri, "http://p:9/r/1");
                 assert!(note.is_none());
@@ -536,7 +577,13 @@ mod tests {
         for (uri, want) in cases {
             let body = json!({"participantLink": {"uri": uri, "expires": "2999-01-01T00:00:00Z"}});
             let body = serde_json::to_vec(&body).unwrap_or_default();
-            match read_link("http://p:9/try/x", &HeaderMap::new(), &body, deadline()) {
+            match read_link(
+                "http://p:9/try/x",
+                &HeaderMap::new(),
+                &body,
+                deadline(),
+                &TargetPolicy::default(),
+            ) {
                 Ok(Answer::Reserved { link, .. }) => assert_eq!(link.uri, want, "{uri}"),
                 other => panic!("{uri}: {other:?}"),
             }
@@ -548,7 +595,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(LOCATION, "r/2".parse().expect("static"));
         let d = deadline();
-        match read_link("http://p/try/", &h, b"", d) {
+        match read_link("http://p/try/", &h, b"", d, &TargetPolicy::default()) {
             Ok(Answer::Reserved { link, note, .. }) => {
                 assert_eq!(link.uri, "http://p/try/r/2");
                 assert_eq!(link.expires, d);
@@ -576,9 +623,15 @@ mod tests {
             ),
         ];
         for (body, want) in cases {
-            let err = read_link("http://p/t", &HeaderMap::new(), body, deadline())
-                .err()
-                .unwrap_or_default();
+            let err = read_link(
+                "http://p/t",
+                &HeaderMap::new(),
+                body,
+                deadline(),
+                &TargetPolicy::default(),
+            )
+            .err()
+            .unwrap_or_default();
             assert!(err.contains(want), "{err} should contain {want}");
         }
     }

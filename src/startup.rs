@@ -110,10 +110,15 @@ impl Application {
         }
         let pool = store::pool(db.clone(), config.db_pool_size)?;
         let instance_id = config.instance_id();
+        // `TCC_ALLOWED_TARGETS`: the API checks what requests name, the clients what they call.
+        let targets = Arc::new(config.allowed_targets.clone());
         let engine = Engine::new(
             pool.clone(),
             db.clone(),
-            ParticipantClient::new(config.max_inflight_calls)?,
+            ParticipantClient::new(
+                config.max_inflight_calls,
+                targets.clone(),
+            )?,
             EngineSettings {
                 instance_id: instance_id.clone(),
                 lease_ttl: config.lease_ttl.0,
@@ -146,6 +151,7 @@ impl Application {
                 db_timeout: config.db_timeout.0,
                 max_inflight_requests: config.max_inflight_requests,
                 api_keys: Arc::new(config.api_keys()),
+                targets: targets.clone(),
             }),
             metrics: {
                 let handle = crate::metrics::install();
@@ -173,6 +179,7 @@ impl Application {
                         crate::notify::Smtp::new(url, &config.smtp_from, config.call_timeout.0)
                     })
                     .transpose()?,
+                targets: targets.clone(),
             },
             engine.outbox_signal(),
         )?;

@@ -30,7 +30,14 @@ fn invalid(errors: Vec<FieldError>) -> ApiError {
 
 async fn link_set(state: &AppState, headers: &HeaderMap, body: Body) -> Result<LinkSet, ApiError> {
     let value = read_json(headers, body, state.settings.max_body).await?;
-    request::parse_link_set(&value, state.settings.max_tasks, Utc::now()).map_err(invalid)
+    let set =
+        request::parse_link_set(&value, state.settings.max_tasks, Utc::now()).map_err(invalid)?;
+    let refused = crate::domain::policy::refusals::link_set(&state.settings.targets, &value);
+    if refused.is_empty() {
+        Ok(set)
+    } else {
+        Err(invalid(refused))
+    }
 }
 
 /// Store the job for `set` (or find the one stored for the same set before): its id.

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::auth::Actor;
 use super::repr::{self, JobRepr, TaskRepr};
 use super::{ApiError, AppState, base_url, none_match, prefer_wait, read_json};
+use crate::domain::policy::refusals;
 use crate::domain::request::{self, FieldError, Limits, parse_rfc3339};
 use crate::domain::{FailureReason, JobStatus};
 use crate::engine::Accepted;
@@ -85,6 +86,15 @@ pub(super) fn outcomes(record: &JobRecord) -> Value {
 /// commit (failing over, a synchronous standby missing) is a 503, not a request that hangs. The
 /// work given up may still take effect (a commit already sent), which is why the answer says
 /// so and why a new job is repeated under its `Idempotency-Key`.
+/// The URLs a request names that `TCC_ALLOWED_TARGETS` refuses: 422, each by its field.
+pub(super) fn allowed(refused: Vec<FieldError>) -> Result<(), ApiError> {
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(refused))
+    }
+}
+
 pub(super) async fn within<T>(
     state: &AppState,
     work: impl Future<Output = Result<T, store::StoreError>>,
@@ -202,6 +212,7 @@ pub async fn create_job(
         max_tasks: state.settings.max_tasks,
     };
     let new = request::parse_job(&value, limits, now).map_err(ApiError::validation)?;
+    allowed(refusals::job(&state.settings.targets, &new))?;
     // Only a replay under the same key compares hashes.
     let hash = key
         .as_ref()
@@ -265,6 +276,7 @@ pub async fn put_job(
         max_tasks: state.settings.max_tasks,
     };
     let new = request::parse_job(&value, limits, now).map_err(ApiError::validation)?;
+    allowed(refusals::job(&state.settings.targets, &new))?;
     let hash = repr::sha256_hex(repr::canonical(&value).to_string().as_bytes());
     let base = base_url(&state, &headers);
     let known = {
@@ -755,6 +767,7 @@ pub async fn register(
 ) -> Result<Response, ApiError> {
     let value = read_json(&headers, body, state.settings.max_body).await?;
     let reg = request::parse_registration(&value, Utc::now()).map_err(ApiError::validation)?;
+    allowed(refusals::registration(&state.settings.targets, &reg))?;
     let outcome = {
         let mut client = db(&state).await?;
         within(

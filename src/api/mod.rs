@@ -61,6 +61,8 @@ pub struct ApiSettings {
     pub db_timeout: Duration,
     /// `TCC_API_KEYS`; empty: the API is open.
     pub api_keys: Arc<auth::ApiKeys>,
+    /// `TCC_ALLOWED_TARGETS`: the URLs a request may name.
+    pub targets: Arc<crate::domain::policy::TargetPolicy>,
 }
 
 impl ApiSettings {

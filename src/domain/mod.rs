@@ -9,6 +9,7 @@ pub mod job;
 pub mod mapping;
 pub mod notify;
 pub mod planner;
+pub mod policy;
 pub mod request;
 pub mod retry;
 pub mod status;

@@ -287,8 +287,27 @@ pub fn start_process(db: &str, instance: &str) -> Process {
 
 /// The coordinator binary with short leases and quick scans; `env` overrides or adds settings.
 pub fn start_process_with(db: &str, instance: &str, env: &[(&str, &str)]) -> Process {
+    start_process_via(&[], db, instance, env)
+}
+
+/// As [`start_process_with`], started through `wrapper` (a program and its arguments, which
+/// end by running the binary given to them last, followed by `serve`).
+pub fn start_process_via(
+    wrapper: &[&str],
+    db: &str,
+    instance: &str,
+    env: &[(&str, &str)],
+) -> Process {
     let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"));
+    let binary = env!("CARGO_BIN_EXE_tcc-coordinator");
+    let mut cmd = match wrapper.split_first() {
+        None => Command::new(binary),
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+    };
     cmd.arg("serve")
         .env("DATABASE_URL", db)
         .env("TCC_LISTEN", format!("127.0.0.1:{port}"))

@@ -19,4 +19,5 @@ mod shared_state;
 mod store;
 mod surface;
 mod takeover;
+mod targets;
 mod validation;

@@ -1,0 +1,348 @@
+//! The outbound target policy (`TCC_ALLOWED_TARGETS`): which hosts the coordinator may call.
+//!
+//! A policy is `*` (the default) or a comma-separated list of host names (`pay.example`),
+//! wildcards (`*.internal.example`: any name under it, not the name itself), IP addresses and
+//! CIDR blocks (`10.0.0.0/8`, `fd00::/8`). Link-local addresses, where cloud metadata services
+//! live (169.254.0.0/16, fe80::/10, and their IPv4-mapped IPv6 spellings), are refused unless
+//! an IP or CIDR entry of the list covers them: neither `*` nor a host name lets one through.
+//!
+//! The policy is applied twice: to every URL a request names (task URLs, participant links,
+//! callbacks, webhooks), where a refusal is a 422 naming the field; and at call time, to the URL
+//! and then to every address its name resolves to, so that a name pointing at a refused address
+//! is never connected to.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Any,
+    Name(String),
+    /// `*.example.com`, kept as `.example.com`.
+    Under(String),
+    Net(IpNet),
+}
+
+/// Which targets may be called (`TCC_ALLOWED_TARGETS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetPolicy {
+    entries: Vec<Entry>,
+}
+
+impl Default for TargetPolicy {
+    /// `*`: any host, link-local and metadata addresses excepted.
+    fn default() -> Self {
+        TargetPolicy {
+            entries: vec![Entry::Any],
+        }
+    }
+}
+
+impl FromStr for TargetPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut entries = Vec::new();
+        for raw in s.split(',') {
+            let item = raw.trim();
+            if item.is_empty() {
+                return Err(format!(
+                    "{s:?} has an empty entry (entries are separated by single commas)"
+                ));
+            }
+            entries.push(parse_entry(item)?);
+        }
+        Ok(TargetPolicy { entries })
+    }
+}
+
+fn parse_entry(item: &str) -> Result<Entry, String> {
+    if item == "*" {
+        return Ok(Entry::Any);
+    }
+    if let Ok(net) = item.parse::<IpNet>() {
+        return Ok(Entry::Net(net.trunc()));
+    }
+    let bare = item.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(Entry::Net(IpNet::from(canonical(ip))));
+    }
+    let (under, name) = match item.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, item),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return Err(format!(
+            "{item:?} is not a host name, a *.wildcard, an IP address or a CIDR block (examples: pay.example, *.internal.example, 10.0.0.7, 10.0.0.0/8, fd00::/8, *)"
+        ));
+    }
+    let name = name.to_ascii_lowercase();
+    Ok(if under {
+        Entry::Under(format!(".{name}"))
+    } else {
+        Entry::Name(name)
+    })
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:169.254.169.254`) is the IPv4 address it maps.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Link-local: 169.254.0.0/16 (where cloud metadata services answer, 169.254.169.254) and
+/// fe80::/10, in either spelling.
+fn link_local(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+impl TargetPolicy {
+    /// Whether the policy is the default `*` alone.
+    pub fn is_any(&self) -> bool {
+        self.entries == [Entry::Any]
+    }
+
+    fn covered(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.entries.iter().any(|e| match e {
+            Entry::Net(net) => net.contains(&ip),
+            _ => false,
+        })
+    }
+
+    fn name_allowed(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.entries.iter().any(|e| match e {
+            Entry::Any => true,
+            Entry::Name(n) => *n == name,
+            Entry::Under(suffix) => name.ends_with(suffix.as_str()),
+            Entry::Net(_) => false,
+        })
+    }
+
+    /// An address may be connected to: covered by an IP or CIDR entry, or, when it is not
+    /// link-local, by `*`.
+    pub fn ip_allowed(&self, ip: IpAddr) -> bool {
+        self.covered(ip) || (!link_local(ip) && self.entries.contains(&Entry::Any))
+    }
+
+    /// Whether a URL may be called, as far as its text tells (the addresses a host name resolves
+    /// to are judged by [`TargetPolicy::resolved_allowed`] when it is called); why not otherwise.
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
+        match parsed.host() {
+            None => Err("has no host".into()),
+            Some(url::Host::Ipv4(v4)) => self.check_ip(IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => self.check_ip(IpAddr::V6(v6)),
+            Some(url::Host::Domain(name)) => {
+                if self.name_allowed(name) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "names the host {name:?}, which TCC_ALLOWED_TARGETS does not allow"
+                    ))
+                }
+            }
+        }
+    }
+
+    fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
+        if self.ip_allowed(ip) {
+            Ok(())
+        } else if link_local(ip) {
+            Err(format!(
+                "names the link-local address {ip} (where cloud metadata services answer), which is refused unless TCC_ALLOWED_TARGETS lists it as an IP or CIDR"
+            ))
+        } else {
+            Err(format!(
+                "names the address {ip}, which TCC_ALLOWED_TARGETS does not allow"
+            ))
+        }
+    }
+
+    /// A host name allowed by the policy resolved to `ip`: may it be connected to? A name is
+    /// trusted to the policy's names, not to link-local addresses (unless listed as IPs).
+    pub fn resolved_allowed(&self, ip: IpAddr) -> bool {
+        self.covered(ip) || !link_local(ip)
+    }
+}
+
+/// What a request names that the policy refuses, as field errors (422), by JSON Pointer.
+pub mod refusals {
+    use super::TargetPolicy;
+    use crate::domain::request::{FieldError, JobFields, NewJob, NewTaskKind, Registration};
+
+    fn check(policy: &TargetPolicy, out: &mut Vec<FieldError>, pointer: String, url: &str) {
+        if let Err(why) = policy.check_url(url) {
+            out.push(FieldError::new(pointer, why));
+        }
+    }
+
+    /// A job document's task URLs, participant links, callbacks and webhook.
+    pub fn job(policy: &TargetPolicy, new: &NewJob) -> Vec<FieldError> {
+        let mut out = fields(policy, &new.fields);
+        for (i, t) in new.tasks.iter().enumerate() {
+            match &t.kind {
+                NewTaskKind::Try(spec) => check(
+                    policy,
+                    &mut out,
+                    format!("/tasks/{i}/taskURL"),
+                    spec.task_url.as_str(),
+                ),
+                NewTaskKind::Link(link) => check(
+                    policy,
+                    &mut out,
+                    format!("/tasks/{i}/participantLink/uri"),
+                    link.uri.as_str(),
+                ),
+            }
+        }
+        out
+    }
+
+    /// The job-level URLs (what `PUT /jobs/{id}` may change).
+    pub fn fields(policy: &TargetPolicy, fields: &JobFields) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        let urls = [
+            ("/jobSuccessURL", fields.job_success_url.as_deref()),
+            ("/jobFailedURL", fields.job_failed_url.as_deref()),
+            (
+                "/contact/webhook",
+                fields.contact.as_ref().and_then(|c| c.webhook.as_deref()),
+            ),
+        ];
+        for (pointer, url) in urls {
+            if let Some(u) = url {
+                check(policy, &mut out, pointer.to_string(), u);
+            }
+        }
+        out
+    }
+
+    /// A participant registration's link.
+    pub fn registration(policy: &TargetPolicy, reg: &Registration) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        check(policy, &mut out, "/uri".into(), reg.link.uri.as_str());
+        out
+    }
+
+    /// The Atomikos-compatible link set, by each link's place in the request (already parsed:
+    /// every `uri` is a URL).
+    pub fn link_set(policy: &TargetPolicy, request: &serde_json::Value) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        let links = request["participantLinks"].as_array().into_iter().flatten();
+        for (i, link) in links.enumerate() {
+            if let Some(uri) = link["uri"].as_str() {
+                check(policy, &mut out, format!("/participantLinks/{i}/uri"), uri);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(s: &str) -> TargetPolicy {
+        s.parse().expect("a policy")
+    }
+
+    #[test]
+    fn the_default_allows_any_host_but_not_link_local_addresses() {
+        let p = TargetPolicy::default();
+        assert!(p.is_any());
+        for ok in [
+            "http://127.0.0.1:9000/try",
+            "https://pay.example/x",
+            "http://[::1]:8080/",
+            "http://10.1.2.3/",
+        ] {
+            assert_eq!(p.check_url(ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://169.254.1.1:8080/",
+            "http://[fe80::1]/",
+            "http://[febf::1]/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[::ffff:a9fe:a9fe]/",
+        ] {
+            let e = p.check_url(refused).expect_err(refused);
+            assert!(e.contains("link-local"), "{refused}: {e}");
+        }
+    }
+
+    #[test]
+    fn link_local_is_allowed_only_when_listed_as_an_ip_or_cidr() {
+        let p = policy("*, 169.254.169.254");
+        assert_eq!(p.check_url("http://169.254.169.254/"), Ok(()));
+        assert_eq!(p.check_url("http://[::ffff:169.254.169.254]/"), Ok(()));
+        assert!(p.check_url("http://169.254.169.253/").is_err());
+        let p = policy("fe80::/10");
+        assert_eq!(p.check_url("http://[fe80::1]/"), Ok(()));
+        assert!(p.check_url("http://10.0.0.1/").is_err(), "not listed");
+        // A resolved name: link-local only when listed.
+        let p = policy("*.internal.example");
+        assert!(!p.resolved_allowed("169.254.169.254".parse().expect("ip")));
+        assert!(!p.resolved_allowed("::ffff:169.254.169.254".parse().expect("ip")));
+        assert!(p.resolved_allowed("10.0.0.1".parse().expect("ip")));
+        assert!(
+            policy("*, 169.254.0.0/16").resolved_allowed("169.254.169.254".parse().expect("ip"))
+        );
+    }
+
+    #[test]
+    fn names_wildcards_ips_and_cidrs() {
+        let p = policy("pay.example, *.internal.example, 10.0.0.0/8, 2001:db8::/32");
+        for ok in [
+            "http://pay.example/x",
+            "http://PAY.example:8443/x",
+            "http://shop.internal.example/x",
+            "http://a.b.internal.example/x",
+            "http://10.200.0.1/x",
+            "http://[2001:db8::5]/x",
+        ] {
+            assert_eq!(p.check_url(ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "http://internal.example/x",
+            "http://evilinternal.example/x",
+            "http://pay.example.attacker.test/x",
+            "http://11.0.0.1/x",
+            "http://127.0.0.1/x",
+            "http://[2001:db9::1]/x",
+        ] {
+            assert!(p.check_url(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_bad_policy_names_the_entry() {
+        for (bad, part) in [
+            ("pay.example,,x.example", "empty entry"),
+            ("http://pay.example", "\"http://pay.example\""),
+            ("10.0.0.0/33", "\"10.0.0.0/33\""),
+            ("*.", "\"*.\""),
+            ("a b", "\"a b\""),
+        ] {
+            let e = bad.parse::<TargetPolicy>().expect_err(bad);
+            assert!(e.contains(part), "{bad}: {e}");
+        }
+    }
+}

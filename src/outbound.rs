@@ -1,0 +1,74 @@
+//! Every outbound HTTP call (participants, callbacks, webhooks) goes through a client made
+//! here: redirects are never followed, and host names are resolved by [`PolicyResolver`], which
+//! drops the addresses `TCC_ALLOWED_TARGETS` refuses, so that a name resolving to one (the cloud
+//! metadata address, say) is never connected to. URLs with an IP literal, which reqwest does not
+//! resolve, are checked by [`check`] before each call.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use crate::domain::policy::TargetPolicy;
+
+/// A call the policy refuses: nothing was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TargetRefused(pub String);
+
+/// Resolves with the system's resolver, then keeps only the addresses the policy allows.
+#[derive(Debug)]
+pub struct PolicyResolver {
+    policy: Arc<TargetPolicy>,
+}
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| policy.resolved_allowed(a.ip()))
+                .collect();
+            if allowed.is_empty() && !found.is_empty() {
+                let shown: Vec<String> = found.iter().map(|a| a.ip().to_string()).collect();
+                return Err(Box::new(TargetRefused(format!(
+                    "{host} resolves only to addresses TCC_ALLOWED_TARGETS refuses ({}): link-local and metadata addresses are called only when listed as an IP or CIDR",
+                    shown.join(", ")
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// A client builder for outbound calls under `policy`: no redirects, the filtering resolver.
+pub fn client_builder(policy: Arc<TargetPolicy>) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(PolicyResolver { policy }))
+}
+
+/// Whether `url` may be called (before anything is sent): its host by name, or its IP literal.
+pub fn check(policy: &TargetPolicy, url: &str) -> Result<(), TargetRefused> {
+    policy
+        .check_url(url)
+        .map_err(|why| TargetRefused(format!("{url} {why}")))
+}
+
+/// The policy's refusal inside a reqwest error (from the resolver), if that is what it was.
+pub fn refusal(e: &reqwest::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<TargetRefused>() {
+            return Some(r.0.clone());
+        }
+        cur = err.source();
+    }
+    None
+}
