@@ -115,10 +115,7 @@ impl Application {
         let engine = Engine::new(
             pool.clone(),
             db.clone(),
-            ParticipantClient::new(
-                config.max_inflight_calls,
-                targets.clone(),
-            )?,
+            ParticipantClient::new(config.max_inflight_calls, targets.clone())?,
             EngineSettings {
                 instance_id: instance_id.clone(),
                 lease_ttl: config.lease_ttl.0,

@@ -597,6 +597,17 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Va
             format!("the body is larger than the limit of {max} bytes (TCC_MAX_BODY)"),
         )
     })?;
+    let depth = nesting(&bytes);
+    if depth > MAX_JSON_DEPTH {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "json-too-deep",
+            "JSON nested too deep",
+            format!(
+                "the body nests arrays and objects {depth} levels deep; the limit of JSON depth is {MAX_JSON_DEPTH}"
+            ),
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -610,6 +621,51 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Va
             ),
         )
     })
+}
+
+/// The deepest a request body may nest arrays and objects.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// How deep a JSON text nests arrays and objects (brackets inside strings aside); a text that
+/// is not JSON gets some number, and its parse says what is wrong.
+fn nesting(bytes: &[u8]) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod depth {
+    use super::nesting;
+
+    #[test]
+    fn nesting_counts_the_brackets_outside_strings() {
+        assert_eq!(nesting(b"3"), 0);
+        assert_eq!(nesting(br#"{}"#), 1);
+        assert_eq!(nesting(br#"{"a":[1,{"b":[]}],"c":{}}"#), 4);
+        assert_eq!(nesting(br#"{"a":"[[[[\"]]]{{","b":"\\"}"#), 1);
+        assert_eq!(nesting("[".repeat(40).as_bytes()), 40);
+    }
 }
 
 fn strip_position(msg: &str) -> &str {

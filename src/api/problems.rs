@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use super::ApiError;
 
 /// `(slug, title, what it means and what to do)`.
-pub const PROBLEMS: [(&str, &str, &str); 25] = [
+pub const PROBLEMS: [(&str, &str, &str); 26] = [
     (
         "bad-request",
         "Bad request",
@@ -18,6 +18,11 @@ pub const PROBLEMS: [(&str, &str, &str); 25] = [
         "body-too-large",
         "Body too large",
         "The body is larger than TCC_MAX_BODY (1 MiB by default). Send less: large data belongs with the participants, not in the job.",
+    ),
+    (
+        "json-too-deep",
+        "JSON nested too deep",
+        "The body nests arrays and objects deeper than 32 levels. Flatten it: no job document, registration or shared state needs that depth.",
     ),
     (
         "conflict",

@@ -93,6 +93,48 @@ async fn bad_jobs_are_rejected_with_a_named_field_and_nothing_is_stored() {
             "/autoConfirm",
         ),
         case("not an object", json!([1, 2]), 422, "JSON object"),
+        // Limits, each named in the problem.
+        Case {
+            name: "JSON nested too deep",
+            body: format!(
+                "{{\"tasks\": [{{\"taskURL\": \"http://a/t\", \"body\": {}1{}}}]}}",
+                "[".repeat(40),
+                "]".repeat(40)
+            ),
+            content_type: "application/json",
+            status: 400,
+            names: "limit of JSON depth is 32",
+        },
+        case(
+            "description too long",
+            json!({"description": "d".repeat(2049), "tasks": [t("http://a/t")]}),
+            422,
+            "/description",
+        ),
+        case(
+            "too many tags",
+            json!({"tags": (0..21).map(|i| format!("t{i}")).collect::<Vec<_>>(), "tasks": [t("http://a/t")]}),
+            422,
+            "/tags",
+        ),
+        case(
+            "a tag too long",
+            json!({"tags": ["ok", "x".repeat(65)], "tasks": [t("http://a/t")]}),
+            422,
+            "/tags/1",
+        ),
+        case(
+            "correlationID too long",
+            json!({"correlationID": "c".repeat(129), "tasks": [t("http://a/t")]}),
+            422,
+            "/correlationID",
+        ),
+        case(
+            "task description too long",
+            json!({"tasks": [{"taskURL": "http://a/t", "taskDescription": "d".repeat(2049)}]}),
+            422,
+            "/tasks/0/taskDescription",
+        ),
         case(
             "wrong type",
             json!({"autoConfirm": "yes", "tasks": [t("http://a/t")]}),
@@ -292,5 +334,41 @@ async fn concurrent_submissions_under_one_key_make_one_job() {
     assert_eq!(shared.len(), 1, "one job under the shared key: {answers:?}");
     // 12 without a key, one under the shared key.
     assert_eq!(app.job_count().await, 13);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_participant_answer_over_1_mib_fails_the_try_naming_the_limit() {
+    use crate::helpers::{spawn_app, task};
+    use crate::participant::{Op, Participant, Reply};
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let big = format!(
+        "{{\"participantLink\": {{\"uri\": \"{}\"}}, \"pad\": \"{}\"}}",
+        p.url("big"),
+        "x".repeat(1_100_000)
+    );
+    p.set_default(Op::Try, "big", Reply::StatusBody(200, big));
+    let id = app
+        .submit(&crate::helpers::job_of(&[("t", p.url("big"))]))
+        .await;
+    let done = app.wait_status(&id, "failed").await;
+    let message = task(&done, "t")["lastMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("over 1 MiB"), "{message}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_request_headers_are_refused() {
+    let app = crate::helpers::spawn_app().await;
+    let mut req = app.http.get(app.url("/jobs"));
+    for i in 0..200 {
+        req = req.header(format!("x-filler-{i}"), "v");
+    }
+    let status = match req.send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => panic!("the server must answer, not drop the connection: {e}"),
+    };
+    assert_eq!(status, 431);
     app.stop().await;
 }
