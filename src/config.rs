@@ -1,4 +1,4 @@
-//! Every setting, typed and validated once at start-up (SPEC §10).
+//! Every setting, typed and validated once at start-up (docs/operations.md, README "Settings").
 //!
 //! Each setting is a `--flag` and an environment variable; a bad value stops start-up with a
 //! message that names the setting. The rest of the program trusts what it gets from here.

@@ -1,4 +1,4 @@
-//! Every metric name of the contract (SPEC §9), described once. Labels stay low-cardinality:
+//! Every metric name of the contract (README, "For SREs"), described once. Labels stay low-cardinality:
 //! never a job or task id.
 
 use std::borrow::Cow;

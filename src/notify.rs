@@ -1,4 +1,4 @@
-//! Delivering the notification outbox (SPEC §7): callbacks, the contact's and the operators'
+//! Delivering the notification outbox (docs/api.md, "Callbacks and calling for help"): callbacks, the contact's and the operators'
 //! webhooks, email. Each instance runs one `Notifier`: it claims due notifications (one
 //! instance per notification, `store::claim_notifications`), delivers them, and records each
 //! attempt; a failed attempt is retried with capped backoff and jitter until `TCC_NOTIFY_MAX_AGE`

@@ -1,4 +1,4 @@
-//! The participant protocol on the wire (SPEC §2): Try, confirm and cancel calls, and the
+//! The participant protocol on the wire (docs/participant.md): Try, confirm and cancel calls, and the
 //! classification of every answer into a planner [`Answer`].
 //!
 //! Every call has a timeout and reads at most 1 MiB of the answer. Redirects are not followed: a

@@ -1,4 +1,4 @@
-//! API keys and roles (SPEC §8): `TCC_API_KEYS="name:role:secret,..."`, sent as
+//! API keys and roles (README, "API keys"): `TCC_API_KEYS="name:role:secret,..."`, sent as
 //! `Authorization: Bearer <secret>`. Roles are ordered `read` < `submit` < `admin`: reads need
 //! `read`; creating, registering, confirming, canceling and writing the shared state `submit`;
 //! `restart`, `continue` and `resolve` `admin`. Health, metrics and the problem pages stay open. Without keys the

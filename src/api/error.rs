@@ -1,4 +1,4 @@
-//! `ApiError`: every 4xx/5xx answer as RFC 9457 `application/problem+json` (SPEC §6).
+//! `ApiError`: every 4xx/5xx answer as RFC 9457 `application/problem+json` (docs/api.md, "Errors").
 //!
 //! Internal details (SQL, driver messages) are logged, never sent: a client sees what it can act
 //! on, and a database outage is a 503 with `Retry-After`.

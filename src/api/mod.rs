@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §5): routes by resource, problem+json errors, hypermedia links.
+//! The HTTP API (docs/api.md, "Endpoints"): routes by resource, problem+json errors, hypermedia links.
 //!
 //! Handlers parse input once at the edge (into `domain` types), call the store and wake the
 //! engine; they never drive a job themselves and never call a participant.

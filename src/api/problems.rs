@@ -1,4 +1,4 @@
-//! `GET /problems/{slug}`: what each problem type means and how to fix it (SPEC §6). Every
+//! `GET /problems/{slug}`: what each problem type means and how to fix it (docs/api.md, "Errors"). Every
 //! problem document's `type` is one of these pages.
 
 use axum::extract::Path;

@@ -1,5 +1,5 @@
 //! What a client or an operator may do with a job, and what the operators' actions do to it:
-//! the one place that says which actions a job's state allows (SPEC §4.2). The representations'
+//! the one place that says which actions a job's state allows (docs/api.md, "Representations"). The representations'
 //! links and the endpoints' refusals both come from here, so they cannot disagree.
 
 use chrono::{DateTime, Utc};

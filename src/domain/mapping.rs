@@ -1,5 +1,5 @@
 //! Input and output mappings between a job's shared state and its Try requests and answers
-//! (SPEC §4.3), over RFC 6901 JSON Pointers.
+//! (docs/api.md, "The Try body"), over RFC 6901 JSON Pointers.
 
 use serde_json::{Map, Value};
 

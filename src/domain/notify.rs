@@ -1,4 +1,4 @@
-//! Who is told when a job ends (SPEC §7): the job's callbacks, and on a heuristic outcome the
+//! Who is told when a job ends (docs/api.md, "Callbacks and calling for help"): the job's callbacks, and on a heuristic outcome the
 //! contact's webhook and email and the operators' webhook (`TCC_HEURISTIC_WEBHOOK`).
 
 use super::request::JobFields;

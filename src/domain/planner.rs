@@ -3,7 +3,7 @@
 //! `plan` moves statuses forward (through the transition functions only) and returns the
 //! participant calls to make and when to look again; `apply` folds one participant answer into
 //! the job. Both are pure: no I/O, no clock, no randomness of their own. The engine persists what
-//! they decided before it makes the calls they asked for. The rules are SPEC §3.3.
+//! they decided before it makes the calls they asked for. The rules are in docs/api.md, "Rules".
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub struct PlannerSettings {
     pub confirm_margin: Duration,
 }
 
-/// A participant's answer, classified (SPEC §2).
+/// A participant's answer, classified (docs/participant.md).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     /// A Try yielded a usable link. `note` says what the coordinator assumed (a missing expiry).

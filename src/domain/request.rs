@@ -1,4 +1,4 @@
-//! The job document as a client submits it (SPEC §4.1), parsed once into [`NewJob`].
+//! The job document as a client submits it (docs/api.md, "The job document"), parsed once into [`NewJob`].
 //!
 //! Parsing reports every broken rule at once, each with the JSON Pointer of the offending field,
 //! so that a client can fix its document in one round.

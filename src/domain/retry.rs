@@ -9,7 +9,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 
-/// A validated retry policy (SPEC §4.4). Every field is set; missing fields take the defaults.
+/// A validated retry policy (docs/api.md, "Retry policy"). Every field is set; missing fields take the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// The status of a job (SPEC §3.1).
+/// The status of a job (docs/api.md, "Job statuses").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
@@ -213,7 +213,7 @@ impl FromStr for FailureReason {
     }
 }
 
-/// The status of one task (SPEC §3.2).
+/// The status of one task (docs/api.md, "Task statuses").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {

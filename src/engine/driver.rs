@@ -504,7 +504,7 @@ impl Driver {
         let task = &job.tasks[step.task];
         let correlation_id = job.correlation_id.clone();
         let traceparent = job.traceparent.clone();
-        // Later attempts of a restarted job are new requests to the participants (SPEC §2).
+        // Later attempts of a restarted job are new requests to the participants (docs/participant.md).
         let request_id = if job.attempt > 1 {
             format!("{}/{}", task.task_id, job.attempt)
         } else {
