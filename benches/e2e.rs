@@ -14,6 +14,8 @@
 //! database, the clients spread over them (CPU and RSS summed over the instances).
 //! `--with-atomikos` adds the points of `PUT /coordinator/confirm` (the client runs the Tries,
 //! then hands the links to the coordinator).
+//! `--sweep N` puts N completed jobs finished 40 days ago in the database, then measures again
+//! while the retention sweep deletes them, and says how many it deleted meanwhile.
 //! `--with-callback` adds the points of JCL jobs with a `jobSuccessURL` (a stub that answers
 //! 204), the same finish line: what the notification outbox costs.
 //! `--with-dtmrs` measures dtmrs (DTM's HTTP protocol) the same way, on its own database in the
@@ -116,6 +118,8 @@ enum System {
     Atomikos,
     /// This coordinator through JCL, each job with a `jobSuccessURL`.
     Callback,
+    /// This coordinator through JCL while its retention sweep deletes old finished jobs.
+    Sweep,
 }
 
 impl System {
@@ -125,6 +129,7 @@ impl System {
             System::Dtmrs => "dtmrs",
             System::Atomikos => "tcc-coordinator (Atomikos)",
             System::Callback => "tcc-coordinator (callback)",
+            System::Sweep => "tcc-coordinator (sweeping)",
         }
     }
 }
@@ -140,6 +145,8 @@ struct Opts {
     /// Also measure `PUT /coordinator/confirm` (the client runs the Tries).
     atomikos: bool,
     callback: bool,
+    /// Old finished jobs to put in the database, then measure while the sweep deletes them.
+    sweep: usize,
     /// Coordinator instances sharing the database, one run each (clients spread over them).
     instances: Vec<usize>,
 }
@@ -158,6 +165,7 @@ fn opts() -> Opts {
         dtmrs: false,
         atomikos: false,
         callback: false,
+        sweep: 0,
         instances: vec![1],
     };
     let args: Vec<String> = std::env::args().collect();
@@ -185,6 +193,10 @@ fn opts() -> Opts {
             "--with-dtmrs" => o.dtmrs = true,
             "--with-atomikos" => o.atomikos = true,
             "--with-callback" => o.callback = true,
+            "--sweep" => {
+                o.sweep = next.parse().unwrap_or(0);
+                i += 1;
+            }
             "--instances" => {
                 o.instances = parse_list(&next);
                 i += 1;
@@ -619,7 +631,7 @@ async fn measure(
                     .insert(corr.clone(), (tasks, Some(tx)));
                 let sent = Instant::now();
                 let ok = match system {
-                    System::Ours => {
+                    System::Ours | System::Sweep => {
                         submit_jcl(&http, &addr, &stubs.base, &corr, tasks, false).await
                     }
                     System::Callback => {
@@ -752,6 +764,44 @@ async fn count_jobs(admin: &tokio_postgres::Config, db: &str, filter: &str) -> O
     drop(client);
     let _ = t.await;
     Some(n)
+}
+
+/// The jobs `--sweep` made: finished 40 days ago, past the default retention of 30 days.
+const OLD: &str = "correlation_id LIKE 'old-%'";
+
+/// `n` completed jobs of two tasks each, finished 40 days ago, with an event row each, as the
+/// coordinator would have left them.
+async fn age_jobs(admin: &tokio_postgres::Config, db: &str, n: usize) {
+    let (client, conn) = admin_db(admin, db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to age jobs");
+    let t = tokio::spawn(conn);
+    for sql in [
+        "INSERT INTO jobs (id, status, fields, correlation_id, auto_confirm, created_at,
+                           updated_at, deadline, decided_at, finished_at, task_count, event_seq)
+         SELECT 'old-' || i, 'completed', '{\"jobMaxTTL\": 60, \"autoConfirm\": true, \"tags\": []}',
+                'old-' || i, true, now() - interval '40 days', now() - interval '40 days',
+                now() - interval '40 days', now() - interval '40 days', now() - interval '40 days', 2, 1
+         FROM generate_series(1, $1::int) AS i",
+        "INSERT INTO tasks (job_id, idx, task_id, try_spec, status, link_uri, link_expires,
+                            attempts, start_time, end_time)
+         SELECT 'old-' || i, k, 't' || k, '{\"taskURL\": \"http://127.0.0.1:9/try\"}', 'confirmed',
+                'http://127.0.0.1:9/r/' || i || '/' || k, now() - interval '39 days', 1,
+                now() - interval '40 days', now() - interval '40 days'
+         FROM generate_series(1, $1::int) AS i, generate_series(0, 1) AS k",
+        "INSERT INTO job_events (job_id, last_seq, events)
+         SELECT 'old-' || i, 1, '[{\"type\": \"status\", \"status\": \"completed\"}]'
+         FROM generate_series(1, $1::int) AS i",
+    ] {
+        client
+            .execute(sql, &[&(n as i32)])
+            .await
+            .expect("insert old jobs");
+    }
+    let _ = client.execute("ANALYZE jobs", &[]).await;
+    drop(client);
+    let _ = t.await;
 }
 
 /// Jobs not yet ended.
@@ -980,6 +1030,7 @@ fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
         System::Dtmrs,
         System::Atomikos,
         System::Callback,
+        System::Sweep,
     ]
     .into_iter()
     .filter(|s| points.iter().any(|p| p.system == *s))
@@ -1103,6 +1154,28 @@ fn main() {
                 coordinator = c;
                 coordinator.system = System::Ours;
             }
+            if o.sweep > 0 && n == 1 {
+                age_jobs(&admin, db, o.sweep).await;
+                // Measure once the sweep is under way (it looks every few seconds).
+                let until = Instant::now() + Duration::from_secs(30);
+                while count_jobs(&admin, db, OLD).await.unwrap_or(0) >= o.sweep as i64
+                    && Instant::now() < until
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let before = count_jobs(&admin, db, OLD).await.unwrap_or(0);
+                coordinator.system = System::Sweep;
+                let (c, theirs) = run_points(coordinator, db).await;
+                points.extend(theirs);
+                coordinator = c;
+                coordinator.system = System::Ours;
+                let after = count_jobs(&admin, db, OLD).await.unwrap_or(0);
+                println!(
+                    "sweep: {} of {} old jobs deleted while measuring ({before} → {after} left)",
+                    before - after,
+                    o.sweep
+                );
+            }
             if o.idle > 0 && idle.is_none() && n == 1 {
                 idle = Some(park(&coordinator, &stubs, &http, o.idle, &admin, db).await);
             }
@@ -1157,7 +1230,7 @@ fn main() {
                 .filter(|q| q.per_sec > 0.0)
                 .map(|q| format!("{:.1}×", p.per_sec / q.per_sec))
                 .unwrap_or_else(|| "–".into()),
-            System::Dtmrs | System::Atomikos | System::Callback => "–".into(),
+            System::Dtmrs | System::Atomikos | System::Callback | System::Sweep => "–".into(),
         };
         let _ = writeln!(
             md,

@@ -72,7 +72,13 @@ pub struct EngineSettings {
 
 /// How many jobs one scan claims at most.
 const CLAIM_BATCH: usize = 256;
-/// Every how many seconds the gauges and the retention purge run.
+/// Jobs deleted per batch of the retention sweep, the least pause after a batch, and how
+/// often the sweep looks again once nothing is left.
+const SWEEP_BATCH: i64 = 500;
+const SWEEP_PAUSE: Duration = Duration::from_millis(50);
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Every how many seconds the gauges are read from the database.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 
 /// What `Engine::accept` did.
@@ -369,6 +375,49 @@ impl Engine {
         self.inner
             .tracker
             .spawn(async move { engine.listen_loop().await });
+        let engine = self.clone();
+        self.inner
+            .tracker
+            .spawn(async move { engine.sweep_loop().await });
+    }
+
+    /// The retention sweep: finished jobs past `TCC_RETENTION` are deleted in small batches,
+    /// each its own short transaction, with a pause after each at least as long as the batch
+    /// took (so the sweep takes at most half of one connection's time, and the engine never
+    /// waits for it); the batches go on until nothing is left, then the sweep sleeps. Several
+    /// instances sweep different rows (`SKIP LOCKED`).
+    async fn sweep_loop(self) {
+        let inner = &self.inner;
+        loop {
+            loop {
+                let started = Instant::now();
+                let swept = match inner.pool.get().await {
+                    Ok(client) => {
+                        store::purge_finished(&client, inner.settings.retention, SWEEP_BATCH).await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                let took = started.elapsed();
+                match swept {
+                    Ok(n) if n > 0 => {
+                        tracing::debug!(deleted = n, "deleted finished jobs past TCC_RETENTION")
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the retention sweep failed; trying again later");
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(took.max(SWEEP_PAUSE)) => {}
+                }
+            }
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+        }
     }
 
     /// Wake local drivers for requests other instances received. Only drivers running here are
@@ -478,10 +527,6 @@ impl Engine {
         }
         let heuristic = store::count_heuristic(&client).await?;
         metrics::gauge!(m::HEURISTIC_UNRESOLVED).set(heuristic as f64);
-        let purged = store::purge_finished(&client, self.inner.settings.retention).await?;
-        if purged > 0 {
-            tracing::info!(purged, "deleted finished jobs past TCC_RETENTION");
-        }
         if let Some(h) = m::install() {
             h.run_upkeep();
         }

@@ -1,4 +1,4 @@
-//! Housekeeping: the gauges read from the database and the retention purge.
+//! Housekeeping: the gauges read from the database, and the retention sweep's deletes.
 
 use super::*;
 
@@ -36,23 +36,33 @@ pub async fn count_heuristic(client: &impl GenericClient) -> Result<i64> {
     Ok(row.try_get(0)?)
 }
 
-/// Delete finished jobs older than `retention`, with their events (a bounded batch per call).
-/// Heuristic jobs are kept: somebody still has to look at them.
-pub async fn purge_finished(client: &impl GenericClient, retention: Duration) -> Result<u64> {
+/// Delete at most `batch` finished jobs older than `retention`, with their tasks, events and
+/// notifications; returns how many. Unresolved heuristic jobs are kept (somebody still has to
+/// look at them), and so is every active job. Rows another sweeper holds are skipped.
+pub async fn purge_finished(
+    client: &impl GenericClient,
+    retention: Duration,
+    batch: i64,
+) -> Result<u64> {
     Ok(client
         .execute(
             "WITH d AS (
                 DELETE FROM jobs WHERE id IN (
                     SELECT id FROM jobs
                     WHERE finished_at < now() - make_interval(secs => $1)
-                      AND status IN ('completed', 'failed', 'canceled')
-                    LIMIT 1000)
+                      AND (status IN ('completed', 'failed', 'canceled')
+                           OR (status = 'heuristic' AND resolution IS NOT NULL))
+                    ORDER BY finished_at
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED)
                 RETURNING id
              ), e AS (
                 DELETE FROM job_events WHERE job_id IN (SELECT id FROM d)
+             ), n AS (
+                DELETE FROM notifications WHERE job_id IN (SELECT id FROM d)
              )
              SELECT 1 FROM d",
-            &[&retention.as_secs_f64()],
+            &[&retention.as_secs_f64(), &batch],
         )
         .await?)
 }

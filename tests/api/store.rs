@@ -12,7 +12,7 @@ use tcc_coordinator::domain::{Event, EventKind, JobId};
 use tcc_coordinator::engine::group_commit::GroupCommit;
 use tcc_coordinator::store::{self, Fence, Inserted, JobRecord, NewJobRow, Save, Saved};
 
-use crate::helpers::fresh_database;
+use crate::helpers::{eventually, fresh_database, job_of, spawn_app_with};
 
 fn new_row(key: Option<&str>, hash: &str, task: &str) -> (NewJobRow, JobRecord) {
     let now = Utc::now();
@@ -491,10 +491,12 @@ async fn every_column_round_trips() {
     assert_eq!(written, save.events);
 }
 
-/// The retention purge deletes finished jobs with their tasks and their event log, and keeps
-/// heuristic jobs and jobs still inside the retention.
+/// The retention purge deletes finished jobs (resolved heuristic ones too) with their tasks and
+/// their event log, a batch at a time, and keeps unresolved heuristic jobs, active jobs and jobs
+/// still inside the retention.
 #[tokio::test]
-async fn the_purge_takes_a_finished_jobs_events_with_it_and_keeps_heuristic_ones() {
+async fn the_purge_takes_finished_jobs_with_their_events_a_batch_at_a_time_and_keeps_unresolved_heuristic_and_active_ones()
+ {
     let pool = migrated_pool().await;
     let client = pool.get().await.expect("a connection");
     let mut ids = Vec::new();
@@ -502,6 +504,9 @@ async fn the_purge_takes_a_finished_jobs_events_with_it_and_keeps_heuristic_ones
         ("old", "completed"),
         ("hurt", "heuristic"),
         ("young", "completed"),
+        ("settled", "heuristic"),
+        ("older", "failed"),
+        ("busy", "confirming"),
     ] {
         let (row, record) = new_row(None, "", task);
         store::insert_job(&client, &row, &record)
@@ -515,12 +520,24 @@ async fn the_purge_takes_a_finished_jobs_events_with_it_and_keeps_heuristic_ones
         client
             .execute(
                 &format!(
-                    "UPDATE jobs SET status = $2::text, finished_at = now() - interval '{age}' WHERE id = $1"
+                    "UPDATE jobs SET status = $2::text, finished_at = now() - interval '{age}',
+                        failure_reason = CASE WHEN $2::text = 'failed' THEN 'try-failed' END
+                     WHERE id = $1"
                 ),
                 &[&row.id.as_str(), &status],
             )
             .await
             .expect("age the job");
+        if task == "settled" {
+            client
+                .execute(
+                    "UPDATE jobs SET resolution = '{\"note\": \"fixed\"}'::jsonb WHERE id = $1",
+                    &[&row.id.as_str()],
+                )
+                .await
+                .expect("resolve");
+        }
+
         ids.push(row.id.to_string());
     }
     let events = |id: String| {
@@ -533,10 +550,27 @@ async fn the_purge_takes_a_finished_jobs_events_with_it_and_keeps_heuristic_ones
         }
     };
     assert_eq!(events(ids[0].clone()).await, Some(1));
-    let purged = store::purge_finished(&client, Duration::from_secs(7 * 24 * 3600))
+    let week = Duration::from_secs(7 * 24 * 3600);
+    // A batch at a time: two, then the third, then none.
+    let purged = store::purge_finished(&client, week, 2)
+        .await
+        .expect("purge");
+    assert_eq!(purged, 2);
+    let purged = store::purge_finished(&client, week, 2)
         .await
         .expect("purge");
     assert_eq!(purged, 1);
+    let purged = store::purge_finished(&client, week, 2)
+        .await
+        .expect("purge");
+    assert_eq!(purged, 0);
+    assert_eq!(
+        events(ids[3].clone()).await,
+        None,
+        "resolved heuristic: gone"
+    );
+    assert_eq!(events(ids[4].clone()).await, None, "failed: gone");
+    assert_eq!(events(ids[5].clone()).await, Some(1), "active: kept");
     assert_eq!(events(ids[0].clone()).await, None, "the job is gone");
     let left: i64 = client
         .query_one(
@@ -553,4 +587,27 @@ async fn the_purge_takes_a_finished_jobs_events_with_it_and_keeps_heuristic_ones
         Some(1),
         "inside the retention: kept"
     );
+}
+
+/// The sweeper, running in a coordinator with `TCC_RETENTION=1s`: a finished job disappears by
+/// itself; a job waiting for its client and an unresolved heuristic job stay.
+#[tokio::test]
+async fn the_sweeper_deletes_finished_jobs_past_the_retention_and_nothing_else() {
+    use crate::participant::Participant;
+    let app = spawn_app_with(&["--retention", "1s"]).await;
+    let p = Participant::start().await;
+    let done = app.submit(&job_of(&[("t", p.url("done"))])).await;
+    app.wait_status(&done, "completed").await;
+    let mut waiting = job_of(&[("t", p.url("waiting"))]);
+    waiting["autoConfirm"] = serde_json::json!(false);
+    let waiting = app.submit(&waiting).await;
+    app.wait_status(&waiting, "reserved").await;
+    let hurt = crate::operator::heuristic_job(&app.addr, &app.http, &p, "sweep").await;
+    crate::operator::wait_heuristic(&app.http, &app.addr, &hurt).await;
+    let gone =
+        eventually(|| async { app.get(&format!("/jobs/{done}")).await.status() == 404 }).await;
+    assert!(gone, "the completed job was never swept");
+    assert_eq!(app.get(&format!("/jobs/{waiting}")).await.status(), 200);
+    assert_eq!(app.get(&format!("/jobs/{hurt}")).await.status(), 200);
+    app.stop().await;
 }
