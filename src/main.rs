@@ -99,5 +99,10 @@ async fn serve(config: &Config, listeners: Listeners, db: &Database) -> anyhow::
             "no API keys are configured (TCC_API_KEYS): the API is open to anyone who can reach it"
         );
     }
+    if config.allowed_targets.is_any() {
+        tracing::info!(
+            "TCC_ALLOWED_TARGETS is *: any host but link-local and metadata addresses may be called; list the participants' hosts to narrow it"
+        );
+    }
     app.run_until_stopped(shutdown_signal()).await
 }

@@ -194,31 +194,29 @@ async fn a_policy_allows_exactly_what_it_lists() {
 
 #[tokio::test]
 async fn a_bad_policy_stops_start_up_naming_the_setting_and_the_entry() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
-        .args(["serve"])
-        .env("TCC_ALLOWED_TARGETS", "pay.example, http://x.example")
-        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("TCC_ALLOWED_TARGETS") && err.contains("http://x.example"),
-        "{err}"
-    );
-    // The operators' webhook must be allowed too.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
-        .args(["serve"])
-        .env("TCC_HEURISTIC_WEBHOOK", "http://169.254.169.254/hook")
-        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("TCC_HEURISTIC_WEBHOOK") && err.contains("link-local"),
-        "{err}"
-    );
+    // A bad entry; and the operators' webhook must be allowed too.
+    for (setting, value, named) in [
+        (
+            "TCC_ALLOWED_TARGETS",
+            "pay.example, http://x.example",
+            "http://x.example",
+        ),
+        (
+            "TCC_HEURISTIC_WEBHOOK",
+            "http://169.254.169.254/hook",
+            "link-local",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
+            .args(["serve"])
+            .env(setting, value)
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{setting}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(setting) && err.contains(named), "{err}");
+    }
 }
 
 /// A coordinator whose resolver sees `hosts` (lines of /etc/hosts) as well, through a private
