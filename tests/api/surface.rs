@@ -25,15 +25,23 @@ async fn entry_point_health_and_metrics() {
     let id = app.submit(&job_of(&[("a", p.url("a"))])).await;
     app.wait_status(&id, "completed").await;
     let text = app.get("/metrics").await.text().await.expect("text");
+    let participant = p.url("a");
+    let participant = participant
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
     for name in [
-        "tcc_jobs_created_total{source=\"jcl\"}",
-        "tcc_jobs_finished_total{status=\"completed\"}",
-        "tcc_participant_calls_total{op=\"confirm\",outcome=\"success\"}",
-        "tcc_participant_call_duration_seconds_bucket",
-        "tcc_http_requests_total",
-        "tcc_build_info",
+        "tcc_jobs_created_total{source=\"jcl\"}".to_string(),
+        "tcc_jobs_finished_total{status=\"completed\"}".to_string(),
+        format!(
+            "tcc_participant_calls_total{{op=\"confirm\",outcome=\"success\",participant=\"{participant}\"}} 1"
+        ),
+        "tcc_participant_call_duration_seconds_bucket".to_string(),
+        "tcc_http_requests_total".to_string(),
+        "tcc_build_info".to_string(),
     ] {
-        assert!(text.contains(name), "metrics lack {name}:\n{text}");
+        assert!(text.contains(&name), "metrics lack {name}:\n{text}");
     }
     app.stop().await;
 }
