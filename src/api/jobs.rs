@@ -82,10 +82,6 @@ pub(super) fn outcomes(record: &JobRecord) -> Value {
     serde_json::to_value(repr::task_outcomes(record)).unwrap_or_default()
 }
 
-/// `work` with the database, given up after `TCC_DB_TIMEOUT`: a database that cannot answer or
-/// commit (failing over, a synchronous standby missing) is a 503, not a request that hangs. The
-/// work given up may still take effect (a commit already sent), which is why the answer says
-/// so and why a new job is repeated under its `Idempotency-Key`.
 /// The URLs a request names that `TCC_ALLOWED_TARGETS` refuses: 422, each by its field.
 pub(super) fn allowed(refused: Vec<FieldError>) -> Result<(), ApiError> {
     if refused.is_empty() {
@@ -95,6 +91,10 @@ pub(super) fn allowed(refused: Vec<FieldError>) -> Result<(), ApiError> {
     }
 }
 
+/// `work` with the database, given up after `TCC_DB_TIMEOUT`: a database that cannot answer or
+/// commit (failing over, a synchronous standby missing) is a 503, not a request that hangs. The
+/// work given up may still take effect (a commit already sent), which is why the answer says
+/// so and why a new job is repeated under its `Idempotency-Key`.
 pub(super) async fn within<T>(
     state: &AppState,
     work: impl Future<Output = Result<T, store::StoreError>>,
@@ -419,8 +419,13 @@ pub async fn get_job(
 ) -> Result<Response, ApiError> {
     let record = load(&state, &id).await?;
     let base = base_url(&state, &headers);
+    if super::html::prefers_html(&headers) {
+        return Ok(super::html::vary_accept(super::html::job_page(
+            &base, &record,
+        )?));
+    }
     let resp = job_response(StatusCode::OK, &base, &record, false);
-    Ok(unless_matched(resp, &headers))
+    Ok(super::html::vary_accept(unless_matched(resp, &headers)))
 }
 
 fn parse_list_query(q: Option<&str>) -> Result<JobFilter, ApiError> {

@@ -8,6 +8,7 @@ pub mod auth;
 mod coordinator;
 mod error;
 mod events;
+mod html;
 mod jobs;
 mod problems;
 pub mod repr;

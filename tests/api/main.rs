@@ -7,6 +7,7 @@ mod participant;
 mod actions;
 mod atomikos;
 mod auth;
+mod console;
 mod docs;
 mod events;
 mod hardening;
