@@ -307,10 +307,10 @@ fn postgres_cpu(postmaster: Option<u32>) -> f64 {
             else {
                 continue;
             };
-            if let Some(f) = stat_fields(pid) {
-                if f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pm) {
-                    total += cpu_of(&f, false);
-                }
+            if let Some(f) = stat_fields(pid)
+                && f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pm)
+            {
+                total += cpu_of(&f, false);
             }
         }
     }
@@ -642,11 +642,10 @@ async fn measure(
                         submit_atomikos(&http, &addr, &stubs.base, &corr, tasks).await
                     }
                 };
-                if ok {
-                    if let Ok(Ok(done)) = tokio::time::timeout(Duration::from_secs(30), rx).await {
-                        latencies.push(done.duration_since(sent).as_secs_f64() * 1000.0);
-                        continue;
-                    }
+                if ok && let Ok(Ok(done)) = tokio::time::timeout(Duration::from_secs(30), rx).await
+                {
+                    latencies.push(done.duration_since(sent).as_secs_f64() * 1000.0);
+                    continue;
                 }
                 // Never finished: stop waiting for it.
                 stubs
@@ -1180,17 +1179,17 @@ fn main() {
                 idle = Some(park(&coordinator, &stubs, &http, o.idle, &admin, db).await);
             }
         }
-        if o.dtmrs {
-            if let Some(bin) = dtmrs_binary(&out_dir) {
-                create_database(&admin, DTMRS_DB)
-                    .await
-                    .expect("create the dtmrs database");
-                let server = start_dtmrs(&bin, pg.socket_dir(), DTMRS_DB);
-                wait_ready(&http, &server, "/health").await;
-                let (server, theirs) = run_points(server, DTMRS_DB).await;
-                drop(server);
-                points.extend(theirs);
-            }
+        if o.dtmrs
+            && let Some(bin) = dtmrs_binary(&out_dir)
+        {
+            create_database(&admin, DTMRS_DB)
+                .await
+                .expect("create the dtmrs database");
+            let server = start_dtmrs(&bin, pg.socket_dir(), DTMRS_DB);
+            wait_ready(&http, &server, "/health").await;
+            let (server, theirs) = run_points(server, DTMRS_DB).await;
+            drop(server);
+            points.extend(theirs);
         }
         let mut ceiling = Vec::new();
         if o.pgbench {

@@ -502,7 +502,7 @@ fn encode_cursor(at: chrono::DateTime<Utc>, id: &str) -> String {
 }
 
 fn decode_cursor(s: &str) -> Option<(chrono::DateTime<Utc>, String)> {
-    if s.len() % 2 != 0 || s.len() > 600 {
+    if !s.len().is_multiple_of(2) || s.len() > 600 {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())

@@ -418,13 +418,13 @@ pub fn parse_job(
     let mut errors = Vec::new();
 
     check_text(&mut errors, "/description", &wire.description, MAX_TEXT);
-    if let Some(c) = &wire.correlation_id {
-        if c.is_empty() || c.chars().count() > MAX_CORRELATION_ID {
-            errors.push(FieldError::new(
-                "/correlationID",
-                format!("must be 1 to {MAX_CORRELATION_ID} characters"),
-            ));
-        }
+    if let Some(c) = &wire.correlation_id
+        && (c.is_empty() || c.chars().count() > MAX_CORRELATION_ID)
+    {
+        errors.push(FieldError::new(
+            "/correlationID",
+            format!("must be 1 to {MAX_CORRELATION_ID} characters"),
+        ));
     }
     let job_max_ttl = wire.job_max_ttl.unwrap_or(60.0);
     let _ = check_seconds(&mut errors, "/jobMaxTTL", job_max_ttl, MAX_JOB_TTL);
