@@ -4,14 +4,13 @@
 //! Every call has a timeout and reads at most 1 MiB of the answer. Redirects are not followed: a
 //! confirm or cancel must reach the link it names. This module decides nothing about the job.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-
-use std::sync::Arc;
 
 use crate::domain::TargetUrl;
 use crate::domain::policy::TargetPolicy;
