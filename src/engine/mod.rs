@@ -77,8 +77,8 @@ const CLAIM_BATCH: usize = 256;
 const SWEEP_BATCH: i64 = 500;
 const SWEEP_PAUSE: Duration = Duration::from_millis(50);
 /// After each batch the sweep rests this many times as long as the batch took: it uses at most
-/// a quarter of one connection's time, however fast or slow the database is.
-const SWEEP_REST: u32 = 3;
+/// a sixth of one connection's time, however fast or slow the database is.
+const SWEEP_REST: u32 = 5;
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Every how many seconds the gauges are read from the database.
@@ -385,8 +385,8 @@ impl Engine {
     }
 
     /// The retention sweep: finished jobs past `TCC_RETENTION` are deleted in small batches,
-    /// each its own short transaction, with a rest after each three times as long as the batch
-    /// took (so the sweep takes at most a quarter of one connection's time, and the engine never
+    /// each its own short transaction, with a rest after each five times as long as the batch
+    /// took (so the sweep takes at most a sixth of one connection's time, and the engine never
     /// waits for it); the batches go on until nothing is left, then the sweep sleeps. Several
     /// instances sweep different rows (`SKIP LOCKED`).
     async fn sweep_loop(self) {
