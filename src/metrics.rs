@@ -214,7 +214,7 @@ impl Participants {
         if let Some(s) = seen.get(label.as_ref()) {
             return s.clone();
         }
-        if seen.len() >= self.max.load(Ordering::Relaxed) || label == OTHER_PARTICIPANT {
+        if seen.len() >= self.max.load(Ordering::Relaxed) {
             drop(seen);
             return self.other();
         }

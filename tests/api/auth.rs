@@ -29,6 +29,23 @@ async fn call(
     (status, headers, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Whether the job reaches `status`, read with the read-only key.
+async fn status_is(app: &TestApp, id: &str, status: &str) -> bool {
+    eventually(|| async {
+        call(
+            app,
+            reqwest::Method::GET,
+            &format!("/jobs/{id}"),
+            Some(READER),
+            None,
+        )
+        .await
+        .2["jobStatus"]
+            == status
+    })
+    .await
+}
+
 #[tokio::test]
 async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
     let keys = format!("reader:read:{READER},writer:submit:{WRITER},ops:admin:{OPS}");
@@ -77,19 +94,7 @@ async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
     let (status, _, job) = call(&app, Method::POST, "/jobs", Some(WRITER), Some(doc)).await;
     assert_eq!(status, 202, "{job:#}");
     let id = job["jobID"].as_str().expect("id").to_string();
-    let reserved = eventually(|| async {
-        call(
-            &app,
-            Method::GET,
-            &format!("/jobs/{id}"),
-            Some(READER),
-            None,
-        )
-        .await
-        .2["jobStatus"]
-            == "reserved"
-    })
-    .await;
+    let reserved = status_is(&app, &id, "reserved").await;
     assert!(reserved);
     p.set_default(Op::Confirm, "auth-b", Reply::Status(403));
     let (status, _, _) = call(
@@ -101,19 +106,7 @@ async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
     )
     .await;
     assert_eq!(status, 202);
-    let heuristic = eventually(|| async {
-        call(
-            &app,
-            Method::GET,
-            &format!("/jobs/{id}"),
-            Some(READER),
-            None,
-        )
-        .await
-        .2["jobStatus"]
-            == "heuristic"
-    })
-    .await;
+    let heuristic = status_is(&app, &id, "heuristic").await;
     assert!(heuristic);
     // resolve needs admin.
     let note = json!({"note": "refunded by hand"});

@@ -14,25 +14,12 @@ fn documented_participant(port: u16) -> String {
     doc[start..start + len].replace("9000", &port.to_string())
 }
 
-/// Kills the participant when the test ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_minimal_participant_of_the_docs_completes_and_cancels() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let file = std::env::temp_dir().join(format!("seats-{port}.py"));
     std::fs::write(&file, documented_participant(port)).expect("write the participant");
-    let _seats = Child(
+    let _seats = Daemon(
         std::process::Command::new("python3")
             .arg(&file)
             .stderr(std::process::Stdio::null())

@@ -274,7 +274,8 @@ pub struct Process {
     pub addr: String,
 }
 
-fn free_port() -> u16 {
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -349,4 +350,24 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A child process (a tool a test runs beside the coordinator), killed when the test ends,
+/// however it ends.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait until the job at `base` has `status` (for coordinators in other processes).
+pub async fn wait_for_status(http: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
+    let url = format!("{base}/jobs/{id}");
+    let ok = eventually(|| async { get_json(http, &url).await["jobStatus"] == status }).await;
+    let job = get_json(http, &url).await;
+    assert!(ok, "job {id} never {status}: {job}");
+    job
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -335,16 +335,6 @@ async fn participant_calls_are_counted_by_participant_up_to_the_cap() {
         .is_some_and(|n| n >= 3.0)
     );
     assert!(!s.text.contains(&done), "no job id in any label");
-}
-
-async fn wait_for_status(http: &reqwest::Client, base: &str, id: &str, status: &str) {
-    let url = format!("{base}/jobs/{id}");
-    let ok = eventually(|| async { get_json(http, &url).await["jobStatus"] == status }).await;
-    assert!(
-        ok,
-        "job {id} never {status}: {}",
-        get_json(http, &url).await
-    );
 }
 
 #[tokio::test]
@@ -716,23 +706,6 @@ impl AlertInbox {
             .filter(|a| a["labels"]["alertname"] == name && a["status"] == status)
             .collect()
     }
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn query_url(prom: &str, expr: &str) -> String {

@@ -271,11 +271,7 @@ async fn a_name_that_resolves_to_a_refused_address_is_never_connected_to() {
     for name in ["metadata.test", "metadata6.test"] {
         let url = format!("http://{name}:{port}/try/r");
         let id = submit_to(&http, &coordinator.addr, &job_of(&[("t", url)])).await;
-        let job_url = format!("{}/jobs/{id}", coordinator.addr);
-        let failed =
-            eventually(|| async { get_json(&http, &job_url).await["jobStatus"] == "failed" }).await;
-        let job = get_json(&http, &job_url).await;
-        assert!(failed, "{job}");
+        let job = wait_for_status(&http, &coordinator.addr, &id, "failed").await;
         let message = task(&job, "t")["lastMessage"].as_str().unwrap_or_default();
         assert!(
             message.contains("resolves only to addresses TCC_ALLOWED_TARGETS refuses"),
@@ -285,10 +281,7 @@ async fn a_name_that_resolves_to_a_refused_address_is_never_connected_to() {
     // The same resolver lets an allowed address through: the participant is reached by name.
     let url = format!("http://fine.test:{port}/try/ok");
     let id = submit_to(&http, &coordinator.addr, &job_of(&[("t", url)])).await;
-    let job_url = format!("{}/jobs/{id}", coordinator.addr);
-    let done =
-        eventually(|| async { get_json(&http, &job_url).await["jobStatus"] == "completed" }).await;
-    assert!(done, "{}", get_json(&http, &job_url).await);
+    wait_for_status(&http, &coordinator.addr, &id, "completed").await;
     assert!(p.confirmed("ok"));
     assert_eq!(p.count(Op::Try, "r"), 0);
 }
