@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::domain::TargetUrl;
 use crate::domain::policy::TargetPolicy;
+use crate::domain::request::MAX_NUMBER;
 use crate::domain::{Answer, Link, Op, rfc3339};
 
 /// Answers larger than this are refused.
@@ -425,11 +426,16 @@ fn without_nul(c: char) -> char {
     if c == '\0' { '\u{FFFD}' } else { c }
 }
 
-/// In place; a clean answer (the usual one) is not copied.
+/// In place; a clean answer (the usual one) is not copied. A number beyond
+/// ±`MAX_NUMBER` (which PostgreSQL would write back in a form the JSON reader refuses) is kept
+/// as its text.
 fn scrub_nul(value: &mut Value) {
     const NUL: char = '\0';
     match value {
         Value::String(s) if s.contains(NUL) => *s = s.replace(NUL, "\u{FFFD}"),
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.abs() > MAX_NUMBER) => {
+            *value = Value::String(n.to_string())
+        }
         Value::Array(items) => items.iter_mut().for_each(scrub_nul),
         Value::Object(map) => {
             if map.keys().any(|k| k.contains(NUL)) {

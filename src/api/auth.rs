@@ -144,6 +144,7 @@ pub fn needed(method: &Method, route: &str) -> Option<Role> {
     if route.starts_with("/health/")
         || route.starts_with("/problems/")
         || route == "/metrics"
+        || route == "/openapi.json"
         || method == Method::OPTIONS
     {
         return None;

@@ -82,7 +82,7 @@ fn confirm_answer(record: &JobRecord) -> Response {
             "Heuristic outcome",
             "some participants confirmed and others could not: the outcome is heuristic and needs an operator",
         )
-        .with("tasks", outcomes(record))
+        .with_tasks(outcomes(record))
         .into_response(),
         JobStatus::Failed | JobStatus::Canceled => ApiError::new(
             StatusCode::NOT_FOUND,
@@ -90,7 +90,7 @@ fn confirm_answer(record: &JobRecord) -> Response {
             "Too late to confirm",
             "nothing was confirmed: the reservations were canceled or lapsed before every participant confirmed",
         )
-        .with("tasks", outcomes(record))
+        .with_tasks(outcomes(record))
         .into_response(),
         status => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -100,12 +100,13 @@ fn confirm_answer(record: &JobRecord) -> Response {
                 "the job is still {status} (a participant is being retried); repeat the same request to wait for its outcome"
             ),
         )
-        .with("tasks", outcomes(record))
+        .with_tasks(outcomes(record))
         .into_response(),
     }
 }
 
 /// `PUT /coordinator/confirm`: confirm every link; answer once the outcome is known.
+#[utoipa::path(put, path = "/coordinator/confirm", tag = "atomikos", request_body(content = crate::api::openapi::LinkSetRequest, content_type = "application/tcc+json"), responses((status = 204, description = "All confirmed", headers(("Location" = String))), (status = 400, description = "A link without uri or expires"), (status = 404, description = "All canceled or lapsed"), (status = 409, description = "Heuristic: tasks lists each link's outcome")))]
 pub async fn confirm(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -146,6 +147,7 @@ pub async fn confirm(
 
 /// `PUT /coordinator/cancel`: cancel every link (those already lapsed need nothing); 204 once the
 /// cancel is recorded, the calls follow.
+#[utoipa::path(put, path = "/coordinator/cancel", tag = "atomikos", request_body(content = crate::api::openapi::LinkSetRequest, content_type = "application/tcc+json"), responses((status = 204, description = "All canceled"), (status = 400, description = "A link without uri or expires")))]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -5,7 +5,9 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::domain::request::FieldError;
 use crate::store::StoreError;
@@ -23,8 +25,30 @@ pub struct Problem {
     pub title: &'static str,
     pub detail: String,
     pub errors: Vec<FieldError>,
-    /// Extra members of the problem object (for example per-task outcomes).
-    pub extra: Option<(&'static str, Value)>,
+    /// Per-task outcomes, for a decision that did not end as asked.
+    pub tasks: Option<Value>,
+}
+
+/// An RFC 9457 problem, as every 4xx and 5xx answer carries it (`application/problem+json`).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemRepr<'a> {
+    /// `/problems/<slug>`: a page that says what the problem means and how to fix it.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'a str,
+    pub status: u16,
+    pub detail: &'a str,
+    /// The request's path (added on the way out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<&'a str>,
+    /// Each broken rule, for a validation error.
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    pub errors: &'a [FieldError],
+    /// Each task's outcome, for a decision that did not end as asked (409).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::api::repr::TaskOutcome>>)]
+    pub tasks: Option<&'a Value>,
 }
 
 impl ApiError {
@@ -40,7 +64,7 @@ impl ApiError {
             title,
             detail: detail.into(),
             errors: Vec::new(),
-            extra: None,
+            tasks: None,
         }))
     }
 
@@ -51,8 +75,9 @@ impl ApiError {
         self
     }
 
-    pub fn with(mut self, key: &'static str, value: Value) -> Self {
-        self.0.extra = Some((key, value));
+    /// Each task's outcome, shown with the problem.
+    pub fn with_tasks(mut self, outcomes: Value) -> Self {
+        self.0.tasks = Some(outcomes);
         self
     }
 
@@ -142,24 +167,17 @@ impl std::ops::Deref for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let this = *self.0;
-        let mut body = json!({
-            "type": format!("/problems/{}", this.slug),
-            "title": this.title,
-            "status": this.status.as_u16(),
-            "detail": this.detail,
-        });
-        if let Some(obj) = body.as_object_mut() {
-            if !this.errors.is_empty() {
-                obj.insert(
-                    "errors".into(),
-                    serde_json::to_value(&this.errors).unwrap_or(Value::Null),
-                );
-            }
-            if let Some((k, v)) = this.extra {
-                obj.insert(k.into(), v);
-            }
-        }
-        let mut resp = (this.status, body.to_string()).into_response();
+        let body = ProblemRepr {
+            kind: format!("/problems/{}", this.slug),
+            title: this.title,
+            status: this.status.as_u16(),
+            detail: &this.detail,
+            instance: None,
+            errors: &this.errors,
+            tasks: this.tasks.as_ref(),
+        };
+        let text = serde_json::to_string(&body).unwrap_or_default();
+        let mut resp = (this.status, text).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if this.status == StatusCode::SERVICE_UNAVAILABLE {

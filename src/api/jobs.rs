@@ -166,6 +166,7 @@ fn traceparent(headers: &HeaderMap) -> Option<&str> {
     .then_some(v)
 }
 
+#[utoipa::path(get, path = "/", tag = "entry", responses((status = 200, description = "Links to everything", body = Object)))]
 pub async fn entry_point(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let base = base_url(&state, &headers);
     let body = json!({
@@ -186,6 +187,7 @@ pub async fn entry_point(State(state): State<AppState>, headers: HeaderMap) -> R
     json_response(StatusCode::OK, &body)
 }
 
+#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and body answers the same; another body with the key is 422")), responses((status = 202, description = "Accepted and started", body = crate::api::repr::JobRepr, headers(("Location" = String), ("Link" = String))), (status = 200, description = "A replay of an earlier request with the same Idempotency-Key", body = crate::api::repr::JobRepr), (status = 422, description = "A rule is broken: each in errors")))]
 pub async fn create_job(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -261,6 +263,7 @@ pub async fn create_job(
 /// the job's current `ETag` and no decision was taken: then its description, contact,
 /// callbacks, tags, `autoConfirm` and `jobMaxTTL` are updated (200). Tasks, the correlation id,
 /// the retry policy and the shared state cannot change this way.
+#[utoipa::path(put, path = "/jobs/{jobID}", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("jobID" = String, Path, description = "The job's id"), ("If-Match" = Option<String>, Header, description = "The current ETag: update the job's fields (before the decision)")), responses((status = 201, description = "Created with this id", body = crate::api::repr::JobRepr), (status = 200, description = "The same document again, or updated under If-Match", body = crate::api::repr::JobRepr), (status = 409, description = "Another document has this id"), (status = 412, description = "If-Match does not hold the current ETag"), (status = 422, description = "A rule is broken: each in errors")))]
 pub async fn put_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -412,6 +415,7 @@ fn unchanged_parts(record: &JobRecord, new: &request::NewJob, doc: &Value) -> Op
     None
 }
 
+#[utoipa::path(get, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id"), ("If-None-Match" = Option<String>, Header)), responses((status = 200, description = "The job", body = crate::api::repr::JobRepr, headers(("ETag" = String))), (status = 304, description = "Not modified"), (status = 404, description = "No such job")))]
 pub async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -515,6 +519,7 @@ fn decode_cursor(s: &str) -> Option<(chrono::DateTime<Utc>, String)> {
     Some((at, id.to_string()))
 }
 
+#[utoipa::path(get, path = "/jobs", tag = "jobs", params(("status" = Option<Vec<String>>, Query, explode = true, description = "A job status, or working; repeatable"), ("correlationID" = Option<String>, Query), ("tag" = Option<String>, Query), ("createdAfter" = Option<String>, Query, format = DateTime), ("createdBefore" = Option<String>, Query, format = DateTime), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500), ("cursor" = Option<String>, Query, description = "Opaque: from a next link")), responses((status = 200, description = "Newest first", body = crate::api::repr::JobListRepr), (status = 400, description = "A filter is malformed")))]
 pub async fn list_jobs(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -554,6 +559,7 @@ pub async fn list_jobs(
     Ok(resp)
 }
 
+#[utoipa::path(delete, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Already confirming or finished")))]
 pub async fn cancel_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -595,7 +601,7 @@ fn confirm_outcome(base: &str, record: &JobRecord) -> Result<Response, ApiError>
             "Heuristic outcome",
             "some participants confirmed and others could not: the outcome is heuristic and needs an operator",
         )
-        .with("tasks", outcomes(record))),
+        .with_tasks(outcomes(record))),
         status => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not-confirmed",
@@ -609,7 +615,7 @@ fn confirm_outcome(base: &str, record: &JobRecord) -> Result<Response, ApiError>
                     .unwrap_or_default()
             ),
         )
-        .with("tasks", outcomes(record))),
+        .with_tasks(outcomes(record))),
     }
 }
 
@@ -650,6 +656,18 @@ pub(super) async fn wait_change(
     }
 }
 
+/// `POST /jobs/{id}/cancel`: the same as `DELETE /jobs/{id}`, for HTML forms.
+#[utoipa::path(post, path = "/jobs/{jobID}/cancel", tag = "jobs", params(("jobID" = String, Path, description = "The job's id")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Already confirming or finished")))]
+pub async fn cancel_form(
+    state: State<AppState>,
+    actor: Extension<Actor>,
+    id: Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    cancel_job(state, actor, id, headers).await
+}
+
+#[utoipa::path(post, path = "/jobs/{jobID}/confirm", tag = "jobs", params(("jobID" = String, Path, description = "The job's id"), ("Prefer" = Option<String>, Header, description = "wait=N: answer when terminal, waiting up to N s")), responses((status = 202, description = "Confirming", body = crate::api::repr::JobRepr), (status = 200, description = "Completed (Prefer: wait)", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Decided otherwise, or heuristic or failed: tasks lists each outcome")))]
 pub async fn confirm_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -693,7 +711,7 @@ pub async fn confirm_job(
                     "the job is {}: it is being canceled and can no longer be confirmed",
                     record.job.status
                 ))
-                .with("tasks", outcomes(&record)))
+                .with_tasks(outcomes(&record)))
             }
         }
         RequestOutcome::NoTasks => Err(ApiError::conflict(
@@ -706,6 +724,7 @@ pub async fn confirm_job(
     }
 }
 
+#[utoipa::path(get, path = "/jobs/{jobID}/progress", tag = "jobs", params(("jobID" = String, Path, description = "The job's id"), ("If-None-Match" = Option<String>, Header), ("Prefer" = Option<String>, Header, description = "wait=N with If-None-Match: long poll")), responses((status = 200, description = "Progress", body = crate::api::repr::ProgressRepr, headers(("ETag" = String))), (status = 304, description = "No change"), (status = 404, description = "No such job")))]
 pub async fn progress(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -731,6 +750,7 @@ pub async fn progress(
     }
 }
 
+#[utoipa::path(get, path = "/jobs/{jobID}/tasks", tag = "tasks", params(("jobID" = String, Path, description = "The job's id")), responses((status = 200, description = "The tasks", body = crate::api::repr::TaskListRepr), (status = 404, description = "No such job")))]
 pub async fn list_tasks(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -744,6 +764,7 @@ pub async fn list_tasks(
     ))
 }
 
+#[utoipa::path(get, path = "/jobs/{jobID}/tasks/{taskID}", tag = "tasks", params(("jobID" = String, Path, description = "The job's id"), ("taskID" = String, Path)), responses((status = 200, description = "The task", body = crate::api::repr::TaskRepr), (status = 404, description = "No such job or task")))]
 pub async fn get_task(
     State(state): State<AppState>,
     Path((id, task_id)): Path<(String, String)>,
@@ -763,6 +784,7 @@ pub async fn get_task(
     ))
 }
 
+#[utoipa::path(post, path = "/jobs/{jobID}/participants", tag = "tasks", params(("jobID" = String, Path, description = "The job's id")), request_body(content = crate::domain::request::RegistrationWire, content_type = "application/json"), responses((status = 201, description = "Registered", body = crate::api::repr::TaskRepr, headers(("Location" = String))), (status = 200, description = "This uri was registered before", body = crate::api::repr::TaskRepr), (status = 404, description = "No such job"), (status = 409, description = "The decision is taken"), (status = 422, description = "A rule is broken: each in errors")))]
 pub async fn register(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -870,6 +892,7 @@ const MAX_NOTE: usize = 4096;
 /// `POST /jobs/{id}/resolve` `{"note"}`: an operator records the manual fix of a heuristic
 /// outcome; the job leaves `/heuristics` and `tcc_heuristic_unresolved`. The same note again is
 /// answered as the first time; another note on a resolved job is a conflict.
+#[utoipa::path(post, path = "/jobs/{jobID}/resolve", tag = "operators", params(("jobID" = String, Path, description = "The job's id")), request_body(content = crate::api::openapi::Resolve, content_type = "application/json"), responses((status = 200, description = "Resolved", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Not an unresolved heuristic job"), (status = 422, description = "The note is missing, empty or too long")))]
 pub async fn resolve_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -948,6 +971,7 @@ pub async fn resolve_job(
 
 /// `GET /heuristics`: unresolved heuristic jobs, oldest first, each with its tasks' outcomes;
 /// `limit` (1–500, default 50) and `cursor`, with `Link: rel="next"`.
+#[utoipa::path(get, path = "/heuristics", tag = "operators", params(("limit" = Option<i64>, Query, minimum = 1, maximum = 500), ("cursor" = Option<String>, Query)), responses((status = 200, description = "Unresolved heuristic jobs, oldest first", body = crate::api::repr::HeuristicListRepr), (status = 400, description = "A parameter is malformed")))]
 pub async fn heuristics(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod html;
 mod jobs;
+pub mod openapi;
 mod problems;
 pub mod repr;
 mod state;
@@ -30,6 +31,7 @@ use serde_json::{Value, json};
 
 pub use error::ApiError;
 
+use crate::domain::request::MAX_NUMBER;
 use crate::engine::Engine;
 use crate::metrics as m;
 
@@ -263,7 +265,7 @@ fn routes(keys: Arc<auth::ApiKeys>) -> Router<AppState> {
         )
         .route(
             "/jobs/{job_id}/cancel",
-            with_options(post(jobs::cancel_job), POST),
+            with_options(post(jobs::cancel_form), POST),
         )
         .route(
             "/jobs/{job_id}/confirm",
@@ -325,7 +327,11 @@ fn routes(keys: Arc<auth::ApiKeys>) -> Router<AppState> {
         )
         .route("/health/live", with_options(get(live), GET))
         .route("/health/ready", with_options(get(ready), GET))
-        .route("/metrics", with_options(get(metrics_text), GET));
+        .route("/metrics", with_options(get(metrics_text), GET))
+        .route(
+            "/openapi.json",
+            with_options(get(openapi::openapi_json), GET),
+        );
     #[cfg(feature = "fault-injection")]
     let router = router
         .route("/fault/panic", get(fault_panic))
@@ -352,6 +358,7 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no resource at this path")
 }
 
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "The process is up", body = Object)))]
 async fn live() -> impl IntoResponse {
     axum::Json(json!({"status": "live"}))
 }
@@ -359,6 +366,7 @@ async fn live() -> impl IntoResponse {
 /// 200 only while this instance can accept and drive jobs: it holds its identity (drivers run
 /// only then), and the database answers, is writable and commits durably within
 /// `TCC_DB_TIMEOUT` (`store::ready`).
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200, description = "Ready to accept and drive jobs", body = Object), (status = 503, description = "Not ready: the detail says why")))]
 async fn ready(State(state): State<AppState>) -> Response {
     match readiness(&state).await {
         Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
@@ -405,6 +413,7 @@ async fn readiness(state: &AppState) -> Result<(), &'static str> {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(h) => {
@@ -609,7 +618,7 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Va
             ),
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed-json",
@@ -621,7 +630,38 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Va
                 e.column()
             ),
         )
-    })
+    })?;
+    match huge_number(&value) {
+        None => Ok(value),
+        Some(pointer) => Err(ApiError::validation(vec![
+            crate::domain::request::FieldError::new(
+                pointer,
+                format!(
+                    "is a number beyond ±{MAX_NUMBER:e}; such numbers cannot be stored and read back faithfully"
+                ),
+            ),
+        ])),
+    }
+}
+
+/// The JSON Pointer of the first number in `v` beyond ±`MAX_NUMBER`, if any (nothing is
+/// allocated unless one is found: this walks every request body).
+fn huge_number(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .is_some_and(|f| f.abs() > MAX_NUMBER)
+            .then(String::new),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| huge_number(item).map(|rest| format!("/{i}{rest}"))),
+        Value::Object(map) => map.iter().find_map(|(k, item)| {
+            huge_number(item)
+                .map(|rest| format!("/{}{rest}", k.replace('~', "~0").replace('/', "~1")))
+        }),
+        _ => None,
+    }
 }
 
 /// The deepest a request body may nest arrays and objects.

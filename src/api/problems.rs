@@ -148,6 +148,7 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+#[utoipa::path(get, path = "/problems/{slug}", tag = "entry", params(("slug" = String, Path)), responses((status = 200, description = "What the problem means and how to fix it", body = String, content_type = "text/html"), (status = 404, description = "No such problem type")))]
 pub async fn problem_page(Path(slug): Path<String>) -> Result<Response, ApiError> {
     let Some((slug, title, text)) = PROBLEMS.iter().find(|(s, _, _)| *s == slug) else {
         return Err(ApiError::not_found(format!("no problem type {slug:?}")));

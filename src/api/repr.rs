@@ -7,6 +7,9 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::domain::request::Contact;
 use crate::domain::retry::RetryPolicyPatch;
@@ -23,12 +26,24 @@ impl Serialize for Timestamp {
     }
 }
 
+impl PartialSchema for Timestamp {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339, UTC, milliseconds"))
+            .into()
+    }
+}
+
+impl ToSchema for Timestamp {}
+
 fn ts(t: Option<DateTime<Utc>>) -> Option<Timestamp> {
     t.map(Timestamp)
 }
 
 /// One HAL link.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct LinkRepr {
     pub href: String,
     pub method: &'static str,
@@ -85,6 +100,24 @@ impl Serialize for Links {
     }
 }
 
+impl PartialSchema for Links {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "HAL links: relation → link. Actions appear only while the state allows them.",
+            ))
+            .additional_properties(Some(LinkRepr::schema()))
+            .into()
+    }
+}
+
+impl ToSchema for Links {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((LinkRepr::name().into(), LinkRepr::schema()));
+    }
+}
+
 /// The `_links` of a job: navigation always, and the actions its state allows now, exactly
 /// those (`domain::actions`, which the endpoints' refusals come from too).
 pub fn job_links(base: &str, r: &JobRecord) -> Links {
@@ -135,7 +168,7 @@ pub fn job_links(base: &str, r: &JobRecord) -> Links {
 }
 
 /// One notification of the job (a callback, webhook or email) and where its delivery stands.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationRepr<'a> {
     pub channel: &'a str,
@@ -162,7 +195,7 @@ impl<'a> NotificationRepr<'a> {
 }
 
 /// An operator's resolution, as shown.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResolutionRepr<'a> {
     pub note: &'a str,
@@ -194,15 +227,27 @@ impl Serialize for Mapping<'_> {
     }
 }
 
+impl PartialSchema for Mapping<'_> {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("JSON Pointer → JSON Pointer (RFC 6901)"))
+            .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .into()
+    }
+}
+
+impl ToSchema for Mapping<'_> {}
+
 /// A participant link as shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct LinkValue<'a> {
     pub uri: &'a str,
     pub expires: Timestamp,
 }
 
 /// A task (`GET /jobs/{id}/tasks/{taskID}`, and each of a job's `tasks`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRepr<'a> {
     #[serde(rename = "taskID")]
@@ -270,7 +315,7 @@ impl<'a> TaskRepr<'a> {
 }
 
 /// The full job document (`GET /jobs/{id}`): the request's fields, the job's state, its tasks.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobRepr<'a> {
     #[serde(rename = "jobID")]
@@ -359,7 +404,7 @@ fn task_weight(s: TaskStatus) -> u32 {
 }
 
 /// One task in a progress report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskProgress<'a> {
     #[serde(rename = "taskID")]
@@ -372,7 +417,7 @@ pub struct TaskProgress<'a> {
 }
 
 /// `GET /jobs/{id}/progress`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProgressRepr<'a> {
     #[serde(rename = "jobID")]
@@ -427,7 +472,7 @@ impl<'a> ProgressRepr<'a> {
 }
 
 /// One job in `GET /jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SummaryRepr<'a> {
     #[serde(rename = "jobID")]
@@ -467,7 +512,7 @@ impl<'a> SummaryRepr<'a> {
 }
 
 /// `GET /jobs`: a page of summaries, with `self` and `next`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct JobListRepr<'a> {
     pub jobs: Vec<SummaryRepr<'a>>,
     #[serde(rename = "_links")]
@@ -494,7 +539,7 @@ impl<'a> JobListRepr<'a> {
 }
 
 /// `GET /jobs/{id}/tasks`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TaskListRepr<'a> {
     pub tasks: Vec<TaskRepr<'a>>,
     #[serde(rename = "_links")]
@@ -525,7 +570,7 @@ impl<'a> TaskListRepr<'a> {
 }
 
 /// One task's outcome, for the problem body of a confirm that did not complete.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskOutcome<'a> {
     #[serde(rename = "taskID")]
@@ -536,7 +581,7 @@ pub struct TaskOutcome<'a> {
 }
 
 /// An unresolved heuristic job on `GET /heuristics`: what it is, and each task's outcome.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeuristicRepr<'a> {
     #[serde(rename = "jobID")]
@@ -568,7 +613,7 @@ impl<'a> HeuristicRepr<'a> {
 }
 
 /// `GET /heuristics`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct HeuristicListRepr<'a> {
     pub jobs: Vec<HeuristicRepr<'a>>,
     #[serde(rename = "_links")]
@@ -577,7 +622,7 @@ pub struct HeuristicListRepr<'a> {
 
 /// One entry of a job's event log (`GET /jobs/{id}/events`). Only the fields its `type` has are
 /// present.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventRepr<'a> {
     pub seq: i64,
@@ -632,7 +677,7 @@ impl<'a> EventRepr<'a> {
 }
 
 /// `GET /jobs/{id}/events`: a page of the log, oldest first.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct EventListRepr<'a> {
     #[serde(rename = "jobID")]
     pub job_id: &'a str,

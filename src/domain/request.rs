@@ -13,7 +13,7 @@ use super::retry::RetryPolicyPatch;
 use super::target::{TargetUrl, TaskId};
 
 /// One broken rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub pointer: String,
     pub detail: String,
@@ -41,7 +41,12 @@ const MAX_TAGS: usize = 20;
 const MAX_TAG: usize = 64;
 const MAX_SHARED_STATE: usize = 256 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The largest magnitude a number in a request may have. PostgreSQL's `jsonb` keeps numbers as
+/// decimals and writes one near `f64::MAX` out in full, which the JSON reader then refuses as
+/// out of range: a job holding one could no longer be read (found by schemathesis).
+pub const MAX_NUMBER: f64 = 1e308;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,55 +57,94 @@ pub struct Contact {
     pub webhook: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LinkWire {
+#[schema(as = ParticipantLinkRequest)]
+pub struct LinkWire {
+    /// Absolute http(s) URL of the reserved participant resource.
+    #[schema(format = "uri")]
     uri: Option<String>,
+    /// RFC 3339; must be in the future.
+    #[schema(format = DateTime)]
     expires: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TaskWire {
+#[schema(as = TaskRequest)]
+pub struct TaskWire {
+    /// Unique in the job; default a generated id.
+    #[schema(pattern = "^[A-Za-z0-9._~-]{1,128}$")]
     #[serde(rename = "taskID")]
     task_id: Option<String>,
+    /// Free text.
+    #[schema(max_length = 2048)]
     #[serde(rename = "taskDescription")]
     task_description: Option<String>,
+    /// Absolute http(s) URL of the participant's Try endpoint (exactly one of taskURL and participantLink).
+    #[schema(format = "uri")]
     #[serde(rename = "taskURL")]
     task_url: Option<String>,
+    /// Sent as the Try body; default `{}`.
+    #[schema(value_type = Option<Object>)]
     body: Option<Value>,
+    /// `{pointerIntoBody: pointerIntoSharedState}` (RFC 6901), applied when the Try is sent.
+    #[schema(value_type = Option<HashMap<String, String>>)]
     #[serde(rename = "inputMapping")]
     input_mapping: Option<serde_json::Map<String, Value>>,
+    /// `{pointerIntoSharedState: pointerIntoTryResponse}`, applied when the Try answer arrives.
+    #[schema(value_type = Option<HashMap<String, String>>)]
     #[serde(rename = "outputMapping")]
     output_mapping: Option<serde_json::Map<String, Value>>,
+    /// Seconds for one Try call; default 10; capped by the time left to the deadline.
+    #[schema(exclusive_minimum = 0)]
     #[serde(rename = "taskMaxTTL")]
     task_max_ttl: Option<f64>,
     #[serde(rename = "retryPolicy")]
     retry_policy: Option<RetryPolicyPatch>,
+    /// An already reserved link (instead of taskURL).
     #[serde(rename = "participantLink")]
     participant_link: Option<LinkWire>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JobWire {
+#[schema(as = JobRequest)]
+pub struct JobWire {
+    /// Free text.
+    #[schema(max_length = 2048)]
     description: Option<String>,
+    /// Default: the jobID.
+    #[schema(max_length = 128)]
     #[serde(rename = "correlationID")]
     correlation_id: Option<String>,
+    /// Seconds (fractions allowed); default 60.
+    #[schema(exclusive_minimum = 0, maximum = 604800)]
     #[serde(rename = "jobMaxTTL")]
     job_max_ttl: Option<f64>,
+    /// Default true; a job with no task must say false.
     #[serde(rename = "autoConfirm")]
     auto_confirm: Option<bool>,
+    /// Receives a POST when the job completes.
+    #[schema(format = "uri")]
     #[serde(rename = "jobSuccessURL")]
     job_success_url: Option<String>,
+    /// Receives a POST when the job ends failed, canceled or heuristic.
+    #[schema(format = "uri")]
     #[serde(rename = "jobFailedURL")]
     job_failed_url: Option<String>,
     contact: Option<Contact>,
+    /// Each 1–64 characters.
+    #[schema(max_items = 20)]
     tags: Option<Vec<String>>,
+    /// At most 256 KiB serialized; default `{}`.
+    #[schema(value_type = Option<Object>)]
     #[serde(rename = "sharedState")]
     shared_state: Option<Value>,
     #[serde(rename = "retryPolicy")]
     retry_policy: Option<RetryPolicyPatch>,
+    /// 0 to TCC_MAX_TASKS (default 100).
+    #[schema(max_items = 100)]
     tasks: Option<Vec<TaskWire>>,
 }
 
@@ -788,10 +832,15 @@ pub struct Registration {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RegistrationWire {
+#[schema(as = Registration)]
+pub struct RegistrationWire {
+    /// The participant's link (or give participantLink).
+    #[schema(format = "uri")]
     uri: Option<String>,
+    /// RFC 3339; must be in the future.
+    #[schema(format = DateTime)]
     expires: Option<String>,
     #[serde(rename = "participantLink")]
     participant_link: Option<LinkWire>,

@@ -33,7 +33,7 @@ impl Default for RetryPolicy {
 }
 
 /// The policy as a client may write it: every field optional.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicyPatch {
     #[serde(skip_serializing_if = "Option::is_none")]

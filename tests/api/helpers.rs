@@ -371,3 +371,25 @@ pub async fn wait_for_status(http: &reqwest::Client, base: &str, id: &str, statu
     assert!(ok, "job {id} never {status}: {job}");
     job
 }
+
+/// A program on PATH (or in /usr/bin), or `None` outside CI, saying the test skipped.
+pub fn tool(names: &[&str], package: &str) -> Option<std::path::PathBuf> {
+    let dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let found = names.iter().find_map(|n| {
+        dirs.iter()
+            .chain([std::path::PathBuf::from("/usr/bin")].iter())
+            .map(|d| d.join(n))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{} is missing ({package}); under CI that is a failure",
+            names[0]
+        );
+        eprintln!("skipped: {} is not installed ({package})", names[0]);
+    }
+    found
+}

@@ -14,6 +14,7 @@ mod hardening;
 mod lifecycle;
 mod notify;
 mod observability;
+mod openapi;
 mod operator;
 mod put;
 mod recovery;

@@ -1,0 +1,187 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 description of this API, generated from the handlers'
+//! own annotations and the request and representation types they read and write (`repr`,
+//! `domain::request`), so that it follows the code. Every problem answer refers to one `Problem`
+//! schema, and both key schemes (Bearer for programs, Basic for pages) are described.
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::error::PROBLEM_JSON;
+
+/// `POST /jobs/{jobID}/resolve`: the operator's record of the manual fix.
+#[derive(ToSchema)]
+#[allow(dead_code)] // read as JSON by the handler; described here
+pub struct Resolve {
+    /// What was done to fix the outcome; not empty.
+    #[schema(min_length = 1, max_length = 4096)]
+    note: String,
+}
+
+/// `PUT /coordinator/confirm` and `/coordinator/cancel` (Atomikos-compatible).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // read as JSON by the handler; described here
+pub struct LinkSetRequest {
+    #[schema(min_items = 1)]
+    participant_links: Vec<crate::domain::request::LinkWire>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tcc-coordinator",
+        description = "A Try-Confirm/Cancel transaction coordinator with a RESTful Job Control Language (docs/api.md)."
+    ),
+    paths(
+        super::jobs::entry_point,
+        super::jobs::list_jobs,
+        super::jobs::create_job,
+        super::jobs::get_job,
+        super::jobs::put_job,
+        super::jobs::cancel_job,
+        super::jobs::cancel_form,
+        super::jobs::confirm_job,
+        super::jobs::progress,
+        super::jobs::list_tasks,
+        super::jobs::get_task,
+        super::jobs::register,
+        super::jobs::resolve_job,
+        super::jobs::heuristics,
+        super::actions::continue_job,
+        super::actions::restart_job,
+        super::state::get_shared_state,
+        super::state::put_shared_state,
+        super::state::patch_shared_state,
+        super::events::events,
+        super::coordinator::confirm,
+        super::coordinator::cancel,
+        super::problems::problem_page,
+        super::live,
+        super::ready,
+        super::metrics_text,
+        openapi_json,
+    ),
+    components(schemas(super::error::ProblemRepr)),
+    modifiers(&Common)
+)]
+struct ApiDoc;
+
+/// What every operation shares: the problem body on each 4xx/5xx, the answers any request may
+/// get (a refused key, an overload, a database outage, a malformed or oversized body), and the
+/// security schemes.
+struct Common;
+
+impl Modify for Common {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key's secret (TCC_API_KEYS)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some("For pages: the key's name and its secret as password"))
+                    .build(),
+            ),
+        );
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let open = path.starts_with("/health/")
+                || path.starts_with("/problems/")
+                || path == "/metrics"
+                || path == "/openapi.json";
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                common(op, open);
+            }
+        }
+    }
+}
+
+fn problem(description: &str) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+fn common(op: &mut Operation, open: bool) {
+    let answers = &mut op.responses.responses;
+    // Problems the annotations name by status only get the problem body.
+    for (status, answer) in answers.iter_mut() {
+        if status.starts_with(['4', '5'])
+            && let RefOr::T(r) = answer
+            && r.content.is_empty()
+        {
+            *answer = problem(&r.description);
+        }
+    }
+    let mut shared = vec![
+        (
+            "503",
+            "Overloaded, or the database is unreachable (Retry-After)",
+        ),
+        ("400", "Malformed: the request cannot be read"),
+    ];
+    if op.request_body.is_some() {
+        shared.push(("413", "The body is larger than TCC_MAX_BODY"));
+        shared.push((
+            "415",
+            "The Content-Type is not the one this operation reads",
+        ));
+    }
+    if !open {
+        shared.push(("401", "No key, or a wrong one (TCC_API_KEYS)"));
+        shared.push(("403", "The key's role is too weak for this operation"));
+        op.security = Some(vec![
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+            SecurityRequirement::new("basic", Vec::<String>::new()),
+        ]);
+    }
+    for (status, text) in shared {
+        answers
+            .entry(status.to_string())
+            .or_insert_with(|| problem(text));
+    }
+}
+
+/// The document, as JSON.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "entry", responses((status = 200, description = "This description", body = Object)))]
+pub async fn openapi_json() -> Response {
+    let text = document().to_json().unwrap_or_default();
+    let mut resp = text.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,260 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 description that matches the routes the coordinator
+//! answers, and schemathesis (PyPI) run against a live coordinator with it.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::participant::{Op, Participant, Reply};
+
+const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
+
+#[tokio::test]
+async fn the_description_is_openapi_3_1_and_names_exactly_the_methods_each_route_answers() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.addr))
+        .send()
+        .await
+        .expect("GET /openapi.json")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for name in [
+        "JobRequest",
+        "JobRepr",
+        "Problem",
+        "Registration",
+        "TaskRepr",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name} is described");
+    }
+    // Every $ref points at a schema the document holds.
+    let text = doc.to_string();
+    for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = &part[..part.find('"').expect("a quoted ref")];
+        assert!(schemas.contains_key(name), "$ref {name} resolves");
+    }
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["basic"]["scheme"], "basic");
+
+    // A job to fill the path templates with.
+    let resp = app
+        .http
+        .post(format!("{}/jobs", app.addr))
+        .json(&json!({"autoConfirm": false, "tasks": [{"taskID": "t1", "taskURL": p.url("a")}]}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.expect("job");
+    let id = job["jobID"].as_str().expect("jobID").to_string();
+
+    let paths = doc["paths"].as_object().expect("paths");
+    for route in [
+        "/",
+        "/jobs",
+        "/jobs/{jobID}",
+        "/jobs/{jobID}/cancel",
+        "/jobs/{jobID}/confirm",
+        "/jobs/{jobID}/progress",
+        "/jobs/{jobID}/tasks",
+        "/jobs/{jobID}/tasks/{taskID}",
+        "/jobs/{jobID}/participants",
+        "/jobs/{jobID}/shared-state",
+        "/jobs/{jobID}/resolve",
+        "/jobs/{jobID}/continue",
+        "/jobs/{jobID}/restart",
+        "/jobs/{jobID}/events",
+        "/heuristics",
+        "/coordinator/confirm",
+        "/coordinator/cancel",
+        "/problems/{slug}",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(route), "{route} is described");
+    }
+    for (route, item) in paths {
+        let mut described: Vec<String> = METHODS
+            .iter()
+            .filter(|m| item.get(**m).is_some())
+            .map(|m| m.to_uppercase())
+            .collect();
+        described.sort();
+        let url = route
+            .replace("{jobID}", &id)
+            .replace("{taskID}", "t1")
+            .replace("{slug}", "invalid-job");
+        let resp = app
+            .http
+            .request(reqwest::Method::OPTIONS, format!("{}{url}", app.addr))
+            .send()
+            .await
+            .expect("OPTIONS");
+        let allow = resp
+            .headers()
+            .get("allow")
+            .unwrap_or_else(|| panic!("{route}: OPTIONS answers Allow"))
+            .to_str()
+            .expect("text")
+            .to_string();
+        let mut answered: Vec<String> = allow
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .filter(|m| m != "HEAD" && m != "OPTIONS")
+            .collect();
+        answered.sort();
+        assert_eq!(described, answered, "{route}: described methods = Allow");
+        for m in METHODS.iter().filter(|m| item.get(**m).is_some()) {
+            let op = &item[*m];
+            let answers = op["responses"].as_object().expect("responses");
+            for (status, answer) in answers {
+                if status.starts_with(['4', '5']) {
+                    assert!(
+                        answer["content"]["application/problem+json"].is_object(),
+                        "{m} {route} {status}: a problem body"
+                    );
+                }
+            }
+            let open = route.starts_with("/health/")
+                || route.starts_with("/problems/")
+                || route == "/metrics"
+                || route == "/openapi.json";
+            assert_eq!(
+                op.get("security").is_some(),
+                !open,
+                "{m} {route}: a key is required exactly where the API asks for one"
+            );
+        }
+    }
+}
+
+/// schemathesis generates requests from the description (examples, edge cases, fuzzing, and
+/// stateful sequences through the links) and checks that nothing answers 5xx and every answer
+/// conforms to the description: status, content type, headers and body schema.
+#[tokio::test]
+async fn schemathesis_finds_nothing_against_a_live_coordinator() {
+    let Some(st) = tool(&["schemathesis", "st"], "PyPI's schemathesis") else {
+        return;
+    };
+    let app = spawn_app().await;
+    let url = format!("{}/openapi.json", app.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(st)
+            .args([
+                "run",
+                &url,
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
+                "--max-examples",
+                "40",
+                "--workers",
+                "2",
+                "--seed",
+                "1",
+            ])
+            .output()
+            .expect("run schemathesis")
+    })
+    .await
+    .expect("join");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis found problems:\n{text}");
+}
+
+/// Found by schemathesis: a number near `f64::MAX` in a shared state (or any body) was stored,
+/// and PostgreSQL wrote it back out in full digits that the JSON reader refuses, so that every
+/// read of the job answered 500. Such numbers are refused at the door, naming where they are.
+#[tokio::test]
+async fn a_number_that_could_not_be_read_back_is_refused_and_the_job_stays_readable() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .post(format!("{}/jobs", app.addr))
+        .json(&json!({"autoConfirm": false, "tasks": []}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.expect("job");
+    let id = job["jobID"].as_str().expect("jobID").to_string();
+    let state = format!("{}/jobs/{id}/shared-state", app.addr);
+    let resp = app
+        .http
+        .put(&state)
+        .header("content-type", "application/json")
+        .body(r#"{"a": [1, {"b~/c": -1.7976931348623157e308}]}"#)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 422);
+    let problem: Value = resp.json().await.expect("problem");
+    assert_eq!(problem["errors"][0]["pointer"], "/a/1/b~0~1c");
+    let resp = app
+        .http
+        .post(format!("{}/jobs", app.addr))
+        .header("content-type", "application/json")
+        .body(r#"{"autoConfirm": false, "sharedState": {"x": 1e308, "y": 1.5e308}}"#)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), 422, "1.5e308 is beyond the limit");
+    // Large but faithful numbers pass, and the job reads back.
+    let resp = app
+        .http
+        .put(&state)
+        .header("content-type", "application/json")
+        .body(r#"{"x": 1e300, "y": -4.9e-324}"#)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 200);
+    for url in [format!("{}/jobs/{id}", app.addr), state] {
+        let resp = app.http.get(&url).send().await.expect("GET");
+        assert_eq!(resp.status(), 200, "{url} reads back");
+    }
+}
+
+/// The same number in a participant's Try answer is kept as its text, so that the job stays
+/// readable.
+#[tokio::test]
+async fn a_try_answer_with_such_a_number_keeps_it_as_text() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let expires = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let answer = json!({
+        "participantLink": {"uri": p.url("elsewhere"), "expires": expires.to_rfc3339()},
+        "n": "PLACEHOLDER",
+    })
+    .to_string()
+    .replace("\"PLACEHOLDER\"", "-1.7976931348623157e308");
+    p.script(Op::Try, "a", vec![Reply::StatusBody(200, answer)]);
+    let resp = app
+        .http
+        .post(format!("{}/jobs", app.addr))
+        .json(&json!({"autoConfirm": false, "tasks": [{"taskID": "t1", "taskURL": p.url("a")}]}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.expect("job");
+    let id = job["jobID"].as_str().expect("jobID").to_string();
+    let job = wait_for_status(&app.http, &app.addr, &id, "reserved").await;
+    assert_eq!(
+        job["tasks"][0]["tryResponse"]["n"],
+        "-1.7976931348623157e+308"
+    );
+}
