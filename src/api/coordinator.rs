@@ -29,7 +29,15 @@ fn invalid(errors: Vec<FieldError>) -> ApiError {
 }
 
 async fn link_set(state: &AppState, headers: &HeaderMap, body: Body) -> Result<LinkSet, ApiError> {
-    let value = read_json(headers, body, state.settings.max_body).await?;
+    // A body that breaks a rule is 400 here (a number too large, for example), never 422.
+    let value = read_json(headers, body, state.settings.max_body)
+        .await
+        .map_err(|e| match e.status() {
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                e.with_status(StatusCode::BAD_REQUEST, "invalid-participant-links")
+            }
+            _ => e,
+        })?;
     let set =
         request::parse_link_set(&value, state.settings.max_tasks, Utc::now()).map_err(invalid)?;
     let refused = crate::domain::policy::refusals::link_set(&state.settings.targets, &value);

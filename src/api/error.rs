@@ -81,6 +81,10 @@ impl ApiError {
         self
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
     /// What the problem says to the client.
     pub fn detail(&self) -> &str {
         &self.0.detail

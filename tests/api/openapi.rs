@@ -45,16 +45,12 @@ async fn the_description_is_openapi_3_1_and_names_exactly_the_methods_each_route
     assert_eq!(schemes["basic"]["scheme"], "basic");
 
     // A job to fill the path templates with.
-    let resp = app
-        .http
-        .post(format!("{}/jobs", app.addr))
-        .json(&json!({"autoConfirm": false, "tasks": [{"taskID": "t1", "taskURL": p.url("a")}]}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.expect("job");
-    let id = job["jobID"].as_str().expect("jobID").to_string();
+    let id = submit_to(
+        &app.http,
+        &app.addr,
+        &json!({"autoConfirm": false, "tasks": [{"taskID": "t1", "taskURL": p.url("a")}]}),
+    )
+    .await;
 
     let paths = doc["paths"].as_object().expect("paths");
     for route in [
@@ -181,16 +177,12 @@ async fn schemathesis_finds_nothing_against_a_live_coordinator() {
 #[tokio::test]
 async fn a_number_that_could_not_be_read_back_is_refused_and_the_job_stays_readable() {
     let app = spawn_app().await;
-    let resp = app
-        .http
-        .post(format!("{}/jobs", app.addr))
-        .json(&json!({"autoConfirm": false, "tasks": []}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.expect("job");
-    let id = job["jobID"].as_str().expect("jobID").to_string();
+    let id = submit_to(
+        &app.http,
+        &app.addr,
+        &json!({"autoConfirm": false, "tasks": []}),
+    )
+    .await;
     let state = format!("{}/jobs/{id}/shared-state", app.addr);
     let resp = app
         .http
@@ -242,19 +234,32 @@ async fn a_try_answer_with_such_a_number_keeps_it_as_text() {
     .to_string()
     .replace("\"PLACEHOLDER\"", "-1.7976931348623157e308");
     p.script(Op::Try, "a", vec![Reply::StatusBody(200, answer)]);
-    let resp = app
-        .http
-        .post(format!("{}/jobs", app.addr))
-        .json(&json!({"autoConfirm": false, "tasks": [{"taskID": "t1", "taskURL": p.url("a")}]}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.expect("job");
-    let id = job["jobID"].as_str().expect("jobID").to_string();
+    let id = submit_to(
+        &app.http,
+        &app.addr,
+        &json!({"autoConfirm": false, "tasks": [{"taskID": "t1", "taskURL": p.url("a")}]}),
+    )
+    .await;
     let job = wait_for_status(&app.http, &app.addr, &id, "reserved").await;
     assert_eq!(
         job["tasks"][0]["tryResponse"]["n"],
         "-1.7976931348623157e+308"
     );
+}
+
+/// Found by schemathesis: the Atomikos endpoints answer 400 for any broken rule, this one too.
+#[tokio::test]
+async fn the_atomikos_endpoints_refuse_such_a_number_with_400() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .put(format!("{}/coordinator/confirm", app.addr))
+        .header("content-type", "application/tcc+json")
+        .body(r#"{"participantLinks": [{"uri": "http://a.example/x", "expires": "2999-01-01T00:00:00Z", "n": 1.7976931348623155e308}]}"#)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 400);
+    let problem: Value = resp.json().await.expect("problem");
+    assert_eq!(problem["errors"][0]["pointer"], "/participantLinks/0/n");
 }
