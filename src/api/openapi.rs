@@ -3,7 +3,9 @@
 //! `domain::request`), so that it follows the code. Every problem answer refers to one `Problem`
 //! schema, and both key schemes (Bearer for programs, Basic for pages) are described.
 
-use axum::http::{HeaderValue, header};
+use std::sync::OnceLock;
+
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -97,21 +99,17 @@ impl Modify for Common {
             ),
         );
         for (path, item) in doc.paths.paths.iter_mut() {
-            let open = path.starts_with("/health/")
-                || path.starts_with("/problems/")
-                || path == "/metrics"
-                || path == "/openapi.json";
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                common(op, open);
+            for (method, op) in [
+                (Method::GET, &mut item.get),
+                (Method::PUT, &mut item.put),
+                (Method::POST, &mut item.post),
+                (Method::DELETE, &mut item.delete),
+                (Method::PATCH, &mut item.patch),
+            ] {
+                if let Some(op) = op {
+                    // The same rule the keys' check applies (`auth::needed`).
+                    common(op, super::auth::needed(&method, path));
+                }
             }
         }
     }
@@ -130,7 +128,7 @@ fn problem(description: &str) -> RefOr<utoipa::openapi::Response> {
         .into()
 }
 
-fn common(op: &mut Operation, open: bool) {
+fn common(op: &mut Operation, needed: Option<super::auth::Role>) {
     let answers = &mut op.responses.responses;
     // Problems the annotations name by status only get the problem body.
     for (status, answer) in answers.iter_mut() {
@@ -155,9 +153,11 @@ fn common(op: &mut Operation, open: bool) {
             "The Content-Type is not the one this operation reads",
         ));
     }
-    if !open {
+    let too_weak;
+    if let Some(role) = needed {
+        too_weak = format!("The key's role is too weak: this needs {}", role.as_str());
         shared.push(("401", "No key, or a wrong one (TCC_API_KEYS)"));
-        shared.push(("403", "The key's role is too weak for this operation"));
+        shared.push(("403", &too_weak));
         op.security = Some(vec![
             SecurityRequirement::new("bearer", Vec::<String>::new()),
             SecurityRequirement::new("basic", Vec::<String>::new()),
@@ -170,15 +170,12 @@ fn common(op: &mut Operation, open: bool) {
     }
 }
 
-/// The document, as JSON.
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
-}
-
+/// The description, built once.
 #[utoipa::path(get, path = "/openapi.json", tag = "entry", responses((status = 200, description = "This description", body = Object)))]
 pub async fn openapi_json() -> Response {
-    let text = document().to_json().unwrap_or_default();
-    let mut resp = text.into_response();
+    static TEXT: OnceLock<String> = OnceLock::new();
+    let text = TEXT.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default());
+    let mut resp = text.clone().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
