@@ -1,5 +1,7 @@
 //! API keys and roles (README, "API keys"): `TCC_API_KEYS="name:role:secret,..."`, sent as
-//! `Authorization: Bearer <secret>`. Roles are ordered `read` < `submit` < `admin`: reads need
+//! `Authorization: Bearer <secret>`, or by a browser as HTTP Basic credentials (the key's name as
+//! user, its secret as password: the web console's pages answer a browser 401 with
+//! `WWW-Authenticate: Basic`). Roles are ordered `read` < `submit` < `admin`: reads need
 //! `read`; creating, registering, confirming, canceling and writing the shared state `submit`;
 //! `restart`, `continue` and `resolve` `admin`. Health, metrics and the problem pages stay open. Without keys the
 //! API is open and every action is recorded as `anonymous`.
@@ -158,7 +160,9 @@ pub fn needed(method: &Method, route: &str) -> Option<Role> {
     Some(if admin { Role::Admin } else { Role::Submit })
 }
 
-fn unauthorized(detail: &str) -> Response {
+/// 401 with the challenge: `Basic` for a browser (it then asks for the key's name and secret),
+/// `Bearer` for everything else.
+fn unauthorized(detail: &str, browser: bool) -> Response {
     let mut resp = ApiError::new(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
@@ -166,11 +170,41 @@ fn unauthorized(detail: &str) -> Response {
         detail,
     )
     .into_response();
+    let challenge = if browser {
+        "Basic realm=\"tcc-coordinator\", charset=\"UTF-8\""
+    } else {
+        "Bearer realm=\"tcc-coordinator\""
+    };
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"tcc-coordinator\""),
+        HeaderValue::from_static(challenge),
     );
     resp
+}
+
+/// What the request presents: a Bearer secret, or Basic `name:secret` (the console's, as a
+/// browser sends it).
+enum Presented<'a> {
+    Bearer(&'a str),
+    Basic(String, String),
+}
+
+fn presented(headers: &axum::http::HeaderMap) -> Option<Presented<'_>> {
+    use base64::Engine;
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(Presented::Bearer(rest.trim()));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (name, secret) = text.split_once(':')?;
+    Some(Presented::Basic(name.to_string(), secret.to_string()))
 }
 
 /// The middleware: with keys, every request but the open ones must carry one strong enough;
@@ -191,21 +225,22 @@ pub async fn authorize(keys: std::sync::Arc<ApiKeys>, mut req: Request, next: Ne
             .insert(Actor(super::ANONYMOUS.to_string()));
         return next.run(req).await;
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, secret) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| secret.trim())
-        });
-    let Some(secret) = given else {
-        return unauthorized(
-            "this coordinator needs an API key: send Authorization: Bearer <secret>",
-        );
+    let browser = super::html::prefers_html(req.headers());
+    let key = match presented(req.headers()) {
+        None => {
+            return unauthorized(
+                "this coordinator needs an API key: send Authorization: Bearer <secret> (in a browser: the key's name as user, its secret as password)",
+                browser,
+            );
+        }
+        Some(Presented::Bearer(secret)) => keys.find(secret.as_bytes()),
+        // The name must be the key's too: a secret alone is not taken under another name.
+        Some(Presented::Basic(name, secret)) => keys
+            .find(secret.as_bytes())
+            .filter(|k| bool::from(k.name.as_bytes().ct_eq(name.as_bytes()))),
     };
-    let Some(key) = keys.find(secret.as_bytes()) else {
-        return unauthorized("the API key is not known here");
+    let Some(key) = key else {
+        return unauthorized("the API key is not known here", browser);
     };
     if key.role < role {
         return ApiError::new(

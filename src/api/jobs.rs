@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::auth::Actor;
 use super::repr::{self, JobRepr, TaskRepr};
-use super::{ApiError, AppState, base_url, none_match, prefer_wait, read_json};
+use super::{ApiError, AppState, base_url, html, none_match, prefer_wait, read_json};
 use crate::domain::policy::refusals;
 use crate::domain::request::{self, FieldError, Limits, parse_rfc3339};
 use crate::domain::{FailureReason, JobStatus};
@@ -167,8 +167,14 @@ fn traceparent(headers: &HeaderMap) -> Option<&str> {
 }
 
 #[utoipa::path(get, path = "/", tag = "entry", responses((status = 200, description = "Links to everything", body = Object)))]
-pub async fn entry_point(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn entry_point(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let base = base_url(&state, &headers);
+    if html::prefers_html(&headers) {
+        return html::pages::overview(&state, &base).await;
+    }
     let body = json!({
         "name": "tcc-coordinator",
         "version": env!("CARGO_PKG_VERSION"),
@@ -184,7 +190,7 @@ pub async fn entry_point(State(state): State<AppState>, headers: HeaderMap) -> R
             "health-ready": {"href": format!("{base}/health/ready"), "method": "GET", "title": "Readiness"},
         }
     });
-    json_response(StatusCode::OK, &body)
+    Ok(html::vary_accept(json_response(StatusCode::OK, &body)))
 }
 
 #[utoipa::path(post, path = "/jobs", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and body answers the same; another body with the key is 422")), responses((status = 202, description = "Accepted and started", body = crate::api::repr::JobRepr, headers(("Location" = String), ("Link" = String))), (status = 200, description = "A replay of an earlier request with the same Idempotency-Key", body = crate::api::repr::JobRepr), (status = 422, description = "A rule is broken: each in errors")))]
@@ -423,13 +429,11 @@ pub async fn get_job(
 ) -> Result<Response, ApiError> {
     let record = load(&state, &id).await?;
     let base = base_url(&state, &headers);
-    if super::html::prefers_html(&headers) {
-        return Ok(super::html::vary_accept(super::html::job_page(
-            &base, &record,
-        )?));
+    if html::prefers_html(&headers) {
+        return html::pages::job(&state, &base, &record, None).await;
     }
     let resp = job_response(StatusCode::OK, &base, &record, false);
-    Ok(super::html::vary_accept(unless_matched(resp, &headers)))
+    Ok(html::vary_accept(unless_matched(resp, &headers)))
 }
 
 fn parse_list_query(q: Option<&str>) -> Result<JobFilter, ApiError> {
@@ -525,6 +529,12 @@ pub async fn list_jobs(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let page = html::prefers_html(&headers);
+    let query = if page {
+        html::pages::form_query(query.as_deref())
+    } else {
+        query
+    };
     let filter = parse_list_query(query.as_deref())?;
     let rows = {
         let client = db(&state).await?;
@@ -551,12 +561,15 @@ pub async fn list_jobs(
             .finish();
         next = Some(format!("{base}/jobs?{qs}"));
     }
+    if page {
+        return html::pages::job_list(&state, &base, query.as_deref(), &rows, next).await;
+    }
     let body = repr::JobListRepr::new(&base, &rows, self_href, next);
     let mut resp = json_response(StatusCode::OK, &body);
     if let Ok(v) = HeaderValue::from_str(&body.links.header()) {
         resp.headers_mut().insert(header::LINK, v);
     }
-    Ok(resp)
+    Ok(html::vary_accept(resp))
 }
 
 #[utoipa::path(delete, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Already confirming or finished")))]
@@ -778,10 +791,13 @@ pub async fn get_task(
         .iter()
         .find(|t| t.task_id == task_id)
         .ok_or_else(|| ApiError::not_found(format!("job {id} has no task {task_id}")))?;
-    Ok(json_response(
+    if html::prefers_html(&headers) {
+        return html::pages::task(&base, &record, task);
+    }
+    Ok(html::vary_accept(json_response(
         StatusCode::OK,
         &TaskRepr::new(&base, &id, task),
-    ))
+    )))
 }
 
 #[utoipa::path(post, path = "/jobs/{jobID}/participants", tag = "tasks", params(("jobID" = String, Path, description = "The job's id")), request_body(content = crate::domain::request::RegistrationWire, content_type = "application/json"), responses((status = 201, description = "Registered", body = crate::api::repr::TaskRepr, headers(("Location" = String))), (status = 200, description = "This uri was registered before", body = crate::api::repr::TaskRepr), (status = 404, description = "No such job"), (status = 409, description = "The decision is taken"), (status = 422, description = "A rule is broken: each in errors")))]
@@ -994,6 +1010,7 @@ pub async fn heuristics(
         within(&state, store::unresolved_heuristics(&client, after, limit)).await?
     };
     let base = base_url(&state, &headers);
+    let page = html::prefers_html(&headers);
     let mut links = repr::Links::default();
     links.add(
         "self",
@@ -1012,6 +1029,10 @@ pub async fn heuristics(
             "The next page",
         );
     }
+    if page {
+        let next = links.0.iter().find(|(rel, _)| *rel == "next");
+        return html::pages::heuristics(&base, &jobs, next.map(|(_, l)| l.href.clone()));
+    }
     let body = repr::HeuristicListRepr {
         jobs: jobs
             .iter()
@@ -1024,5 +1045,5 @@ pub async fn heuristics(
     if let Ok(v) = HeaderValue::from_str(&header_links) {
         resp.headers_mut().insert(header::LINK, v);
     }
-    Ok(resp)
+    Ok(html::vary_accept(resp))
 }

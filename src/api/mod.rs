@@ -89,10 +89,7 @@ fn with_options(router: MethodRouter<AppState>, allow: &'static str) -> MethodRo
 /// The API, as the service the HTTP server runs.
 pub fn router(state: AppState) -> impl HttpService {
     let settings = state.settings.clone();
-    guarded(
-        routes(settings.api_keys.clone()).with_state(state),
-        &settings,
-    )
+    guarded(routes(&state).with_state(state), &settings)
 }
 
 /// What the HTTP server runs: a request in, a response out, never an error.
@@ -127,9 +124,16 @@ impl<S> HttpService for S where
 /// details completed.
 fn guarded(routes: Router, settings: &ApiSettings) -> impl HttpService + use<> {
     use tower::ServiceBuilder;
+    let public = settings.public_url.clone();
+    let base = public.clone().unwrap_or_default();
     let routes = routes
+        .layer(middleware::from_fn(move |req, next| {
+            html::forms::same_origin(public.clone(), req, next)
+        }))
         .layer(middleware::from_fn(reject_unreadable))
-        .layer(middleware::from_fn(problem_details))
+        .layer(middleware::from_fn(move |req, next| {
+            problem_details(base.clone(), req, next)
+        }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked));
     ServiceBuilder::new()
         .layer(axum::error_handling::HandleErrorLayer::new(refused))
@@ -241,7 +245,8 @@ async fn fault_stall() -> StatusCode {
 
 /// Every route, behind the API keys' check (`auth::authorize`), itself inside the HTTP metrics
 /// (so that refusals are counted too).
-fn routes(keys: Arc<auth::ApiKeys>) -> Router<AppState> {
+fn routes(state: &AppState) -> Router<AppState> {
+    let keys = state.settings.api_keys.clone();
     use axum::routing::{delete, post, put};
     const GET: &str = "GET, HEAD, OPTIONS";
     const POST: &str = "POST, OPTIONS";
@@ -337,6 +342,10 @@ fn routes(keys: Arc<auth::ApiKeys>) -> Router<AppState> {
         .route("/fault/panic", get(fault_panic))
         .route("/fault/stall", get(fault_stall));
     router
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            html::forms::submitted,
+        ))
         .route_layer(middleware::from_fn(move |req, next| {
             auth::authorize(keys.clone(), req, next)
         }))
@@ -457,15 +466,34 @@ async fn track_http(req: Request, next: Next) -> Response {
 }
 
 /// Make every error a problem document: turn axum's bare 405 into one (keeping `Allow`), and
-/// name the request path as the problem's `instance`.
-async fn problem_details(req: Request, next: Next) -> Response {
+/// name the request path as the problem's `instance`; for a browser, show it as a page (same
+/// status and headers; `base` is `TCC_PUBLIC_URL`, else the page's own origin).
+async fn problem_details(base: String, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let page = html::prefers_html(req.headers());
     let resp = next.run(req).await;
-    let is_problem = resp
-        .headers()
+    let resp = problem_document(resp, &path, &method).await;
+    if !page || !is_problem(&resp) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1024 * 1024).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let doc = serde_json::from_slice::<Value>(&bytes).unwrap_or_default();
+    html::problem_page(Response::from_parts(parts, Body::empty()), &doc, &base)
+}
+
+fn is_problem(resp: &Response) -> bool {
+    resp.headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(error::PROBLEM_JSON.as_bytes()));
+        .is_some_and(|v| v.as_bytes().starts_with(error::PROBLEM_JSON.as_bytes()))
+}
+
+/// A problem completed with its `instance`; a bare 405 made a problem.
+async fn problem_document(resp: Response, path: &str, method: &axum::http::Method) -> Response {
+    let is_problem = is_problem(&resp);
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !is_problem {
         let allow = resp.headers().get(header::ALLOW).cloned();
         let mut problem = ApiError::new(
@@ -485,10 +513,10 @@ async fn problem_details(req: Request, next: Next) -> Response {
         if let Some(a) = allow {
             problem.headers_mut().insert(header::ALLOW, a);
         }
-        return with_instance(problem, &path).await;
+        return with_instance(problem, path).await;
     }
     if is_problem {
-        return with_instance(resp, &path).await;
+        return with_instance(resp, path).await;
     }
     resp
 }

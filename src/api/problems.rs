@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use super::ApiError;
 
 /// `(slug, title, what it means and what to do)`.
-pub const PROBLEMS: [(&str, &str, &str); 26] = [
+pub const PROBLEMS: [(&str, &str, &str); 27] = [
     (
         "bad-request",
         "Bad request",
@@ -28,6 +28,11 @@ pub const PROBLEMS: [(&str, &str, &str); 26] = [
         "conflict",
         "Conflict",
         "The job's state does not allow this now (for example a cancel after the decision, or an action the job's _links do not offer). The detail says why; read the job and follow its links.",
+    ),
+    (
+        "cross-site",
+        "Cross-site request",
+        "A page of another site tried to act on the coordinator through the browser (its Origin or Sec-Fetch-Site says so). The console's own forms and direct API calls are not affected; if a proxy changes the Host, set TCC_PUBLIC_URL to the address browsers use.",
     ),
     (
         "database-unavailable",

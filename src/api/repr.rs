@@ -393,6 +393,22 @@ impl<'a> JobRepr<'a> {
 }
 
 /// How far a task has come, for `percentComplete`.
+/// How far a job is, 0–100: 100 once terminal, else the mean of its tasks' weights (at most 99).
+pub fn percent_complete(
+    status: JobStatus,
+    tasks: impl ExactSizeIterator<Item = TaskStatus>,
+) -> u32 {
+    let n = tasks.len() as u32;
+    if status.is_terminal() {
+        return 100;
+    }
+    tasks
+        .map(task_weight)
+        .sum::<u32>()
+        .checked_div(n)
+        .map_or(0, |p| p.min(99))
+}
+
 fn task_weight(s: TaskStatus) -> u32 {
     match s {
         TaskStatus::Pending => 0,
@@ -433,14 +449,7 @@ pub struct ProgressRepr<'a> {
 impl<'a> ProgressRepr<'a> {
     pub fn new(base: &str, r: &'a JobRecord) -> Self {
         let j = &r.job;
-        let percent = if j.status.is_terminal() {
-            100
-        } else if j.tasks.is_empty() {
-            0
-        } else {
-            let sum: u32 = j.tasks.iter().map(|t| task_weight(t.status)).sum();
-            (sum / j.tasks.len() as u32).min(99)
-        };
+        let percent = percent_complete(j.status, j.tasks.iter().map(|t| t.status));
         let mut links = Links::default();
         links.add(
             "self",

@@ -662,3 +662,24 @@ pub async fn list_jobs(client: &impl GenericClient, f: &JobFilter) -> Result<Vec
         })
         .collect()
 }
+
+/// The tasks' statuses of each of these jobs, in task order (for the console's job list: its
+/// progress bars). Jobs without tasks are absent.
+pub async fn task_statuses(
+    client: &impl GenericClient,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<TaskStatus>>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT job_id, status FROM tasks WHERE job_id = ANY($1::text[]) ORDER BY job_id, idx",
+        )
+        .await?;
+    let mut out: std::collections::HashMap<String, Vec<TaskStatus>> = Default::default();
+    for r in client.query(&stmt, &[&ids]).await? {
+        let status: String = r.try_get(1)?;
+        out.entry(r.try_get(0)?)
+            .or_default()
+            .push(status.parse().map_err(corrupt)?);
+    }
+    Ok(out)
+}

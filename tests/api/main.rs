@@ -7,6 +7,7 @@ mod participant;
 mod actions;
 mod atomikos;
 mod auth;
+mod browser;
 mod console;
 mod docs;
 mod events;

@@ -1,0 +1,271 @@
+//! The actions as HTML forms. A form POSTs `application/x-www-form-urlencoded` to the action's
+//! own URL (`/jobs/{id}/confirm`, `/cancel`, `/continue`, `/restart`, `/resolve`); `submitted`
+//! turns it into the request the API takes (`resolve`'s `note` into its JSON body), runs the very
+//! handler an API client reaches, and answers a browser: 303 back to the job when it was taken,
+//! the job's page with the problem's detail (and its status) when it was refused.
+//!
+//! Cross-site requests are refused (`same_origin`): a browser sends API keys given as HTTP Basic
+//! credentials on its own, so a page elsewhere must not be able to make it act.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::super::jobs::load;
+use super::super::{ApiError, AppState, base_url};
+use super::pages::{self, Refusal};
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The box a destructive action's form has ticked, saying what the action does; `None`: not
+/// destructive.
+pub fn confirmation(rel: &str) -> Option<&'static str> {
+    match rel {
+        "cancel" => Some("Yes, cancel every task of this job"),
+        "resolve" => Some("Yes, the outcome was fixed by hand as the note says"),
+        _ => None,
+    }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case(FORM))
+}
+
+/// `/jobs/{id}/{action}` → (`id`, `action`).
+fn action_of(path: &str) -> Option<(String, &str)> {
+    let rest = path.strip_prefix("/jobs/")?;
+    let (id, action) = rest.split_once('/')?;
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    matches!(
+        action,
+        "confirm" | "cancel" | "continue" | "restart" | "resolve"
+    )
+    .then_some((id, action))
+}
+
+/// A form's POST to an action: taken as the API takes it, answered for a browser.
+pub async fn submitted(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST || !is_form(req.headers()) {
+        return next.run(req).await;
+    }
+    let Some((id, action)) = action_of(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let action = action.to_string();
+    let headers = req.headers().clone();
+    let base = base_url(&state, &headers);
+    let (mut parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, state.settings.max_body).await else {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            format!(
+                "the form is larger than the limit of {} bytes (TCC_MAX_BODY)",
+                state.settings.max_body
+            ),
+        )
+        .into_response();
+    };
+    let fields: Vec<(String, String)> = url::form_urlencoded::parse(&bytes)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(what) = confirmation(&action)
+        && field("confirmed") != Some("yes")
+    {
+        let refusal = Refusal {
+            title: "Not confirmed".into(),
+            detail: format!("nothing was done: tick \u{201c}{what}\u{201d} to {action}"),
+        };
+        return refused_page(
+            &state,
+            &base,
+            &id,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            refusal,
+        )
+        .await;
+    }
+    // The request the API takes: resolve's note as its JSON body, the others without one.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = if action == "resolve" {
+        let doc = match field("note") {
+            Some(note) => serde_json::json!({ "note": note }),
+            None => serde_json::json!({}),
+        };
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Body::from(doc.to_string())
+    } else {
+        parts.headers.remove(header::CONTENT_TYPE);
+        Body::empty()
+    };
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    if resp.status().is_success() {
+        return super::vary_accept(
+            (
+                StatusCode::SEE_OTHER,
+                [(
+                    header::LOCATION,
+                    HeaderValue::from_str(&format!("{base}/jobs/{id}"))
+                        .unwrap_or(HeaderValue::from_static("/jobs")),
+                )],
+            )
+                .into_response(),
+        );
+    }
+    let status = resp.status();
+    let Ok(problem) = axum::body::to_bytes(resp.into_body(), 1024 * 1024).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let problem: serde_json::Value = serde_json::from_slice(&problem).unwrap_or_default();
+    let text = |k: &str| problem[k].as_str().unwrap_or_default().to_string();
+    let mut detail = text("detail");
+    if let Some(errors) = problem["errors"].as_array() {
+        for e in errors {
+            detail.push_str(&format!(
+                "; {} {}",
+                e["pointer"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim_start_matches('/'),
+                e["detail"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    let refusal = Refusal {
+        title: text("title"),
+        detail,
+    };
+    refused_page(&state, &base, &id, status, refusal).await
+}
+
+/// The job's page with what was refused; a job that cannot be shown is a problem page.
+async fn refused_page(
+    state: &AppState,
+    base: &str,
+    id: &str,
+    status: StatusCode,
+    refusal: Refusal,
+) -> Response {
+    let shown = match load(state, id).await {
+        Ok(record) => pages::job(state, base, &record, Some((status, refusal))).await,
+        Err(e) => Err(e),
+    };
+    shown.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Whether a request that changes something came from another site, as the browser tells:
+/// `Sec-Fetch-Site` when it sends one, else `Origin` against the `Host` (or `public`, the
+/// coordinator's public URL). A request with neither is not a browser's cross-site one (curl, a
+/// service) and passes.
+fn cross_site(method: &Method, headers: &HeaderMap, public: Option<&str>) -> bool {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return false;
+    }
+    let get = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = get(header::ORIGIN) else {
+        return false;
+    };
+    if public.is_some_and(|p| p.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
+        return false;
+    }
+    let host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
+    get(header::HOST) != Some(host)
+}
+
+/// The middleware: a cross-site request that changes something is refused (403), whatever it
+/// carries.
+pub async fn same_origin(public: Option<String>, req: Request, next: Next) -> Response {
+    if cross_site(req.method(), req.headers(), public.as_deref()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross-site",
+            "Cross-site request",
+            "a page of another site may not act on this coordinator: use its own pages, or call the API directly",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn only_a_browsers_cross_site_request_that_changes_something_is_refused() {
+        let post = Method::POST;
+        let host = ("host", "127.0.0.1:8080");
+        // Not a browser: no Origin, no Sec-Fetch-Site.
+        assert!(!cross_site(&post, &headers(&[host]), None));
+        assert!(!cross_site(
+            &post,
+            &headers(&[host, ("sec-fetch-site", "same-origin")]),
+            None
+        ));
+        assert!(!cross_site(
+            &post,
+            &headers(&[host, ("origin", "http://127.0.0.1:8080")]),
+            None
+        ));
+        for bad in [
+            headers(&[host, ("sec-fetch-site", "cross-site")]),
+            headers(&[host, ("sec-fetch-site", "same-site")]),
+            headers(&[host, ("origin", "http://evil.example")]),
+            headers(&[host, ("origin", "null")]),
+        ] {
+            assert!(cross_site(&post, &bad, None), "{bad:?}");
+            assert!(cross_site(&Method::DELETE, &bad, None), "{bad:?}");
+            assert!(!cross_site(&Method::GET, &bad, None), "{bad:?}");
+        }
+        // Behind a proxy: the public URL is the origin.
+        assert!(!cross_site(
+            &post,
+            &headers(&[
+                ("host", "10.0.0.5:8080"),
+                ("origin", "https://tcc.example.com")
+            ]),
+            Some("https://tcc.example.com/")
+        ));
+    }
+
+    #[test]
+    fn actions_are_read_off_their_paths() {
+        assert_eq!(
+            action_of("/jobs/j%2D1/confirm"),
+            Some(("j-1".to_string(), "confirm"))
+        );
+        assert_eq!(action_of("/jobs/j1/participants"), None);
+        assert_eq!(action_of("/jobs/j1"), None);
+        assert_eq!(action_of("/coordinator/confirm"), None);
+    }
+}

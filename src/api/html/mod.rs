@@ -1,0 +1,161 @@
+//! The resources as HTML pages for people (the web console), by content negotiation on the
+//! same URLs: a client that ranks `text/html` above `application/json` (a browser) gets a page;
+//! `*/*`, no `Accept` and `application/json` get JSON. Pages are askama templates (`templates/`,
+//! checked at compile time, auto-escaped, compiled into the binary with their CSS), filled from
+//! the very representation the JSON answer serializes, so a page shows what the API says.
+//!
+//! Pages (`pages`): the overview `/`, the job list `/jobs`, a job, a task, `/heuristics`. The
+//! actions a job's state allows are forms (`forms`), taken from the same links as `_links`;
+//! a problem answered to a browser is a page too (`problem_page`). Everything works without
+//! JavaScript; the job page's small script (`templates/live.js`) follows the job's events (SSE)
+//! and counts down the links' expiry.
+
+pub mod forms;
+pub mod pages;
+
+use askama::Template;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+
+/// Whether the client ranks `text/html` above `application/json` (RFC 9110 §12.5.1, q-values;
+/// a wildcard counts for both, so `*/*` alone is a tie, and a tie is JSON).
+pub fn prefers_html(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let (mut html, mut json) = (0.0f32, 0.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0)
+            .clamp(0.0, 1.0);
+        match media.as_str() {
+            "text/html" | "application/xhtml+xml" => html = html.max(q),
+            "application/json" => json = json.max(q),
+            "text/*" => html = html.max(q),
+            "application/*" => json = json.max(q),
+            "*/*" => {
+                html = html.max(q);
+                json = json.max(q);
+            }
+            _ => {}
+        }
+    }
+    html > json
+}
+
+/// `Vary: Accept` on every answer of a negotiated resource.
+pub fn vary_accept(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .append(header::VARY, HeaderValue::from_static("accept"));
+    resp
+}
+
+fn page_failed() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal error",
+        "the page could not be made; the failure is logged (the same resource as JSON is unaffected: ask with Accept: application/json)",
+    )
+}
+
+/// A rendered page with this status, `Vary: Accept`, never cached (the pages show live state).
+pub fn render(status: StatusCode, page: &impl Template) -> Result<Response, ApiError> {
+    let body = page.render().map_err(|e| {
+        tracing::error!(error = %e, "a page did not render");
+        page_failed()
+    })?;
+    Ok(vary_accept(
+        (
+            status,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            body,
+        )
+            .into_response(),
+    ))
+}
+
+#[derive(Template)]
+#[template(path = "problem.html")]
+struct ProblemPage<'a> {
+    base: &'a str,
+    status: u16,
+    title: &'a str,
+    detail: &'a str,
+    type_href: &'a str,
+}
+
+/// A problem (`application/problem+json`) as a page, for a browser: the same status and
+/// headers (`WWW-Authenticate` among them), the title and detail shown.
+pub fn problem_page(resp: Response, problem: &serde_json::Value, base: &str) -> Response {
+    let (mut parts, _) = resp.into_parts();
+    let text = |k: &str| problem[k].as_str().unwrap_or_default().to_string();
+    let (title, detail, type_href) = (text("title"), text("detail"), text("type"));
+    let page = ProblemPage {
+        base,
+        status: parts.status.as_u16(),
+        title: &title,
+        detail: &detail,
+        type_href: &type_href,
+    };
+    let Ok(body) = page.render() else {
+        return Response::from_parts(parts, axum::body::Body::from(problem.to_string()));
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    parts
+        .headers
+        .append(header::VARY, HeaderValue::from_static("accept"));
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).expect("header"));
+        h
+    }
+
+    #[test]
+    fn browsers_get_html_and_everything_else_json() {
+        assert!(!prefers_html(&HeaderMap::new()), "no Accept");
+        for json in [
+            "*/*",
+            "application/json",
+            "application/json, text/html",
+            "text/html;q=0.5, application/json",
+            "application/*, text/html;q=0.9",
+            "text/html;q=0, */*",
+            "image/png",
+        ] {
+            assert!(!prefers_html(&accept(json)), "{json}");
+        }
+        for html in [
+            // Firefox's and Chromium's.
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
+            "text/html",
+            "application/json;q=0.5, text/html",
+        ] {
+            assert!(prefers_html(&accept(html)), "{html}");
+        }
+    }
+}
