@@ -101,12 +101,11 @@ async fn the_console_in_a_real_browser() {
         .await
         .expect("the browser test ended within 5 minutes")
         .expect("node runs");
-    let said = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{}",
+        printed(&out)
     );
-    assert!(out.status.success(), "the browser test failed:\n{said}");
 
     // What the clicks did, as the API tells.
     for id in [&live, &reserved] {

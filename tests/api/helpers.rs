@@ -372,6 +372,15 @@ pub async fn wait_for_status(http: &reqwest::Client, base: &str, id: &str, statu
     job
 }
 
+/// What a finished program printed, its standard output then its standard error.
+pub fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A program on PATH (or in /usr/bin), or `None` outside CI, saying the test skipped.
 pub fn tool(names: &[&str], package: &str) -> Option<std::path::PathBuf> {
     let dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")

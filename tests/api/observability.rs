@@ -397,11 +397,7 @@ fn repo(path: &str) -> PathBuf {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run a tool");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = printed(&out);
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
 }

@@ -37,19 +37,20 @@ fn is_form(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case(FORM))
 }
 
-/// `/jobs/{id}/{action}` → (`id`, `action`).
-fn action_of(path: &str) -> Option<(String, &str)> {
+/// `/jobs/{id}/{action}` → (`id`, `action`), for the actions a form takes (all of the domain's
+/// but registering a participant).
+fn action_of(path: &str) -> Option<(String, &'static str)> {
+    use crate::domain::actions::Action;
     let rest = path.strip_prefix("/jobs/")?;
-    let (id, action) = rest.split_once('/')?;
+    let (id, rel) = rest.split_once('/')?;
+    let action = Action::ALL
+        .into_iter()
+        .find(|a| *a != Action::Participants && a.rel() == rel)?;
     let id = percent_encoding::percent_decode_str(id)
         .decode_utf8()
         .ok()?
         .into_owned();
-    matches!(
-        action,
-        "confirm" | "cancel" | "continue" | "restart" | "resolve"
-    )
-    .then_some((id, action))
+    Some((id, action.rel()))
 }
 
 /// A form's POST to an action: taken as the API takes it, answered for a browser.
@@ -60,7 +61,6 @@ pub async fn submitted(State(state): State<AppState>, req: Request, next: Next) 
     let Some((id, action)) = action_of(req.uri().path()) else {
         return next.run(req).await;
     };
-    let action = action.to_string();
     let headers = req.headers().clone();
     let base = base_url(&state, &headers);
     let (mut parts, body) = req.into_parts();
@@ -85,7 +85,7 @@ pub async fn submitted(State(state): State<AppState>, req: Request, next: Next) 
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    if let Some(what) = confirmation(&action)
+    if let Some(what) = confirmation(action)
         && field("confirmed") != Some("yes")
     {
         let refusal = Refusal {

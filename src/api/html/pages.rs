@@ -24,7 +24,12 @@ fn shown(t: DateTime<Utc>) -> String {
 
 /// How long ago, roughly.
 fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    let s = (now - t).num_seconds().max(0);
+    duration((now - t).num_seconds())
+}
+
+/// A span of seconds, roughly.
+fn duration(s: i64) -> String {
+    let s = s.max(0);
     match s {
         0..60 => format!("{s} s"),
         60..3600 => format!("{} min", s / 60),
@@ -617,12 +622,7 @@ pub async fn overview(state: &AppState, base: &str) -> Result<Response, ApiError
                 status: s.as_str(),
                 count: found.map(|(_, n, _)| *n).unwrap_or(0),
                 oldest: found
-                    .map(|(_, _, secs)| {
-                        age(
-                            Utc::now() - chrono::Duration::milliseconds((*secs * 1000.0) as i64),
-                            Utc::now(),
-                        )
-                    })
+                    .map(|(_, _, secs)| duration(*secs as i64))
                     .unwrap_or_default(),
                 href: format!("{base}/jobs?status={}", s.as_str()),
             }
