@@ -6,10 +6,11 @@
 // Environment: TCC_BASE, TCC_USER and TCC_PASSWORD (an admin key, as HTTP Basic), CHROMIUM,
 // JOB_LIVE and JOB_RESERVED (reserved jobs), JOB_HEURISTIC, JOB_COMPLETED, TAG (the tag of
 // the live, reserved and completed jobs), NOTE (the resolution to record); SCREENSHOTS: a
-// directory to write the README's screenshots to (optional).
+// directory (relative to the repository's root) to write the README's screenshots to (optional).
 
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
+import { resolve } from "node:path";
 import { chromium } from "playwright-core";
 
 const require = createRequire(import.meta.url);
@@ -62,7 +63,9 @@ try {
   };
   const screenshot = async (name) => {
     if (process.env.SCREENSHOTS) {
-      await page.screenshot({ path: `${process.env.SCREENSHOTS}/${name}.png`, fullPage: true });
+      // Relative to the repository's root.
+      const dir = resolve(import.meta.dirname, "../..", process.env.SCREENSHOTS);
+      await page.screenshot({ path: `${dir}/${name}.png`, fullPage: true });
     }
   };
   const jobsListed = async () =>

@@ -497,7 +497,7 @@ fn what_to_check(s: TaskStatus) -> &'static str {
             "Not confirmed: its reservation lapsed or was canceled before the confirm. Do this part by hand, or undo the confirmed ones."
         }
         _ => {
-            "Unknown: a confirm was sent and no answer said whether it took effect. Ask the participant, at its link, what it did."
+            "Not confirmed, or not known to be: its confirm was refused or never answered (the last message says which). Ask the participant, at its link, what it did."
         }
     }
 }
