@@ -79,3 +79,173 @@ async fn text_from_a_job_is_escaped_on_its_page() {
     assert!(page.contains("a&#38;b&#34;&#60;i&#62;c"), "{page}");
     assert!(page.contains("&#60;img src=x"), "{page}");
 }
+
+/// A client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// A job held `reserved` (not confirmed automatically) by a participant's one task.
+async fn reserved_job(app: &TestApp, p: &Participant, name: &str) -> String {
+    let mut job = job_of(&[("seat", p.url(name))]);
+    job["autoConfirm"] = json!(false);
+    let id = app.submit(&job).await;
+    app.wait_status(&id, "reserved").await;
+    id
+}
+
+#[tokio::test]
+async fn a_form_is_taken_as_the_api_takes_it_and_a_cross_site_one_is_refused() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let id = reserved_job(&app, &p, "form").await;
+    let http = no_redirects();
+    let cancel = |extra: &[(&'static str, &'static str)], body: &'static str| {
+        let mut req = http
+            .post(app.url(&format!("/jobs/{id}/cancel")))
+            .header("accept", BROWSER)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    // The box not ticked: nothing done, the page says why.
+    let r = cancel(&[("sec-fetch-site", "same-origin")], "")
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 422);
+    let page = r.text().await.expect("page");
+    assert!(page.contains("nothing was done"), "{page}");
+    // Another site's page: refused, whatever it carries.
+    for cross in [
+        [
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "http://evil.example"),
+        ],
+        [("origin", "http://evil.example"), ("x-none", "")],
+    ] {
+        let r = cancel(&cross, "confirmed=yes").await.expect("POST");
+        assert_eq!(r.status(), 403, "{cross:?}");
+        assert!(r.text().await.expect("page").contains("another site"));
+    }
+    app.wait_status(&id, "reserved").await;
+    // The console's own form: taken, and back to the job.
+    let r = cancel(&[("sec-fetch-site", "same-origin")], "confirmed=yes")
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        r.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some(app.url(&format!("/jobs/{id}")).as_str())
+    );
+    app.wait_status(&id, "canceled").await;
+    assert!(
+        p.released("form"),
+        "the participant's reservation was canceled"
+    );
+    // Refused by the job's state: the job's page, with the problem's status and detail.
+    let r = cancel(&[("sec-fetch-site", "same-origin")], "confirmed=yes")
+        .await
+        .expect("POST");
+    assert_eq!(
+        r.status(),
+        303,
+        "a cancel of a canceled job is taken, as the API takes it (200)"
+    );
+    let confirm = http
+        .post(app.url(&format!("/jobs/{id}/confirm")))
+        .header("accept", BROWSER)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(confirm.status(), 409);
+    let page = confirm.text().await.expect("page");
+    assert!(page.contains("class=\"refused\""), "{page}");
+    assert!(
+        page.contains("can no longer be confirmed") || page.contains("nothing was confirmed"),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn pages_ask_a_browser_for_the_keys_name_and_secret() {
+    const OPS: &str = "ops-console-secret-01";
+    const READER: &str = "reader-console-secret";
+    let keys = format!("ops:admin:{OPS},reader:read:{READER}");
+    let app = spawn_app_with(&["--api-keys", &keys]).await;
+    let http = no_redirects();
+    let get = |user: Option<(&'static str, &'static str)>| {
+        let mut req = http.get(app.url("/jobs")).header("accept", BROWSER);
+        if let Some((name, secret)) = user {
+            req = req.basic_auth(name, Some(secret));
+        }
+        req.send()
+    };
+    let r = get(None).await.expect("GET");
+    assert_eq!(r.status(), 401);
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(challenge.starts_with("Basic "), "{challenge}");
+    assert!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("text/html")),
+        "a browser's 401 is a page"
+    );
+    // An API client is still asked for a Bearer key.
+    let r = app.get("/jobs").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer realm=\"tcc-coordinator\"")
+    );
+    // The right name and secret; a secret under another key's name is not taken.
+    assert_eq!(
+        get(Some(("reader", READER))).await.expect("GET").status(),
+        200
+    );
+    assert_eq!(get(Some(("ops", READER))).await.expect("GET").status(), 401);
+    assert_eq!(get(Some(("reader", OPS))).await.expect("GET").status(), 401);
+    // The roles are the API's: a reader's form is refused, naming the role needed.
+    let r = http
+        .post(app.url("/jobs/any/confirm"))
+        .header("accept", BROWSER)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .basic_auth("reader", Some(READER))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.expect("page").contains("submit role"));
+}
+
+#[tokio::test]
+async fn text_from_jobs_is_escaped_on_the_list_and_the_heuristics_page() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut job = crate::operator::heuristic_job_document(&p, "esc");
+    job["correlationID"] = json!("<b>x</b>");
+    job["description"] = json!("<script>alert('list')</script>");
+    let id = app.submit(&job).await;
+    crate::operator::wait_heuristic(&app.http, &app.addr, &id).await;
+    for path in ["/jobs", "/heuristics", "/"] {
+        let (_, _, page) = get_with(&app, path, Some(BROWSER)).await;
+        assert!(page.contains(&id), "{path}: {page}");
+        assert!(!page.contains("<script>alert"), "{path}: {page}");
+        assert!(!page.contains("<b>x</b>"), "{path}: {page}");
+        assert!(page.contains("&#60;script&#62;alert"), "{path}: {page}");
+    }
+}

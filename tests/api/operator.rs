@@ -12,13 +12,18 @@ pub(crate) async fn heuristic_job(
     p: &Participant,
     corr: &str,
 ) -> String {
+    submit_to(http, base, &heuristic_job_document(p, corr)).await
+}
+
+/// The document of `heuristic_job`.
+pub(crate) fn heuristic_job_document(p: &Participant, corr: &str) -> Value {
     p.set_default(Op::Confirm, &format!("{corr}-b"), Reply::Status(403));
     let mut job = job_of(&[
         ("a", p.url(&format!("{corr}-a"))),
         ("b", p.url(&format!("{corr}-b"))),
     ]);
     job["correlationID"] = json!(corr);
-    submit_to(http, base, &job).await
+    job
 }
 
 pub(crate) async fn wait_heuristic(http: &reqwest::Client, base: &str, id: &str) -> Value {
