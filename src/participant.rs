@@ -426,17 +426,18 @@ fn without_nul(c: char) -> char {
     if c == '\0' { '\u{FFFD}' } else { c }
 }
 
-/// In place; a clean answer (the usual one) is not copied. A number beyond
-/// ±`MAX_NUMBER` (which PostgreSQL would write back in a form the JSON reader refuses) is kept
-/// as its text.
-fn scrub_nul(value: &mut Value) {
+/// Makes a participant's answer storable, in place: each NUL in a string or key becomes U+FFFD
+/// (as in [`without_nul`]), and a number beyond ±`MAX_NUMBER` (which PostgreSQL would write back
+/// in a form the JSON reader refuses) is kept as its text. A clean answer (the usual one) is not
+/// copied.
+fn make_storable(value: &mut Value) {
     const NUL: char = '\0';
     match value {
         Value::String(s) if s.contains(NUL) => *s = s.replace(NUL, "\u{FFFD}"),
         Value::Number(n) if n.as_f64().is_some_and(|f| f.abs() > MAX_NUMBER) => {
             *value = Value::String(n.to_string())
         }
-        Value::Array(items) => items.iter_mut().for_each(scrub_nul),
+        Value::Array(items) => items.iter_mut().for_each(make_storable),
         Value::Object(map) => {
             if map.keys().any(|k| k.contains(NUL)) {
                 *map = std::mem::take(map)
@@ -444,7 +445,7 @@ fn scrub_nul(value: &mut Value) {
                     .map(|(k, v)| (k.replace(NUL, "\u{FFFD}"), v))
                     .collect();
             }
-            map.values_mut().for_each(scrub_nul);
+            map.values_mut().for_each(make_storable);
         }
         _ => {}
     }
@@ -531,7 +532,7 @@ fn read_link(
     let kept = json
         .filter(|_| body.len() <= MAX_KEPT_RESPONSE)
         .map(|mut v| {
-            scrub_nul(&mut v);
+            make_storable(&mut v);
             v
         });
     Ok(Answer::Reserved {
