@@ -145,6 +145,7 @@ pub struct Actor(pub String);
 pub fn needed(method: &Method, route: &str) -> Option<Role> {
     if route.starts_with("/health/")
         || route.starts_with("/problems/")
+        || route.starts_with("/console/")
         || route == "/metrics"
         || route == "/openapi.json"
         || method == Method::OPTIONS
@@ -302,6 +303,7 @@ mod tests {
         assert_eq!(needed(&get, "/health/ready"), None);
         assert_eq!(needed(&get, "/metrics"), None);
         assert_eq!(needed(&get, "/problems/{slug}"), None);
+        assert_eq!(needed(&get, "/console/{asset}"), None);
         assert_eq!(needed(&Method::OPTIONS, "/jobs"), None);
         assert_eq!(needed(&get, "/jobs/{job_id}"), Some(Role::Read));
         assert_eq!(needed(&post, "/jobs"), Some(Role::Submit));

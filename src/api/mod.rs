@@ -330,6 +330,7 @@ fn routes(state: &AppState) -> Router<AppState> {
             "/problems/{slug}",
             with_options(get(problems::problem_page), GET),
         )
+        .route("/console/{asset}", with_options(get(html::asset), GET))
         .route("/health/live", with_options(get(live), GET))
         .route("/health/ready", with_options(get(ready), GET))
         .route("/metrics", with_options(get(metrics_text), GET))

@@ -62,6 +62,7 @@ pub struct LinkSetRequest {
         super::coordinator::confirm,
         super::coordinator::cancel,
         super::problems::problem_page,
+        super::html::asset,
         super::live,
         super::ready,
         super::metrics_text,

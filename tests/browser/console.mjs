@@ -1,7 +1,9 @@
 // The web console in a real browser: Debian's chromium, driven by playwright-core (nothing
 // downloads a browser). tests/api/browser.rs starts a coordinator with API keys, real
 // participants and the jobs named below, runs this script, then checks through the API what
-// the clicks did. Every page also passes an axe-core accessibility check.
+// the clicks did. Every page also passes an axe-core accessibility check, and loads under its
+// Content-Security-Policy (no inline code) with nothing refused: its stylesheet applied, its
+// script running.
 //
 // Environment: TCC_BASE, TCC_USER and TCC_PASSWORD (an admin key, as HTTP Basic), CHROMIUM,
 // JOB_LIVE and JOB_RESERVED (reserved jobs), JOB_HEURISTIC, JOB_COMPLETED, TAG (the tag of
@@ -45,13 +47,28 @@ try {
     httpCredentials: { username: env("TCC_USER"), password: secret },
     viewport: { width: 1180, height: 860 },
   });
+  // Scripts added by the browser's driver are not the page's: the policy does not apply to them.
+  await context.addInitScript({ path: axeSource });
+  await context.addInitScript(() => {
+    window.refusedByPolicy = [];
+    document.addEventListener("securitypolicyviolation",
+      (e) => window.refusedByPolicy.push(`${e.effectiveDirective}: ${e.blockedURI || "inline"}`));
+  });
   const page = await context.newPage();
   page.setDefaultTimeout(30_000);
   const scriptErrors = [];
   page.on("pageerror", (e) => scriptErrors.push(String(e)));
+  // What the page did, shown when a step fails.
+  const seen = [];
+  page.on("console", (m) => seen.push(`console: ${m.text()}`));
+  page.on("requestfailed", (r) => seen.push(`failed: ${r.url()} ${r.failure()?.errorText}`));
+  page.on("response", (r) => seen.push(`${r.status()} ${r.request().method()} ${r.url()}`));
 
   const accessible = async (what) => {
-    await page.addScriptTag({ path: axeSource });
+    assert.deepEqual(await page.evaluate(() => window.refusedByPolicy), [],
+      `${what}: nothing refused by the Content-Security-Policy`);
+    assert.equal(await page.evaluate(() => getComputedStyle(document.querySelector("header")).backgroundColor),
+      "rgb(27, 31, 36)", `${what}: the stylesheet applies`);
     const violations = await page.evaluate(async () => {
       // eslint-disable-next-line no-undef
       const r = await axe.run(document, {
@@ -70,12 +87,19 @@ try {
   };
   const jobsListed = async () =>
     page.locator("main tbody a code").allTextContents();
-  const statusIs = (status) =>
-    page.waitForFunction((s) => document.getElementById("job-status")?.textContent === s, status);
+  const statusIs = async (status) => {
+    try {
+      await page.waitForFunction((s) => document.getElementById("job-status")?.textContent === s, status);
+    } catch (e) {
+      const shown = await page.textContent("#job-status").catch(() => "(none)");
+      throw new Error(`${page.url()} shows ${shown}, not ${status}: ${e.message}\n${seen.slice(-30).join("\n")}`);
+    }
+  };
 
   step("the overview shows the unresolved heuristic first");
   let resp = await page.goto(`${base}/`);
   assert.equal(resp.status(), 200);
+  assert.match(resp.headers()["content-security-policy"] ?? "", /script-src 'self'/);
   assert.match(await page.locator("main h2").first().textContent(), /Unresolved heuristics: 1/);
   assert.ok(await page.locator(`main a[href$="/jobs/${heuristic}"]`).count() > 0, "the heuristic job is linked");
   await accessible("overview");

@@ -9,15 +9,93 @@
 //! a problem answered to a browser is a page too (`problem_page`). Everything works without
 //! JavaScript; the job page's small script (`templates/live.js`) follows the job's events (SSE)
 //! and counts down the links' expiry.
+//!
+//! The stylesheet and the script are served from `/console/{asset}` (compiled in, revalidated by
+//! ETag), so that every page can carry a Content-Security-Policy that allows nothing inline and
+//! nothing from another origin (`CSP`).
 
 pub mod forms;
 pub mod pages;
 
+use std::sync::OnceLock;
+
 use askama::Template;
+use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+
+/// What a page may load and do: its own stylesheet, script and event stream, forms to this
+/// origin; no inline code, no framing, nothing from elsewhere.
+const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; \
+img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// The headers every page carries: its type, never cached (pages show live state), `CSP`, and
+/// no sniffing of the type.
+fn page_headers(headers: &mut HeaderMap) {
+    headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers.append(header::VARY, HeaderValue::from_static("accept"));
+}
+
+/// The console's static files: name, type, text.
+const ASSETS: [(&str, &str, &str); 2] = [
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../templates/style.css"),
+    ),
+    (
+        "live.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../templates/live.js"),
+    ),
+];
+
+/// `GET /console/{asset}`: the pages' stylesheet and script. No key is needed (they hold nothing
+/// of the coordinator's state); each has a strong ETag and is revalidated (`no-cache`), so an
+/// upgrade is seen at once.
+#[utoipa::path(get, path = "/console/{asset}", tag = "console", params(("asset" = String, Path, description = "style.css or live.js"), ("If-None-Match" = Option<String>, Header)), responses((status = 200, description = "The file", content((String = "text/css"), (String = "text/javascript")), headers(("ETag" = String))), (status = 304, description = "Not modified"), (status = 404, description = "No such file")))]
+pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    static ETAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let etags = ETAGS.get_or_init(|| {
+        ASSETS
+            .iter()
+            .map(|(_, _, text)| super::repr::etag(text.as_bytes()))
+            .collect()
+    });
+    let Some(((_, kind, text), etag)) = ASSETS.iter().zip(etags).find(|((n, _, _), _)| *n == name)
+    else {
+        return Err(ApiError::not_found(format!(
+            "no console file {name}: there are {}",
+            ASSETS.map(|(n, _, _)| n).join(" and ")
+        )));
+    };
+    if super::none_match(&headers, etag) {
+        return Ok(super::jobs::not_modified(etag));
+    }
+    let mut resp = (*text).into_response();
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, *kind),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
 
 /// Whether the client ranks `text/html` above `application/json` (RFC 9110 §12.5.1, q-values;
 /// a wildcard counts for both, so `*/*` alone is a tie, and a tie is JSON).
@@ -71,20 +149,9 @@ pub fn render(status: StatusCode, page: &impl Template) -> Result<Response, ApiE
         tracing::error!(error = %e, "a page did not render");
         page_failed()
     })?;
-    Ok(vary_accept(
-        (
-            status,
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/html; charset=utf-8"),
-                ),
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            ],
-            body,
-        )
-            .into_response(),
-    ))
+    let mut resp = (status, body).into_response();
+    page_headers(resp.headers_mut());
+    Ok(resp)
 }
 
 #[derive(Template)]
@@ -113,14 +180,7 @@ pub fn problem_page(resp: Response, problem: &serde_json::Value, base: &str) -> 
     let Ok(body) = page.render() else {
         return Response::from_parts(parts, axum::body::Body::from(problem.to_string()));
     };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    parts
-        .headers
-        .append(header::VARY, HeaderValue::from_static("accept"));
+    page_headers(&mut parts.headers);
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
