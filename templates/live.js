@@ -35,4 +35,6 @@
     }
   };
   for (const kind of ["status", "call", "task", "action"]) source.addEventListener(kind, refresh);
+  // The job has ended: the page as it ended (the stream would otherwise be opened again).
+  source.addEventListener("end", () => { source.close(); refresh(); });
 })();

@@ -269,21 +269,18 @@ pub async fn job(
     refused: Option<(StatusCode, Refusal)>,
 ) -> Result<Response, ApiError> {
     let id = record.job.id.as_str();
-    let (status, events) = {
+    let events = {
         let client = db(state).await?;
         within(state, store::list_events(&client, id, 0, TIMELINE))
             .await?
-            .unwrap_or((record.job.status, Vec::new()))
+            .map(|(_, events)| events)
+            .unwrap_or_default()
     };
-    // The events were read after the record: when the job moved on meanwhile, the page shows
-    // it as the events do (the live script then follows from the last of them).
-    let newer;
-    let record = if status != record.job.status {
-        newer = super::super::jobs::load(state, id).await?;
-        &newer
-    } else {
-        record
-    };
+    // The record again, read after the events: it is at least as new as they are (a status is
+    // written with its event), so the page never shows a job behind its own timeline, and the
+    // live script follows from the last event shown. (The record first read may be older: a
+    // job moves on between two reads.)
+    let record = &super::super::jobs::load(state, id).await?;
     let r = JobRepr::new(base, record);
     let href = format!("{base}/jobs/{id}");
     let page = JobPage {
