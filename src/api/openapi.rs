@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::{Content, ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::PROBLEM_JSON;
@@ -110,6 +110,83 @@ impl Modify for Common {
                 if let Some(op) = op {
                     // The same rule the keys' check applies (`auth::needed`).
                     common(op, super::auth::needed(&method, path));
+                }
+            }
+        }
+        link_jobs(doc);
+    }
+}
+
+/// Every operation with its path.
+fn operations_mut(
+    doc: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = (&String, &mut Operation)> {
+    doc.paths.paths.iter_mut().flat_map(|(path, item)| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        .map(move |op| (&*path, op))
+    })
+}
+
+/// Whether some content is described by this schema.
+fn described_by<'a>(content: impl IntoIterator<Item = &'a RefOr<Content>>, schema: &str) -> bool {
+    let wanted = format!("#/components/schemas/{schema}");
+    content.into_iter().any(|c| match c {
+        RefOr::T(c) => matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location == wanted),
+        RefOr::Ref(_) => false,
+    })
+}
+
+/// OpenAPI links from the job that an operation taking a job document (`POST /jobs`,
+/// `PUT /jobs/{jobID}`) answers to every operation on that job's path, with its `jobID` taken
+/// from the answer: how a client (and schemathesis's stateful phase) goes from a job it made to
+/// what it can do with it. (Those under `/tasks/{taskID}` are left out: a job may have no task.)
+fn link_jobs(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::link::{Link, LinkBuilder};
+    use utoipa::openapi::path::ParameterIn;
+    let path_parameters = |op: &Operation| -> Vec<String> {
+        op.parameters
+            .iter()
+            .flatten()
+            .filter_map(|p| match p {
+                RefOr::T(p) if p.parameter_in == ParameterIn::Path => Some(p.name.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let targets: Vec<(String, Link)> = operations_mut(doc)
+        .filter(|(path, op)| path.starts_with("/jobs/{jobID}") && path_parameters(op) == ["jobID"])
+        .filter_map(|(_, op)| {
+            let id = op.operation_id.clone()?;
+            let link = LinkBuilder::new()
+                .operation_id(id.clone())
+                .parameter("jobID", "$response.body#/jobID")
+                .build();
+            Some((id, link))
+        })
+        .collect();
+    for (_, op) in operations_mut(doc) {
+        let takes_a_job = match &op.request_body {
+            Some(RefOr::T(body)) => described_by(body.content.values(), "JobRequest"),
+            _ => false,
+        };
+        if !takes_a_job {
+            continue;
+        }
+        for (status, answer) in op.responses.responses.iter_mut() {
+            if let RefOr::T(answer) = answer
+                && status.starts_with('2')
+                && described_by(answer.content.values(), "JobRepr")
+            {
+                for (id, link) in &targets {
+                    answer.links.insert(id.clone(), link.clone().into());
                 }
             }
         }

@@ -135,6 +135,34 @@ async fn the_description_is_openapi_3_1_and_names_exactly_the_methods_each_route
             );
         }
     }
+
+    // Links lead from a job just made to what can be done with it, its jobID from the answer.
+    let operation_ids: Vec<&str> = paths
+        .values()
+        .flat_map(|item| METHODS.iter().filter_map(|m| item.get(*m)))
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    for (route, method, status) in [("/jobs", "post", "202"), ("/jobs/{jobID}", "put", "201")] {
+        let links = paths[route][method]["responses"][status]["links"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {route} {status}: links"));
+        for target in [
+            "get_job",
+            "confirm_job",
+            "cancel_job",
+            "events",
+            "resolve_job",
+        ] {
+            assert_eq!(
+                links[target]["parameters"]["jobID"], "$response.body#/jobID",
+                "{method} {route} {status} → {target}"
+            );
+        }
+        for (name, link) in links {
+            let target = link["operationId"].as_str().unwrap_or_default();
+            assert!(operation_ids.contains(&target), "{name}: {target} exists");
+        }
+    }
 }
 
 /// schemathesis generates requests from the description (examples, edge cases, fuzzing, and
