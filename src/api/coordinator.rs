@@ -114,7 +114,7 @@ fn confirm_answer(record: &JobRecord) -> Response {
 }
 
 /// `PUT /coordinator/confirm`: confirm every link; answer once the outcome is known.
-#[utoipa::path(put, path = "/coordinator/confirm", tag = "atomikos", request_body(content = crate::api::openapi::LinkSetRequest, content_type = "application/tcc+json"), responses((status = 204, description = "All confirmed", headers(("Location" = String))), (status = 400, description = "A link without uri or expires"), (status = 404, description = "All canceled or lapsed"), (status = 409, description = "Heuristic: tasks lists each link's outcome")))]
+#[utoipa::path(put, path = "/coordinator/confirm", tag = "atomikos", request_body(content = crate::api::openapi::LinkSetRequest, content_type = "application/tcc+json"), responses((status = 204, description = "All confirmed", headers(("Location" = String))), (status = 400, description = "A link without uri or expires"), (status = 404, description = "All canceled or lapsed"), (status = 409, description = "Heuristic: tasks lists each link's outcome"), (status = 503, description = "The outcome is not known within the request's time limit (a participant is still being retried; tasks lists each link): repeat the same request, after Retry-After, to wait for it")))]
 pub async fn confirm(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

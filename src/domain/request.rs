@@ -842,10 +842,15 @@ pub struct RegistrationWire {
     /// RFC 3339; must be in the future.
     #[schema(format = DateTime)]
     expires: Option<String>,
+    /// An already reserved link (instead of uri and expires).
     #[serde(rename = "participantLink")]
     participant_link: Option<LinkWire>,
+    /// Unique in the job; default `participant-N` (N: the task's place).
+    #[schema(pattern = "^[A-Za-z0-9._~-]{1,128}$")]
     #[serde(rename = "taskID")]
     task_id: Option<String>,
+    /// Free text.
+    #[schema(max_length = 2048)]
     #[serde(rename = "taskDescription")]
     task_description: Option<String>,
 }

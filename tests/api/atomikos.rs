@@ -1,6 +1,8 @@
 //! The Atomikos-compatible coordinator: `PUT /coordinator/confirm` and `/cancel` with the links
 //! a client got from its participants' Tries.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -219,5 +221,48 @@ async fn cancel_answers_204_and_each_participant_sees_an_atomikos_cancel_once() 
     assert_eq!(job["jobStatus"], "canceled");
     assert_eq!(p.count(Op::Cancel, "a"), 1);
     assert_eq!(p.count(Op::Confirm, "a"), 0);
+    app.stop().await;
+}
+
+/// A participant that cannot confirm yet (it answers 503), with its reservation good for a long
+/// while: the outcome is not known within the request's time limit, so the answer is 503
+/// `outcome-pending` with `Retry-After`, listing the link as still confirming. The same set
+/// again waits again, on the same job, and once the participant confirms it answers 204.
+#[tokio::test]
+async fn an_outcome_not_known_in_time_answers_503_and_the_same_set_again_waits_for_it() {
+    let app = spawn_app_with(&["--request-timeout", "2s"]).await;
+    let p = Participant::start().await;
+    p.set_default(Op::Try, "busy", Reply::ReserveFor(Duration::from_secs(600)));
+    p.set_default(Op::Confirm, "busy", Reply::Status(503));
+    let links = vec![reserve(&p, "busy").await];
+
+    let r = put_links(&app, "confirm", &links).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some(), "Retry-After");
+    let job_url = location(&r);
+    let problem: Value = r.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/outcome-pending", "{problem}");
+    assert_eq!(problem["tasks"][0]["taskStatus"], "confirming", "{problem}");
+    assert!(!p.confirmed("busy"));
+
+    p.set_default(Op::Confirm, "busy", Reply::Ok);
+    // Each request waits at most three quarters of the time limit; the retries' back-off
+    // may take several.
+    let until = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let r = put_links(&app, "confirm", &links).await;
+        assert_eq!(location(&r), job_url, "the same job");
+        if r.status() == 204 {
+            break;
+        }
+        assert_eq!(r.status(), 503, "still pending, or done");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the same set again answers 204 once the participant confirms"
+        );
+    }
+    assert!(p.confirmed("busy"));
+    let job = get_json(&app.http, &job_url).await;
+    assert_eq!(job["jobStatus"], "completed");
     app.stop().await;
 }
