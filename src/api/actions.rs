@@ -47,7 +47,7 @@ async fn taken(
 /// `POST /jobs/{id}/continue`: a heuristic job retries the confirm of every task whose link has
 /// not expired (and completes if they all confirm); a confirming job sends the confirms waiting
 /// for their backoff now.
-#[utoipa::path(post, path = "/jobs/{jobID}/continue", tag = "operators", params(("jobID" = String, Path, description = "The job's id")), responses((status = 202, description = "Retrying", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Nothing to continue")))]
+#[utoipa::path(post, path = "/jobs/{jobID}/continue", tag = "operators", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 202, description = "Retrying", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Nothing to continue")))]
 pub async fn continue_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -94,7 +94,7 @@ pub async fn continue_job(
 /// `POST /jobs/{id}/restart`: a failed or canceled job whose tasks all have a `taskURL` starts
 /// a new attempt: `pending`, every task tried afresh under `request-id: {taskID}/{attempt}`, a
 /// new deadline `jobMaxTTL` from now. The earlier attempt stays in the event log.
-#[utoipa::path(post, path = "/jobs/{jobID}/restart", tag = "operators", params(("jobID" = String, Path, description = "The job's id")), responses((status = 202, description = "A new attempt", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Not failed or canceled, or a task has no taskURL")))]
+#[utoipa::path(post, path = "/jobs/{jobID}/restart", tag = "operators", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 202, description = "A new attempt", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Not failed or canceled, or a task has no taskURL")))]
 pub async fn restart_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

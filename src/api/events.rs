@@ -101,7 +101,7 @@ async fn read(
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
-#[utoipa::path(get, path = "/jobs/{jobID}/events", tag = "jobs", params(("jobID" = String, Path, description = "The job's id"), ("after" = Option<i64>, Query, description = "Events after this seq"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000)), responses((status = 200, description = "The job's events, in order (text/event-stream: live)", content((crate::api::repr::EventListRepr = "application/json"), (String = "text/event-stream"))), (status = 400, description = "A parameter is malformed"), (status = 404, description = "No such job")))]
+#[utoipa::path(get, path = "/jobs/{jobID}/events", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("after" = Option<i64>, Query, description = "Events after this seq"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000)), responses((status = 200, description = "The job's events, in order (text/event-stream: live)", content((crate::api::repr::EventListRepr = "application/json"), (String = "text/event-stream"))), (status = 400, description = "A parameter is malformed"), (status = 404, description = "No such job")))]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -20,6 +20,7 @@ use crate::engine::Accepted;
 use crate::metrics as m;
 use crate::store::{self, ClientRequest, JobFilter, JobRecord, Registered, RequestOutcome};
 
+/// (Also in `create_job`'s description, which takes a literal.)
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 pub(super) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
@@ -193,7 +194,7 @@ pub async fn entry_point(
     Ok(html::vary_accept(json_response(StatusCode::OK, &body)))
 }
 
-#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and body answers the same; another body with the key is 422")), responses((status = 202, description = "Accepted and started", body = crate::api::repr::JobRepr, headers(("Location" = String), ("Link" = String))), (status = 200, description = "A replay of an earlier request with the same Idempotency-Key", body = crate::api::repr::JobRepr), (status = 422, description = "A rule is broken: each in errors")))]
+#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A replay with the same key and body answers the same; another body with the key is 422", min_length = 1, max_length = 255, pattern = "^[ -~]+$")), responses((status = 202, description = "Accepted and started", body = crate::api::repr::JobRepr, headers(("Location" = String), ("Link" = String))), (status = 200, description = "A replay of an earlier request with the same Idempotency-Key", body = crate::api::repr::JobRepr), (status = 422, description = "A rule is broken: each in errors")))]
 pub async fn create_job(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -269,7 +270,7 @@ pub async fn create_job(
 /// the job's current `ETag` and no decision was taken: then its description, contact,
 /// callbacks, tags, `autoConfirm` and `jobMaxTTL` are updated (200). Tasks, the correlation id,
 /// the retry policy and the shared state cannot change this way.
-#[utoipa::path(put, path = "/jobs/{jobID}", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("jobID" = String, Path, description = "The job's id"), ("If-Match" = Option<String>, Header, description = "The current ETag: update the job's fields (before the decision)")), responses((status = 201, description = "Created with this id", body = crate::api::repr::JobRepr), (status = 200, description = "The same document again, or updated under If-Match", body = crate::api::repr::JobRepr), (status = 409, description = "Another document has this id"), (status = 412, description = "If-Match does not hold the current ETag"), (status = 422, description = "A rule is broken: each in errors")))]
+#[utoipa::path(put, path = "/jobs/{jobID}", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("If-Match" = Option<String>, Header, description = "The current ETag: update the job's fields (before the decision)")), responses((status = 201, description = "Created with this id", body = crate::api::repr::JobRepr), (status = 200, description = "The same document again, or updated under If-Match", body = crate::api::repr::JobRepr), (status = 409, description = "Another document has this id"), (status = 412, description = "If-Match does not hold the current ETag"), (status = 422, description = "A rule is broken: each in errors")))]
 pub async fn put_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -421,7 +422,7 @@ fn unchanged_parts(record: &JobRecord, new: &request::NewJob, doc: &Value) -> Op
     None
 }
 
-#[utoipa::path(get, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id"), ("If-None-Match" = Option<String>, Header)), responses((status = 200, description = "The job", body = crate::api::repr::JobRepr, headers(("ETag" = String))), (status = 304, description = "Not modified"), (status = 404, description = "No such job")))]
+#[utoipa::path(get, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("If-None-Match" = Option<String>, Header)), responses((status = 200, description = "The job", body = crate::api::repr::JobRepr, headers(("ETag" = String))), (status = 304, description = "Not modified"), (status = 404, description = "No such job")))]
 pub async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -572,7 +573,7 @@ pub async fn list_jobs(
     Ok(html::vary_accept(resp))
 }
 
-#[utoipa::path(delete, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Already confirming or finished")))]
+#[utoipa::path(delete, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Already confirming or finished")))]
 pub async fn cancel_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -670,7 +671,7 @@ pub(super) async fn wait_change(
 }
 
 /// `POST /jobs/{id}/cancel`: the same as `DELETE /jobs/{id}`, for HTML forms.
-#[utoipa::path(post, path = "/jobs/{jobID}/cancel", tag = "jobs", params(("jobID" = String, Path, description = "The job's id")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Already confirming or finished")))]
+#[utoipa::path(post, path = "/jobs/{jobID}/cancel", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Already confirming or finished")))]
 pub async fn cancel_form(
     state: State<AppState>,
     actor: Extension<Actor>,
@@ -680,7 +681,7 @@ pub async fn cancel_form(
     cancel_job(state, actor, id, headers).await
 }
 
-#[utoipa::path(post, path = "/jobs/{jobID}/confirm", tag = "jobs", params(("jobID" = String, Path, description = "The job's id"), ("Prefer" = Option<String>, Header, description = "wait=N: answer when terminal, waiting up to N s")), responses((status = 202, description = "Confirming", body = crate::api::repr::JobRepr), (status = 200, description = "Completed (Prefer: wait)", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Decided otherwise, or heuristic or failed: tasks lists each outcome")))]
+#[utoipa::path(post, path = "/jobs/{jobID}/confirm", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("Prefer" = Option<String>, Header, description = "wait=N: answer when terminal, waiting up to N s")), responses((status = 202, description = "Confirming", body = crate::api::repr::JobRepr), (status = 200, description = "Completed (Prefer: wait)", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Decided otherwise, or heuristic or failed: tasks lists each outcome")))]
 pub async fn confirm_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -737,7 +738,7 @@ pub async fn confirm_job(
     }
 }
 
-#[utoipa::path(get, path = "/jobs/{jobID}/progress", tag = "jobs", params(("jobID" = String, Path, description = "The job's id"), ("If-None-Match" = Option<String>, Header), ("Prefer" = Option<String>, Header, description = "wait=N with If-None-Match: long poll")), responses((status = 200, description = "Progress", body = crate::api::repr::ProgressRepr, headers(("ETag" = String))), (status = 304, description = "No change"), (status = 404, description = "No such job")))]
+#[utoipa::path(get, path = "/jobs/{jobID}/progress", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("If-None-Match" = Option<String>, Header), ("Prefer" = Option<String>, Header, description = "wait=N with If-None-Match: long poll")), responses((status = 200, description = "Progress", body = crate::api::repr::ProgressRepr, headers(("ETag" = String))), (status = 304, description = "No change"), (status = 404, description = "No such job")))]
 pub async fn progress(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -763,7 +764,7 @@ pub async fn progress(
     }
 }
 
-#[utoipa::path(get, path = "/jobs/{jobID}/tasks", tag = "tasks", params(("jobID" = String, Path, description = "The job's id")), responses((status = 200, description = "The tasks", body = crate::api::repr::TaskListRepr), (status = 404, description = "No such job")))]
+#[utoipa::path(get, path = "/jobs/{jobID}/tasks", tag = "tasks", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 200, description = "The tasks", body = crate::api::repr::TaskListRepr), (status = 404, description = "No such job")))]
 pub async fn list_tasks(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -777,7 +778,7 @@ pub async fn list_tasks(
     ))
 }
 
-#[utoipa::path(get, path = "/jobs/{jobID}/tasks/{taskID}", tag = "tasks", params(("jobID" = String, Path, description = "The job's id"), ("taskID" = String, Path)), responses((status = 200, description = "The task", body = crate::api::repr::TaskRepr), (status = 404, description = "No such job or task")))]
+#[utoipa::path(get, path = "/jobs/{jobID}/tasks/{taskID}", tag = "tasks", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("taskID" = String, Path)), responses((status = 200, description = "The task", body = crate::api::repr::TaskRepr), (status = 404, description = "No such job or task")))]
 pub async fn get_task(
     State(state): State<AppState>,
     Path((id, task_id)): Path<(String, String)>,
@@ -800,7 +801,7 @@ pub async fn get_task(
     )))
 }
 
-#[utoipa::path(post, path = "/jobs/{jobID}/participants", tag = "tasks", params(("jobID" = String, Path, description = "The job's id")), request_body(content = crate::domain::request::RegistrationWire, content_type = "application/json"), responses((status = 201, description = "Registered", body = crate::api::repr::TaskRepr, headers(("Location" = String))), (status = 200, description = "This uri was registered before", body = crate::api::repr::TaskRepr), (status = 404, description = "No such job"), (status = 409, description = "The decision is taken"), (status = 422, description = "A rule is broken: each in errors")))]
+#[utoipa::path(post, path = "/jobs/{jobID}/participants", tag = "tasks", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), request_body(content = crate::domain::request::RegistrationWire, content_type = "application/json"), responses((status = 201, description = "Registered", body = crate::api::repr::TaskRepr, headers(("Location" = String))), (status = 200, description = "This uri was registered before", body = crate::api::repr::TaskRepr), (status = 404, description = "No such job"), (status = 409, description = "The decision is taken"), (status = 422, description = "A rule is broken: each in errors")))]
 pub async fn register(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -908,7 +909,7 @@ const MAX_NOTE: usize = 4096;
 /// `POST /jobs/{id}/resolve` `{"note"}`: an operator records the manual fix of a heuristic
 /// outcome; the job leaves `/heuristics` and `tcc_heuristic_unresolved`. The same note again is
 /// answered as the first time; another note on a resolved job is a conflict.
-#[utoipa::path(post, path = "/jobs/{jobID}/resolve", tag = "operators", params(("jobID" = String, Path, description = "The job's id")), request_body(content = crate::api::openapi::Resolve, content_type = "application/json"), responses((status = 200, description = "Resolved", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Not an unresolved heuristic job"), (status = 422, description = "The note is missing, empty or too long")))]
+#[utoipa::path(post, path = "/jobs/{jobID}/resolve", tag = "operators", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), request_body(content = crate::api::openapi::Resolve, content_type = "application/json"), responses((status = 200, description = "Resolved", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Not an unresolved heuristic job"), (status = 422, description = "The note is missing, empty or too long")))]
 pub async fn resolve_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -44,7 +44,7 @@ async fn read(state: &AppState, id: &str) -> Result<(Value, i64), ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
-#[utoipa::path(get, path = "/jobs/{jobID}/shared-state", tag = "jobs", params(("jobID" = String, Path, description = "The job's id"), ("If-None-Match" = Option<String>, Header)), responses((status = 200, description = "The shared state", body = Object, headers(("ETag" = String))), (status = 304, description = "Not modified"), (status = 404, description = "No such job")))]
+#[utoipa::path(get, path = "/jobs/{jobID}/shared-state", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("If-None-Match" = Option<String>, Header)), responses((status = 200, description = "The shared state", body = Object, headers(("ETag" = String))), (status = 304, description = "Not modified"), (status = 404, description = "No such job")))]
 pub async fn get_shared_state(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -116,7 +116,7 @@ async fn write(
 }
 
 /// `PUT`: the shared state replaced by the body (a JSON object, at most 256 KiB).
-#[utoipa::path(put, path = "/jobs/{jobID}/shared-state", tag = "jobs", params(("jobID" = String, Path, description = "The job's id"), ("If-Match" = Option<String>, Header)), request_body(content = Object, content_type = "application/json"), responses((status = 200, description = "Replaced", body = Object, headers(("ETag" = String))), (status = 404, description = "No such job"), (status = 412, description = "If-Match does not hold the current ETag"), (status = 422, description = "Not an object, or too large")))]
+#[utoipa::path(put, path = "/jobs/{jobID}/shared-state", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("If-Match" = Option<String>, Header)), request_body(content = Object, content_type = "application/json"), responses((status = 200, description = "Replaced", body = Object, headers(("ETag" = String))), (status = 404, description = "No such job"), (status = 412, description = "If-Match does not hold the current ETag"), (status = 422, description = "Not an object, or too large")))]
 pub async fn put_shared_state(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -149,7 +149,7 @@ pub async fn put_shared_state(
 
 /// `PATCH` with `application/merge-patch+json` (RFC 7396): the body merged into the shared state.
 /// Without `If-Match` it is applied to whatever version is current when it is written.
-#[utoipa::path(patch, path = "/jobs/{jobID}/shared-state", tag = "jobs", params(("jobID" = String, Path, description = "The job's id"), ("If-Match" = Option<String>, Header)), request_body(content = Object, content_type = "application/merge-patch+json"), responses((status = 200, description = "Merged (RFC 7396)", body = Object, headers(("ETag" = String))), (status = 404, description = "No such job"), (status = 412, description = "If-Match does not hold the current ETag"), (status = 422, description = "The result is not an object, or too large")))]
+#[utoipa::path(patch, path = "/jobs/{jobID}/shared-state", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("If-Match" = Option<String>, Header)), request_body(content = Object, content_type = "application/merge-patch+json"), responses((status = 200, description = "Merged (RFC 7396)", body = Object, headers(("ETag" = String))), (status = 404, description = "No such job"), (status = 412, description = "If-Match does not hold the current ETag"), (status = 422, description = "The result is not an object, or too large")))]
 pub async fn patch_shared_state(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

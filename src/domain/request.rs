@@ -109,13 +109,15 @@ pub struct TaskWire {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(as = JobRequest)]
+// The example: an open job that participants register into (a job with tasks needs their
+// services).
+#[schema(as = JobRequest, example = json!({"correlationID": "order-42", "autoConfirm": false, "jobMaxTTL": 300, "tasks": []}))]
 pub struct JobWire {
     /// Free text.
     #[schema(max_length = 2048)]
     description: Option<String>,
     /// Default: the jobID.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     #[serde(rename = "correlationID")]
     correlation_id: Option<String>,
     /// Seconds (fractions allowed); default 60.

@@ -36,12 +36,20 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicyPatch {
+    /// Calls of one operation at most (the limits as `request::check_retry_policy` checks them).
+    #[schema(minimum = 1, maximum = 100)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Seconds before the second call.
+    #[schema(minimum = 0, maximum = 3600)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_delay: Option<f64>,
+    /// Seconds between calls at most; not less than initialDelay.
+    #[schema(minimum = 0, maximum = 86400)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_delay: Option<f64>,
+    /// How much longer each delay is than the one before.
+    #[schema(minimum = 1, maximum = 100)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multiplier: Option<f64>,
 }

@@ -208,8 +208,11 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
                 "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
                 "--max-examples",
                 "40",
+                // One worker: Python 3.11.7's ast.parse is not thread-safe ("AST constructor
+                // recursion depth mismatch" inside hypothesis, now and then, with two), and one
+                // is as fast here.
                 "--workers",
-                "2",
+                "1",
                 "--seed",
                 "1",
             ])
