@@ -15,14 +15,7 @@ async fn get_with(app: &TestApp, path: &str, accept: Option<&str>) -> (String, S
         req = req.header("accept", a);
     }
     let r = req.send().await.expect("GET");
-    let header = |name: &str| {
-        r.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (ctype, vary) = (header("content-type"), header("vary"));
+    let (ctype, vary) = (header_text(&r, "content-type"), header_text(&r, "vary"));
     (ctype, vary, r.text().await.expect("body"))
 }
 
@@ -189,28 +182,18 @@ async fn pages_ask_a_browser_for_the_keys_name_and_secret() {
     };
     let r = get(None).await.expect("GET");
     assert_eq!(r.status(), 401);
-    let challenge = r
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let challenge = header_text(&r, "www-authenticate");
     assert!(challenge.starts_with("Basic "), "{challenge}");
     assert!(
-        r.headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("text/html")),
+        header_text(&r, "content-type").starts_with("text/html"),
         "a browser's 401 is a page"
     );
     // An API client is still asked for a Bearer key.
     let r = app.get("/jobs").await;
     assert_eq!(r.status(), 401);
     assert_eq!(
-        r.headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok()),
-        Some("Bearer realm=\"tcc-coordinator\"")
+        header_text(&r, "www-authenticate"),
+        "Bearer realm=\"tcc-coordinator\""
     );
     // The right name and secret; a secret under another key's name is not taken.
     assert_eq!(
@@ -279,12 +262,7 @@ async fn pages_allow_nothing_inline_and_load_their_own_files() {
             .await
             .expect("GET");
         assert_eq!(r.status(), status, "{path}");
-        let csp = r
-            .headers()
-            .get("content-security-policy")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let csp = header_text(&r, "content-security-policy");
         for directive in [
             "default-src 'none'",
             "script-src 'self'",
@@ -306,13 +284,7 @@ async fn pages_allow_nothing_inline_and_load_their_own_files() {
     ] {
         let r = app.get(&format!("/console/{file}")).await;
         assert_eq!(r.status(), 200, "{file}");
-        let header = |n: &str| {
-            r.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string()
-        };
+        let header = |n: &str| header_text(&r, n);
         assert!(header("content-type").starts_with(kind), "{file}");
         assert_eq!(header("cache-control"), "no-cache", "{file}");
         let etag = header("etag");

@@ -402,3 +402,12 @@ pub fn tool(names: &[&str], package: &str) -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// A response header as text ("" when absent or not visible ASCII).
+pub fn header_text(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
