@@ -393,9 +393,29 @@ pub struct Config {
     pub request_timeout: Span,
 
     /// Most HTTP requests in progress at once; beyond it requests are answered 503 with
-    /// Retry-After at once, never queued.
+    /// Retry-After at once, never queued. Requests that wait for a job to change (`Prefer:
+    /// wait`, the Atomikos confirm) and event streams each have as many again of their own;
+    /// health checks are never refused.
     #[arg(long, env = "TCC_MAX_INFLIGHT_REQUESTS", value_name = "TCC_MAX_INFLIGHT_REQUESTS", default_value = "1024", value_parser = parse_positive, global = true)]
     pub max_inflight_requests: usize,
+
+    /// How long a client has to send a request's headers, counted from when it connects and
+    /// again from the end of each response (so also how long an idle keep-alive connection is
+    /// kept); past it the connection is closed.
+    #[arg(
+        long,
+        env = "TCC_HEADER_READ_TIMEOUT",
+        value_name = "TCC_HEADER_READ_TIMEOUT",
+        default_value = "30s",
+        global = true
+    )]
+    pub header_read_timeout: Span,
+
+    /// Most HTTP connections open at once; one more is answered 503 (a problem, with
+    /// Retry-After) and closed. Keep it under the process's open-file limit, less the database
+    /// pool and TCC_MAX_INFLIGHT_CALLS.
+    #[arg(long, env = "TCC_MAX_CONNECTIONS", value_name = "TCC_MAX_CONNECTIONS", default_value = "4096", value_parser = parse_positive, global = true)]
+    pub max_connections: usize,
 
     /// On SIGTERM, how long in-flight participant calls may take to finish before their jobs
     /// are handed back.
@@ -463,6 +483,11 @@ impl Config {
                 "TCC_REQUEST_TIMEOUT must be at least 1s".into(),
             ));
         }
+        if self.header_read_timeout.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "TCC_HEADER_READ_TIMEOUT must be at least 100ms".into(),
+            ));
+        }
         if self.db_timeout.0 < Duration::from_millis(100) {
             return Err(ConfigError::Invalid(
                 "TCC_DB_TIMEOUT must be at least 100ms".into(),
@@ -487,9 +512,94 @@ impl Config {
     }
 }
 
+/// The settings whose value may hold a secret (a password in a URL, a key, a signing secret).
+const SECRET_SETTINGS: [&str; 4] = [
+    "DATABASE_URL",
+    "TCC_SMTP_URL",
+    "TCC_API_KEYS",
+    "TCC_WEBHOOK_SECRET",
+];
+
+/// A command-line error as it is printed, except that a bad value of a setting that may hold a
+/// secret is not repeated (clap's own message shows the value): the error names the setting and
+/// says what is wrong with it.
+pub fn without_secrets(err: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return err;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return err;
+    };
+    if !SECRET_SETTINGS.iter().any(|name| arg.contains(name)) {
+        return err;
+    }
+    let why = std::error::Error::source(&err)
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    clap::Error::raw(
+        ErrorKind::ValueValidation,
+        format!("invalid value for '{arg}' (not shown: it may hold a secret){why}\n"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    /// No error about a setting repeats a secret it holds: a malformed URL with a password, a
+    /// key written in the wrong order.
+    #[test]
+    fn errors_never_repeat_a_secret() {
+        use clap::Parser;
+        let secret = "Hunter2Hunter2Hunter2";
+        let cases = [
+            (
+                "--database-url",
+                format!("postgres://app:{secret}@db:notaport/tcc"),
+            ),
+            (
+                "--database-url",
+                format!("host=db password={secret} port=x"),
+            ),
+            ("--smtp-url", format!("smtp://mail:{secret}@:25")),
+            ("--smtp-url", format!("imap://mail:{secret}@mail.example")),
+            (
+                "--smtp-url",
+                format!("smtp://mail:{secret}@mail.example?tls=sometimes"),
+            ),
+        ];
+        for (flag, value) in cases {
+            let err = Cli::try_parse_from(["tcc", flag, value.as_str()])
+                .err()
+                .map(without_secrets)
+                .map(|e| e.to_string());
+            let err = err.unwrap_or_else(|| panic!("{flag} {value} was taken"));
+            assert!(!err.contains(secret), "{flag}: {err}");
+            assert!(err.contains(&flag[2..]) || err.contains("URL"), "{err}");
+        }
+        for keys in [
+            format!("ops:{secret}:admin"),
+            format!("{secret}:admin:ops"),
+            format!("ops:admin:another-secret-1234,{secret}:read:short"),
+            format!("ops:admin:{secret},ops2:admin:{secret}"),
+        ] {
+            let cli = Cli::try_parse_from(["tcc", "--api-keys", keys.as_str()]);
+            let err = cli.map(|c| c.config.validate());
+            let text = format!("{err:?}");
+            assert!(text.contains("TCC_API_KEYS"), "{keys}: {text}");
+            assert!(!text.contains(secret), "{keys}: {text}");
+        }
+    }
 
     #[test]
     fn spans() {

@@ -21,6 +21,9 @@
 //! - [`api`]: axum routes, problem+json errors, hypermedia.
 //! - [`embedded_pg`]: the embedded PostgreSQL default.
 //! - [`metrics`]: every metric name, described once.
+//! - [`notify`]: callbacks, webhooks and email from the outbox.
+//! - [`outbound`]: the HTTP client every outbound call uses, under the target policy.
+//! - [`server`]: the HTTP/1.1 server loop and its connection limits.
 //! - [`startup`]: building and running the whole.
 
 pub mod api;
@@ -32,5 +35,6 @@ pub mod metrics;
 pub mod notify;
 pub mod outbound;
 pub mod participant;
+pub mod server;
 pub mod startup;
 pub mod store;

@@ -1,7 +1,7 @@
 //! The `tcc-coordinator` command: `serve` (the default) and `migrate`.
 
 use clap::{Parser, Subcommand};
-use tcc_coordinator::config::{Config, LogFormat};
+use tcc_coordinator::config::{self, Config, LogFormat};
 use tcc_coordinator::startup::{Application, Database, Listeners, shutdown_signal};
 
 /// Every job allocates many small, short-lived buffers (HTTP heads, JSON, statement parameters)
@@ -32,7 +32,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| config::without_secrets(e).exit());
     init_logs(cli.config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

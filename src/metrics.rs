@@ -44,8 +44,8 @@ pub const NOTIFICATION_CHANNELS: [&str; 3] = ["callback", "webhook", "email"];
 pub const NOTIFICATION_OUTCOMES: [&str; 3] = ["delivered", "retry", "failed"];
 /// `tcc_engine_driver_failures_total{kind}`: the values of `kind`.
 pub const DRIVER_FAILURE_KINDS: [&str; 3] = ["panic", "illegal", "store"];
-/// `tcc_api_rejected_total{reason}`: a request refused with 503 because the accept queue or the
-/// in-flight limit was full (`overloaded`), or answered 503 because it ran out of time
+/// `tcc_api_rejected_total{reason}`: a request refused with 503 because the connections, the
+/// in-flight limit or the waiting requests' budget was full (`overloaded`), or answered 503 because it ran out of time
 /// (`timeout`).
 pub const REJECTED_REASONS: [&str; 2] = ["overloaded", "timeout"];
 

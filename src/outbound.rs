@@ -1,5 +1,5 @@
 //! Every outbound HTTP call (participants, callbacks, webhooks) goes through a client made
-//! here: redirects are never followed, and host names are resolved by [`PolicyResolver`], which
+//! here: redirects are never followed, proxy variables are ignored, and host names are resolved by [`PolicyResolver`], which
 //! drops the addresses `TCC_ALLOWED_TARGETS` refuses, so that a name resolving to one (the cloud
 //! metadata address, say) is never connected to. URLs with an IP literal, which reqwest does not
 //! resolve, are checked by [`check`] before each call.
@@ -47,9 +47,12 @@ impl Resolve for PolicyResolver {
     }
 }
 
-/// A client builder for outbound calls under `policy`: no redirects, the filtering resolver.
+/// A client builder for outbound calls under `policy`: no redirects, the filtering resolver, and
+/// no proxy (`HTTP_PROXY` and its kin are ignored): a proxy is handed host names unresolved, so
+/// the resolver that enforces the policy would never see them.
 pub fn client_builder(policy: Arc<TargetPolicy>) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(Arc::new(PolicyResolver { policy }))
 }

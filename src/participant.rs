@@ -497,8 +497,10 @@ fn read_link(
             .join(&uri)
             .map_err(not_a_url)?
     };
-    let resolved = TargetUrl::from_url(&resolved)
-        .map_err(|_| format!("the Try answer's link {resolved} is not an http or https URL"))?;
+    let resolved = TargetUrl::from_url(&resolved).map_err(|why| {
+        let shown: String = resolved.as_str().chars().take(200).collect();
+        format!("the Try answer's link {shown} {why}")
+    })?;
     policy.check_url(resolved.as_str()).map_err(|why| {
         format!(
             "the Try answer's link {resolved} {why}; it is never called (what the participant reserved lapses at its expiry)"
@@ -526,14 +528,31 @@ fn read_link(
                     rfc3339(at)
                 ));
             }
-            (at, None)
+            let latest = crate::domain::request::latest_expiry(now);
+            if at > latest {
+                // Confirms are retried until the link expires: never without a bound.
+                (
+                    latest,
+                    Some(format!(
+                        "reserved; the Try answer's expires {} is further ahead than a link may be, so the coordinator takes the reservation to last until {}",
+                        rfc3339(at),
+                        rfc3339(latest)
+                    )),
+                )
+            } else {
+                (at, None)
+            }
         }
     };
-    let kept = json
-        .filter(|_| body.len() <= MAX_KEPT_RESPONSE)
-        .map(|mut v| {
-            make_storable(&mut v);
-            v
+    // The output mappings read the whole answer; the task keeps it for display only when it is
+    // small and shallow enough to show (and to read back inside the job's representation).
+    let response = json.map(|mut v| {
+        make_storable(&mut v);
+        v
+    });
+    let keep = body.len() <= MAX_KEPT_RESPONSE
+        && response.as_ref().is_none_or(|v| {
+            crate::domain::mapping::depth(v) <= crate::domain::mapping::MAX_BUILT_DEPTH
         });
     Ok(Answer::Reserved {
         link: Link {
@@ -541,7 +560,8 @@ fn read_link(
             expires,
         },
         note,
-        response: kept,
+        response,
+        keep,
     })
 }
 
@@ -556,6 +576,27 @@ mod tests {
 
     #[test]
     fn link_from_body_resolves_relative() {
+        let expires = rfc3339(Utc::now() + chrono::Duration::days(2));
+        let body = format!(r#"{{"participantLink": {{"uri": "/r/1", "expires": "{expires}"}}}}"#);
+        match read_link(
+            "http://p:9/try/x",
+            &HeaderMap::new(),
+            body.as_bytes(),
+            deadline(),
+            &TargetPolicy::default(),
+        ) {
+            Ok(Answer::Reserved { link, note, .. }) => {
+                assert_eq!(link.uri, "http://p:9/r/1");
+                assert!(note.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Confirms are retried until a link expires: an expiry further ahead than a link may be is
+    /// taken as the latest one, and the task says so.
+    #[test]
+    fn an_expiry_too_far_ahead_is_taken_as_the_latest() {
         let body = br#"{"participantLink": {"uri": "/r/1", "expires": "2999-01-01T00:00:00Z"}}"#;
         match read_link(
             "http://p:9/try/x",
@@ -565,8 +606,8 @@ mod tests {
             &TargetPolicy::default(),
         ) {
             Ok(Answer::Reserved { link, note, .. }) => {
-                assert_eq!(link.uri, "http://p:9/r/1");
-                assert!(note.is_none());
+                assert!(link.expires <= crate::domain::request::latest_expiry(Utc::now()));
+                assert!(note.is_some_and(|n| n.contains("2999")), "says so");
             }
             other => panic!("{other:?}"),
         }

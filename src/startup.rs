@@ -4,7 +4,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::Request;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiSettings, AppState};
@@ -80,6 +79,7 @@ impl Listeners {
 pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    serve_limits: crate::server::ServeLimits,
     state: AppState,
     engine: Engine,
     notifier: crate::notify::Notifier,
@@ -189,6 +189,10 @@ impl Application {
         Ok(Application {
             listener,
             metrics_listener,
+            serve_limits: crate::server::ServeLimits {
+                header_read_timeout: config.header_read_timeout.0,
+                max_connections: config.max_connections,
+            },
             state,
             engine,
             notifier,
@@ -214,23 +218,23 @@ impl Application {
         let stop = tokio_util::sync::CancellationToken::new();
         self.engine.start_background();
         let notifier = tokio::spawn(self.notifier.run(stop.clone()));
+        let limits = self.serve_limits;
         let metrics_server = self.metrics_listener.map(|l| {
             let app = api::metrics_router(self.state.clone());
             let stop = stop.clone();
-            tokio::spawn(async move {
-                axum::serve(l, axum::ServiceExt::<Request>::into_make_service(app))
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            })
+            // A scraper or two: a few connections are plenty.
+            let limits = crate::server::ServeLimits {
+                max_connections: 64,
+                ..limits
+            };
+            tokio::spawn(crate::server::serve(l, app, limits, async move {
+                stop.cancelled().await
+            }))
         });
         let app = api::router(self.state.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let stop_api = stop.clone();
-        let served = axum::serve(
-            self.listener,
-            axum::ServiceExt::<Request>::into_make_service(app),
-        )
-        .with_graceful_shutdown(async move {
+        let served = crate::server::serve(self.listener, app, limits, async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests");
             stop_api.cancel();

@@ -87,6 +87,8 @@ impl FromStr for ApiKeys {
             else {
                 return Err(format!("key {n}: must be name:role:secret"));
             };
+            // Errors name a key by its place in the list, never by its parts: a key written in
+            // the wrong order would show its secret where its name or role should be.
             let valid_name = !name.is_empty()
                 && name.len() <= 64
                 && name
@@ -94,20 +96,22 @@ impl FromStr for ApiKeys {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !valid_name {
                 return Err(format!(
-                    "key {n}: the name {name:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ -"
+                    "key {n}: the name must be 1 to 64 characters of A-Z a-z 0-9 . _ - (as name:role:secret)"
                 ));
             }
-            let role: Role = role.parse().map_err(|e| format!("key {name}: {e}"))?;
+            let role: Role = role.parse().map_err(|_| {
+                format!("key {n}: the role must be read, submit or admin (as name:role:secret)")
+            })?;
             if secret.chars().count() < MIN_SECRET {
                 return Err(format!(
-                    "key {name}: the secret must be at least {MIN_SECRET} characters"
+                    "key {n}: the secret must be at least {MIN_SECRET} characters"
                 ));
             }
             if keys.iter().any(|k| k.name == name) {
-                return Err(format!("key {name}: the name is used twice"));
+                return Err(format!("key {n}: its name is another key's too"));
             }
             if keys.iter().any(|k| k.secret == secret.as_bytes()) {
-                return Err(format!("key {name}: its secret is another key's too"));
+                return Err(format!("key {n}: its secret is another key's too"));
             }
             keys.push(ApiKey {
                 name: name.to_string(),
@@ -285,7 +289,10 @@ mod tests {
             ("ops:root:0123456789abcdef", "role"),
             ("ops:read:short", "16"),
             ("o ps:read:0123456789abcdef", "name"),
-            ("a:read:0123456789abcdef,a:admin:fedcba9876543210", "twice"),
+            (
+                "a:read:0123456789abcdef,a:admin:fedcba9876543210",
+                "name is another key's",
+            ),
             (
                 "a:read:0123456789abcdef,b:admin:0123456789abcdef",
                 "another key",

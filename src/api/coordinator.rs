@@ -68,8 +68,21 @@ async fn job_for(state: &AppState, set: &LinkSet, confirm: bool) -> Result<Strin
             metrics::counter!(m::JOBS_CREATED, "source" => "atomikos").increment(1);
             Ok(record.job.id.to_string())
         }
-        // The key is the set's digest: a replay is always of the same set.
-        Accepted::Replay { id, .. } => Ok(id),
+        // The key lives in the Atomikos endpoints' own namespace (keys are per source), and is
+        // the set's digest; a replay is taken only if the stored job was made for this very
+        // set, so nothing but this request can ever stand in for it.
+        Accepted::Replay {
+            id,
+            same_request: true,
+        } => Ok(id),
+        Accepted::Replay { id, .. } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Conflict",
+            format!(
+                "job {id} holds this link set's key but was made for another request; nothing was {what}ed"
+            ),
+        )),
     }
 }
 

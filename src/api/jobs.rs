@@ -521,7 +521,12 @@ fn decode_cursor(s: &str) -> Option<(chrono::DateTime<Utc>, String)> {
     let raw = String::from_utf8(bytes?).ok()?;
     let (micros, id) = raw.split_once('|')?;
     let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-    Some((at, id.to_string()))
+    // Only what this server could have given: a job's creation time (years PostgreSQL and
+    // RFC 3339 both hold) and a job id. Anything else is forged, and must not reach the query.
+    let id = crate::domain::JobId::parse(id).ok()?;
+    (1..=9999)
+        .contains(&chrono::Datelike::year(&at))
+        .then(|| (at, id.to_string()))
 }
 
 #[utoipa::path(get, path = "/jobs", tag = "jobs", params(("status" = Option<Vec<String>>, Query, explode = true, description = "A job status, or working; repeatable"), ("correlationID" = Option<String>, Query), ("tag" = Option<String>, Query), ("createdAfter" = Option<String>, Query, format = DateTime), ("createdBefore" = Option<String>, Query, format = DateTime), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500), ("cursor" = Option<String>, Query, description = "Opaque: from a next link")), responses((status = 200, description = "Newest first", body = crate::api::repr::JobListRepr), (status = 400, description = "A filter is malformed")))]
@@ -881,6 +886,16 @@ mod tests {
         assert_eq!(decode_cursor(&c), Some((at, "0193-abc".to_string())));
         assert_eq!(decode_cursor("zz"), None);
         assert_eq!(decode_cursor("abc"), None);
+        // Well-formed, but beyond what PostgreSQL holds, or not a job id: forged.
+        let forged = [
+            format!("{}|0193-abc", 3_000_000_000_000_000_000i64),
+            format!("{}|0193-abc", -8_000_000_000_000_000_000i64),
+            format!("{}|a\0b", at.timestamp_micros()),
+        ];
+        for raw in forged {
+            let forged: String = raw.bytes().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(decode_cursor(&forged), None, "{raw}");
+        }
     }
 
     #[test]

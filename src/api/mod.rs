@@ -117,13 +117,16 @@ impl<S> HttpService for S where
 {
 }
 
-/// The layers every request passes, outermost first: overload (503 at once when
-/// `max_inflight_requests` are in progress, never queued) and the time limit (503), around the
-/// whole router so that the limit is one for all routes; then, on each route, a panic caught
-/// into a 500 problem (the process goes on serving), unreadable input refused (400), problem
-/// details completed.
+/// The layers every request passes, outermost first: admission (`admit`: 503 at once when its
+/// budget is spent, never queued) and the time limit (503), around the whole router so that the
+/// limits are one for all routes; then, on each route, a panic caught into a 500 problem (the
+/// process goes on serving), unreadable input refused (400), problem details completed.
 fn guarded(routes: Router, settings: &ApiSettings) -> impl HttpService + use<> {
     use tower::ServiceBuilder;
+    let budgets = Budgets {
+        requests: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight_requests)),
+        waits: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight_requests)),
+    };
     let public = settings.public_url.clone();
     let base = public.clone().unwrap_or_default();
     let routes = routes
@@ -136,21 +139,56 @@ fn guarded(routes: Router, settings: &ApiSettings) -> impl HttpService + use<> {
         }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked));
     ServiceBuilder::new()
+        .layer(middleware::from_fn(move |req, next| {
+            admit(budgets.clone(), req, next)
+        }))
         .layer(axum::error_handling::HandleErrorLayer::new(refused))
-        .load_shed()
-        .concurrency_limit(settings.max_inflight_requests)
         .timeout(settings.request_timeout)
         .service(routes)
 }
 
-/// A request the guard layers refused: overloaded or out of time. 503 with `Retry-After`.
+/// What requests in progress may hold: `TCC_MAX_INFLIGHT_REQUESTS` of each budget.
+#[derive(Clone)]
+struct Budgets {
+    /// Ordinary requests.
+    requests: Arc<tokio::sync::Semaphore>,
+    /// Requests that wait for a job to change (`Prefer: wait`, the Atomikos confirm): they hold
+    /// their slot for seconds, so a crowd of them must not crowd out submissions. (Event
+    /// streams have a budget of their own too: `AppState.streams`.)
+    waits: Arc<tokio::sync::Semaphore>,
+}
+
+/// Whether a request may wait for a job to change before it answers.
+fn waits(req: &Request) -> bool {
+    prefer_wait(req.headers(), Duration::from_secs(3600)).is_some()
+        || (req.method() == axum::http::Method::PUT && req.uri().path() == "/coordinator/confirm")
+}
+
+/// Admission: health checks always (a liveness probe must never be refused by load, or a
+/// healthy process is restarted); others within their budget, else 503 at once.
+async fn admit(budgets: Budgets, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/health/") {
+        return next.run(req).await;
+    }
+    let budget = if waits(&req) {
+        &budgets.waits
+    } else {
+        &budgets.requests
+    };
+    match budget.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            metrics::counter!(m::API_REJECTED, "reason" => "overloaded").increment(1);
+            overloaded(
+                "the coordinator is serving as many requests as it takes at once (TCC_MAX_INFLIGHT_REQUESTS); try again shortly",
+            )
+        }
+    }
+}
+
+/// A request the guard layers refused: out of time. 503 with `Retry-After`.
 async fn refused(err: tower::BoxError) -> Response {
-    let (reason, detail) = if err.is::<tower::load_shed::error::Overloaded>() {
-        (
-            "overloaded",
-            "the coordinator is serving as many requests as it takes at once (TCC_MAX_INFLIGHT_REQUESTS); try again shortly",
-        )
-    } else if err.is::<tower::timeout::error::Elapsed>() {
+    let (reason, detail) = if err.is::<tower::timeout::error::Elapsed>() {
         (
             "timeout",
             "the request was not answered within the time limit (TCC_REQUEST_TIMEOUT); it may still take effect: look before repeating it",
@@ -628,14 +666,7 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Va
             },
         ));
     }
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "Body too large",
-            format!("the body is larger than the limit of {max} bytes (TCC_MAX_BODY)"),
-        )
-    })?;
+    let bytes = read_body(body, max, "body").await?;
     let depth = nesting(&bytes);
     if depth > MAX_JSON_DEPTH {
         return Err(ApiError::new(
@@ -671,6 +702,26 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Va
             ),
         ])),
     }
+}
+
+/// A request body of at most `max` bytes: 413 when it is larger, 400 when it cannot be read (a
+/// malformed chunked encoding, a connection cut short). `what` names it ("body", "form").
+pub async fn read_body(body: Body, max: usize, what: &str) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if c.is::<http_body_util::LengthLimitError>() {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    "Body too large",
+                    format!("the {what} is larger than the limit of {max} bytes (TCC_MAX_BODY)"),
+                );
+            }
+            cause = c.source();
+        }
+        ApiError::bad_request(format!("the {what} could not be read: {e}"))
+    })
 }
 
 /// The JSON Pointer of the first number in `v` beyond ±`MAX_NUMBER`, if any (nothing is

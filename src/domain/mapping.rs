@@ -22,13 +22,43 @@ pub fn valid_pointer(ptr: &str) -> bool {
     true
 }
 
+/// The most segments a mapping's pointer may have (the depth a request body may nest).
+pub const MAX_POINTER_SEGMENTS: usize = 32;
+
+/// The deepest a value the coordinator builds may nest arrays and objects: a shared state, a Try
+/// body, a kept Try answer. Well under serde_json's recursion limit (128), so that whatever is
+/// stored can be read back, also inside a larger document (a job's representation).
+pub const MAX_BUILT_DEPTH: usize = 64;
+
+/// How many segments a JSON Pointer has ("" none, "/a/b" two).
+pub fn segments(ptr: &str) -> usize {
+    ptr.bytes().filter(|&b| b == b'/').count()
+}
+
+/// How deep `value` nests arrays and objects: a scalar 0, `{}` or `[]` 1.
+pub fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn unescape(token: &str) -> String {
     token.replace("~1", "/").replace("~0", "~")
 }
 
 /// Write `value` at `ptr` inside `root`, creating objects on the way. An array index must exist,
-/// or be `-` or the array's length to append.
+/// or be `-` or the array's length to append. A write that would nest the result deeper than
+/// `MAX_BUILT_DEPTH` is refused, so that no value the coordinator builds is one it cannot read.
 pub fn pointer_set(root: &mut Value, ptr: &str, value: Value) -> Result<(), String> {
+    // The containers on the way are one level each, the value adds its own.
+    let nests = segments(ptr) + depth(&value);
+    if nests > MAX_BUILT_DEPTH {
+        return Err(format!(
+            "{ptr}: the value would nest {nests} levels deep there; at most {MAX_BUILT_DEPTH}"
+        ));
+    }
     if ptr.is_empty() {
         *root = value;
         return Ok(());
@@ -120,6 +150,8 @@ pub fn output_writes(spec: &TrySpec, answer: &Value) -> Vec<(String, Value)> {
     spec.output_mapping
         .iter()
         .filter_map(|(target, source)| answer.pointer(source).map(|v| (target.clone(), v.clone())))
+        // What `pointer_set` refuses is noted by `apply_output`, never written.
+        .filter(|(target, v)| segments(target) + depth(v) <= MAX_BUILT_DEPTH)
         .collect()
 }
 
@@ -263,6 +295,37 @@ mod tests {
             merge_patch(&mut got, &patch);
             assert_eq!(got, want, "{target} + {patch}");
         }
+    }
+
+    #[test]
+    fn nothing_deeper_than_the_limit_is_built() {
+        let deep_target = "/a".repeat(MAX_BUILT_DEPTH + 1);
+        let mut state = json!({"kept": 1});
+        assert!(pointer_set(&mut state, &deep_target, json!("x")).is_err());
+        assert_eq!(state, json!({"kept": 1}), "nothing written");
+        // The value's own depth counts too.
+        let mut deep_value = json!(1);
+        for _ in 0..MAX_BUILT_DEPTH {
+            deep_value = json!([deep_value]);
+        }
+        assert!(pointer_set(&mut state, "/b", deep_value.clone()).is_err());
+        let s = spec(&[], &[("/b", "/v"), ("/c", "/w")], None);
+        let answer = json!({"v": deep_value, "w": 2});
+        let notes = apply_output(&s, &answer, &mut state);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("/b") && notes[0].contains("64"),
+            "{notes:?}"
+        );
+        assert_eq!(state, json!({"kept": 1, "c": 2}));
+        assert_eq!(
+            output_writes(&s, &answer),
+            vec![("/c".to_string(), json!(2))]
+        );
+        // Up to the limit is fine.
+        let at_limit = "/a".repeat(MAX_BUILT_DEPTH);
+        assert!(pointer_set(&mut state, &at_limit, json!("x")).is_ok());
+        assert_eq!(depth(&state), MAX_BUILT_DEPTH);
     }
 
     #[test]

@@ -71,10 +71,13 @@ pub struct PlannerSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     /// A Try yielded a usable link. `note` says what the coordinator assumed (a missing expiry).
+    /// `response` is the whole answer when it was JSON: the output mappings read it. It is kept
+    /// on the task (for display) only when `keep` (small and shallow enough).
     Reserved {
         link: Link,
         note: Option<String>,
         response: Option<Value>,
+        keep: bool,
     },
     /// A confirm or cancel succeeded.
     Done,
@@ -550,6 +553,7 @@ fn apply_try(
             link,
             note,
             response,
+            keep,
         } => {
             job.task_on(idx, TaskEvent::Reserved, now)?;
             let mut notes: Vec<String> = note.into_iter().collect();
@@ -558,7 +562,7 @@ fn apply_try(
             }
             let task = &mut job.tasks[idx];
             task.link = Some(link);
-            task.try_response = response.map(std::sync::Arc::new);
+            task.try_response = response.filter(|_| keep).map(std::sync::Arc::new);
             task.next_attempt_at = None;
             task.last_message = Some(if notes.is_empty() {
                 "reserved".to_string()
@@ -714,6 +718,7 @@ mod tests {
             link: link(expires),
             note: None,
             response: None,
+            keep: true,
         }
     }
 

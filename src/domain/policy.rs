@@ -2,16 +2,18 @@
 //!
 //! A policy is `*` (the default) or a comma-separated list of host names (`pay.example`),
 //! wildcards (`*.internal.example`: any name under it, not the name itself), IP addresses and
-//! CIDR blocks (`10.0.0.0/8`, `fd00::/8`). Link-local addresses, where cloud metadata services
-//! live (169.254.0.0/16, fe80::/10, and their IPv4-mapped IPv6 spellings), are refused unless
-//! an IP or CIDR entry of the list covers them: neither `*` nor a host name lets one through.
+//! CIDR blocks (`10.0.0.0/8`, `fd00::/8`). Link-local and cloud metadata addresses
+//! (169.254.0.0/16, 100.100.100.200, fe80::/10, fd00:ec2::254, and every IPv6 spelling that
+//! carries one of those IPv4 addresses: mapped, compatible, NAT64, 6to4, Teredo) are refused
+//! unless an IP or CIDR entry of the list covers them: neither `*` nor a host name lets one
+//! through.
 //!
 //! The policy is applied twice: to every URL a request names (task URLs, participant links,
 //! callbacks, webhooks), where a refusal is a 422 naming the field; and at call time, to the URL
 //! and then to every address its name resolves to, so that a name pointing at a refused address
 //! is never connected to.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::IpNet;
@@ -102,12 +104,38 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Link-local: 169.254.0.0/16 (where cloud metadata services answer, 169.254.169.254) and
-/// fe80::/10, in either spelling.
-fn link_local(ip: IpAddr) -> bool {
-    match canonical(ip) {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+/// The IPv4 address an IPv6 address carries in a standard spelling, if any: IPv4-mapped
+/// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`),
+/// NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`), 6to4 (`2002:aabb:ccdd::/48`) and Teredo's client
+/// (`2001::/32`, the last 32 bits inverted).
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    match v6.segments() {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo]
+        | [0, 0, 0, 0, 0xffff, 0, hi, lo]
+        | [0, 0, 0, 0, 0, 0, hi, lo]
+        | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo]
+        | [0x64, 0xff9b, 1, _, _, _, hi, lo] => Some(v4(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+        [0x2001, 0, _, _, _, _, hi, lo] => Some(v4(!hi, !lo)),
+        _ => None,
+    }
+}
+
+/// Where cloud metadata services answer, and link-local addresses generally: 169.254.0.0/16
+/// (169.254.169.254 on most clouds), 100.100.100.200 (Alibaba), fe80::/10, fd00:ec2::254 (AWS
+/// over IPv6), and every IPv6 spelling that carries one of those IPv4 addresses.
+fn metadata(ip: IpAddr) -> bool {
+    const ALIBABA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
+    const AWS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    let v4_metadata = |v4: Ipv4Addr| v4.is_link_local() || v4 == ALIBABA;
+    match ip {
+        IpAddr::V4(v4) => v4_metadata(v4),
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == AWS_V6
+                || embedded_v4(v6).is_some_and(v4_metadata)
+        }
     }
 }
 
@@ -138,7 +166,7 @@ impl TargetPolicy {
     /// An address may be connected to: covered by an IP or CIDR entry, or, when it is not
     /// link-local, by `*`.
     pub fn ip_allowed(&self, ip: IpAddr) -> bool {
-        self.covered(ip) || (!link_local(ip) && self.entries.contains(&Entry::Any))
+        self.covered(ip) || (!metadata(ip) && self.entries.contains(&Entry::Any))
     }
 
     /// Whether a URL may be called, as far as its text tells (the addresses a host name resolves
@@ -164,9 +192,9 @@ impl TargetPolicy {
     fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
         if self.ip_allowed(ip) {
             Ok(())
-        } else if link_local(ip) {
+        } else if metadata(ip) {
             Err(format!(
-                "names the link-local address {ip} (where cloud metadata services answer), which is refused unless TCC_ALLOWED_TARGETS lists it as an IP or CIDR"
+                "names {ip}, a link-local or cloud metadata address, which is refused unless TCC_ALLOWED_TARGETS lists it as an IP or CIDR"
             ))
         } else {
             Err(format!(
@@ -178,7 +206,7 @@ impl TargetPolicy {
     /// A host name allowed by the policy resolved to `ip`: may it be connected to? A name is
     /// trusted to the policy's names, not to link-local addresses (unless listed as IPs).
     pub fn resolved_allowed(&self, ip: IpAddr) -> bool {
-        self.covered(ip) || !link_local(ip)
+        self.covered(ip) || !metadata(ip)
     }
 }
 
@@ -282,9 +310,37 @@ mod tests {
             "http://[febf::1]/",
             "http://[::ffff:169.254.169.254]/",
             "http://[::ffff:a9fe:a9fe]/",
+            // Metadata services beyond link-local, and IPv6 spellings that carry 169.254.169.254.
+            "http://[fd00:ec2::254]/latest/meta-data/",
+            "http://100.100.100.200/latest/meta-data/",
+            "http://[::169.254.169.254]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[64:ff9b:1::a9fe:a9fe]/",
+            "http://[::ffff:0:a9fe:a9fe]/",
+            "http://[2002:a9fe:a9fe::]/",
+            "http://[2001:0:4136:e378:8000:63bf:5601:5601]/",
         ] {
             let e = p.check_url(refused).expect_err(refused);
             assert!(e.contains("link-local"), "{refused}: {e}");
+            let host = url::Url::parse(refused).ok().and_then(|u| match u.host() {
+                Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
+                Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
+                _ => None,
+            });
+            let ip = host.expect("an IP host");
+            assert!(!p.resolved_allowed(ip), "{ip} after DNS");
+            // Listed explicitly, it may be called.
+            let listed = policy(&format!("*, {ip}"));
+            assert_eq!(listed.check_url(refused), Ok(()), "{refused} listed");
+        }
+        // Neighbours of those are ordinary addresses.
+        for ok in [
+            "http://100.100.100.201/",
+            "http://[fd00:ec2::253]/",
+            "http://[2002:a01:203::]/",
+            "http://[64:ff9b::a01:203]/",
+        ] {
+            assert_eq!(p.check_url(ok), Ok(()), "{ok}");
         }
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::job::{Link, TrySpec};
-use super::mapping::valid_pointer;
+use super::mapping::{MAX_POINTER_SEGMENTS, segments, valid_pointer};
 use super::retry::RetryPolicyPatch;
 use super::target::{TargetUrl, TaskId};
 
@@ -45,6 +45,21 @@ const MAX_SHARED_STATE: usize = 256 * 1024;
 /// decimals and writes one near `f64::MAX` out in full, which the JSON reader then refuses as
 /// out of range: a job holding one could no longer be read (found by schemathesis).
 pub const MAX_NUMBER: f64 = 1e308;
+
+/// How far ahead a participant link's `expires` may be: confirms are retried until a link
+/// expires, so a link given with a later expiry is refused (and a Try answer's is taken as this).
+pub const MAX_LINK_DAYS: i64 = 30;
+
+/// The latest `expires` a link may have, given now.
+pub fn latest_expiry(now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::days(MAX_LINK_DAYS)
+}
+
+fn too_far_ahead() -> String {
+    format!(
+        "is more than {MAX_LINK_DAYS} days ahead: a link the coordinator confirms expires within {MAX_LINK_DAYS} days"
+    )
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -347,6 +362,13 @@ pub fn check_link(
                 ));
                 None
             }
+            Some(t) if t > latest_expiry(now) => {
+                errors.push(FieldError::new(
+                    format!("{pointer}/expires"),
+                    too_far_ahead(),
+                ));
+                None
+            }
             Some(t) => Some(t),
         },
     };
@@ -373,8 +395,25 @@ fn mapping_pairs(
                 &here,
                 "the key must be a JSON Pointer (RFC 6901), like /customer/id",
             ));
+        } else if segments(target) > MAX_POINTER_SEGMENTS {
+            errors.push(FieldError::new(
+                &here,
+                format!(
+                    "the key has {} segments; a mapping's pointer has at most {MAX_POINTER_SEGMENTS}",
+                    segments(target)
+                ),
+            ));
         }
         match source.as_str() {
+            Some(s) if valid_pointer(s) && segments(s) > MAX_POINTER_SEGMENTS => {
+                errors.push(FieldError::new(
+                    &here,
+                    format!(
+                        "has {} segments; a mapping's pointer has at most {MAX_POINTER_SEGMENTS}",
+                        segments(s)
+                    ),
+                ))
+            }
             Some(s) if valid_pointer(s) => out.push((target.clone(), s.to_string())),
             _ => errors.push(FieldError::new(
                 &here,
@@ -470,6 +509,14 @@ pub fn parse_job(
         errors.push(FieldError::new(
             "/correlationID",
             format!("must be 1 to {MAX_CORRELATION_ID} characters"),
+        ));
+    } else if let Some(c) = &wire.correlation_id
+        && c.chars().any(char::is_control)
+    {
+        // Every participant call carries it as the correlation-id header.
+        errors.push(FieldError::new(
+            "/correlationID",
+            "must hold no control character (CR, LF, tab, ...): it is sent as the correlation-id header",
         ));
     }
     let job_max_ttl = wire.job_max_ttl.unwrap_or(60.0);
@@ -794,14 +841,20 @@ pub fn parse_link_set(
                 errors.push(FieldError::new(format!("{p}/expires"), "must be a string"));
                 None
             }
-            Some(Ok(e)) => parse_rfc3339(e)
-                .ok_or_else(|| {
+            Some(Ok(e)) => match parse_rfc3339(e) {
+                None => {
                     errors.push(FieldError::new(
                         format!("{p}/expires"),
                         "must be an RFC 3339 date-time, like 2026-11-23T10:15:54Z",
-                    ))
-                })
-                .ok(),
+                    ));
+                    None
+                }
+                Some(t) if t > latest_expiry(now) => {
+                    errors.push(FieldError::new(format!("{p}/expires"), too_far_ahead()));
+                    None
+                }
+                Some(t) => Some(t),
+            },
         };
         if let (Some(uri), Some(expires)) = (uri, expires) {
             if !seen.insert(uri.to_string()) {
@@ -1030,6 +1083,16 @@ mod tests {
         );
         assert_eq!(pointers(json!({"tasks": []})), vec!["/autoConfirm"]);
         assert_eq!(
+            pointers(
+                json!({"correlationID": "a\r\nX-Injected: 1", "tasks": [{"taskURL": "http://a"}]})
+            ),
+            vec!["/correlationID"]
+        );
+        assert_eq!(
+            pointers(json!({"tasks": [{"taskURL": format!("http://a/{}", "x".repeat(8192))}]})),
+            vec!["/tasks/0/taskURL"]
+        );
+        assert_eq!(
             pointers(json!({"tags": [""], "tasks": [{"taskURL": "ftp://a"}]})),
             vec!["/tags/0", "/tasks/0/taskURL"]
         );
@@ -1038,6 +1101,18 @@ mod tests {
                 json!({"tasks": [{"taskURL": "http://a", "inputMapping": {"nope": "/x", "/a": 3}}]})
             ),
             vec!["/tasks/0/inputMapping/nope", "/tasks/0/inputMapping/~1a"]
+        );
+        // Pointers deeper than a body may nest: a target (which would build a shared state
+        // nobody can read back) and a source.
+        let deep = "/a".repeat(33);
+        assert_eq!(
+            pointers(
+                json!({"tasks": [{"taskURL": "http://a", "outputMapping": {deep.clone(): "/x", "/ok": deep.clone(), "/fine": "/a".repeat(32)}}]})
+            ),
+            vec![
+                format!("/tasks/0/outputMapping/{}", deep.replace('/', "~1")),
+                "/tasks/0/outputMapping/~1ok".to_string()
+            ]
         );
         assert_eq!(
             pointers(

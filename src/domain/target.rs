@@ -15,13 +15,31 @@ pub struct TargetUrl(String);
 
 impl TargetUrl {
     pub const RULE: &'static str = "must be an absolute http or https URL";
+    /// The longest URL taken where one enters: well above any real participant's, well below
+    /// what the HTTP client can send (64 KiB), so that no link is accepted that can never be
+    /// called.
+    pub const MAX_LEN: usize = 8192;
+    pub const TOO_LONG: &'static str = "must be at most 8192 bytes long";
 
+    /// A URL where it enters (a job document, a registration, a link set): the rule and the
+    /// length limit. Stored rows are read back with the rule alone (`TryFrom`).
     pub fn parse(s: &str) -> Result<Self, &'static str> {
-        Self::try_from(s.to_string())
+        if s.len() > Self::MAX_LEN {
+            return Err(Self::TOO_LONG);
+        }
+        let url = Self::try_from(s.to_string())?;
+        // What the HTTP client sends is the parsed form, which can be longer (percent-encoded).
+        match url::Url::parse(&url.0) {
+            Ok(u) if u.as_str().len() > Self::MAX_LEN => Err(Self::TOO_LONG),
+            _ => Ok(url),
+        }
     }
 
     /// A URL already parsed (`url::Url` resolved it against another, say).
     pub fn from_url(u: &url::Url) -> Result<Self, &'static str> {
+        if u.as_str().len() > Self::MAX_LEN {
+            return Err(Self::TOO_LONG);
+        }
         if Self::allowed(u) {
             Ok(TargetUrl(u.as_str().to_string()))
         } else {

@@ -162,7 +162,7 @@ pub async fn insert_many(
                     AS n(id, source, status, fields, correlation_id, tags_from, tags_to,
                          auto_confirm, retry_policy, shared_state, task_count, created_at,
                          deadline, owner, ttl, key, hash, traceparent)
-                ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING id, status, created_at, source
              ), e AS (
                 -- Accepted (pending), and trying when its first Tries were planned in: the
@@ -239,7 +239,8 @@ pub async fn insert_many(
     Ok(outcomes)
 }
 
-/// The job that holds the idempotency key a new job could not take.
+/// The job that holds the idempotency key a new job could not take (keys are per source: a
+/// client's key never finds a job the coordinator stored under a key of its own).
 async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted> {
     let key = row
         .idempotency_key
@@ -247,8 +248,8 @@ async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted
         .ok_or_else(|| corrupt("insert conflicted without an idempotency key"))?;
     let existing = client
         .query_one(
-            "SELECT id, request_hash FROM jobs WHERE idempotency_key = $1",
-            &[&key],
+            "SELECT id, request_hash FROM jobs WHERE source = $1 AND idempotency_key = $2",
+            &[&row.source, &key],
         )
         .await?;
     let hash: Option<String> = existing.try_get("request_hash")?;

@@ -150,9 +150,10 @@ async fn a_link_already_lapsed_answers_404_at_once_and_the_others_are_canceled()
 #[tokio::test]
 async fn links_without_uri_or_expires_answer_400_naming_each() {
     let app = spawn_app().await;
+    let soon = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let cases = [
         (
-            json!({"participantLinks": [{"expires": "2030-01-01T00:00:00Z"}]}),
+            json!({"participantLinks": [{"expires": soon}]}),
             "/participantLinks/0/uri",
         ),
         (
@@ -160,7 +161,7 @@ async fn links_without_uri_or_expires_answer_400_naming_each() {
             "/participantLinks/0/expires",
         ),
         (
-            json!({"participantLinks": [{"uri": "not a url", "expires": "2030-01-01T00:00:00Z"}]}),
+            json!({"participantLinks": [{"uri": "not a url", "expires": soon}]}),
             "/participantLinks/0/uri",
         ),
         (
@@ -171,8 +172,8 @@ async fn links_without_uri_or_expires_answer_400_naming_each() {
         (json!({"links": []}), "/participantLinks"),
         (
             json!({"participantLinks": [
-                {"uri": "http://p.example/r/1", "expires": "2030-01-01T00:00:00Z"},
-                {"uri": "http://p.example/r/1", "expires": "2030-01-01T00:00:00Z"}]}),
+                {"uri": "http://p.example/r/1", "expires": soon},
+                {"uri": "http://p.example/r/1", "expires": soon}]}),
             "/participantLinks/1/uri",
         ),
     ];

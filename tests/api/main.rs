@@ -19,6 +19,7 @@ mod openapi;
 mod operator;
 mod put;
 mod recovery;
+mod review;
 mod shared_state;
 mod store;
 mod surface;

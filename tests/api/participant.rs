@@ -41,6 +41,9 @@ pub enum Reply {
     ReserveLocationOnly,
     /// Try only: reserve, with this `note` beside the link in the answer.
     ReserveWithNote(String),
+    /// Try only: reserve, with these members beside the link in the answer (a large or deep
+    /// value, say).
+    ReserveWith(serde_json::Map<String, Value>),
     /// Answer this status with this body, without any effect.
     StatusBody(u16, String),
     /// Hold the request until this many requests of its operation have arrived (so many are
@@ -215,9 +218,11 @@ async fn try_handler(
         s.together(Op::Try, *n).await;
     }
     let ttl = match &reply {
-        Reply::Ok | Reply::ApplyThenStall | Reply::ReserveWithNote(_) | Reply::Together(_) => {
-            Duration::from_secs(60)
-        }
+        Reply::Ok
+        | Reply::ApplyThenStall
+        | Reply::ReserveWithNote(_)
+        | Reply::ReserveWith(_)
+        | Reply::Together(_) => Duration::from_secs(60),
         Reply::ReserveFor(d) => *d,
         Reply::ReserveLocationOnly => Duration::from_secs(60),
         Reply::Status(c) => return status(*c),
@@ -246,21 +251,21 @@ async fn try_handler(
     if matches!(reply, Reply::ReserveLocationOnly) {
         return (StatusCode::CREATED, [("location", format!("../r/{id}"))]).into_response();
     }
-    (
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "participantLink": {
-                "uri": format!("{}/r/{id}", s.base),
-                "expires": expires.to_rfc3339_opts(SecondsFormat::Millis, true),
-            },
-            "reservation": id,
-            "note": match reply {
-                Reply::ReserveWithNote(note) => Value::String(note),
-                _ => Value::Null,
-            },
-        })),
-    )
-        .into_response()
+    let mut answer = json!({
+        "participantLink": {
+            "uri": format!("{}/r/{id}", s.base),
+            "expires": expires.to_rfc3339_opts(SecondsFormat::Millis, true),
+        },
+        "reservation": id,
+        "note": match &reply {
+            Reply::ReserveWithNote(note) => Value::String(note.clone()),
+            _ => Value::Null,
+        },
+    });
+    if let (Reply::ReserveWith(extra), Some(members)) = (reply, answer.as_object_mut()) {
+        members.extend(extra);
+    }
+    (StatusCode::CREATED, axum::Json(answer)).into_response()
 }
 
 fn name_of(s: &Shared, id: &str) -> String {

@@ -64,17 +64,9 @@ pub async fn submitted(State(state): State<AppState>, req: Request, next: Next) 
     let headers = req.headers().clone();
     let base = base_url(&state, &headers);
     let (mut parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, state.settings.max_body).await else {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "Body too large",
-            format!(
-                "the form is larger than the limit of {} bytes (TCC_MAX_BODY)",
-                state.settings.max_body
-            ),
-        )
-        .into_response();
+    let bytes = match super::super::read_body(body, state.settings.max_body, "form").await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
     };
     let fields: Vec<(String, String)> = url::form_urlencoded::parse(&bytes)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -187,11 +179,19 @@ fn cross_site(method: &Method, headers: &HeaderMap, public: Option<&str>) -> boo
     let Some(origin) = get(header::ORIGIN) else {
         return false;
     };
-    if public.is_some_and(|p| p.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
+    // The whole origin (scheme, host, port): the public URL's, or plain http at the Host this
+    // request came to (the coordinator serves no TLS itself; behind a proxy that does, the
+    // public URL says so).
+    let public_origin = public
+        .and_then(|p| url::Url::parse(p).ok())
+        .map(|u| u.origin().ascii_serialization());
+    if public_origin.is_some_and(|p| p.eq_ignore_ascii_case(origin)) {
         return false;
     }
-    let host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
-    get(header::HOST) != Some(host)
+    let Some(host) = get(header::HOST) else {
+        return true;
+    };
+    !origin.eq_ignore_ascii_case(&format!("http://{host}"))
 }
 
 /// The middleware: a cross-site request that changes something is refused (403), whatever it
@@ -242,6 +242,10 @@ mod tests {
             headers(&[host, ("sec-fetch-site", "same-site")]),
             headers(&[host, ("origin", "http://evil.example")]),
             headers(&[host, ("origin", "null")]),
+            // The right host under another scheme, or none, is another origin.
+            headers(&[host, ("origin", "https://127.0.0.1:8080")]),
+            headers(&[host, ("origin", "127.0.0.1:8080")]),
+            headers(&[host, ("origin", "ftp://127.0.0.1:8080")]),
         ] {
             assert!(cross_site(&post, &bad, None), "{bad:?}");
             assert!(cross_site(&Method::DELETE, &bad, None), "{bad:?}");
@@ -256,6 +260,18 @@ mod tests {
             ]),
             Some("https://tcc.example.com/")
         ));
+        for other in [
+            "http://tcc.example.com",
+            "tcc.example.com",
+            "https://tcc.example.com:8443",
+        ] {
+            let mut h = headers(&[("host", "10.0.0.5:8080")]);
+            h.insert("origin", HeaderValue::from_static(other));
+            assert!(
+                cross_site(&post, &h, Some("https://tcc.example.com/console")),
+                "{other}"
+            );
+        }
     }
 
     #[test]

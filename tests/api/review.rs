@@ -1,0 +1,522 @@
+//! The outside review's findings, each reproduced as the review did it: the promise (an Atomikos
+//! confirm that no idempotency key can hijack, a job that no mapping can make unreadable), the
+//! budgets that keep the process serving, and the inputs refused at the edge.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::participant::{Op, Participant, Reply};
+
+/// A link as an Atomikos client holds it after its own Try.
+async fn reserve(p: &Participant, name: &str) -> Value {
+    let r = reqwest::Client::new()
+        .post(p.url(name))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("try");
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.expect("link");
+    body["participantLink"].clone()
+}
+
+async fn post_job(app: &TestApp, headers: &[(&str, &str)], job: &Value) -> reqwest::Response {
+    let mut req = app.http.post(app.url("/jobs")).json(job);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.expect("POST /jobs")
+}
+
+/// The pointers of a 422's errors.
+async fn refused_pointers(r: reqwest::Response) -> Vec<String> {
+    let status = r.status();
+    let body: Value = r.json().await.expect("a problem");
+    assert!(
+        status == 422 || status == 400,
+        "refused, not {status}: {body:#}"
+    );
+    body["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e["pointer"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Finding 1: a client's `Idempotency-Key` and the key the Atomikos endpoints derive from a link
+/// set live apart. A job posted under `atomikos-confirm:<digest of the victim's set>` is just a
+/// job; the victim's confirm confirms the victim's link.
+#[tokio::test]
+async fn an_idempotency_key_cannot_stand_in_for_an_atomikos_confirm() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let link = reserve(&p, "victim").await;
+    let set = json!({"participantLinks": [link]});
+    let digest = tcc_coordinator::domain::request::parse_link_set(&set, 10, chrono::Utc::now())
+        .expect("a link set")
+        .digest();
+    let key = format!("atomikos-confirm:{digest}");
+    let attacker = json!({"autoConfirm": false, "tasks": []});
+    let r = post_job(&app, &[("idempotency-key", key.as_str())], &attacker).await;
+    assert_eq!(r.status(), 202, "the attacker's job is accepted as any job");
+    let attackers_job = header_text(&r, "location");
+
+    let r = app
+        .http
+        .put(app.url("/coordinator/confirm"))
+        .header("content-type", "application/tcc+json")
+        .body(set.to_string())
+        .send()
+        .await
+        .expect("PUT /coordinator/confirm");
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    assert_ne!(header_text(&r, "location"), attackers_job);
+    assert!(p.confirmed("victim"), "the victim's link is confirmed");
+    assert_eq!(p.count(Op::Confirm, "victim"), 1);
+    // And the client's key still replays the client's job.
+    let again = post_job(&app, &[("idempotency-key", key.as_str())], &attacker).await;
+    assert_eq!(header_text(&again, "location"), attackers_job);
+}
+
+/// A value `levels` arrays deep.
+fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!("deep"), |v, _| json!([v]))
+}
+
+/// Finding 2: a mapping's pointer deeper than a body may nest is refused at submit; a Try answer
+/// whose value would nest the shared state too deep is not written (the task says so), and the
+/// job stays readable, ends, and settles its participant.
+#[tokio::test]
+async fn no_output_mapping_can_make_a_job_unreadable() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let deep_target = "/a".repeat(128);
+    let mut job = job_of(&[("a", p.url("a"))]);
+    job["tasks"][0]["outputMapping"] = json!({deep_target.clone(): "/participantLink/uri"});
+    let r = post_job(&app, &[], &job).await;
+    assert_eq!(r.status(), 422);
+    let escaped = deep_target.replace('/', "~1");
+    assert_eq!(
+        refused_pointers(r).await,
+        vec![format!("/tasks/0/outputMapping/{escaped}")]
+    );
+
+    // Within the pointer limit, but the answer's value is deep: 32 + 40 levels.
+    p.script(
+        Op::Try,
+        "b",
+        vec![Reply::ReserveWith(
+            json!({"deep": nested(40), "flat": 7})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )],
+    );
+    let mut job = job_of(&[("b", p.url("b"))]);
+    job["tasks"][0]["outputMapping"] = json!({"/a".repeat(32): "/deep", "/flat": "/flat"});
+    let id = app.submit(&job).await;
+    let done = app.wait_status(&id, "completed").await;
+    assert!(p.confirmed("b"));
+    assert_eq!(done["sharedState"], json!({"flat": 7}), "{done:#}");
+    // The Try's event says why the value was not written.
+    let events = get_json(&app.http, &app.url(&format!("/jobs/{id}/events"))).await;
+    let said = events["events"].as_array().is_some_and(|all| {
+        all.iter().any(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("outputMapping") && m.contains("at most 64"))
+        })
+    });
+    assert!(said, "{events:#}");
+    for path in [format!("/jobs/{id}"), format!("/jobs/{id}/events")] {
+        assert_eq!(app.get(&path).await.status(), 200, "{path}");
+    }
+}
+
+/// Finding 8: the output mappings read the whole Try answer, not the copy kept for display (at
+/// most 64 KiB).
+#[tokio::test]
+async fn output_mappings_read_an_answer_over_64_kib() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(
+        Op::Try,
+        "big",
+        vec![Reply::ReserveWith(
+            json!({"padding": "x".repeat(100 * 1024), "booking": "B-42"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )],
+    );
+    let mut job = job_of(&[("big", p.url("big"))]);
+    job["tasks"][0]["outputMapping"] = json!({"/booking": "/booking"});
+    let id = app.submit(&job).await;
+    let done = app.wait_status(&id, "completed").await;
+    assert_eq!(
+        done["sharedState"]["booking"], "B-42",
+        "{}",
+        done["sharedState"]
+    );
+    assert!(
+        task(&done, "big")["tryResponse"].is_null(),
+        "too large to keep for display"
+    );
+}
+
+/// Finding 3: a crowd of long polls does not take the budget of health checks and submissions.
+#[tokio::test]
+async fn long_polls_never_starve_health_checks_or_submissions() {
+    let app = spawn_app_with(&["--max-inflight-requests", "4"]).await;
+    let id = app
+        .submit(&json!({"autoConfirm": false, "jobMaxTTL": 120, "tasks": []}))
+        .await;
+    let r = app.get(&format!("/jobs/{id}/progress")).await;
+    let etag = header_text(&r, "etag");
+    let (http, url) = (app.http.clone(), app.url(&format!("/jobs/{id}/progress")));
+    let poll = move |secs: u32| {
+        http.get(&url)
+            .header("prefer", format!("wait={secs}"))
+            .header("if-none-match", etag.as_str())
+            .send()
+    };
+    // Four clients that long-poll again as soon as they are answered (refused or not), so that
+    // the budget stays full.
+    let mut polls = Vec::new();
+    for _ in 0..4 {
+        let poll = poll.clone();
+        polls.push(tokio::spawn(async move {
+            loop {
+                let _ = poll(30).await;
+            }
+        }));
+    }
+    // Once the waiting budget is full, one more long poll is refused at once...
+    let full = eventually(|| async { poll(1).await.is_ok_and(|r| r.status() == 503) }).await;
+    assert!(full, "the waiting requests' budget fills");
+    // ...and the health checks and a submission are not.
+    for path in ["/health/live", "/health/ready"] {
+        assert_eq!(app.get(path).await.status(), 200, "{path}");
+    }
+    let r = post_job(&app, &[], &json!({"autoConfirm": false, "tasks": []})).await;
+    assert_eq!(r.status(), 202);
+    for poll in polls {
+        poll.abort();
+    }
+}
+
+/// Finding 6: a forged cursor (a timestamp PostgreSQL cannot hold, an id that is none) is a 400
+/// naming `cursor`, on the list, the heuristics and the console's list.
+#[tokio::test]
+async fn a_forged_cursor_is_a_bad_request_naming_cursor() {
+    let app = spawn_app().await;
+    let hex = |raw: &str| raw.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    for raw in ["-6300000000000000000|0193-abc", "1700000000000000|a b"] {
+        let cursor = hex(raw);
+        for (path, accept) in [
+            ("/jobs", "application/json"),
+            ("/heuristics", "application/json"),
+            ("/jobs", "text/html"),
+        ] {
+            let r = app
+                .http
+                .get(app.url(&format!("{path}?cursor={cursor}")))
+                .header("accept", accept)
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(r.status(), 400, "{path} ({accept}) with {raw}");
+            let text = r.text().await.unwrap_or_default();
+            assert!(text.contains("cursor"), "{path}: {text}");
+        }
+    }
+}
+
+/// Finding 7: a URL the HTTP client could never call is refused, and so is a link expiring
+/// further ahead than a link may (confirms are retried until it expires).
+#[tokio::test]
+async fn uncallable_urls_and_links_without_end_are_refused() {
+    let app = spawn_app().await;
+    let long = format!("http://127.0.0.1:9/{}", "x".repeat(70_000));
+    let far = (chrono::Utc::now() + chrono::Duration::days(3650)).to_rfc3339();
+    let soon = (chrono::Utc::now() + chrono::Duration::minutes(5)).to_rfc3339();
+    let job = json!({"tasks": [
+        {"taskID": "a", "taskURL": long},
+        {"taskID": "b", "participantLink": {"uri": "http://127.0.0.1:9/r/1", "expires": far}},
+        {"taskID": "c", "participantLink": {"uri": long, "expires": soon}},
+    ]});
+    let r = post_job(&app, &[], &job).await;
+    assert_eq!(
+        refused_pointers(r).await,
+        vec![
+            "/tasks/0/taskURL",
+            "/tasks/1/participantLink/expires",
+            "/tasks/2/participantLink/uri"
+        ]
+    );
+    let id = app
+        .submit(&json!({"autoConfirm": false, "tasks": []}))
+        .await;
+    let r = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/participants")))
+        .json(&json!({"uri": "http://127.0.0.1:9/r/2", "expires": far}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(refused_pointers(r).await, vec!["/expires"]);
+    let r = app
+        .http
+        .put(app.url("/coordinator/confirm"))
+        .header("content-type", "application/tcc+json")
+        .body(
+            json!({"participantLinks": [{"uri": "http://127.0.0.1:9/r/3", "expires": far}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(
+        refused_pointers(r).await,
+        vec!["/participantLinks/0/expires"]
+    );
+}
+
+/// Finding 9: a `correlationID` that cannot be sent as a header value is refused at submit.
+#[tokio::test]
+async fn a_correlation_id_that_cannot_be_a_header_is_refused() {
+    let app = spawn_app().await;
+    for bad in ["order-1\r\nX-Injected: yes", "order\n2", "tab\there"] {
+        let r = post_job(
+            &app,
+            &[],
+            &json!({"correlationID": bad, "tasks": [{"taskURL": "http://127.0.0.1:9/try"}]}),
+        )
+        .await;
+        assert_eq!(refused_pointers(r).await, vec!["/correlationID"], "{bad:?}");
+    }
+}
+
+/// Finding 11: metadata addresses beyond link-local, and IPv6 spellings that carry
+/// 169.254.169.254, are refused by the default policy.
+#[tokio::test]
+async fn metadata_addresses_in_any_spelling_are_refused() {
+    let app = spawn_app().await;
+    let hosts = [
+        "[fd00:ec2::254]",
+        "100.100.100.200",
+        "[::169.254.169.254]",
+        "[64:ff9b::a9fe:a9fe]",
+        "[::ffff:0:a9fe:a9fe]",
+        "[2002:a9fe:a9fe::]",
+    ];
+    let tasks: Vec<Value> = hosts
+        .iter()
+        .map(|h| json!({"taskURL": format!("http://{h}/latest/meta-data/")}))
+        .collect();
+    let r = post_job(&app, &[], &json!({"tasks": tasks})).await;
+    let want: Vec<String> = (0..hosts.len())
+        .map(|i| format!("/tasks/{i}/taskURL"))
+        .collect();
+    assert_eq!(refused_pointers(r).await, want);
+}
+
+/// Finding 13: the cross-site check compares the whole origin: the right host under https (or
+/// no scheme) is another site.
+#[tokio::test]
+async fn an_origin_with_the_right_host_but_another_scheme_is_cross_site() {
+    let app = spawn_app().await;
+    let id = app
+        .submit(&json!({"autoConfirm": false, "tasks": []}))
+        .await;
+    let host = app.addr.trim_start_matches("http://").to_string();
+    for origin in [format!("https://{host}"), host.clone()] {
+        let r = app
+            .http
+            .delete(app.url(&format!("/jobs/{id}")))
+            .header("origin", origin.as_str())
+            .send()
+            .await
+            .expect("DELETE");
+        assert_eq!(r.status(), 403, "{origin}");
+    }
+    let r = app
+        .http
+        .delete(app.url(&format!("/jobs/{id}")))
+        .header("origin", format!("http://{host}"))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status(), 202, "the coordinator's own origin");
+}
+
+/// Finding 10: a start-up error about a setting that holds a secret does not repeat it.
+#[tokio::test]
+async fn start_up_errors_never_repeat_a_secret() {
+    let secret = "Hunter2Hunter2Hunter2";
+    let cases = [
+        (
+            "DATABASE_URL",
+            format!("postgres://app:{secret}@db:notaport/tcc"),
+        ),
+        (
+            "TCC_SMTP_URL",
+            format!("smtp://mail:{secret}@mail.example?tls=sometimes"),
+        ),
+        ("TCC_API_KEYS", format!("ops:{secret}:admin")),
+    ];
+    for (name, value) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
+            .arg("migrate")
+            .env(name, &value)
+            .env(
+                "TCC_DATA_DIR",
+                std::env::temp_dir().join("tcc-never-started"),
+            )
+            .output()
+            .expect("run the binary");
+        let text = printed(&out);
+        assert!(!out.status.success(), "{name}: {text}");
+        assert!(text.contains(name), "{name} is named: {text}");
+        assert!(!text.contains(secret), "{name}: {text}");
+    }
+}
+
+/// Finding 5: proxy variables do not route the coordinator's calls: a host name reaches the
+/// resolver that enforces the target policy, never a proxy that would resolve it instead.
+#[tokio::test]
+async fn proxy_variables_never_carry_a_participant_call() {
+    let db = fresh_database().await;
+    // The "proxy" is a participant: were a call sent through it, it would answer the Try.
+    let proxy = Participant::start().await;
+    let proxy_url = proxy
+        .url("x")
+        .split("/try")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let app = start_process_with(
+        &db,
+        "proxied",
+        &[
+            ("HTTP_PROXY", proxy_url.as_str()),
+            ("http_proxy", proxy_url.as_str()),
+            ("ALL_PROXY", proxy_url.as_str()),
+        ],
+    );
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("a client");
+    app.wait_ready(&http).await;
+    let job = json!({"jobMaxTTL": 3, "tasks": [{"taskID": "a", "taskURL": "http://participant.tcc-test.invalid/try/a"}]});
+    let id = submit_to(&http, &app.addr, &job).await;
+    let ended = wait_for_status(&http, &app.addr, &id, "failed").await;
+    assert_eq!(proxy.count(Op::Try, "a"), 0, "{ended:#}");
+}
+
+/// Read what the server sends until it closes the connection (or `PATIENCE` passes: `None`).
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got)).await;
+    match read {
+        Ok(_) => Some(String::from_utf8_lossy(&got).into_owned()),
+        Err(_) => None,
+    }
+}
+
+async fn connect(app: &TestApp) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(app.addr.trim_start_matches("http://"))
+        .await
+        .expect("connect")
+}
+
+/// Finding 4: a connection that never finishes its head, one that sends nothing, and an idle
+/// keep-alive connection are closed after `TCC_HEADER_READ_TIMEOUT`.
+#[tokio::test]
+async fn connections_that_do_not_send_a_request_in_time_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(&["--header-read-timeout", "1s"]).await;
+    let mut trickle = connect(&app).await;
+    trickle
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a head");
+    let mut silent = connect(&app).await;
+    let mut idle = connect(&app).await;
+    idle.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("a request");
+    for (what, stream) in [
+        ("half a head", &mut trickle),
+        ("nothing", &mut silent),
+        ("idle after a request", &mut idle),
+    ] {
+        let got = read_until_closed(stream).await;
+        assert!(got.is_some(), "a connection that sent {what} is still open");
+        if what == "idle after a request" {
+            assert!(
+                got.unwrap_or_default().starts_with("HTTP/1.1 200"),
+                "answered first"
+            );
+        }
+    }
+}
+
+/// Finding 4: open connections are capped; one more is answered 503 with a problem and closed,
+/// and once one closes, a new one is served.
+#[tokio::test]
+async fn connections_over_the_cap_are_answered_503() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(&["--max-connections", "3"]).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&app).await);
+    }
+    let refused = eventually(|| async {
+        let mut extra = connect(&app).await;
+        let _ = extra
+            .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        read_until_closed(&mut extra).await.is_some_and(|answer| {
+            answer.starts_with("HTTP/1.1 503")
+                && answer.contains("application/problem+json")
+                && answer.contains("TCC_MAX_CONNECTIONS")
+        })
+    })
+    .await;
+    assert!(refused, "a fourth connection is answered 503");
+    held.clear();
+    let served = eventually(|| async {
+        app.http
+            .get(app.url("/health/live"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(served, "served again once the held connections closed");
+}
+
+/// Finding 12: a malformed chunked body is a bad request (400, a problem), not "too large".
+#[tokio::test]
+async fn a_malformed_chunked_body_is_a_bad_request() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(
+            b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("a request");
+    let answer = read_until_closed(&mut stream).await.unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("could not be read"), "{answer}");
+}
