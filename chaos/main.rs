@@ -58,20 +58,47 @@ enum Command {
         /// How long a reservation lasts, in seconds.
         #[arg(long, default_value_t = 60)]
         ttl: u64,
+        /// Refuse every confirm (403, nothing applied): with a second participant that
+        /// confirms, a job across both ends heuristic.
+        #[arg(long)]
+        refuse_confirms: bool,
+        /// Refuse every Try (409): a job with a task here fails and cancels the others.
+        #[arg(long)]
+        fail_tries: bool,
+        /// Answer this share of requests (0 to 1) with 503, applying nothing: the coordinator
+        /// retries.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
     },
 }
 
-/// The demo participant: no faults, every effect printed.
-fn participant(listen: &str, ttl: u64) -> ExitCode {
+/// What the demo participant is told to do wrong.
+struct DemoFaults {
+    ttl: u64,
+    refuse_confirms: bool,
+    fail_tries: bool,
+    error_rate: f64,
+}
+
+/// The demo participant: every effect printed; faults only as asked.
+fn participant(listen: &str, demo: &DemoFaults) -> ExitCode {
+    if !(0.0..=1.0).contains(&demo.error_rate) {
+        eprintln!("tcc-chaos participant: --error-rate must be between 0 and 1");
+        return ExitCode::FAILURE;
+    }
     let served = tokio::runtime::Runtime::new().and_then(|rt| {
         rt.block_on(async {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             println!("participant listening on http://{}", listener.local_addr()?);
             let (service, task) =
                 chaos::participant::ParticipantService::serve(listener, None, 0, true)?;
-            let ttl = Duration::from_secs(ttl);
+            let ttl = Duration::from_secs(demo.ttl);
+            let certain = |on: bool| if on { 1.0 } else { 0.0 };
             service.set_faults(chaos::participant::Faults {
                 ttl: (ttl, ttl),
+                refuse_confirm_rate: certain(demo.refuse_confirms),
+                fail_try_rate: certain(demo.fail_tries),
+                error_rate: demo.error_rate,
                 ..chaos::participant::Faults::default()
             });
             let _ = task.await;
@@ -89,8 +116,21 @@ fn participant(listen: &str, ttl: u64) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Participant { listen, ttl }) = &cli.command {
-        return participant(listen, *ttl);
+    if let Some(Command::Participant {
+        listen,
+        ttl,
+        refuse_confirms,
+        fail_tries,
+        error_rate,
+    }) = &cli.command
+    {
+        let demo = DemoFaults {
+            ttl: *ttl,
+            refuse_confirms: *refuse_confirms,
+            fail_tries: *fail_tries,
+            error_rate: *error_rate,
+        };
+        return participant(listen, &demo);
     }
     let scenarios: Vec<chaos::Scenario> = if cli.scenario.is_empty() {
         chaos::Scenario::ALL.to_vec()

@@ -271,6 +271,7 @@ async fn settle(inner: Arc<Inner>, id: String, op: Settle) -> Response {
     let status = if inner.chance(faults.error_rate) {
         StatusCode::SERVICE_UNAVAILABLE
     } else if op == Settle::Confirm && inner.chance(faults.refuse_confirm_rate) {
+        inner.say(|| format!("confirm  {id}: 403 (refused)"));
         StatusCode::FORBIDDEN
     } else {
         if inner.chance(faults.slow_rate) {

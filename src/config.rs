@@ -259,7 +259,8 @@ pub struct Config {
     )]
     pub max_body: Bytes,
 
-    /// How long finished jobs are kept (heuristic ones are kept until deleted by hand).
+    /// How long finished jobs are kept, counted from when they finished. A heuristic job is kept
+    /// until an operator resolves it (POST /jobs/{id}/resolve), then for as long again.
     #[arg(
         long,
         env = "TCC_RETENTION",

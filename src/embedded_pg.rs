@@ -285,6 +285,15 @@ impl EmbeddedPostgres {
             })
     }
 
+    /// The connection string of the coordinator's database in the cluster under `base` (for
+    /// other processes: `DATABASE_URL`).
+    pub fn connection_string(base: &Path) -> String {
+        format!(
+            "host={} port={PORT} user=postgres dbname={DATABASE}",
+            base.display()
+        )
+    }
+
     /// Connection settings for the coordinator's database in this cluster.
     pub fn config(&self) -> tokio_postgres::Config {
         self.config_for(DATABASE)

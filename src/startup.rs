@@ -19,24 +19,66 @@ pub struct Database {
     pub config: tokio_postgres::Config,
     /// The embedded cluster, when `DATABASE_URL` is unset; stopped at shutdown.
     pub embedded: Option<Arc<EmbeddedPostgres>>,
+    /// Held while this process owns the embedded cluster (`TCC_DATA_DIR/coordinator.lock`):
+    /// the operating system lets it go when the process ends, however it ends.
+    _owner: Option<std::fs::File>,
+}
+
+/// The file a coordinator holds locked while it owns the embedded cluster under a data
+/// directory.
+const OWNER_LOCK: &str = "coordinator.lock";
+
+/// Take ownership of the embedded cluster under `dir`, or say why not: another coordinator
+/// owns it. A cluster left running by a coordinator that died is not owned: it is adopted.
+fn own_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("TCC_DATA_DIR {}: {e}", dir.display()))?;
+    let path = dir.join(OWNER_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("TCC_DATA_DIR {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let socket = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+            Err(anyhow::anyhow!(
+                "TCC_DATA_DIR {} is in use: another coordinator runs the embedded PostgreSQL there, and only the coordinator that started it may stop it. \
+                 To run several instances on one machine, let them share that PostgreSQL: start each other one with DATABASE_URL='{}' \
+                 and its own TCC_LISTEN (and TCC_INSTANCE_ID); or give it its own TCC_DATA_DIR for a cluster of its own",
+                dir.display(),
+                EmbeddedPostgres::connection_string(&socket)
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!(
+            "TCC_DATA_DIR {}: cannot lock it: {e}",
+            path.display()
+        )),
+    }
 }
 
 impl Database {
-    /// `DATABASE_URL`, or the embedded PostgreSQL under `TCC_DATA_DIR`.
+    /// `DATABASE_URL`, or the embedded PostgreSQL under `TCC_DATA_DIR` (refused when another
+    /// coordinator owns it).
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
         if let Some(c) = &config.database_url {
             return Ok(Database {
                 config: c.clone(),
                 embedded: None,
+                _owner: None,
             });
         }
         let dir = config.data_dir.clone();
+        let owner = own_data_dir(&dir)?;
         tracing::info!(data_dir = %dir.display(), "DATABASE_URL unset: starting the embedded PostgreSQL");
         let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir)).await??;
         pg.ensure_database().await?;
         Ok(Database {
             config: pg.config(),
             embedded: Some(Arc::new(pg)),
+            _owner: Some(owner),
         })
     }
 

@@ -189,6 +189,7 @@ pub async fn entry_point(
             "metrics": {"href": format!("{base}/metrics"), "method": "GET", "title": "Prometheus metrics"},
             "health-live": {"href": format!("{base}/health/live"), "method": "GET", "title": "Liveness"},
             "health-ready": {"href": format!("{base}/health/ready"), "method": "GET", "title": "Readiness"},
+            "service-desc": {"href": format!("{base}/openapi.json"), "method": "GET", "type": "application/openapi+json", "title": "The API's OpenAPI 3.1 description"},
         }
     });
     Ok(html::vary_accept(json_response(StatusCode::OK, &body)))

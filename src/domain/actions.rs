@@ -50,8 +50,13 @@ pub fn refusal(job: &Job, resolved: bool, action: Action, now: DateTime<Utc>) ->
         {
             Some(format!("the job is {status}: the decision was already taken"))
         }
-        Action::Confirm | Action::Participants if job.cancel_requested => {
+        // A request recorded and not acted on yet: neither it nor its opposite is offered
+        // again (repeating it is still answered as the first time).
+        Action::Confirm | Action::Cancel | Action::Participants if job.cancel_requested => {
             Some("a cancel of this job was already requested".into())
+        }
+        Action::Confirm | Action::Cancel if job.confirm_requested => {
+            Some("a confirm of this job was already requested".into())
         }
         Action::Confirm if job.tasks.is_empty() => {
             Some("the job has no task yet: register participants before confirming".into())
@@ -246,6 +251,14 @@ mod tests {
             };
             assert_eq!(allowed(&j, false, now), want, "{status}");
         }
+        // A request recorded, not acted on yet: neither it nor its opposite is offered.
+        let mut asked = tried.clone();
+        asked.status = JobStatus::Reserved;
+        asked.confirm_requested = true;
+        assert_eq!(allowed(&asked, false, now), vec![A::Participants]);
+        asked.confirm_requested = false;
+        asked.cancel_requested = true;
+        assert_eq!(allowed(&asked, false, now), vec![]);
         // A heuristic task whose link has not expired can be continued; resolved, nothing.
         let mut h = tried.clone();
         h.status = JobStatus::Heuristic;

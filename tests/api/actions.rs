@@ -423,3 +423,46 @@ async fn every_resource_answers_options_with_allow_and_the_entry_point_reaches_t
         assert!(allow.contains(must), "OPTIONS {path}: Allow {allow:?}");
     }
 }
+
+/// A 202 shows the job with the request recorded: it never offers the action just taken, nor
+/// its opposite, nor (after a cancel) a registration.
+#[tokio::test]
+async fn an_accepted_request_is_not_offered_again_nor_its_opposite() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    for (action, path, gone) in [
+        (
+            "cancel",
+            "",
+            &["cancel", "confirm", "participants"] as &[&str],
+        ),
+        ("confirm", "/confirm", &["confirm", "cancel"]),
+    ] {
+        let name = format!("asked-{action}");
+        let job =
+            json!({"autoConfirm": false, "tasks": [{"taskID": "a", "taskURL": p.url(&name)}]});
+        let id = app.submit(&job).await;
+        app.wait_status(&id, "reserved").await;
+        let url = app.url(&format!("/jobs/{id}{path}"));
+        let r = if action == "cancel" {
+            app.http.delete(&url).send().await
+        } else {
+            app.http.post(&url).send().await
+        }
+        .expect("the request");
+        assert_eq!(r.status(), 202, "{action}");
+        let link_header = header_text(&r, "link");
+        let body: Value = r.json().await.expect("the job");
+        for rel in gone {
+            assert!(
+                body["_links"][*rel].is_null(),
+                "{action}: {rel} still offered: {:#}",
+                body["_links"]
+            );
+            assert!(
+                !link_header.contains(&format!("rel=\"{rel}\"")),
+                "{action}: {link_header}"
+            );
+        }
+    }
+}

@@ -10,6 +10,7 @@ mod auth;
 mod browser;
 mod console;
 mod docs;
+mod embedded;
 mod events;
 mod hardening;
 mod lifecycle;

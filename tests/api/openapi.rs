@@ -321,3 +321,21 @@ async fn the_atomikos_endpoints_refuse_such_a_number_with_400() {
     let problem: Value = resp.json().await.expect("problem");
     assert_eq!(problem["errors"][0]["pointer"], "/participantLinks/0/n");
 }
+
+/// The entry point links the description (`service-desc`, RFC 8631), as it links everything.
+#[tokio::test]
+async fn the_entry_point_links_the_description() {
+    let app = spawn_app().await;
+    let root = get_json(&app.http, &app.url("/")).await;
+    let href = root["_links"]["service-desc"]["href"]
+        .as_str()
+        .expect("a service-desc link")
+        .to_string();
+    let description = get_json(&app.http, &href).await;
+    assert!(
+        description["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{href}"
+    );
+}
