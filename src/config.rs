@@ -135,14 +135,27 @@ fn parse_public_url(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_string())
 }
 
+/// A URL that may carry a secret (credentials, a token in its path): errors never repeat it.
+fn parse_webhook_url(s: &str) -> Result<String, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+        return Err("must be an absolute http or https URL".into());
+    }
+    Ok(s.to_string())
+}
+
 fn parse_smtp_url(s: &str) -> Result<String, String> {
     let u = url::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(u.scheme(), "smtp" | "smtps") || u.host().is_none() {
         return Err("must be smtp://host[:port][?tls=required] or smtps://host[:port]".into());
     }
+    // lettre's own message may quote a part of the URL: say what is expected instead.
     lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(s)
         .map(|_| s.to_string())
-        .map_err(|e| format!("not an SMTP server URL: {e}"))
+        .map_err(|_| {
+            "not an SMTP server URL: smtp://[user:password@]host[:port][?tls=required] or smtps://…"
+                .to_string()
+        })
 }
 
 fn parse_mailbox(s: &str) -> Result<String, String> {
@@ -295,7 +308,7 @@ pub struct Config {
     pub webhook_secret: Option<String>,
 
     /// The operators' webhook: told of every heuristic outcome (as the job's contact is).
-    #[arg(long, env = "TCC_HEURISTIC_WEBHOOK", value_name = "TCC_HEURISTIC_WEBHOOK", value_parser = parse_public_url, global = true)]
+    #[arg(long, env = "TCC_HEURISTIC_WEBHOOK", value_name = "TCC_HEURISTIC_WEBHOOK", value_parser = parse_webhook_url, global = true, hide_env_values = true)]
     pub heuristic_webhook: Option<String>,
 
     /// The hosts the coordinator may call (task URLs, participant links, callbacks, webhooks):
@@ -402,7 +415,8 @@ pub struct Config {
 
     /// How long a client has to send a request's headers, counted from when it connects and
     /// again from the end of each response (so also how long an idle keep-alive connection is
-    /// kept); past it the connection is closed.
+    /// kept), and how long an answer may wait for the client to read it; past it the connection
+    /// is closed.
     #[arg(
         long,
         env = "TCC_HEADER_READ_TIMEOUT",
@@ -514,11 +528,12 @@ impl Config {
 }
 
 /// The settings whose value may hold a secret (a password in a URL, a key, a signing secret).
-const SECRET_SETTINGS: [&str; 4] = [
+const SECRET_SETTINGS: [&str; 5] = [
     "DATABASE_URL",
     "TCC_SMTP_URL",
     "TCC_API_KEYS",
     "TCC_WEBHOOK_SECRET",
+    "TCC_HEURISTIC_WEBHOOK",
 ];
 
 /// A command-line error as it is printed, except that a bad value of a setting that may hold a
@@ -577,6 +592,11 @@ mod tests {
             (
                 "--smtp-url",
                 format!("smtp://mail:{secret}@mail.example?tls=sometimes"),
+            ),
+            ("--smtp-url", format!("smtp://mail.example?tls={secret}")),
+            (
+                "--heuristic-webhook",
+                format!("http://ops:{secret}@[x/hook"),
             ),
         ];
         for (flag, value) in cases {

@@ -3,8 +3,10 @@
 //! connections answered with a 503 rather than a failed accept.
 //!
 //! It must never hold a connection without a bound: a client that never finishes its head, or
-//! idles between requests, is closed after `header_read_timeout`; a request in progress is bounded
-//! by the API's own time limit (`TCC_REQUEST_TIMEOUT`).
+//! idles between requests, is closed after `header_read_timeout`, and so is one that stops
+//! reading what it is sent; a request in progress is bounded by the API's own time limit
+//! (`TCC_REQUEST_TIMEOUT`); at shutdown, connections still open after `shutdown_grace` are
+//! dropped.
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
@@ -32,7 +34,16 @@ pub struct ServeLimits {
     pub header_read_timeout: Duration,
     /// Most connections open at once; one more is answered 503 and closed.
     pub max_connections: usize,
+    /// How long an answer may wait for the client to read it (a write that makes no progress
+    /// this long closes the connection).
+    pub write_timeout: Duration,
+    /// At shutdown, how long open connections may take to finish.
+    pub shutdown_grace: Duration,
 }
+
+/// The most a request's head may buffer (its line and headers): well above any real request
+/// (URLs are at most 8 KiB), and a bound on what a half-sent head can hold in memory.
+const MAX_HEAD_BUFFER: usize = 64 * 1024;
 
 /// Connections being turned away at once (each for at most `REFUSE_WINDOW`): a bound on the
 /// work a flood of connections over the cap can cause. Past it, such a connection is closed
@@ -67,7 +78,9 @@ pub async fn serve<S: HttpService>(
 ) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(MAX_HEAD_BUFFER)
+        .max_buf_size(MAX_HEAD_BUFFER);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let graceful = GracefulShutdown::new();
@@ -103,7 +116,9 @@ pub async fn serve<S: HttpService>(
             app.clone()
                 .map_request(|req: Request<Incoming>| req.map(Body::new)),
         );
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(Box::pin(stream)), svc));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended in error");
@@ -112,7 +127,14 @@ pub async fn serve<S: HttpService>(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open after the shutdown grace (a stream, or a client that does not read) are dropped"
+        );
+    }
     Ok(())
 }
 

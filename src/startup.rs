@@ -234,6 +234,8 @@ impl Application {
             serve_limits: crate::server::ServeLimits {
                 header_read_timeout: config.header_read_timeout.0,
                 max_connections: config.max_connections,
+                write_timeout: config.header_read_timeout.0,
+                shutdown_grace: config.shutdown_grace.0,
             },
             state,
             engine,

@@ -489,7 +489,17 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 /// Count and time every request by its route template.
 async fn track_http(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_string();
+    // A bounded label: any other method (a client may send any token) is `other`.
+    let method: &'static str = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -497,7 +507,7 @@ async fn track_http(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::counter!(m::HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!(m::HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!(m::HTTP_REQUEST_DURATION, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
@@ -664,6 +674,19 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Va
             } else {
                 format!("the body must be JSON (Content-Type: application/json), not {ctype}")
             },
+        ));
+    }
+    // A body announced larger than the limit is refused before it is read.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            format!("the body is larger than the limit of {max} bytes (TCC_MAX_BODY)"),
         ));
     }
     let bytes = read_body(body, max, "body").await?;

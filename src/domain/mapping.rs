@@ -105,6 +105,50 @@ pub fn pointer_set(root: &mut Value, ptr: &str, value: Value) -> Result<(), Stri
     Ok(())
 }
 
+/// How many bytes `value` takes serialized, without building the text.
+fn serialized_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Write an output mapping's `value` at `ptr` inside a shared state, within the shared state's
+/// limits: its depth (as `pointer_set`), its size (`MAX_SHARED_STATE_BYTES`), and an object at
+/// its root. A write past them is not made (the state is left as it was), and says why.
+pub fn write_shared(state: &mut Value, ptr: &str, value: Value) -> Result<(), String> {
+    use super::request::MAX_SHARED_STATE_BYTES;
+    let before = state.clone();
+    pointer_set(state, ptr, value)?;
+    let refused = if !state.is_object() {
+        Some(format!("{ptr}: the shared state must stay a JSON object"))
+    } else if serialized_len(state) > MAX_SHARED_STATE_BYTES {
+        Some(format!(
+            "{ptr}: the shared state would be larger than its limit of {} KiB",
+            MAX_SHARED_STATE_BYTES / 1024
+        ))
+    } else {
+        None
+    };
+    match refused {
+        Some(why) => {
+            *state = before;
+            Err(why)
+        }
+        None => Ok(()),
+    }
+}
+
 /// Apply a JSON Merge Patch (RFC 7396) to `target`: objects merge member by member, `null`
 /// removes a member, anything else replaces.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
@@ -160,7 +204,7 @@ pub fn apply_output(spec: &TrySpec, answer: &Value, shared_state: &mut Value) ->
     for (target, source) in &spec.output_mapping {
         match answer.pointer(source) {
             Some(value) => {
-                if let Err(e) = pointer_set(shared_state, target, value.clone()) {
+                if let Err(e) = write_shared(shared_state, target, value.clone()) {
                     notes.push(format!("outputMapping: cannot write the shared state at {e}"));
                 }
             }
@@ -326,6 +370,25 @@ mod tests {
         let at_limit = "/a".repeat(MAX_BUILT_DEPTH);
         assert!(pointer_set(&mut state, &at_limit, json!("x")).is_ok());
         assert_eq!(depth(&state), MAX_BUILT_DEPTH);
+    }
+
+    /// Output mappings keep the shared state within its limits: 256 KiB, an object.
+    #[test]
+    fn output_mappings_keep_the_shared_state_within_its_limits() {
+        let s = spec(
+            &[],
+            &[("/big", "/big"), ("/small", "/small"), ("", "/small")],
+            None,
+        );
+        let answer = json!({"big": "x".repeat(300 * 1024), "small": 1});
+        let mut state = json!({"kept": true});
+        let notes = apply_output(&s, &answer, &mut state);
+        assert_eq!(state, json!({"kept": true, "small": 1}));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].contains("256 KiB") && notes[1].contains("object"),
+            "{notes:?}"
+        );
     }
 
     #[test]

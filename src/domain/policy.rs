@@ -104,37 +104,48 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The IPv4 address an IPv6 address carries in a standard spelling, if any: IPv4-mapped
+/// The IPv4 addresses an IPv6 address may carry in a standard spelling: IPv4-mapped
 /// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`),
-/// NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`), 6to4 (`2002:aabb:ccdd::/48`) and Teredo's client
+/// NAT64 (`64:ff9b::/96`; under the local-use `64:ff9b:1::/48`, each layout of RFC 6052 that
+/// fits in it: /48, /56, /64, /96), 6to4 (`2002:aabb:ccdd::/48`) and Teredo's client
 /// (`2001::/32`, the last 32 bits inverted).
-fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+fn embedded_v4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
     let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    let b = v6.octets();
     match v6.segments() {
         [0, 0, 0, 0, 0, 0xffff, hi, lo]
         | [0, 0, 0, 0, 0xffff, 0, hi, lo]
         | [0, 0, 0, 0, 0, 0, hi, lo]
-        | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo]
-        | [0x64, 0xff9b, 1, _, _, _, hi, lo] => Some(v4(hi, lo)),
-        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
-        [0x2001, 0, _, _, _, _, hi, lo] => Some(v4(!hi, !lo)),
-        _ => None,
+        | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => vec![v4(hi, lo)],
+        // RFC 6052 §2.2: bits 64–71 are zero, and the address sits around them.
+        [0x64, 0xff9b, 1, ..] => vec![
+            Ipv4Addr::new(b[6], b[7], b[9], b[10]),
+            Ipv4Addr::new(b[7], b[9], b[10], b[11]),
+            Ipv4Addr::new(b[9], b[10], b[11], b[12]),
+            Ipv4Addr::new(b[12], b[13], b[14], b[15]),
+        ],
+        [0x2002, hi, lo, ..] => vec![v4(hi, lo)],
+        [0x2001, 0, _, _, _, _, hi, lo] => vec![v4(!hi, !lo)],
+        _ => Vec::new(),
     }
 }
 
 /// Where cloud metadata services answer, and link-local addresses generally: 169.254.0.0/16
-/// (169.254.169.254 on most clouds), 100.100.100.200 (Alibaba), fe80::/10, fd00:ec2::254 (AWS
-/// over IPv6), and every IPv6 spelling that carries one of those IPv4 addresses.
+/// (169.254.169.254 on most clouds, 169.254.170.23 for EKS Pod Identity), 100.100.100.200
+/// (Alibaba), 192.0.0.192 (Oracle Cloud Classic), fe80::/10, fd00:ec2::/32 (AWS over IPv6: the
+/// instance metadata at ::254, EKS Pod Identity at ::23), and every IPv6 spelling that carries
+/// one of those IPv4 addresses.
 fn metadata(ip: IpAddr) -> bool {
     const ALIBABA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
-    const AWS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
-    let v4_metadata = |v4: Ipv4Addr| v4.is_link_local() || v4 == ALIBABA;
+    const ORACLE: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 192);
+    let v4_metadata = |v4: Ipv4Addr| v4.is_link_local() || v4 == ALIBABA || v4 == ORACLE;
     match ip {
         IpAddr::V4(v4) => v4_metadata(v4),
         IpAddr::V6(v6) => {
-            (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == AWS_V6
-                || embedded_v4(v6).is_some_and(v4_metadata)
+            let s = v6.segments();
+            (s[0] & 0xffc0) == 0xfe80
+                || (s[0], s[1]) == (0xfd00, 0x0ec2)
+                || embedded_v4(v6).into_iter().any(v4_metadata)
         }
     }
 }
@@ -319,6 +330,10 @@ mod tests {
             "http://[::ffff:0:a9fe:a9fe]/",
             "http://[2002:a9fe:a9fe::]/",
             "http://[2001:0:4136:e378:8000:63bf:5601:5601]/",
+            // The second pass: EKS Pod Identity, Oracle, NAT64 /48 layout.
+            "http://[fd00:ec2::23]/",
+            "http://192.0.0.192/",
+            "http://[64:ff9b:1:a9fe:a9:fe00::]/",
         ] {
             let e = p.check_url(refused).expect_err(refused);
             assert!(e.contains("link-local"), "{refused}: {e}");
@@ -336,7 +351,7 @@ mod tests {
         // Neighbours of those are ordinary addresses.
         for ok in [
             "http://100.100.100.201/",
-            "http://[fd00:ec2::253]/",
+            "http://[fd00:ec3::254]/",
             "http://[2002:a01:203::]/",
             "http://[64:ff9b::a01:203]/",
         ] {

@@ -857,6 +857,17 @@ pub fn parse_link_set(
             },
         };
         if let (Some(uri), Some(expires)) = (uri, expires) {
+            // As it is called: one spelling for one link (scheme and host in lower case, no
+            // default port, no fragment), so that the same link spelled twice is one, and the
+            // same set spelled otherwise is the same set.
+            let uri = url::Url::parse(&uri)
+                .ok()
+                .map(|mut u| {
+                    u.set_fragment(None);
+                    u
+                })
+                .and_then(|u| TargetUrl::from_url(&u).ok())
+                .unwrap_or(uri);
             if !seen.insert(uri.to_string()) {
                 errors.push(FieldError::new(
                     format!("{p}/uri"),
@@ -1130,6 +1141,38 @@ mod tests {
             pointers(json!({"sharedState": [1], "tasks": [{"taskURL": "http://a"}]})),
             vec!["/sharedState"]
         );
+    }
+
+    /// One link spelled in several ways is one link: it is refused as a repeat, and the set
+    /// spelled otherwise has the same digest (the same job, confirmed once).
+    #[test]
+    fn a_link_set_is_taken_as_its_links_are_called() {
+        let soon = crate::domain::rfc3339(Utc::now() + chrono::Duration::minutes(5));
+        let set = |uris: &[&str]| {
+            let links: Vec<Value> = uris
+                .iter()
+                .map(|u| json!({"uri": u, "expires": soon}))
+                .collect();
+            parse_link_set(&json!({ "participantLinks": links }), 10, Utc::now())
+        };
+        let spelled = [
+            "HTTP://A.example/r/dd",
+            "http://a.example/r/dd#x",
+            "http://a.example:80/r/dd ",
+        ];
+        for other in spelled {
+            let errors = set(&["http://a.example/r/dd", other])
+                .err()
+                .unwrap_or_default();
+            assert_eq!(errors.len(), 1, "{other}: {errors:?}");
+            assert_eq!(errors[0].pointer, "/participantLinks/1/uri");
+        }
+        let digest = |u: &str| set(&[u, "http://b.example/r/1"]).map(|s| s.digest()).ok();
+        let first = digest("http://a.example/r/dd");
+        assert!(first.is_some());
+        for other in spelled {
+            assert_eq!(digest(other), first, "{other}");
+        }
     }
 
     #[test]

@@ -220,7 +220,8 @@ impl Driver {
             st.durable.shared_state = state.clone();
             st.job.shared_state = state;
             for (ptr, value) in &st.state_writes {
-                if let Err(e) = mapping::pointer_set(&mut st.job.shared_state, ptr, value.clone()) {
+                if let Err(e) = mapping::write_shared(&mut st.job.shared_state, ptr, value.clone())
+                {
                     tracing::warn!(job = %self.id, error = %e, "an output mapping no longer fits the shared state");
                 }
             }

@@ -9,7 +9,7 @@ use crate::helpers::*;
 use crate::participant::{Op, Participant, Reply};
 
 /// Run a Try at the participant as an Atomikos client does, and return the link it answers.
-async fn reserve(p: &Participant, name: &str) -> Value {
+pub async fn reserve(p: &Participant, name: &str) -> Value {
     let r = reqwest::Client::new()
         .post(p.url(name))
         .json(&json!({}))
@@ -21,7 +21,7 @@ async fn reserve(p: &Participant, name: &str) -> Value {
     body["participantLink"].clone()
 }
 
-async fn put_links(app: &TestApp, what: &str, links: &[Value]) -> reqwest::Response {
+pub async fn put_links(app: &TestApp, what: &str, links: &[Value]) -> reqwest::Response {
     app.http
         .put(app.url(&format!("/coordinator/{what}")))
         .header("content-type", "application/tcc+json")

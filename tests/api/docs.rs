@@ -14,25 +14,36 @@ fn documented_participant(port: u16) -> String {
     doc[start..start + len].replace("9001", &port.to_string())
 }
 
-#[tokio::test]
-async fn the_minimal_participant_of_the_docs_completes_and_cancels() {
-    let port = free_port();
-    let file = std::env::temp_dir().join(format!("seats-{port}.py"));
-    std::fs::write(&file, documented_participant(port)).expect("write the participant");
-    let _seats = Daemon(
-        std::process::Command::new("python3")
-            .arg(&file)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3"),
-    );
+/// Wait until something listens on `port`.
+async fn listening(port: u16, what: &str) {
     let up = eventually(|| async {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
     })
     .await;
-    assert!(up, "the documented participant never listened");
+    assert!(up, "{what} never listened");
+}
+
+/// The Python participant of docs/participant.md, running on a port of its own.
+async fn start_documented_participant() -> (Daemon, u16) {
+    let port = free_port();
+    let file = std::env::temp_dir().join(format!("seats-{port}.py"));
+    std::fs::write(&file, documented_participant(port)).expect("write the participant");
+    let seats = Daemon(
+        std::process::Command::new("python3")
+            .arg(&file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    listening(port, "the documented participant").await;
+    (seats, port)
+}
+
+#[tokio::test]
+async fn the_minimal_participant_of_the_docs_completes_and_cancels() {
+    let (_seats, port) = start_documented_participant().await;
     let app = spawn_app().await;
     let task_url = format!("http://127.0.0.1:{port}/reservations");
     let done = app
@@ -51,7 +62,6 @@ async fn the_minimal_participant_of_the_docs_completes_and_cancels() {
     assert_eq!(r.status(), 202);
     let job = app.wait_status(&open, "canceled").await;
     assert_eq!(task(&job, "seat")["taskStatus"], "canceled", "{job}");
-    let _ = std::fs::remove_file(&file);
     app.stop().await;
 }
 
@@ -227,13 +237,7 @@ impl Session {
 
     async fn participant(&mut self, listen: &str, flags: &[&str]) {
         let (daemon, port) = demo_participant(flags);
-        let up = eventually(|| async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        assert!(up, "the demo participant never listened");
+        listening(port, "the demo participant").await;
         self.participants.push(daemon);
         let real = format!("127.0.0.1:{port}");
         let port_of = listen.rsplit(':').next().unwrap_or_default();
@@ -249,22 +253,8 @@ impl Session {
     /// A situation an example starts from; its job becomes `{jobID}`.
     async fn given(&mut self, what: &str) {
         if what == "the participant above" {
-            let port = free_port();
-            let file = std::env::temp_dir().join(format!("seats-{port}.py"));
-            std::fs::write(&file, documented_participant(port)).expect("write the participant");
-            let child = std::process::Command::new("python3")
-                .arg(&file)
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("python3");
-            self.participants.push(Daemon(child));
-            let up = eventually(|| async {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-            })
-            .await;
-            assert!(up, "the documented participant never listened");
+            let (seats, port) = start_documented_participant().await;
+            self.participants.push(seats);
             self.addresses
                 .push(("127.0.0.1:9001".into(), format!("127.0.0.1:{port}")));
             return;

@@ -4,20 +4,13 @@
 
 use serde_json::{Value, json};
 
+use crate::atomikos::{put_links, reserve};
 use crate::helpers::*;
 use crate::participant::{Op, Participant, Reply};
 
-/// A link as an Atomikos client holds it after its own Try.
-async fn reserve(p: &Participant, name: &str) -> Value {
-    let r = reqwest::Client::new()
-        .post(p.url(name))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("try");
-    assert_eq!(r.status(), 201);
-    let body: Value = r.json().await.expect("link");
-    body["participantLink"].clone()
+/// A Try answer with these members beside the link.
+fn answer_with(members: Value) -> Reply {
+    Reply::ReserveWith(members.as_object().cloned().unwrap_or_default())
 }
 
 async fn post_job(app: &TestApp, headers: &[(&str, &str)], job: &Value) -> reqwest::Response {
@@ -55,7 +48,7 @@ async fn an_idempotency_key_cannot_stand_in_for_an_atomikos_confirm() {
     let app = spawn_app().await;
     let p = Participant::start().await;
     let link = reserve(&p, "victim").await;
-    let set = json!({"participantLinks": [link]});
+    let set = json!({"participantLinks": [link.clone()]});
     let digest = tcc_coordinator::domain::request::parse_link_set(&set, 10, chrono::Utc::now())
         .expect("a link set")
         .digest();
@@ -65,14 +58,7 @@ async fn an_idempotency_key_cannot_stand_in_for_an_atomikos_confirm() {
     assert_eq!(r.status(), 202, "the attacker's job is accepted as any job");
     let attackers_job = header_text(&r, "location");
 
-    let r = app
-        .http
-        .put(app.url("/coordinator/confirm"))
-        .header("content-type", "application/tcc+json")
-        .body(set.to_string())
-        .send()
-        .await
-        .expect("PUT /coordinator/confirm");
+    let r = put_links(&app, "confirm", &[link]).await;
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
     assert_ne!(header_text(&r, "location"), attackers_job);
     assert!(p.confirmed("victim"), "the victim's link is confirmed");
@@ -109,12 +95,7 @@ async fn no_output_mapping_can_make_a_job_unreadable() {
     p.script(
         Op::Try,
         "b",
-        vec![Reply::ReserveWith(
-            json!({"deep": nested(40), "flat": 7})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        )],
+        vec![answer_with(json!({"deep": nested(40), "flat": 7}))],
     );
     let mut job = job_of(&[("b", p.url("b"))]);
     job["tasks"][0]["outputMapping"] = json!({"/a".repeat(32): "/deep", "/flat": "/flat"});
@@ -146,11 +127,8 @@ async fn output_mappings_read_an_answer_over_64_kib() {
     p.script(
         Op::Try,
         "big",
-        vec![Reply::ReserveWith(
-            json!({"padding": "x".repeat(100 * 1024), "booking": "B-42"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
+        vec![answer_with(
+            json!({"padding": "x".repeat(100 * 1024), "booking": "B-42"}),
         )],
     );
     let mut job = job_of(&[("big", p.url("big"))]);
@@ -269,17 +247,8 @@ async fn uncallable_urls_and_links_without_end_are_refused() {
         .await
         .expect("register");
     assert_eq!(refused_pointers(r).await, vec!["/expires"]);
-    let r = app
-        .http
-        .put(app.url("/coordinator/confirm"))
-        .header("content-type", "application/tcc+json")
-        .body(
-            json!({"participantLinks": [{"uri": "http://127.0.0.1:9/r/3", "expires": far}]})
-                .to_string(),
-        )
-        .send()
-        .await
-        .expect("PUT");
+    let far_link = json!({"uri": "http://127.0.0.1:9/r/3", "expires": far});
+    let r = put_links(&app, "confirm", &[far_link]).await;
     assert_eq!(
         refused_pointers(r).await,
         vec!["/participantLinks/0/expires"]
@@ -313,6 +282,9 @@ async fn metadata_addresses_in_any_spelling_are_refused() {
         "[64:ff9b::a9fe:a9fe]",
         "[::ffff:0:a9fe:a9fe]",
         "[2002:a9fe:a9fe::]",
+        "[fd00:ec2::23]",
+        "192.0.0.192",
+        "[64:ff9b:1:a9fe:a9:fe00::]",
     ];
     let tasks: Vec<Value> = hosts
         .iter()
@@ -368,6 +340,11 @@ async fn start_up_errors_never_repeat_a_secret() {
             format!("smtp://mail:{secret}@mail.example?tls=sometimes"),
         ),
         ("TCC_API_KEYS", format!("ops:{secret}:admin")),
+        ("TCC_SMTP_URL", format!("smtp://mail.example?tls={secret}")),
+        (
+            "TCC_HEURISTIC_WEBHOOK",
+            format!("http://ops:{secret}@[x/hook"),
+        ),
     ];
     for (name, value) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
@@ -428,6 +405,18 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Option<String>
         Ok(_) => Some(String::from_utf8_lossy(&got).into_owned()),
         Err(_) => None,
     }
+}
+
+/// Whether `/health/live` answers 200 within `PATIENCE`.
+async fn live(app: &TestApp) -> bool {
+    eventually(|| async {
+        app.http
+            .get(app.url("/health/live"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await
 }
 
 async fn connect(app: &TestApp) -> tokio::net::TcpStream {
@@ -492,14 +481,7 @@ async fn connections_over_the_cap_are_answered_503() {
     .await;
     assert!(refused, "a fourth connection is answered 503");
     held.clear();
-    let served = eventually(|| async {
-        app.http
-            .get(app.url("/health/live"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let served = live(&app).await;
     assert!(served, "served again once the held connections closed");
 }
 
@@ -519,4 +501,138 @@ async fn a_malformed_chunked_body_is_a_bad_request() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
     assert!(answer.contains("could not be read"), "{answer}");
+}
+
+// The second pass of the same probes, after the fixes above: what it found, each reproduced.
+
+/// Second pass A: any token is a method to HTTP; the metrics' `method` label takes only the
+/// methods the API answers, and `other`.
+#[tokio::test]
+async fn unknown_methods_never_grow_the_metrics() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    for i in 0..20 {
+        let mut stream = connect(&app).await;
+        let request = format!(
+            "M{i:03}{} /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "X".repeat(100)
+        );
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let _ = read_until_closed(&mut stream).await;
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap_or_default();
+    assert!(!metrics.contains("M000"), "a method name became a label");
+    assert!(metrics.contains("method=\"other\""), "counted as other");
+}
+
+/// Second pass B: a client that stops reading what it asked for is closed once a write has made
+/// no progress for `TCC_HEADER_READ_TIMEOUT`, and its connection slot is free again.
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(&["--header-read-timeout", "1s", "--max-connections", "2"]).await;
+    let addr: std::net::SocketAddr = app
+        .addr
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address");
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(4096).expect("a small buffer");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        let many = "GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+        stream.write_all(many.as_bytes()).await.expect("send");
+        stalled.push(stream);
+    }
+    // Both slots are held by clients that do not read; the server frees them by itself.
+    let served = live(&app).await;
+    assert!(served, "the stalled connections kept their slots");
+    drop(stalled);
+}
+
+/// Second pass C: output mappings keep the shared state within its 256 KiB (so a client can
+/// still write it); what would not fit is not written, and the task says so.
+#[tokio::test]
+async fn output_mappings_keep_the_shared_state_within_its_limit() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut job = job_of(&[("a", p.url("a")), ("b", p.url("b"))]);
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        p.script(
+            Op::Try,
+            name,
+            vec![answer_with(json!({"big": "x".repeat(200 * 1024)}))],
+        );
+        job["tasks"][i]["outputMapping"] = json!({format!("/{name}"): "/big"});
+    }
+    let id = app.submit(&job).await;
+    let done = app.wait_status(&id, "completed").await;
+    let state = &done["sharedState"];
+    assert!(
+        state.to_string().len() <= 256 * 1024,
+        "{} bytes",
+        state.to_string().len()
+    );
+    assert_eq!(
+        state.as_object().map(|m| m.len()),
+        Some(1),
+        "one of the two fits"
+    );
+    let r = app
+        .http
+        .patch(app.url(&format!("/jobs/{id}/shared-state")))
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"note": "still writable"}"#)
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(r.status(), 200);
+}
+
+/// Second pass G and F: a head larger than any real request is refused (431) instead of held in
+/// memory; a body announced larger than `TCC_MAX_BODY` is refused before it is sent.
+#[tokio::test]
+async fn oversized_heads_and_announced_bodies_are_refused_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let mut stream = connect(&app).await;
+    let head = format!(
+        "GET /health/live HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+        "p".repeat(100 * 1024)
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let answer = read_until_closed(&mut stream).await.unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(
+            b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{",
+        )
+        .await
+        .expect("a head");
+    let mut first = [0u8; 12];
+    let read = tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut first),
+    )
+    .await;
+    assert!(read.is_ok(), "no answer before the body");
+    assert_eq!(&first, b"HTTP/1.1 413");
+}
+
+/// Second pass I: an Atomikos set naming one link in two spellings is refused: the link would
+/// be confirmed twice.
+#[tokio::test]
+async fn one_link_spelled_twice_is_one_link() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let link = reserve(&p, "dd").await;
+    let uri = link["uri"].as_str().unwrap_or_default().to_string();
+    let other = format!("{}#again", uri.replacen("http://", "HTTP://", 1));
+    let again = json!({"uri": other, "expires": link["expires"]});
+    let r = put_links(&app, "confirm", &[link, again]).await;
+    assert_eq!(refused_pointers(r).await, vec!["/participantLinks/1/uri"]);
+    assert_eq!(p.count(Op::Confirm, "dd"), 0);
 }
