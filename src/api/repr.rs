@@ -172,24 +172,37 @@ pub fn job_links(base: &str, r: &JobRecord) -> Links {
 #[serde(rename_all = "camelCase")]
 pub struct NotificationRepr<'a> {
     pub channel: &'a str,
-    pub target: &'a str,
+    pub target: String,
     pub event: &'a str,
     pub status: &'a str,
     pub attempts: i32,
     pub last_attempt: Option<Timestamp>,
-    pub last_error: Option<&'a str>,
+    pub last_error: Option<String>,
 }
 
+/// What the operators' webhook is shown as: its URL may carry a token, and a job's
+/// representation goes to its client and to the job's own contact webhook.
+pub const OPERATORS_WEBHOOK: &str = "TCC_HEURISTIC_WEBHOOK";
+
 impl<'a> NotificationRepr<'a> {
-    pub fn new(n: &'a crate::store::Notification) -> Self {
+    /// `contact_webhook`: the job's own; any other webhook is the operators'.
+    pub fn new(n: &'a crate::store::Notification, contact_webhook: Option<&str>) -> Self {
+        let operators = n.channel == "webhook" && contact_webhook != Some(n.target.as_str());
+        let shown = |text: &str| {
+            if operators {
+                text.replace(n.target.as_str(), OPERATORS_WEBHOOK)
+            } else {
+                text.to_string()
+            }
+        };
         NotificationRepr {
             channel: &n.channel,
-            target: &n.target,
+            target: shown(&n.target),
             event: &n.event,
             status: &n.status,
             attempts: n.attempts,
             last_attempt: ts(n.last_attempt),
-            last_error: n.last_error.as_deref(),
+            last_error: n.last_error.as_deref().map(shown),
         }
     }
 }
@@ -381,7 +394,13 @@ impl<'a> JobRepr<'a> {
             shared_state_url: format!("{base}/jobs/{}/shared-state", j.id),
             progress_url: format!("{base}/jobs/{}/progress", j.id),
             resolution: r.resolution.as_ref().map(ResolutionRepr::new),
-            notifications: r.notifications.iter().map(NotificationRepr::new).collect(),
+            notifications: {
+                let contact = r.fields.contact.as_ref().and_then(|c| c.webhook.as_deref());
+                r.notifications
+                    .iter()
+                    .map(|n| NotificationRepr::new(n, contact))
+                    .collect()
+            },
             tasks: j
                 .tasks
                 .iter()

@@ -636,3 +636,38 @@ async fn one_link_spelled_twice_is_one_link() {
     assert_eq!(refused_pointers(r).await, vec!["/participantLinks/1/uri"]);
     assert_eq!(p.count(Op::Confirm, "dd"), 0);
 }
+
+/// Second pass D: the operators' webhook URL (which may carry a token) is never shown in a job's
+/// representation, which its client reads and its contact's webhook receives.
+#[tokio::test]
+async fn the_operators_webhook_is_never_shown() {
+    let p = Participant::start().await;
+    let secret_hook = format!(
+        "{}/ops-hook/SECRETTOKEN",
+        p.url("x").split("/try").next().unwrap_or_default()
+    );
+    let app = spawn_app_with(&["--heuristic-webhook", &secret_hook]).await;
+    p.set_default(Op::Confirm, "b", Reply::Status(403));
+    let mut job = job_of(&[("a", p.url("a")), ("b", p.url("b"))]);
+    job["contact"] = json!({"webhook": "http://127.0.0.1:9/contact-hook"});
+    let id = app.submit(&job).await;
+    app.wait_status(&id, "heuristic").await;
+    let shown = eventually(|| async {
+        let job = app.get_job(&id).await;
+        job["notifications"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|n| n["target"] == "TCC_HEURISTIC_WEBHOOK"))
+    })
+    .await;
+    let job = app.get_job(&id).await;
+    assert!(shown, "{:#}", job["notifications"]);
+    assert!(
+        !job.to_string().contains("SECRETTOKEN"),
+        "{:#}",
+        job["notifications"]
+    );
+    assert!(
+        job.to_string().contains("contact-hook"),
+        "the job's own contact is shown as it is"
+    );
+}

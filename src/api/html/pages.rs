@@ -309,7 +309,7 @@ pub async fn job(
                 event: n.event.to_string(),
                 status: n.status.to_string(),
                 attempts: n.attempts,
-                last_error: n.last_error.unwrap_or_default().to_string(),
+                last_error: n.last_error.clone().unwrap_or_default(),
             })
             .collect(),
         resolution: r.resolution.as_ref().map(|res| {
