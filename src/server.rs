@@ -69,7 +69,8 @@ static REFUSAL: LazyLock<Vec<u8>> = LazyLock::new(|| {
 
 /// Serve `app` on `listener` until `shutdown` resolves; then stop accepting, let every open
 /// connection finish the request it is on (idle ones close at once), and return once all are
-/// closed.
+/// closed or `shutdown_grace` has passed. Each connection runs as a task of its own, as under
+/// `axum::serve`: the graceful shutdown is what bounds them.
 pub async fn serve<S: HttpService>(
     listener: TcpListener,
     app: S,
