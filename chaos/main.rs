@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -50,33 +50,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the suite's participant without faults, printing every effect: a participant to
-    /// try the coordinator with by hand. Try URLs: http://ADDR/try/{anything}.
+    /// Serve the suite's participant, printing every effect, with no fault unless asked for: a
+    /// participant to try the coordinator with by hand. Try URLs: http://ADDR/try/{anything}.
     Participant {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,
-        /// How long a reservation lasts, in seconds.
-        #[arg(long, default_value_t = 60)]
-        ttl: u64,
-        /// Refuse every confirm (403, nothing applied): with a second participant that
-        /// confirms, a job across both ends heuristic.
-        #[arg(long)]
-        refuse_confirms: bool,
-        /// Refuse every Try (409): a job with a task here fails and cancels the others.
-        #[arg(long)]
-        fail_tries: bool,
-        /// Answer this share of requests (0 to 1) with 503, applying nothing: the coordinator
-        /// retries.
-        #[arg(long, default_value_t = 0.0)]
-        error_rate: f64,
+        #[command(flatten)]
+        demo: DemoFaults,
     },
 }
 
-/// What the demo participant is told to do wrong.
+/// How the demo participant holds reservations, and what it is told to do wrong.
+#[derive(Args)]
 struct DemoFaults {
+    /// How long a reservation lasts, in seconds.
+    #[arg(long, default_value_t = 60)]
     ttl: u64,
+    /// Refuse every confirm (403, nothing applied): with a second participant that confirms, a
+    /// job across both ends heuristic.
+    #[arg(long)]
     refuse_confirms: bool,
+    /// Refuse every Try (409): a job with a task here fails and cancels the others.
+    #[arg(long)]
     fail_tries: bool,
+    /// Answer this share of requests (0 to 1) with 503, applying nothing: the coordinator
+    /// retries.
+    #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
 }
 
@@ -116,21 +115,8 @@ fn participant(listen: &str, demo: &DemoFaults) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Participant {
-        listen,
-        ttl,
-        refuse_confirms,
-        fail_tries,
-        error_rate,
-    }) = &cli.command
-    {
-        let demo = DemoFaults {
-            ttl: *ttl,
-            refuse_confirms: *refuse_confirms,
-            fail_tries: *fail_tries,
-            error_rate: *error_rate,
-        };
-        return participant(listen, &demo);
+    if let Some(Command::Participant { listen, demo }) = &cli.command {
+        return participant(listen, demo);
     }
     let scenarios: Vec<chaos::Scenario> = if cli.scenario.is_empty() {
         chaos::Scenario::ALL.to_vec()

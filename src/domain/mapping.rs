@@ -35,6 +35,12 @@ pub fn segments(ptr: &str) -> usize {
     ptr.bytes().filter(|&b| b == b'/').count()
 }
 
+/// How deep a write of `value` at `ptr` nests its document there: the containers on the way are
+/// one level each, the value adds its own.
+fn nests(ptr: &str, value: &Value) -> usize {
+    segments(ptr) + depth(value)
+}
+
 /// How deep `value` nests arrays and objects: a scalar 0, `{}` or `[]` 1.
 pub fn depth(value: &Value) -> usize {
     match value {
@@ -52,11 +58,10 @@ fn unescape(token: &str) -> String {
 /// or be `-` or the array's length to append. A write that would nest the result deeper than
 /// `MAX_BUILT_DEPTH` is refused, so that no value the coordinator builds is one it cannot read.
 pub fn pointer_set(root: &mut Value, ptr: &str, value: Value) -> Result<(), String> {
-    // The containers on the way are one level each, the value adds its own.
-    let nests = segments(ptr) + depth(&value);
-    if nests > MAX_BUILT_DEPTH {
+    let levels = nests(ptr, &value);
+    if levels > MAX_BUILT_DEPTH {
         return Err(format!(
-            "{ptr}: the value would nest {nests} levels deep there; at most {MAX_BUILT_DEPTH}"
+            "{ptr}: the value would nest {levels} levels deep there; at most {MAX_BUILT_DEPTH}"
         ));
     }
     if ptr.is_empty() {
@@ -195,7 +200,7 @@ pub fn output_writes(spec: &TrySpec, answer: &Value) -> Vec<(String, Value)> {
         .iter()
         .filter_map(|(target, source)| answer.pointer(source).map(|v| (target.clone(), v.clone())))
         // What `pointer_set` refuses is noted by `apply_output`, never written.
-        .filter(|(target, v)| segments(target) + depth(v) <= MAX_BUILT_DEPTH)
+        .filter(|(target, v)| nests(target, v) <= MAX_BUILT_DEPTH)
         .collect()
 }
 

@@ -390,31 +390,28 @@ fn mapping_pairs(
     for (target, source) in map.iter().flatten() {
         let escaped = target.replace('~', "~0").replace('/', "~1");
         let here = format!("{pointer}/{escaped}");
+        // Deeper than a body may nest: a target would build a shared state nobody can read back.
+        let too_deep = |ptr: &str| {
+            (segments(ptr) > MAX_POINTER_SEGMENTS).then(|| {
+                format!(
+                    "{} segments; a mapping's pointer has at most {MAX_POINTER_SEGMENTS}",
+                    segments(ptr)
+                )
+            })
+        };
         if !valid_pointer(target) {
             errors.push(FieldError::new(
                 &here,
                 "the key must be a JSON Pointer (RFC 6901), like /customer/id",
             ));
-        } else if segments(target) > MAX_POINTER_SEGMENTS {
-            errors.push(FieldError::new(
-                &here,
-                format!(
-                    "the key has {} segments; a mapping's pointer has at most {MAX_POINTER_SEGMENTS}",
-                    segments(target)
-                ),
-            ));
+        } else if let Some(why) = too_deep(target) {
+            errors.push(FieldError::new(&here, format!("the key has {why}")));
         }
         match source.as_str() {
-            Some(s) if valid_pointer(s) && segments(s) > MAX_POINTER_SEGMENTS => {
-                errors.push(FieldError::new(
-                    &here,
-                    format!(
-                        "has {} segments; a mapping's pointer has at most {MAX_POINTER_SEGMENTS}",
-                        segments(s)
-                    ),
-                ))
-            }
-            Some(s) if valid_pointer(s) => out.push((target.clone(), s.to_string())),
+            Some(s) if valid_pointer(s) => match too_deep(s) {
+                Some(why) => errors.push(FieldError::new(&here, format!("has {why}"))),
+                None => out.push((target.clone(), s.to_string())),
+            },
             _ => errors.push(FieldError::new(
                 &here,
                 "must be a JSON Pointer string (RFC 6901), like /customer",

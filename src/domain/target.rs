@@ -27,11 +27,12 @@ impl TargetUrl {
         if s.len() > Self::MAX_LEN {
             return Err(Self::TOO_LONG);
         }
-        let url = Self::try_from(s.to_string())?;
         // What the HTTP client sends is the parsed form, which can be longer (percent-encoded).
-        match url::Url::parse(&url.0) {
+        match url::Url::parse(s) {
+            Ok(u) if !Self::allowed(&u) => Err(Self::RULE),
             Ok(u) if u.as_str().len() > Self::MAX_LEN => Err(Self::TOO_LONG),
-            _ => Ok(url),
+            Ok(_) => Ok(TargetUrl(s.to_string())),
+            Err(_) => Err(Self::RULE),
         }
     }
 

@@ -229,7 +229,8 @@ impl Session {
         let c = start_process_with(&self.db, "docs", &env);
         c.wait_ready(&self.http).await;
         let addr = c.addr.trim_start_matches("http://").to_string();
-        self.addresses.retain(|(doc, _)| doc != "localhost:8080");
+        self.addresses
+            .retain(|(doc, _)| doc != "localhost:8080" && doc != "127.0.0.1:8080");
         self.addresses.push(("localhost:8080".into(), addr.clone()));
         self.addresses.push(("127.0.0.1:8080".into(), addr));
         self.coordinator = Some(c);
@@ -243,6 +244,24 @@ impl Session {
         let port_of = listen.rsplit(':').next().unwrap_or_default();
         self.addresses.push((listen.to_string(), real.clone()));
         self.addresses.push((format!("localhost:{port_of}"), real));
+    }
+
+    /// What a placeholder stands for now (empty before anything filled it).
+    fn filled(&self, name: &str) -> String {
+        self.filled
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// The address the harness listens on for one a document names.
+    fn address(&self, doc: &str) -> String {
+        self.addresses
+            .iter()
+            .find(|(d, _)| d == doc)
+            .map(|(_, real)| real.clone())
+            .unwrap_or_default()
     }
 
     fn fill(&mut self, name: &str, value: String) {
@@ -259,18 +278,11 @@ impl Session {
                 .push(("127.0.0.1:9001".into(), format!("127.0.0.1:{port}")));
             return;
         }
-        if !self.addresses.iter().any(|(d, _)| d == "127.0.0.1:9000") {
+        if self.address("127.0.0.1:9000").is_empty() {
             self.participant("127.0.0.1:9000", &[]).await;
         }
-        let real = |s: &Session, doc: &str| {
-            s.addresses
-                .iter()
-                .find(|(d, _)| d == doc)
-                .map(|(_, r)| r.clone())
-                .unwrap_or_default()
-        };
         let base = self.base();
-        let ok = real(self, "127.0.0.1:9000");
+        let ok = self.address("127.0.0.1:9000");
         let (job, end) = match what {
             "the demo participant" => return,
             "an open job" => (json!({"autoConfirm": false, "tasks": []}), "pending"),
@@ -283,11 +295,11 @@ impl Session {
                 (job, "confirming")
             }
             "a heuristic job" => {
-                if !self.addresses.iter().any(|(d, _)| d == "127.0.0.1:9002") {
+                if self.address("127.0.0.1:9002").is_empty() {
                     self.participant("127.0.0.1:9002", &["--refuse-confirms"])
                         .await;
                 }
-                let refusing = real(self, "127.0.0.1:9002");
+                let refusing = self.address("127.0.0.1:9002");
                 (
                     json!({
                         "contact": {"person": "on call", "webhook": "http://127.0.0.1:9/hook"},
@@ -357,18 +369,7 @@ impl Session {
         for (name, value) in &self.filled {
             script = script.replace(name.as_str(), value);
         }
-        let id = self
-            .filled
-            .iter()
-            .find(|(n, _)| n == "{jobID}")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        let etag = self
-            .filled
-            .iter()
-            .find(|(n, _)| n == "{ETag}")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let (id, etag) = (self.filled("{jobID}"), self.filled("{ETag}"));
         let base = self.base();
         let run = || {
             let out = std::process::Command::new("bash")

@@ -34,6 +34,16 @@ impl Drop for Cleanup {
     }
 }
 
+/// The coordinator as `embedded` makes it, running, its output dropped.
+fn start(dir: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Daemon {
+    Daemon(
+        embedded(dir, port, env)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("a coordinator"),
+    )
+}
+
 async fn ready(http: &reqwest::Client, port: u16) -> bool {
     http.get(format!("http://127.0.0.1:{port}/health/ready"))
         .send()
@@ -55,12 +65,7 @@ async fn a_second_coordinator_on_one_data_dir_refuses_and_the_first_serves_on() 
     let _cleanup = Cleanup(dir.clone());
     let http = reqwest::Client::new();
     let first_port = free_port();
-    let mut first = Daemon(
-        embedded(&dir, first_port, &[("TCC_INSTANCE_ID", "first")])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the first coordinator"),
-    );
+    let mut first = start(&dir, first_port, &[("TCC_INSTANCE_ID", "first")]);
     assert!(
         eventually(|| ready(&http, first_port)).await,
         "the first coordinator never became ready"
@@ -101,15 +106,10 @@ async fn a_second_coordinator_on_one_data_dir_refuses_and_the_first_serves_on() 
         .expect("a DATABASE_URL in the message")
         .to_string();
     let second_port = free_port();
-    let _second = Daemon(
-        embedded(
-            &dir,
-            second_port,
-            &[("TCC_INSTANCE_ID", "second"), ("DATABASE_URL", &url)],
-        )
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the second coordinator"),
+    let _second = start(
+        &dir,
+        second_port,
+        &[("TCC_INSTANCE_ID", "second"), ("DATABASE_URL", &url)],
     );
     assert!(
         eventually(|| ready(&http, second_port)).await,
