@@ -416,7 +416,8 @@ pub struct Config {
     /// How long a client has to send a request's headers, counted from when it connects and
     /// again from the end of each response (so also how long an idle keep-alive connection is
     /// kept), and how long an answer may wait for the client to read it; past it the connection
-    /// is closed.
+    /// is closed. A request's body, too, must arrive within it (else 408), before the request
+    /// takes its place among those in progress.
     #[arg(
         long,
         env = "TCC_HEADER_READ_TIMEOUT",

@@ -187,6 +187,7 @@ impl Application {
                 max_body: config.max_body.0,
                 listen: listener.local_addr()?,
                 request_timeout: config.request_timeout.0,
+                body_read_timeout: config.header_read_timeout.0,
                 db_timeout: config.db_timeout.0,
                 max_inflight_requests: config.max_inflight_requests,
                 api_keys: Arc::new(config.api_keys()),

@@ -61,6 +61,7 @@ async fn job_for(state: &AppState, set: &LinkSet, confirm: bool) -> Result<Strin
         lease_ttl: state.engine.lease_ttl(),
         idempotency_key: Some(format!("atomikos-{what}:{digest}")),
         request_hash: Some(digest),
+        key_holder: None,
         traceparent: None,
     };
     match within(state, state.engine.accept(row)).await? {
@@ -74,6 +75,7 @@ async fn job_for(state: &AppState, set: &LinkSet, confirm: bool) -> Result<Strin
         Accepted::Replay {
             id,
             same_request: true,
+            ..
         } => Ok(id),
         Accepted::Replay { id, .. } => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -15,10 +15,10 @@ use crate::store::StoreError;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Boxed: an error travels through many `Result`s and should stay one pointer wide.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError(Box<Problem>);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Problem {
     pub status: StatusCode,
     pub slug: &'static str,

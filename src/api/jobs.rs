@@ -195,9 +195,10 @@ pub async fn entry_point(
     Ok(html::vary_accept(json_response(StatusCode::OK, &body)))
 }
 
-#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A replay with the same key and body answers the same; another body with the key is 422", min_length = 1, max_length = 255, pattern = "^[ -~]+$")), responses((status = 202, description = "Accepted and started", body = crate::api::repr::JobRepr, headers(("Location" = String), ("Link" = String))), (status = 200, description = "A replay of an earlier request with the same Idempotency-Key", body = crate::api::repr::JobRepr), (status = 422, description = "A rule is broken: each in errors")))]
+#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A replay with the same key and body answers the same; another body with the key, or the key from another API key, is 422", min_length = 1, max_length = 255, pattern = "^[ -~]+$")), responses((status = 202, description = "Accepted and started", body = crate::api::repr::JobRepr, headers(("Location" = String), ("Link" = String))), (status = 200, description = "A replay of an earlier request with the same Idempotency-Key", body = crate::api::repr::JobRepr), (status = 422, description = "A rule is broken: each in errors")))]
 pub async fn create_job(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -234,6 +235,7 @@ pub async fn create_job(
         created_at: now,
         owner: state.engine.instance_id().to_string(),
         lease_ttl: state.engine.lease_ttl(),
+        key_holder: key.as_ref().map(|_| actor.0.clone()),
         idempotency_key: key,
         request_hash: hash,
         traceparent: traceparent(&headers).map(str::to_string),
@@ -248,13 +250,25 @@ pub async fn create_job(
         Accepted::Replay {
             id,
             same_request: true,
+            ..
         } => {
             let record = load(&state, &id).await?;
             Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
         }
+        // Keys are the holder's: another API key's job is neither answered nor named.
+        Accepted::Replay {
+            another_holder: true,
+            ..
+        } => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was already used by another API key; use a key of your own",
+        )),
         Accepted::Replay {
             id,
             same_request: false,
+            ..
         } => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency-key-reused",
@@ -305,6 +319,7 @@ pub async fn put_job(
                 owner: state.engine.instance_id().to_string(),
                 lease_ttl: state.engine.lease_ttl(),
                 idempotency_key: None,
+                key_holder: None,
                 request_hash: Some(hash.clone()),
                 traceparent: traceparent(&headers).map(str::to_string),
             };

@@ -58,6 +58,8 @@ pub struct ApiSettings {
     pub listen: std::net::SocketAddr,
     /// Every request's time limit (`TCC_REQUEST_TIMEOUT`).
     pub request_timeout: Duration,
+    /// How long a request's body may take to arrive (`TCC_HEADER_READ_TIMEOUT`).
+    pub body_read_timeout: Duration,
     /// Most requests in progress at once (`TCC_MAX_INFLIGHT_REQUESTS`).
     pub max_inflight_requests: usize,
     /// How long a request waits for the database (`TCC_DB_TIMEOUT`).
@@ -117,8 +119,9 @@ impl<S> HttpService for S where
 {
 }
 
-/// The layers every request passes, outermost first: admission (`admit`: 503 at once when its
-/// budget is spent, never queued) and the time limit (503), around the whole router so that the
+/// The layers every request passes, outermost first: the body's arrival (`arrived`: a slow
+/// sender waits outside the budgets), admission (`admit`: 503 at once when its budget is spent,
+/// never queued) and the time limit (503), around the whole router so that the
 /// limits are one for all routes; then, on each route, a panic caught into a 500 problem (the
 /// process goes on serving), unreadable input refused (400), problem details completed.
 fn guarded(routes: Router, settings: &ApiSettings) -> impl HttpService + use<> {
@@ -128,17 +131,23 @@ fn guarded(routes: Router, settings: &ApiSettings) -> impl HttpService + use<> {
         waits: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight_requests)),
     };
     let public = settings.public_url.clone();
+    let open = settings.api_keys.is_empty();
+    let body_limits = (settings.max_body, settings.body_read_timeout);
     let base = public.clone().unwrap_or_default();
     let routes = routes
         .layer(middleware::from_fn(move |req, next| {
-            html::forms::same_origin(public.clone(), req, next)
+            html::forms::same_origin(public.clone(), open, req, next)
         }))
         .layer(middleware::from_fn(reject_unreadable))
+        .layer(middleware::from_fn(refuse_unread))
         .layer(middleware::from_fn(move |req, next| {
             problem_details(base.clone(), req, next)
         }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked));
     ServiceBuilder::new()
+        .layer(middleware::from_fn(move |req, next| {
+            arrived(body_limits, req, next)
+        }))
         .layer(middleware::from_fn(move |req, next| {
             admit(budgets.clone(), req, next)
         }))
@@ -162,6 +171,72 @@ struct Budgets {
 fn waits(req: &Request) -> bool {
     prefer_wait(req.headers(), Duration::from_secs(3600)).is_some()
         || (req.method() == axum::http::Method::PUT && req.uri().path() == "/coordinator/confirm")
+}
+
+/// A request's body, read whole before the request counts as in progress, so that a client that
+/// sends it slowly holds a connection but no place of the budget: 413 beyond `max` bytes
+/// (`TCC_MAX_BODY`), 400 when it cannot be read, 408 (the connection
+/// closed) when it has not arrived within `limit`. Requests without a body pass as they are.
+/// A body announced larger than `max` passes unread too: the handler refuses it at once.
+async fn arrived((max, limit): (usize, Duration), req: Request, next: Next) -> Response {
+    use axum::body::HttpBody as _;
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if req.body().is_end_stream() || announced.is_some_and(|n| n > max as u64) {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let refused = match tokio::time::timeout(limit, read_body(body, max, "body")).await {
+        Ok(Ok(bytes)) => {
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+        }
+        Ok(Err(refused)) => refused,
+        Err(_) => {
+            metrics::counter!(m::API_REJECTED, "reason" => "timeout").increment(1);
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
+                "the request's body did not arrive within the time limit (TCC_HEADER_READ_TIMEOUT); nothing was done",
+            )
+        }
+    };
+    // Answered inside the routes' layers (`refuse_unread`), as a problem like any other.
+    parts.extensions.insert(Unread(refused));
+    next.run(Request::from_parts(parts, Body::empty())).await
+}
+
+/// A body `arrived` could not take, and why.
+#[derive(Clone)]
+struct Unread(ApiError);
+
+/// A request whose body `arrived` refused is answered with that refusal (a 408 closes the
+/// connection: the rest of the body may still come).
+async fn refuse_unread(req: Request, next: Next) -> Response {
+    let Some(Unread(refused)) = req.extensions().get::<Unread>() else {
+        return next.run(req).await;
+    };
+    let mut resp = refused.clone().into_response();
+    if resp.status() == StatusCode::REQUEST_TIMEOUT {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// 413: the body (or form) is larger than `max` bytes.
+fn too_large(what: &str, max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "Body too large",
+        format!("the {what} is larger than the limit of {max} bytes (TCC_MAX_BODY)"),
+    )
 }
 
 /// Admission: health checks always (a liveness probe must never be refused by load, or a
@@ -682,12 +757,7 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Va
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if announced.is_some_and(|n| n > max as u64) {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "Body too large",
-            format!("the body is larger than the limit of {max} bytes (TCC_MAX_BODY)"),
-        ));
+        return Err(too_large("body", max));
     }
     let bytes = read_body(body, max, "body").await?;
     let depth = nesting(&bytes);
@@ -734,12 +804,7 @@ pub async fn read_body(body: Body, max: usize, what: &str) -> Result<axum::body:
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(c) = cause {
             if c.is::<http_body_util::LengthLimitError>() {
-                return ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body-too-large",
-                    "Body too large",
-                    format!("the {what} is larger than the limit of {max} bytes (TCC_MAX_BODY)"),
-                );
+                return too_large(what, max);
             }
             cause = c.source();
         }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use super::ApiError;
 
 /// `(slug, title, what it means and what to do)`.
-pub const PROBLEMS: [(&str, &str, &str); 27] = [
+pub const PROBLEMS: [(&str, &str, &str); 29] = [
     (
         "bad-request",
         "Bad request",
@@ -35,6 +35,11 @@ pub const PROBLEMS: [(&str, &str, &str); 27] = [
         "A page of another site tried to act on the coordinator through the browser (its Origin or Sec-Fetch-Site says so). The console's own forms and direct API calls are not affected; if a proxy changes the Host, set TCC_PUBLIC_URL to the address browsers use.",
     ),
     (
+        "unknown-host",
+        "Unknown host name",
+        "A browser reached this coordinator, which has no API keys, by a host name it does not know as its own. A page elsewhere could otherwise point its own name at the coordinator's address (DNS rebinding) and use the open API through the browser. Browse to it by IP address or localhost, set TCC_PUBLIC_URL to the URL browsers use, or configure TCC_API_KEYS.",
+    ),
+    (
         "database-unavailable",
         "Database unavailable",
         "The coordinator cannot reach PostgreSQL, or it did not answer within TCC_DB_TIMEOUT. Retry after Retry-After; what was asked may have taken effect, so look before repeating a write (a POST /jobs under its Idempotency-Key is safe to repeat).",
@@ -52,7 +57,7 @@ pub const PROBLEMS: [(&str, &str, &str); 27] = [
     (
         "idempotency-key-reused",
         "Idempotency key reused",
-        "This Idempotency-Key was used before for a different job document. Use a new key for a new job; repeat a request only with exactly the same body.",
+        "This Idempotency-Key was used before for a different job document, or by another API key. Use a new key for a new job; repeat a request only with exactly the same body and key.",
     ),
     (
         "internal",
@@ -113,6 +118,11 @@ pub const PROBLEMS: [(&str, &str, &str); 27] = [
         "shared-state-too-large",
         "Shared state too large",
         "A job's shared state may be at most 256 KiB serialized. Keep large data with the participants and put references in the shared state.",
+    ),
+    (
+        "request-timeout",
+        "Request timeout",
+        "The request's body did not arrive within TCC_HEADER_READ_TIMEOUT (30 s by default), so nothing was done and the connection was closed. Send the body at once with its headers.",
     ),
     (
         "timeout",

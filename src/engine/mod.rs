@@ -92,8 +92,12 @@ pub enum Accepted {
     /// A new job, as stored; its driver has started.
     Created(Box<store::JobRecord>),
     /// The idempotency key was used before, for job `id`; `same_request` tells whether with the
-    /// same document.
-    Replay { id: String, same_request: bool },
+    /// same document and by the same key holder, `another_holder` whether by another API key.
+    Replay {
+        id: String,
+        same_request: bool,
+        another_holder: bool,
+    },
 }
 
 #[derive(Clone)]
@@ -230,7 +234,15 @@ impl Engine {
                     engine.start_claimed(record.clone(), first);
                     Accepted::Created(Box::new(record))
                 }
-                Inserted::Replay { id, same_request } => Accepted::Replay { id, same_request },
+                Inserted::Replay {
+                    id,
+                    same_request,
+                    another_holder,
+                } => Accepted::Replay {
+                    id,
+                    same_request,
+                    another_holder,
+                },
             })
         });
         task.await

@@ -9,8 +9,12 @@ pub enum Inserted {
     /// A new job, claimed by the inserting instance at lease generation 1, as given.
     Created,
     /// The idempotency key was used before, for this job; `same_request` tells whether with the
-    /// same document.
-    Replay { id: String, same_request: bool },
+    /// same document and by the same key holder, `another_holder` whether by another API key.
+    Replay {
+        id: String,
+        same_request: bool,
+        another_holder: bool,
+    },
 }
 
 /// A new job to store: the parsed document and everything `insert_job` writes besides.
@@ -23,6 +27,8 @@ pub struct NewJobRow {
     pub owner: String,
     pub lease_ttl: Duration,
     pub idempotency_key: Option<String>,
+    /// Who gave the idempotency key (the API key's name): a replay by another is refused.
+    pub key_holder: Option<String>,
     /// What a replay under the same key must match: a hash of the request (set with a key).
     pub request_hash: Option<String>,
     pub traceparent: Option<String>,
@@ -85,6 +91,7 @@ pub async fn insert_many(
     let mut owners = Vec::with_capacity(n);
     let mut ttls = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
+    let mut holders = Vec::with_capacity(n);
     let mut hashes = Vec::with_capacity(n);
     let mut traceparents = Vec::with_capacity(n);
     let mut job_of = Vec::new();
@@ -122,6 +129,7 @@ pub async fn insert_many(
         owners.push(row.owner.as_str());
         ttls.push(row.lease_ttl.as_secs_f64());
         keys.push(row.idempotency_key.as_deref());
+        holders.push(row.key_holder.as_deref());
         hashes.push(row.request_hash.as_deref());
         traceparents.push(row.traceparent.as_deref());
         for t in &job.tasks {
@@ -149,19 +157,20 @@ pub async fn insert_many(
                 INSERT INTO jobs (id, source, status, fields, correlation_id, tags, auto_confirm,
                     retry_policy, shared_state, task_count, created_at, updated_at, deadline,
                     lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
-                    request_hash, traceparent, event_seq)
+                    request_hash, traceparent, event_seq, key_holder)
                 SELECT n.id, n.source, n.status, n.fields, n.correlation_id,
                     ($5::text[])[n.tags_from:n.tags_to], n.auto_confirm, n.retry_policy,
                     n.shared_state, n.task_count, n.created_at, n.created_at, n.deadline,
                     n.owner, now() + make_interval(secs => n.ttl), 1, n.created_at, n.key,
-                    n.hash, n.traceparent, CASE WHEN n.status = 'pending' THEN 1 ELSE 2 END
+                    n.hash, n.traceparent, CASE WHEN n.status = 'pending' THEN 1 ELSE 2 END,
+                    n.holder
                 FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $6::text[],
                     $7::int[], $8::int[], $9::bool[], $10::jsonb[], $11::jsonb[], $12::int[],
                     $13::timestamptz[], $14::timestamptz[], $15::text[], $16::float8[],
-                    $17::text[], $18::text[], $19::text[])
+                    $17::text[], $18::text[], $19::text[], $30::text[])
                     AS n(id, source, status, fields, correlation_id, tags_from, tags_to,
                          auto_confirm, retry_policy, shared_state, task_count, created_at,
-                         deadline, owner, ttl, key, hash, traceparent)
+                         deadline, owner, ttl, key, hash, traceparent, holder)
                 ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING id, status, created_at, source
              ), e AS (
@@ -192,7 +201,7 @@ pub async fn insert_many(
              SELECT id FROM j",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 29] = [
+    let params: [&(dyn ToSql + Sync); 30] = [
         &ids,
         &sources,
         &job_statuses,
@@ -222,6 +231,7 @@ pub async fn insert_many(
         &expires,
         &attempts,
         &started,
+        &holders,
     ];
     let stored = client.query(&stmt, &params).await?;
     let stored = stored
@@ -248,14 +258,19 @@ async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted
         .ok_or_else(|| corrupt("insert conflicted without an idempotency key"))?;
     let existing = client
         .query_one(
-            "SELECT id, request_hash FROM jobs WHERE source = $1 AND idempotency_key = $2",
+            "SELECT id, request_hash, key_holder FROM jobs
+             WHERE source = $1 AND idempotency_key = $2",
             &[&row.source, &key],
         )
         .await?;
     let hash: Option<String> = existing.try_get("request_hash")?;
+    // A job stored before holders were recorded (NULL) is anyone's, as it was then.
+    let holder: Option<String> = existing.try_get("key_holder")?;
+    let another_holder = holder.is_some_and(|h| row.key_holder.as_deref() != Some(h.as_str()));
     Ok(Inserted::Replay {
         id: existing.try_get("id")?,
-        same_request: hash.is_some() && hash == row.request_hash,
+        same_request: hash.is_some() && hash == row.request_hash && !another_holder,
+        another_holder,
     })
 }
 

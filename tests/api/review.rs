@@ -671,3 +671,170 @@ async fn the_operators_webhook_is_never_shown() {
         "the job's own contact is shown as it is"
     );
 }
+
+/// Second pass L: an `Idempotency-Key` is its API key's. Another key that sends the same key and
+/// body is refused (422) and told nothing of the job; the holder's replay still answers its job.
+#[tokio::test]
+async fn an_idempotency_key_is_its_api_keys_own() {
+    let (alice, bob) = ("alice-secret-000001", "bob-secret-00000001");
+    let keys = format!("alice:submit:{alice},bob:submit:{bob}");
+    let app = spawn_app_with(&["--api-keys", &keys]).await;
+    let job = json!({"autoConfirm": false, "tasks": []});
+    let post = |secret: &'static str| {
+        app.http
+            .post(app.url("/jobs"))
+            .bearer_auth(secret)
+            .header("idempotency-key", "order-1")
+            .json(&job)
+            .send()
+    };
+    let first = post(alice).await.expect("POST /jobs");
+    assert_eq!(first.status(), 202);
+    let alices_job = header_text(&first, "location");
+
+    let r = post(bob).await.expect("POST /jobs");
+    assert_eq!(r.status(), 422);
+    assert!(r.headers().get("location").is_none());
+    let problem: Value = r.json().await.expect("a problem");
+    assert!(
+        problem["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/problems/idempotency-key-reused")),
+        "{problem:#}"
+    );
+    let id = alices_job.rsplit('/').next().unwrap_or_default();
+    assert!(!problem.to_string().contains(id), "{problem:#}");
+
+    let again = post(alice).await.expect("POST /jobs");
+    assert_eq!(again.status(), 202);
+    assert_eq!(header_text(&again, "location"), alices_job);
+}
+
+/// Second pass K: DNS rebinding. Without API keys, a browser's request that came by a host name
+/// the coordinator does not know as its own (a page elsewhere that pointed its name at this
+/// address, same-origin with itself) is refused, reads as well as actions; by IP address,
+/// `localhost` or `TCC_PUBLIC_URL`'s host it is served, and so is any client but a browser.
+#[tokio::test]
+async fn a_browser_by_a_strange_host_name_cannot_use_an_open_coordinator() {
+    let app = spawn_app().await;
+    let id = app
+        .submit(&json!({"autoConfirm": false, "tasks": []}))
+        .await;
+    let port = app.addr.rsplit(':').next().unwrap_or_default().to_string();
+    let rebound = format!("rebound.example:{port}");
+    let from = |host: &str, method: reqwest::Method, path: &str, browser: bool| {
+        let mut req = app
+            .http
+            .request(method, app.url(path))
+            .header("host", host)
+            .header("accept", "application/json");
+        if browser {
+            req = req
+                .header("origin", format!("http://{host}"))
+                .header("sec-fetch-site", "same-origin");
+        }
+        req.send()
+    };
+    for (method, path) in [
+        (reqwest::Method::GET, "/jobs".to_string()),
+        (reqwest::Method::DELETE, format!("/jobs/{id}")),
+    ] {
+        let r = from(&rebound, method.clone(), &path, true)
+            .await
+            .expect("a request");
+        assert_eq!(r.status(), 403, "{method} {path}");
+        let problem: Value = r.json().await.expect("a problem");
+        assert!(
+            problem["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("/problems/unknown-host")),
+            "{problem:#}"
+        );
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("TCC_PUBLIC_URL")),
+            "{problem:#}"
+        );
+    }
+    let status = app.get_job(&id).await["jobStatus"].clone();
+    assert!(status != "canceling" && status != "canceled", "{status}");
+    // The problem pages and the console's assets are anyone's.
+    let r = from(
+        &rebound,
+        reqwest::Method::GET,
+        "/problems/unknown-host",
+        true,
+    )
+    .await
+    .expect("a request");
+    assert_eq!(r.status(), 200);
+    // Its own names, and a client that is no browser, are served.
+    for (host, browser) in [
+        (format!("127.0.0.1:{port}"), true),
+        (format!("localhost:{port}"), true),
+        (format!("[::1]:{port}"), true),
+        (rebound.clone(), false),
+    ] {
+        let r = from(&host, reqwest::Method::GET, "/jobs", browser)
+            .await
+            .expect("a request");
+        assert_eq!(r.status(), 200, "{host}, browser: {browser}");
+    }
+    // With a public URL, its host is the coordinator's own name.
+    let public = format!("http://rebound.example:{port}");
+    let named = spawn_app_with(&["--public-url", &public]).await;
+    let r = named
+        .http
+        .get(named.url("/jobs"))
+        .header("host", format!("rebound.example:{port}"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .expect("a request");
+    assert_eq!(r.status(), 200);
+}
+
+/// Second pass F: a client that sends its body slowly holds a connection, not a place among the
+/// requests in progress: while more slow senders than `TCC_MAX_INFLIGHT_REQUESTS` wait, every
+/// submission is taken; each slow one is answered 408 once `TCC_HEADER_READ_TIMEOUT` passes.
+#[tokio::test]
+async fn slow_bodies_never_starve_submissions() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(&[
+        "--max-inflight-requests",
+        "2",
+        "--header-read-timeout",
+        "2s",
+    ])
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect(&app).await;
+        stream
+            .write_all(
+                b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tasks\"",
+            )
+            .await
+            .expect("a head and a little of the body");
+        slow.push(stream);
+    }
+    let answers = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for mut stream in slow {
+            answers.push(read_until_closed(&mut stream).await);
+        }
+        answers
+    });
+    let mut taken = 0;
+    while !answers.is_finished() || taken == 0 {
+        let r = post_job(&app, &[], &json!({"autoConfirm": false, "tasks": []})).await;
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        taken += 1;
+    }
+    for answer in answers.await.expect("the slow senders' answers") {
+        let answer = answer.expect("a slow sender is answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("TCC_HEADER_READ_TIMEOUT"), "{answer}");
+    }
+}

@@ -30,6 +30,7 @@ fn new_row(key: Option<&str>, hash: &str, task: &str) -> (NewJobRow, JobRecord) 
         lease_ttl: Duration::from_secs(30),
         idempotency_key: key.map(str::to_string),
         request_hash: key.map(|_| hash.to_string()),
+        key_holder: key.map(|_| "store-test".to_string()),
         traceparent: None,
     };
     let record = store::initial_record(&row);
@@ -93,15 +94,18 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
         Inserted::Replay {
             id: a.clone(),
             same_request: false,
+            another_holder: false,
         },
         Inserted::Created,
         Inserted::Replay {
             id: earlier.0.id.to_string(),
             same_request: true,
+            another_holder: false,
         },
         Inserted::Replay {
             id: a.clone(),
             same_request: true,
+            another_holder: false,
         },
     ];
     assert_eq!(outcomes, expected);
@@ -392,6 +396,7 @@ async fn every_column_round_trips() {
         lease_ttl: Duration::from_secs(30),
         idempotency_key: Some("rt-key".into()),
         request_hash: Some("rt-hash".into()),
+        key_holder: Some("store-test".into()),
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
     };
     let record = store::initial_record(&row);

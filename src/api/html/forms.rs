@@ -194,9 +194,57 @@ fn cross_site(method: &Method, headers: &HeaderMap, public: Option<&str>) -> boo
     !origin.eq_ignore_ascii_case(&format!("http://{host}"))
 }
 
+/// A browser's request (it sends `Origin` or `Sec-Fetch-*`) to a coordinator without API keys
+/// that came by a host name the coordinator does not know as its own: that name, else `None`.
+/// Its own: an IP address, `localhost` (and `*.localhost`), `TCC_PUBLIC_URL`'s host. Otherwise a
+/// page elsewhere could point its own name at this address (DNS rebinding) and, same-origin with
+/// itself, read and act through the open API. With keys it could not: the browser holds no
+/// credentials for that name. Clients other than browsers send any `Host` they like.
+fn unknown_host<'h>(headers: &'h HeaderMap, public: Option<&str>) -> Option<&'h str> {
+    let browser = ["origin", "sec-fetch-site", "sec-fetch-mode"]
+        .into_iter()
+        .any(|name| headers.contains_key(name));
+    if !browser {
+        return None;
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    if host.starts_with('[') {
+        return None; // an IPv6 literal
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, _port)| name);
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let lower = name.to_ascii_lowercase();
+    let known = name.parse::<std::net::Ipv4Addr>().is_ok()
+        || lower == "localhost"
+        || lower.ends_with(".localhost")
+        || public
+            .and_then(|p| url::Url::parse(p).ok())
+            .and_then(|u| u.host_str().map(|h| h.eq_ignore_ascii_case(name)))
+            .unwrap_or(false);
+    (!known).then_some(host)
+}
+
 /// The middleware: a cross-site request that changes something is refused (403), whatever it
-/// carries.
-pub async fn same_origin(public: Option<String>, req: Request, next: Next) -> Response {
+/// carries; so is, when the API is open (`open`), a browser's request by a host name not the
+/// coordinator's own (403, `unknown_host`). The console's stylesheet and script and the problem
+/// pages are served to any.
+pub async fn same_origin(public: Option<String>, open: bool, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let assets = path.starts_with("/console/") || path.starts_with("/problems/");
+    if open
+        && !assets
+        && let Some(host) = unknown_host(req.headers(), public.as_deref())
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "unknown-host",
+            "Unknown host name",
+            format!(
+                "this coordinator has no API keys and does not know {host} as its own name, so a browser may not use it by that name: browse to it by IP address or localhost, or set TCC_PUBLIC_URL to the URL browsers use"
+            ),
+        )
+        .into_response();
+    }
     if cross_site(req.method(), req.headers(), public.as_deref()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -283,5 +331,36 @@ mod tests {
         assert_eq!(action_of("/jobs/j1/participants"), None);
         assert_eq!(action_of("/jobs/j1"), None);
         assert_eq!(action_of("/coordinator/confirm"), None);
+    }
+
+    #[test]
+    fn a_browser_must_come_by_a_name_of_the_coordinators_own() {
+        let browser = ("sec-fetch-mode", "cors");
+        for own in [
+            "127.0.0.1:8080",
+            "10.0.0.7",
+            "[::1]:8080",
+            "localhost:8080",
+            "LOCALHOST.",
+            "console.localhost:8080",
+            "tcc.example.com:443",
+        ] {
+            let h = headers(&[("host", own), browser]);
+            assert_eq!(
+                unknown_host(&h, Some("https://tcc.example.com")),
+                None,
+                "{own}"
+            );
+        }
+        for strange in [
+            "evil.example:8080",
+            "127.0.0.1.nip.io",
+            "localhost.evil.example",
+        ] {
+            let h = headers(&[("host", strange), browser]);
+            assert_eq!(unknown_host(&h, None), Some(strange));
+            // Not a browser: any Host.
+            assert_eq!(unknown_host(&headers(&[("host", strange)]), None), None);
+        }
     }
 }
