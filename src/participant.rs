@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -176,6 +176,15 @@ impl ParticipantClient {
         let mut headers = Self::base_headers(&call.ids);
         headers.insert(CONTENT_TYPE, "application/json".parse().expect("static"));
         headers.insert(ACCEPT, "application/json".parse().expect("static"));
+        // The instant after which the coordinator no longer acts on this answer: a participant
+        // that reads it reserves nothing for a Try that arrives later.
+        let acts_until = chrono::Duration::from_std(call.timeout)
+            .ok()
+            .and_then(|t| Utc::now().checked_add_signed(t))
+            .map_or(call.job_deadline, |end| end.min(call.job_deadline));
+        if let Ok(v) = HeaderValue::from_str(&rfc3339(acts_until)) {
+            headers.insert("tcc-deadline", v);
+        }
         let body = serde_json::to_vec(call.body).unwrap_or_else(|_| b"{}".to_vec());
         let sent = self
             .send(Method::POST, call.url, headers, Some(body), call.timeout)

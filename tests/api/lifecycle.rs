@@ -53,6 +53,45 @@ async fn three_tasks_complete_with_one_try_and_one_confirm_each() {
     app.stop().await;
 }
 
+/// Every Try carries `tcc-deadline`: the end of this call's timeout (`taskMaxTTL`), or the job's
+/// deadline when that comes first, in RFC 3339 with milliseconds; a confirm does not.
+#[tokio::test]
+async fn every_try_says_until_when_its_answer_counts() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let sent = chrono::Utc::now();
+    let mut job = job_of(&[("short", p.url("short")), ("long", p.url("long"))]);
+    job["jobMaxTTL"] = json!(60);
+    job["autoConfirm"] = json!(true);
+    job["tasks"][0]["taskMaxTTL"] = json!(5);
+    job["tasks"][1]["taskMaxTTL"] = json!(600);
+    let id = app.submit(&job).await;
+    let done = app.wait_status(&id, "completed").await;
+    let job_deadline = chrono::DateTime::parse_from_rfc3339(
+        done["deadline"].as_str().expect("the job's deadline"),
+    )
+    .expect("RFC 3339");
+    let deadline_of = |name: &str| {
+        let tried = &p.received(Op::Try, name)[0];
+        let text = tried.deadline.clone().expect("a tcc-deadline");
+        let fraction = text.rsplit('.').next().unwrap_or_default();
+        assert!(
+            fraction.len() == 4 && fraction.ends_with('Z'),
+            "milliseconds, UTC: {text}"
+        );
+        chrono::DateTime::parse_from_rfc3339(&text).expect("RFC 3339")
+    };
+    let short = deadline_of("short");
+    assert!(
+        short > sent && short <= chrono::Utc::now() + chrono::Duration::seconds(5),
+        "{short}"
+    );
+    assert!(short < job_deadline);
+    // The job's deadline comes before the end of a 600-second call.
+    assert_eq!(deadline_of("long"), job_deadline);
+    assert_eq!(p.received(Op::Confirm, "short")[0].deadline, None);
+}
+
 #[tokio::test]
 async fn a_failed_try_cancels_the_reserved_tasks() {
     let app = spawn_app().await;

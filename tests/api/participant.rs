@@ -77,6 +77,8 @@ pub struct Received {
     pub content_type: Option<String>,
     pub accept: Option<String>,
     pub traceparent: Option<String>,
+    /// `tcc-deadline`: after it the coordinator no longer acts on the answer.
+    pub deadline: Option<String>,
     pub body: Option<Value>,
     pub at: std::time::Instant,
     /// The connection it came on (the caller's address and port).
@@ -142,6 +144,7 @@ impl Shared {
             content_type: header(headers, "content-type"),
             accept: header(headers, "accept"),
             traceparent: header(headers, "traceparent"),
+            deadline: header(headers, "tcc-deadline"),
             body,
             at: std::time::Instant::now(),
             peer,
