@@ -17,6 +17,8 @@
 //! - [`domain`]: statuses and transitions, the planner, retry policies, request parsing. Pure.
 //! - [`store`]: the only module that speaks SQL; fenced writes after a claim.
 //! - [`participant`]: the HTTP client for Try/confirm/cancel; classifies answers.
+//! - [`check`]: the participant checker (`check-participant`): plays the coordinator against a
+//!   participant, rule by rule.
 //! - [`engine`]: claim → plan → persist → call loop; leases; wake-ups; shutdown.
 //! - [`api`]: axum routes, problem+json errors, hypermedia.
 //! - [`embedded_pg`]: the embedded PostgreSQL default.
@@ -27,6 +29,7 @@
 //! - [`startup`]: building and running the whole.
 
 pub mod api;
+pub mod check;
 pub mod config;
 pub mod domain;
 pub mod embedded_pg;

@@ -1,7 +1,12 @@
-//! The `tcc-coordinator` command: `serve` (the default) and `migrate`.
+//! The `tcc-coordinator` command: `serve` (the default), `migrate` and `check-participant`.
 
-use clap::{Parser, Subcommand};
-use tcc_coordinator::config::{self, Config, LogFormat};
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tcc_coordinator::check::{CheckOptions, check};
+use tcc_coordinator::config::{self, Config, LogFormat, Span};
+use tcc_coordinator::domain::TargetUrl;
 use tcc_coordinator::startup::{Application, Database, Listeners, shutdown_signal};
 
 /// Every job allocates many small, short-lived buffers (HTTP heads, JSON, statement parameters)
@@ -29,25 +34,121 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Play the coordinator against a participant and report each rule it keeps or breaks.
+    ///
+    /// Needs no database and no coordinator setting. Exit 0 when nothing failed, 1 when a rule
+    /// failed, 2 when the check could not run.
+    CheckParticipant(CheckArgs),
 }
 
-fn main() -> std::process::ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|e| config::without_secrets(e).exit());
+/// The arguments of `check-participant`.
+#[derive(Args)]
+struct CheckArgs {
+    /// The participant's Try URL (POSTed to), an absolute http or https URL.
+    #[arg(value_name = "TRY_URL", value_parser = parse_try_url)]
+    try_url: String,
+    /// The Try body, JSON: what this participant needs to reserve something.
+    #[arg(long, value_name = "JSON", default_value = "{}", value_parser = parse_body)]
+    body: serde_json::Value,
+    /// Wait for a reservation's expiry (to confirm it after) only when it comes within this
+    /// many seconds; otherwise that rule is skipped.
+    #[arg(long, value_name = "SECONDS", default_value = "30")]
+    max_wait: Span,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `check-participant` alone, so that no coordinator setting (flag or environment variable)
+/// is read, nor can stop it.
+#[derive(Parser)]
+#[command(
+    name = "tcc-coordinator check-participant",
+    version,
+    about = "Play the coordinator against a participant and report each rule it keeps or breaks",
+    after_help = "Exit status: 0 when no rule failed, 1 when a rule failed, 2 when the check could not run."
+)]
+struct CheckCli {
+    #[command(flatten)]
+    args: CheckArgs,
+}
+
+fn parse_try_url(s: &str) -> Result<String, String> {
+    TargetUrl::parse(s)
+        .map(String::from)
+        .map_err(|why| format!("TRY_URL {why}"))
+}
+
+fn parse_body(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("--body is not JSON: {e}"))
+}
+
+fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "check-participant")
+    {
+        let args = std::iter::once("tcc-coordinator check-participant".into())
+            .chain(std::env::args_os().skip(2));
+        let cli = CheckCli::try_parse_from(args).unwrap_or_else(|e| e.exit());
+        return check_participant(cli.args);
+    }
+    let Cli { command, config } =
+        Cli::try_parse().unwrap_or_else(|e| config::without_secrets(e).exit());
+    // Reached when coordinator flags come before the subcommand.
+    if let Some(Command::CheckParticipant(args)) = command {
+        return check_participant(args);
+    }
+    let cli = Cli { command, config };
     init_logs(cli.config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tcc-coordinator: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tcc-coordinator: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the checker and prints its report (a table, or JSON with `--json`): exit 0 when no
+/// rule failed, 1 when one did, 2 when the check could not run.
+fn check_participant(args: CheckArgs) -> ExitCode {
+    const COULD_NOT_RUN: u8 = 2;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tcc-coordinator check-participant: cannot start the runtime: {e}");
+            return ExitCode::from(COULD_NOT_RUN);
+        }
+    };
+    let mut options = CheckOptions::new(args.try_url);
+    options.body = args.body;
+    options.max_wait = args.max_wait.0;
+    let report = match runtime.block_on(check(&options)) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("tcc-coordinator check-participant: {e}");
+            return ExitCode::from(COULD_NOT_RUN);
+        }
+    };
+    let text = if args.json {
+        format!("{:#}\n", report.to_json())
+    } else {
+        report.to_string()
+    };
+    // A closed standard output (a pipe read no further) changes nothing of the result.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    ExitCode::from(report.exit_code())
 }
 
 /// `RUST_LOG` filters (default `info`); `TCC_LOG_FORMAT` chooses text or JSON lines. Colour

@@ -8,6 +8,7 @@ mod actions;
 mod atomikos;
 mod auth;
 mod browser;
+mod check;
 mod console;
 mod docs;
 mod embedded;
