@@ -1,4 +1,6 @@
-//! Makes a Rust service a correct Try-Confirm/Cancel participant.
+#![doc = include_str!("../README.md")]
+//!
+//! # The crate in short
 //!
 //! The service implements [`Service`]: `reserve` (which may refuse with a message), `confirm` and
 //! `release`, each handed the library's open transaction, so that the service's own rows change

@@ -65,6 +65,30 @@ async fn the_minimal_participant_of_the_docs_completes_and_cancels() {
     app.stop().await;
 }
 
+/// The minimal participant of the docs keeps every rule the checker knows (it holds for five
+/// minutes, so the expiry rule is skipped), as the page says.
+#[tokio::test]
+async fn the_minimal_participant_of_the_docs_keeps_the_checkers_rules() {
+    use tcc_coordinator::check::{CheckOptions, Outcome, check};
+    let (_seats, port) = start_documented_participant().await;
+    let mut options = CheckOptions::new(format!("http://127.0.0.1:{port}/reservations"));
+    options.body = json!({"seat": "12A"});
+    let report = check(&options).await.expect("the check runs");
+    for finding in &report.findings {
+        let expected = if finding.rule == "confirm-after-expiry-404" {
+            Outcome::Skipped
+        } else {
+            Outcome::Pass
+        };
+        assert_eq!(
+            finding.outcome, expected,
+            "{}: {}",
+            finding.rule, finding.detail
+        );
+    }
+    assert!(report.unreleased.is_empty(), "{:?}", report.unreleased);
+}
+
 /// The documents whose shell examples talk to the coordinator.
 const DOCUMENTS: [&str; 5] = [
     "README.md",
@@ -180,6 +204,22 @@ fn demo_participant(flags: &[&str]) -> (Daemon, u16) {
     (Daemon(child), port)
 }
 
+/// The example service `inventory`, as `cargo test` at the workspace's root builds it (next to
+/// this test's own binary: `target/{profile}/examples/inventory`).
+fn inventory_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("inventory"))
+        .filter(|bin| bin.exists());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "the docs start inventory, which is not built: run `cargo test` at the workspace's root, or `cargo build -p tcc-participant --example inventory` first"
+        )
+    })
+}
+
 /// One document's run: a coordinator on a fresh database, the participants the document
 /// starts, and what earlier examples printed that later ones use.
 struct Session {
@@ -241,6 +281,24 @@ impl Session {
         listening(port, "the demo participant").await;
         self.participants.push(daemon);
         let real = format!("127.0.0.1:{port}");
+        let port_of = listen.rsplit(':').next().unwrap_or_default();
+        self.addresses.push((listen.to_string(), real.clone()));
+        self.addresses.push((format!("localhost:{port_of}"), real));
+    }
+
+    /// `inventory` as a document starts it, on a port of its own and the session's database
+    /// (whatever database the document names).
+    async fn inventory(&mut self, listen: &str, flags: &[&str]) {
+        let port = free_port();
+        let real = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(inventory_binary())
+            .args(["--listen", &real, "--database-url", &self.db])
+            .args(flags)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("inventory");
+        self.participants.push(Daemon(child));
+        listening(port, "inventory").await;
         let port_of = listen.rsplit(':').next().unwrap_or_default();
         self.addresses.push((listen.to_string(), real.clone()));
         self.addresses.push((format!("localhost:{port_of}"), real));
@@ -342,6 +400,23 @@ impl Session {
                     })
                     .collect::<Vec<_>>();
                 self.serve(&env).await;
+            } else if let Some(rest) = command
+                .strip_prefix("cargo run --release -p tcc-participant --example inventory --")
+            {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                let listen = words
+                    .iter()
+                    .position(|w| *w == "--listen")
+                    .and_then(|i| words.get(i + 1))
+                    .copied()
+                    .unwrap_or("127.0.0.1:8081");
+                let hold: Vec<&str> = words
+                    .iter()
+                    .position(|w| *w == "--hold")
+                    .and_then(|i| words.get(i..i + 2))
+                    .map(<[&str]>::to_vec)
+                    .unwrap_or_default();
+                self.inventory(listen, &hold).await;
             } else if let Some(rest) =
                 command.strip_prefix("cargo run --release --bin tcc-chaos -- participant")
             {
