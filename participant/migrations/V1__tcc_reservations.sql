@@ -2,7 +2,7 @@
 -- Idempotent: run it at every start (tcc_participant::migrate does), or copy it into the
 -- service's own migrations.
 CREATE TABLE IF NOT EXISTS tcc_reservations (
-    -- The link's last segment: 128 random bits, unguessable.
+    -- The link's last segment: a random UUID (122 random bits), unguessable.
     id             text PRIMARY KEY,
     -- The Try's identity: its correlation-id and request-id headers.
     correlation_id text NOT NULL,

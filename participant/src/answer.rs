@@ -64,14 +64,16 @@ impl Answer {
         }
     }
 
-    /// 503 with `Retry-After: 1`: the database failed; nothing was done.
-    pub(crate) fn unavailable(detail: impl std::fmt::Display) -> Self {
+    /// 503 with `Retry-After: 1`: the database failed or did not answer in time. What was
+    /// asked was not done, or (a commit whose answer was lost) done whole: a repeat is answered
+    /// as the first, so the caller repeats it. The cause is logged, not shown.
+    pub(crate) fn unavailable() -> Self {
         Answer {
             retry_after: Some(1),
             ..Answer::problem(
                 503,
                 "Service unavailable",
-                format!("{detail}; nothing was done: try again"),
+                "the participant's database failed or did not answer in time: nothing was done, or all of it; repeat the call",
             )
         }
     }

@@ -234,7 +234,12 @@ impl From<tokio_postgres::Error> for Error {
         let retry = e.code().is_some_and(|c| {
             *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
         });
-        Error(format!("database: {e}"), retry)
+        // The server's code and message (the error's own text is only "db error").
+        let text = match e.as_db_error() {
+            Some(db) => format!("database: {} ({})", db.message(), db.code().code()),
+            None => format!("database: {e}"),
+        };
+        Error(text, retry)
     }
 }
 
@@ -327,8 +332,16 @@ impl<S: Service> Participant<S> {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = me.sweep().await {
-                    tracing::warn!(error = %e, "the reservations' sweeper failed; retrying");
+                // Each run in a task of its own: a service's panic ends the run, not the sweeper.
+                let run = me.clone();
+                match tokio::spawn(async move { run.sweep().await }).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "the reservations' sweeper failed; retrying");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the reservations' sweeper panicked; retrying");
+                    }
                 }
                 tokio::time::sleep(me.inner.config.sweep_every).await;
             }

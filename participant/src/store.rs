@@ -63,7 +63,7 @@ where
         Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(error = %e, "a participant call failed; answered 503");
-            Answer::unavailable(e)
+            Answer::unavailable()
         }
     }
 }
@@ -114,6 +114,22 @@ fn canonical(v: &Value, out: &mut String) {
     }
 }
 
+/// The longest `correlation-id` or `request-id` taken (the pair is a unique key).
+const MAX_ID: usize = 256;
+/// The longest subject taken.
+const MAX_SUBJECT: usize = 1024;
+
+/// Whether a string anywhere in `v` (a key or a value) holds U+0000, which PostgreSQL's `jsonb`
+/// cannot store.
+fn holds_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 fn refused(message: &str) -> Answer {
     Answer::problem(409, "Refused", message)
 }
@@ -155,6 +171,27 @@ pub(crate) async fn try_reserve<S: Service>(p: &Participant<S>, call: TryCall<'_
             return Answer::problem(400, "Bad request", format!("the body is not JSON: {e}"));
         }
     };
+    // What the database could not store would fail every repeat the same way: refused here.
+    for (what, value, max) in [
+        ("the header correlation-id", correlation_id.as_str(), MAX_ID),
+        ("the header request-id", request_id.as_str(), MAX_ID),
+        ("the Try's subject", call.subject, MAX_SUBJECT),
+    ] {
+        if value.len() > max || value.contains('\0') {
+            return Answer::problem(
+                400,
+                "Bad request",
+                format!("{what} must be at most {max} bytes, without NUL characters"),
+            );
+        }
+    }
+    if holds_nul(&body) {
+        return Answer::problem(
+            400,
+            "Bad request",
+            "the body holds a NUL character (\\u0000), which cannot be stored",
+        );
+    }
     let hash = request_hash(call.subject, &body);
     let request = TryRequest {
         correlation_id,
@@ -193,19 +230,6 @@ async fn try_once<S: Service>(
         return replay(p, &found, &id, hash).map(Some);
     }
     let now: DateTime<Utc> = found.try_get("now")?;
-    if let Some(d) = deadline
-        && now >= d
-    {
-        metrics::counter!(RESERVATIONS, "outcome" => "late").increment(1);
-        return Ok(Some(Answer::problem(
-            409,
-            "Too late",
-            format!(
-                "the Try arrived after its tcc-deadline ({}): the coordinator no longer acts on its answer, so nothing was reserved",
-                rfc3339(d)
-            ),
-        )));
-    }
     let id = token();
     let inserted = tx
         .query_opt(
@@ -230,6 +254,21 @@ async fn try_once<S: Service>(
     let Some(inserted) = inserted else {
         return Ok(None);
     };
+    // Late, now that the ids are ours (a repeat racing a first Try in time replays that one):
+    // dropped, the transaction takes the claim back; nothing is kept.
+    if let Some(d) = deadline
+        && now >= d
+    {
+        metrics::counter!(RESERVATIONS, "outcome" => "late").increment(1);
+        return Ok(Some(Answer::problem(
+            409,
+            "Too late",
+            format!(
+                "the Try arrived after its tcc-deadline ({}): the coordinator no longer acts on its answer, so nothing was reserved",
+                rfc3339(d)
+            ),
+        )));
+    }
     let expires: DateTime<Utc> = inserted.try_get("expires_at")?;
     tx.batch_execute("SAVEPOINT tcc_reserve").await?;
     match p.inner.service.reserve(&tx, request).await {
@@ -444,11 +483,21 @@ pub(crate) async fn state<S: Service>(p: &Participant<S>, id: &str) -> Answer {
 pub(crate) async fn sweep<S: Service>(p: &Participant<S>) -> Result<Swept, Error> {
     let batch = p.inner.config.batch.max(1);
     let mut swept = Swept::default();
+    // Expiry, then the purge even when expiry failed; the first failure is the run's.
+    let mut failed = None;
     loop {
-        let n = retrying(p, || expire_batch(p, batch)).await?;
-        swept.expired += n;
-        if n < batch as u64 {
-            break;
+        match retrying(p, || expire_batch(p, batch)).await {
+            Ok((n, taken)) => {
+                swept.expired += n;
+                // Done when the batch was not full, or nothing in it could be released.
+                if taken < batch as u64 || n == 0 {
+                    break;
+                }
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
         }
     }
     let retention = p.inner.config.retention.as_secs_f64();
@@ -473,12 +522,20 @@ pub(crate) async fn sweep<S: Service>(p: &Participant<S>) -> Result<Swept, Error
             break;
         }
     }
-    Ok(swept)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(swept),
+    }
 }
 
 /// One batch of lapsed reservations, released and marked expired in one transaction; rows
-/// another replica's sweeper (or a confirm, a cancel) holds are skipped.
-async fn expire_batch<S: Service>(p: &Participant<S>, batch: i64) -> Result<Option<u64>, Error> {
+/// another replica's sweeper (or a confirm, a cancel) holds are skipped. Each row's release is
+/// behind a savepoint: a row the service fails to release is logged and left for the next run,
+/// and the others are expired all the same. (Released, expired, taken.)
+async fn expire_batch<S: Service>(
+    p: &Participant<S>,
+    batch: i64,
+) -> Result<Option<(u64, u64)>, Error> {
     let mut client = p.inner.pool.get().await.map_err(Error::pool)?;
     let tx = client
         .build_transaction()
@@ -498,8 +555,19 @@ async fn expire_batch<S: Service>(p: &Participant<S>, batch: i64) -> Result<Opti
     let mut ids = Vec::with_capacity(rows.len());
     for row in &rows {
         let r = reservation(row)?;
-        p.inner.service.release(&tx, &r, Release::Expired).await?;
-        ids.push(r.id);
+        tx.batch_execute("SAVEPOINT tcc_release").await?;
+        match p.inner.service.release(&tx, &r, Release::Expired).await {
+            Ok(()) => ids.push(r.id),
+            Err(e) => {
+                let e = Error::from(e);
+                if e.retryable() {
+                    return Err(e);
+                }
+                tracing::warn!(reservation = %r.id, error = %e, "releasing a lapsed reservation failed; it is tried again at the next run");
+                tx.batch_execute("ROLLBACK TO SAVEPOINT tcc_release")
+                    .await?;
+            }
+        }
     }
     if !ids.is_empty() {
         tx.execute(
@@ -513,7 +581,7 @@ async fn expire_batch<S: Service>(p: &Participant<S>, batch: i64) -> Result<Opti
     let n = ids.len() as u64;
     metrics::counter!(RESERVATIONS, "outcome" => "expired").increment(n);
     metrics::counter!(SWEEPER_RELEASES).increment(n);
-    Ok(Some(n))
+    Ok(Some((n, rows.len() as u64)))
 }
 
 #[cfg(test)]

@@ -34,6 +34,13 @@ async fn a_try_needs_its_ids_and_a_readable_deadline() {
         .hold("pen", ("c1", "r1"), &json!({"quantity": 0}), None)
         .await;
     assert_eq!(status, 422, "the service finds the body invalid");
+    // What the database could not store is refused before it is tried.
+    let nul = json!({"quantity": 1, "note": "a\u{0}b"});
+    let (status, problem) = shop.hold("pen", ("c1", "r1"), &nul, None).await;
+    assert_eq!(status, 400, "{problem:#}");
+    let long = "r".repeat(300);
+    let (status, problem) = shop.hold("pen", ("c1", &long), &q, None).await;
+    assert_eq!(status, 400, "{problem:#}");
     assert_eq!(
         shop.item("pen").await,
         Stock {
@@ -363,4 +370,47 @@ async fn without_its_database_a_participant_answers_503_and_does_nothing() {
     }
     assert!(p.sweep().await.is_err());
     let _: Value = answer.body.unwrap_or_default();
+}
+
+#[tokio::test]
+async fn a_reservation_the_service_cannot_release_does_not_hold_up_the_others() {
+    let shop = shop_with(Duration::from_millis(300), |_| {}).await;
+    shop.stock("pen", 10).await;
+    shop.stock("ink", 10).await;
+    let stuck = shop.held("pen", "a", 2).await;
+    let fine = shop.held("ink", "b", 3).await;
+    // Someone set the pens' books wrong by hand: giving the hold back breaks `held >= 0`.
+    shop.pool
+        .get()
+        .await
+        .expect("a connection")
+        .execute("UPDATE inventory_items SET held = 0 WHERE sku = 'pen'", &[])
+        .await
+        .expect("the books changed");
+    let lapsed = eventually(|| async {
+        shop.state(&stuck).await["state"] == "expired"
+            && shop.state(&fine).await["state"] == "expired"
+    })
+    .await;
+    assert!(lapsed);
+    let run = shop.participant.sweep().await.expect("the sweep runs");
+    assert_eq!(run.expired, 1, "the other one is released");
+    assert_eq!(
+        shop.item("ink").await,
+        Stock {
+            available: 10,
+            held: 0,
+            sold: 0
+        }
+    );
+    // The stuck one is left for the next run, still held in the table.
+    let client = shop.pool.get().await.expect("a connection");
+    let row = client
+        .query_one(
+            "SELECT state FROM tcc_reservations WHERE subject = 'pen'",
+            &[],
+        )
+        .await
+        .expect("the stuck reservation");
+    assert_eq!(row.get::<_, String>(0), "reserved");
 }

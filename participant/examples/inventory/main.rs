@@ -61,11 +61,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let pool = tcc_participant::pool(&args.database_url, 16)?;
     tcc_participant::migrate(&pool).await?;
-    pool.get()
+    // One replica at a time: `CREATE TABLE IF NOT EXISTS` run by two at once can fail on the
+    // catalog's unique index.
+    let mut client = pool
+        .get()
         .await
-        .map_err(|e| anyhow::anyhow!("the database: {e}"))?
-        .batch_execute(service::SCHEMA)
+        .map_err(|e| anyhow::anyhow!("the database: {e}"))?;
+    let tx = client.transaction().await?;
+    tx.batch_execute("SELECT pg_advisory_xact_lock(7361102648459314)")
         .await?;
+    tx.batch_execute(service::SCHEMA).await?;
+    tx.commit().await?;
+    drop(client);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;

@@ -29,6 +29,9 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS inventory_items (
     sold      bigint NOT NULL DEFAULT 0 CHECK (sold >= 0)
 )";
 
+/// The most units of an item, and of a hold: sums of them never overflow.
+pub const MAX_UNITS: i64 = 1 << 40;
+
 /// Stock keeping: a hold moves units from available to held; confirming moves them to sold,
 /// releasing back to available.
 pub struct Inventory;
@@ -44,11 +47,11 @@ impl Service for Inventory {
             .body
             .get("quantity")
             .and_then(Value::as_i64)
-            .filter(|q| *q > 0)
+            .filter(|q| (1..=MAX_UNITS).contains(q))
             .ok_or_else(|| {
-                Refusal::Invalid(
-                    "the body must be {\"quantity\": n}, n a whole number above 0".into(),
-                )
+                Refusal::Invalid(format!(
+                    "the body must be {{\"quantity\": n}}, n a whole number from 1 to {MAX_UNITS}"
+                ))
             })?;
         let sku = &request.subject;
         let held = tx
@@ -169,11 +172,13 @@ async fn set_stock(State(app): State<App>, Path(sku): Path<String>, body: Bytes)
     let available = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v.get("available").and_then(Value::as_i64))
-        .filter(|n| *n >= 0);
+        .filter(|n| (0..=MAX_UNITS).contains(n));
     let Some(available) = available else {
         return problem(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "the body must be {\"available\": n}, n a whole number of at least 0",
+            format!(
+                "the body must be {{\"available\": n}}, n a whole number from 0 to {MAX_UNITS}"
+            ),
         );
     };
     let client = match app.pool.get().await {
