@@ -414,3 +414,53 @@ async fn a_reservation_the_service_cannot_release_does_not_hold_up_the_others() 
         .expect("the stuck reservation");
     assert_eq!(row.get::<_, String>(0), "reserved");
 }
+
+#[tokio::test]
+async fn a_repeat_after_a_cancel_or_an_expiry_still_answers_the_first_link() {
+    let shop = shop_with(Duration::from_millis(300), |_| {}).await;
+    shop.stock("pen", 10).await;
+    let one = json!({"quantity": 1});
+    let canceled = shop.hold("pen", ("order-11", "c"), &one, None).await;
+    let lapsed = shop.hold("pen", ("order-11", "l"), &one, None).await;
+    assert_eq!(shop.call(Method::DELETE, &link_of(&canceled.1)).await, 204);
+    let swept = eventually(|| async {
+        let _ = shop.participant.sweep().await;
+        shop.item("pen").await.held == 0
+    })
+    .await;
+    assert!(swept);
+    assert_eq!(shop.state(&link_of(&lapsed.1)).await["state"], "expired");
+    assert_eq!(
+        shop.state(&link_of(&lapsed.1)).await["expires"],
+        lapsed.1["participantLink"]["expires"]
+    );
+    for (ids, first) in [(("order-11", "c"), &canceled), (("order-11", "l"), &lapsed)] {
+        assert_eq!(&shop.hold("pen", ids, &one, None).await, first, "{ids:?}");
+    }
+    assert_eq!(
+        shop.item("pen").await,
+        Stock {
+            available: 10,
+            held: 0,
+            sold: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_outcomes_are_counted_for_the_services_own_metrics() {
+    let handle = metrics_handle();
+    let shop = shop().await;
+    shop.stock("pen", 1).await;
+    let link = shop.held("pen", "m", 1).await;
+    assert_eq!(shop.call(Method::PUT, &link).await, 204);
+    let (status, _) = shop
+        .hold("pen", ("order-1", "n"), &json!({"quantity": 5}), None)
+        .await;
+    assert_eq!(status, 409);
+    let text = handle.render();
+    for outcome in ["reserved", "confirmed", "refused"] {
+        let line = format!("tcc_participant_reservations_total{{outcome=\"{outcome}\"}}");
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+}
