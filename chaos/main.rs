@@ -22,7 +22,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Scenarios to run (repeatable); default: all. One of: kill-coordinator, three-instances,
-    /// postgres, flaky-participants, short-expiries, failover.
+    /// postgres, flaky-participants, short-expiries, failover, sdk-participant.
     #[arg(long)]
     scenario: Vec<String>,
     /// Seed of the first scenario; default: random.
@@ -46,6 +46,11 @@ struct Cli {
     /// The coordinator binary; default: `tcc-coordinator` next to this one.
     #[arg(long)]
     coordinator: Option<PathBuf>,
+    /// The `inventory` example of tcc-participant, for the sdk-participant scenario; default:
+    /// `examples/inventory` beside this binary (`cargo build --release -p tcc-participant
+    /// --example inventory`).
+    #[arg(long, env = chaos::INVENTORY_VAR)]
+    inventory: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +82,10 @@ struct DemoFaults {
     /// retries.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
+    /// Reserve for a Try that arrives after its `tcc-deadline` (by default it answers 409 and
+    /// stores nothing): a participant that does not read the header.
+    #[arg(long)]
+    ignore_deadline: bool,
 }
 
 /// The demo participant: every effect printed; faults only as asked.
@@ -97,6 +106,7 @@ fn participant(listen: &str, demo: &DemoFaults) -> ExitCode {
                 ttl: (ttl, ttl),
                 refuse_confirm_rate: certain(demo.refuse_confirms),
                 fail_try_rate: certain(demo.fail_tries),
+                ignore_deadline_rate: certain(demo.ignore_deadline),
                 error_rate: demo.error_rate,
                 ..chaos::participant::Faults::default()
             });
@@ -146,7 +156,28 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let inventory = if scenarios.iter().any(|s| s.needs_inventory()) {
+        let found = match &cli.inventory {
+            Some(path) if path.is_file() => Ok(path.clone()),
+            Some(path) => Err(format!(
+                "no inventory binary at {} (build it with `{}`)",
+                path.display(),
+                chaos::INVENTORY_BUILD
+            )),
+            None => chaos::find_inventory(),
+        };
+        match found {
+            Ok(path) => Some(path),
+            Err(e) => {
+                eprintln!("tcc-chaos: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let opts = chaos::Options {
+        inventory,
         jobs: cli.jobs,
         duration: Duration::from_secs(cli.duration),
         concurrency: cli.concurrency.max(1),

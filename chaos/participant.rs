@@ -2,7 +2,9 @@
 //!
 //! Each reservation lapses on its own at its expiry; a Try is deduplicated by
 //! (`correlation-id`, `request-id`), so a coordinator that retries after a crash gets the same
-//! reservation; confirm and cancel are idempotent; a confirm after the lapse answers 404. The
+//! reservation, and the same ids with another body (or another Try URL) answer 422; a Try that
+//! arrives after its `tcc-deadline` reserves and stores nothing (409); confirm and cancel are
+//! idempotent; a confirm after the lapse answers 404. The
 //! ledger records every request, every effect applied, and requests that overlapped on one
 //! reservation. Faults are set per run and drawn from a seeded generator.
 
@@ -32,6 +34,10 @@ pub struct Faults {
     pub refuse_confirm_rate: f64,
     /// Fail a Try for good (409).
     pub fail_try_rate: f64,
+    /// Reserve for a new Try that arrives after its `tcc-deadline` (a participant that does not
+    /// read the header), instead of answering 409 with nothing reserved: the coordinator must
+    /// cope with reservations it never heard of.
+    pub ignore_deadline_rate: f64,
     /// How long reservations last: drawn uniformly from this range.
     pub ttl: (Duration, Duration),
     /// How long a slow answer takes.
@@ -53,6 +59,8 @@ pub struct Reservation {
     pub id: String,
     pub correlation_id: String,
     pub task_id: String,
+    /// What the Try asked for: its URL's last segment and its body. A repeat must ask the same.
+    pub request: Asked,
     pub expires: DateTime<Utc>,
     pub state: ResState,
     /// How often the confirm's effect was applied: the invariant says at most once.
@@ -69,6 +77,30 @@ impl Reservation {
             ResState::Confirmed => false,
         }
     }
+}
+
+/// What a Try asked for: its kind (the Try URL's last segment) and its body, as JSON when it is
+/// JSON (so that the order of an object's members does not matter), else as bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Asked {
+    pub kind: String,
+    pub body: Result<serde_json::Value, Bytes>,
+}
+
+impl Asked {
+    fn new(kind: String, body: Bytes) -> Asked {
+        let body = serde_json::from_slice(&body).map_err(|_| body);
+        Asked { kind, body }
+    }
+}
+
+/// Whether a Try's `tcc-deadline` has passed: the coordinator no longer acts on the answer.
+/// A header that is absent or not an RFC 3339 time sets no deadline.
+fn past_deadline(h: &HeaderMap, now: DateTime<Utc>) -> bool {
+    h.get("tcc-deadline")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|d| DateTime::parse_from_rfc3339(d.trim()).ok())
+        .is_some_and(|d| d <= now)
 }
 
 #[derive(Default)]
@@ -166,14 +198,25 @@ async fn never() -> Response {
     StatusCode::GATEWAY_TIMEOUT.into_response()
 }
 
+/// What the ledger made of a Try.
+enum Tried {
+    /// Reserved now, or earlier under the same ids and request: the link.
+    Reserved(String, DateTime<Utc>),
+    /// The same ids were used for another request.
+    OtherRequest,
+    /// A new Try after its `tcc-deadline`: nothing reserved, nothing stored.
+    Late,
+}
+
 async fn try_reserve(
     State(inner): State<Arc<Inner>>,
-    Path(_kind): Path<String>,
+    Path(kind): Path<String>,
     headers: HeaderMap,
-    _body: Bytes,
+    body: Bytes,
 ) -> Response {
     let correlation_id = hdr(&headers, "correlation-id");
     let task_id = hdr(&headers, "request-id");
+    let asked = Asked::new(kind, body);
     inner.work().await;
     let faults = inner.faults();
     if inner.chance(faults.error_rate) {
@@ -184,20 +227,28 @@ async fn try_reserve(
     }
     let slow = inner.chance(faults.slow_rate);
     let lose = inner.chance(faults.lose_answer_rate);
+    let heeds_deadline = !inner.chance(faults.ignore_deadline_rate);
     if slow {
         tokio::time::sleep(faults.slow_for).await;
     }
     let key = (correlation_id.clone(), task_id.clone());
     let ttl = inner.ttl();
-    let (id, expires) = {
+    let tried = {
         let mut l = inner.ledger();
+        let now = Utc::now();
         if let Some(id) = l.by_request.get(&key).cloned() {
             let r = &l.reservations[&id];
-            (id, r.expires)
+            if r.request == asked {
+                Tried::Reserved(id, r.expires)
+            } else {
+                Tried::OtherRequest
+            }
+        } else if heeds_deadline && past_deadline(&headers, now) {
+            Tried::Late
         } else {
             l.next += 1;
             let id = format!("r{}", l.next);
-            let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+            let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
             l.by_request.insert(key, id.clone());
             l.reservations.insert(
                 id.clone(),
@@ -205,13 +256,38 @@ async fn try_reserve(
                     id: id.clone(),
                     correlation_id,
                     task_id,
+                    request: asked,
                     expires,
                     state: ResState::Reserved,
                     confirms_applied: 0,
                     cancels_applied: 0,
                 },
             );
-            (id, expires)
+            Tried::Reserved(id, expires)
+        }
+    };
+    let (id, expires) = match tried {
+        Tried::Reserved(id, expires) => (id, expires),
+        Tried::OtherRequest => {
+            inner.say(|| format!("try      422: another request under {}", key_task(&headers)));
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "these ids were used for another Try (another body or URL)",
+            )
+                .into_response();
+        }
+        Tried::Late => {
+            inner.say(|| {
+                format!(
+                    "try      409: after its tcc-deadline, nothing reserved (task {})",
+                    key_task(&headers)
+                )
+            });
+            return (
+                StatusCode::CONFLICT,
+                "the Try arrived after its tcc-deadline: nothing was reserved",
+            )
+                .into_response();
         }
     };
     inner.say(|| {

@@ -1,7 +1,8 @@
-//! Process control: coordinator instances (the real binary) that can be SIGKILLed and started
-//! again, and PostgreSQL paused (SIGSTOP/SIGCONT) or restarted.
+//! Process control: coordinator instances (the real binary) and service replicas (the
+//! `inventory` example) that can be SIGKILLed and started again, and PostgreSQL paused
+//! (SIGSTOP/SIGCONT) or restarted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// Send `signal` (`-KILL`, `-STOP`, `-CONT`, `-TERM`) to `pid`.
@@ -53,7 +54,8 @@ pub struct Instance {
     child: Option<Child>,
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -123,6 +125,92 @@ impl Instance {
 }
 
 impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A service process run with fixed arguments, always on the same loopback port: one replica
+/// of the `inventory` example. Its standard error goes to a log file, appended to across
+/// restarts.
+pub struct Replica {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    binary: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    /// A replica of `binary` run with `args`, which make it listen on `addr`; its log is
+    /// `{log_dir}/{name}.log`. Not started.
+    pub fn new(
+        name: &str,
+        binary: PathBuf,
+        addr: std::net::SocketAddr,
+        args: Vec<String>,
+        log_dir: &Path,
+    ) -> Replica {
+        Replica {
+            name: name.to_string(),
+            addr,
+            binary,
+            args,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    /// Start the process (again), its standard error appended to its log.
+    pub fn start(&mut self) -> std::io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: whatever it was doing is cut off, its transactions rolled back.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Running (it may also have exited by itself).
+    pub fn alive(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Start again if it is not running.
+    pub fn revive(&mut self) -> std::io::Result<()> {
+        if !self.alive() {
+            self.kill();
+            self.start()?;
+        }
+        Ok(())
+    }
+
+    /// The end of its log, for a report when it would not serve.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+}
+
+impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }

@@ -1,19 +1,35 @@
 //! A TCP proxy that can break the link it carries: add latency, reset connections, black-hole
-//! traffic, or cut the link for a while (a partition). It forwards to a TCP address or to a
-//! Unix socket (the embedded PostgreSQL listens on one only).
+//! traffic, or cut the link for a while (a partition). It forwards to a TCP address, to a
+//! Unix socket (the embedded PostgreSQL listens on one only), or to any of several TCP addresses
+//! (a balancer in front of a service's replicas).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 
+/// Where the proxy forwards to.
 #[derive(Debug, Clone)]
 pub enum Target {
     Tcp(std::net::SocketAddr),
     Unix(PathBuf),
+    /// Each new connection goes to one of these at random, or, when that one refuses it, to the
+    /// next that accepts it: a balancer in front of replicas, some of which may be down.
+    Any(Vec<std::net::SocketAddr>),
+}
+
+/// A connection to one of `addrs` (tried from a random one on), or `None` when all refuse.
+async fn connect_any(addrs: &[std::net::SocketAddr]) -> Option<TcpStream> {
+    let first = fastrand::usize(..addrs.len().max(1));
+    for i in 0..addrs.len() {
+        if let Ok(out) = TcpStream::connect(addrs[(first + i) % addrs.len()]).await {
+            return Some(out);
+        }
+    }
+    None
 }
 
 /// How the proxy treats traffic now.
@@ -23,6 +39,10 @@ pub enum Mode {
     Pass,
     /// Forward, delaying every new connection by this much.
     Latency(Duration),
+    /// Forward, holding every chunk sent towards the target for a time drawn from this range:
+    /// each request takes that much longer, on kept-alive connections too (the time a service
+    /// takes to work). Applies to the connections accepted while it is set.
+    Slow(Duration, Duration),
     /// Accept, forward nothing, answer nothing.
     Blackhole,
     /// Refuse: every connection is closed at once.
@@ -41,14 +61,41 @@ pub struct Proxy {
     pub addr: std::net::SocketAddr,
 }
 
-async fn pipe<A, B>(a: A, b: B, stop: CancellationToken)
+/// Forward between `a` (the client) and `b` (the target) until either closes or `stop`;
+/// `slow`: each chunk from `a` is held for a time drawn from the range first.
+async fn pipe<A, B>(a: A, b: B, stop: CancellationToken, slow: Option<(Duration, Duration)>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut a, mut b) = (a, b);
+    let Some((lo, hi)) = slow else {
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+            _ = stop.cancelled() => {}
+        }
+        return;
+    };
+    let (mut from_client, mut to_client) = tokio::io::split(a);
+    let (mut from_target, mut to_target) = tokio::io::split(b);
+    let forward = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+            let held = lo + hi.saturating_sub(lo).mul_f64(fastrand::f64());
+            tokio::time::sleep(held).await;
+            if to_target.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_target.shutdown().await;
+    };
+    let back = async {
+        let _ = tokio::io::copy(&mut from_target, &mut to_client).await;
+        // The target closed (or died): so does the client's connection.
+        let _ = to_client.shutdown().await;
+    };
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+        _ = async { tokio::join!(forward, back) } => {}
         _ = stop.cancelled() => {}
     }
 }
@@ -91,20 +138,30 @@ impl Proxy {
                             let _hold = inbound;
                             generation.cancelled().await;
                         }
-                        Mode::Pass | Mode::Latency(_) => {
+                        Mode::Pass | Mode::Latency(_) | Mode::Slow(..) => {
                             if let Mode::Latency(d) = mode {
                                 tokio::time::sleep(d).await;
                             }
+                            let slow = match mode {
+                                Mode::Slow(lo, hi) => Some((lo, hi)),
+                                _ => None,
+                            };
                             match target {
                                 Target::Tcp(a) => {
                                     if let Ok(out) = TcpStream::connect(a).await {
                                         let _ = out.set_nodelay(true);
-                                        pipe(inbound, out, generation).await;
+                                        pipe(inbound, out, generation, slow).await;
                                     }
                                 }
                                 Target::Unix(p) => {
                                     if let Ok(out) = UnixStream::connect(p).await {
-                                        pipe(inbound, out, generation).await;
+                                        pipe(inbound, out, generation, slow).await;
+                                    }
+                                }
+                                Target::Any(addrs) => {
+                                    if let Some(out) = connect_any(&addrs).await {
+                                        let _ = out.set_nodelay(true);
+                                        pipe(inbound, out, generation, slow).await;
                                     }
                                 }
                             }

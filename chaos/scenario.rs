@@ -24,6 +24,7 @@ use super::procs::{Instance, pause_postgres};
 use super::proxy::{Mode, Proxy, Target};
 use super::receiver::Receiver;
 use super::replication::Pair;
+use super::sdk;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -40,16 +41,22 @@ pub enum Scenario {
     /// A primary and a synchronous standby (`replication::Pair`): the primary killed, the
     /// standby promoted, the old primary rebuilt as the new standby, and again, while jobs run.
     Failover,
+    /// The participants are replicas of `inventory`, the tcc-participant library's example
+    /// service, on one database of their own, SIGKILLed and restarted while coordinators are
+    /// killed too; the stock ledger is checked against every job's outcome (`sdk.rs`).
+    SdkParticipant,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    /// Every scenario: what the runner and the soak cycle through.
+    pub const ALL: [Scenario; 7] = [
         Scenario::KillCoordinator,
         Scenario::ThreeInstances,
         Scenario::Postgres,
         Scenario::FlakyParticipants,
         Scenario::ShortExpiries,
         Scenario::Failover,
+        Scenario::SdkParticipant,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,7 +67,13 @@ impl Scenario {
             Scenario::FlakyParticipants => "flaky-participants",
             Scenario::ShortExpiries => "short-expiries",
             Scenario::Failover => "failover",
+            Scenario::SdkParticipant => "sdk-participant",
         }
+    }
+
+    /// Whether the scenario runs the `inventory` example (`Options::inventory`).
+    pub fn needs_inventory(self) -> bool {
+        self == Scenario::SdkParticipant
     }
 
     pub fn parse(s: &str) -> Option<Scenario> {
@@ -81,6 +94,9 @@ impl Scenario {
 pub struct Options {
     /// The coordinator binary.
     pub coordinator: PathBuf,
+    /// The `inventory` example of tcc-participant (`super::find_inventory`): needed by the
+    /// `sdk-participant` scenario only.
+    pub inventory: Option<PathBuf>,
     pub jobs: usize,
     /// The submissions are spread over this long, so that the faults hit jobs in every phase.
     pub duration: Duration,
@@ -142,7 +158,7 @@ impl Report {
 
 /// The database cluster shared by the scenarios of one run.
 pub struct World {
-    pg: Arc<EmbeddedPostgres>,
+    pub(super) pg: Arc<EmbeddedPostgres>,
     socket: PathBuf,
 }
 
@@ -161,16 +177,21 @@ impl World {
 
 /// What the client does with a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClientPlan {
+pub(super) enum ClientPlan {
     AutoConfirm,
     Confirm,
     Cancel,
 }
 
-struct Accepted {
-    id: String,
-    correlation_id: String,
+/// A job some coordinator answered 202, and the document it was submitted with.
+pub(super) struct Accepted {
+    pub(super) id: String,
+    pub(super) correlation_id: String,
+    pub(super) document: Value,
 }
+
+/// Makes a job's document from the run's generator, its correlation id and the client's plan.
+pub(super) type Document = Arc<dyn Fn(&mut fastrand::Rng, &str, ClientPlan) -> Value + Send + Sync>;
 
 fn job_document(
     rng: &mut fastrand::Rng,
@@ -204,7 +225,7 @@ fn job_document(
 }
 
 /// Send until some instance answers; the idempotency key makes retries safe.
-async fn submit(
+pub(super) async fn submit(
     http: &reqwest::Client,
     instances: &[String],
     rng: &mut fastrand::Rng,
@@ -236,7 +257,7 @@ async fn submit(
 }
 
 /// A client request (confirm or cancel) retried until some instance records it.
-async fn client_request(
+pub(super) async fn client_request(
     http: &reqwest::Client,
     instances: &[String],
     rng: &mut fastrand::Rng,
@@ -259,7 +280,7 @@ async fn client_request(
 fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Report) -> Vec<String> {
     let job = &record.job;
     let now = Utc::now();
-    let mut v = Vec::new();
+    let mut v = own_rows(record, report);
     let by_task = |task_id: &str| reservations.iter().find(|r| r.task_id == task_id);
     for r in reservations {
         if r.confirms_applied > 1 {
@@ -321,9 +342,33 @@ fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Repo
         }
         other => v.push(format!("{}: still {other} after the settle time", job.id)),
     }
-    // The job's own rows must agree with its status, whatever was lost in a crash: a finished
-    // job has no unfinished task, a heuristic job has a task that explains it, and every value
-    // mapped out of a Try answer is in the shared state.
+    // Per task: what the coordinator says must not contradict the ledger.
+    for t in &job.tasks {
+        let state = by_task(&t.task_id).map(|r| r.state);
+        let contradiction = match t.status {
+            TaskStatus::Confirmed => state != Some(ResState::Confirmed),
+            TaskStatus::Canceled | TaskStatus::Failed | TaskStatus::Expired => {
+                state == Some(ResState::Confirmed)
+            }
+            _ => false,
+        };
+        if contradiction {
+            v.push(format!(
+                "{}: task {} is {} but the participant's reservation is {:?}",
+                job.id, t.task_id, t.status, state
+            ));
+        }
+    }
+    v
+}
+
+/// The checks of a job's own rows, which must agree with its status whatever was lost in a
+/// crash: a finished job has no unfinished task, a heuristic job has a task that explains it,
+/// and every value mapped out of a Try answer is in the shared state. Also counts the time the
+/// job took to end into `report.longest`.
+pub(super) fn own_rows(record: &JobRecord, report: &mut Report) -> Vec<String> {
+    let job = &record.job;
+    let mut v = Vec::new();
     if job.status.is_terminal() {
         for t in job.tasks.iter().filter(|t| !t.status.is_terminal()) {
             v.push(format!(
@@ -369,23 +414,6 @@ fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Repo
             ));
         }
     }
-    // Per task: what the coordinator says must not contradict the ledger.
-    for t in &job.tasks {
-        let state = by_task(&t.task_id).map(|r| r.state);
-        let contradiction = match t.status {
-            TaskStatus::Confirmed => state != Some(ResState::Confirmed),
-            TaskStatus::Canceled | TaskStatus::Failed | TaskStatus::Expired => {
-                state == Some(ResState::Confirmed)
-            }
-            _ => false,
-        };
-        if contradiction {
-            v.push(format!(
-                "{}: task {} is {} but the participant's reservation is {:?}",
-                job.id, t.task_id, t.status, state
-            ));
-        }
-    }
     if job.status.is_terminal() {
         let took = (record.updated_at - job.created_at)
             .to_std()
@@ -403,7 +431,12 @@ pub async fn run(world: &World, scenario: Scenario, seed: u64, opts: &Options) -
         seed,
         ..Report::default()
     };
-    match run_inner(world, scenario, seed, opts, &mut report).await {
+    let ran = if scenario == Scenario::SdkParticipant {
+        sdk::run(world, seed, opts, &mut report).await
+    } else {
+        run_inner(world, scenario, seed, opts, &mut report).await
+    };
+    match ran {
         Ok(()) => {}
         Err(e) => report
             .violations
@@ -466,30 +499,7 @@ async fn run_inner(
             pg_proxy.addr.port()
         ),
     };
-    let env: Vec<(String, String)> = [
-        ("DATABASE_URL", database_url.as_str()),
-        ("TCC_LEASE_TTL", "3s"),
-        ("TCC_CALL_TIMEOUT", "1s"),
-        ("TCC_SCAN_INTERVAL", "100ms"),
-        ("TCC_SHUTDOWN_GRACE", "1s"),
-        ("TCC_HEURISTIC_WEBHOOK", operators.as_str()),
-        ("TCC_DB_POOL_SIZE", "8"),
-        ("RUST_LOG", "error"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let mut instances = Vec::new();
-    for i in 0..scenario.instances() {
-        let mut inst = Instance::new(
-            &format!("{}-{i}", scenario.name()),
-            opts.coordinator.clone(),
-            env.clone(),
-        )
-        .map_err(|e| err(&e))?;
-        inst.start().map_err(|e| err(&e))?;
-        instances.push(inst);
-    }
+    let instances = start_instances(scenario, opts, &database_url, Some(&operators))?;
     let addrs: Vec<String> = instances.iter().map(|i| i.addr.clone()).collect();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -504,6 +514,9 @@ async fn run_inner(
             lose_answer_rate: 0.05,
             refuse_confirm_rate: 0.01,
             fail_try_rate: 0.05,
+            // Half the slow Tries still reserve after their deadline, unheard: reservations the
+            // coordinator never learns of must lapse without harm.
+            ignore_deadline_rate: 0.5,
             ttl: (Duration::from_secs(4), Duration::from_secs(8)),
             slow_for: Duration::from_millis(1500),
             latency: (Duration::ZERO, Duration::from_millis(100)),
@@ -544,72 +557,13 @@ async fn run_inner(
         load_done.clone(),
     ));
 
-    // The load: closed loop, `concurrency` clients.
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut clients = tokio::task::JoinSet::new();
-    let load_start = Instant::now();
-    let deadline = load_start + opts.duration + Duration::from_secs(120) + opts.settle;
-    for c in 0..opts.concurrency {
-        let (http, addrs, accepted, next, base, hooks) = (
-            http.clone(),
-            addrs.clone(),
-            accepted.clone(),
-            next.clone(),
-            base.clone(),
-            hooks.clone(),
-        );
-        let jobs = opts.jobs;
-        let pace = opts.duration.div_f64(jobs.max(1) as f64);
-        let name = scenario.name();
-        clients.spawn(async move {
-            let mut rng =
-                fastrand::Rng::with_seed(seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= jobs {
-                    return;
-                }
-                tokio::time::sleep_until((load_start + pace.mul_f64(i as f64)).into()).await;
-                let plan = match rng.u8(..10) {
-                    0 => ClientPlan::Confirm,
-                    1 => ClientPlan::Cancel,
-                    _ => ClientPlan::AutoConfirm,
-                };
-                let correlation_id = format!("{name}-{seed}-{i}");
-                let doc = job_document(&mut rng, &base, &hooks, &correlation_id, plan);
-                let Some(id) =
-                    submit(&http, &addrs, &mut rng, &doc, &correlation_id, deadline).await
-                else {
-                    continue;
-                };
-                match plan {
-                    ClientPlan::Confirm => {
-                        client_request(
-                            &http,
-                            &addrs,
-                            &mut rng,
-                            &format!("/jobs/{id}/confirm"),
-                            deadline,
-                        )
-                        .await
-                    }
-                    ClientPlan::Cancel => {
-                        client_request(
-                            &http,
-                            &addrs,
-                            &mut rng,
-                            &format!("/jobs/{id}/cancel"),
-                            deadline,
-                        )
-                        .await
-                    }
-                    ClientPlan::AutoConfirm => {}
-                }
-                accepted.lock().await.push(Accepted { id, correlation_id });
-            }
-        });
-    }
-    while clients.join_next().await.is_some() {}
+    let document: Document = {
+        let (base, hooks) = (base.clone(), hooks.clone());
+        Arc::new(move |rng, correlation_id, plan| {
+            job_document(rng, &base, &hooks, correlation_id, plan)
+        })
+    };
+    load(scenario, seed, opts, &http, &addrs, document, &accepted).await;
     load_done.cancel();
     match faults.await {
         Ok(Injected {
@@ -661,23 +615,7 @@ async fn run_inner(
         None => world.pg.config_for(&db),
     };
     let checker = store::pool(checker_config, 2).map_err(|e| err(&e))?;
-    let settle_until = Instant::now() + opts.settle;
-    loop {
-        let client = checker.get().await.map_err(|e| err(&e))?;
-        let open: i64 = client
-            .query_one(
-                "SELECT count(*) FROM jobs WHERE status NOT IN ('completed', 'failed', 'canceled', 'heuristic')",
-                &[],
-            )
-            .await
-            .map_err(|e| err(&e))?
-            .get(0);
-        if open == 0 || Instant::now() >= settle_until {
-            break;
-        }
-        drop(client);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_terminal(&checker, opts.settle).await?;
     // Reservations of canceled jobs may still be lapsing: give the longest one its time.
     let client = checker.get().await.map_err(|e| err(&e))?;
     for a in &accepted {
@@ -734,7 +672,12 @@ async fn run_inner(
             .violations
             .push(format!("reservation {id} saw two calls at once"));
     }
-    // A graceful stop of every instance exits 0.
+    terminate(&instances, report).await;
+    Ok(())
+}
+
+/// A graceful stop of every instance, which must exit 0.
+pub(super) async fn terminate(instances: &Mutex<Vec<Instance>>, report: &mut Report) {
     for inst in instances.lock().await.iter_mut() {
         match inst.terminate() {
             Some(0) | None => {}
@@ -743,10 +686,139 @@ async fn run_inner(
                 .push(format!("instance {} exited {code} on SIGTERM", inst.name)),
         }
     }
-    Ok(())
 }
 
-async fn wait_ready(http: &reqwest::Client, addrs: &[String]) -> Result<(), String> {
+/// The scenario's coordinator instances on `database_url`, started; `operators` is the
+/// operators' webhook.
+pub(super) fn start_instances(
+    scenario: Scenario,
+    opts: &Options,
+    database_url: &str,
+    operators: Option<&str>,
+) -> Result<Vec<Instance>, String> {
+    let mut env: Vec<(String, String)> = [
+        ("DATABASE_URL", database_url),
+        ("TCC_LEASE_TTL", "3s"),
+        ("TCC_CALL_TIMEOUT", "1s"),
+        ("TCC_SCAN_INTERVAL", "100ms"),
+        ("TCC_SHUTDOWN_GRACE", "1s"),
+        ("TCC_DB_POOL_SIZE", "8"),
+        ("RUST_LOG", "error"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if let Some(hook) = operators {
+        env.push(("TCC_HEURISTIC_WEBHOOK".into(), hook.into()));
+    }
+    let mut instances = Vec::new();
+    for i in 0..scenario.instances() {
+        let mut inst = Instance::new(
+            &format!("{}-{i}", scenario.name()),
+            opts.coordinator.clone(),
+            env.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        inst.start().map_err(|e| e.to_string())?;
+        instances.push(inst);
+    }
+    Ok(instances)
+}
+
+/// The load: a closed loop of `opts.concurrency` clients submitting `opts.jobs` jobs spread
+/// over `opts.duration`, each made by `document`; 10 % confirmed by the client, 10 % canceled.
+/// Every job answered 202 joins `accepted`.
+pub(super) async fn load(
+    scenario: Scenario,
+    seed: u64,
+    opts: &Options,
+    http: &reqwest::Client,
+    addrs: &[String],
+    document: Document,
+    accepted: &Arc<Mutex<Vec<Accepted>>>,
+) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    let load_start = Instant::now();
+    let deadline = load_start + opts.duration + Duration::from_secs(120) + opts.settle;
+    for c in 0..opts.concurrency {
+        let (http, addrs, accepted, next, document) = (
+            http.clone(),
+            addrs.to_vec(),
+            accepted.clone(),
+            next.clone(),
+            document.clone(),
+        );
+        let jobs = opts.jobs;
+        let pace = opts.duration.div_f64(jobs.max(1) as f64);
+        let name = scenario.name();
+        clients.spawn(async move {
+            let mut rng =
+                fastrand::Rng::with_seed(seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= jobs {
+                    return;
+                }
+                tokio::time::sleep_until((load_start + pace.mul_f64(i as f64)).into()).await;
+                let plan = match rng.u8(..10) {
+                    0 => ClientPlan::Confirm,
+                    1 => ClientPlan::Cancel,
+                    _ => ClientPlan::AutoConfirm,
+                };
+                let correlation_id = format!("{name}-{seed}-{i}");
+                let doc = document(&mut rng, &correlation_id, plan);
+                let Some(id) =
+                    submit(&http, &addrs, &mut rng, &doc, &correlation_id, deadline).await
+                else {
+                    continue;
+                };
+                let path = match plan {
+                    ClientPlan::Confirm => Some(format!("/jobs/{id}/confirm")),
+                    ClientPlan::Cancel => Some(format!("/jobs/{id}/cancel")),
+                    ClientPlan::AutoConfirm => None,
+                };
+                if let Some(path) = path {
+                    client_request(&http, &addrs, &mut rng, &path, deadline).await;
+                }
+                accepted.lock().await.push(Accepted {
+                    id,
+                    correlation_id,
+                    document: doc,
+                });
+            }
+        });
+    }
+    while clients.join_next().await.is_some() {}
+}
+
+/// Wait until no job of the database `checker` reaches is unfinished, or `settle` has passed.
+pub(super) async fn wait_terminal(
+    checker: &deadpool_postgres::Pool,
+    settle: Duration,
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let settle_until = Instant::now() + settle;
+    loop {
+        let client = checker.get().await.map_err(|e| err(&e))?;
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE status NOT IN ('completed', 'failed', 'canceled', 'heuristic')",
+                &[],
+            )
+            .await
+            .map_err(|e| err(&e))?
+            .get(0);
+        if open == 0 || Instant::now() >= settle_until {
+            return Ok(());
+        }
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Wait until every instance at `addrs` answers `/health/ready` with 200 (at most 60 s).
+pub(super) async fn wait_ready(http: &reqwest::Client, addrs: &[String]) -> Result<(), String> {
     let until = Instant::now() + Duration::from_secs(60);
     for addr in addrs {
         loop {
@@ -829,10 +901,11 @@ async fn fail_over(
     let id = submit(&f.http, &f.addrs, rng, &doc, &correlation_id, until).await;
     out.promotion_to_accept.push(promoted.elapsed());
     if let Some(id) = id {
-        f.accepted
-            .lock()
-            .await
-            .push(Accepted { id, correlation_id });
+        f.accepted.lock().await.push(Accepted {
+            id,
+            correlation_id,
+            document: doc,
+        });
     }
     blocking(|p| p.rebuild_standby()).await
 }
@@ -865,20 +938,7 @@ async fn inject(
                     let _ = inst.start();
                 }
             }
-            Scenario::ThreeInstances => {
-                let mut list = instances.lock().await;
-                let n = list.len();
-                let victim = rng.usize(..n);
-                list[victim].kill();
-                if rng.bool() {
-                    let _ = list[victim].start();
-                }
-                for inst in list.iter_mut() {
-                    if rng.u8(..3) == 0 {
-                        let _ = inst.revive();
-                    }
-                }
-            }
+            Scenario::ThreeInstances => kill_a_coordinator(&instances, &mut rng).await,
             Scenario::Postgres => {
                 match rng.u8(..4) {
                     0 => {
@@ -928,6 +988,8 @@ async fn inject(
             Scenario::ShortExpiries => {
                 p_proxy.set(Mode::Latency(Duration::from_millis(rng.u64(0..300))));
             }
+            // Its faults are its own (`sdk::inject`).
+            Scenario::SdkParticipant => return out,
             Scenario::Failover => {
                 let Some(f) = &failover else { return out };
                 let n = out.promotion_to_accept.len() + 1;
@@ -937,6 +999,23 @@ async fn inject(
                     return out;
                 }
             }
+        }
+    }
+}
+
+/// A random instance SIGKILLed, started again now or later; each instance that is down is
+/// started again with a chance of one in three.
+pub(super) async fn kill_a_coordinator(instances: &Mutex<Vec<Instance>>, rng: &mut fastrand::Rng) {
+    let mut list = instances.lock().await;
+    let n = list.len();
+    let victim = rng.usize(..n);
+    list[victim].kill();
+    if rng.bool() {
+        let _ = list[victim].start();
+    }
+    for inst in list.iter_mut() {
+        if rng.u8(..3) == 0 {
+            let _ = inst.revive();
         }
     }
 }

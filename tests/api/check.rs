@@ -14,7 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tcc_coordinator::check::{CheckOptions, Outcome, RULES, Report, check, rule};
 
-use crate::helpers::{free_port, printed};
+use crate::helpers::{Daemon, eventually, free_port, printed};
 
 /// A reservation lasting this long lets the expiry rule run quickly, and is still far longer
 /// than the other rules take to settle it on a loaded machine.
@@ -561,4 +561,35 @@ async fn the_command_exits_2_when_it_cannot_run() {
     let out = command(&[&unreachable, "--max-wait", "soon"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", printed(&out));
     assert!(printed(&out).contains("--max-wait"), "{}", printed(&out));
+}
+
+/// The chaos suite's participant (`tcc-chaos participant`), with no fault asked for, keeps every
+/// rule: its reservations last 3 s, so that the expiry rule is checked too, not skipped.
+#[tokio::test]
+async fn the_chaos_suites_participant_keeps_every_rule() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tcc-chaos"))
+        .args(["participant", "--listen", &listen, "--ttl", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start tcc-chaos participant");
+    let _participant = Daemon(child);
+    let listening =
+        eventually(|| async { tokio::net::TcpStream::connect(&listen).await.is_ok() }).await;
+    assert!(
+        listening,
+        "tcc-chaos participant never listened on {listen}"
+    );
+    let mut options = CheckOptions::new(format!("http://{listen}/try/item"));
+    options.max_wait = MAX_WAIT;
+    let report = check(&options).await.expect("the check runs");
+    assert!(report.failed_rules().is_empty(), "{report}");
+    assert_eq!(
+        report.passed(),
+        RULES.len(),
+        "every rule checked:\n{report}"
+    );
+    assert!(report.unreleased.is_empty(), "{report}");
 }
