@@ -44,6 +44,22 @@ pub fn pause_postgres(postmaster: u32, pause: bool) {
     }
 }
 
+/// SIGKILL the process in `slot`, if any, and reap it.
+fn kill_child(slot: &mut Option<Child>) {
+    if let Some(mut c) = slot.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Whether the process in `slot` is running.
+fn running(slot: &mut Option<Child>) -> bool {
+    match slot {
+        Some(c) => matches!(c.try_wait(), Ok(None)),
+        None => false,
+    }
+}
+
 /// One coordinator instance.
 pub struct Instance {
     pub name: String,
@@ -93,10 +109,7 @@ impl Instance {
 
     /// SIGKILL: no shutdown, leases left to lapse.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// SIGTERM and wait for the exit; returns its code.
@@ -108,10 +121,7 @@ impl Instance {
 
     /// Running (it may exit by itself, for example when the database is down at start-up).
     pub fn alive(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        running(&mut self.child)
     }
 
     /// Start again if it died by itself.
@@ -179,18 +189,12 @@ impl Replica {
 
     /// SIGKILL: whatever it was doing is cut off, its transactions rolled back.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Running (it may also have exited by itself).
     pub fn alive(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        running(&mut self.child)
     }
 
     /// Start again if it is not running.

@@ -68,6 +68,18 @@ where
     }
 }
 
+/// A transaction at the configured isolation.
+async fn begin<'c, S>(
+    p: &Participant<S>,
+    client: &'c mut deadpool_postgres::Client,
+) -> Result<crate::Transaction<'c>, Error> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(p.inner.config.isolation)
+        .start()
+        .await?)
+}
+
 /// A new link's id: a random UUID's 122 random bits, unguessable.
 fn token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -213,11 +225,7 @@ async fn try_once<S: Service>(
 ) -> Result<Option<Answer>, Error> {
     let config = &p.inner.config;
     let mut client = p.inner.pool.get().await.map_err(Error::pool)?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(config.isolation)
-        .start()
-        .await?;
+    let tx = begin(p, &mut client).await?;
     let found = tx
         .query_one(
             "SELECT now() AS now, r.id, r.body_hash, r.state, r.refusal, r.expires_at
@@ -372,11 +380,7 @@ async fn settle_once<S: Service>(
     what: Settle,
 ) -> Result<Option<Answer>, Error> {
     let mut client = p.inner.pool.get().await.map_err(Error::pool)?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(p.inner.config.isolation)
-        .start()
-        .await?;
+    let tx = begin(p, &mut client).await?;
     let row = tx
         .query_opt(
             &format!(
@@ -537,11 +541,7 @@ async fn expire_batch<S: Service>(
     batch: i64,
 ) -> Result<Option<(u64, u64)>, Error> {
     let mut client = p.inner.pool.get().await.map_err(Error::pool)?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(p.inner.config.isolation)
-        .start()
-        .await?;
+    let tx = begin(p, &mut client).await?;
     let rows = tx
         .query(
             &format!(

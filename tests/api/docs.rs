@@ -204,6 +204,12 @@ fn demo_participant(flags: &[&str]) -> (Daemon, u16) {
     (Daemon(child), port)
 }
 
+/// The word after `flag` in a command line's `words`.
+fn flag_value<'w>(words: &[&'w str], flag: &str) -> Option<&'w str> {
+    let at = words.iter().position(|w| *w == flag)?;
+    words.get(at + 1).copied()
+}
+
 /// The example service `inventory`, as `cargo test` at the workspace's root builds it (next to
 /// this test's own binary: `target/{profile}/examples/inventory`).
 fn inventory_binary() -> std::path::PathBuf {
@@ -404,12 +410,7 @@ impl Session {
                 .strip_prefix("cargo run --release -p tcc-participant --example inventory --")
             {
                 let words: Vec<&str> = rest.split_whitespace().collect();
-                let listen = words
-                    .iter()
-                    .position(|w| *w == "--listen")
-                    .and_then(|i| words.get(i + 1))
-                    .copied()
-                    .unwrap_or("127.0.0.1:8081");
+                let listen = flag_value(&words, "--listen").unwrap_or("127.0.0.1:8081");
                 let hold: Vec<&str> = words
                     .iter()
                     .position(|w| *w == "--hold")
@@ -421,12 +422,7 @@ impl Session {
                 command.strip_prefix("cargo run --release --bin tcc-chaos -- participant")
             {
                 let words: Vec<&str> = rest.split_whitespace().collect();
-                let listen = words
-                    .iter()
-                    .position(|w| *w == "--listen")
-                    .and_then(|i| words.get(i + 1))
-                    .copied()
-                    .unwrap_or("127.0.0.1:9000");
+                let listen = flag_value(&words, "--listen").unwrap_or("127.0.0.1:9000");
                 let flags: Vec<&str> = words
                     .iter()
                     .copied()
