@@ -6,3 +6,4 @@ mod check;
 mod common;
 mod http;
 mod properties;
+mod service;
