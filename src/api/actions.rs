@@ -9,9 +9,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::Utc;
 
+use super::app::AppState;
 use super::auth::Actor;
-use super::jobs::{db, job_response, load, wake, within};
-use super::{ApiError, AppState, base_url};
+use super::db::{db, load, wake, within};
+use super::error::ApiError;
+use super::respond::{base_url, job_response};
 use crate::domain::actions::{self, Action};
 use crate::domain::{Event, JobStatus};
 use crate::store;

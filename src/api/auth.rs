@@ -18,7 +18,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use super::ApiError;
+use super::error::{ApiError, ProblemType};
+
+/// Who acts, as the event log and resolutions record it, while the API is open (no API keys).
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -168,13 +171,8 @@ pub fn needed(method: &Method, route: &str) -> Option<Role> {
 /// 401 with the challenge: `Basic` for a browser (it then asks for the key's name and secret),
 /// `Bearer` for everything else.
 fn unauthorized(detail: &str, browser: bool) -> Response {
-    let mut resp = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "Unauthorized",
-        detail,
-    )
-    .into_response();
+    let mut resp =
+        ApiError::new(StatusCode::UNAUTHORIZED, ProblemType::Unauthorized, detail).into_response();
     let challenge = if browser {
         "Basic realm=\"tcc-coordinator\", charset=\"UTF-8\""
     } else {
@@ -216,8 +214,7 @@ fn presented(headers: &axum::http::HeaderMap) -> Option<Presented<'_>> {
 /// the request then carries its `Actor`.
 pub async fn authorize(keys: std::sync::Arc<ApiKeys>, mut req: Request, next: Next) -> Response {
     if keys.is_empty() {
-        req.extensions_mut()
-            .insert(Actor(super::ANONYMOUS.to_string()));
+        req.extensions_mut().insert(Actor(ANONYMOUS.to_string()));
         return next.run(req).await;
     }
     let route = req
@@ -226,11 +223,10 @@ pub async fn authorize(keys: std::sync::Arc<ApiKeys>, mut req: Request, next: Ne
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
     let Some(role) = needed(req.method(), &route) else {
-        req.extensions_mut()
-            .insert(Actor(super::ANONYMOUS.to_string()));
+        req.extensions_mut().insert(Actor(ANONYMOUS.to_string()));
         return next.run(req).await;
     };
-    let browser = super::html::prefers_html(req.headers());
+    let browser = super::negotiate::prefers_html(req.headers());
     let key = match presented(req.headers()) {
         None => {
             return unauthorized(
@@ -250,8 +246,7 @@ pub async fn authorize(keys: std::sync::Arc<ApiKeys>, mut req: Request, next: Ne
     if key.role < role {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
-            "Forbidden",
+            ProblemType::Forbidden,
             format!(
                 "this needs the {} role; the key {} has the {} role",
                 role.as_str(),

@@ -9,23 +9,38 @@
 
 use axum::body::Body;
 use axum::extract::{Extension, State};
-
-use super::auth::Actor;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 
-use super::jobs::{db, outcomes, wait_terminal, wake, within};
-use super::{ApiError, AppState, base_url, read_json};
-use crate::domain::JobStatus;
+use utoipa::ToSchema;
+
+use super::app::AppState;
+use super::auth::Actor;
+use super::db::{db, wait_terminal, wake, within};
+use super::error::{ApiError, ProblemType};
+use super::extract::read_json;
+use super::respond::{base_url, outcomes};
 use crate::domain::request::{self, FieldError, LinkSet};
+use crate::domain::{JobId, JobSource, JobStatus, Submission};
 use crate::engine::Accepted;
-use crate::metrics as m;
 use crate::store::{self, ClientRequest, JobRecord};
+
+/// `PUT /coordinator/confirm` and `/coordinator/cancel` (Atomikos-compatible).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // read as JSON by the handler; described here
+pub(super) struct LinkSetRequest {
+    #[schema(min_items = 1)]
+    participant_links: Vec<crate::domain::request::LinkWire>,
+}
 
 /// A link set that breaks the rules: 400, as the Atomikos contract has it (not 422).
 fn invalid(errors: Vec<FieldError>) -> ApiError {
-    ApiError::validation(errors).with_status(StatusCode::BAD_REQUEST, "invalid-participant-links")
+    ApiError::validation(errors).with_status(
+        StatusCode::BAD_REQUEST,
+        ProblemType::InvalidParticipantLinks,
+    )
 }
 
 async fn link_set(state: &AppState, headers: &HeaderMap, body: Body) -> Result<LinkSet, ApiError> {
@@ -33,9 +48,10 @@ async fn link_set(state: &AppState, headers: &HeaderMap, body: Body) -> Result<L
     let value = read_json(headers, body, state.settings.max_body)
         .await
         .map_err(|e| match e.status() {
-            StatusCode::UNPROCESSABLE_ENTITY => {
-                e.with_status(StatusCode::BAD_REQUEST, "invalid-participant-links")
-            }
+            StatusCode::UNPROCESSABLE_ENTITY => e.with_status(
+                StatusCode::BAD_REQUEST,
+                ProblemType::InvalidParticipantLinks,
+            ),
             _ => e,
         })?;
     let set =
@@ -52,23 +68,18 @@ async fn link_set(state: &AppState, headers: &HeaderMap, body: Body) -> Result<L
 async fn job_for(state: &AppState, set: &LinkSet, confirm: bool) -> Result<String, ApiError> {
     let digest = set.digest();
     let what = if confirm { "confirm" } else { "cancel" };
-    let row = store::NewJobRow {
-        id: crate::domain::JobId::generate(),
+    let submission = Submission {
+        id: JobId::generate(),
         job: set.job(confirm),
-        source: "atomikos",
+        source: JobSource::Atomikos,
         created_at: Utc::now(),
-        owner: state.engine.instance_id().to_string(),
-        lease_ttl: state.engine.lease_ttl(),
         idempotency_key: Some(format!("atomikos-{what}:{digest}")),
         request_hash: Some(digest),
         key_holder: None,
         traceparent: None,
     };
-    match within(state, state.engine.accept(row)).await? {
-        Accepted::Created(record) => {
-            metrics::counter!(m::JOBS_CREATED, "source" => "atomikos").increment(1);
-            Ok(record.job.id.to_string())
-        }
+    match within(state, state.engine.accept(submission)).await? {
+        Accepted::Created(record) => Ok(record.job.id.to_string()),
         // The key lives in the Atomikos endpoints' own namespace (keys are per source), and is
         // the set's digest; a replay is taken only if the stored job was made for this very
         // set, so nothing but this request can ever stand in for it.
@@ -79,8 +90,7 @@ async fn job_for(state: &AppState, set: &LinkSet, confirm: bool) -> Result<Strin
         } => Ok(id),
         Accepted::Replay { id, .. } => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "conflict",
-            "Conflict",
+            ProblemType::Conflict,
             format!(
                 "job {id} holds this link set's key but was made for another request; nothing was {what}ed"
             ),
@@ -99,27 +109,15 @@ fn with_location(mut resp: Response, base: &str, id: &str) -> Response {
 fn confirm_answer(record: &JobRecord) -> Response {
     match record.job.status {
         JobStatus::Completed => StatusCode::NO_CONTENT.into_response(),
-        JobStatus::Heuristic => ApiError::new(
-            StatusCode::CONFLICT,
-            "heuristic",
-            "Heuristic outcome",
-            "some participants confirmed and others could not: the outcome is heuristic and needs an operator",
+        JobStatus::Heuristic => ApiError::new(StatusCode::CONFLICT, ProblemType::Heuristic, "some participants confirmed and others could not: the outcome is heuristic and needs an operator",
         )
         .with_tasks(outcomes(record))
         .into_response(),
-        JobStatus::Failed | JobStatus::Canceled => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "too-late",
-            "Too late to confirm",
-            "nothing was confirmed: the reservations were canceled or lapsed before every participant confirmed",
+        JobStatus::Failed | JobStatus::Canceled => ApiError::new(StatusCode::NOT_FOUND, ProblemType::TooLate, "nothing was confirmed: the reservations were canceled or lapsed before every participant confirmed",
         )
         .with_tasks(outcomes(record))
         .into_response(),
-        status => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "outcome-pending",
-            "Outcome not known yet",
-            format!(
+        status => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ProblemType::OutcomePending, format!(
                 "the job is still {status} (a participant is being retried); repeat the same request to wait for its outcome"
             ),
         )
@@ -129,7 +127,7 @@ fn confirm_answer(record: &JobRecord) -> Response {
 }
 
 /// `PUT /coordinator/confirm`: confirm every link; answer once the outcome is known.
-#[utoipa::path(put, path = "/coordinator/confirm", tag = "atomikos", request_body(content = crate::api::openapi::LinkSetRequest, content_type = "application/tcc+json"), responses((status = 204, description = "All confirmed", headers(("Location" = String))), (status = 400, description = "A link without uri or expires"), (status = 404, description = "All canceled or lapsed"), (status = 409, description = "Heuristic: tasks lists each link's outcome"), (status = 503, description = "The outcome is not known within the request's time limit (a participant is still being retried; tasks lists each link): repeat the same request, after Retry-After, to wait for it")))]
+#[utoipa::path(put, path = "/coordinator/confirm", tag = "atomikos", request_body(content = LinkSetRequest, content_type = "application/tcc+json"), responses((status = 204, description = "All confirmed", headers(("Location" = String))), (status = 400, description = "A link without uri or expires"), (status = 404, description = "All canceled or lapsed"), (status = 409, description = "Heuristic: tasks lists each link's outcome"), (status = 503, description = "The outcome is not known within the request's time limit (a participant is still being retried; tasks lists each link): repeat the same request, after Retry-After, to wait for it")))]
 pub async fn confirm(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -147,11 +145,7 @@ pub async fn confirm(
             cancel_job(&state, &id, &actor.0).await?;
             Some(id)
         };
-        let e = ApiError::new(
-            StatusCode::NOT_FOUND,
-            "too-late",
-            "Too late to confirm",
-            format!(
+        let e = ApiError::new(StatusCode::NOT_FOUND, ProblemType::TooLate, format!(
                 "the reservation at {} lapsed at {}: nothing is confirmed, and the other links are canceled",
                 late.uri,
                 late.expires.to_rfc3339()
@@ -170,7 +164,7 @@ pub async fn confirm(
 
 /// `PUT /coordinator/cancel`: cancel every link (those already lapsed need nothing); 204 once the
 /// cancel is recorded, the calls follow.
-#[utoipa::path(put, path = "/coordinator/cancel", tag = "atomikos", request_body(content = crate::api::openapi::LinkSetRequest, content_type = "application/tcc+json"), responses((status = 204, description = "All canceled"), (status = 400, description = "A link without uri or expires")))]
+#[utoipa::path(put, path = "/coordinator/cancel", tag = "atomikos", request_body(content = LinkSetRequest, content_type = "application/tcc+json"), responses((status = 204, description = "All canceled"), (status = 400, description = "A link without uri or expires")))]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

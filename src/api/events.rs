@@ -12,9 +12,11 @@ use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::jobs::{db, wait_change, within};
+use super::app::AppState;
+use super::db::{db, wait_change, within};
+use super::error::{ApiError, ProblemType};
 use super::repr::{self, EventListRepr, EventRepr};
-use super::{ApiError, AppState, base_url};
+use super::respond::base_url;
 use crate::domain::JobStatus;
 use crate::store::{self, StoredEvent};
 
@@ -115,8 +117,7 @@ pub async fn events(
         let Ok(permit) = state.streams.clone().try_acquire_owned() else {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "Overloaded",
+                ProblemType::Overloaded,
                 "the coordinator is serving as many event streams as it takes at once; try again shortly",
             ));
         };

@@ -10,27 +10,9 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, ContentBuilder, Ref, RefOr, ResponseBuilder};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use super::error::PROBLEM_JSON;
-
-/// `POST /jobs/{jobID}/resolve`: the operator's record of the manual fix.
-#[derive(ToSchema)]
-#[allow(dead_code)] // read as JSON by the handler; described here
-pub struct Resolve {
-    /// What was done to fix the outcome; not empty.
-    #[schema(min_length = 1, max_length = 4096)]
-    note: String,
-}
-
-/// `PUT /coordinator/confirm` and `/coordinator/cancel` (Atomikos-compatible).
-#[derive(ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)] // read as JSON by the handler; described here
-pub struct LinkSetRequest {
-    #[schema(min_items = 1)]
-    participant_links: Vec<crate::domain::request::LinkWire>,
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,33 +21,33 @@ pub struct LinkSetRequest {
         description = "A Try-Confirm/Cancel transaction coordinator with a RESTful Job Control Language (docs/api.md)."
     ),
     paths(
-        super::jobs::entry_point,
+        super::entry::entry_point,
         super::jobs::list_jobs,
         super::jobs::create_job,
         super::jobs::get_job,
         super::jobs::put_job,
-        super::jobs::cancel_job,
-        super::jobs::cancel_form,
-        super::jobs::confirm_job,
+        super::decisions::cancel_job,
+        super::decisions::cancel_form,
+        super::decisions::confirm_job,
         super::jobs::progress,
-        super::jobs::list_tasks,
-        super::jobs::get_task,
-        super::jobs::register,
-        super::jobs::resolve_job,
-        super::jobs::heuristics,
+        super::tasks::list_tasks,
+        super::tasks::get_task,
+        super::tasks::register,
+        super::heuristics::resolve_job,
+        super::heuristics::heuristics,
         super::actions::continue_job,
         super::actions::restart_job,
-        super::state::get_shared_state,
-        super::state::put_shared_state,
-        super::state::patch_shared_state,
+        super::shared_state::get_shared_state,
+        super::shared_state::put_shared_state,
+        super::shared_state::patch_shared_state,
         super::events::events,
         super::coordinator::confirm,
         super::coordinator::cancel,
         super::problems::problem_page,
         super::html::asset,
-        super::live,
-        super::ready,
-        super::metrics_text,
+        super::health::live,
+        super::health::ready,
+        super::health::metrics_text,
         openapi_json,
     ),
     components(schemas(super::error::ProblemRepr)),

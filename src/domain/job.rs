@@ -254,6 +254,43 @@ impl Task {
     }
 }
 
+/// Where a job came from. Each source keeps its own namespace of idempotency keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobSource {
+    /// The Job Control Language: `POST /jobs`, `PUT /jobs/{id}`.
+    Jcl,
+    /// The Atomikos-compatible `PUT /coordinator/confirm` and `/cancel`.
+    Atomikos,
+}
+
+impl JobSource {
+    /// As stored, and as the `source` label of `tcc_jobs_created_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobSource::Jcl => "jcl",
+            JobSource::Atomikos => "atomikos",
+        }
+    }
+}
+
+/// A new job as a client asked for it, parsed and checked: what the API hands the engine. The
+/// engine adds what only it knows (its instance, the lease) and stores it.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub id: JobId,
+    pub job: NewJob,
+    pub source: JobSource,
+    pub created_at: DateTime<Utc>,
+    /// The client's `Idempotency-Key` (or the Atomikos endpoints' key of the link set).
+    pub idempotency_key: Option<String>,
+    /// Who gave the idempotency key (the API key's name): a replay by another is refused.
+    pub key_holder: Option<String>,
+    /// What a replay under the same key must match: a hash of the request.
+    pub request_hash: Option<String>,
+    /// The incoming W3C `traceparent`, carried to the participants.
+    pub traceparent: Option<String>,
+}
+
 /// Everything the engine needs about a job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {

@@ -24,7 +24,7 @@ use crate::domain::{Answer, Event, Job, JobStatus, Op, Step, mapping};
 use crate::domain::{actions, notify};
 use crate::metrics as m;
 use crate::participant::{CallIds, CallResult, TryCall};
-use crate::store::{self, Fence, Save, Saved};
+use crate::store::{self, Fence, LeaseAfter, Save, Saved};
 
 /// How long a driver keeps its lease while waiting for nothing but time (a retry falling due);
 /// longer waits give the lease back and leave the job to the scanner.
@@ -241,38 +241,36 @@ impl Driver {
             planner::plan(&mut st.job, &st.in_flight, now, &settings.planner)?
         };
         let job = &st.job;
-        let idle = st.in_flight.is_empty() && plan.steps.is_empty();
-        let release: Option<Option<DateTime<Utc>>> = if st.stopping.is_some() {
-            // Hand the job back to be picked up at once by whoever runs next.
-            st.calls
-                .is_empty()
-                .then_some((!job.status.is_terminal()).then_some(now))
-        } else if idle {
-            if job.status.is_terminal() {
-                Some(None)
-            } else {
-                // A job always has a deadline or an expiry to wait for; a minute is a net under
-                // that rule, not a schedule.
-                let at = plan.wake_at.unwrap_or(now + chrono::Duration::seconds(60));
-                let hold = MAX_HOLD.min(settings.lease_ttl / 4);
-                let near = (at - now).to_std().unwrap_or_default() <= hold;
-                (!near).then_some(Some(at))
-            }
-        } else {
-            None
-        };
-        let deciding = before_plan.status.is_undecided() && !job.status.is_undecided();
-        let ending = job.status != st.saved.status && job.status.is_terminal();
-        let durable = plan.durable || ending;
-        let calls_pending = !st.in_flight.is_empty() || !plan.steps.is_empty();
-        let write = *job != st.saved
-            && must_write(
-                durable,
-                deciding,
-                calls_pending,
-                st.unsaved_since.get_or_insert_with(Instant::now).elapsed(),
-            );
-        if !write && release.is_none() {
+        let changed = *job != st.saved;
+        let decision = decide_write(
+            &WriteView {
+                before: before_plan.status,
+                status: job.status,
+                saved: st.saved.status,
+                changed,
+                held_for: if changed {
+                    st.unsaved_since.get_or_insert_with(Instant::now).elapsed()
+                } else {
+                    Duration::ZERO
+                },
+                sends: !plan.steps.is_empty(),
+                plan_durable: plan.durable,
+                wake_at: plan.wake_at,
+                calls_out: !st.in_flight.is_empty(),
+                stopping: st.stopping.is_some(),
+                calls_done: st.calls.is_empty(),
+                lease_ttl: settings.lease_ttl,
+            },
+            now,
+        );
+        let WriteDecision {
+            write,
+            durable,
+            lease,
+            guarded,
+            ending,
+        } = decision;
+        if !write && lease == LeaseAfter::Keep {
             return Ok(Next::Go(plan));
         }
         // The calls answered since the last write, then the status changes they and the plan
@@ -294,8 +292,8 @@ impl Driver {
             shared_state: (job.shared_state != st.durable.shared_state)
                 .then(|| job.shared_state.clone()),
             state_guard: st.seen_state,
-            guard_seq: (release.is_some() || deciding).then_some(st.seen_seq),
-            release,
+            guard_seq: guarded.then_some(st.seen_seq),
+            lease,
             durable,
             lease_ttl: settings.lease_ttl,
             events,
@@ -341,7 +339,7 @@ impl Driver {
                 }
                 st.renew_at = self.next_renewal();
                 self.inner.changes.send(self.id.clone()).ok();
-                if release.is_some() {
+                if lease.releases() {
                     return Ok(Next::Stop);
                 }
                 if wake_seq != st.seen_seq {
@@ -607,6 +605,89 @@ fn immediate(step: Step, message: String) -> CallFuture {
     futures::future::ready((step, result)).boxed()
 }
 
+/// What `decide_write` looks at: the driver's state once the plan is made.
+#[derive(Debug, Clone, Copy)]
+struct WriteView {
+    /// The job's status before this plan, after it, and as last written.
+    before: JobStatus,
+    status: JobStatus,
+    saved: JobStatus,
+    /// The job differs from what was last written, and has for `held_for`.
+    changed: bool,
+    held_for: Duration,
+    /// The plan sends calls; it needs the job durable before they go (a confirm or cancel
+    /// follows); the next time the job must be looked at (a retry, an expiry, the deadline).
+    sends: bool,
+    plan_durable: bool,
+    wake_at: Option<DateTime<Utc>>,
+    /// Calls sent earlier are still out.
+    calls_out: bool,
+    /// The instance is shutting down, and whether every call has answered.
+    stopping: bool,
+    calls_done: bool,
+    lease_ttl: Duration,
+}
+
+/// What a driver writes after planning, how durably, and what becomes of its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WriteDecision {
+    /// Write the job's changes now (else they wait for a write that must happen).
+    write: bool,
+    /// With a synchronous commit.
+    durable: bool,
+    lease: LeaseAfter,
+    /// Only if no client request came in since the job was read: a decision, or a job given
+    /// back, must not pass over a request it has not seen.
+    guarded: bool,
+    /// The job ends with this write: its notifications go with it.
+    ending: bool,
+}
+
+/// The driver's write decision (SPEC §3.3 rule 5): the decision, every link and the end are
+/// durable before any confirm or cancel is sent or anyone is told; a job that only time can
+/// move on is given back with its next time in the database (so a retry survives a crash), unless
+/// that time is near enough to wait for while holding the lease; a driver shutting down gives
+/// its jobs back once their calls have answered.
+fn decide_write(v: &WriteView, now: DateTime<Utc>) -> WriteDecision {
+    let idle = !v.calls_out && !v.sends;
+    let lease = if v.stopping {
+        // Hand the job back to be picked up at once by whoever runs next.
+        match (v.calls_done, v.status.is_terminal()) {
+            (false, _) => LeaseAfter::Keep,
+            (true, true) => LeaseAfter::Ended,
+            (true, false) => LeaseAfter::Release(now),
+        }
+    } else if idle {
+        if v.status.is_terminal() {
+            LeaseAfter::Ended
+        } else {
+            // A job always has a deadline or an expiry to wait for; a minute is a net under
+            // that rule, not a schedule.
+            let at = v.wake_at.unwrap_or(now + chrono::Duration::seconds(60));
+            let hold = MAX_HOLD.min(v.lease_ttl / 4);
+            let near = (at - now).to_std().unwrap_or_default() <= hold;
+            if near {
+                LeaseAfter::Keep
+            } else {
+                LeaseAfter::Release(at)
+            }
+        }
+    } else {
+        LeaseAfter::Keep
+    };
+    let deciding = v.before.is_undecided() && !v.status.is_undecided();
+    let ending = v.status != v.saved && v.status.is_terminal();
+    let durable = v.plan_durable || ending;
+    let calls_pending = v.calls_out || v.sends;
+    WriteDecision {
+        write: v.changed && must_write(durable, deciding, calls_pending, v.held_for),
+        durable,
+        lease,
+        guarded: lease.releases() || deciding,
+        ending,
+    }
+}
+
 /// Whether a driver writes its changes now. Changes that need no synchronous commit and come
 /// while calls are still out (a Try answered while the other Tries run, one confirm of several
 /// done) are held back and written with the next change that must be written (the decision,
@@ -641,5 +722,229 @@ mod tests {
         // Held back no longer than WRITE_DELAY.
         assert!(!must_write(false, false, true, WRITE_DELAY / 2));
         assert!(must_write(false, false, true, WRITE_DELAY));
+    }
+
+    /// A driver in the middle of confirming: the decision written, calls out, nothing new.
+    fn confirming() -> WriteView {
+        WriteView {
+            before: JobStatus::Confirming,
+            status: JobStatus::Confirming,
+            saved: JobStatus::Confirming,
+            changed: false,
+            held_for: Duration::ZERO,
+            sends: false,
+            plan_durable: false,
+            wake_at: None,
+            calls_out: true,
+            stopping: false,
+            calls_done: false,
+            lease_ttl: Duration::from_secs(30),
+        }
+    }
+
+    fn at(now: DateTime<Utc>, secs: i64) -> Option<DateTime<Utc>> {
+        Some(now + chrono::Duration::seconds(secs))
+    }
+
+    #[test]
+    fn the_decision_is_durable_and_guarded_before_the_first_confirm_is_sent() {
+        let now = Utc::now();
+        let d = decide_write(
+            &WriteView {
+                before: JobStatus::Reserved,
+                status: JobStatus::Confirming,
+                saved: JobStatus::Reserved,
+                changed: true,
+                sends: true,
+                plan_durable: true,
+                calls_out: false,
+                ..confirming()
+            },
+            now,
+        );
+        assert_eq!(
+            d,
+            WriteDecision {
+                write: true,
+                durable: true,
+                lease: LeaseAfter::Keep,
+                guarded: true,
+                ending: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_cancel_decision_is_written_at_once_even_while_tries_are_out() {
+        let now = Utc::now();
+        let d = decide_write(
+            &WriteView {
+                before: JobStatus::Trying,
+                status: JobStatus::Canceling,
+                saved: JobStatus::Trying,
+                changed: true,
+                sends: true,
+                plan_durable: true,
+                ..confirming()
+            },
+            now,
+        );
+        assert!(d.write && d.durable && d.guarded, "{d:?}");
+    }
+
+    #[test]
+    fn links_are_durable_before_a_confirm_or_cancel_that_follows_them() {
+        // A Try answered with a link while confirms are planned for the others: the plan asks
+        // for durability, so the link is written synchronously before the calls go.
+        let now = Utc::now();
+        let d = decide_write(
+            &WriteView {
+                changed: true,
+                sends: true,
+                plan_durable: true,
+                ..confirming()
+            },
+            now,
+        );
+        assert!(d.write && d.durable && !d.guarded, "{d:?}");
+    }
+
+    #[test]
+    fn an_answer_that_needs_no_commit_waits_while_calls_are_out_but_not_longer_than_the_delay() {
+        let now = Utc::now();
+        let held = WriteView {
+            changed: true,
+            ..confirming()
+        };
+        let d = decide_write(&held, now);
+        assert_eq!((d.write, d.lease), (false, LeaseAfter::Keep));
+        let d = decide_write(
+            &WriteView {
+                held_for: WRITE_DELAY,
+                ..held
+            },
+            now,
+        );
+        assert!(d.write && !d.durable, "{d:?}");
+    }
+
+    #[test]
+    fn the_end_is_durable_carries_its_notifications_and_gives_the_job_back_for_good() {
+        let now = Utc::now();
+        let d = decide_write(
+            &WriteView {
+                status: JobStatus::Completed,
+                changed: true,
+                calls_out: false,
+                ..confirming()
+            },
+            now,
+        );
+        assert_eq!(
+            d,
+            WriteDecision {
+                write: true,
+                durable: true,
+                lease: LeaseAfter::Ended,
+                guarded: true,
+                ending: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_retry_far_enough_off_is_scheduled_in_the_database_and_the_job_given_back() {
+        let now = Utc::now();
+        let d = decide_write(
+            &WriteView {
+                changed: true,
+                calls_out: false,
+                wake_at: at(now, 10),
+                ..confirming()
+            },
+            now,
+        );
+        assert_eq!(
+            (d.write, d.lease, d.guarded),
+            (
+                true,
+                LeaseAfter::Release(now + chrono::Duration::seconds(10)),
+                true
+            )
+        );
+        // Nothing changed: the lease alone is given back, with the time to look again.
+        let d = decide_write(
+            &WriteView {
+                calls_out: false,
+                wake_at: at(now, 10),
+                ..confirming()
+            },
+            now,
+        );
+        assert_eq!((d.write, d.lease.releases()), (false, true));
+    }
+
+    #[test]
+    fn a_retry_near_enough_is_waited_for_with_the_lease_held() {
+        let now = Utc::now();
+        let view = WriteView {
+            calls_out: false,
+            wake_at: Some(now + chrono::Duration::milliseconds(500)),
+            ..confirming()
+        };
+        assert_eq!(decide_write(&view, now).lease, LeaseAfter::Keep);
+        // Near is bounded by a quarter of the lease: with a short lease the job is given back.
+        let short = WriteView {
+            lease_ttl: Duration::from_millis(400),
+            ..view
+        };
+        assert!(decide_write(&short, now).lease.releases());
+    }
+
+    #[test]
+    fn a_job_with_nothing_to_wait_for_is_looked_at_again_within_a_minute() {
+        let now = Utc::now();
+        let d = decide_write(
+            &WriteView {
+                calls_out: false,
+                ..confirming()
+            },
+            now,
+        );
+        assert_eq!(
+            d.lease,
+            LeaseAfter::Release(now + chrono::Duration::seconds(60))
+        );
+    }
+
+    #[test]
+    fn shutting_down_gives_the_job_back_at_once_but_only_when_its_calls_have_answered() {
+        let now = Utc::now();
+        let out = WriteView {
+            stopping: true,
+            ..confirming()
+        };
+        assert_eq!(decide_write(&out, now).lease, LeaseAfter::Keep);
+        let done = WriteView {
+            calls_done: true,
+            calls_out: false,
+            ..out
+        };
+        assert_eq!(decide_write(&done, now).lease, LeaseAfter::Release(now));
+        let ended = WriteView {
+            status: JobStatus::Completed,
+            saved: JobStatus::Completed,
+            ..done
+        };
+        assert_eq!(decide_write(&ended, now).lease, LeaseAfter::Ended);
+    }
+
+    #[test]
+    fn nothing_changed_and_calls_out_is_neither_a_write_nor_a_release() {
+        let d = decide_write(&confirming(), Utc::now());
+        assert_eq!(
+            (d.write, d.lease, d.guarded),
+            (false, LeaseAfter::Keep, false)
+        );
     }
 }

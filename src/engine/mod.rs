@@ -47,7 +47,7 @@ use identity::Identity;
 
 use crate::domain::planner;
 use crate::domain::status::IllegalTransition;
-use crate::domain::{Job, JobStatus, Op, PlannerSettings, Step};
+use crate::domain::{Job, JobStatus, Op, PlannerSettings, Step, Submission};
 use crate::metrics as m;
 use crate::participant::ParticipantClient;
 use crate::store::{self, Fence, Inserted, StoreError};
@@ -219,7 +219,13 @@ impl Engine {
     /// Store a new job (claimed by this instance, its first Tries planned into the same write,
     /// committed synchronously with other writes of the moment) and start driving it. Runs as
     /// its own task: once asked, the job is stored and driven even if the client hangs up.
-    pub async fn accept(&self, row: store::NewJobRow) -> Result<Accepted, StoreError> {
+    pub async fn accept(&self, submission: Submission) -> Result<Accepted, StoreError> {
+        let source = submission.source.as_str();
+        let row = store::NewJobRow {
+            submission,
+            owner: self.instance_id().to_string(),
+            lease_ttl: self.lease_ttl(),
+        };
         let mut record = store::initial_record(&row);
         let first = self.plan_first(&mut record.job);
         let engine = self.clone();
@@ -231,6 +237,8 @@ impl Engine {
                 .await?;
             Ok(match inserted {
                 Inserted::Created => {
+                    metrics::counter!(crate::metrics::JOBS_CREATED, "source" => source)
+                        .increment(1);
                     engine.start_claimed(record.clone(), first);
                     Accepted::Created(Box::new(record))
                 }

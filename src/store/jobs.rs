@@ -17,21 +17,13 @@ pub enum Inserted {
     },
 }
 
-/// A new job to store: the parsed document and everything `insert_job` writes besides.
+/// A new job to store: the submission, and what the accepting instance adds to it.
 #[derive(Debug, Clone)]
 pub struct NewJobRow {
-    pub id: JobId,
-    pub job: NewJob,
-    pub source: &'static str,
-    pub created_at: DateTime<Utc>,
+    pub submission: Submission,
+    /// The accepting instance, which holds the job's first lease.
     pub owner: String,
     pub lease_ttl: Duration,
-    pub idempotency_key: Option<String>,
-    /// Who gave the idempotency key (the API key's name): a replay by another is refused.
-    pub key_holder: Option<String>,
-    /// What a replay under the same key must match: a hash of the request (set with a key).
-    pub request_hash: Option<String>,
-    pub traceparent: Option<String>,
 }
 
 /// A new job as accepted, before the engine planned anything (`Job::new`): `pending`, claimed by
@@ -39,9 +31,14 @@ pub struct NewJobRow {
 /// it is stored (`insert_job`).
 pub fn initial_record(row: &NewJobRow) -> JobRecord {
     JobRecord {
-        job: Job::new(&row.job, &row.id, row.created_at, row.traceparent.clone()),
-        fields: row.job.fields.clone(),
-        updated_at: row.created_at,
+        job: Job::new(
+            &row.submission.job,
+            &row.submission.id,
+            row.submission.created_at,
+            row.submission.traceparent.clone(),
+        ),
+        fields: row.submission.job.fields.clone(),
+        updated_at: row.submission.created_at,
         wake_seq: 0,
         retry_seq: 0,
         state_seq: 0,
@@ -106,14 +103,14 @@ pub async fn insert_many(
     let mut started: Vec<Option<DateTime<Utc>>> = Vec::new();
     for (row, record) in jobs {
         let job = &record.job;
-        ids.push(row.id.as_str());
-        sources.push(row.source);
+        ids.push(row.submission.id.as_str());
+        sources.push(row.submission.source.as_str());
         job_statuses.push(job.status.as_str());
         fields.push(tokio_postgres::types::Json(&record.fields));
         correlations.push(job.correlation_id.as_str());
         // Tags go as one flat array; each job takes its slice (1-based, bounds included).
         tags_from.push(tags.len() as i32 + 1);
-        tags.extend(row.job.fields.tags.iter().map(String::as_str));
+        tags.extend(row.submission.job.fields.tags.iter().map(String::as_str));
         tags_to.push(tags.len() as i32);
         auto_confirms.push(job.auto_confirm);
         retry_policies.push(
@@ -124,16 +121,16 @@ pub async fn insert_many(
         );
         shared_states.push(&job.shared_state);
         task_counts.push(job.tasks.len() as i32);
-        created.push(row.created_at);
+        created.push(row.submission.created_at);
         deadlines.push(job.deadline);
         owners.push(row.owner.as_str());
         ttls.push(row.lease_ttl.as_secs_f64());
-        keys.push(row.idempotency_key.as_deref());
-        holders.push(row.key_holder.as_deref());
-        hashes.push(row.request_hash.as_deref());
-        traceparents.push(row.traceparent.as_deref());
+        keys.push(row.submission.idempotency_key.as_deref());
+        holders.push(row.submission.key_holder.as_deref());
+        hashes.push(row.submission.request_hash.as_deref());
+        traceparents.push(row.submission.traceparent.as_deref());
         for t in &job.tasks {
-            job_of.push(row.id.as_str());
+            job_of.push(row.submission.id.as_str());
             attempts.push(t.attempts);
             started.push(t.start_time);
             idx.push(t.idx);
@@ -240,7 +237,7 @@ pub async fn insert_many(
         .collect::<std::result::Result<std::collections::HashSet<String>, _>>()?;
     let mut outcomes = Vec::with_capacity(n);
     for (row, _) in jobs {
-        outcomes.push(if stored.contains(row.id.as_str()) {
+        outcomes.push(if stored.contains(row.submission.id.as_str()) {
             Ok(Inserted::Created)
         } else {
             replay(client, row).await
@@ -253,6 +250,7 @@ pub async fn insert_many(
 /// client's key never finds a job the coordinator stored under a key of its own).
 async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted> {
     let key = row
+        .submission
         .idempotency_key
         .as_deref()
         .ok_or_else(|| corrupt("insert conflicted without an idempotency key"))?;
@@ -260,16 +258,17 @@ async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted
         .query_one(
             "SELECT id, request_hash, key_holder FROM jobs
              WHERE source = $1 AND idempotency_key = $2",
-            &[&row.source, &key],
+            &[&row.submission.source.as_str(), &key],
         )
         .await?;
     let hash: Option<String> = existing.try_get("request_hash")?;
     // A job stored before holders were recorded (NULL) is anyone's, as it was then.
     let holder: Option<String> = existing.try_get("key_holder")?;
-    let another_holder = holder.is_some_and(|h| row.key_holder.as_deref() != Some(h.as_str()));
+    let another_holder =
+        holder.is_some_and(|h| row.submission.key_holder.as_deref() != Some(h.as_str()));
     Ok(Inserted::Replay {
         id: existing.try_get("id")?,
-        same_request: hash.is_some() && hash == row.request_hash && !another_holder,
+        same_request: hash.is_some() && hash == row.submission.request_hash && !another_holder,
         another_holder,
     })
 }
@@ -375,8 +374,8 @@ pub struct Save {
     pub state_guard: i64,
     /// Only write if no client request arrived since the driver last looked (`wake_seq`).
     pub guard_seq: Option<i64>,
-    /// Give the lease back, with when to look at the job again (`None`: nothing left to do).
-    pub release: Option<Option<DateTime<Utc>>>,
+    /// What the save does to the job's lease.
+    pub lease: LeaseAfter,
     /// Commit synchronously (a decision, an end, or what precedes a confirm or cancel).
     pub durable: bool,
     pub lease_ttl: Duration,
@@ -384,6 +383,32 @@ pub struct Save {
     pub events: Vec<Event>,
     /// Notifications the change calls for (the job ended): written to the outbox with it.
     pub notifications: Vec<crate::domain::notify::NewNotification>,
+}
+
+/// What a save does to the job's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseAfter {
+    /// The driver keeps the job.
+    Keep,
+    /// Given back: any instance takes the job up again at this time (its next retry or expiry,
+    /// or at once).
+    Release(DateTime<Utc>),
+    /// Given back for good: the job ended.
+    Ended,
+}
+
+impl LeaseAfter {
+    pub fn releases(self) -> bool {
+        self != LeaseAfter::Keep
+    }
+
+    /// When the job is to be looked at again, once given back.
+    pub fn wake_at(self) -> Option<DateTime<Utc>> {
+        match self {
+            LeaseAfter::Release(at) => Some(at),
+            LeaseAfter::Keep | LeaseAfter::Ended => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -503,9 +528,9 @@ pub async fn save_many(
         states.push(s.shared_state.as_ref());
         decided.push(!s.status.is_undecided());
         finished.push(s.status.is_terminal());
-        releasing.push(s.release.is_some());
+        releasing.push(s.lease.releases());
         ttls.push(s.lease_ttl.as_secs_f64());
-        next_wakes.push(s.release.flatten());
+        next_wakes.push(s.lease.wake_at());
         guards.push(s.guard_seq);
         state_guards.push(s.state_guard);
         for nt in &s.notifications {

@@ -20,11 +20,11 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
-use crate::domain::request::{NewJob, Registration};
+use crate::domain::request::Registration;
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{
-    ConfirmState, Event, FailureReason, Job, JobId, JobStatus, Link, Resolution, Task, TaskStatus,
-    TrySpec,
+    ConfirmState, Event, FailureReason, Job, JobStatus, Link, Resolution, Submission, Task,
+    TaskStatus, TrySpec,
 };
 
 mod events;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use tcc_coordinator::domain::request::{Limits, parse_job};
-use tcc_coordinator::domain::{Event, EventKind, JobId};
+use tcc_coordinator::domain::{Event, EventKind, JobId, JobSource, Submission};
 use tcc_coordinator::engine::group_commit::GroupCommit;
 use tcc_coordinator::store::{self, Fence, Inserted, JobRecord, NewJobRow, Save, Saved};
 
@@ -22,16 +22,18 @@ fn new_row(key: Option<&str>, hash: &str, task: &str) -> (NewJobRow, JobRecord) 
     });
     let job = parse_job(&doc, Limits { max_tasks: 10 }, now).expect("a valid document");
     let row = NewJobRow {
-        id: JobId::generate(),
-        job,
-        source: "jcl",
-        created_at: now,
+        submission: Submission {
+            id: JobId::generate(),
+            job,
+            source: JobSource::Jcl,
+            created_at: now,
+            idempotency_key: key.map(str::to_string),
+            request_hash: key.map(|_| hash.to_string()),
+            key_holder: key.map(|_| "store-test".to_string()),
+            traceparent: None,
+        },
         owner: "store-test".into(),
         lease_ttl: Duration::from_secs(30),
-        idempotency_key: key.map(str::to_string),
-        request_hash: key.map(|_| hash.to_string()),
-        key_holder: key.map(|_| "store-test".to_string()),
-        traceparent: None,
     };
     let record = store::initial_record(&row);
     (row, record)
@@ -40,7 +42,10 @@ fn new_row(key: Option<&str>, hash: &str, task: &str) -> (NewJobRow, JobRecord) 
 /// The same new job under another id (one already taken makes the database refuse the row).
 fn with_id((row, record): (NewJobRow, JobRecord), id: &str) -> (NewJobRow, JobRecord) {
     let row = NewJobRow {
-        id: JobId::parse(id).expect("an id"),
+        submission: Submission {
+            id: JobId::parse(id).expect("an id"),
+            ..row.submission
+        },
         ..row
     };
     (row, record)
@@ -88,7 +93,7 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
         .into_iter()
         .map(|o| o.expect("an outcome"))
         .collect();
-    let a = batch[0].0.id.to_string();
+    let a = batch[0].0.submission.id.to_string();
     let expected = [
         Inserted::Created,
         Inserted::Replay {
@@ -98,7 +103,7 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
         },
         Inserted::Created,
         Inserted::Replay {
-            id: earlier.0.id.to_string(),
+            id: earlier.0.submission.id.to_string(),
             same_request: true,
             another_holder: false,
         },
@@ -112,7 +117,7 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
 
     // Each stored job has its own tags and its own task; the replays stored nothing.
     for (i, name) in [(0, "a"), (2, "c")] {
-        let id = &batch[i].0.id;
+        let id = &batch[i].0.submission.id;
         assert_eq!(
             stored_tags(&client, id).await,
             Some(vec!["shared".to_string(), name.to_string()])
@@ -125,7 +130,7 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
         assert_eq!(job.job.tasks[0].task_id, name);
     }
     for i in [1, 3, 4] {
-        assert_eq!(stored_tags(&client, &batch[i].0.id).await, None);
+        assert_eq!(stored_tags(&client, &batch[i].0.submission.id).await, None);
     }
 }
 
@@ -139,13 +144,13 @@ async fn a_batch_with_one_refused_row_stores_none_of_it() {
         .expect("stored");
     let good = new_row(None, "h1", "y");
     // The same id again: the database refuses that row.
-    let again = with_id(new_row(None, "h2", "z"), &stored.0.id);
+    let again = with_id(new_row(None, "h2", "z"), &stored.0.submission.id);
     let refs = [(&good.0, &good.1), (&again.0, &again.1)];
     assert!(store::insert_many(&client, &refs).await.is_err());
-    assert_eq!(stored_tags(&client, &good.0.id).await, None);
+    assert_eq!(stored_tags(&client, &good.0.submission.id).await, None);
     // The job already stored under that id is untouched.
     assert_eq!(
-        stored_tags(&client, &stored.0.id).await,
+        stored_tags(&client, &stored.0.submission.id).await,
         Some(vec!["shared".to_string(), "x".to_string()])
     );
 }
@@ -170,7 +175,7 @@ async fn save_saying(client: &deadpool_postgres::Client, id: &str, message: &str
         shared_state: None,
         state_guard: record.state_seq,
         guard_seq: None,
-        release: None,
+        lease: store::LeaseAfter::Keep,
         durable: true,
         lease_ttl: Duration::from_secs(30),
         events: Vec::new(),
@@ -195,9 +200,9 @@ async fn the_group_commit_fails_only_the_bad_writes_of_a_refused_batch() {
             .expect("stored");
     }
     let good_new = new_row(None, "h2", "g");
-    let bad_new = with_id(new_row(None, "h3", "b"), &taken.0.id);
-    let good_save = save_saying(&client, &saved_ok.0.id, "noted").await;
-    let bad_save = save_saying(&client, &taken.0.id, "bad \0 byte").await;
+    let bad_new = with_id(new_row(None, "h3", "b"), &taken.0.submission.id);
+    let good_save = save_saying(&client, &saved_ok.0.submission.id, "noted").await;
+    let bad_save = save_saying(&client, &taken.0.submission.id, "bad \0 byte").await;
 
     // On this test's single-threaded runtime, the first write starts the writer task and the
     // others queue before it runs: the four are one batch.
@@ -229,14 +234,17 @@ async fn the_group_commit_fails_only_the_bad_writes_of_a_refused_batch() {
                 .expect("stored")
         }
     };
-    assert_eq!(load(good_new.0.id.clone()).await.job.tasks[0].task_id, "g");
+    assert_eq!(
+        load(good_new.0.submission.id.clone()).await.job.tasks[0].task_id,
+        "g"
+    );
     let said = |r: &JobRecord| r.job.tasks[0].last_message.clone();
     assert_eq!(
-        said(&load(saved_ok.0.id.clone()).await).as_deref(),
+        said(&load(saved_ok.0.submission.id.clone()).await).as_deref(),
         Some("noted")
     );
     // The job whose id was taken is the one stored first, untouched by either bad write.
-    let first = load(taken.0.id.clone()).await;
+    let first = load(taken.0.submission.id.clone()).await;
     assert_eq!(first.job.tasks[0].task_id, "t");
     assert_eq!(said(&first), said(&taken.1));
 }
@@ -251,7 +259,7 @@ async fn fencing_claims_skip_live_leases_bump_the_generation_and_refuse_stale_wr
     store::insert_job(&client, &row, &record)
         .await
         .expect("stored");
-    let id = row.id.clone();
+    let id = row.submission.id.clone();
     let ttl = Duration::from_secs(30);
     // Claims only look at due jobs; this one is due from its creation.
     let live = store::claim_one(&client, &id, "other", ttl)
@@ -324,8 +332,8 @@ async fn the_group_commit_writes_queued_saves_as_one_transaction() {
         store::insert_job(&client, &row, &record)
             .await
             .expect("stored");
-        saves.push(save_saying(&client, &row.id, "batched").await);
-        ids.push(row.id.to_string());
+        saves.push(save_saying(&client, &row.submission.id, "batched").await);
+        ids.push(row.submission.id.to_string());
     }
     let commits = Arc::new(GroupCommit::new(
         1,
@@ -388,22 +396,24 @@ async fn every_column_round_trips() {
     });
     let job = parse_job(&doc, Limits { max_tasks: 10 }, now).expect("a valid document");
     let row = NewJobRow {
-        id: JobId::generate(),
-        job,
-        source: "jcl",
-        created_at: now,
+        submission: Submission {
+            id: JobId::generate(),
+            job,
+            source: JobSource::Jcl,
+            created_at: now,
+            idempotency_key: Some("rt-key".into()),
+            request_hash: Some("rt-hash".into()),
+            key_holder: Some("store-test".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        },
         owner: "store-test".into(),
         lease_ttl: Duration::from_secs(30),
-        idempotency_key: Some("rt-key".into()),
-        request_hash: Some("rt-hash".into()),
-        key_holder: Some("store-test".into()),
-        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
     };
     let record = store::initial_record(&row);
     store::insert_job(&client, &row, &record)
         .await
         .expect("stored");
-    let loaded = store::load_job(&client, &row.id)
+    let loaded = store::load_job(&client, &row.submission.id)
         .await
         .expect("load")
         .expect("stored");
@@ -443,7 +453,7 @@ async fn every_column_round_trips() {
     };
     t.end_time = Some(at(3));
     let save = Save {
-        id: row.id.to_string(),
+        id: row.submission.id.to_string(),
         status: expected.status,
         failure_reason: None,
         fence: Fence {
@@ -454,7 +464,7 @@ async fn every_column_round_trips() {
         shared_state: Some(expected.shared_state.clone()),
         state_guard: loaded.state_seq,
         guard_seq: None,
-        release: None,
+        lease: store::LeaseAfter::Keep,
         durable: true,
         lease_ttl: Duration::from_secs(30),
         events: vec![
@@ -476,14 +486,14 @@ async fn every_column_round_trips() {
         store::save(&client, &save).await,
         Ok(Saved::Ok { .. })
     ));
-    let again = store::load_job(&client, &row.id)
+    let again = store::load_job(&client, &row.submission.id)
         .await
         .expect("load")
         .expect("stored");
     assert_eq!(again.job, expected, "every column as saved");
 
     // The events written with the save follow the job's first (accepted), every field kept.
-    let (status, log) = store::list_events(&client, row.id.as_str(), 0, 100)
+    let (status, log) = store::list_events(&client, row.submission.id.as_str(), 0, 100)
         .await
         .expect("events")
         .expect("the job");
@@ -529,7 +539,7 @@ async fn the_purge_takes_finished_jobs_with_their_events_a_batch_at_a_time_and_k
                         failure_reason = CASE WHEN $2::text = 'failed' THEN 'try-failed' END
                      WHERE id = $1"
                 ),
-                &[&row.id.as_str(), &status],
+                &[&row.submission.id.as_str(), &status],
             )
             .await
             .expect("age the job");
@@ -537,13 +547,13 @@ async fn the_purge_takes_finished_jobs_with_their_events_a_batch_at_a_time_and_k
             client
                 .execute(
                     "UPDATE jobs SET resolution = '{\"note\": \"fixed\"}'::jsonb WHERE id = $1",
-                    &[&row.id.as_str()],
+                    &[&row.submission.id.as_str()],
                 )
                 .await
                 .expect("resolve");
         }
 
-        ids.push(row.id.to_string());
+        ids.push(row.submission.id.to_string());
     }
     let events = |id: String| {
         let client = &client;

@@ -13,21 +13,15 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::super::jobs::load;
-use super::super::{ApiError, AppState, base_url};
+use super::super::app::AppState;
+use super::super::db::load;
+use super::super::error::{ApiError, ProblemType};
+use super::super::extract::read_body;
+use super::super::negotiate::vary_accept;
+use super::super::respond::base_url;
 use super::pages::{self, Refusal};
 
 const FORM: &str = "application/x-www-form-urlencoded";
-
-/// The box a destructive action's form has ticked, saying what the action does; `None`: not
-/// destructive.
-pub fn confirmation(rel: &str) -> Option<&'static str> {
-    match rel {
-        "cancel" => Some("Yes, cancel every task of this job"),
-        "resolve" => Some("Yes, the outcome was fixed by hand as the note says"),
-        _ => None,
-    }
-}
 
 fn is_form(headers: &HeaderMap) -> bool {
     headers
@@ -64,7 +58,7 @@ pub async fn submitted(State(state): State<AppState>, req: Request, next: Next) 
     let headers = req.headers().clone();
     let base = base_url(&state, &headers);
     let (mut parts, body) = req.into_parts();
-    let bytes = match super::super::read_body(body, state.settings.max_body, "form").await {
+    let bytes = match read_body(body, state.settings.max_body, "form").await {
         Ok(bytes) => bytes,
         Err(e) => return e.into_response(),
     };
@@ -77,7 +71,7 @@ pub async fn submitted(State(state): State<AppState>, req: Request, next: Next) 
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    if let Some(what) = confirmation(action)
+    if let Some(what) = pages::confirmation(action)
         && field("confirmed") != Some("yes")
     {
         let refusal = Refusal {
@@ -111,7 +105,7 @@ pub async fn submitted(State(state): State<AppState>, req: Request, next: Next) 
     };
     let resp = next.run(Request::from_parts(parts, body)).await;
     if resp.status().is_success() {
-        return super::vary_accept(
+        return vary_accept(
             (
                 StatusCode::SEE_OTHER,
                 [(
@@ -235,22 +229,14 @@ pub async fn same_origin(public: Option<String>, open: bool, req: Request, next:
         && !assets
         && let Some(host) = unknown_host(req.headers(), public.as_deref())
     {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "unknown-host",
-            "Unknown host name",
-            format!(
+        return ApiError::new(StatusCode::FORBIDDEN, ProblemType::UnknownHost, format!(
                 "this coordinator has no API keys and does not know {host} as its own name, so a browser may not use it by that name: browse to it by IP address or localhost, or set TCC_PUBLIC_URL to the URL browsers use"
             ),
         )
         .into_response();
     }
     if cross_site(req.method(), req.headers(), public.as_deref()) {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "cross-site",
-            "Cross-site request",
-            "a page of another site may not act on this coordinator: use its own pages, or call the API directly",
+        return ApiError::new(StatusCode::FORBIDDEN, ProblemType::CrossSite, "a page of another site may not act on this coordinator: use its own pages, or call the API directly",
         )
         .into_response();
     }

@@ -24,7 +24,8 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
+use super::error::{ApiError, ProblemType};
+use super::respond::{none_match, not_modified};
 
 /// What a page may load and do: its own stylesheet, script and event stream, forms to this
 /// origin; no inline code, no framing, nothing from elsewhere.
@@ -79,8 +80,8 @@ pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Result<Respo
             ASSETS.map(|(n, _, _)| n).join(" and ")
         )));
     };
-    if super::none_match(&headers, etag) {
-        return Ok(super::jobs::not_modified(etag));
+    if none_match(&headers, etag) {
+        return Ok(not_modified(etag));
     }
     let mut resp = (*text).into_response();
     let h = resp.headers_mut();
@@ -97,48 +98,10 @@ pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Result<Respo
     Ok(resp)
 }
 
-/// Whether the client ranks `text/html` above `application/json` (RFC 9110 §12.5.1, q-values;
-/// a wildcard counts for both, so `*/*` alone is a tie, and a tie is JSON).
-pub fn prefers_html(headers: &HeaderMap) -> bool {
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let (mut html, mut json) = (0.0f32, 0.0f32);
-    for range in accept.split(',') {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0)
-            .clamp(0.0, 1.0);
-        match media.as_str() {
-            "text/html" | "application/xhtml+xml" => html = html.max(q),
-            "application/json" => json = json.max(q),
-            "text/*" => html = html.max(q),
-            "application/*" => json = json.max(q),
-            "*/*" => {
-                html = html.max(q);
-                json = json.max(q);
-            }
-            _ => {}
-        }
-    }
-    html > json
-}
-
-/// `Vary: Accept` on every answer of a negotiated resource.
-pub fn vary_accept(mut resp: Response) -> Response {
-    resp.headers_mut()
-        .append(header::VARY, HeaderValue::from_static("accept"));
-    resp
-}
-
 fn page_failed() -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "Internal error",
+        ProblemType::Internal,
         "the page could not be made; the failure is logged (the same resource as JSON is unaffected: ask with Accept: application/json)",
     )
 }
@@ -182,40 +145,4 @@ pub fn problem_page(resp: Response, problem: &serde_json::Value, base: &str) -> 
     };
     page_headers(&mut parts.headers);
     Response::from_parts(parts, axum::body::Body::from(body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn accept(v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, HeaderValue::from_str(v).expect("header"));
-        h
-    }
-
-    #[test]
-    fn browsers_get_html_and_everything_else_json() {
-        assert!(!prefers_html(&HeaderMap::new()), "no Accept");
-        for json in [
-            "*/*",
-            "application/json",
-            "application/json, text/html",
-            "text/html;q=0.5, application/json",
-            "application/*, text/html;q=0.9",
-            "text/html;q=0, */*",
-            "image/png",
-        ] {
-            assert!(!prefers_html(&accept(json)), "{json}");
-        }
-        for html in [
-            // Firefox's and Chromium's.
-            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-            "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
-            "text/html",
-            "application/json;q=0.5, text/html",
-        ] {
-            assert!(prefers_html(&accept(html)), "{html}");
-        }
-    }
 }

@@ -7,9 +7,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 
-use super::super::jobs::{db, within};
+use super::super::app::AppState;
+use super::super::db::{db, load, within};
+use super::super::error::ApiError;
 use super::super::repr::{self, EventRepr, JobRepr, TaskRepr};
-use super::super::{ApiError, AppState};
 use super::render;
 use crate::domain::{JobStatus, TaskStatus, rfc3339};
 use crate::store::{self, JobFilter, JobRecord, JobSummary, StoredEvent};
@@ -123,7 +124,7 @@ fn action_forms(links: &repr::Links) -> Vec<ActionForm> {
                 other => other,
             },
             title: l.title,
-            confirm: super::forms::confirmation(rel),
+            confirm: confirmation(rel),
         })
         .collect()
 }
@@ -280,7 +281,7 @@ pub async fn job(
     // written with its event), so the page never shows a job behind its own timeline, and the
     // live script follows from the last event shown. (The record first read may be older: a
     // job moves on between two reads.)
-    let record = &super::super::jobs::load(state, id).await?;
+    let record = &load(state, id).await?;
     let r = JobRepr::new(base, record);
     let href = format!("{base}/jobs/{id}");
     let page = JobPage {
@@ -637,6 +638,16 @@ pub async fn overview(state: &AppState, base: &str) -> Result<Response, ApiError
         rows: job_rows(state, base, &recent).await?,
     };
     render(StatusCode::OK, &page)
+}
+
+/// The box a destructive action's form has ticked, saying what the action does; `None`: not
+/// destructive.
+pub fn confirmation(rel: &str) -> Option<&'static str> {
+    match rel {
+        "cancel" => Some("Yes, cancel every task of this job"),
+        "resolve" => Some("Yes, the outcome was fixed by hand as the note says"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,12 @@ use axum::response::Response;
 use chrono::Utc;
 use serde_json::Value;
 
+use super::app::AppState;
 use super::auth::Actor;
-use super::jobs::{db, json_response, not_modified, wake, within};
-use super::{ApiError, AppState, if_match, matches_any, none_match, read_json};
+use super::db::{db, wake, within};
+use super::error::{ApiError, ProblemType};
+use super::extract::read_json;
+use super::respond::{if_match, json_response, matches_any, none_match, not_modified};
 use crate::domain::request::{self, FieldError};
 use crate::domain::{Event, mapping};
 use crate::store::{self, StateWritten};
@@ -61,8 +64,7 @@ pub async fn get_shared_state(
 fn precondition_failed(current: &str) -> ApiError {
     ApiError::new(
         StatusCode::PRECONDITION_FAILED,
-        "precondition-failed",
-        "Precondition failed",
+        ProblemType::PreconditionFailed,
         format!(
             "If-Match does not hold the shared state's current ETag ({current}): it changed since it was read"
         ),
@@ -74,8 +76,7 @@ fn check_sent(value: &Value) -> Result<(), ApiError> {
     if serde_json::to_vec(value).map_or(0, |v| v.len()) > request::MAX_SHARED_STATE_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "shared-state-too-large",
-            "Shared state too large",
+            ProblemType::SharedStateTooLarge,
             "the shared state must be at most 256 KiB serialized",
         ));
     }
@@ -165,8 +166,7 @@ pub async fn patch_shared_state(
     if !essence.eq_ignore_ascii_case("application/merge-patch+json") {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
+            ProblemType::UnsupportedMediaType,
             format!(
                 "a PATCH of the shared state is a JSON Merge Patch: send Content-Type: application/merge-patch+json{}",
                 if ctype.is_empty() {
