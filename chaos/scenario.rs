@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use tcc_coordinator::domain::{JobStatus, TaskStatus};
+use tcc_coordinator::domain::{JobId, JobStatus, TaskStatus};
 use tcc_coordinator::embedded_pg::{EmbeddedPostgres, create_database};
 use tcc_coordinator::store::{self, JobRecord};
 use tokio::sync::Mutex;
@@ -619,7 +619,10 @@ async fn run_inner(
     // Reservations of canceled jobs may still be lapsing: give the longest one its time.
     let client = checker.get().await.map_err(|e| err(&e))?;
     for a in &accepted {
-        let Some(record) = store::load_job(&client, &a.id).await.map_err(|e| err(&e))? else {
+        let Some(record) = store::load_job(&client, &JobId::parse(&a.id).map_err(|e| err(&e))?)
+            .await
+            .map_err(|e| err(&e))?
+        else {
             report
                 .violations
                 .push(format!("{}: accepted but not stored", a.id));
@@ -634,7 +637,9 @@ async fn run_inner(
     let heuristic: Vec<&str> = {
         let mut ids = Vec::new();
         for a in &accepted {
-            if let Some(r) = store::load_job(&client, &a.id).await.map_err(|e| err(&e))?
+            if let Some(r) = store::load_job(&client, &JobId::parse(&a.id).map_err(|e| err(&e))?)
+                .await
+                .map_err(|e| err(&e))?
                 && r.job.status == JobStatus::Heuristic
             {
                 ids.push(a.id.as_str());

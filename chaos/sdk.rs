@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tcc_coordinator::domain::{JobStatus, TaskStatus};
+use tcc_coordinator::domain::{JobId, JobStatus, TaskStatus};
 use tcc_coordinator::embedded_pg::create_database;
 use tcc_coordinator::store;
 use tokio::sync::Mutex;
@@ -406,7 +406,10 @@ pub(super) async fn run(
     let books = ledger.get().await.map_err(|e| err(&e))?;
     let mut sold: BTreeMap<String, i64> = stock.keys().map(|k| (k.clone(), 0)).collect();
     for a in &accepted {
-        let Some(record) = store::load_job(&client, &a.id).await.map_err(|e| err(&e))? else {
+        let Some(record) = store::load_job(&client, &JobId::parse(&a.id).map_err(|e| err(&e))?)
+            .await
+            .map_err(|e| err(&e))?
+        else {
             report
                 .violations
                 .push(format!("{}: accepted but not stored", a.id));

@@ -4,7 +4,7 @@
 //! does, writes that only if the job did not change meanwhile, and wakes whichever instance is
 //! to drive the job.
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::Utc;
@@ -13,9 +13,10 @@ use super::app::AppState;
 use super::auth::Actor;
 use super::db::{db, load, wake, within};
 use super::error::ApiError;
+use super::extract::JobPath;
 use super::respond::{base_url, job_response};
 use crate::domain::actions::{self, Action};
-use crate::domain::{Event, JobStatus};
+use crate::domain::{Event, JobId, JobStatus};
 use crate::store;
 
 /// The answer when the job changed between reading and writing it.
@@ -29,7 +30,7 @@ fn changed_meanwhile() -> ApiError {
 /// it was not `written` (the job changed meanwhile).
 async fn taken(
     state: &AppState,
-    id: &str,
+    id: &JobId,
     headers: &HeaderMap,
     written: bool,
 ) -> Result<Response, ApiError> {
@@ -53,7 +54,7 @@ async fn taken(
 pub async fn continue_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let record = load(&state, &id).await?;
@@ -100,7 +101,7 @@ pub async fn continue_job(
 pub async fn restart_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let record = load(&state, &id).await?;

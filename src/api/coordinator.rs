@@ -65,7 +65,7 @@ async fn link_set(state: &AppState, headers: &HeaderMap, body: Body) -> Result<L
 }
 
 /// Store the job for `set` (or find the one stored for the same set before): its id.
-async fn job_for(state: &AppState, set: &LinkSet, confirm: bool) -> Result<String, ApiError> {
+async fn job_for(state: &AppState, set: &LinkSet, confirm: bool) -> Result<JobId, ApiError> {
     let digest = set.digest();
     let what = if confirm { "confirm" } else { "cancel" };
     let submission = Submission {
@@ -79,7 +79,7 @@ async fn job_for(state: &AppState, set: &LinkSet, confirm: bool) -> Result<Strin
         traceparent: None,
     };
     match within(state, state.engine.accept(submission)).await? {
-        Accepted::Created(record) => Ok(record.job.id.to_string()),
+        Accepted::Created(record) => Ok(record.job.id.clone()),
         // The key lives in the Atomikos endpoints' own namespace (keys are per source), and is
         // the set's digest; a replay is taken only if the stored job was made for this very
         // set, so nothing but this request can ever stand in for it.
@@ -186,7 +186,7 @@ pub async fn cancel(
 }
 
 /// Record the cancel of a job made for a link set (again, for a replay: harmless).
-async fn cancel_job(state: &AppState, id: &str, actor: &str) -> Result<(), ApiError> {
+async fn cancel_job(state: &AppState, id: &JobId, actor: &str) -> Result<(), ApiError> {
     let client = db(state).await?;
     let outcome = within(
         state,

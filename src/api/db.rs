@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use super::app::AppState;
 use super::error::ApiError;
+use crate::domain::JobId;
 use crate::store::{self, ClientRequest, JobRecord, RequestOutcome};
 
 /// `work` with the database, given up after `TCC_DB_TIMEOUT`: a database that cannot answer or
@@ -36,7 +37,7 @@ pub(super) async fn db(state: &AppState) -> Result<deadpool_postgres::Client, Ap
 /// Record a client's confirm or cancel, and wake the job's driver when it was taken.
 pub(super) async fn record_request(
     state: &AppState,
-    id: &str,
+    id: &JobId,
     what: ClientRequest,
     actor: &str,
 ) -> Result<RequestOutcome, ApiError> {
@@ -50,12 +51,12 @@ pub(super) async fn record_request(
 
 /// Wake the job's driver, or claim the job, for a request just recorded; given up after
 /// `TCC_DB_TIMEOUT` (the request is stored, and the scanner claims a job nobody drives).
-pub(super) async fn wake(state: &AppState, id: &str) {
+pub(super) async fn wake(state: &AppState, id: &JobId) {
     let _ = tokio::time::timeout(state.settings.db_timeout, state.engine.wake(id)).await;
 }
 
 /// The job and its tasks only, for what shows no notifications (progress, its long poll).
-pub(super) async fn load_tasks(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
+pub(super) async fn load_tasks(state: &AppState, id: &JobId) -> Result<JobRecord, ApiError> {
     let client = db(state).await?;
     within(state, store::load_job(&client, id))
         .await?
@@ -63,7 +64,7 @@ pub(super) async fn load_tasks(state: &AppState, id: &str) -> Result<JobRecord, 
 }
 
 /// The job as its representation shows it, notifications included.
-pub(super) async fn load(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
+pub(super) async fn load(state: &AppState, id: &JobId) -> Result<JobRecord, ApiError> {
     let client = db(state).await?;
     within(state, store::load_shown(&client, id))
         .await?
@@ -73,7 +74,7 @@ pub(super) async fn load(state: &AppState, id: &str) -> Result<JobRecord, ApiErr
 /// Wait up to `wait` for the job to reach a terminal status.
 pub(super) async fn wait_terminal(
     state: &AppState,
-    id: &str,
+    id: &JobId,
     wait: Duration,
 ) -> Result<JobRecord, ApiError> {
     let mut changes = state.engine.subscribe();
@@ -90,15 +91,15 @@ pub(super) async fn wait_terminal(
 /// Until `id` changes here, `until`, or a short re-check interval (changes made by another
 /// instance are not announced here).
 pub(super) async fn wait_change(
-    changes: &mut tokio::sync::broadcast::Receiver<String>,
-    id: &str,
+    changes: &mut tokio::sync::broadcast::Receiver<JobId>,
+    id: &JobId,
     until: Instant,
 ) {
     let recheck = (Instant::now() + Duration::from_millis(500)).min(until);
     loop {
         tokio::select! {
             r = changes.recv() => match r {
-                Ok(changed) if changed == id => return,
+                Ok(changed) if changed == *id => return,
                 Ok(_) => continue,
                 Err(_) => return,
             },

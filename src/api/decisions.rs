@@ -1,7 +1,7 @@
 //! A client's decision: `POST /jobs/{id}/confirm`, `DELETE /jobs/{id}` and its form twin
 //! `POST /jobs/{id}/cancel`.
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -9,6 +9,7 @@ use super::app::AppState;
 use super::auth::Actor;
 use super::db::{load, record_request, wait_terminal};
 use super::error::{ApiError, ProblemType};
+use super::extract::JobPath;
 use super::respond::{base_url, job_response, outcomes, prefer_wait};
 use crate::domain::{FailureReason, JobStatus};
 use crate::store::{ClientRequest, JobRecord, RequestOutcome};
@@ -17,7 +18,7 @@ use crate::store::{ClientRequest, JobRecord, RequestOutcome};
 pub async fn cancel_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let outcome = record_request(&state, &id, ClientRequest::Cancel, &actor.0).await?;
@@ -50,7 +51,7 @@ pub async fn cancel_job(
 pub async fn cancel_form(
     state: State<AppState>,
     actor: Extension<Actor>,
-    id: Path<String>,
+    id: JobPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     cancel_job(state, actor, id, headers).await
@@ -60,7 +61,7 @@ pub async fn cancel_form(
 pub async fn confirm_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let outcome = record_request(&state, &id, ClientRequest::Confirm, &actor.0).await?;

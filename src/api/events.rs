@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,9 +15,10 @@ use tokio::time::Instant;
 use super::app::AppState;
 use super::db::{db, wait_change, within};
 use super::error::{ApiError, ProblemType};
+use super::extract::JobPath;
 use super::repr::{self, EventListRepr, EventRepr};
 use super::respond::base_url;
-use crate::domain::JobStatus;
+use crate::domain::{JobId, JobStatus};
 use crate::store::{self, StoredEvent};
 
 /// The default and the largest page.
@@ -93,7 +94,7 @@ fn wants_stream(headers: &HeaderMap) -> bool {
 
 async fn read(
     state: &AppState,
-    id: &str,
+    id: &JobId,
     after: i64,
     limit: i64,
 ) -> Result<(JobStatus, Vec<StoredEvent>), ApiError> {
@@ -106,7 +107,7 @@ async fn read(
 #[utoipa::path(get, path = "/jobs/{jobID}/events", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("after" = Option<i64>, Query, description = "Events after this seq"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000)), responses((status = 200, description = "The job's events, in order (text/event-stream: live)", content((crate::api::repr::EventListRepr = "application/json"), (String = "text/event-stream"))), (status = 400, description = "A parameter is malformed"), (status = 404, description = "No such job")))]
 pub async fn events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -176,11 +177,11 @@ fn sse_event(e: &StoredEvent) -> SseEvent {
 /// What a stream has sent and knows.
 struct Live {
     state: AppState,
-    id: String,
+    id: JobId,
     after: i64,
     /// Events read and not yet sent, with the job's status when they were read.
     ready: Option<(JobStatus, Vec<StoredEvent>)>,
-    changes: tokio::sync::broadcast::Receiver<String>,
+    changes: tokio::sync::broadcast::Receiver<JobId>,
     ended: bool,
     /// Held while the stream lives: one of `AppState.streams`.
     _permit: OwnedSemaphorePermit,
@@ -190,7 +191,7 @@ struct Live {
 /// its final status sent, then an `end` event with that status).
 fn live(
     state: AppState,
-    id: String,
+    id: JobId,
     status: JobStatus,
     first: Vec<StoredEvent>,
     after: i64,

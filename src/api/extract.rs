@@ -2,12 +2,17 @@
 //! a raw body, the `Idempotency-Key` and `traceparent` headers, the URLs a request names under
 //! the target policy.
 
+use std::collections::HashMap;
+
 use axum::body::Body;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
 use super::error::{ApiError, ProblemType};
 use crate::domain::request::{FieldError, MAX_NUMBER};
+use crate::domain::{JobId, TaskId};
 
 /// (Also in `create_job`'s description, which takes a literal.)
 pub(super) const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -190,6 +195,66 @@ pub(super) fn traceparent(headers: &HeaderMap) -> Option<&str> {
         && hex(parts[2], 16)
         && hex(parts[3], 2))
     .then_some(v)
+}
+
+/// The path's parameters by name (`job_id`, `task_id`); a path that cannot be read is a 400.
+async fn path_params(parts: &mut Parts) -> Result<HashMap<String, String>, ApiError> {
+    Path::<HashMap<String, String>>::from_request_parts(parts, &())
+        .await
+        .map(|Path(params)| params)
+        .map_err(|e| ApiError::bad_request(format!("the path cannot be read: {}", e.body_text())))
+}
+
+/// `{job_id}` of a job that must exist: an id no job can have is a 404, as an unknown one.
+pub(super) struct JobPath(pub JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let raw = path_params(parts)
+            .await?
+            .remove("job_id")
+            .unwrap_or_default();
+        JobId::parse(&raw)
+            .map(JobPath)
+            .map_err(|_| ApiError::not_found(format!("no job {raw}")))
+    }
+}
+
+/// `{job_id}` of a job a client names to create it (`PUT /jobs/{id}`): an id that breaks the
+/// rule is a 400 that says the rule.
+pub(super) struct NewJobPath(pub JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for NewJobPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let raw = path_params(parts)
+            .await?
+            .remove("job_id")
+            .unwrap_or_default();
+        JobId::parse(&raw)
+            .map(NewJobPath)
+            .map_err(|rule| ApiError::bad_request(format!("the job id in the path {rule}")))
+    }
+}
+
+/// `{job_id}/tasks/{task_id}`: a task that must exist (an impossible id is a 404).
+pub(super) struct TaskPath(pub JobId, pub TaskId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TaskPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut params = path_params(parts).await?;
+        let job = params.remove("job_id").unwrap_or_default();
+        let task = params.remove("task_id").unwrap_or_default();
+        let job = JobId::parse(&job).map_err(|_| ApiError::not_found(format!("no job {job}")))?;
+        let task = TaskId::parse(&task)
+            .map_err(|_| ApiError::not_found(format!("job {job} has no task {task}")))?;
+        Ok(TaskPath(job, task))
+    }
 }
 
 #[cfg(test)]

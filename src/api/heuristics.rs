@@ -1,7 +1,7 @@
 //! Heuristic outcomes for operators: `GET /heuristics` and `POST /jobs/{id}/resolve`.
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chrono::Utc;
@@ -12,7 +12,7 @@ use super::app::AppState;
 use super::auth::Actor;
 use super::db::{db, load, within};
 use super::error::ApiError;
-use super::extract::read_json;
+use super::extract::{JobPath, read_json};
 use super::html;
 use super::negotiate::{prefers_html, vary_accept};
 use super::paging::{encode_cursor, parse_cursor, parse_limit};
@@ -40,7 +40,7 @@ const MAX_NOTE: usize = 4096;
 pub async fn resolve_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {

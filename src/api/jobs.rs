@@ -1,7 +1,7 @@
 //! The jobs: `POST /jobs`, `PUT`/`GET /jobs/{id}`, the list `GET /jobs`, and a job's progress.
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chrono::Utc;
@@ -12,7 +12,7 @@ use super::app::AppState;
 use super::auth::Actor;
 use super::db::{db, load, load_tasks, wait_change, wake, within};
 use super::error::{ApiError, ProblemType};
-use super::extract::{MAX_IDEMPOTENCY_KEY, allowed, read_json, traceparent};
+use super::extract::{JobPath, MAX_IDEMPOTENCY_KEY, NewJobPath, allowed, read_json, traceparent};
 use super::html;
 use super::negotiate::{prefers_html, vary_accept};
 use super::paging::{encode_cursor, parse_cursor, parse_limit};
@@ -27,7 +27,7 @@ use crate::domain::{JobId, JobSource, JobStatus, Submission};
 use crate::engine::Accepted;
 use crate::store::{self, JobFilter, JobRecord};
 
-#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A replay with the same key and body answers the same; another body with the key, or the key from another API key, is 422", min_length = 1, max_length = 255, pattern = "^[ -~]+$")), responses((status = 202, description = "Accepted and started", body = crate::api::repr::JobRepr, headers(("Location" = String), ("Link" = String))), (status = 200, description = "A replay of an earlier request with the same Idempotency-Key", body = crate::api::repr::JobRepr), (status = 422, description = "A rule is broken: each in errors")))]
+#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A replay with the same key and body answers the same; another body with the key, or the key from another API key, is 422", min_length = 1, max_length = 255, pattern = "^[ -~]+$")), responses((status = 202, description = "Accepted and started; or, under the same Idempotency-Key and body, a replay answering the job as it stands", body = crate::api::repr::JobRepr, headers(("Location" = String), ("Link" = String))), (status = 422, description = "A rule is broken: each in errors")))]
 pub async fn create_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -114,12 +114,10 @@ pub async fn create_job(
 pub async fn put_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    NewJobPath(id): NewJobPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let job_id = crate::domain::JobId::parse(&id)
-        .map_err(|rule| ApiError::bad_request(format!("the job id in the path {rule}")))?;
     let value = read_json(&headers, body, state.settings.max_body).await?;
     let now = Utc::now();
     let limits = Limits {
@@ -137,7 +135,7 @@ pub async fn put_job(
         Some(hash) => hash,
         None => {
             let submission = Submission {
-                id: job_id,
+                id: id.clone(),
                 job: new.clone(),
                 source: JobSource::Jcl,
                 created_at: now,
@@ -261,7 +259,7 @@ fn unchanged_parts(record: &JobRecord, new: &request::NewJob, doc: &Value) -> Op
 #[utoipa::path(get, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("If-None-Match" = Option<String>, Header)), responses((status = 200, description = "The job", body = crate::api::repr::JobRepr, headers(("ETag" = String))), (status = 304, description = "Not modified"), (status = 404, description = "No such job")))]
 pub async fn get_job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let record = load(&state, &id).await?;
@@ -376,7 +374,7 @@ pub async fn list_jobs(
 #[utoipa::path(get, path = "/jobs/{jobID}/progress", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("If-None-Match" = Option<String>, Header), ("Prefer" = Option<String>, Header, description = "wait=N with If-None-Match: long poll")), responses((status = 200, description = "Progress", body = crate::api::repr::ProgressRepr, headers(("ETag" = String))), (status = 304, description = "No change"), (status = 404, description = "No such job")))]
 pub async fn progress(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let base = base_url(&state, &headers);

@@ -5,7 +5,7 @@
 //! mappings again over a client's version (`engine::driver`).
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chrono::Utc;
@@ -15,10 +15,10 @@ use super::app::AppState;
 use super::auth::Actor;
 use super::db::{db, wake, within};
 use super::error::{ApiError, ProblemType};
-use super::extract::read_json;
+use super::extract::{JobPath, read_json};
 use super::respond::{if_match, json_response, matches_any, none_match, not_modified};
 use crate::domain::request::{self, FieldError};
-use crate::domain::{Event, mapping};
+use crate::domain::{Event, JobId, mapping};
 use crate::store::{self, StateWritten};
 
 /// How often a `PATCH` without `If-Match` is applied again over a newer version before it gives
@@ -40,7 +40,7 @@ fn state_response(state: &Value) -> Response {
     resp
 }
 
-async fn read(state: &AppState, id: &str) -> Result<(Value, i64), ApiError> {
+async fn read(state: &AppState, id: &JobId) -> Result<(Value, i64), ApiError> {
     let client = db(state).await?;
     within(state, store::shared_state(&client, id))
         .await?
@@ -50,7 +50,7 @@ async fn read(state: &AppState, id: &str) -> Result<(Value, i64), ApiError> {
 #[utoipa::path(get, path = "/jobs/{jobID}/shared-state", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("If-None-Match" = Option<String>, Header)), responses((status = 200, description = "The shared state", body = Object, headers(("ETag" = String))), (status = 304, description = "Not modified"), (status = 404, description = "No such job")))]
 pub async fn get_shared_state(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (value, _) = read(&state, &id).await?;
@@ -86,7 +86,7 @@ fn check_sent(value: &Value) -> Result<(), ApiError> {
 /// Write `new` over version `over` (`None`: whatever is there), and answer the state written.
 async fn write(
     state: &AppState,
-    id: &str,
+    id: &JobId,
     new: &Value,
     over: Option<i64>,
     how: &str,
@@ -121,7 +121,7 @@ async fn write(
 pub async fn put_shared_state(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -154,7 +154,7 @@ pub async fn put_shared_state(
 pub async fn patch_shared_state(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {

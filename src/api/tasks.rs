@@ -2,7 +2,7 @@
 //! `POST /jobs/{id}/participants`.
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chrono::Utc;
@@ -11,7 +11,7 @@ use super::app::AppState;
 use super::auth::Actor;
 use super::db::{db, load_tasks, wake, within};
 use super::error::ApiError;
-use super::extract::{allowed, read_json};
+use super::extract::{JobPath, TaskPath, allowed, read_json};
 use super::html;
 use super::negotiate::{prefers_html, vary_accept};
 use super::repr::{self, TaskRepr};
@@ -23,7 +23,7 @@ use crate::store::{self, Registered};
 #[utoipa::path(get, path = "/jobs/{jobID}/tasks", tag = "tasks", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 200, description = "The tasks", body = crate::api::repr::TaskListRepr), (status = 404, description = "No such job")))]
 pub async fn list_tasks(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let record = load_tasks(&state, &id).await?;
@@ -37,7 +37,7 @@ pub async fn list_tasks(
 #[utoipa::path(get, path = "/jobs/{jobID}/tasks/{taskID}", tag = "tasks", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("taskID" = String, Path)), responses((status = 200, description = "The task", body = crate::api::repr::TaskRepr), (status = 404, description = "No such job or task")))]
 pub async fn get_task(
     State(state): State<AppState>,
-    Path((id, task_id)): Path<(String, String)>,
+    TaskPath(id, task_id): TaskPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let record = load_tasks(&state, &id).await?;
@@ -61,7 +61,7 @@ pub async fn get_task(
 pub async fn register(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    JobPath(id): JobPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {

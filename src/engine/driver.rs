@@ -20,7 +20,7 @@ use crate::domain::event::{self, CallRecord};
 use crate::domain::planner::{self, Plan};
 #[cfg(feature = "fault-injection")]
 use crate::domain::status::IllegalTransition;
-use crate::domain::{Answer, Event, Job, JobStatus, Op, Step, mapping};
+use crate::domain::{Answer, Event, Job, JobId, JobStatus, Op, Step, mapping};
 use crate::domain::{actions, notify};
 use crate::metrics as m;
 use crate::participant::{CallIds, CallResult, TryCall};
@@ -37,7 +37,7 @@ type CallFuture = BoxFuture<'static, (Step, CallResult)>;
 /// Drives one claimed job until it must wait for time or a client, ends, or loses its lease.
 pub(super) struct Driver {
     inner: Arc<Inner>,
-    id: String,
+    id: JobId,
     fence: Fence,
     wake: Arc<Notify>,
 }
@@ -98,7 +98,7 @@ enum Next {
 }
 
 impl Driver {
-    pub(super) fn new(inner: Arc<Inner>, id: String, fence: Fence, wake: Arc<Notify>) -> Self {
+    pub(super) fn new(inner: Arc<Inner>, id: JobId, fence: Fence, wake: Arc<Notify>) -> Self {
         Driver {
             inner,
             id,

@@ -47,7 +47,7 @@ use identity::Identity;
 
 use crate::domain::planner;
 use crate::domain::status::IllegalTransition;
-use crate::domain::{Job, JobStatus, Op, PlannerSettings, Step, Submission};
+use crate::domain::{Job, JobId, JobStatus, Op, PlannerSettings, Step, Submission};
 use crate::metrics as m;
 use crate::participant::ParticipantClient;
 use crate::store::{self, Fence, Inserted, StoreError};
@@ -94,7 +94,7 @@ pub enum Accepted {
     /// The idempotency key was used before, for job `id`; `same_request` tells whether with the
     /// same document and by the same key holder, `another_holder` whether by another API key.
     Replay {
-        id: String,
+        id: JobId,
         same_request: bool,
         another_holder: bool,
     },
@@ -117,12 +117,12 @@ struct Inner {
     /// Jobs driven at once.
     drivers: Arc<Semaphore>,
     /// The wake-up of each job driven here.
-    running: Mutex<HashMap<String, Arc<Notify>>>,
+    running: Mutex<HashMap<JobId, Arc<Notify>>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     /// Ids of jobs whose state changed, for long polls. Bounded: a slow listener lags and
     /// re-reads instead of holding the engine back.
-    changes: broadcast::Sender<String>,
+    changes: broadcast::Sender<JobId>,
     /// This instance's identity lock: drivers run only while it is held. Its task ends last,
     /// at shutdown.
     identity: Arc<Identity>,
@@ -202,7 +202,7 @@ impl Engine {
     }
 
     /// Job ids whose state changed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+    pub fn subscribe(&self) -> broadcast::Receiver<JobId> {
         self.inner.changes.subscribe()
     }
 
@@ -212,8 +212,8 @@ impl Engine {
         self.inner.outbox.clone()
     }
 
-    pub fn changed(&self, id: &str) {
-        let _ = self.inner.changes.send(id.to_string());
+    pub fn changed(&self, id: &JobId) {
+        let _ = self.inner.changes.send(id.clone());
     }
 
     /// Store a new job (claimed by this instance, its first Tries planned into the same write,
@@ -284,12 +284,12 @@ impl Engine {
     /// Start driving a job this instance created and claimed, from the record it stored and the
     /// first steps planned into it (`plan_first`).
     fn start_claimed(&self, record: store::JobRecord, first: Vec<Step>) {
-        let (id, generation) = (record.job.id.to_string(), record.lease_generation);
+        let (id, generation) = (record.job.id.clone(), record.lease_generation);
         self.spawn_driver(id, generation, Some((record, first)));
     }
 
     /// A client request changed the job: wake its driver here, or claim it.
-    pub async fn wake(&self, id: &str) {
+    pub async fn wake(&self, id: &JobId) {
         self.changed(id);
         let notify = self.inner.running_notify(id);
         if let Some(n) = notify {
@@ -312,7 +312,7 @@ impl Engine {
             // Held elsewhere: that instance sees the request at its next write.
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(job = id, error = %e, "could not claim a woken job; the scanner will")
+                tracing::warn!(job = %id, error = %e, "could not claim a woken job; the scanner will")
             }
         }
     }
@@ -321,7 +321,7 @@ impl Engine {
     /// already planned into it.
     fn spawn_driver(
         &self,
-        id: String,
+        id: JobId,
         generation: i64,
         known: Option<(store::JobRecord, Vec<Step>)>,
     ) {
@@ -458,7 +458,10 @@ impl Engine {
                 }
             };
             let listen = store::listen_wakes(&inner.db, wake_all, |id| {
-                if let Some(n) = inner.running_notify(id) {
+                if let Some(n) = JobId::parse(id)
+                    .ok()
+                    .and_then(|id| inner.running_notify(&id))
+                {
                     n.notify_one();
                 }
             });
@@ -600,7 +603,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// A job in the `running` map; removed from it when dropped.
-struct Running(Arc<Inner>, String);
+struct Running(Arc<Inner>, JobId);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -610,7 +613,7 @@ impl Drop for Running {
 
 impl Inner {
     /// Give a claimed job back without driving it, for a scanner to claim later.
-    fn hand_back(self: Arc<Self>, id: String, fence: Fence) {
+    fn hand_back(self: Arc<Self>, id: JobId, fence: Fence) {
         let tracker = self.tracker.clone();
         tracker.spawn(async move {
             if let Ok(client) = self.pool.get().await {
@@ -622,7 +625,7 @@ impl Inner {
     /// A driver panicked or met an illegal transition: count it, say so on the job's open
     /// tasks, and hand the job back to be driven again after a backoff that grows with each
     /// failure. It never drops out of the engine.
-    async fn driver_failed(&self, id: &str, fence: &Fence, kind: DriverFailure, message: &str) {
+    async fn driver_failed(&self, id: &JobId, fence: &Fence, kind: DriverFailure, message: &str) {
         metrics::counter!(m::ENGINE_DRIVER_FAILURES, "kind" => kind.as_str()).increment(1);
         tracing::error!(job = %id, kind = kind.as_str(), error = %message, "driving the job failed; retrying it after a backoff");
         let text = format!(
@@ -639,12 +642,12 @@ impl Inner {
         }
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Notify>>> {
         // A poisoned map only means a driver panicked while inserting; the map is still valid.
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn running_notify(&self, id: &str) -> Option<Arc<Notify>> {
+    fn running_notify(&self, id: &JobId) -> Option<Arc<Notify>> {
         self.lock_running().get(id).cloned()
     }
 }

@@ -56,10 +56,11 @@ pub struct StoredEvent {
 /// `None`: no such job.
 pub async fn list_events(
     client: &impl GenericClient,
-    id: &str,
+    id: &JobId,
     after: i64,
     limit: i64,
 ) -> Result<Option<(JobStatus, Vec<StoredEvent>)>> {
+    let id = id.as_str();
     // The status first: every event written with it or before is then visible to the second
     // read (read committed sees at least what the first read saw).
     let status = client
@@ -96,7 +97,8 @@ pub async fn list_events(
 
 /// Log one action on a job by itself, in a statement of its own (for actions whose change is
 /// not one statement). `false`: no such job.
-pub async fn log_action(client: &impl GenericClient, id: &str, event: &Event) -> Result<bool> {
+pub async fn log_action(client: &impl GenericClient, id: &JobId, event: &Event) -> Result<bool> {
+    let id = id.as_str();
     let mut cols = EventColumns::default();
     cols.push(id, std::slice::from_ref(event));
     let stmt = client

@@ -11,7 +11,7 @@ pub enum Inserted {
     /// The idempotency key was used before, for this job; `same_request` tells whether with the
     /// same document and by the same key holder, `another_holder` whether by another API key.
     Replay {
-        id: String,
+        id: JobId,
         same_request: bool,
         another_holder: bool,
     },
@@ -267,14 +267,15 @@ async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted
     let another_holder =
         holder.is_some_and(|h| row.submission.key_holder.as_deref() != Some(h.as_str()));
     Ok(Inserted::Replay {
-        id: existing.try_get("id")?,
+        id: stored_id(&existing, "id")?,
         same_request: hash.is_some() && hash == row.submission.request_hash && !another_holder,
         another_holder,
     })
 }
 
 /// The job and its tasks, or `None`.
-pub async fn load_job(client: &impl GenericClient, id: &str) -> Result<Option<JobRecord>> {
+pub async fn load_job(client: &impl GenericClient, id: &JobId) -> Result<Option<JobRecord>> {
+    let id = id.as_str();
     // One statement, so one snapshot: the job and its tasks as one write left them (two
     // statements could see a job still `reserved` beside a task already `confirming`).
     let stmt = client
@@ -316,11 +317,12 @@ pub struct Refresh {
 
 pub async fn refresh(
     client: &impl GenericClient,
-    id: &str,
+    id: &JobId,
     fence: &Fence,
     known_tasks: usize,
     known_state: i64,
 ) -> Result<Refresh> {
+    let id = id.as_str();
     let known = known_tasks as i32;
     let job = client
         .query_opt(

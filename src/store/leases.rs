@@ -6,7 +6,7 @@ use super::*;
 /// A job claimed by this instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
-    pub id: String,
+    pub id: JobId,
     pub generation: i64,
 }
 
@@ -16,7 +16,7 @@ async fn claim(
     client: &impl GenericClient,
     owner: &str,
     ttl: Duration,
-    only: Option<&str>,
+    only: Option<&JobId>,
     limit: i64,
 ) -> Result<Vec<Claimed>> {
     // One text per shape: the pool's sessions plan a statement once, and claiming one job must
@@ -40,13 +40,17 @@ async fn claim(
         .await?;
     let ttl = ttl.as_secs_f64();
     let rows = match only {
-        Some(id) => client.query(&stmt, &[&owner, &ttl, &id, &limit]).await?,
+        Some(id) => {
+            client
+                .query(&stmt, &[&owner, &ttl, &id.as_str(), &limit])
+                .await?
+        }
         None => client.query(&stmt, &[&owner, &ttl, &limit]).await?,
     };
     rows.iter()
         .map(|r| {
             Ok(Claimed {
-                id: r.try_get(0)?,
+                id: stored_id(r, "id")?,
                 generation: r.try_get(1)?,
             })
         })
@@ -66,7 +70,7 @@ pub async fn claim_due(
 /// Claim one job that has something to do, if nobody holds it.
 pub async fn claim_one(
     client: &impl GenericClient,
-    id: &str,
+    id: &JobId,
     owner: &str,
     ttl: Duration,
 ) -> Result<Option<Claimed>> {
@@ -78,10 +82,11 @@ pub async fn claim_one(
 /// doubles with each failure (1 s to 5 min, with jitter). Fenced: a lost lease writes nothing.
 pub async fn record_driver_failure(
     client: &impl GenericClient,
-    id: &str,
+    id: &JobId,
     fence: &Fence,
     message: &str,
 ) -> Result<bool> {
+    let id = id.as_str();
     let stmt = client
         .prepare_cached(
             "WITH j AS (
@@ -106,7 +111,8 @@ pub async fn record_driver_failure(
 }
 
 /// Give a lease back without other changes (shutdown, or a job this instance cannot take now).
-pub async fn release(client: &impl GenericClient, id: &str, fence: &Fence) -> Result<()> {
+pub async fn release(client: &impl GenericClient, id: &JobId, fence: &Fence) -> Result<()> {
+    let id = id.as_str();
     client
         .execute(
             "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL,
@@ -121,10 +127,11 @@ pub async fn release(client: &impl GenericClient, id: &str, fence: &Fence) -> Re
 /// Push the lease forward while a driver waits on calls. `false`: the lease is lost.
 pub async fn renew(
     client: &impl GenericClient,
-    id: &str,
+    id: &JobId,
     fence: &Fence,
     ttl: Duration,
 ) -> Result<bool> {
+    let id = id.as_str();
     let n = client
         .execute(
             "UPDATE jobs SET lease_expires = now() + make_interval(secs => $4)

@@ -23,7 +23,7 @@ use tokio_postgres::types::ToSql;
 use crate::domain::request::Registration;
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{
-    ConfirmState, Event, FailureReason, Job, JobStatus, Link, Resolution, Submission, Task,
+    ConfirmState, Event, FailureReason, Job, JobId, JobStatus, Link, Resolution, Submission, Task,
     TaskStatus, TrySpec,
 };
 
@@ -104,6 +104,11 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
+}
+
+/// A job id as stored in `column` (every one was checked on its way in).
+fn stored_id(row: &tokio_postgres::Row, column: &str) -> Result<JobId> {
+    JobId::try_from(row.try_get::<_, String>(column)?).map_err(corrupt)
 }
 
 /// Connection settings no session may go without, unless `DATABASE_URL` sets them: a connect

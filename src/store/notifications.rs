@@ -39,8 +39,9 @@ fn from_row(r: &tokio_postgres::Row) -> Result<Notification> {
 /// A job's notifications, oldest first.
 pub async fn notifications_of(
     client: &impl GenericClient,
-    job_id: &str,
+    job_id: &JobId,
 ) -> Result<Vec<Notification>> {
+    let job_id = job_id.as_str();
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM notifications WHERE job_id = $1 ORDER BY id"
@@ -55,7 +56,7 @@ pub async fn notifications_of(
 }
 
 /// A job as its representation shows it: with its notifications.
-pub async fn load_shown(client: &impl GenericClient, id: &str) -> Result<Option<JobRecord>> {
+pub async fn load_shown(client: &impl GenericClient, id: &JobId) -> Result<Option<JobRecord>> {
     let Some(mut record) = load_job(client, id).await? else {
         return Ok(None);
     };
@@ -66,7 +67,7 @@ pub async fn load_shown(client: &impl GenericClient, id: &str) -> Result<Option<
 /// A notification claimed for one delivery attempt.
 #[derive(Debug, Clone)]
 pub struct ClaimedNotification {
-    pub job_id: String,
+    pub job_id: JobId,
     pub n: Notification,
 }
 
@@ -99,7 +100,7 @@ pub async fn claim_notifications(
         .iter()
         .map(|r| {
             Ok(ClaimedNotification {
-                job_id: r.try_get("job_id")?,
+                job_id: stored_id(r, "job_id")?,
                 n: from_row(r)?,
             })
         })

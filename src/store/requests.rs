@@ -52,10 +52,11 @@ pub enum ClientRequest {
 /// nor for a job with no task.
 pub async fn request(
     client: &impl GenericClient,
-    id: &str,
+    id: &JobId,
     what: ClientRequest,
     actor: &str,
 ) -> Result<RequestOutcome> {
+    let id = id.as_str();
     let confirm = what == ClientRequest::Confirm;
     let event = [Event::action(
         Utc::now(),
@@ -110,11 +111,12 @@ pub enum Registered {
 /// registered it).
 pub async fn register(
     client: &mut deadpool_postgres::Client,
-    id: &str,
+    id: &JobId,
     reg: &Registration,
     max_tasks: usize,
     actor: &str,
 ) -> Result<Registered> {
+    let id = id.as_str();
     let tx = client.transaction().await?;
     let Some(row) = tx
         .query_opt(
@@ -259,9 +261,10 @@ pub enum Resolved {
 /// unresolved gauge. A job already resolved keeps its first resolution.
 pub async fn resolve(
     client: &impl GenericClient,
-    id: &str,
+    id: &JobId,
     resolution: &Resolution,
 ) -> Result<Resolved> {
+    let id = id.as_str();
     let value = serde_json::to_value(resolution).map_err(corrupt)?;
     let event = [Event::action(
         resolution.resolved_at,
@@ -319,12 +322,12 @@ pub async fn unresolved_heuristics(
              ORDER BY created_at, id LIMIT $3",
         )
         .await?;
-    let ids: Vec<String> = client
+    let ids: Vec<JobId> = client
         .query(&stmt, &[&at, &from, &limit])
         .await?
         .iter()
-        .map(|r| r.try_get(0))
-        .collect::<std::result::Result<_, _>>()?;
+        .map(|r| stored_id(r, "id"))
+        .collect::<Result<_>>()?;
     let mut jobs = Vec::with_capacity(ids.len());
     for id in ids {
         // Resolved or deleted between the two reads: no longer on the list.
@@ -397,7 +400,8 @@ pub async fn rewrite_job(
 /// `continue` on a confirming job: every confirm waiting for its backoff is due now, here and
 /// in the memory of whichever instance drives the job (it hears of it through `retry_seq`).
 /// `false`: the job is not confirming.
-pub async fn retry_now(client: &impl GenericClient, id: &str, event: &Event) -> Result<bool> {
+pub async fn retry_now(client: &impl GenericClient, id: &JobId, event: &Event) -> Result<bool> {
+    let id = id.as_str();
     let mut cols = EventColumns::default();
     cols.push(id, std::slice::from_ref(event));
     let stmt = client
@@ -423,7 +427,11 @@ pub async fn retry_now(client: &impl GenericClient, id: &str, event: &Event) -> 
 
 /// The hash of the document a job was created from with `PUT /jobs/{id}` (or last updated
 /// with); `None`: no such job; `Some(None)`: created otherwise (`POST /jobs`, Atomikos).
-pub async fn request_hash(client: &impl GenericClient, id: &str) -> Result<Option<Option<String>>> {
+pub async fn request_hash(
+    client: &impl GenericClient,
+    id: &JobId,
+) -> Result<Option<Option<String>>> {
+    let id = id.as_str();
     let row = client
         .query_opt("SELECT request_hash FROM jobs WHERE id = $1", &[&id])
         .await?;
@@ -436,12 +444,13 @@ pub async fn request_hash(client: &impl GenericClient, id: &str) -> Result<Optio
 /// saw it (`read_at`) and still undecided. `false`: nothing written.
 pub async fn update_job(
     client: &impl GenericClient,
-    id: &str,
+    id: &JobId,
     fields: &crate::domain::request::JobFields,
     request_hash: &str,
     read_at: DateTime<Utc>,
     event: &Event,
 ) -> Result<bool> {
+    let id = id.as_str();
     let mut cols = EventColumns::default();
     cols.push(id, std::slice::from_ref(event));
     let stmt = client
@@ -474,7 +483,8 @@ pub async fn update_job(
 }
 
 /// A job's shared state and its version (`state_seq`); `None`: no such job.
-pub async fn shared_state(client: &impl GenericClient, id: &str) -> Result<Option<(Value, i64)>> {
+pub async fn shared_state(client: &impl GenericClient, id: &JobId) -> Result<Option<(Value, i64)>> {
+    let id = id.as_str();
     let stmt = client
         .prepare_cached("SELECT shared_state, state_seq FROM jobs WHERE id = $1")
         .await?;
@@ -496,11 +506,12 @@ pub enum StateWritten {
 /// with its event; the driving instance is woken to take it in before its next Try.
 pub async fn write_shared_state(
     client: &impl GenericClient,
-    id: &str,
+    id: &JobId,
     state: &Value,
     over: Option<i64>,
     event: &Event,
 ) -> Result<StateWritten> {
+    let id = id.as_str();
     let mut cols = EventColumns::default();
     cols.push(id, std::slice::from_ref(event));
     let stmt = client

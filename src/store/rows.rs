@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::domain::request::JobFields;
-use crate::domain::{JobId, TargetUrl, TaskId};
+use crate::domain::{TargetUrl, TaskId};
 use tokio_postgres::types::Json;
 
 /// A job as stored, with what only the API shows.
@@ -69,7 +69,7 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
     }
     Ok(JobRecord {
         job: Job {
-            id: JobId::try_from(row.try_get::<_, String>("id")?).map_err(corrupt)?,
+            id: stored_id(row, "id")?,
             status,
             failure_reason,
             correlation_id: row.try_get("correlation_id")?,

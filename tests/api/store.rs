@@ -93,7 +93,7 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
         .into_iter()
         .map(|o| o.expect("an outcome"))
         .collect();
-    let a = batch[0].0.submission.id.to_string();
+    let a = batch[0].0.submission.id.clone();
     let expected = [
         Inserted::Created,
         Inserted::Replay {
@@ -103,7 +103,7 @@ async fn one_statement_stores_many_new_jobs_and_answers_each_key_once() {
         },
         Inserted::Created,
         Inserted::Replay {
-            id: earlier.0.submission.id.to_string(),
+            id: earlier.0.submission.id.clone(),
             same_request: true,
             another_holder: false,
         },
@@ -156,7 +156,7 @@ async fn a_batch_with_one_refused_row_stores_none_of_it() {
 }
 
 /// A save of job `id` (as `new_row` stored it) whose one task now says `message`.
-async fn save_saying(client: &deadpool_postgres::Client, id: &str, message: &str) -> Save {
+async fn save_saying(client: &deadpool_postgres::Client, id: &JobId, message: &str) -> Save {
     let record = store::load_job(client, id)
         .await
         .expect("load")
@@ -493,7 +493,7 @@ async fn every_column_round_trips() {
     assert_eq!(again.job, expected, "every column as saved");
 
     // The events written with the save follow the job's first (accepted), every field kept.
-    let (status, log) = store::list_events(&client, row.submission.id.as_str(), 0, 100)
+    let (status, log) = store::list_events(&client, &row.submission.id, 0, 100)
         .await
         .expect("events")
         .expect("the job");
@@ -553,9 +553,9 @@ async fn the_purge_takes_finished_jobs_with_their_events_a_batch_at_a_time_and_k
                 .expect("resolve");
         }
 
-        ids.push(row.submission.id.to_string());
+        ids.push(row.submission.id.clone());
     }
-    let events = |id: String| {
+    let events = |id: JobId| {
         let client = &client;
         async move {
             store::list_events(client, &id, 0, 100)
@@ -590,7 +590,7 @@ async fn the_purge_takes_finished_jobs_with_their_events_a_batch_at_a_time_and_k
     let left: i64 = client
         .query_one(
             "SELECT count(*) FROM job_events WHERE job_id = $1",
-            &[&ids[0]],
+            &[&ids[0].as_str()],
         )
         .await
         .expect("count")

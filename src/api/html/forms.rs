@@ -20,6 +20,7 @@ use super::super::extract::read_body;
 use super::super::negotiate::vary_accept;
 use super::super::respond::base_url;
 use super::pages::{self, Refusal};
+use crate::domain::JobId;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -33,7 +34,7 @@ fn is_form(headers: &HeaderMap) -> bool {
 
 /// `/jobs/{id}/{action}` → (`id`, `action`), for the actions a form takes (all of the domain's
 /// but registering a participant).
-fn action_of(path: &str) -> Option<(String, &'static str)> {
+fn action_of(path: &str) -> Option<(JobId, &'static str)> {
     use crate::domain::actions::Action;
     let rest = path.strip_prefix("/jobs/")?;
     let (id, rel) = rest.split_once('/')?;
@@ -42,9 +43,9 @@ fn action_of(path: &str) -> Option<(String, &'static str)> {
         .find(|a| *a != Action::Participants && a.rel() == rel)?;
     let id = percent_encoding::percent_decode_str(id)
         .decode_utf8()
-        .ok()?
-        .into_owned();
-    Some((id, action.rel()))
+        .ok()?;
+    // An id no job can have: left to the route, which answers 404.
+    Some((JobId::parse(&id).ok()?, action.rel()))
 }
 
 /// A form's POST to an action: taken as the API takes it, answered for a browser.
@@ -147,7 +148,7 @@ pub async fn submitted(State(state): State<AppState>, req: Request, next: Next) 
 async fn refused_page(
     state: &AppState,
     base: &str,
-    id: &str,
+    id: &JobId,
     status: StatusCode,
     refusal: Refusal,
 ) -> Response {
@@ -312,7 +313,7 @@ mod tests {
     fn actions_are_read_off_their_paths() {
         assert_eq!(
             action_of("/jobs/j%2D1/confirm"),
-            Some(("j-1".to_string(), "confirm"))
+            Some((JobId::parse("j-1").expect("an id"), "confirm"))
         );
         assert_eq!(action_of("/jobs/j1/participants"), None);
         assert_eq!(action_of("/jobs/j1"), None);

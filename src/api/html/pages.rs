@@ -269,7 +269,7 @@ pub async fn job(
     record: &JobRecord,
     refused: Option<(StatusCode, Refusal)>,
 ) -> Result<Response, ApiError> {
-    let id = record.job.id.as_str();
+    let id = &record.job.id;
     let events = {
         let client = db(state).await?;
         within(state, store::list_events(&client, id, 0, TIMELINE))
