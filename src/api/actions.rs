@@ -61,7 +61,7 @@ pub async fn continue_job(
     let now = Utc::now();
     let resolved = record.resolution.is_some();
     if let Some(why) = actions::refusal(&record.job, resolved, Action::Continue, now) {
-        return Err(ApiError::conflict(why));
+        return Err(why.into());
     }
     let written = if record.job.status == JobStatus::Heuristic {
         let mut job = record.job.clone();

@@ -11,10 +11,11 @@ use super::db::{load, record_request, wait_terminal};
 use super::error::{ApiError, ProblemType};
 use super::extract::JobPath;
 use super::respond::{base_url, job_response, outcomes, prefer_wait};
+use crate::domain::actions::{Action, Gate, client_refusal};
 use crate::domain::{FailureReason, JobStatus};
 use crate::store::{ClientRequest, JobRecord, RequestOutcome};
 
-#[utoipa::path(delete, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Already confirming or finished")))]
+#[utoipa::path(delete, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "The decision was taken, or the client asked to confirm: the detail says which")))]
 pub async fn cancel_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -23,31 +24,42 @@ pub async fn cancel_job(
 ) -> Result<Response, ApiError> {
     let outcome = record_request(&state, &id, ClientRequest::Cancel, &actor.0).await?;
     let base = base_url(&state, &headers);
-    match outcome {
+    let gate = match outcome {
         RequestOutcome::Accepted => {
             let record = load(&state, &id).await?;
-            Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
+            return Ok(job_response(StatusCode::ACCEPTED, &base, &record, true));
         }
-        RequestOutcome::AlreadyAt(JobStatus::Canceled, _) => {
+        RequestOutcome::NotFound => return Err(ApiError::not_found(format!("no job {id}"))),
+        RequestOutcome::Unchanged(gate) => gate,
+    };
+    // A repeat is answered as the first time: canceled (200), or being canceled at the client's
+    // request (202).
+    match (gate.status, gate.failure_reason) {
+        (JobStatus::Canceled, _) => {
             let record = load(&state, &id).await?;
             Ok(job_response(StatusCode::OK, &base, &record, false))
         }
-        RequestOutcome::AlreadyAt(JobStatus::Canceling, Some(FailureReason::Client)) => {
+        (JobStatus::Canceling, Some(FailureReason::Client)) => {
             let record = load(&state, &id).await?;
             Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
         }
-        RequestOutcome::AlreadyAt(status, _) => Err(ApiError::conflict(format!(
-            "the job is already {status}: a cancel is only possible before the decision"
-        ))),
-        RequestOutcome::NotFound => Err(ApiError::not_found(format!("no job {id}"))),
-        RequestOutcome::NoTasks | RequestOutcome::CancelRequested => Err(ApiError::conflict(
-            "the job cannot be canceled in its current state",
-        )),
+        _ => Err(refused(&gate, Action::Cancel)),
+    }
+}
+
+/// The domain's refusal of a request the store did not write; none only when the job changed
+/// between the write and the read of its row.
+fn refused(gate: &Gate, action: Action) -> ApiError {
+    match client_refusal(gate, action) {
+        Some(refusal) => refusal.into(),
+        None => ApiError::conflict(
+            "the job changed while the request was being recorded: look at it again and repeat the request if it is still offered",
+        ),
     }
 }
 
 /// `POST /jobs/{id}/cancel`: the same as `DELETE /jobs/{id}`, for HTML forms.
-#[utoipa::path(post, path = "/jobs/{jobID}/cancel", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "Already confirming or finished")))]
+#[utoipa::path(post, path = "/jobs/{jobID}/cancel", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "The decision was taken, or the client asked to confirm: the detail says which")))]
 pub async fn cancel_form(
     state: State<AppState>,
     actor: Extension<Actor>,
@@ -66,51 +78,50 @@ pub async fn confirm_job(
 ) -> Result<Response, ApiError> {
     let outcome = record_request(&state, &id, ClientRequest::Confirm, &actor.0).await?;
     let base = base_url(&state, &headers);
-    match outcome {
-        RequestOutcome::Accepted | RequestOutcome::AlreadyAt(JobStatus::Confirming, _) => {
-            match prefer_wait(&headers, state.settings.max_wait()) {
-                Some(wait) => {
-                    let record = wait_terminal(&state, &id, wait).await?;
-                    if record.job.status.is_terminal() {
-                        let mut resp = match confirm_outcome(&base, &record) {
-                            Ok(r) => r,
-                            Err(e) => e.into_response(),
-                        };
-                        resp.headers_mut().insert(
-                            "preference-applied",
-                            HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
-                                .unwrap_or(HeaderValue::from_static("wait")),
-                        );
-                        Ok(resp)
-                    } else {
-                        Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
-                    }
-                }
-                None => {
-                    let record = load(&state, &id).await?;
+    let gate = match outcome {
+        RequestOutcome::Accepted => None,
+        RequestOutcome::NotFound => return Err(ApiError::not_found(format!("no job {id}"))),
+        RequestOutcome::Unchanged(gate) => Some(gate),
+    };
+    match gate {
+        // Taken, or a repeat while the confirms run: answered as the first time.
+        None
+        | Some(Gate {
+            status: JobStatus::Confirming,
+            ..
+        }) => match prefer_wait(&headers, state.settings.max_wait()) {
+            Some(wait) => {
+                let record = wait_terminal(&state, &id, wait).await?;
+                if record.job.status.is_terminal() {
+                    let mut resp = match confirm_outcome(&base, &record) {
+                        Ok(r) => r,
+                        Err(e) => e.into_response(),
+                    };
+                    resp.headers_mut().insert(
+                        "preference-applied",
+                        HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
+                            .unwrap_or(HeaderValue::from_static("wait")),
+                    );
+                    Ok(resp)
+                } else {
                     Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
                 }
             }
-        }
-        RequestOutcome::AlreadyAt(_, _) => {
-            let record = load(&state, &id).await?;
-            if record.job.status.is_terminal() {
-                confirm_outcome(&base, &record)
-            } else {
-                Err(ApiError::conflict(format!(
-                    "the job is {}: it is being canceled and can no longer be confirmed",
-                    record.job.status
-                ))
-                .with_tasks(outcomes(&record)))
+            None => {
+                let record = load(&state, &id).await?;
+                Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
             }
+        },
+        Some(gate) if gate.status.is_terminal() => {
+            let record = load(&state, &id).await?;
+            confirm_outcome(&base, &record)
         }
-        RequestOutcome::NoTasks => Err(ApiError::conflict(
-            "the job has no task yet: register participants before confirming",
-        )),
-        RequestOutcome::CancelRequested => Err(ApiError::conflict(
-            "a cancel of this job was already requested",
-        )),
-        RequestOutcome::NotFound => Err(ApiError::not_found(format!("no job {id}"))),
+        // Being canceled: the refusal, with each task's outcome so far.
+        Some(gate) if !gate.status.is_undecided() => {
+            let record = load(&state, &id).await?;
+            Err(refused(&gate, Action::Confirm).with_tasks(outcomes(&record)))
+        }
+        Some(gate) => Err(refused(&gate, Action::Confirm)),
     }
 }
 

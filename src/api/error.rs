@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::domain::actions::Refusal;
 use crate::domain::request::FieldError;
 use crate::store::StoreError;
 
@@ -349,6 +350,13 @@ impl ApiError {
         );
         e.0.errors = errors;
         e
+    }
+}
+
+/// A job's state does not allow the action: 409, saying why as the domain does.
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        ApiError::conflict(refusal.to_string())
     }
 }
 

@@ -23,7 +23,7 @@ use super::respond::{
 };
 use crate::domain::policy::refusals;
 use crate::domain::request::{self, Limits, parse_rfc3339};
-use crate::domain::{JobId, JobSource, JobStatus, Submission};
+use crate::domain::{JobId, JobSource, JobStatus, Requested, Submission};
 use crate::engine::Accepted;
 use crate::store::{self, JobFilter, JobRecord};
 
@@ -191,7 +191,7 @@ pub async fn put_job(
     if let Some(why) = unchanged_parts(&record, &new, &value) {
         return Err(ApiError::conflict(why));
     }
-    if !record.job.status.is_undecided() || record.job.cancel_requested {
+    if !record.job.status.is_undecided() || record.job.requested == Requested::Cancel {
         return Err(ApiError::conflict(format!(
             "the job is {}: it can only be updated before the decision",
             record.job.status

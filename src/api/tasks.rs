@@ -93,9 +93,7 @@ pub async fn register(
             &TaskRepr::new(&base, &id, &task),
         )),
         Registered::NotFound => Err(ApiError::not_found(format!("no job {id}"))),
-        Registered::Closed(status) => Err(ApiError::conflict(format!(
-            "the job is {status}: participants can only register before the decision"
-        ))),
+        Registered::Refused(refusal) => Err(refusal.into()),
         Registered::TaskIdTaken(task_id) => Err(ApiError::conflict(format!(
             "the job already has a task {task_id:?} with another link"
         ))),

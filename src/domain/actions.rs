@@ -2,10 +2,13 @@
 //! the one place that says which actions a job's state allows (docs/api.md, "Representations"). The representations'
 //! links and the endpoints' refusals both come from here, so they cannot disagree.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 
-use super::job::{ConfirmState, Job};
-use super::status::{JobEvent, JobStatus, TaskEvent, TaskStatus};
+use super::job::{ConfirmState, Job, Requested};
+use super::status::{FailureReason, JobEvent, JobStatus, TaskEvent, TaskStatus};
+use super::target::TaskId;
 
 /// An action on a job, as its link relation names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,70 +43,164 @@ impl Action {
     }
 }
 
+/// Why a job's state does not allow an action now. Its text is what a 409 and the console say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Confirm, cancel, registering a participant: the decision is taken (the job is `status`).
+    Decided(JobStatus, Action),
+    CancelRequested,
+    ConfirmRequested,
+    /// A confirm of a job with no task.
+    NoTasks,
+    AlreadyResolved,
+    NotHeuristic(JobStatus),
+    /// `continue` of a heuristic job resolved by hand.
+    ResolvedNotRetried,
+    /// `continue` of a heuristic job whose heuristic tasks' links have all expired.
+    LinksExpired,
+    /// `continue` of a confirming job with no confirm waiting for its backoff.
+    NoConfirmWaiting,
+    NotContinuable(JobStatus),
+    NoTaskToRestart,
+    /// `restart` of a job with a task registered with a link (`taskID`).
+    RegisteredLink(TaskId),
+    NotRestartable(JobStatus),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Decided(status, action) => {
+                write!(f, "the job is already {status}: the decision was taken")?;
+                match action {
+                    Action::Confirm => f.write_str(", and it can no longer be confirmed"),
+                    Action::Cancel => f.write_str("; a cancel is only possible before it"),
+                    Action::Participants => {
+                        f.write_str("; participants can only register before it")
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Refusal::CancelRequested => f.write_str("a cancel of this job was already requested"),
+            Refusal::ConfirmRequested => f.write_str(
+                "a confirm of this job was already requested: the client's decision, which a cancel cannot undo",
+            ),
+            Refusal::NoTasks => f.write_str(
+                "the job has no task yet: register participants before confirming",
+            ),
+            Refusal::AlreadyResolved => {
+                f.write_str("the job's heuristic outcome was already resolved")
+            }
+            Refusal::NotHeuristic(status) => write!(
+                f,
+                "the job is {status}: only a heuristic job can be resolved"
+            ),
+            Refusal::ResolvedNotRetried => f.write_str(
+                "the job's heuristic outcome was resolved by hand: it is not retried any more",
+            ),
+            Refusal::LinksExpired => f.write_str(
+                "no heuristic task of this job can be confirmed any more: every one's participant link has expired",
+            ),
+            Refusal::NoConfirmWaiting => f.write_str(
+                "no confirm of this job is waiting for a retry: they are in flight or done",
+            ),
+            Refusal::NotContinuable(status) => write!(
+                f,
+                "the job is {status}: continue retries the confirms of a heuristic or confirming job"
+            ),
+            Refusal::NoTaskToRestart => f.write_str("the job has no task to try again"),
+            Refusal::RegisteredLink(task) => write!(
+                f,
+                "task {task} was registered with a participant link, not a taskURL: the coordinator cannot reserve it again"
+            ),
+            Refusal::NotRestartable(status) => write!(
+                f,
+                "the job is {status}: only a failed or canceled job can be restarted"
+            ),
+        }
+    }
+}
+
+/// What a client's confirm or cancel, or a participant's registration, is decided on: the job's
+/// row as the store's guarded write finds it (it reports this when it changes nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gate {
+    pub status: JobStatus,
+    pub failure_reason: Option<FailureReason>,
+    pub requested: Requested,
+    pub has_tasks: bool,
+}
+
+impl Gate {
+    pub fn of(job: &Job) -> Gate {
+        Gate {
+            status: job.status,
+            failure_reason: job.failure_reason,
+            requested: job.requested,
+            has_tasks: !job.tasks.is_empty(),
+        }
+    }
+}
+
+/// Why `action` (confirm, cancel or participants) is refused on a job at `gate`; `None` for the
+/// operators' actions, which `refusal` decides on the whole job. A request recorded and not
+/// acted on yet is not offered again, and a confirm request closes the cancel (repeating a
+/// request is still answered as the first time: that is the endpoints' to say).
+pub fn client_refusal(gate: &Gate, action: Action) -> Option<Refusal> {
+    let status = gate.status;
+    match action {
+        Action::Confirm | Action::Cancel | Action::Participants if !status.is_undecided() => {
+            Some(Refusal::Decided(status, action))
+        }
+        Action::Confirm | Action::Cancel | Action::Participants
+            if gate.requested == Requested::Cancel =>
+        {
+            Some(Refusal::CancelRequested)
+        }
+        Action::Confirm | Action::Cancel if gate.requested == Requested::Confirm => {
+            Some(Refusal::ConfirmRequested)
+        }
+        Action::Confirm if !gate.has_tasks => Some(Refusal::NoTasks),
+        _ => None,
+    }
+}
+
 /// Why the job's state does not allow `action` now; `None`: it does. `resolved`: an operator
 /// has resolved the job's heuristic outcome.
-pub fn refusal(job: &Job, resolved: bool, action: Action, now: DateTime<Utc>) -> Option<String> {
+pub fn refusal(job: &Job, resolved: bool, action: Action, now: DateTime<Utc>) -> Option<Refusal> {
     let status = job.status;
     match action {
-        _ if matches!(action, Action::Confirm | Action::Cancel | Action::Participants)
-            && !status.is_undecided() =>
-        {
-            Some(format!("the job is {status}: the decision was already taken"))
+        Action::Confirm | Action::Cancel | Action::Participants => {
+            client_refusal(&Gate::of(job), action)
         }
-        // A request recorded and not acted on yet: neither it nor its opposite is offered
-        // again (repeating it is still answered as the first time).
-        Action::Confirm | Action::Cancel | Action::Participants if job.cancel_requested => {
-            Some("a cancel of this job was already requested".into())
-        }
-        Action::Confirm | Action::Cancel if job.confirm_requested => {
-            Some("a confirm of this job was already requested".into())
-        }
-        Action::Confirm if job.tasks.is_empty() => {
-            Some("the job has no task yet: register participants before confirming".into())
-        }
-        Action::Confirm | Action::Cancel | Action::Participants => None,
         Action::Resolve => match status {
-            JobStatus::Heuristic if resolved => {
-                Some("the job's heuristic outcome was already resolved".into())
-            }
+            JobStatus::Heuristic if resolved => Some(Refusal::AlreadyResolved),
             JobStatus::Heuristic => None,
-            _ => Some(format!(
-                "the job is {status}: only a heuristic job can be resolved"
-            )),
+            _ => Some(Refusal::NotHeuristic(status)),
         },
         Action::Continue => match status {
-            JobStatus::Heuristic if resolved => Some(
-                "the job's heuristic outcome was resolved by hand: it is not retried any more"
-                    .into(),
-            ),
-            JobStatus::Heuristic if retryable(job, now).next().is_none() => Some(
-                "no heuristic task of this job can be confirmed any more: every one's participant link has expired"
-                    .into(),
-            ),
+            JobStatus::Heuristic if resolved => Some(Refusal::ResolvedNotRetried),
+            JobStatus::Heuristic if retryable(job, now).next().is_none() => {
+                Some(Refusal::LinksExpired)
+            }
             JobStatus::Heuristic => None,
-            JobStatus::Confirming if waiting(job, now).next().is_none() => Some(
-                "no confirm of this job is waiting for a retry: they are in flight or done".into(),
-            ),
+            JobStatus::Confirming if waiting(job, now).next().is_none() => {
+                Some(Refusal::NoConfirmWaiting)
+            }
             JobStatus::Confirming => None,
-            _ => Some(format!(
-                "the job is {status}: continue retries the confirms of a heuristic or confirming job"
-            )),
+            _ => Some(Refusal::NotContinuable(status)),
         },
         Action::Restart => match status {
             JobStatus::Failed | JobStatus::Canceled => {
                 if job.tasks.is_empty() {
-                    return Some("the job has no task to try again".into());
+                    return Some(Refusal::NoTaskToRestart);
                 }
-                job.tasks.iter().find(|t| t.try_spec.is_none()).map(|t| {
-                    format!(
-                        "task {} was registered with a participant link, not a taskURL: the coordinator cannot reserve it again",
-                        t.task_id
-                    )
-                })
+                job.tasks
+                    .iter()
+                    .find(|t| t.try_spec.is_none())
+                    .map(|t| Refusal::RegisteredLink(t.task_id.clone()))
             }
-            _ => Some(format!(
-                "the job is {status}: only a failed or canceled job can be restarted"
-            )),
+            _ => Some(Refusal::NotRestartable(status)),
         },
     }
 }
@@ -148,7 +245,7 @@ pub fn continue_heuristic(
     now: DateTime<Utc>,
 ) -> Result<usize, String> {
     if let Some(why) = refusal(job, resolved, Action::Continue, now) {
-        return Err(why);
+        return Err(why.to_string());
     }
     if job.status != JobStatus::Heuristic {
         return Err(format!("the job is {}, not heuristic", job.status));
@@ -183,13 +280,12 @@ pub fn retry_now(job: &mut Job, now: DateTime<Utc>) -> usize {
 /// links and answers are forgotten here (the event log keeps them).
 pub fn restart(job: &mut Job, job_max_ttl: f64, now: DateTime<Utc>) -> Result<(), String> {
     if let Some(why) = refusal(job, false, Action::Restart, now) {
-        return Err(why);
+        return Err(why.to_string());
     }
     job.job_on(JobEvent::Restart).map_err(|e| e.to_string())?;
     job.attempt += 1;
     job.deadline = now + chrono::Duration::milliseconds((job_max_ttl * 1000.0).round() as i64);
-    job.confirm_requested = false;
-    job.cancel_requested = false;
+    job.requested = Requested::Nothing;
     for i in 0..job.tasks.len() {
         job.task_on(i, TaskEvent::Restart, now)
             .map_err(|e| e.to_string())?;
@@ -254,10 +350,9 @@ mod tests {
         // A request recorded, not acted on yet: neither it nor its opposite is offered.
         let mut asked = tried.clone();
         asked.status = JobStatus::Reserved;
-        asked.confirm_requested = true;
+        asked.requested = Requested::Confirm;
         assert_eq!(allowed(&asked, false, now), vec![A::Participants]);
-        asked.confirm_requested = false;
-        asked.cancel_requested = true;
+        asked.requested = Requested::Cancel;
         assert_eq!(allowed(&asked, false, now), vec![]);
         // A heuristic task whose link has not expired can be continued; resolved, nothing.
         let mut h = tried.clone();
@@ -285,7 +380,7 @@ mod tests {
         f.failure_reason = Some(crate::domain::FailureReason::Timeout);
         assert_eq!(allowed(&f, false, now), vec![]);
         assert!(
-            refusal(&f, false, A::Restart, now).is_some_and(|w| w.contains("task b")),
+            refusal(&f, false, A::Restart, now).is_some_and(|w| w.to_string().contains("task b")),
             "names the task"
         );
     }
@@ -343,14 +438,14 @@ mod tests {
         j.tasks[0].status = TaskStatus::Failed;
         j.tasks[0].attempts = 3;
         j.tasks[0].last_message = Some("400".into());
-        j.cancel_requested = true;
+        j.requested = Requested::Cancel;
         restart(&mut j, 30.0, now).expect("restarted");
         assert_eq!(
             (j.status, j.failure_reason, j.attempt),
             (JobStatus::Pending, None, 2)
         );
         assert_eq!(j.deadline, now + chrono::Duration::seconds(30));
-        assert!(!j.cancel_requested);
+        assert_eq!(j.requested, Requested::Nothing);
         let t = &j.tasks[0];
         assert_eq!(
             (t.status, t.attempts, t.last_message.as_deref()),

@@ -254,6 +254,32 @@ impl Task {
     }
 }
 
+/// The client's request a job has recorded before the decision and not acted on yet. A confirm
+/// request is the client's decision: no cancel is taken after it; a cancel request is final too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Requested {
+    #[default]
+    Nothing,
+    Confirm,
+    Cancel,
+}
+
+impl Requested {
+    /// As the `jobs` row keeps it: `(confirm_requested, cancel_requested)`. Rows written before
+    /// a confirm request closed the cancel may hold both: the cancel is what the planner acts on.
+    pub fn from_flags(confirm: bool, cancel: bool) -> Self {
+        match (confirm, cancel) {
+            (_, true) => Requested::Cancel,
+            (true, false) => Requested::Confirm,
+            (false, false) => Requested::Nothing,
+        }
+    }
+
+    pub fn flags(self) -> (bool, bool) {
+        (self == Requested::Confirm, self == Requested::Cancel)
+    }
+}
+
 /// Where a job came from. Each source keeps its own namespace of idempotency keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobSource {
@@ -301,8 +327,8 @@ pub struct Job {
     /// The W3C `traceparent` of the creating request, sent on with every participant call.
     pub traceparent: Option<String>,
     pub auto_confirm: bool,
-    pub confirm_requested: bool,
-    pub cancel_requested: bool,
+    /// The client's confirm or cancel, recorded and not acted on yet.
+    pub requested: Requested,
     pub created_at: DateTime<Utc>,
     pub deadline: DateTime<Utc>,
     /// 1, and one more with each `restart`. Later attempts call participants with
@@ -363,8 +389,7 @@ impl Job {
                 .unwrap_or_else(|| id.to_string()),
             traceparent,
             auto_confirm: new.fields.auto_confirm,
-            confirm_requested: false,
-            cancel_requested: false,
+            requested: Requested::Nothing,
             created_at,
             deadline: created_at + ttl,
             attempt: 1,

@@ -18,7 +18,9 @@ pub mod target;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use event::{Event, EventKind};
-pub use job::{ConfirmState, Job, JobSource, Link, Resolution, Submission, Task, TrySpec};
+pub use job::{
+    ConfirmState, Job, JobSource, Link, Requested, Resolution, Submission, Task, TrySpec,
+};
 pub use planner::{Answer, Op, Plan, PlannerSettings, Step};
 pub use status::{FailureReason, JobStatus, TaskStatus};
 pub use target::{JobId, TargetUrl, TaskId};

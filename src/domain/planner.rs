@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::job::{Job, Link};
+use super::job::{Job, Link, Requested};
 use super::mapping;
 use super::retry::RetryPolicy;
 use super::status::{FailureReason, IllegalTransition, JobEvent, JobStatus, TaskEvent, TaskStatus};
@@ -152,7 +152,7 @@ fn plan_undecided(
     plan: &mut Plan,
 ) -> Result<(), IllegalTransition> {
     let margin = margin(settings);
-    let cancel = if job.cancel_requested {
+    let cancel = if job.requested == Requested::Cancel {
         Some(FailureReason::Client)
     } else if now >= job.deadline {
         Some(FailureReason::Timeout)
@@ -174,7 +174,7 @@ fn plan_undecided(
         if job.status != JobStatus::Reserved {
             job.job_on(JobEvent::AllReserved)?;
         }
-        if job.auto_confirm || job.confirm_requested {
+        if job.auto_confirm || job.requested == Requested::Confirm {
             job.job_on(JobEvent::DecideConfirm)?;
             for i in 0..job.tasks.len() {
                 job.task_on(i, TaskEvent::ConfirmStarted, now)?;
@@ -695,8 +695,7 @@ mod tests {
             correlation_id: "c".into(),
             traceparent: None,
             auto_confirm: true,
-            confirm_requested: false,
-            cancel_requested: false,
+            requested: Requested::Nothing,
             created_at: t0(),
             deadline: t0() + secs(60),
             attempt: 1,
@@ -1042,7 +1041,7 @@ mod tests {
         assert_eq!(j.status, JobStatus::Reserved);
         assert!(p.steps.is_empty());
         assert_eq!(p.wake_at, Some(now + secs(29)), "expiry minus the margin");
-        j.confirm_requested = true;
+        j.requested = Requested::Confirm;
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
         assert_eq!(j.status, JobStatus::Confirming);
         assert_eq!(ops(&p), vec![(0, Op::Confirm)]);
@@ -1052,7 +1051,7 @@ mod tests {
         j.auto_confirm = false;
         plan(&mut j, &none(), now, &settings()).expect("plan");
         apply(&mut j, 0, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
-        j.cancel_requested = true;
+        j.requested = Requested::Cancel;
         settle(&mut j, now, |_| Answer::Done);
         assert_eq!(j.status, JobStatus::Canceled);
         assert_eq!(j.failure_reason, Some(FailureReason::Client));
@@ -1081,7 +1080,7 @@ mod tests {
             apply(&mut j, i, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
         }
         j.auto_confirm = false;
-        j.cancel_requested = true;
+        j.requested = Requested::Cancel;
         plan(&mut j, &none(), now, &settings()).expect("plan");
         let answers = [
             Answer::Gone {
@@ -1121,7 +1120,7 @@ mod tests {
         let now = t0();
         plan(&mut j, &none(), now, &settings()).expect("plan");
         apply(&mut j, 0, Op::Try, reserved(now + secs(5)), now, 0.5).expect("apply");
-        j.cancel_requested = true;
+        j.requested = Requested::Cancel;
         plan(&mut j, &none(), now, &settings()).expect("plan");
         apply(&mut j, 0, Op::Cancel, retry503(), now, 0.5).expect("apply");
         plan(&mut j, &none(), now + secs(5), &settings()).expect("plan");

@@ -206,8 +206,7 @@ impl Driver {
             actions::retry_now(&mut st.job, Utc::now());
         }
         for j in [&mut st.job, &mut st.saved, &mut st.durable] {
-            j.confirm_requested = r.confirm_requested;
-            j.cancel_requested = r.cancel_requested;
+            j.requested = r.requested;
             j.auto_confirm = r.auto_confirm;
             j.deadline = r.deadline;
             j.tasks.extend(r.new_tasks.iter().cloned());

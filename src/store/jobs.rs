@@ -309,8 +309,7 @@ pub struct Refresh {
     /// The shared state's version, and the state itself when it is not the version known.
     pub state_seq: i64,
     pub shared_state: Option<Value>,
-    pub confirm_requested: bool,
-    pub cancel_requested: bool,
+    pub requested: Requested,
     pub new_tasks: Vec<Task>,
     pub still_ours: bool,
 }
@@ -350,8 +349,10 @@ pub async fn refresh(
         deadline: job.try_get("deadline")?,
         state_seq: job.try_get("state_seq")?,
         shared_state: job.try_get("shared_state")?,
-        confirm_requested: job.try_get("confirm_requested")?,
-        cancel_requested: job.try_get("cancel_requested")?,
+        requested: Requested::from_flags(
+            job.try_get("confirm_requested")?,
+            job.try_get("cancel_requested")?,
+        ),
         new_tasks: task_rows
             .iter()
             .map(task_from_row)
@@ -417,8 +418,7 @@ impl LeaseAfter {
 pub enum Saved {
     Ok {
         wake_seq: i64,
-        confirm_requested: bool,
-        cancel_requested: bool,
+        requested: Requested,
         /// The shared state's version after the write.
         state_seq: i64,
         /// The save's shared state is the job's now (none given counts as written).
@@ -578,8 +578,10 @@ pub async fn save_many(
             row.try_get("id")?,
             Saved::Ok {
                 wake_seq: row.try_get("wake_seq")?,
-                confirm_requested: row.try_get("confirm_requested")?,
-                cancel_requested: row.try_get("cancel_requested")?,
+                requested: Requested::from_flags(
+                    row.try_get("confirm_requested")?,
+                    row.try_get("cancel_requested")?,
+                ),
                 state_seq: row.try_get("state_seq")?,
                 state_written: row.try_get("state_written")?,
             },

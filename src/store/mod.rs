@@ -20,11 +20,12 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
+use crate::domain::actions::{Action, Gate, Refusal, client_refusal};
 use crate::domain::request::Registration;
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{
-    ConfirmState, Event, FailureReason, Job, JobId, JobStatus, Link, Resolution, Submission, Task,
-    TaskStatus, TrySpec,
+    ConfirmState, Event, FailureReason, Job, JobId, JobStatus, Link, Requested, Resolution,
+    Submission, Task, TaskStatus, TrySpec,
 };
 
 mod events;

@@ -9,35 +9,37 @@ pub enum RequestOutcome {
     /// Recorded; the engine acts on it.
     Accepted,
     NotFound,
-    /// The job is already past that point; its status and failure reason.
-    AlreadyAt(JobStatus, Option<FailureReason>),
-    /// A confirm for a job that has no task yet.
-    NoTasks,
-    /// A confirm after the client asked to cancel.
-    CancelRequested,
+    /// Nothing was written: the job as the guarded write found it, for the domain to say why
+    /// (`domain::actions::client_refusal`), or for a repeat to be answered as the first.
+    Unchanged(Gate),
 }
 
-async fn current_status(
-    client: &impl GenericClient,
-    id: &str,
-) -> Result<Option<(JobStatus, Option<FailureReason>, i32, bool)>> {
+/// The job's row as a client request is decided on.
+async fn gate(client: &impl GenericClient, id: &str) -> Result<Option<Gate>> {
     let row = client
         .query_opt(
-            "SELECT status, failure_reason, task_count, cancel_requested FROM jobs WHERE id = $1",
+            "SELECT status, failure_reason, task_count, confirm_requested, cancel_requested
+             FROM jobs WHERE id = $1",
             &[&id],
         )
         .await?;
-    row.map(|r| {
-        let status: String = r.try_get(0)?;
-        let reason: Option<String> = r.try_get(1)?;
-        Ok((
-            status.parse().map_err(corrupt)?,
-            reason.map(|r| r.parse()).transpose().map_err(corrupt)?,
-            r.try_get(2)?,
-            r.try_get(3)?,
-        ))
+    row.map(|r| gate_of(&r)).transpose()
+}
+
+/// A `Gate` from a row with `status`, `failure_reason`, `task_count`, `confirm_requested` and
+/// `cancel_requested`.
+fn gate_of(r: &tokio_postgres::Row) -> Result<Gate> {
+    let status: String = r.try_get("status")?;
+    let reason: Option<String> = r.try_get("failure_reason")?;
+    Ok(Gate {
+        status: status.parse().map_err(corrupt)?,
+        failure_reason: reason.map(|r| r.parse()).transpose().map_err(corrupt)?,
+        requested: Requested::from_flags(
+            r.try_get("confirm_requested")?,
+            r.try_get("cancel_requested")?,
+        ),
+        has_tasks: r.try_get::<_, i32>("task_count")? > 0,
     })
-    .transpose()
 }
 
 /// A client's request about a job.
@@ -48,8 +50,9 @@ pub enum ClientRequest {
 }
 
 /// Record a client's request for the engine (and wake whichever instance drives the job), with
-/// its event (`actor` asked). Only before the decision; a confirm never after a cancel request,
-/// nor for a job with no task.
+/// its event (`actor` asked). Written only where `domain::actions::client_refusal` allows the
+/// request, or it repeats the one recorded: before the decision; a confirm never after a cancel
+/// request, nor for a job with no task; a cancel never after a confirm request.
 pub async fn request(
     client: &impl GenericClient,
     id: &JobId,
@@ -75,6 +78,7 @@ pub async fn request(
                     event_seq = event_seq + 1
                 WHERE id = $5 AND status IN ('pending', 'trying', 'reserved')
                   AND (NOT $4 OR (task_count > 0 AND NOT cancel_requested))
+                  AND ($4 OR NOT confirm_requested)
                 RETURNING id, event_seq - 1 AS event_base
              ), e AS ({})
              SELECT pg_notify('tcc_wake', id) FROM u",
@@ -87,11 +91,9 @@ pub async fn request(
     if client.execute(&stmt, &params).await? == 1 {
         return Ok(RequestOutcome::Accepted);
     }
-    Ok(match current_status(client, id).await? {
+    Ok(match gate(client, id).await? {
         None => RequestOutcome::NotFound,
-        Some((s, _, _, true)) if confirm && s.is_undecided() => RequestOutcome::CancelRequested,
-        Some((s, _, 0, _)) if confirm && s.is_undecided() => RequestOutcome::NoTasks,
-        Some((s, r, _, _)) => RequestOutcome::AlreadyAt(s, r),
+        Some(g) => RequestOutcome::Unchanged(g),
     })
 }
 
@@ -101,8 +103,8 @@ pub enum Registered {
     /// The same link was registered before.
     Existing(Task),
     NotFound,
-    /// The decision was taken (or a cancel requested): no more participants.
-    Closed(JobStatus),
+    /// The domain refuses a participant now (the decision was taken, or a cancel requested).
+    Refused(Refusal),
     TaskIdTaken(String),
     TooMany(usize),
 }
@@ -120,16 +122,16 @@ pub async fn register(
     let tx = client.transaction().await?;
     let Some(row) = tx
         .query_opt(
-            "SELECT status, task_count, cancel_requested FROM jobs WHERE id = $1 FOR UPDATE",
+            "SELECT status, failure_reason, task_count, confirm_requested, cancel_requested
+             FROM jobs WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .await?
     else {
         return Ok(Registered::NotFound);
     };
-    let status: JobStatus = row.try_get::<_, String>(0)?.parse().map_err(corrupt)?;
-    let count: i32 = row.try_get(1)?;
-    let cancel_requested: bool = row.try_get(2)?;
+    let gate = gate_of(&row)?;
+    let count: i32 = row.try_get("task_count")?;
     let existing = tx
         .query_opt(
             &format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE job_id = $1 AND link_uri = $2"),
@@ -139,8 +141,8 @@ pub async fn register(
     if let Some(existing) = existing {
         return Ok(Registered::Existing(task_from_row(&existing)?));
     }
-    if !status.is_undecided() || cancel_requested {
-        return Ok(Registered::Closed(status));
+    if let Some(refusal) = client_refusal(&gate, Action::Participants) {
+        return Ok(Registered::Refused(refusal));
     }
     if count as usize >= max_tasks {
         return Ok(Registered::TooMany(max_tasks));
@@ -378,6 +380,7 @@ pub async fn rewrite_job(
         ))
         .await?;
     let decided = !job.status.is_undecided();
+    let (confirm_requested, cancel_requested) = job.requested.flags();
     let mut params: Vec<&(dyn ToSql + Sync)> = cols.params().to_vec();
     let job_status = job.status.as_str();
     let reason = job.failure_reason.map(FailureReason::as_str);
@@ -386,8 +389,8 @@ pub async fn rewrite_job(
         &reason,
         &job.attempt,
         &job.deadline,
-        &job.confirm_requested,
-        &job.cancel_requested,
+        &confirm_requested,
+        &cancel_requested,
         &decided,
         &id,
         &read_at,

@@ -75,8 +75,10 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
             correlation_id: row.try_get("correlation_id")?,
             traceparent: row.try_get("traceparent")?,
             auto_confirm: row.try_get("auto_confirm")?,
-            confirm_requested: row.try_get("confirm_requested")?,
-            cancel_requested: row.try_get("cancel_requested")?,
+            requested: Requested::from_flags(
+                row.try_get("confirm_requested")?,
+                row.try_get("cancel_requested")?,
+            ),
             created_at: row.try_get("created_at")?,
             deadline: row.try_get("deadline")?,
             attempt: row.try_get("attempt")?,

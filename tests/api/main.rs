@@ -21,6 +21,7 @@ mod openapi;
 mod operator;
 mod put;
 mod recovery;
+mod refusals;
 mod review;
 mod shared_state;
 mod store;
