@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::extract::JobPath;
 use super::respond::{base_url, job_response};
 use crate::domain::actions::{self, Action};
-use crate::domain::{Event, JobId, JobStatus};
+use crate::domain::{ActionKind, Event, JobId, JobStatus};
 use crate::store;
 
 /// The answer when the job changed between reading and writing it.
@@ -69,7 +69,7 @@ pub async fn continue_job(
         let events = [
             Event::action(
                 now,
-                "continue",
+                ActionKind::Continue,
                 &actor.0,
                 Some(format!("the confirm of {n} heuristic task(s) is retried")),
             ),
@@ -84,7 +84,7 @@ pub async fn continue_job(
     } else {
         let event = Event::action(
             now,
-            "continue",
+            ActionKind::Continue,
             &actor.0,
             Some("the confirms waiting for a retry are sent now".into()),
         );
@@ -111,7 +111,7 @@ pub async fn restart_job(
     let events = [
         Event::action(
             now,
-            "restart",
+            ActionKind::Restart,
             &actor.0,
             Some(format!("attempt {} starts", job.attempt)),
         ),

@@ -170,7 +170,7 @@ fn sse_event(e: &StoredEvent) -> SseEvent {
     let data = serde_json::to_string(&EventRepr::new(e)).unwrap_or_default();
     SseEvent::default()
         .id(e.seq.to_string())
-        .event(e.event.kind.as_str())
+        .event(e.event.kind().as_str())
         .data(data)
 }
 

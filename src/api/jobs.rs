@@ -23,7 +23,7 @@ use super::respond::{
 };
 use crate::domain::policy::refusals;
 use crate::domain::request::{self, Limits, parse_rfc3339};
-use crate::domain::{JobId, JobSource, JobStatus, Requested, Submission};
+use crate::domain::{ActionKind, JobId, JobSource, JobStatus, Requested, Submission};
 use crate::engine::Accepted;
 use crate::store::{self, JobFilter, JobRecord};
 
@@ -199,7 +199,7 @@ pub async fn put_job(
     }
     let event = crate::domain::Event::action(
         now,
-        "update",
+        ActionKind::Update,
         &actor.0,
         Some("description, contact, callbacks, tags, autoConfirm and jobMaxTTL as sent".into()),
     );

@@ -683,24 +683,50 @@ pub struct EventRepr<'a> {
 
 impl<'a> EventRepr<'a> {
     pub fn new(s: &'a crate::store::StoredEvent) -> Self {
+        use crate::domain::What;
         let e = &s.event;
-        let is_job = e.kind == crate::domain::EventKind::Status;
-        EventRepr {
+        let mut r = EventRepr {
             seq: s.seq,
             at: Timestamp(e.at),
-            kind: e.kind.as_str(),
-            task_id: e.task_id.as_deref(),
-            job_status: e.status.as_deref().filter(|_| is_job),
-            failure_reason: e.reason.map(FailureReason::as_str),
-            task_status: e.status.as_deref().filter(|_| !is_job),
-            op: e.op.map(crate::domain::Op::as_str),
-            attempt: e.attempt,
-            http_status: e.http_status,
-            duration_ms: e.duration_ms,
-            action: e.action.as_deref(),
-            actor: e.actor.as_deref(),
-            message: e.message.as_deref(),
+            kind: e.kind().as_str(),
+            task_id: e.what.task_id(),
+            job_status: None,
+            failure_reason: None,
+            task_status: None,
+            op: None,
+            attempt: None,
+            http_status: None,
+            duration_ms: None,
+            action: None,
+            actor: None,
+            message: e.what.message(),
+        };
+        match &e.what {
+            What::Status { status, reason } => {
+                r.job_status = Some(status.as_str());
+                r.failure_reason = reason.map(FailureReason::as_str);
+            }
+            What::Call {
+                op,
+                attempt,
+                http_status,
+                duration_ms,
+                status,
+                ..
+            } => {
+                r.op = Some(op.as_str());
+                r.attempt = Some(*attempt);
+                r.http_status = *http_status;
+                r.duration_ms = Some(*duration_ms);
+                r.task_status = Some(status.as_str());
+            }
+            What::Task { status, .. } => r.task_status = Some(status.as_str()),
+            What::Action { action, actor, .. } => {
+                r.action = Some(action.as_str());
+                r.actor = Some(actor);
+            }
         }
+        r
     }
 }
 

@@ -18,7 +18,7 @@ use super::error::{ApiError, ProblemType};
 use super::extract::{JobPath, read_json};
 use super::respond::{if_match, json_response, matches_any, none_match, not_modified};
 use crate::domain::request::{self, FieldError};
-use crate::domain::{Event, JobId, mapping};
+use crate::domain::{ActionKind, Event, JobId, mapping};
 use crate::store::{self, StateWritten};
 
 /// How often a `PATCH` without `If-Match` is applied again over a newer version before it gives
@@ -94,7 +94,7 @@ async fn write(
 ) -> Result<Option<Response>, ApiError> {
     let event = Event::action(
         Utc::now(),
-        "shared-state",
+        ActionKind::SharedState,
         actor,
         Some(format!("the shared state was {how}")),
     );

@@ -46,76 +46,165 @@ impl EventKind {
     }
 }
 
-/// One entry of the log. Which fields are set depends on the kind: a status change has
-/// `status` (the job's) and perhaps `reason`; a call has `task_id`, `op`, `attempt`,
-/// `http_status` (when an answer came), `duration_ms` and `status` (the task's, after the
-/// answer); an action has `action`, `actor` and perhaps `task_id`.
-/// Stored as JSON in this shape (the statements that write a batch of events write them as one
-/// JSON array).
+/// One entry of the log: when, and what happened. Stored as JSON in exactly this shape
+/// (`{"at", "type", ...}`; the statements that write a batch of events write them as one JSON
+/// array), and read back from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct Event {
     pub at: DateTime<Utc>,
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    #[serde(rename = "taskID", skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub op: Option<Op>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_status: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<i32>,
-    /// The job's status (`Status`) or the task's (`Call`, `Task`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<FailureReason>,
-    /// `confirm`, `cancel`, `register`, `resolve`, `continue`, `restart`, `update`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-    /// Who acted: the API key's name, `anonymous` while the API is open.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub actor: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    #[serde(flatten)]
+    pub what: What,
+}
+
+/// What happened, by kind (`type`): each kind carries its own fields and no other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum What {
+    /// The job's status changed (or the job was accepted), with the failure reason it carries.
+    Status {
+        status: JobStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<FailureReason>,
+    },
+    /// A participant answered a call (or the call failed without an answer): the task's status
+    /// after the answer was taken in.
+    #[serde(rename_all = "camelCase")]
+    Call {
+        #[serde(rename = "taskID")]
+        task_id: String,
+        op: Op,
+        attempt: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_status: Option<i32>,
+        duration_ms: i32,
+        status: TaskStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// A task's status changed without a call answering: a reservation lapsed, a Try was
+    /// abandoned, a confirm ran out of time.
+    Task {
+        #[serde(rename = "taskID")]
+        task_id: String,
+        status: TaskStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// A client, a participant or an operator acted on the job (on one task: a registration).
+    Action {
+        #[serde(rename = "taskID", default, skip_serializing_if = "Option::is_none")]
+        task_id: Option<String>,
+        action: ActionKind,
+        /// Who acted: the API key's name, `anonymous` while the API is open.
+        actor: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+}
+
+/// What a client, a participant or an operator did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    Confirm,
+    Cancel,
+    Register,
+    Resolve,
+    Continue,
+    Restart,
+    Update,
+    /// A write of the shared state by a client.
+    #[serde(rename = "shared-state")]
+    SharedState,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Confirm => "confirm",
+            ActionKind::Cancel => "cancel",
+            ActionKind::Register => "register",
+            ActionKind::Resolve => "resolve",
+            ActionKind::Continue => "continue",
+            ActionKind::Restart => "restart",
+            ActionKind::Update => "update",
+            ActionKind::SharedState => "shared-state",
+        }
+    }
+}
+
+impl What {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            What::Status { .. } => EventKind::Status,
+            What::Call { .. } => EventKind::Call,
+            What::Task { .. } => EventKind::Task,
+            What::Action { .. } => EventKind::Action,
+        }
+    }
+
+    /// The task the event is about, if any.
+    pub fn task_id(&self) -> Option<&str> {
+        match self {
+            What::Call { task_id, .. } | What::Task { task_id, .. } => Some(task_id),
+            What::Action { task_id, .. } => task_id.as_deref(),
+            What::Status { .. } => None,
+        }
+    }
+
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            What::Call { message, .. }
+            | What::Task { message, .. }
+            | What::Action { message, .. } => message.as_deref(),
+            What::Status { .. } => None,
+        }
+    }
 }
 
 impl Event {
-    /// An event of `kind` at `at` with no other field set.
-    pub fn new(at: DateTime<Utc>, kind: EventKind) -> Self {
-        Event {
-            at,
-            kind,
-            task_id: None,
-            op: None,
-            attempt: None,
-            http_status: None,
-            duration_ms: None,
-            status: None,
-            reason: None,
-            action: None,
-            actor: None,
-            message: None,
-        }
+    pub fn kind(&self) -> EventKind {
+        self.what.kind()
     }
 
     pub fn job_status(at: DateTime<Utc>, status: JobStatus, reason: Option<FailureReason>) -> Self {
         Event {
-            status: Some(status.as_str().to_string()),
-            reason,
-            ..Event::new(at, EventKind::Status)
+            at,
+            what: What::Status { status, reason },
         }
     }
 
-    pub fn action(at: DateTime<Utc>, action: &str, actor: &str, message: Option<String>) -> Self {
+    pub fn action(
+        at: DateTime<Utc>,
+        action: ActionKind,
+        actor: &str,
+        message: Option<String>,
+    ) -> Self {
         Event {
-            action: Some(action.to_string()),
-            actor: Some(actor.to_string()),
-            message,
-            ..Event::new(at, EventKind::Action)
+            at,
+            what: What::Action {
+                task_id: None,
+                action,
+                actor: actor.to_string(),
+                message,
+            },
+        }
+    }
+
+    /// A task's status change that no call reports.
+    pub fn task(
+        at: DateTime<Utc>,
+        task_id: &str,
+        status: TaskStatus,
+        message: Option<String>,
+    ) -> Self {
+        Event {
+            at,
+            what: What::Task {
+                task_id: task_id.to_string(),
+                status,
+                message,
+            },
         }
     }
 }
@@ -136,14 +225,16 @@ pub struct CallRecord<'a> {
 impl From<CallRecord<'_>> for Event {
     fn from(c: CallRecord<'_>) -> Self {
         Event {
-            task_id: Some(c.task_id.to_string()),
-            op: Some(c.op),
-            attempt: Some(c.attempt),
-            http_status: c.http_status.map(i32::from),
-            duration_ms: Some(c.duration.as_millis().min(i32::MAX as u128) as i32),
-            status: Some(c.task_status.as_str().to_string()),
-            message: c.message,
-            ..Event::new(c.at, EventKind::Call)
+            at: c.at,
+            what: What::Call {
+                task_id: c.task_id.to_string(),
+                op: c.op,
+                attempt: c.attempt,
+                http_status: c.http_status.map(i32::from),
+                duration_ms: c.duration.as_millis().min(i32::MAX as u128) as i32,
+                status: c.task_status,
+                message: c.message,
+            },
         }
     }
 }
@@ -167,17 +258,16 @@ pub fn status_changes(before: &Job, after: &Job, at: DateTime<Utc>, calls: &[Eve
             continue;
         }
         let reported = calls.iter().rev().any(|c| {
-            c.kind == EventKind::Call
-                && c.task_id.as_deref() == Some(a.task_id.as_str())
-                && c.status.as_deref() == Some(a.status.as_str())
+            matches!(&c.what, What::Call { task_id, status, .. }
+                if task_id == a.task_id.as_str() && *status == a.status)
         });
         if !reported {
-            events.push(Event {
-                task_id: Some(a.task_id.to_string()),
-                status: Some(a.status.as_str().to_string()),
-                message: a.last_message.clone(),
-                ..Event::new(at, EventKind::Task)
-            });
+            events.push(Event::task(
+                at,
+                &a.task_id,
+                a.status,
+                a.last_message.clone(),
+            ));
         }
     }
     events
@@ -219,15 +309,11 @@ mod tests {
         }
         .into();
         let events = status_changes(&before, &after, now, &[call]);
-        let kinds: Vec<_> = events
-            .iter()
-            .map(|e| (e.kind, e.task_id.clone(), e.status.clone()))
-            .collect();
         assert_eq!(
-            kinds,
+            events,
             vec![
-                (EventKind::Status, None, Some("reserved".into())),
-                (EventKind::Task, Some("b".into()), Some("failed".into())),
+                Event::job_status(now, JobStatus::Reserved, None),
+                Event::task(now, "b", TaskStatus::Failed, None),
             ]
         );
         // Nothing changed: nothing logged; a task about to be called: not logged either.
@@ -243,5 +329,86 @@ mod tests {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(EventKind::parse("nope"), None);
+    }
+
+    /// Each kind is stored exactly as before the log's events were an enum: rows written then
+    /// read back, and the JSON written now is the same.
+    #[test]
+    fn every_kind_is_stored_in_the_shape_it_always_had() {
+        let at = DateTime::parse_from_rfc3339("2026-12-04T00:00:00.123Z")
+            .map(|t| t.with_timezone(&Utc))
+            .expect("a time");
+        let register = Event {
+            at,
+            what: What::Action {
+                task_id: Some("participant-1".into()),
+                action: ActionKind::Register,
+                actor: "svc".into(),
+                message: Some("registered the link http://x/1".into()),
+            },
+        };
+        let cases: Vec<(Event, &str)> = vec![
+            (
+                CallRecord {
+                    at,
+                    task_id: "a",
+                    op: Op::Confirm,
+                    attempt: 2,
+                    http_status: Some(204),
+                    duration: std::time::Duration::from_millis(7),
+                    task_status: TaskStatus::Confirmed,
+                    message: Some("ok".into()),
+                }
+                .into(),
+                r#"{"at":"2026-12-04T00:00:00.123Z","type":"call","taskID":"a","op":"confirm","attempt":2,"httpStatus":204,"durationMs":7,"status":"confirmed","message":"ok"}"#,
+            ),
+            (
+                CallRecord {
+                    at,
+                    task_id: "b",
+                    op: Op::Try,
+                    attempt: 1,
+                    http_status: None,
+                    duration: std::time::Duration::from_millis(30000),
+                    task_status: TaskStatus::Trying,
+                    message: None,
+                }
+                .into(),
+                r#"{"at":"2026-12-04T00:00:00.123Z","type":"call","taskID":"b","op":"try","attempt":1,"durationMs":30000,"status":"trying"}"#,
+            ),
+            (
+                Event::job_status(at, JobStatus::Failed, Some(FailureReason::TryFailed)),
+                r#"{"at":"2026-12-04T00:00:00.123Z","type":"status","status":"failed","reason":"try-failed"}"#,
+            ),
+            (
+                Event::job_status(at, JobStatus::Pending, None),
+                r#"{"at":"2026-12-04T00:00:00.123Z","type":"status","status":"pending"}"#,
+            ),
+            (
+                Event::action(at, ActionKind::Resolve, "ops", Some("fixed".into())),
+                r#"{"at":"2026-12-04T00:00:00.123Z","type":"action","action":"resolve","actor":"ops","message":"fixed"}"#,
+            ),
+            (
+                Event::action(at, ActionKind::Cancel, "anonymous", None),
+                r#"{"at":"2026-12-04T00:00:00.123Z","type":"action","action":"cancel","actor":"anonymous"}"#,
+            ),
+            (
+                register,
+                r#"{"at":"2026-12-04T00:00:00.123Z","type":"action","taskID":"participant-1","action":"register","actor":"svc","message":"registered the link http://x/1"}"#,
+            ),
+            (
+                Event::task(at, "c", TaskStatus::Expired, Some("lapsed".into())),
+                r#"{"at":"2026-12-04T00:00:00.123Z","type":"task","taskID":"c","status":"expired","message":"lapsed"}"#,
+            ),
+            (
+                Event::task(at, "c", TaskStatus::Canceled, None),
+                r#"{"at":"2026-12-04T00:00:00.123Z","type":"task","taskID":"c","status":"canceled"}"#,
+            ),
+        ];
+        for (event, stored) in cases {
+            assert_eq!(serde_json::to_string(&event).ok().as_deref(), Some(stored));
+            let read: Event = serde_json::from_str(stored).expect("read back");
+            assert_eq!(read, event, "{stored}");
+        }
     }
 }

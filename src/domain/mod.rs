@@ -17,7 +17,7 @@ pub mod target;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-pub use event::{Event, EventKind};
+pub use event::{ActionKind, Event, EventKind, What};
 pub use job::{
     ConfirmState, Job, JobSource, Link, Requested, Resolution, Submission, Task, TrySpec,
 };

@@ -21,6 +21,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use crate::domain::actions::{Action, Gate, Refusal, client_refusal};
+use crate::domain::event::{ActionKind, What};
 use crate::domain::request::Registration;
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{

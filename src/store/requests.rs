@@ -63,7 +63,11 @@ pub async fn request(
     let confirm = what == ClientRequest::Confirm;
     let event = [Event::action(
         Utc::now(),
-        if confirm { "confirm" } else { "cancel" },
+        if confirm {
+            ActionKind::Confirm
+        } else {
+            ActionKind::Cancel
+        },
         actor,
         None,
     )];
@@ -179,13 +183,13 @@ pub async fn register(
         )
         .await?;
     let event = [Event {
-        task_id: Some(task_id.clone()),
-        ..Event::action(
-            Utc::now(),
-            "register",
-            actor,
-            Some(format!("registered the link {}", reg.link.uri.as_str())),
-        )
+        at: Utc::now(),
+        what: What::Action {
+            task_id: Some(task_id.clone()),
+            action: ActionKind::Register,
+            actor: actor.to_string(),
+            message: Some(format!("registered the link {}", reg.link.uri.as_str())),
+        },
     }];
     let mut events = EventColumns::default();
     events.push(id, &event);
@@ -270,7 +274,7 @@ pub async fn resolve(
     let value = serde_json::to_value(resolution).map_err(corrupt)?;
     let event = [Event::action(
         resolution.resolved_at,
-        "resolve",
+        ActionKind::Resolve,
         &resolution.resolved_by,
         Some(resolution.note.clone()),
     )];

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use tcc_coordinator::domain::request::{Limits, parse_job};
-use tcc_coordinator::domain::{Event, EventKind, JobId, JobSource, Submission};
+use tcc_coordinator::domain::{Event, JobId, JobSource, Submission, What};
 use tcc_coordinator::engine::group_commit::GroupCommit;
 use tcc_coordinator::store::{self, Fence, Inserted, JobRecord, NewJobRow, Save, Saved};
 
@@ -469,14 +469,16 @@ async fn every_column_round_trips() {
         lease_ttl: Duration::from_secs(30),
         events: vec![
             Event {
-                task_id: Some("a".into()),
-                op: Some(tcc_coordinator::domain::Op::Confirm),
-                attempt: Some(3),
-                http_status: Some(503),
-                duration_ms: Some(12),
-                status: Some("confirming".into()),
-                message: Some("503 from the participant".into()),
-                ..Event::new(at(2), EventKind::Call)
+                at: at(2),
+                what: What::Call {
+                    task_id: "a".into(),
+                    op: tcc_coordinator::domain::Op::Confirm,
+                    attempt: 3,
+                    http_status: Some(503),
+                    duration_ms: 12,
+                    status: TaskStatus::Confirming,
+                    message: Some("503 from the participant".into()),
+                },
             },
             Event::job_status(at(2), JobStatus::Confirming, None),
         ],
@@ -501,7 +503,13 @@ async fn every_column_round_trips() {
     let seqs: Vec<i64> = log.iter().map(|e| e.seq).collect();
     let first = log.len() - save.events.len();
     assert_eq!(seqs, (1..=log.len() as i64).collect::<Vec<_>>());
-    assert_eq!(log[0].event.status.as_deref(), Some("pending"));
+    assert_eq!(
+        log[0].event.what,
+        What::Status {
+            status: JobStatus::Pending,
+            reason: None
+        }
+    );
     let written: Vec<Event> = log[first..].iter().map(|e| e.event.clone()).collect();
     assert_eq!(written, save.events);
 }
