@@ -25,7 +25,7 @@ use crate::domain::policy::refusals;
 use crate::domain::request::{self, Limits, parse_rfc3339};
 use crate::domain::{ActionKind, JobId, JobSource, JobStatus, Requested, Submission};
 use crate::engine::Accepted;
-use crate::store::{self, JobFilter, JobRecord};
+use crate::store::{self, JobFilter, JobRecord, StoredDocument};
 
 #[utoipa::path(post, path = "/jobs", tag = "jobs", request_body(content = crate::domain::request::JobWire, content_type = "application/json"), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A replay with the same key and body answers the same; another body with the key, or the key from another API key, is 422", min_length = 1, max_length = 255, pattern = "^[ -~]+$")), responses((status = 202, description = "Accepted and started; or, under the same Idempotency-Key and body, a replay answering the job as it stands", body = crate::api::repr::JobRepr, headers(("Location" = String), ("Link" = String))), (status = 422, description = "A rule is broken: each in errors")))]
 pub async fn create_job(
@@ -129,11 +129,10 @@ pub async fn put_job(
     let base = base_url(&state, &headers);
     let known = {
         let client = db(&state).await?;
-        within(&state, store::request_hash(&client, &id)).await?
+        within(&state, store::stored_document(&client, &id)).await?
     };
-    let stored_hash = match known {
-        Some(hash) => hash,
-        None => {
+    let stored = match known {
+        StoredDocument::Absent => {
             let submission = Submission {
                 id: id.clone(),
                 job: new.clone(),
@@ -154,18 +153,19 @@ pub async fn put_job(
             };
             // Another PUT of the same id may have won the race: answer as to a second PUT.
             let client = db(&state).await?;
-            match within(&state, store::request_hash(&client, &id)).await? {
-                Some(hash) => hash,
-                None => {
+            match within(&state, store::stored_document(&client, &id)).await? {
+                StoredDocument::Absent => {
                     return Err(failed.map(ApiError::from).unwrap_or_else(|| {
                         ApiError::conflict(format!("job {id} could not be stored; try again"))
                     }));
                 }
+                stored => stored,
             }
         }
+        stored => stored,
     };
     let record = load(&state, &id).await?;
-    if stored_hash.as_deref() == Some(hash.as_str()) {
+    if stored == StoredDocument::Hashed(hash.clone()) {
         return Ok(job_response(StatusCode::OK, &base, &record, false));
     }
     let Some(tags) = if_match(&headers) else {

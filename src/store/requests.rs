@@ -432,17 +432,30 @@ pub async fn retry_now(client: &impl GenericClient, id: &JobId, event: &Event) -
     Ok(client.execute(&stmt, &params).await? == 1)
 }
 
-/// The hash of the document a job was created from with `PUT /jobs/{id}` (or last updated
-/// with); `None`: no such job; `Some(None)`: created otherwise (`POST /jobs`, Atomikos).
-pub async fn request_hash(
-    client: &impl GenericClient,
-    id: &JobId,
-) -> Result<Option<Option<String>>> {
+/// What a `PUT /jobs/{id}` finds under its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredDocument {
+    /// No job has the id.
+    Absent,
+    /// The hash of the document the job was created from with `PUT` (or last updated with).
+    Hashed(String),
+    /// A job created otherwise (`POST /jobs` without a key, the Atomikos endpoints).
+    Unhashed,
+}
+
+/// What is stored under job `id`, for a `PUT /jobs/{id}` to compare its document with.
+pub async fn stored_document(client: &impl GenericClient, id: &JobId) -> Result<StoredDocument> {
     let id = id.as_str();
     let row = client
         .query_opt("SELECT request_hash FROM jobs WHERE id = $1", &[&id])
         .await?;
-    row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    Ok(match row {
+        None => StoredDocument::Absent,
+        Some(r) => match r.try_get::<_, Option<String>>(0)? {
+            Some(hash) => StoredDocument::Hashed(hash),
+            None => StoredDocument::Unhashed,
+        },
+    })
 }
 
 /// A client's update of a job before the decision (`PUT /jobs/{id}` with `If-Match`): its
