@@ -294,7 +294,7 @@ fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Repo
         .iter()
         .filter(|r| r.state == ResState::Confirmed)
         .collect();
-    match job.status {
+    match job.status() {
         JobStatus::Completed => {
             report.completed += 1;
             for t in &job.tasks {
@@ -307,7 +307,7 @@ fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Repo
             }
         }
         JobStatus::Failed | JobStatus::Canceled => {
-            if job.status == JobStatus::Failed {
+            if job.status() == JobStatus::Failed {
                 report.failed += 1;
             } else {
                 report.canceled += 1;
@@ -315,7 +315,10 @@ fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Repo
             for r in &confirmed {
                 v.push(format!(
                     "{}: {}, but reservation {} (task {}) was confirmed",
-                    job.id, job.status, r.id, r.task_id
+                    job.id,
+                    job.status(),
+                    r.id,
+                    r.task_id
                 ));
             }
             for t in &job.tasks {
@@ -369,15 +372,18 @@ fn check_job(record: &JobRecord, reservations: &[Reservation], report: &mut Repo
 pub(super) fn own_rows(record: &JobRecord, report: &mut Report) -> Vec<String> {
     let job = &record.job;
     let mut v = Vec::new();
-    if job.status.is_terminal() {
+    if job.status().is_terminal() {
         for t in job.tasks.iter().filter(|t| !t.status.is_terminal()) {
             v.push(format!(
                 "{}: {}, but task {} is still {}",
-                job.id, job.status, t.task_id, t.status
+                job.id,
+                job.status(),
+                t.task_id,
+                t.status
             ));
         }
     }
-    if job.status == JobStatus::Heuristic {
+    if job.status() == JobStatus::Heuristic {
         let some = |s: &[TaskStatus]| job.tasks.iter().any(|t| s.contains(&t.status));
         let explained = some(&[TaskStatus::Heuristic])
             || (some(&[TaskStatus::Confirmed])
@@ -414,7 +420,7 @@ pub(super) fn own_rows(record: &JobRecord, report: &mut Report) -> Vec<String> {
             ));
         }
     }
-    if job.status.is_terminal() {
+    if job.status().is_terminal() {
         let took = (record.updated_at - job.created_at)
             .to_std()
             .unwrap_or_default();
@@ -640,7 +646,7 @@ async fn run_inner(
             if let Some(r) = store::load_job(&client, &JobId::parse(&a.id).map_err(|e| err(&e))?)
                 .await
                 .map_err(|e| err(&e))?
-                && r.job.status == JobStatus::Heuristic
+                && r.job.status() == JobStatus::Heuristic
             {
                 ids.push(a.id.as_str());
             }

@@ -425,7 +425,7 @@ pub(super) async fn run(
             .iter()
             .filter(|h| state_of(&h.task) == Some("confirmed"))
             .collect();
-        match job.status {
+        match job.status() {
             JobStatus::Completed => {
                 report.completed += 1;
                 for h in &holds {
@@ -443,7 +443,7 @@ pub(super) async fn run(
                 }
             }
             JobStatus::Failed | JobStatus::Canceled => {
-                if job.status == JobStatus::Failed {
+                if job.status() == JobStatus::Failed {
                     report.failed += 1;
                 } else {
                     report.canceled += 1;
@@ -451,7 +451,11 @@ pub(super) async fn run(
                 for h in &confirmed {
                     report.violations.push(format!(
                         "{}: {}, but task {} ({} × {}) was sold",
-                        job.id, job.status, h.task, h.quantity, h.sku
+                        job.id,
+                        job.status(),
+                        h.task,
+                        h.quantity,
+                        h.sku
                     ));
                 }
             }

@@ -286,7 +286,7 @@ impl Notifier {
              so they disagree and the coordinator cannot settle it by itself; someone has to set them right by hand.\n\nTasks:\n",
             job.id,
             job.correlation_id,
-            job.status.as_str().to_uppercase()
+            job.status().as_str().to_uppercase()
         );
         for t in &job.tasks {
             text.push_str(&format!(

@@ -63,7 +63,7 @@ pub async fn continue_job(
     if let Some(why) = actions::refusal(&record.job, resolved, Action::Continue, now) {
         return Err(why.into());
     }
-    let written = if record.job.status == JobStatus::Heuristic {
+    let written = if record.job.status() == JobStatus::Heuristic {
         let mut job = record.job.clone();
         let n = actions::continue_heuristic(&mut job, resolved, now).map_err(ApiError::conflict)?;
         let events = [
@@ -73,7 +73,7 @@ pub async fn continue_job(
                 &actor.0,
                 Some(format!("the confirm of {n} heuristic task(s) is retried")),
             ),
-            Event::job_status(now, job.status, None),
+            Event::job_status(now, job.status(), None),
         ];
         let client = db(&state).await?;
         within(
@@ -115,7 +115,7 @@ pub async fn restart_job(
             &actor.0,
             Some(format!("attempt {} starts", job.attempt)),
         ),
-        Event::job_status(now, job.status, None),
+        Event::job_status(now, job.status(), None),
     ];
     let written = {
         let client = db(&state).await?;

@@ -107,7 +107,7 @@ fn with_location(mut resp: Response, base: &str, id: &str) -> Response {
 
 /// The answer for a job that has ended (or not, after the longest wait).
 fn confirm_answer(record: &JobRecord) -> Response {
-    match record.job.status {
+    match record.job.status() {
         JobStatus::Completed => StatusCode::NO_CONTENT.into_response(),
         JobStatus::Heuristic => ApiError::new(StatusCode::CONFLICT, ProblemType::Heuristic, "some participants confirmed and others could not: the outcome is heuristic and needs an operator",
         )

@@ -81,7 +81,7 @@ pub(super) async fn wait_terminal(
     let until = Instant::now() + wait;
     loop {
         let record = load(state, id).await?;
-        if record.job.status.is_terminal() || Instant::now() >= until {
+        if record.job.status().is_terminal() || Instant::now() >= until {
             return Ok(record);
         }
         wait_change(&mut changes, id, until).await;

@@ -92,7 +92,7 @@ pub async fn confirm_job(
         }) => match prefer_wait(&headers, state.settings.max_wait()) {
             Some(wait) => {
                 let record = wait_terminal(&state, &id, wait).await?;
-                if record.job.status.is_terminal() {
+                if record.job.status().is_terminal() {
                     let mut resp = match confirm_outcome(&base, &record) {
                         Ok(r) => r,
                         Err(e) => e.into_response(),
@@ -127,7 +127,7 @@ pub async fn confirm_job(
 
 /// The answer to a confirm once the job is final.
 fn confirm_outcome(base: &str, record: &JobRecord) -> Result<Response, ApiError> {
-    match record.job.status {
+    match record.job.status() {
         JobStatus::Completed => Ok(job_response(StatusCode::OK, base, record, false)),
         JobStatus::Heuristic => Err(ApiError::new(StatusCode::CONFLICT, ProblemType::Heuristic, "some participants confirmed and others could not: the outcome is heuristic and needs an operator",
         )
@@ -136,7 +136,7 @@ fn confirm_outcome(base: &str, record: &JobRecord) -> Result<Response, ApiError>
                 "the job is {status}{}: nothing was confirmed",
                 record
                     .job
-                    .failure_reason
+                    .failure_reason()
                     .map(|r| format!(" ({})", r.as_str()))
                     .unwrap_or_default()
             ),

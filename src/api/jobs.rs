@@ -191,10 +191,10 @@ pub async fn put_job(
     if let Some(why) = unchanged_parts(&record, &new, &value) {
         return Err(ApiError::conflict(why));
     }
-    if !record.job.status.is_undecided() || record.job.requested == Requested::Cancel {
+    if !record.job.status().is_undecided() || record.job.requested == Requested::Cancel {
         return Err(ApiError::conflict(format!(
             "the job is {}: it can only be updated before the decision",
-            record.job.status
+            record.job.status()
         )));
     }
     let event = crate::domain::Event::action(

@@ -375,8 +375,8 @@ impl<'a> JobRepr<'a> {
         let f = &r.fields;
         JobRepr {
             job_id: &j.id,
-            job_status: j.status,
-            failure_reason: j.failure_reason,
+            job_status: j.status(),
+            failure_reason: j.failure_reason(),
             description: f.description.as_deref(),
             correlation_id: &j.correlation_id,
             job_max_ttl: f.job_max_ttl,
@@ -468,7 +468,7 @@ pub struct ProgressRepr<'a> {
 impl<'a> ProgressRepr<'a> {
     pub fn new(base: &str, r: &'a JobRecord) -> Self {
         let j = &r.job;
-        let percent = percent_complete(j.status, j.tasks.iter().map(|t| t.status));
+        let percent = percent_complete(j.status(), j.tasks.iter().map(|t| t.status));
         let mut links = Links::default();
         links.add(
             "self",
@@ -479,8 +479,8 @@ impl<'a> ProgressRepr<'a> {
         links.add("job", format!("{base}/jobs/{}", j.id), "GET", "The job");
         ProgressRepr {
             job_id: &j.id,
-            job_status: j.status,
-            failure_reason: j.failure_reason,
+            job_status: j.status(),
+            failure_reason: j.failure_reason(),
             percent_complete: percent,
             tasks: j
                 .tasks
@@ -629,7 +629,7 @@ impl<'a> HeuristicRepr<'a> {
     pub fn new(base: &str, r: &'a JobRecord) -> Self {
         HeuristicRepr {
             job_id: r.job.id.as_str(),
-            job_status: r.job.status,
+            job_status: r.job.status(),
             correlation_id: &r.job.correlation_id,
             description: r.fields.description.as_deref(),
             date_created: Timestamp(r.job.created_at),

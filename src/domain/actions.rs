@@ -134,8 +134,8 @@ pub struct Gate {
 impl Gate {
     pub fn of(job: &Job) -> Gate {
         Gate {
-            status: job.status,
-            failure_reason: job.failure_reason,
+            status: job.status(),
+            failure_reason: job.failure_reason(),
             requested: job.requested,
             has_tasks: !job.tasks.is_empty(),
         }
@@ -168,7 +168,7 @@ pub fn client_refusal(gate: &Gate, action: Action) -> Option<Refusal> {
 /// Why the job's state does not allow `action` now; `None`: it does. `resolved`: an operator
 /// has resolved the job's heuristic outcome.
 pub fn refusal(job: &Job, resolved: bool, action: Action, now: DateTime<Utc>) -> Option<Refusal> {
-    let status = job.status;
+    let status = job.status();
     match action {
         Action::Confirm | Action::Cancel | Action::Participants => {
             client_refusal(&Gate::of(job), action)
@@ -247,8 +247,8 @@ pub fn continue_heuristic(
     if let Some(why) = refusal(job, resolved, Action::Continue, now) {
         return Err(why.to_string());
     }
-    if job.status != JobStatus::Heuristic {
-        return Err(format!("the job is {}, not heuristic", job.status));
+    if job.status() != JobStatus::Heuristic {
+        return Err(format!("the job is {}, not heuristic", job.status()));
     }
     let tasks: Vec<usize> = retryable(job, now).collect();
     job.job_on(JobEvent::Continue).map_err(|e| e.to_string())?;
@@ -305,6 +305,18 @@ pub fn restart(job: &mut Job, job_max_ttl: f64, now: DateTime<Utc>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::JobState;
+
+    /// A state with the status `status` (and a reason where the status has one).
+    fn state_of(status: JobStatus) -> JobState {
+        use crate::domain::FailureReason as R;
+        let reason = match status {
+            JobStatus::Canceling | JobStatus::Failed => Some(R::TryFailed),
+            JobStatus::Canceled => Some(R::Client),
+            _ => None,
+        };
+        JobState::from_parts(status, reason).unwrap_or(JobState::Pending)
+    }
     use crate::domain::request::{Limits, parse_job};
     use crate::domain::{JobId, Link, TargetUrl};
 
@@ -336,7 +348,7 @@ mod tests {
         let tried = job(serde_json::json!([{"taskID": "a", "taskURL": "http://p/a"}]));
         for status in JobStatus::ALL {
             let mut j = tried.clone();
-            j.status = status;
+            j.state = state_of(status);
             let want: Vec<Action> = match status {
                 JobStatus::Pending | JobStatus::Trying | JobStatus::Reserved => {
                     vec![A::Confirm, A::Cancel, A::Participants]
@@ -349,14 +361,14 @@ mod tests {
         }
         // A request recorded, not acted on yet: neither it nor its opposite is offered.
         let mut asked = tried.clone();
-        asked.status = JobStatus::Reserved;
+        asked.state = JobState::Reserved;
         asked.requested = Requested::Confirm;
         assert_eq!(allowed(&asked, false, now), vec![A::Participants]);
         asked.requested = Requested::Cancel;
         assert_eq!(allowed(&asked, false, now), vec![]);
         // A heuristic task whose link has not expired can be continued; resolved, nothing.
         let mut h = tried.clone();
-        h.status = JobStatus::Heuristic;
+        h.state = JobState::Heuristic;
         h.tasks[0].status = TaskStatus::Heuristic;
         h.tasks[0].link = link(later);
         assert_eq!(allowed(&h, false, now), vec![A::Continue, A::Resolve]);
@@ -365,7 +377,7 @@ mod tests {
         assert_eq!(allowed(&h, false, now), vec![A::Resolve]);
         // A confirm waiting for its backoff can be hurried.
         let mut c = tried.clone();
-        c.status = JobStatus::Confirming;
+        c.state = JobState::Confirming;
         c.tasks[0].status = TaskStatus::Confirming;
         c.tasks[0].link = link(later);
         assert_eq!(allowed(&c, false, now), vec![]);
@@ -376,8 +388,7 @@ mod tests {
             {"taskID": "a", "taskURL": "http://p/a"},
             {"taskID": "b", "participantLink": {"uri": "http://p/r/2", "expires": crate::domain::rfc3339(later)}}
         ]));
-        f.status = JobStatus::Failed;
-        f.failure_reason = Some(crate::domain::FailureReason::Timeout);
+        f.state = JobState::Failed(crate::domain::FailureReason::Timeout);
         assert_eq!(allowed(&f, false, now), vec![]);
         assert!(
             refusal(&f, false, A::Restart, now).is_some_and(|w| w.to_string().contains("task b")),
@@ -393,7 +404,7 @@ mod tests {
             {"taskID": "b", "taskURL": "http://p/b"},
             {"taskID": "c", "taskURL": "http://p/c"}
         ]));
-        j.status = JobStatus::Heuristic;
+        j.state = JobState::Heuristic;
         for (t, status, expires) in [
             (0, TaskStatus::Confirmed, 60),
             (1, TaskStatus::Heuristic, 60),
@@ -407,7 +418,7 @@ mod tests {
             maybe_applied: true,
         };
         assert_eq!(continue_heuristic(&mut j, false, now), Ok(1));
-        assert_eq!(j.status, JobStatus::Confirming);
+        assert_eq!(j.status(), JobStatus::Confirming);
         let statuses: Vec<_> = j.tasks.iter().map(|t| t.status).collect();
         assert_eq!(
             statuses,
@@ -433,15 +444,14 @@ mod tests {
     fn restart_starts_a_new_attempt_from_scratch() {
         let now = Utc::now();
         let mut j = job(serde_json::json!([{"taskID": "a", "taskURL": "http://p/a"}]));
-        j.status = JobStatus::Failed;
-        j.failure_reason = Some(crate::domain::FailureReason::TryFailed);
+        j.state = JobState::Failed(crate::domain::FailureReason::TryFailed);
         j.tasks[0].status = TaskStatus::Failed;
         j.tasks[0].attempts = 3;
         j.tasks[0].last_message = Some("400".into());
         j.requested = Requested::Cancel;
         restart(&mut j, 30.0, now).expect("restarted");
         assert_eq!(
-            (j.status, j.failure_reason, j.attempt),
+            (j.status(), j.failure_reason(), j.attempt),
             (JobStatus::Pending, None, 2)
         );
         assert_eq!(j.deadline, now + chrono::Duration::seconds(30));

@@ -245,8 +245,12 @@ impl From<CallRecord<'_>> for Event {
 /// job's own change and the call say it.
 pub fn status_changes(before: &Job, after: &Job, at: DateTime<Utc>, calls: &[Event]) -> Vec<Event> {
     let mut events = Vec::new();
-    if before.status != after.status || before.failure_reason != after.failure_reason {
-        events.push(Event::job_status(at, after.status, after.failure_reason));
+    if before.status() != after.status() || before.failure_reason() != after.failure_reason() {
+        events.push(Event::job_status(
+            at,
+            after.status(),
+            after.failure_reason(),
+        ));
     }
     for (b, a) in before.tasks.iter().zip(after.tasks.iter()) {
         if b.status == a.status
@@ -276,6 +280,7 @@ pub fn status_changes(before: &Job, after: &Job, at: DateTime<Utc>, calls: &[Eve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::JobState;
     use crate::domain::request::{Limits, parse_job};
     use crate::domain::{JobId, TaskStatus};
 
@@ -294,7 +299,7 @@ mod tests {
         let before = job();
         let mut after = before.clone();
         let now = Utc::now();
-        after.status = JobStatus::Reserved;
+        after.state = JobState::Reserved;
         after.tasks[0].status = TaskStatus::Reserved;
         after.tasks[1].status = TaskStatus::Failed;
         let call: Event = CallRecord {

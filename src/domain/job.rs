@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::request::{NewJob, NewTaskKind};
 use super::retry::{RetryPolicy, RetryPolicyPatch};
-use super::status::{FailureReason, JobStatus, TaskStatus};
+use super::status::{FailureReason, JobState, JobStatus, TaskStatus};
 use super::target::{JobId, TargetUrl, TaskId};
 
 /// A participant link: the URI of a reservation and the moment it lapses by itself.
@@ -190,7 +190,7 @@ mod tests {
         let new = parse_job(&doc, Limits { max_tasks: 10 }, now).expect("valid");
         let id = crate::domain::JobId::parse("j1").expect("an id");
         let job = Job::new(&new, &id, now, None);
-        assert_eq!(job.status, JobStatus::Pending);
+        assert_eq!(job.status(), JobStatus::Pending);
         assert_eq!(job.correlation_id, "j1", "defaults to the job id");
         assert_eq!(job.deadline, now + chrono::Duration::milliseconds(1500));
         let statuses: Vec<_> = job.tasks.iter().map(|t| t.status).collect();
@@ -321,8 +321,8 @@ pub struct Submission {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub id: JobId,
-    pub status: JobStatus,
-    pub failure_reason: Option<FailureReason>,
+    /// The status, with why the job is being canceled or ended failed or canceled.
+    pub state: JobState,
     pub correlation_id: String,
     /// The W3C `traceparent` of the creating request, sent on with every participant call.
     pub traceparent: Option<String>,
@@ -380,8 +380,7 @@ impl Job {
         let ttl = chrono::Duration::milliseconds((new.fields.job_max_ttl * 1000.0).round() as i64);
         Job {
             id: id.clone(),
-            status: JobStatus::Pending,
-            failure_reason: None,
+            state: JobState::Pending,
             correlation_id: new
                 .fields
                 .correlation_id
@@ -416,9 +415,16 @@ impl Job {
         &mut self,
         event: super::status::JobEvent,
     ) -> Result<(), super::status::IllegalTransition> {
-        let (status, reason) = self.status.on(self.failure_reason, event)?;
-        self.status = status;
-        self.failure_reason = reason;
+        self.state = self.state.on(event)?;
         Ok(())
+    }
+
+    pub fn status(&self) -> JobStatus {
+        self.state.status()
+    }
+
+    /// Why the job is being canceled, or ended failed or canceled.
+    pub fn failure_reason(&self) -> Option<FailureReason> {
+        self.state.reason()
     }
 }

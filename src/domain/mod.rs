@@ -22,7 +22,7 @@ pub use job::{
     ConfirmState, Job, JobSource, Link, Requested, Resolution, Submission, Task, TrySpec,
 };
 pub use planner::{Answer, Op, Plan, PlannerSettings, Step};
-pub use status::{FailureReason, JobStatus, TaskStatus};
+pub use status::{FailureReason, JobState, JobStatus, TaskStatus};
 pub use target::{JobId, TargetUrl, TaskId};
 
 /// RFC 3339 in UTC with milliseconds, the one timestamp format of the API.

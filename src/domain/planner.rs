@@ -115,14 +115,14 @@ pub fn plan(
     now: DateTime<Utc>,
     settings: &PlannerSettings,
 ) -> Result<Plan, IllegalTransition> {
-    let start = job.status;
+    let start = job.status();
     let mut plan = Plan::default();
     // Tasks given a step in an earlier pass count as in flight in the later ones.
     let mut busy = in_flight.clone();
     // A pass may move the job several steps at once (reserved → confirming → confirms issued).
     for _ in 0..8 {
-        let before = job.status;
-        match job.status {
+        let before = job.status();
+        match job.status() {
             JobStatus::Pending | JobStatus::Trying | JobStatus::Reserved => {
                 plan_undecided(job, &busy, now, settings, &mut plan)?
             }
@@ -134,12 +134,12 @@ pub fn plan(
             | JobStatus::Heuristic => {}
         }
         busy.extend(plan.steps.iter().map(|s| s.task));
-        if job.status == before {
+        if job.status() == before {
             break;
         }
         plan.wake_at = None;
     }
-    plan.durable = (job.status != start && !job.status.is_undecided())
+    plan.durable = (job.status() != start && !job.status().is_undecided())
         || plan.steps.iter().any(|s| s.op != Op::Try);
     Ok(plan)
 }
@@ -171,7 +171,7 @@ fn plan_undecided(
     }
 
     if !job.tasks.is_empty() && job.tasks.iter().all(|t| t.status == TaskStatus::Reserved) {
-        if job.status != JobStatus::Reserved {
+        if job.status() != JobStatus::Reserved {
             job.job_on(JobEvent::AllReserved)?;
         }
         if job.auto_confirm || job.requested == Requested::Confirm {
@@ -226,7 +226,7 @@ fn plan_undecided(
             _ => {}
         }
     }
-    if issued && job.status == JobStatus::Pending {
+    if issued && job.status() == JobStatus::Pending {
         job.job_on(JobEvent::TryStarted)?;
     }
     plan.wake(job.deadline);
@@ -641,6 +641,7 @@ fn out_of_turn(status: TaskStatus, op: Op) -> IllegalTransition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::JobState;
     use crate::domain::job::{Task, TrySpec};
     use chrono::TimeZone;
     use serde_json::json;
@@ -690,8 +691,7 @@ mod tests {
     fn job(tasks: usize) -> Job {
         Job {
             id: crate::domain::JobId::parse("j").expect("an id"),
-            status: JobStatus::Pending,
-            failure_reason: None,
+            state: JobState::Pending,
             correlation_id: "c".into(),
             traceparent: None,
             auto_confirm: true,
@@ -760,7 +760,7 @@ mod tests {
         let now = t0();
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
         assert_eq!(ops(&p), vec![(0, Op::Try), (1, Op::Try)]);
-        assert_eq!(j.status, JobStatus::Trying);
+        assert_eq!(j.status(), JobStatus::Trying);
         assert!(!p.durable, "sending tries needs no synchronous commit");
         assert_eq!(p.wake_at, Some(j.deadline));
 
@@ -768,11 +768,11 @@ mod tests {
         let in_flight: HashSet<usize> = [1].into();
         let p = plan(&mut j, &in_flight, now, &settings()).expect("plan");
         assert!(p.steps.is_empty());
-        assert_eq!(j.status, JobStatus::Trying);
+        assert_eq!(j.status(), JobStatus::Trying);
 
         apply(&mut j, 1, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Confirming);
+        assert_eq!(j.status(), JobStatus::Confirming);
         assert_eq!(ops(&p), vec![(0, Op::Confirm), (1, Op::Confirm)]);
         assert!(
             p.durable,
@@ -782,7 +782,7 @@ mod tests {
         apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
         apply(&mut j, 1, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Completed);
+        assert_eq!(j.status(), JobStatus::Completed);
         assert!(p.steps.is_empty() && p.durable && p.wake_at.is_none());
         assert!(j.tasks.iter().all(|t| t.end_time == Some(now)));
     }
@@ -807,8 +807,8 @@ mod tests {
         // Task 2's Try is still in flight: task 0 is canceled now, task 2 waits for its answer.
         let in_flight: HashSet<usize> = [2].into();
         let p = plan(&mut j, &in_flight, now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Canceling);
-        assert_eq!(j.failure_reason, Some(FailureReason::TryFailed));
+        assert_eq!(j.status(), JobStatus::Canceling);
+        assert_eq!(j.failure_reason(), Some(FailureReason::TryFailed));
         assert_eq!(ops(&p), vec![(0, Op::Cancel)]);
         assert!(p.durable);
         apply(&mut j, 0, Op::Cancel, Answer::Done, now, 0.5).expect("apply");
@@ -818,7 +818,7 @@ mod tests {
         assert_eq!(ops(&p), vec![(2, Op::Cancel)]);
         apply(&mut j, 2, Op::Cancel, Answer::Done, now, 0.5).expect("apply");
         plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(j.status(), JobStatus::Failed);
         assert_eq!(
             statuses(&j),
             vec![
@@ -848,8 +848,8 @@ mod tests {
         }
         assert_eq!(j.tasks[0].status, TaskStatus::Failed);
         plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Failed);
-        assert_eq!(j.failure_reason, Some(FailureReason::TryFailed));
+        assert_eq!(j.status(), JobStatus::Failed);
+        assert_eq!(j.failure_reason(), Some(FailureReason::TryFailed));
     }
 
     #[test]
@@ -869,7 +869,7 @@ mod tests {
         assert_eq!(ops(&p), vec![(0, Op::Confirm)]);
         apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
         plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Completed);
+        assert_eq!(j.status(), JobStatus::Completed);
         assert_eq!(j.tasks[0].attempts, 3);
     }
 
@@ -898,7 +898,7 @@ mod tests {
         assert!(p.steps.is_empty());
         assert_eq!(p.wake_at, Some(now + secs(3)), "wakes at the expiry");
         plan(&mut j, &none(), now + secs(3), &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Heuristic);
+        assert_eq!(j.status(), JobStatus::Heuristic);
         assert_eq!(
             statuses(&j),
             vec![TaskStatus::Confirmed, TaskStatus::Heuristic]
@@ -928,18 +928,18 @@ mod tests {
         // Confirms 1 and 2 are still in flight: wait for them, send nothing.
         let p = plan(&mut j, &[1, 2].into(), now, &settings()).expect("plan");
         assert!(p.steps.is_empty());
-        assert_eq!(j.status, JobStatus::Confirming);
+        assert_eq!(j.status(), JobStatus::Confirming);
         apply(&mut j, 1, Op::Confirm, retry503(), now, 0.5).expect("apply");
         apply(&mut j, 2, Op::Confirm, retry503(), now, 0.5).expect("apply");
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Canceling);
-        assert_eq!(j.failure_reason, Some(FailureReason::ConfirmRefused));
+        assert_eq!(j.status(), JobStatus::Canceling);
+        assert_eq!(j.failure_reason(), Some(FailureReason::ConfirmRefused));
         assert_eq!(
             ops(&p),
             vec![(0, Op::Cancel), (1, Op::Cancel), (2, Op::Cancel)]
         );
         settle(&mut j, now, |_| Answer::Done);
-        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(j.status(), JobStatus::Failed);
     }
 
     #[test]
@@ -965,7 +965,7 @@ mod tests {
         plan(&mut j, &[1].into(), now, &settings()).expect("plan");
         apply(&mut j, 1, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
         plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Heuristic);
+        assert_eq!(j.status(), JobStatus::Heuristic);
         assert_eq!(
             statuses(&j),
             vec![TaskStatus::Heuristic, TaskStatus::Confirmed]
@@ -988,11 +988,11 @@ mod tests {
         )
         .expect("apply");
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Canceling);
-        assert_eq!(j.failure_reason, Some(FailureReason::Expiring));
+        assert_eq!(j.status(), JobStatus::Canceling);
+        assert_eq!(j.failure_reason(), Some(FailureReason::Expiring));
         assert!(p.steps.iter().all(|s| s.op == Op::Cancel));
         settle(&mut j, now, |_| Answer::Done);
-        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(j.status(), JobStatus::Failed);
         assert!(!j.tasks.iter().any(|t| t.status == TaskStatus::Confirmed));
     }
 
@@ -1004,8 +1004,8 @@ mod tests {
         apply(&mut j, 0, Op::Try, reserved(now + secs(300)), now, 0.5).expect("apply");
         let later = j.deadline;
         let p = plan(&mut j, &[1].into(), later, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Canceling);
-        assert_eq!(j.failure_reason, Some(FailureReason::Timeout));
+        assert_eq!(j.status(), JobStatus::Canceling);
+        assert_eq!(j.failure_reason(), Some(FailureReason::Timeout));
         assert_eq!(ops(&p), vec![(0, Op::Cancel)]);
         apply(&mut j, 0, Op::Cancel, Answer::Done, later, 0.5).expect("apply");
         // The stalled Try times out: nothing known was reserved.
@@ -1022,7 +1022,7 @@ mod tests {
         )
         .expect("apply");
         plan(&mut j, &none(), later, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(j.status(), JobStatus::Failed);
         assert_eq!(
             statuses(&j),
             vec![TaskStatus::Canceled, TaskStatus::Expired]
@@ -1038,12 +1038,12 @@ mod tests {
         plan(&mut j, &none(), now, &settings()).expect("plan");
         apply(&mut j, 0, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Reserved);
+        assert_eq!(j.status(), JobStatus::Reserved);
         assert!(p.steps.is_empty());
         assert_eq!(p.wake_at, Some(now + secs(29)), "expiry minus the margin");
         j.requested = Requested::Confirm;
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Confirming);
+        assert_eq!(j.status(), JobStatus::Confirming);
         assert_eq!(ops(&p), vec![(0, Op::Confirm)]);
 
         // A cancel request wins before the decision.
@@ -1053,8 +1053,8 @@ mod tests {
         apply(&mut j, 0, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
         j.requested = Requested::Cancel;
         settle(&mut j, now, |_| Answer::Done);
-        assert_eq!(j.status, JobStatus::Canceled);
-        assert_eq!(j.failure_reason, Some(FailureReason::Client));
+        assert_eq!(j.status(), JobStatus::Canceled);
+        assert_eq!(j.failure_reason(), Some(FailureReason::Client));
     }
 
     #[test]
@@ -1063,12 +1063,12 @@ mod tests {
         j.auto_confirm = false;
         let now = t0();
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Pending);
+        assert_eq!(j.status(), JobStatus::Pending);
         assert_eq!(p.wake_at, Some(j.deadline));
         let deadline = j.deadline;
         plan(&mut j, &none(), deadline, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Failed);
-        assert_eq!(j.failure_reason, Some(FailureReason::Timeout));
+        assert_eq!(j.status(), JobStatus::Failed);
+        assert_eq!(j.failure_reason(), Some(FailureReason::Timeout));
     }
 
     #[test]
@@ -1108,7 +1108,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            j.status,
+            j.status(),
             JobStatus::Heuristic,
             "a participant that confirmed makes it heuristic"
         );
@@ -1125,7 +1125,7 @@ mod tests {
         apply(&mut j, 0, Op::Cancel, retry503(), now, 0.5).expect("apply");
         plan(&mut j, &none(), now + secs(5), &settings()).expect("plan");
         assert_eq!(j.tasks[0].status, TaskStatus::Expired);
-        assert_eq!(j.status, JobStatus::Canceled);
+        assert_eq!(j.status(), JobStatus::Canceled);
     }
 
     fn unknown() -> Answer {
@@ -1164,7 +1164,7 @@ mod tests {
         assert!(j.tasks[0].confirm.maybe_applied() && !j.tasks[0].confirm.is_sent());
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
         assert_eq!(
-            j.status,
+            j.status(),
             JobStatus::Confirming,
             "no cancel: t0 may be confirmed"
         );
@@ -1172,7 +1172,7 @@ mod tests {
         // t0 turns out confirmed: the refusal is a real disagreement.
         apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.0).expect("apply");
         plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Heuristic);
+        assert_eq!(j.status(), JobStatus::Heuristic);
         assert_eq!(
             statuses(&j),
             vec![TaskStatus::Confirmed, TaskStatus::Heuristic]
@@ -1191,7 +1191,7 @@ mod tests {
         let p = plan(&mut j, &none(), later, &settings()).expect("plan");
         assert!(p.steps.is_empty());
         assert_eq!(
-            j.status,
+            j.status(),
             JobStatus::Heuristic,
             "the coordinator does not guess"
         );
@@ -1214,7 +1214,7 @@ mod tests {
         // t0's link lapses: heuristic, both of them.
         let later = now + secs(30);
         plan(&mut j, &none(), later, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Heuristic);
+        assert_eq!(j.status(), JobStatus::Heuristic);
         // t1's reservation is extended by hand, and an operator continues.
         j.tasks[1].link = Some(link(later + secs(60)));
         crate::domain::actions::continue_heuristic(&mut j, false, later).expect("continue");
@@ -1223,7 +1223,7 @@ mod tests {
         apply(&mut j, 1, Op::Confirm, refused("403"), later, 0.0).expect("apply");
         let p = plan(&mut j, &none(), later, &settings()).expect("plan");
         assert!(p.steps.is_empty());
-        assert_eq!(j.status, JobStatus::Heuristic, "never back to cancel");
+        assert_eq!(j.status(), JobStatus::Heuristic, "never back to cancel");
         assert_eq!(
             statuses(&j),
             vec![TaskStatus::Heuristic, TaskStatus::Heuristic]
@@ -1243,7 +1243,7 @@ mod tests {
         apply(&mut j, 0, Op::Confirm, retry503(), now, 0.0).expect("apply");
         plan(&mut j, &none(), now + secs(1), &settings()).expect("plan");
         assert_eq!(
-            j.status,
+            j.status(),
             JobStatus::Confirming,
             "no cancel after a lost answer"
         );
@@ -1256,8 +1256,8 @@ mod tests {
         apply(&mut j, 0, Op::Confirm, retry503(), now, 0.0).expect("apply");
         apply(&mut j, 1, Op::Confirm, refused("403"), now, 0.0).expect("apply");
         plan(&mut j, &none(), now, &settings()).expect("plan");
-        assert_eq!(j.status, JobStatus::Canceling);
-        assert_eq!(j.failure_reason, Some(FailureReason::ConfirmRefused));
+        assert_eq!(j.status(), JobStatus::Canceling);
+        assert_eq!(j.failure_reason(), Some(FailureReason::ConfirmRefused));
     }
 
     #[test]
@@ -1273,7 +1273,7 @@ mod tests {
     fn orphaned_try_after_a_crash_is_sent_again() {
         let mut j = job(1);
         let now = t0();
-        j.status = JobStatus::Trying;
+        j.state = JobState::Trying;
         j.tasks[0].status = TaskStatus::Trying;
         j.tasks[0].attempts = 1;
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");

@@ -122,44 +122,96 @@ impl JobStatus {
         )
     }
 
-    /// The status this event leads to, with the failure reason the job carries afterwards.
-    pub fn on(
-        self,
-        reason: Option<FailureReason>,
-        event: JobEvent,
-    ) -> Result<(JobStatus, Option<FailureReason>), IllegalTransition> {
-        use JobEvent as E;
-        use JobStatus as S;
-        let next = match (self, event) {
-            (S::Pending, E::TryStarted) => (S::Trying, None),
-            (S::Pending | S::Trying, E::AllReserved) => (S::Reserved, None),
-            (S::Reserved, E::DecideConfirm) => (S::Confirming, None),
-            (S::Pending | S::Trying | S::Reserved, E::DecideCancel(r)) => (S::Canceling, Some(r)),
-            (S::Confirming, E::ConfirmRefused) => {
-                (S::Canceling, Some(FailureReason::ConfirmRefused))
-            }
-            (S::Confirming, E::AllConfirmed) => (S::Completed, None),
-            (S::Confirming, E::ConfirmSettledHeuristic) => (S::Heuristic, None),
-            (S::Canceling, E::AllReleased) => match reason {
-                Some(FailureReason::Client) => (S::Canceled, reason),
-                Some(_) => (S::Failed, reason),
-                None => return Err(self.illegal(event)),
-            },
-            (S::Canceling, E::ReleasedButConfirmed) => (S::Heuristic, None),
-            (S::Failed | S::Canceled, E::Restart) => (S::Pending, None),
-            (S::Heuristic, E::Continue) => (S::Confirming, None),
-            (S::Heuristic, E::Resolve) => (S::Heuristic, None),
-            _ => return Err(self.illegal(event)),
-        };
-        Ok(next)
-    }
-
     fn illegal(self, event: JobEvent) -> IllegalTransition {
         IllegalTransition {
             what: "job",
             from: self.as_str().to_string(),
             event: format!("{event:?}"),
         }
+    }
+}
+
+/// A job's status with what only some statuses have: why the job is being canceled, why it
+/// failed, why it was canceled. `JobStatus` is its name alone (as stored, filtered on, counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Pending,
+    Trying,
+    Reserved,
+    Confirming,
+    Canceling(FailureReason),
+    Completed,
+    Failed(FailureReason),
+    Canceled(FailureReason),
+    Heuristic,
+}
+
+impl JobState {
+    pub fn status(self) -> JobStatus {
+        match self {
+            JobState::Pending => JobStatus::Pending,
+            JobState::Trying => JobStatus::Trying,
+            JobState::Reserved => JobStatus::Reserved,
+            JobState::Confirming => JobStatus::Confirming,
+            JobState::Canceling(_) => JobStatus::Canceling,
+            JobState::Completed => JobStatus::Completed,
+            JobState::Failed(_) => JobStatus::Failed,
+            JobState::Canceled(_) => JobStatus::Canceled,
+            JobState::Heuristic => JobStatus::Heuristic,
+        }
+    }
+
+    /// Why the job is being canceled, failed or was canceled.
+    pub fn reason(self) -> Option<FailureReason> {
+        match self {
+            JobState::Canceling(r) | JobState::Failed(r) | JobState::Canceled(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The state a row's `status` and `failure_reason` hold; an error names a pair the program
+    /// never writes (a reason missing, or where none belongs).
+    pub fn from_parts(status: JobStatus, reason: Option<FailureReason>) -> Result<Self, String> {
+        use JobStatus as S;
+        Ok(match (status, reason) {
+            (S::Pending, None) => JobState::Pending,
+            (S::Trying, None) => JobState::Trying,
+            (S::Reserved, None) => JobState::Reserved,
+            (S::Confirming, None) => JobState::Confirming,
+            (S::Canceling, Some(r)) => JobState::Canceling(r),
+            (S::Completed, None) => JobState::Completed,
+            (S::Failed, Some(r)) => JobState::Failed(r),
+            (S::Canceled, Some(r)) => JobState::Canceled(r),
+            (S::Heuristic, None) => JobState::Heuristic,
+            (status, reason) => {
+                return Err(format!("a job {status} with failure reason {reason:?}"));
+            }
+        })
+    }
+
+    /// The state this event leads to.
+    pub fn on(self, event: JobEvent) -> Result<JobState, IllegalTransition> {
+        use JobEvent as E;
+        use JobState as S;
+        let next = match (self, event) {
+            (S::Pending, E::TryStarted) => S::Trying,
+            (S::Pending | S::Trying, E::AllReserved) => S::Reserved,
+            (S::Reserved, E::DecideConfirm) => S::Confirming,
+            (S::Pending | S::Trying | S::Reserved, E::DecideCancel(r)) => S::Canceling(r),
+            (S::Confirming, E::ConfirmRefused) => S::Canceling(FailureReason::ConfirmRefused),
+            (S::Confirming, E::AllConfirmed) => S::Completed,
+            (S::Confirming, E::ConfirmSettledHeuristic) => S::Heuristic,
+            (S::Canceling(FailureReason::Client), E::AllReleased) => {
+                S::Canceled(FailureReason::Client)
+            }
+            (S::Canceling(r), E::AllReleased) => S::Failed(r),
+            (S::Canceling(_), E::ReleasedButConfirmed) => S::Heuristic,
+            (S::Failed(_) | S::Canceled(_), E::Restart) => S::Pending,
+            (S::Heuristic, E::Continue) => S::Confirming,
+            (S::Heuristic, E::Resolve) => S::Heuristic,
+            _ => return Err(self.status().illegal(event)),
+        };
+        Ok(next)
     }
 }
 
@@ -367,99 +419,72 @@ mod tests {
         events
     }
 
-    /// The whole table: every (status, event) pair, with the expected next status or `None` for
+    /// Every state a job can be in.
+    fn all_job_states() -> Vec<JobState> {
+        let mut states = vec![
+            JobState::Pending,
+            JobState::Trying,
+            JobState::Reserved,
+            JobState::Confirming,
+            JobState::Completed,
+            JobState::Heuristic,
+        ];
+        for r in FailureReason::ALL {
+            states.extend([
+                JobState::Canceling(r),
+                JobState::Failed(r),
+                JobState::Canceled(r),
+            ]);
+        }
+        states
+    }
+
+    /// The whole table: every (state, event) pair, with the expected next state or `None` for
     /// an illegal pair. A pair missing from `legal` must be rejected.
     #[test]
     fn job_transition_table() {
         use FailureReason as R;
         use JobEvent as E;
-        use JobStatus as S;
-        type Row = (S, Option<R>, E, S, Option<R>);
-        let legal: Vec<Row> = vec![
-            (S::Pending, None, E::TryStarted, S::Trying, None),
-            (S::Pending, None, E::AllReserved, S::Reserved, None),
-            (S::Trying, None, E::AllReserved, S::Reserved, None),
-            (S::Reserved, None, E::DecideConfirm, S::Confirming, None),
-            (S::Confirming, None, E::AllConfirmed, S::Completed, None),
+        use JobState as S;
+        let mut legal: Vec<(S, E, S)> = vec![
+            (S::Pending, E::TryStarted, S::Trying),
+            (S::Pending, E::AllReserved, S::Reserved),
+            (S::Trying, E::AllReserved, S::Reserved),
+            (S::Reserved, E::DecideConfirm, S::Confirming),
+            (S::Confirming, E::AllConfirmed, S::Completed),
+            (S::Confirming, E::ConfirmSettledHeuristic, S::Heuristic),
             (
                 S::Confirming,
-                None,
-                E::ConfirmSettledHeuristic,
-                S::Heuristic,
-                None,
-            ),
-            (
-                S::Confirming,
-                None,
                 E::ConfirmRefused,
-                S::Canceling,
-                Some(R::ConfirmRefused),
+                S::Canceling(R::ConfirmRefused),
             ),
             (
-                S::Canceling,
-                Some(R::Client),
+                S::Canceling(R::Client),
                 E::AllReleased,
-                S::Canceled,
-                Some(R::Client),
+                S::Canceled(R::Client),
             ),
-            (
-                S::Canceling,
-                Some(R::Timeout),
-                E::AllReleased,
-                S::Failed,
-                Some(R::Timeout),
-            ),
-            (
-                S::Canceling,
-                Some(R::TryFailed),
-                E::AllReleased,
-                S::Failed,
-                Some(R::TryFailed),
-            ),
-            (
-                S::Canceling,
-                None,
-                E::ReleasedButConfirmed,
-                S::Heuristic,
-                None,
-            ),
-            (S::Failed, None, E::Restart, S::Pending, None),
-            (S::Canceled, None, E::Restart, S::Pending, None),
-            (S::Heuristic, None, E::Continue, S::Confirming, None),
-            (S::Heuristic, None, E::Resolve, S::Heuristic, None),
+            (S::Heuristic, E::Continue, S::Confirming),
+            (S::Heuristic, E::Resolve, S::Heuristic),
         ];
-        let mut expected = legal.clone();
-        for from in [S::Pending, S::Trying, S::Reserved] {
-            for r in R::ALL {
-                expected.push((from, None, E::DecideCancel(r), S::Canceling, Some(r)));
+        for r in R::ALL {
+            for from in [S::Pending, S::Trying, S::Reserved] {
+                legal.push((from, E::DecideCancel(r), S::Canceling(r)));
             }
+            if r != R::Client {
+                legal.push((S::Canceling(r), E::AllReleased, S::Failed(r)));
+            }
+            legal.push((S::Canceling(r), E::ReleasedButConfirmed, S::Heuristic));
+            // A restarted job carries no failure reason any more.
+            legal.push((S::Failed(r), E::Restart, S::Pending));
+            legal.push((S::Canceled(r), E::Restart, S::Pending));
         }
-        for status in JobStatus::ALL {
+        for state in all_job_states() {
             for event in all_job_events() {
-                for reason in [None, Some(R::Client), Some(R::Timeout), Some(R::TryFailed)] {
-                    let got = status.on(reason, event);
-                    let want = expected
-                        .iter()
-                        .find(|(f, fr, e, _, _)| {
-                            *f == status && *e == event && (fr.is_none() || *fr == reason)
-                        })
-                        .map(|(_, _, _, to, tr)| (*to, *tr));
-                    match (got, want) {
-                        (Ok((to, tr)), Some((wto, wtr))) => {
-                            assert_eq!(to, wto, "{status} + {event:?}");
-                            // A table row without a reason only fixes the resulting status.
-                            if wtr.is_some() {
-                                assert_eq!(tr, wtr, "{status} + {event:?} reason");
-                            }
-                        }
-                        (Err(_), None) => {}
-                        // AllReleased with no reason on record is an inconsistency, rejected.
-                        (Err(_), Some(_)) if event == E::AllReleased && reason.is_none() => {}
-                        (got, want) => {
-                            panic!("{status} ({reason:?}) + {event:?}: got {got:?}, want {want:?}")
-                        }
-                    }
-                }
+                let want = legal
+                    .iter()
+                    .find(|(f, e, _)| *f == state && *e == event)
+                    .map(|(_, _, to)| *to);
+                assert_eq!(state.on(event).ok(), want, "{state:?} + {event:?}");
             }
         }
     }
@@ -467,27 +492,34 @@ mod tests {
     /// A finished job takes only the operators' events: restart (failed, canceled), continue and
     /// resolve (heuristic). Completed takes nothing.
     #[test]
-    fn terminal_job_statuses_take_only_the_operators_events() {
+    fn terminal_job_states_take_only_the_operators_events() {
         use JobEvent as E;
-        for status in JobStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+        for state in all_job_states()
+            .into_iter()
+            .filter(|s| s.status().is_terminal())
+        {
             for event in all_job_events() {
-                let operator = match status {
+                let operator = match state.status() {
                     JobStatus::Failed | JobStatus::Canceled => event == E::Restart,
                     JobStatus::Heuristic => matches!(event, E::Continue | E::Resolve),
                     _ => false,
                 };
-                assert_eq!(
-                    status.on(Some(FailureReason::Client), event).is_ok(),
-                    operator,
-                    "{status} + {event:?}"
-                );
+                assert_eq!(state.on(event).is_ok(), operator, "{state:?} + {event:?}");
             }
         }
-        // A restarted job carries no failure reason any more.
-        assert_eq!(
-            JobStatus::Failed.on(Some(FailureReason::Timeout), E::Restart),
-            Ok((JobStatus::Pending, None))
-        );
+    }
+
+    /// A row's status and reason are a state only as the program writes them.
+    #[test]
+    fn a_state_is_read_back_from_its_parts_and_only_from_pairs_the_program_writes() {
+        for state in all_job_states() {
+            assert_eq!(
+                JobState::from_parts(state.status(), state.reason()),
+                Ok(state)
+            );
+        }
+        assert!(JobState::from_parts(JobStatus::Failed, None).is_err());
+        assert!(JobState::from_parts(JobStatus::Completed, Some(FailureReason::Client)).is_err());
     }
 
     #[test]

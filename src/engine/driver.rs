@@ -243,9 +243,9 @@ impl Driver {
         let changed = *job != st.saved;
         let decision = decide_write(
             &WriteView {
-                before: before_plan.status,
-                status: job.status,
-                saved: st.saved.status,
+                before: before_plan.status(),
+                status: job.status(),
+                saved: st.saved.status(),
                 changed,
                 held_for: if changed {
                     st.unsaved_since.get_or_insert_with(Instant::now).elapsed()
@@ -278,8 +278,7 @@ impl Driver {
         events.extend(event::status_changes(&st.saved, job, now, &st.events));
         let save = Save {
             id: job.id.to_string(),
-            status: job.status,
-            failure_reason: job.failure_reason,
+            state: job.state,
             fence: self.fence.clone(),
             tasks: job
                 .tasks
@@ -299,7 +298,7 @@ impl Driver {
             notifications: if ending {
                 notify::on_end(
                     &st.fields,
-                    job.status,
+                    job.status(),
                     settings.heuristic_webhook.as_deref(),
                 )
             } else {
@@ -324,7 +323,7 @@ impl Driver {
                     // A client wrote the shared state first: learn it, and write ours over it.
                     st.needs_refresh = true;
                 }
-                if st.job.status != st.saved.status {
+                if st.job.status() != st.saved.status() {
                     self.on_status_change(&st.saved, &st.job, now);
                 }
                 st.saved = st.job.clone();
@@ -484,12 +483,12 @@ impl Driver {
     }
 
     fn on_status_change(&self, before: &Job, after: &Job, now: DateTime<Utc>) {
-        tracing::info!(job = %self.id, from = %before.status, to = %after.status, reason = ?after.failure_reason, "job status");
-        if after.status.is_terminal() && !before.status.is_terminal() {
-            metrics::counter!(m::JOBS_FINISHED, "status" => after.status.as_str()).increment(1);
+        tracing::info!(job = %self.id, from = %before.status(), to = %after.status(), reason = ?after.failure_reason(), "job status");
+        if after.status().is_terminal() && !before.status().is_terminal() {
+            metrics::counter!(m::JOBS_FINISHED, "status" => after.status().as_str()).increment(1);
             let secs = (now - after.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::histogram!(m::JOB_DURATION, "status" => after.status.as_str()).record(secs);
-            if after.status == JobStatus::Heuristic {
+            metrics::histogram!(m::JOB_DURATION, "status" => after.status().as_str()).record(secs);
+            if after.status() == JobStatus::Heuristic {
                 metrics::counter!(m::HEURISTIC_JOBS).increment(1);
                 tracing::warn!(job = %self.id, correlation_id = %after.correlation_id, "job ended HEURISTIC: participants disagree");
             }
@@ -586,7 +585,7 @@ fn injected_fault(job: &Job) -> Result<(), IllegalTransition> {
         "fault:panic" => panic!("fault injected: panic"),
         "fault:illegal" => Err(IllegalTransition {
             what: "job",
-            from: job.status.as_str().to_string(),
+            from: job.status().as_str().to_string(),
             event: "InjectedFault".into(),
         }),
         _ => Ok(()),

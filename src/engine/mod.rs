@@ -270,7 +270,7 @@ impl Engine {
         ) {
             Ok(plan)
                 if !plan.durable
-                    && planned.status.is_undecided()
+                    && planned.status().is_undecided()
                     && !plan.steps.is_empty()
                     && plan.steps.iter().all(|s| s.op == Op::Try) =>
             {

@@ -105,7 +105,7 @@ pub async fn insert_many(
         let job = &record.job;
         ids.push(row.submission.id.as_str());
         sources.push(row.submission.source.as_str());
-        job_statuses.push(job.status.as_str());
+        job_statuses.push(job.status().as_str());
         fields.push(tokio_postgres::types::Json(&record.fields));
         correlations.push(job.correlation_id.as_str());
         // Tags go as one flat array; each job takes its slice (1-based, bounds included).
@@ -366,8 +366,7 @@ pub async fn refresh(
 #[derive(Debug, Clone)]
 pub struct Save {
     pub id: String,
-    pub status: JobStatus,
-    pub failure_reason: Option<FailureReason>,
+    pub state: JobState,
     pub fence: Fence,
     /// Tasks whose row changed since the last save.
     pub tasks: Vec<Task>,
@@ -525,11 +524,11 @@ pub async fn save_many(
         ids.push(s.id.as_str());
         owners.push(s.fence.owner.as_str());
         generations.push(s.fence.generation);
-        statuses.push(s.status.as_str());
-        reasons.push(s.failure_reason.map(|r| r.as_str()));
+        statuses.push(s.state.status().as_str());
+        reasons.push(s.state.reason().map(|r| r.as_str()));
         states.push(s.shared_state.as_ref());
-        decided.push(!s.status.is_undecided());
-        finished.push(s.status.is_terminal());
+        decided.push(!s.state.status().is_undecided());
+        finished.push(s.state.status().is_terminal());
         releasing.push(s.lease.releases());
         ttls.push(s.lease_ttl.as_secs_f64());
         next_wakes.push(s.lease.wake_at());

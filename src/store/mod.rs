@@ -25,8 +25,8 @@ use crate::domain::event::{ActionKind, What};
 use crate::domain::request::Registration;
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{
-    ConfirmState, Event, FailureReason, Job, JobId, JobStatus, Link, Requested, Resolution,
-    Submission, Task, TaskStatus, TrySpec,
+    ConfirmState, Event, FailureReason, Job, JobId, JobState, JobStatus, Link, Requested,
+    Resolution, Submission, Task, TaskStatus, TrySpec,
 };
 
 mod events;

@@ -383,11 +383,11 @@ pub async fn rewrite_job(
             insert_events(1, "b")
         ))
         .await?;
-    let decided = !job.status.is_undecided();
+    let decided = !job.status().is_undecided();
     let (confirm_requested, cancel_requested) = job.requested.flags();
     let mut params: Vec<&(dyn ToSql + Sync)> = cols.params().to_vec();
-    let job_status = job.status.as_str();
-    let reason = job.failure_reason.map(FailureReason::as_str);
+    let job_status = job.status().as_str();
+    let reason = job.failure_reason().map(FailureReason::as_str);
     params.extend([
         &job_status as &(dyn ToSql + Sync),
         &reason,

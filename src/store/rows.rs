@@ -59,19 +59,13 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
         .map(|r| r.parse::<FailureReason>())
         .transpose()
         .map_err(corrupt)?;
-    // The rule the schema no longer checks on every write (V2): failed and canceled jobs say
-    // why; other jobs, but a canceling one, carry no reason.
-    let ended_with_reason = matches!(status, JobStatus::Failed | JobStatus::Canceled);
-    if ended_with_reason != failure_reason.is_some() && status != JobStatus::Canceling {
-        return Err(corrupt(format!(
-            "job in status {status} with failure reason {failure_reason:?}"
-        )));
-    }
+    // The rule the schema checks too (V5): failed and canceled jobs say why, a canceling one
+    // does, other jobs carry no reason.
+    let state = JobState::from_parts(status, failure_reason).map_err(corrupt)?;
     Ok(JobRecord {
         job: Job {
             id: stored_id(row, "id")?,
-            status,
-            failure_reason,
+            state,
             correlation_id: row.try_get("correlation_id")?,
             traceparent: row.try_get("traceparent")?,
             auto_confirm: row.try_get("auto_confirm")?,

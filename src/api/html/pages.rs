@@ -357,7 +357,7 @@ pub fn task(base: &str, record: &JobRecord, t: &crate::domain::Task) -> Result<R
         base: base.to_string(),
         job_id: id.to_string(),
         job_href: format!("{base}/jobs/{id}"),
-        job_status: record.job.status.as_str(),
+        job_status: record.job.status().as_str(),
         task: TaskRow::new(&r),
         description: r.task_description.map(str::to_string),
         task_url: r.task_url.map(str::to_string),
