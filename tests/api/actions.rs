@@ -19,22 +19,6 @@ async fn post(http: &reqwest::Client, url: &str, body: Option<Value>) -> (u16, V
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn wait_for(http: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
-    let url = format!("{base}/jobs/{id}");
-    let until = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let job = get_json(http, &url).await;
-        if job["jobStatus"] == status {
-            return job;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "job {id} never became {status}: {job:#}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 async fn events(http: &reqwest::Client, base: &str, id: &str) -> Vec<Value> {
     let page = get_json(http, &format!("{base}/jobs/{id}/events?limit=1000")).await;
     page["events"].as_array().cloned().unwrap_or_default()
@@ -50,7 +34,7 @@ async fn continue_completes_a_heuristic_job_once_its_participant_is_back_from_an
     let id = one
         .submit(&job_of(&[("a", p.url("cont-a")), ("b", p.url("cont-b"))]))
         .await;
-    let job = wait_for(&one.http, &one.addr, &id, "heuristic").await;
+    let job = wait_for_status(&one.http, &one.addr, &id, "heuristic").await;
     assert!(job["_links"]["continue"].is_object(), "{job:#}");
     assert!(p.confirmed("cont-a") && !p.confirmed("cont-b"));
 
@@ -58,7 +42,7 @@ async fn continue_completes_a_heuristic_job_once_its_participant_is_back_from_an
     p.set_default(Op::Confirm, "cont-b", Reply::Ok);
     let (status, body) = post(&two.http, &two.url(&format!("/jobs/{id}/continue")), None).await;
     assert_eq!(status, 202, "{body:#}");
-    let done = wait_for(&two.http, &two.addr, &id, "completed").await;
+    let done = wait_for_status(&two.http, &two.addr, &id, "completed").await;
     assert!(p.confirmed("cont-b"), "b confirmed at last");
     assert_eq!(
         p.count(Op::Confirm, "cont-a"),
@@ -311,12 +295,7 @@ async fn every_status_offers_exactly_its_actions_and_refuses_the_others_saying_w
         assert_eq!(advertised(&job), want, "{status}: {:#}", job["_links"]);
         // The same relations as Link headers.
         let resp = app.get(&format!("/jobs/{id}")).await;
-        let link = resp
-            .headers()
-            .get("link")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let link = header_text(&resp, "link");
         for a in ACTIONS {
             assert_eq!(
                 link.contains(&format!("rel=\"{a}\"")),
@@ -409,12 +388,7 @@ async fn every_resource_answers_options_with_allow_and_the_entry_point_reaches_t
             .send()
             .await
             .expect("OPTIONS");
-        let allow = resp
-            .headers()
-            .get("allow")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let allow = header_text(&resp, "allow");
         assert!(
             resp.status().is_success(),
             "OPTIONS {path}: {}",

@@ -32,11 +32,7 @@ pub async fn put_links(app: &TestApp, what: &str, links: &[Value]) -> reqwest::R
 }
 
 fn location(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .expect("a Location")
-        .to_string()
+    header_opt(r, "location").expect("a Location")
 }
 
 #[tokio::test]
@@ -72,13 +68,11 @@ async fn confirm_answers_204_once_every_link_is_confirmed_and_a_replay_on_anothe
     assert_eq!(p.count(Op::Confirm, "a"), 1);
     assert_eq!(p.count(Op::Confirm, "b"), 1);
     // The recorder is the process's, shared with the other tests: at least this job.
-    let metrics = app.get("/metrics").await.text().await.expect("metrics");
-    let created: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tcc_jobs_created_total{source=\"atomikos\"} "))
-        .and_then(|v| v.trim().parse().ok())
+    let metrics = scrape(&app.http, &app.addr).await;
+    let created = metrics
+        .value("tcc_jobs_created_total", &[("source", "atomikos")])
         .expect("tcc_jobs_created_total{source=\"atomikos\"}");
-    assert!(created >= 1.0, "{metrics}");
+    assert!(created >= 1.0, "{}", metrics.text);
     other.stop().await;
     app.stop().await;
 }
@@ -249,19 +243,19 @@ async fn an_outcome_not_known_in_time_answers_503_and_the_same_set_again_waits_f
     p.set_default(Op::Confirm, "busy", Reply::Ok);
     // Each request waits at most three quarters of the time limit; the retries' back-off
     // may take several.
-    let until = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let answered = eventually(|| async {
         let r = put_links(&app, "confirm", &links).await;
         assert_eq!(location(&r), job_url, "the same job");
-        if r.status() == 204 {
-            break;
+        if r.status() != 204 {
+            assert_eq!(r.status(), 503, "still pending, or done");
         }
-        assert_eq!(r.status(), 503, "still pending, or done");
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the same set again answers 204 once the participant confirms"
-        );
-    }
+        r.status() == 204
+    })
+    .await;
+    assert!(
+        answered,
+        "the same set again answers 204 once the participant confirms"
+    );
     assert!(p.confirmed("busy"));
     let job = get_json(&app.http, &job_url).await;
     assert_eq!(job["jobStatus"], "completed");

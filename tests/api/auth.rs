@@ -29,23 +29,6 @@ async fn call(
     (status, headers, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// Whether the job reaches `status`, read with the read-only key.
-async fn status_is(app: &TestApp, id: &str, status: &str) -> bool {
-    eventually(|| async {
-        call(
-            app,
-            reqwest::Method::GET,
-            &format!("/jobs/{id}"),
-            Some(READER),
-            None,
-        )
-        .await
-        .2["jobStatus"]
-            == status
-    })
-    .await
-}
-
 #[tokio::test]
 async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
     let keys = format!("reader:read:{READER},writer:submit:{WRITER},ops:admin:{OPS}");
@@ -58,9 +41,7 @@ async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
         let (status, headers, problem) = call(&app, Method::GET, "/jobs", secret, None).await;
         assert_eq!(status, 401, "{problem:#}");
         assert_eq!(
-            headers
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok()),
+            header_in(&headers, "www-authenticate").as_deref(),
             Some("Bearer realm=\"tcc-coordinator\"")
         );
         assert_eq!(problem["type"], "/problems/unauthorized");
@@ -94,8 +75,9 @@ async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
     let (status, _, job) = call(&app, Method::POST, "/jobs", Some(WRITER), Some(doc)).await;
     assert_eq!(status, 202, "{job:#}");
     let id = job["jobID"].as_str().expect("id").to_string();
-    let reserved = status_is(&app, &id, "reserved").await;
-    assert!(reserved);
+    // Waited for with the read-only key.
+    let reader = client_with_key(READER);
+    wait_for_status(&reader, &app.addr, &id, "reserved").await;
     p.set_default(Op::Confirm, "auth-b", Reply::Status(403));
     let (status, _, _) = call(
         &app,
@@ -106,8 +88,7 @@ async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
     )
     .await;
     assert_eq!(status, 202);
-    let heuristic = status_is(&app, &id, "heuristic").await;
-    assert!(heuristic);
+    wait_for_status(&reader, &app.addr, &id, "heuristic").await;
     // resolve needs admin.
     let note = json!({"note": "refunded by hand"});
     let (status, _, problem) = call(

@@ -10,22 +10,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::operator::{heuristic_job, wait_heuristic};
+use crate::operator::heuristic_job;
 use crate::participant::{Op, Participant, Reply};
 
 const OPS: &str = "ops-console-secret-0001";
-
-fn authed() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {OPS}").parse().expect("header"),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("client")
-}
 
 /// `node` and the npm packages of `tests/browser`, or `None` (skipped) outside CI.
 fn browser_tools() -> Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
@@ -46,13 +34,13 @@ fn browser_tools() -> Option<(std::path::PathBuf, std::path::PathBuf, std::path:
 }
 
 #[tokio::test]
-async fn the_console_in_a_real_browser() {
+async fn the_consoles_clicks_in_a_real_browser_do_what_they_say() {
     let Some((chromium, node, dir)) = browser_tools() else {
         return;
     };
     let keys = format!("ops:admin:{OPS}");
     let app = spawn_app_with(&["--api-keys", &keys]).await;
-    let http = authed();
+    let http = client_with_key(OPS);
     let p = Participant::start().await;
     let tag = "console-test";
     let waiting = |name: &str| {
@@ -79,7 +67,7 @@ async fn the_console_in_a_real_browser() {
         wait_for_status(&http, &app.addr, id, "reserved").await;
     }
     wait_for_status(&http, &app.addr, &completed, "completed").await;
-    wait_heuristic(&http, &app.addr, &heuristic).await;
+    wait_for_status(&http, &app.addr, &heuristic, "heuristic").await;
 
     let note = "Refunded the seat by hand <and> told the customer";
     let out = tokio::process::Command::new(node)

@@ -14,7 +14,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tcc_coordinator::check::{CheckOptions, Outcome, RULES, Report, check, rule};
 
-use crate::helpers::{Daemon, eventually, free_port, printed};
+use crate::helpers::{Daemon, eventually, free_port, header_in, poll_within, printed};
+use crate::participant::{Op, ResState, settle_reservation};
 
 /// A reservation lasting this long lets the expiry rule run quickly, and is still far longer
 /// than the other rules take to settle it on a loaded machine.
@@ -56,16 +57,9 @@ enum Flaw {
     NoLink,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HoldState {
-    Reserved,
-    Confirmed,
-    Canceled,
-}
-
 struct Held {
     expires: DateTime<Utc>,
-    state: HoldState,
+    state: ResState,
 }
 
 /// A Try's answer as kept for its repeats: the body it came with, and what was answered.
@@ -111,7 +105,7 @@ impl Service {
             id.clone(),
             Held {
                 expires,
-                state: HoldState::Reserved,
+                state: ResState::Reserved,
             },
         );
         if self.flaw == Flaw::NoLink {
@@ -148,12 +142,11 @@ impl Service {
             }
             *b.pending.entry(key.clone()).or_default() += 1;
         }
-        let until = std::time::Instant::now() + Duration::from_secs(2);
-        while self.lock().pending.get(&key).copied().unwrap_or(0) < 2
-            && std::time::Instant::now() < until
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let both = || {
+            let pending = self.lock().pending.get(&key).copied().unwrap_or(0);
+            async move { (pending >= 2).then_some(()) }
+        };
+        poll_within(Duration::from_secs(2), Duration::from_millis(5), both).await;
         let mut b = self.lock();
         let (status, answer) = self.reserve(&mut b);
         b.answered.insert(
@@ -171,21 +164,15 @@ impl Service {
     }
 }
 
-fn header(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 async fn try_handler(State(s): State<Service>, headers: HeaderMap, body: String) -> Response {
     let (Some(correlation), Some(request)) = (
-        header(&headers, "correlation-id"),
-        header(&headers, "request-id"),
+        header_in(&headers, "correlation-id"),
+        header_in(&headers, "request-id"),
     ) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
     let key = (correlation, request);
-    let late = header(&headers, "tcc-deadline")
+    let late = header_in(&headers, "tcc-deadline")
         .and_then(|d| DateTime::parse_from_rfc3339(&d).ok())
         .is_some_and(|d| d < Utc::now());
     if late && s.flaw != Flaw::IgnoresDeadline {
@@ -223,47 +210,30 @@ async fn try_handler(State(s): State<Service>, headers: HeaderMap, body: String)
 }
 
 async fn confirm_handler(State(s): State<Service>, Path(id): Path<String>) -> StatusCode {
-    let now = Utc::now();
     let mut b = s.lock();
     let Some(h) = b.reservations.get_mut(&id) else {
         return unknown(s.flaw);
     };
-    match h.state {
-        HoldState::Confirmed => match s.flaw {
-            Flaw::ConfirmRepeat404 => StatusCode::NOT_FOUND,
-            Flaw::ConfirmRepeat500 => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::NO_CONTENT,
-        },
-        HoldState::Canceled if s.flaw == Flaw::ConfirmAfterCancel204 => {
-            h.state = HoldState::Confirmed;
+    match (s.flaw, &h.state) {
+        (Flaw::ConfirmRepeat404, ResState::Confirmed) => StatusCode::NOT_FOUND,
+        (Flaw::ConfirmRepeat500, ResState::Confirmed) => StatusCode::INTERNAL_SERVER_ERROR,
+        (Flaw::ConfirmAfterCancel204, ResState::Canceled)
+        | (Flaw::ConfirmAfterExpiry, ResState::Reserved) => {
+            h.state = ResState::Confirmed;
             StatusCode::NO_CONTENT
         }
-        HoldState::Canceled => StatusCode::NOT_FOUND,
-        HoldState::Reserved if h.expires <= now && s.flaw != Flaw::ConfirmAfterExpiry => {
-            StatusCode::NOT_FOUND
-        }
-        HoldState::Reserved => {
-            h.state = HoldState::Confirmed;
-            StatusCode::NO_CONTENT
-        }
+        _ => settle_reservation(Op::Confirm, &mut h.state, h.expires, Utc::now()),
     }
 }
 
 async fn cancel_handler(State(s): State<Service>, Path(id): Path<String>) -> StatusCode {
-    let now = Utc::now();
     let mut b = s.lock();
     let Some(h) = b.reservations.get_mut(&id) else {
         return unknown(s.flaw);
     };
-    match h.state {
-        HoldState::Confirmed if s.flaw == Flaw::CancelAfterConfirm204 => StatusCode::NO_CONTENT,
-        HoldState::Confirmed => StatusCode::CONFLICT,
-        HoldState::Canceled => StatusCode::NO_CONTENT,
-        HoldState::Reserved if h.expires <= now => StatusCode::NOT_FOUND,
-        HoldState::Reserved => {
-            h.state = HoldState::Canceled;
-            StatusCode::NO_CONTENT
-        }
+    match (s.flaw, &h.state) {
+        (Flaw::CancelAfterConfirm204, ResState::Confirmed) => StatusCode::NO_CONTENT,
+        _ => settle_reservation(Op::Cancel, &mut h.state, h.expires, Utc::now()),
     }
 }
 
@@ -289,7 +259,7 @@ impl Running {
         let b = self.service.lock();
         b.reservations
             .values()
-            .filter(|h| h.state == HoldState::Reserved && h.expires > now)
+            .filter(|h| h.state == ResState::Reserved && h.expires > now)
             .count()
     }
 

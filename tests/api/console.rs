@@ -133,8 +133,8 @@ async fn a_form_is_taken_as_the_api_takes_it_and_a_cross_site_one_is_refused() {
         .expect("POST");
     assert_eq!(r.status(), 303);
     assert_eq!(
-        r.headers().get("location").and_then(|v| v.to_str().ok()),
-        Some(app.url(&format!("/jobs/{id}")).as_str())
+        header_opt(&r, "location"),
+        Some(app.url(&format!("/jobs/{id}")))
     );
     app.wait_status(&id, "canceled").await;
     assert!(
@@ -223,7 +223,7 @@ async fn text_from_jobs_is_escaped_on_the_list_and_the_heuristics_page() {
     job["correlationID"] = json!("<b>x</b>");
     job["description"] = json!("<script>alert('list')</script>");
     let id = app.submit(&job).await;
-    crate::operator::wait_heuristic(&app.http, &app.addr, &id).await;
+    app.wait_status(&id, "heuristic").await;
     for path in ["/jobs", "/heuristics", "/"] {
         let (_, _, page) = get_with(&app, path, Some(BROWSER)).await;
         assert!(page.contains(&id), "{path}: {page}");

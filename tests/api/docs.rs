@@ -452,20 +452,26 @@ impl Session {
                 .expect("bash");
             (out.status.success(), printed(&out))
         };
-        let mut outcome = run();
-        if let Some(until) = &d.until {
-            let end = std::time::Instant::now() + PATIENCE;
-            while !outcome.1.contains(until.as_str()) && std::time::Instant::now() < end {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                outcome = run();
+        // An example that waits for something runs again (a fifth of a second apart: each run is
+        // a shell) until it prints it.
+        let outcome = match &d.until {
+            None => run(),
+            Some(until) => {
+                let every = std::time::Duration::from_millis(200);
+                let printed_it = poll_within(PATIENCE, every, || {
+                    let outcome = run();
+                    async move { outcome.1.contains(until.as_str()).then_some(outcome) }
+                })
+                .await;
+                printed_it.unwrap_or_else(|| {
+                    panic!(
+                        "{}: never printed {until:?}\n--- ran:\n{script}\n--- printed:\n{}",
+                        example.at,
+                        run().1
+                    )
+                })
             }
-            assert!(
-                outcome.1.contains(until.as_str()),
-                "{}: never printed {until:?}\n--- ran:\n{script}\n--- printed:\n{}",
-                example.at,
-                outcome.1
-            );
-        }
+        };
         let (ok, printed) = outcome;
         assert!(
             ok,

@@ -135,10 +135,7 @@ impl Stream {
         let resp = req.send().await.expect("open the stream");
         assert_eq!(resp.status(), 200);
         assert!(
-            resp.headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream")),
+            header_text(&resp, "content-type").starts_with("text/event-stream"),
             "{:?}",
             resp.headers()
         );

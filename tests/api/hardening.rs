@@ -5,20 +5,15 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PATIENCE, eventually, fresh_database, job_of, spawn_app_on, spawn_app_with, task,
+    PATIENCE, TestApp, eventually, eventually_some, fresh_database, job_of, scrape, spawn_app_on,
+    spawn_app_with, task,
 };
 use crate::participant::Participant;
 
-/// The value of one series in a Prometheus text exposition (0 when absent).
-fn series(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn metric(app: &crate::helpers::TestApp, name_and_labels: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.expect("metrics");
-    series(&text, name_and_labels)
+/// The value of the series `name{labels}` on the app's `/metrics` (0 when not exported).
+async fn metric(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let s = scrape(&app.http, &app.addr).await;
+    s.value(name, labels).unwrap_or(0.0)
 }
 
 async fn db_client(db: &str) -> tokio_postgres::Client {
@@ -44,8 +39,8 @@ async fn a_failing_driver_is_retried(fault: &str, kind: &str) {
     let app = spawn_app_on(&db, &[]).await;
     let p = Participant::start().await;
     let client = db_client(&db).await;
-    let counter = format!("tcc_engine_driver_failures_total{{kind=\"{kind}\"}}");
-    let before = metric(&app, &counter).await;
+    let counter = "tcc_engine_driver_failures_total";
+    let before = metric(&app, counter, &[("kind", kind)]).await;
 
     let mut job = job_of(&[("a", p.url("a")), ("b", p.url("b"))]);
     job["correlationID"] = json!(fault);
@@ -64,8 +59,8 @@ async fn a_failing_driver_is_retried(fault: &str, kind: &str) {
         app.get_job(&id).await
     );
     assert!(
-        metric(&app, &counter).await >= before + 1.0,
-        "the failure is counted in {counter}"
+        metric(&app, counter, &[("kind", kind)]).await >= before + 1.0,
+        "the failure is counted in {counter}{{kind=\"{kind}\"}}"
     );
     // Retried, not dropped: the driver fails again after its backoff.
     assert!(
@@ -126,12 +121,12 @@ async fn a_panicking_handler_answers_a_500_problem_and_the_process_serves_on() {
 #[tokio::test]
 async fn a_request_past_its_time_limit_answers_503_with_retry_after() {
     let app = spawn_app_with(&["--request-timeout", "1s"]).await;
-    let counter = "tcc_api_rejected_total{reason=\"timeout\"}";
-    let before = metric(&app, counter).await;
+    let rejected = [("reason", "timeout")];
+    let before = metric(&app, "tcc_api_rejected_total", &rejected).await;
     let resp = app.get("/fault/stall").await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
-    assert!(metric(&app, counter).await >= before + 1.0);
+    assert!(metric(&app, "tcc_api_rejected_total", &rejected).await >= before + 1.0);
     app.stop().await;
 }
 
@@ -139,8 +134,8 @@ async fn a_request_past_its_time_limit_answers_503_with_retry_after() {
 async fn requests_beyond_the_in_flight_limit_are_refused_at_once_not_queued() {
     let app = spawn_app_with(&["--max-inflight-requests", "2"]).await;
     let p = Participant::start().await;
-    let counter = "tcc_api_rejected_total{reason=\"overloaded\"}";
-    let before = metric(&app, counter).await;
+    let rejected = [("reason", "overloaded")];
+    let before = metric(&app, "tcc_api_rejected_total", &rejected).await;
     // Two requests that never end take both places.
     let stalls: Vec<_> = (0..2)
         .map(|_| {
@@ -148,17 +143,17 @@ async fn requests_beyond_the_in_flight_limit_are_refused_at_once_not_queued() {
             // A stall refused because another request held a place tries again: in the end
             // both hold one.
             tokio::spawn(async move {
-                while http.get(&url).send().await.is_ok_and(|r| r.status() == 503) {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
+                eventually(|| async {
+                    !http.get(&url).send().await.is_ok_and(|r| r.status() == 503)
+                })
+                .await
             })
         })
         .collect();
     let job = job_of(&[("a", p.url("a"))]);
-    let until = tokio::time::Instant::now() + PATIENCE;
     // Accepted while the stalls were still taking their places.
-    let mut accepted_before = 0;
-    let refused = loop {
+    let accepted_before = std::cell::Cell::new(0);
+    let refused = eventually_some(|| async {
         let resp = app
             .http
             .post(app.url("/jobs"))
@@ -167,14 +162,12 @@ async fn requests_beyond_the_in_flight_limit_are_refused_at_once_not_queued() {
             .await
             .expect("POST");
         if resp.status() == 503 {
-            break Some(resp);
+            return Some(resp);
         }
-        accepted_before += usize::from(resp.status() == 202);
-        if tokio::time::Instant::now() >= until {
-            break None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+        accepted_before.set(accepted_before.get() + usize::from(resp.status() == 202));
+        None
+    })
+    .await;
     assert!(
         refused.is_some(),
         "a third request is refused while two are in progress"
@@ -195,7 +188,7 @@ async fn requests_beyond_the_in_flight_limit_are_refused_at_once_not_queued() {
     assert!(free, "the places free up when the stalled requests end");
     assert_eq!(
         app.job_count().await,
-        accepted_before,
+        accepted_before.get(),
         "nothing was stored for the refusals"
     );
     let accepted = eventually(|| async {
@@ -211,7 +204,7 @@ async fn requests_beyond_the_in_flight_limit_are_refused_at_once_not_queued() {
         accepted,
         "accepted again once the requests in progress ended"
     );
-    assert!(metric(&app, counter).await >= before + 1.0);
+    assert!(metric(&app, "tcc_api_rejected_total", &rejected).await >= before + 1.0);
     app.stop().await;
 }
 

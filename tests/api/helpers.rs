@@ -2,6 +2,7 @@
 //! a fresh database per test, and the coordinator started on port 0 — in process, or as the real
 //! binary when a test must kill it.
 
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -188,20 +189,9 @@ impl TestApp {
         get_json(&self.http, &self.url(&format!("/jobs/{id}"))).await
     }
 
-    /// Wait for the job to reach `status`; returns its representation.
+    /// Wait for the job to reach `status`; returns its representation ([`wait_for_status`]).
     pub async fn wait_status(&self, id: &str, status: &str) -> Value {
-        let until = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let job = self.get_job(id).await;
-            if job["jobStatus"] == status {
-                return job;
-            }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "job {id} never reached {status}; last: {job:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_status(&self.http, &self.addr, id, status).await
     }
 
     /// How many jobs `GET /jobs?{query}` lists (at most 500).
@@ -213,6 +203,19 @@ impl TestApp {
     pub async fn job_count(&self) -> usize {
         self.count_jobs("").await
     }
+}
+
+/// A client that sends `secret` as its API key (`Authorization: Bearer`) with every request.
+pub fn client_with_key(secret: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {secret}").parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }
 
 /// Submit a job to the coordinator at `base`; it must be accepted. Returns its id.
@@ -236,22 +239,49 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     resp.json().await.expect("json")
 }
 
+/// How often [`eventually`] and [`eventually_some`] look.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The one way the tests wait: look with `probe` every `every` until it yields a value, or until
+/// `limit` has passed (`None`). [`eventually`] and [`eventually_some`] wait so with the patience.
+pub async fn poll_within<T, F, Fut>(limit: Duration, every: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = probe().await {
+            return Some(found);
+        }
+        if tokio::time::Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Poll `probe` until it yields a value or the patience runs out (`None`).
+pub async fn eventually_some<T, F, Fut>(probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_within(PATIENCE, POLL, probe).await
+}
+
 /// Poll `cond` until it holds or the patience runs out. Returns whether it held.
 pub async fn eventually<F, Fut>(mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let until = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if cond().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_some(|| {
+        let held = cond();
+        async move { held.await.then_some(()) }
+    })
+    .await
+    .is_some()
 }
 
 pub fn task<'a>(job: &'a Value, id: &str) -> &'a Value {
@@ -363,13 +393,22 @@ impl Drop for Daemon {
     }
 }
 
-/// Wait until the job at `base` has `status` (for coordinators in other processes).
+/// Wait until the job at `base` reaches `status`; returns its representation in that status.
+/// The one way the tests wait for a status ([`TestApp::wait_status`] calls it).
 pub async fn wait_for_status(http: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
     let url = format!("{base}/jobs/{id}");
-    let ok = eventually(|| async { get_json(http, &url).await["jobStatus"] == status }).await;
-    let job = get_json(http, &url).await;
-    assert!(ok, "job {id} never {status}: {job}");
-    job
+    let reached = eventually_some(|| async {
+        let job = get_json(http, &url).await;
+        (job["jobStatus"] == status).then_some(job)
+    })
+    .await;
+    match reached {
+        Some(job) => job,
+        None => panic!(
+            "job {id} never reached {status}; last: {:#}",
+            get_json(http, &url).await
+        ),
+    }
 }
 
 /// What a finished program printed, its standard output then its standard error.
@@ -403,11 +442,157 @@ pub fn tool(names: &[&str], package: &str) -> Option<std::path::PathBuf> {
     found
 }
 
-/// A response header as text ("" when absent or not visible ASCII).
-pub fn header_text(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
+/// A header as text; `None` when absent or not visible ASCII. The one way the tests (and their
+/// participants) read a header.
+pub fn header_in(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    headers
         .get(name)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+        .map(str::to_string)
+}
+
+/// A response header as text; `None` when absent or not visible ASCII.
+pub fn header_opt(r: &reqwest::Response, name: &str) -> Option<String> {
+    header_in(r.headers(), name)
+}
+
+/// A response header as text ("" when absent or not visible ASCII).
+pub fn header_text(r: &reqwest::Response, name: &str) -> String {
+    header_opt(r, name).unwrap_or_default()
+}
+
+// ---- Prometheus: the one reader of the text exposition ----
+
+/// One sample of a scrape: name, labels, value.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A `/metrics` scrape: the exposition text, and its samples.
+pub struct Scrape {
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Scrape {
+    /// Read a Prometheus text exposition.
+    pub fn parse(text: String) -> Scrape {
+        Scrape {
+            samples: parse_exposition(&text),
+            text,
+        }
+    }
+
+    /// The value of the one series `name{labels}` (exactly those labels), if it is exported.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.samples
+            .iter()
+            .find(|s| s.name == name && s.labels == want)
+            .map(|s| s.value)
+    }
+
+    /// The sum of every series of `name` that has (at least) these labels; 0 when there is none.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.series(name)
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+            .sum()
+    }
+
+    /// Every series of `name`.
+    pub fn series(&self, name: &str) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(move |s| s.name == name)
+    }
+
+    /// The `# TYPE` the scrape gives a metric family.
+    pub fn kind(&self, family: &str) -> Option<&str> {
+        self.text.lines().find_map(|l| {
+            let rest = l.strip_prefix("# TYPE ")?;
+            let (name, kind) = rest.split_once(' ')?;
+            (name == family).then_some(kind.trim())
+        })
+    }
+
+    /// The names of every series exported.
+    pub fn names(&self) -> HashSet<&str> {
+        self.samples.iter().map(|s| s.name.as_str()).collect()
+    }
+}
+
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let mut map = BTreeMap::new();
+        // Our label values never hold `",`; a simple split is enough for the coordinator's text.
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            if let Some((k, v)) = pair.split_once("=\"") {
+                map.insert(k.to_string(), v.trim_end_matches('"').to_string());
+            }
+        }
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or(f64::NAN),
+        };
+        out.push(Sample {
+            name: name.to_string(),
+            labels: map,
+            value,
+        });
+    }
+    out
+}
+
+/// `GET {addr}/metrics`, read (empty when the coordinator does not answer).
+pub async fn scrape(http: &reqwest::Client, addr: &str) -> Scrape {
+    let text = match http.get(format!("{addr}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    Scrape::parse(text)
+}
+
+/// Scrape until `cond` holds (the database gauges are read every few seconds); the scrape that
+/// showed it.
+pub async fn scrape_until(
+    http: &reqwest::Client,
+    addr: &str,
+    what: &str,
+    cond: impl Fn(&Scrape) -> bool,
+) -> Scrape {
+    let every = Duration::from_millis(100);
+    let shown = poll_within(PATIENCE, every, || async {
+        let s = scrape(http, addr).await;
+        cond(&s).then_some(s)
+    })
+    .await;
+    match shown {
+        Some(s) => s,
+        None => panic!(
+            "{addr}: never {what}; last scrape:\n{}",
+            scrape(http, addr).await.text
+        ),
+    }
 }

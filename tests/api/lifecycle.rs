@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{eventually, job_of, spawn_app, spawn_app_with, task};
+use crate::helpers::{eventually, header_opt, job_of, spawn_app, spawn_app_with, task};
 use crate::participant::{Op, Participant, Reply};
 
 #[tokio::test]
@@ -315,7 +315,7 @@ async fn a_reservation_shows_while_another_try_still_runs() {
 }
 
 #[tokio::test]
-async fn explicit_confirm_with_prefer_wait() {
+async fn a_confirm_with_prefer_wait_answers_200_with_the_completed_job() {
     let app = spawn_app().await;
     let p = Participant::start().await;
     let mut job = job_of(&[("a", p.url("a")), ("b", p.url("b"))]);
@@ -382,9 +382,7 @@ async fn prefer_wait_on_a_job_that_cannot_confirm_answers_409_with_the_outcomes(
         .expect("confirm");
     assert_eq!(resp.status(), 409);
     assert_eq!(
-        resp.headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
+        header_opt(&resp, "content-type").as_deref(),
         Some("application/problem+json")
     );
     let problem: Value = resp.json().await.expect("problem");
@@ -502,7 +500,8 @@ async fn an_open_job_nobody_confirms_times_out() {
 }
 
 #[tokio::test]
-async fn try_answers_input_and_output_mappings() {
+async fn mappings_carry_the_shared_state_into_a_try_and_back_and_a_location_only_answer_is_a_link()
+{
     let app = spawn_app().await;
     let p = Participant::start().await;
     p.script(Op::Try, "loc", vec![Reply::ReserveLocationOnly]);

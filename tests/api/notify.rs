@@ -28,8 +28,8 @@ impl Got {
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+    fn header(&self, name: &str) -> Option<String> {
+        header_in(&self.headers, name)
     }
 }
 
@@ -113,19 +113,16 @@ impl Receiver {
     }
 
     async fn wait_for(&self, path: &str) -> Got {
-        let ok = eventually(|| async { !self.got(path).is_empty() }).await;
-        assert!(ok, "nothing delivered to /{path}");
-        self.got(path)[0].clone()
+        let first = eventually_some(|| async { self.got(path).first().cloned() }).await;
+        first.unwrap_or_else(|| panic!("nothing delivered to /{path}"))
     }
 }
 
 /// The check the README gives receivers: HMAC-SHA256 of the exact body with the shared secret,
 /// in hex, after `sha256=`.
 fn verify(secret: &str, got: &Got) -> bool {
-    let Some(hex) = got
-        .header("tcc-signature")
-        .and_then(|s| s.strip_prefix("sha256="))
-    else {
+    let signature = got.header("tcc-signature").unwrap_or_default();
+    let Some(hex) = signature.strip_prefix("sha256=") else {
         return false;
     };
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
@@ -149,19 +146,24 @@ fn notification<'a>(job: &'a Value, target: &str) -> &'a Value {
 }
 
 async fn wait_notification(app: &TestApp, id: &str, target: &str, status: &str) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..3000 {
+    let reached = eventually_some(|| async {
         let job = app.get_job(id).await;
-        if job["notifications"].as_array().is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n["target"] == target && n["status"] == status)
-        }) {
-            return notification(&job, target).clone();
-        }
-        last = job;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        job["notifications"]
+            .as_array()
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n["target"] == target && n["status"] == status)
+            })
+            .then(|| notification(&job, target).clone())
+    })
+    .await;
+    match reached {
+        Some(notification) => notification,
+        None => panic!(
+            "the notification to {target} never became {status}: {:#}",
+            app.get_job(id).await
+        ),
     }
-    panic!("the notification to {target} never became {status}: {last:#}");
 }
 
 #[tokio::test]
@@ -185,8 +187,8 @@ async fn callbacks_and_calls_for_help_are_delivered_and_signed() {
         got.headers
     );
     assert!(!verify("another secret", &got));
-    assert_eq!(got.header("tcc-event"), Some("job.completed"));
-    assert_eq!(got.header("correlation-id"), Some("told-ok"));
+    assert_eq!(got.header("tcc-event").as_deref(), Some("job.completed"));
+    assert_eq!(got.header("correlation-id").as_deref(), Some("told-ok"));
     let body = got.json();
     assert_eq!(body["event"], "job.completed");
     assert_eq!(body["job"]["jobID"], id.as_str());
@@ -240,17 +242,14 @@ async fn callbacks_and_calls_for_help_are_delivered_and_signed() {
         assert_eq!(r.got(path).len(), 1, "/{path}");
     }
     // Counted (the recorder is the test process's: other tests count there too).
-    let text = app.get("/metrics").await.text().await.expect("metrics");
-    let count = |channel: &str, outcome: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("tcc_notifications_total{"))
-            .filter(|l| {
-                l.contains(&format!("channel=\"{channel}\""))
-                    && l.contains(&format!("outcome=\"{outcome}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    let s = scrape(&app.http, &app.addr).await;
+    let count = |channel: &str, outcome: &str| {
+        s.sum(
+            "tcc_notifications_total",
+            &[("channel", channel), ("outcome", outcome)],
+        )
     };
+    let text = &s.text;
     assert!(count("callback", "delivered") >= 2.0, "{text}");
     assert!(count("webhook", "delivered") >= 2.0, "{text}");
     assert!(count("email", "failed") >= 1.0, "{text}");

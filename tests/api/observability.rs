@@ -2,7 +2,7 @@
 //! database gauges, and the dashboard and alert rules in `grafana/` checked against a real
 //! Prometheus and Alertmanager scraping a live coordinator.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,121 +13,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::operator::{heuristic_job, wait_heuristic};
+use crate::operator::heuristic_job;
 use crate::participant::{Op, Participant, Reply};
-
-/// One sample of a scrape: name, labels, value.
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// The exposition text, and its samples.
-struct Scrape {
-    text: String,
-    samples: Vec<Sample>,
-}
-
-impl Scrape {
-    /// The value of the one series `name{labels}` (exactly those labels), if it is exported.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
-    }
-
-    fn series(&self, name: &str) -> impl Iterator<Item = &Sample> {
-        self.samples.iter().filter(move |s| s.name == name)
-    }
-
-    /// The `# TYPE` the scrape gives a metric family.
-    fn kind(&self, family: &str) -> Option<&str> {
-        self.text.lines().find_map(|l| {
-            let rest = l.strip_prefix("# TYPE ")?;
-            let (name, kind) = rest.split_once(' ')?;
-            (name == family).then_some(kind.trim())
-        })
-    }
-
-    fn names(&self) -> HashSet<&str> {
-        self.samples.iter().map(|s| s.name.as_str()).collect()
-    }
-}
-
-fn parse_exposition(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(x) => x,
-            None => continue,
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let mut map = BTreeMap::new();
-        // Our label values never hold `",`; a simple split is enough for the coordinator's text.
-        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
-            if let Some((k, v)) = pair.split_once("=\"") {
-                map.insert(k.to_string(), v.trim_end_matches('"').to_string());
-            }
-        }
-        let value = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or(f64::NAN),
-        };
-        out.push(Sample {
-            name: name.to_string(),
-            labels: map,
-            value,
-        });
-    }
-    out
-}
-
-async fn scrape(http: &reqwest::Client, addr: &str) -> Scrape {
-    let text = match http.get(format!("{addr}/metrics")).send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    Scrape {
-        samples: parse_exposition(&text),
-        text,
-    }
-}
-
-/// Scrape until `cond` holds (the database gauges are read every few seconds).
-async fn scrape_until(
-    http: &reqwest::Client,
-    addr: &str,
-    what: &str,
-    cond: impl Fn(&Scrape) -> bool,
-) -> Scrape {
-    let until = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let s = scrape(http, addr).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{addr}: never {what}; last scrape:\n{}",
-            s.text
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
 
 const OPS: [&str; 3] = ["try", "confirm", "cancel"];
 const OUTCOMES: [&str; 6] = [
@@ -841,7 +728,7 @@ async fn prometheus_evaluates_every_panel_and_alertmanager_calls_for_help_on_a_h
 
     // A heuristic outcome: the alert reaches the receiver with its runbook link.
     let heuristic = heuristic_job(&coordinator.addr, &http, &p, "sre").await;
-    wait_heuristic(&http, &coordinator.addr, &heuristic).await;
+    wait_for_status(&http, &coordinator.addr, &heuristic, "heuristic").await;
     let fired =
         eventually(|| async { !inbox.alerts("TccHeuristicOutcome", "firing").is_empty() }).await;
     assert!(fired, "the heuristic alert never reached the receiver");

@@ -98,13 +98,8 @@ async fn the_description_is_openapi_3_1_and_names_exactly_the_methods_each_route
             .send()
             .await
             .expect("OPTIONS");
-        let allow = resp
-            .headers()
-            .get("allow")
-            .unwrap_or_else(|| panic!("{route}: OPTIONS answers Allow"))
-            .to_str()
-            .expect("text")
-            .to_string();
+        let allow =
+            header_opt(&resp, "allow").unwrap_or_else(|| panic!("{route}: OPTIONS answers Allow"));
         let mut answered: Vec<String> = allow
             .split(',')
             .map(|m| m.trim().to_string())

@@ -26,22 +26,6 @@ pub(crate) fn heuristic_job_document(p: &Participant, corr: &str) -> Value {
     job
 }
 
-pub(crate) async fn wait_heuristic(http: &reqwest::Client, base: &str, id: &str) -> Value {
-    let url = format!("{base}/jobs/{id}");
-    let until = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let job = get_json(http, &url).await;
-        if job["jobStatus"] == "heuristic" {
-            return job;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "job {id} never became heuristic: {job}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 async fn resolve(http: &reqwest::Client, base: &str, id: &str, body: &str) -> reqwest::Response {
     http.post(format!("{base}/jobs/{id}/resolve"))
         .header("content-type", "application/json")
@@ -63,18 +47,11 @@ fn listed(heuristics: &Value) -> Vec<String> {
 /// Wait until the instance at `addr` reports `tcc_heuristic_unresolved` = `n` (its gauges are
 /// read from the database every few seconds).
 async fn wait_unresolved(http: &reqwest::Client, addr: &str, n: f64) {
-    let ok = eventually(|| async {
-        let m = match http.get(format!("{addr}/metrics")).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        m.lines()
-            .find_map(|l| l.strip_prefix("tcc_heuristic_unresolved "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            == Some(n)
+    let what = format!("tcc_heuristic_unresolved {n}");
+    scrape_until(http, addr, &what, |s| {
+        s.value("tcc_heuristic_unresolved", &[]) == Some(n)
     })
     .await;
-    assert!(ok, "{addr}: tcc_heuristic_unresolved never {n}");
 }
 
 #[tokio::test]
@@ -88,9 +65,9 @@ async fn a_resolved_heuristic_leaves_the_list_and_the_gauge_on_every_instance() 
     two.wait_ready(&http).await;
     let p = Participant::start().await;
     let first = heuristic_job(&one.addr, &http, &p, "h1").await;
-    let done = wait_heuristic(&http, &one.addr, &first).await;
+    let done = wait_for_status(&http, &one.addr, &first, "heuristic").await;
     let second = heuristic_job(&one.addr, &http, &p, "h2").await;
-    wait_heuristic(&http, &one.addr, &second).await;
+    wait_for_status(&http, &one.addr, &second, "heuristic").await;
 
     // Oldest first, each task's outcome, the resolve action advertised.
     assert!(
@@ -158,7 +135,7 @@ async fn resolve_needs_a_note_and_a_heuristic_job() {
     let app = spawn_app().await;
     let p = Participant::start().await;
     let id = heuristic_job(&app.addr, &app.http, &p, "n1").await;
-    wait_heuristic(&app.http, &app.addr, &id).await;
+    app.wait_status(&id, "heuristic").await;
     for (body, detail) in [
         ("{}", "is required"),
         (r#"{"note": ""}"#, "empty"),

@@ -15,6 +15,8 @@ use axum::routing::{post, put};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
+use crate::helpers::{header_in, poll_within};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Try,
@@ -108,12 +110,6 @@ pub struct Participant {
     _server: tokio::task::JoinHandle<()>,
 }
 
-fn header(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
@@ -139,12 +135,12 @@ impl Shared {
         self.lock().received.push(Received {
             op,
             name: name.to_string(),
-            correlation_id: header(headers, "correlation-id"),
-            request_id: header(headers, "request-id"),
-            content_type: header(headers, "content-type"),
-            accept: header(headers, "accept"),
-            traceparent: header(headers, "traceparent"),
-            deadline: header(headers, "tcc-deadline"),
+            correlation_id: header_in(headers, "correlation-id"),
+            request_id: header_in(headers, "request-id"),
+            content_type: header_in(headers, "content-type"),
+            accept: header_in(headers, "accept"),
+            traceparent: header_in(headers, "traceparent"),
+            deadline: header_in(headers, "tcc-deadline"),
             body,
             at: std::time::Instant::now(),
             peer,
@@ -153,12 +149,11 @@ impl Shared {
 
     /// Wait until `n` requests of `op` have arrived, or 30 s have passed.
     async fn together(&self, op: Op, n: usize) {
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        while self.lock().received.iter().filter(|r| r.op == op).count() < n
-            && std::time::Instant::now() < until
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let arrived = || {
+            let count = self.lock().received.iter().filter(|r| r.op == op).count();
+            async move { (count >= n).then_some(()) }
+        };
+        poll_within(Duration::from_secs(30), Duration::from_millis(5), arrived).await;
     }
 
     /// Mark a request on a resource in flight until the guard is dropped; overlapping ones are
@@ -302,27 +297,16 @@ async fn settle(s: Shared, op: Op, id: String, peer: SocketAddr, headers: Header
         }
         _ => {
             let mut l = s.lock();
-            let now = Utc::now();
             match l.reservations.get_mut(&id) {
                 None => status(404),
-                Some(r) => match (op, &r.state) {
-                    (Op::Confirm, ResState::Confirmed) => status(204),
-                    (Op::Confirm, ResState::Canceled) => status(404),
-                    (Op::Confirm, ResState::Reserved) if r.expires <= now => status(404),
-                    (Op::Confirm, ResState::Reserved) => {
-                        r.state = ResState::Confirmed;
+                Some(r) => {
+                    let before = r.state.clone();
+                    let answer = settle_reservation(op, &mut r.state, r.expires, Utc::now());
+                    if before != ResState::Confirmed && r.state == ResState::Confirmed {
                         r.confirms_applied += 1;
-                        status(204)
                     }
-                    (Op::Cancel, ResState::Confirmed) => status(409),
-                    (Op::Cancel, ResState::Canceled) => status(204),
-                    (Op::Cancel, ResState::Reserved) if r.expires <= now => status(404),
-                    (Op::Cancel, ResState::Reserved) => {
-                        r.state = ResState::Canceled;
-                        status(204)
-                    }
-                    (Op::Try, _) => status(405),
-                },
+                    answer.into_response()
+                }
             }
         }
     };
@@ -331,6 +315,33 @@ async fn settle(s: Shared, op: Op, id: String, peer: SocketAddr, headers: Header
         return stall().await;
     }
     resp
+}
+
+/// What a participant that keeps the rules answers to a confirm or cancel of a reservation in
+/// `state` that lapses at `expires`; the state moves on where the answer says so. (The
+/// checker's participants in `check.rs` break one rule at a time on top of this.)
+pub fn settle_reservation(
+    op: Op,
+    state: &mut ResState,
+    expires: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> StatusCode {
+    match (op, &*state) {
+        (Op::Confirm, ResState::Confirmed) => StatusCode::NO_CONTENT,
+        (Op::Confirm, ResState::Canceled) => StatusCode::NOT_FOUND,
+        (Op::Confirm | Op::Cancel, ResState::Reserved) if expires <= now => StatusCode::NOT_FOUND,
+        (Op::Confirm, ResState::Reserved) => {
+            *state = ResState::Confirmed;
+            StatusCode::NO_CONTENT
+        }
+        (Op::Cancel, ResState::Confirmed) => StatusCode::CONFLICT,
+        (Op::Cancel, ResState::Canceled) => StatusCode::NO_CONTENT,
+        (Op::Cancel, ResState::Reserved) => {
+            *state = ResState::Canceled;
+            StatusCode::NO_CONTENT
+        }
+        (Op::Try, _) => StatusCode::METHOD_NOT_ALLOWED,
+    }
 }
 
 async fn confirm_handler(

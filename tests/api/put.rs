@@ -23,11 +23,7 @@ async fn put(
 
 async fn etag(app: &TestApp, id: &str) -> String {
     let resp = app.get(&format!("/jobs/{id}")).await;
-    resp.headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .expect("an ETag")
-        .to_string()
+    header_opt(&resp, "etag").expect("an ETag")
 }
 
 #[tokio::test]
@@ -43,8 +39,8 @@ async fn a_job_under_the_clients_id_is_created_once_and_updated_only_with_its_et
     assert_eq!(status, 201, "{body:#}");
     assert_eq!(body["jobID"], id);
     assert_eq!(
-        headers.get("location").and_then(|v| v.to_str().ok()),
-        Some(app.url(&format!("/jobs/{id}")).as_str())
+        header_in(&headers, "location"),
+        Some(app.url(&format!("/jobs/{id}")))
     );
     app.wait_status(id, "reserved").await;
     // The same document again: the job as it stands, nothing created twice.

@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PATIENCE, eventually, fresh_database, get_json, job_of, spawn_app_on, start_process, submit_to,
-    task,
+    PATIENCE, eventually, eventually_some, fresh_database, job_of, spawn_app_on, start_process,
+    submit_to, task, wait_for_status,
 };
 use crate::participant::{Op, Participant, Reply};
 
@@ -34,11 +34,7 @@ async fn a_coordinator_killed_while_retrying_a_confirm_is_taken_over() {
     p.set_default(Op::Confirm, "flaky", Reply::Ok);
     let second = start_process(&db, "second");
     second.wait_ready(&http).await;
-    let url = format!("{}/jobs/{id}", second.addr);
-    let done =
-        eventually(|| async { get_json(&http, &url).await["jobStatus"] == "completed" }).await;
-    let job = get_json(&http, &url).await;
-    assert!(done, "the job completed after the takeover: {job:#}");
+    let job = wait_for_status(&http, &second.addr, &id, "completed").await;
     assert!(
         p.confirmed("ok") && p.confirmed("flaky"),
         "both applied, once"
@@ -146,17 +142,13 @@ async fn sigterm_releases_the_leases_and_exits_zero() {
         .status()
         .expect("kill -TERM");
     assert!(term.success());
-    let mut exit = None;
-    let exited = eventually(|| {
-        let done = first.child.try_wait().ok().flatten();
-        if let Some(s) = done {
-            exit = Some(s);
-        }
-        async move { done.is_some() }
+    let exit = eventually_some(|| {
+        let exited = first.child.try_wait().ok().flatten();
+        async move { exited }
     })
-    .await;
-    assert!(exited, "the coordinator exits after SIGTERM");
-    assert_eq!(exit.and_then(|s| s.code()), Some(0), "exit status 0");
+    .await
+    .expect("the coordinator exits after SIGTERM");
+    assert_eq!(exit.code(), Some(0), "exit status 0");
 
     // The lease was released: an instance whose own leases last ten minutes takes the job at once.
     p.set_default(Op::Confirm, "flaky", Reply::Ok);

@@ -24,11 +24,7 @@ async fn send(
     }
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
-    let etag = resp
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let etag = header_opt(&resp, "etag");
     (status, etag, resp.json().await.unwrap_or(Value::Null))
 }
 
@@ -40,12 +36,7 @@ async fn the_shared_state_is_read_and_written_conditionally() {
         .await;
     let path = format!("/jobs/{id}/shared-state");
     let resp = app.get(&path).await;
-    let etag = resp
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .expect("an ETag")
-        .to_string();
+    let etag = header_opt(&resp, "etag").expect("an ETag");
     assert_eq!(
         resp.json::<Value>().await.ok(),
         Some(json!({"customer": 42}))

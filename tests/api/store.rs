@@ -165,8 +165,7 @@ async fn save_saying(client: &deadpool_postgres::Client, id: &JobId, message: &s
     task.last_message = Some(message.to_string());
     Save {
         id: id.to_string(),
-        status: record.job.status,
-        failure_reason: None,
+        state: record.job.state,
         fence: Fence {
             owner: "store-test".into(),
             generation: record.lease_generation,
@@ -361,7 +360,7 @@ async fn the_group_commit_writes_queued_saves_as_one_transaction() {
 /// a value other than its default.
 #[tokio::test]
 async fn every_column_round_trips() {
-    use tcc_coordinator::domain::{ConfirmState, JobStatus, Link, TaskStatus};
+    use tcc_coordinator::domain::{ConfirmState, JobState, JobStatus, Link, TaskStatus};
     let client = migrated_database().await;
     // PostgreSQL keeps microseconds.
     let now = chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
@@ -427,7 +426,7 @@ async fn every_column_round_trips() {
 
     // Every task column set, then saved and read back.
     let mut expected = loaded.job.clone();
-    expected.status = JobStatus::Confirming;
+    expected.state = JobState::Confirming;
     expected.shared_state = json!({"customer": 42, "booking": "http://127.0.0.1:9/r/2"});
     let at = |s: i64| now + chrono::Duration::seconds(s);
     let t = &mut expected.tasks[0];
@@ -454,8 +453,7 @@ async fn every_column_round_trips() {
     t.end_time = Some(at(3));
     let save = Save {
         id: row.submission.id.to_string(),
-        status: expected.status,
-        failure_reason: None,
+        state: expected.state,
         fence: Fence {
             owner: "store-test".into(),
             generation: 1,
@@ -626,7 +624,7 @@ async fn the_sweeper_deletes_finished_jobs_past_the_retention_and_nothing_else()
     let waiting = app.submit(&waiting).await;
     app.wait_status(&waiting, "reserved").await;
     let hurt = crate::operator::heuristic_job(&app.addr, &app.http, &p, "sweep").await;
-    crate::operator::wait_heuristic(&app.http, &app.addr, &hurt).await;
+    app.wait_status(&hurt, "heuristic").await;
     let gone =
         eventually(|| async { app.get(&format!("/jobs/{done}")).await.status() == 404 }).await;
     assert!(gone, "the completed job was never swept");

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{job_of, spawn_app};
+use crate::helpers::{header_opt, header_text, job_of, scrape, spawn_app};
 use crate::participant::Participant;
 
 #[tokio::test]
-async fn entry_point_health_and_metrics() {
+async fn the_entry_point_links_the_jobs_health_answers_200_and_a_completed_job_is_counted() {
     let app = spawn_app().await;
     let root: Value = app.get("/").await.json().await.expect("json");
     assert!(
@@ -24,30 +24,49 @@ async fn entry_point_health_and_metrics() {
     let p = Participant::start().await;
     let id = app.submit(&job_of(&[("a", p.url("a"))])).await;
     app.wait_status(&id, "completed").await;
-    let text = app.get("/metrics").await.text().await.expect("text");
+    let s = scrape(&app.http, &app.addr).await;
     let participant = p.url("a");
     let participant = participant
         .trim_start_matches("http://")
         .split('/')
         .next()
         .unwrap_or_default();
+    let text = &s.text;
+    assert!(
+        s.value("tcc_jobs_created_total", &[("source", "jcl")])
+            .is_some(),
+        "{text}"
+    );
+    assert!(
+        s.value("tcc_jobs_finished_total", &[("status", "completed")])
+            .is_some(),
+        "{text}"
+    );
+    let confirms = [
+        ("op", "confirm"),
+        ("outcome", "success"),
+        ("participant", participant),
+    ];
+    assert_eq!(
+        s.value("tcc_participant_calls_total", &confirms),
+        Some(1.0),
+        "{text}"
+    );
     for name in [
-        "tcc_jobs_created_total{source=\"jcl\"}".to_string(),
-        "tcc_jobs_finished_total{status=\"completed\"}".to_string(),
-        format!(
-            "tcc_participant_calls_total{{op=\"confirm\",outcome=\"success\",participant=\"{participant}\"}} 1"
-        ),
-        "tcc_participant_call_duration_seconds_bucket".to_string(),
-        "tcc_http_requests_total".to_string(),
-        "tcc_build_info".to_string(),
+        "tcc_participant_call_duration_seconds_bucket",
+        "tcc_http_requests_total",
+        "tcc_build_info",
     ] {
-        assert!(text.contains(&name), "metrics lack {name}:\n{text}");
+        assert!(
+            s.series(name).next().is_some(),
+            "metrics lack {name}:\n{text}"
+        );
     }
     app.stop().await;
 }
 
 #[tokio::test]
-async fn listing_filters_and_pages() {
+async fn the_list_pages_newest_first_through_every_job_and_filters_by_the_query() {
     let app = spawn_app().await;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -94,7 +113,7 @@ async fn listing_filters_and_pages() {
 }
 
 #[tokio::test]
-async fn etags_and_the_progress_long_poll() {
+async fn an_unchanged_job_answers_304_and_a_progress_long_poll_returns_as_soon_as_it_changes() {
     let app = spawn_app().await;
     let p = Participant::start().await;
     let mut job = job_of(&[("a", p.url("a"))]);
@@ -104,12 +123,7 @@ async fn etags_and_the_progress_long_poll() {
 
     let url = app.url(&format!("/jobs/{id}"));
     let resp = app.http.get(&url).send().await.expect("get");
-    let etag = resp
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .expect("etag")
-        .to_string();
+    let etag = header_opt(&resp, "etag").expect("etag");
     let again = app
         .http
         .get(&url)
@@ -121,12 +135,7 @@ async fn etags_and_the_progress_long_poll() {
 
     let progress_url = app.url(&format!("/jobs/{id}/progress"));
     let progress = app.http.get(&progress_url).send().await.expect("progress");
-    let petag = progress
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .expect("etag")
-        .to_string();
+    let petag = header_opt(&progress, "etag").expect("etag");
     let body: Value = progress.json().await.expect("json");
     assert_eq!(body["jobStatus"], "reserved");
     assert_eq!(body["percentComplete"], 50);
@@ -158,12 +167,7 @@ async fn etags_and_the_progress_long_poll() {
     // Nothing changes any more: a short long poll ends in 304.
     app.wait_status(&id, "completed").await;
     let final_progress = app.http.get(&progress_url).send().await.expect("progress");
-    let fetag = final_progress
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .expect("etag")
-        .to_string();
+    let fetag = header_opt(&final_progress, "etag").expect("etag");
     let unchanged = app
         .http
         .get(&progress_url)
@@ -177,7 +181,7 @@ async fn etags_and_the_progress_long_poll() {
 }
 
 #[tokio::test]
-async fn methods_head_options_links_and_errors() {
+async fn head_options_and_links_describe_a_job_and_a_wrong_method_or_path_is_a_problem() {
     let app = spawn_app().await;
     let id = app
         .submit(&json!({"autoConfirm": false, "tasks": []}))
@@ -192,12 +196,7 @@ async fn methods_head_options_links_and_errors() {
         .send()
         .await
         .expect("OPTIONS");
-    let allow = options
-        .headers()
-        .get("allow")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let allow = header_text(&options, "allow");
     assert!(allow.contains("GET") && allow.contains("DELETE"), "{allow}");
 
     let job = app.get_job(&id).await;
@@ -215,21 +214,14 @@ async fn methods_head_options_links_and_errors() {
     // An open job with no task yet cannot be confirmed: not offered.
     assert!(job["_links"]["confirm"].is_null(), "{:#}", job["_links"]);
     let resp = app.http.get(&url).send().await.expect("get");
-    let link = resp
-        .headers()
-        .get("link")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let link = header_text(&resp, "link");
     assert!(link.contains("rel=\"progress\""), "{link}");
 
     let put = app.http.put(app.url("/jobs")).send().await.expect("PUT");
     assert_eq!(put.status(), 405);
     assert!(put.headers().get("allow").is_some());
     assert_eq!(
-        put.headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
+        header_opt(&put, "content-type").as_deref(),
         Some("application/problem+json")
     );
     let missing = app.http.get(app.url("/nowhere")).send().await.expect("get");
@@ -247,44 +239,36 @@ async fn a_fresh_process_exports_the_counters_at_zero() {
     let process = crate::helpers::start_process(&db, "metrics-at-zero");
     let http = reqwest::Client::new();
     process.wait_ready(&http).await;
-    let text = http
-        .get(format!("{}/metrics", process.addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let mut series: Vec<String> = vec![
-        "tcc_heuristic_jobs_total".into(),
-        "tcc_engine_lease_lost_total".into(),
-    ];
+    let s = scrape(&http, &process.addr).await;
+    let at_zero = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            s.value(name, labels),
+            Some(0.0),
+            "{name}{labels:?} is not exported at 0:\n{}",
+            s.text
+        );
+    };
+    at_zero("tcc_heuristic_jobs_total", &[]);
+    at_zero("tcc_engine_lease_lost_total", &[]);
     for source in ["jcl", "atomikos"] {
-        series.push(format!("tcc_jobs_created_total{{source=\"{source}\"}}"));
+        at_zero("tcc_jobs_created_total", &[("source", source)]);
     }
     for status in ["completed", "failed", "canceled", "heuristic"] {
-        series.push(format!("tcc_jobs_finished_total{{status=\"{status}\"}}"));
+        at_zero("tcc_jobs_finished_total", &[("status", status)]);
     }
     for channel in ["callback", "webhook", "email"] {
         for outcome in ["delivered", "retry", "failed"] {
-            series.push(format!(
-                "tcc_notifications_total{{channel=\"{channel}\",outcome=\"{outcome}\"}}"
-            ));
+            at_zero(
+                "tcc_notifications_total",
+                &[("channel", channel), ("outcome", outcome)],
+            );
         }
     }
     for kind in ["panic", "illegal", "store"] {
-        series.push(format!(
-            "tcc_engine_driver_failures_total{{kind=\"{kind}\"}}"
-        ));
+        at_zero("tcc_engine_driver_failures_total", &[("kind", kind)]);
     }
     for reason in ["overloaded", "timeout"] {
-        series.push(format!("tcc_api_rejected_total{{reason=\"{reason}\"}}"));
-    }
-    for s in &series {
-        assert!(
-            text.lines().any(|l| l == format!("{s} 0")),
-            "{s} is not exported at 0:\n{text}"
-        );
+        at_zero("tcc_api_rejected_total", &[("reason", reason)]);
     }
 }
 
@@ -300,10 +284,7 @@ async fn problem_types_resolve_to_pages() {
     let page = app.get(&ty).await;
     assert_eq!(page.status(), 200);
     assert!(
-        page.headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/html")),
+        header_text(&page, "content-type").starts_with("text/html"),
         "{:?}",
         page.headers()
     );

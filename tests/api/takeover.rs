@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PATIENCE, eventually, fresh_database, get_json, start_process_with, submit_to, task,
+    PATIENCE, eventually, eventually_some, fresh_database, start_process_with, submit_to, task,
+    wait_for_status,
 };
 use crate::participant::{Op, Participant, Reply};
 
@@ -69,10 +70,8 @@ async fn kill_and_measure(restart_as: Option<&str>, two_instances: bool) {
     first.kill();
     let killed_at = Instant::now();
     let successor = restart_as.map(|name| start_process_with(&db, name, LONG_LEASE));
-    let took_over = eventually(|| async { gap_after(&p, killed_at).is_some() }).await;
-    let gap = gap_after(&p, killed_at);
-    assert!(took_over, "nobody took the job over within {PATIENCE:?}");
-    let gap = gap.unwrap_or(PATIENCE);
+    let gap = eventually_some(|| async { gap_after(&p, killed_at) }).await;
+    let gap = gap.unwrap_or_else(|| panic!("nobody took the job over within {PATIENCE:?}"));
     eprintln!("takeover gap (kill to next confirm): {gap:?}");
     assert!(
         gap <= TAKEOVER_BOUND,
@@ -85,11 +84,7 @@ async fn kill_and_measure(restart_as: Option<&str>, two_instances: bool) {
         (None, Some(o)) => o.addr.clone(),
         (None, None) => unreachable!("a successor or another instance"),
     };
-    let url = format!("{base}/jobs/{id}");
-    let done =
-        eventually(|| async { get_json(&http, &url).await["jobStatus"] == "completed" }).await;
-    let job = get_json(&http, &url).await;
-    assert!(done, "the job completed after the takeover: {job:#}");
+    let job = wait_for_status(&http, &base, &id, "completed").await;
     assert_eq!(task(&job, "flaky")["taskStatus"], "confirmed");
     assert!(p.confirmed("ok") && p.confirmed("flaky"), "both applied");
     assert_eq!(p.overlaps(), 0, "no task had two calls in flight at once");

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{header_opt, header_text, spawn_app_with};
 
 struct Case {
     name: &'static str,
@@ -171,12 +171,7 @@ async fn bad_jobs_are_rejected_with_a_named_field_and_nothing_is_stored() {
             .await
             .expect("POST");
         let status = resp.status().as_u16();
-        let ctype = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let ctype = header_text(&resp, "content-type");
         let problem: Value = resp.json().await.unwrap_or(Value::Null);
         assert_eq!(status, c.status, "{}: {problem:#}", c.name);
         assert_eq!(ctype, "application/problem+json", "{}", c.name);
@@ -205,7 +200,7 @@ async fn bad_jobs_are_rejected_with_a_named_field_and_nothing_is_stored() {
 }
 
 #[tokio::test]
-async fn bad_registrations_and_unknown_jobs() {
+async fn a_bad_registration_names_its_fields_and_stores_nothing_and_an_unknown_job_is_404() {
     let app = spawn_app_with(&[]).await;
     let id = app
         .submit(&json!({"autoConfirm": false, "tasks": []}))
@@ -261,7 +256,7 @@ async fn bad_registrations_and_unknown_jobs() {
 }
 
 #[tokio::test]
-async fn idempotent_submission() {
+async fn one_idempotency_key_makes_one_job_and_another_document_under_it_is_refused() {
     let app = spawn_app_with(&[]).await;
     let job = json!({"autoConfirm": false, "tags": ["t"], "tasks": []});
     let send = |body: Value, key: &'static str| {
@@ -278,7 +273,7 @@ async fn idempotent_submission() {
     };
     let first = send(job.clone(), "k-1").await;
     assert_eq!(first.status(), 202);
-    let location = first.headers().get("location").cloned();
+    let location = header_opt(&first, "location");
     let first: Value = first.json().await.expect("json");
     // The same document (keys in another order) under the same key: the same job.
     let reordered: Value =
@@ -286,7 +281,7 @@ async fn idempotent_submission() {
             .expect("json");
     let replay = send(reordered, "k-1").await;
     assert_eq!(replay.status(), 202);
-    assert_eq!(replay.headers().get("location").cloned(), location);
+    assert_eq!(header_opt(&replay, "location"), location);
     let replay: Value = replay.json().await.expect("json");
     assert_eq!(replay["jobID"], first["jobID"]);
     // Another document under the same key.
