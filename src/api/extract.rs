@@ -205,6 +205,18 @@ async fn path_params(parts: &mut Parts) -> Result<HashMap<String, String>, ApiEr
         .map_err(|e| ApiError::bad_request(format!("the path cannot be read: {}", e.body_text())))
 }
 
+/// The path's `{job_id}` as given, and as a job id (or the rule it breaks).
+async fn job_id_param(
+    parts: &mut Parts,
+) -> Result<(String, Result<JobId, &'static str>), ApiError> {
+    let raw = path_params(parts)
+        .await?
+        .remove("job_id")
+        .unwrap_or_default();
+    let id = JobId::parse(&raw);
+    Ok((raw, id))
+}
+
 /// `{job_id}` of a job that must exist: an id no job can have is a 404, as an unknown one.
 pub(super) struct JobPath(pub JobId);
 
@@ -212,12 +224,8 @@ impl<S: Send + Sync> FromRequestParts<S> for JobPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let raw = path_params(parts)
-            .await?
-            .remove("job_id")
-            .unwrap_or_default();
-        JobId::parse(&raw)
-            .map(JobPath)
+        let (raw, id) = job_id_param(parts).await?;
+        id.map(JobPath)
             .map_err(|_| ApiError::not_found(format!("no job {raw}")))
     }
 }
@@ -230,12 +238,8 @@ impl<S: Send + Sync> FromRequestParts<S> for NewJobPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let raw = path_params(parts)
-            .await?
-            .remove("job_id")
-            .unwrap_or_default();
-        JobId::parse(&raw)
-            .map(NewJobPath)
+        let (_, id) = job_id_param(parts).await?;
+        id.map(NewJobPath)
             .map_err(|rule| ApiError::bad_request(format!("the job id in the path {rule}")))
     }
 }

@@ -110,3 +110,41 @@ async fn a_bad_id_or_document_is_refused_and_nothing_is_stored() {
     assert_eq!(status, 422, "{problem:#}");
     assert_eq!(app.get("/jobs/fine").await.status(), 404);
 }
+
+/// An id no job can have names no job: every job resource answers 404, as for an unknown id,
+/// and says which job it looked for.
+#[tokio::test]
+async fn an_id_no_job_can_have_is_404_on_every_job_resource() {
+    let app = spawn_app().await;
+    let long = "x".repeat(129);
+    for id in ["has%20space", long.as_str()] {
+        for path in [
+            format!("/jobs/{id}"),
+            format!("/jobs/{id}/progress"),
+            format!("/jobs/{id}/tasks"),
+            format!("/jobs/{id}/tasks/a"),
+            format!("/jobs/{id}/events"),
+            format!("/jobs/{id}/shared-state"),
+        ] {
+            let resp = app.get(&path).await;
+            assert_eq!(resp.status(), 404, "{path}");
+            let problem: Value = resp.json().await.unwrap_or_default();
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("no job ")),
+                "{path}: {problem:#}"
+            );
+        }
+        for path in [format!("/jobs/{id}/confirm"), format!("/jobs/{id}/cancel")] {
+            assert_eq!(app.post(&path).await.status(), 404, "{path}");
+        }
+        assert_eq!(app.delete(&format!("/jobs/{id}")).await.status(), 404);
+    }
+    // A task id no task can have, of a job that exists: 404 naming the task.
+    let job = app
+        .submit(&json!({"autoConfirm": false, "tasks": []}))
+        .await;
+    let resp = app.get(&format!("/jobs/{job}/tasks/has%20space")).await;
+    assert_eq!(resp.status(), 404);
+}
