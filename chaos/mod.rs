@@ -6,6 +6,7 @@ pub mod procs;
 pub mod proxy;
 pub mod receiver;
 pub mod replication;
+pub mod rules;
 pub mod scenario;
 pub mod sdk;
 

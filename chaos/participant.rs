@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::rules::{ResState, Settle, past_deadline};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -44,13 +45,6 @@ pub struct Faults {
     pub slow_for: Duration,
     /// Every answer takes this long, drawn uniformly (the participant's own work).
     pub latency: (Duration, Duration),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResState {
-    Reserved,
-    Confirmed,
-    Canceled,
 }
 
 /// One reservation in the ledger.
@@ -92,15 +86,6 @@ impl Asked {
         let body = serde_json::from_slice(&body).map_err(|_| body);
         Asked { kind, body }
     }
-}
-
-/// Whether a Try's `tcc-deadline` has passed: the coordinator no longer acts on the answer.
-/// A header that is absent or not an RFC 3339 time sets no deadline.
-fn past_deadline(h: &HeaderMap, now: DateTime<Utc>) -> bool {
-    h.get("tcc-deadline")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|d| DateTime::parse_from_rfc3339(d.trim()).ok())
-        .is_some_and(|d| d <= now)
 }
 
 #[derive(Default)]
@@ -309,12 +294,6 @@ async fn try_reserve(
         .into_response()
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    Confirm,
-    Cancel,
-}
-
 /// Marks a request in flight on a reservation until dropped — also when the caller hangs up
 /// (a killed coordinator) and the server drops the request half-way.
 struct InFlight {
@@ -383,24 +362,16 @@ fn apply(inner: &Inner, id: &str, op: Settle) -> StatusCode {
     let Some(r) = l.reservations.get_mut(id) else {
         return StatusCode::NOT_FOUND;
     };
-    match (op, r.state) {
-        (Settle::Confirm, ResState::Confirmed) => StatusCode::NO_CONTENT,
-        (Settle::Confirm, ResState::Canceled) => StatusCode::NOT_FOUND,
-        (Settle::Confirm, ResState::Reserved) if r.expires <= now => StatusCode::NOT_FOUND,
-        (Settle::Confirm, ResState::Reserved) => {
-            r.state = ResState::Confirmed;
-            r.confirms_applied += 1;
-            StatusCode::NO_CONTENT
-        }
-        (Settle::Cancel, ResState::Confirmed) => StatusCode::CONFLICT,
-        (Settle::Cancel, ResState::Canceled) => StatusCode::NO_CONTENT,
-        (Settle::Cancel, ResState::Reserved) if r.expires <= now => StatusCode::NOT_FOUND,
-        (Settle::Cancel, ResState::Reserved) => {
-            r.state = ResState::Canceled;
-            r.cancels_applied += 1;
-            StatusCode::NO_CONTENT
+    let before = r.state;
+    let status = super::rules::settle(op, &mut r.state, r.expires, now);
+    if r.state != before {
+        match r.state {
+            ResState::Confirmed => r.confirms_applied += 1,
+            ResState::Canceled => r.cancels_applied += 1,
+            ResState::Reserved => {}
         }
     }
+    status
 }
 
 async fn confirm(State(inner): State<Arc<Inner>>, Path(id): Path<String>) -> Response {

@@ -19,11 +19,12 @@ use tcc_coordinator::store::{self, JobRecord};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::participant::{Faults, ParticipantService, ResState, Reservation};
+use super::participant::{Faults, ParticipantService, Reservation};
 use super::procs::{Instance, pause_postgres};
 use super::proxy::{Mode, Proxy, Target};
 use super::receiver::Receiver;
 use super::replication::Pair;
+use super::rules::ResState;
 use super::sdk;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

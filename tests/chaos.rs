@@ -57,9 +57,10 @@ async fn every_scenario_keeps_the_promise() {
 /// and every job answered 202 ends completed with each participant confirmed exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_the_synchronous_standby() {
-    use chaos::participant::{ParticipantService, ResState};
+    use chaos::participant::ParticipantService;
     use chaos::procs::Instance;
     use chaos::replication::Pair;
+    use chaos::rules::ResState;
     use serde_json::{Value, json};
     use std::time::{Duration, Instant};
 

@@ -138,7 +138,7 @@ async fn restart_tries_a_failed_job_again_as_a_new_attempt_across_instances_and_
         let mut states: Vec<(ResState, u32)> = p
             .reservations(name)
             .iter()
-            .map(|r| (r.state.clone(), r.confirms_applied))
+            .map(|r| (r.state, r.confirms_applied))
             .collect();
         states.sort_by_key(|s| s.1);
         let want = if name == "again-a" {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tcc_coordinator::check::{CheckOptions, Outcome, RULES, Report, check, rule};
 
 use crate::helpers::{Daemon, eventually, free_port, header_in, poll_within, printed};
-use crate::participant::{Op, ResState, settle_reservation};
+use crate::rules::{ResState, Settle, past_deadline, settle};
 
 /// A reservation lasting this long lets the expiry rule run quickly, and is still far longer
 /// than the other rules take to settle it on a loaded machine.
@@ -126,8 +126,15 @@ impl Service {
         }
         let mut answer = a.answer.clone();
         if self.flaw == Flaw::RefreshesExpiry {
-            answer["participantLink"]["expires"] =
-                json!(self.expires().to_rfc3339_opts(SecondsFormat::Millis, true));
+            // Later than the first answer's, always (a repeat in the same millisecond as the
+            // first Try would otherwise get the same time).
+            let first = answer["participantLink"]["expires"]
+                .as_str()
+                .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+                .map_or_else(|| self.expires(), |e| e.with_timezone(&Utc));
+            answer["participantLink"]["expires"] = json!(
+                (first + chrono::Duration::seconds(1)).to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
         }
         Some((a.status, axum::Json(answer)).into_response())
     }
@@ -172,9 +179,7 @@ async fn try_handler(State(s): State<Service>, headers: HeaderMap, body: String)
         return StatusCode::BAD_REQUEST.into_response();
     };
     let key = (correlation, request);
-    let late = header_in(&headers, "tcc-deadline")
-        .and_then(|d| DateTime::parse_from_rfc3339(&d).ok())
-        .is_some_and(|d| d < Utc::now());
+    let late = past_deadline(&headers, Utc::now());
     if late && s.flaw != Flaw::IgnoresDeadline {
         if s.flaw == Flaw::StoresLateTry {
             s.lock().answered.insert(
@@ -222,7 +227,7 @@ async fn confirm_handler(State(s): State<Service>, Path(id): Path<String>) -> St
             h.state = ResState::Confirmed;
             StatusCode::NO_CONTENT
         }
-        _ => settle_reservation(Op::Confirm, &mut h.state, h.expires, Utc::now()),
+        _ => settle(Settle::Confirm, &mut h.state, h.expires, Utc::now()),
     }
 }
 
@@ -233,7 +238,7 @@ async fn cancel_handler(State(s): State<Service>, Path(id): Path<String>) -> Sta
     };
     match (s.flaw, &h.state) {
         (Flaw::CancelAfterConfirm204, ResState::Confirmed) => StatusCode::NO_CONTENT,
-        _ => settle_reservation(Op::Cancel, &mut h.state, h.expires, Utc::now()),
+        _ => settle(Settle::Cancel, &mut h.state, h.expires, Utc::now()),
     }
 }
 

@@ -3,6 +3,9 @@
 
 mod helpers;
 mod participant;
+/// The rules a correct participant keeps, shared with the chaos suite's participant.
+#[path = "../../chaos/rules.rs"]
+mod rules;
 
 mod actions;
 mod atomikos;

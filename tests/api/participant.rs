@@ -53,12 +53,8 @@ pub enum Reply {
     Together(usize),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResState {
-    Reserved,
-    Confirmed,
-    Canceled,
-}
+pub use crate::rules::ResState;
+use crate::rules::Settle;
 
 #[derive(Debug, Clone)]
 pub struct Reservation {
@@ -300,8 +296,13 @@ async fn settle(s: Shared, op: Op, id: String, peer: SocketAddr, headers: Header
             match l.reservations.get_mut(&id) {
                 None => status(404),
                 Some(r) => {
-                    let before = r.state.clone();
-                    let answer = settle_reservation(op, &mut r.state, r.expires, Utc::now());
+                    let before = r.state;
+                    let op = if op == Op::Confirm {
+                        Settle::Confirm
+                    } else {
+                        Settle::Cancel
+                    };
+                    let answer = crate::rules::settle(op, &mut r.state, r.expires, Utc::now());
                     if before != ResState::Confirmed && r.state == ResState::Confirmed {
                         r.confirms_applied += 1;
                     }
@@ -315,33 +316,6 @@ async fn settle(s: Shared, op: Op, id: String, peer: SocketAddr, headers: Header
         return stall().await;
     }
     resp
-}
-
-/// What a participant that keeps the rules answers to a confirm or cancel of a reservation in
-/// `state` that lapses at `expires`; the state moves on where the answer says so. (The
-/// checker's participants in `check.rs` break one rule at a time on top of this.)
-pub fn settle_reservation(
-    op: Op,
-    state: &mut ResState,
-    expires: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> StatusCode {
-    match (op, &*state) {
-        (Op::Confirm, ResState::Confirmed) => StatusCode::NO_CONTENT,
-        (Op::Confirm, ResState::Canceled) => StatusCode::NOT_FOUND,
-        (Op::Confirm | Op::Cancel, ResState::Reserved) if expires <= now => StatusCode::NOT_FOUND,
-        (Op::Confirm, ResState::Reserved) => {
-            *state = ResState::Confirmed;
-            StatusCode::NO_CONTENT
-        }
-        (Op::Cancel, ResState::Confirmed) => StatusCode::CONFLICT,
-        (Op::Cancel, ResState::Canceled) => StatusCode::NO_CONTENT,
-        (Op::Cancel, ResState::Reserved) => {
-            *state = ResState::Canceled;
-            StatusCode::NO_CONTENT
-        }
-        (Op::Try, _) => StatusCode::METHOD_NOT_ALLOWED,
-    }
 }
 
 async fn confirm_handler(
