@@ -15,226 +15,181 @@ use crate::store::StoreError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// Every problem type the API answers. Its slug (`/problems/<slug>`), its title and the text of
-/// its page come from one `match` (`describe`), so that a new type cannot lack its page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProblemType {
-    BadRequest,
-    BodyTooLarge,
-    JsonTooDeep,
-    Conflict,
-    CrossSite,
-    UnknownHost,
-    DatabaseUnavailable,
-    Forbidden,
-    Heuristic,
-    IdempotencyKeyReused,
-    Internal,
-    InvalidParticipantLinks,
-    MalformedJson,
-    MethodNotAllowed,
-    MetricsUnavailable,
-    NotConfirmed,
-    NotFound,
-    NotReady,
-    OutcomePending,
-    Overloaded,
-    PreconditionFailed,
-    SharedStateTooLarge,
-    RequestTimeout,
-    Timeout,
-    TooLate,
-    Unauthorized,
-    Unavailable,
-    UnsupportedMediaType,
-    Validation,
+/// Declares `ProblemType` with `ALL` and `describe` from one list, so that a type cannot be
+/// added without its slug, its title and the text of its page, nor be left out of what
+/// `/problems/{slug}` serves.
+macro_rules! problem_types {
+    ($($variant:ident => ($slug:literal, $title:literal, $text:literal $(,)?),)*) => {
+        /// Every problem type the API answers, with its slug (`/problems/<slug>`), its title and
+        /// the text of its page.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ProblemType {
+            $($variant,)*
+        }
+
+        impl ProblemType {
+            /// Every type, as `/problems/{slug}` serves them.
+            pub const ALL: &'static [ProblemType] = &[$(ProblemType::$variant,)*];
+
+            /// `(slug, title, what it means and what to do)`.
+            fn describe(self) -> (&'static str, &'static str, &'static str) {
+                match self {
+                    $(ProblemType::$variant => ($slug, $title, $text),)*
+                }
+            }
+        }
+    };
+}
+
+problem_types! {
+    BadRequest => (
+        "bad-request",
+        "Bad request",
+        "The request itself is unreadable: a query parameter, a path or a header the coordinator cannot take. The detail names which; fix it and send again.",
+    ),
+    BodyTooLarge => (
+        "body-too-large",
+        "Body too large",
+        "The body is larger than TCC_MAX_BODY (1 MiB by default). Send less: large data belongs with the participants, not in the job.",
+    ),
+    JsonTooDeep => (
+        "json-too-deep",
+        "JSON nested too deep",
+        "The body nests arrays and objects deeper than 32 levels. Flatten it: no job document, registration or shared state needs that depth.",
+    ),
+    Conflict => (
+        "conflict",
+        "Conflict",
+        "The job's state does not allow this now (for example a cancel after the decision, or an action the job's _links do not offer). The detail says why; read the job and follow its links.",
+    ),
+    CrossSite => (
+        "cross-site",
+        "Cross-site request",
+        "A page of another site tried to act on the coordinator through the browser (its Origin or Sec-Fetch-Site says so). The console's own forms and direct API calls are not affected; if a proxy changes the Host, set TCC_PUBLIC_URL to the address browsers use.",
+    ),
+    UnknownHost => (
+        "unknown-host",
+        "Unknown host name",
+        "A browser reached this coordinator, which has no API keys, by a host name it does not know as its own. A page elsewhere could otherwise point its own name at the coordinator's address (DNS rebinding) and use the open API through the browser. Browse to it by IP address or localhost, set TCC_PUBLIC_URL to the URL browsers use, or configure TCC_API_KEYS.",
+    ),
+    DatabaseUnavailable => (
+        "database-unavailable",
+        "Database unavailable",
+        "The coordinator cannot reach PostgreSQL, or it did not answer within TCC_DB_TIMEOUT. Retry after Retry-After; what was asked may have taken effect, so look before repeating a write (a POST /jobs under its Idempotency-Key is safe to repeat).",
+    ),
+    Forbidden => (
+        "forbidden",
+        "Forbidden",
+        "The API key is known but its role is too weak for this (read < submit < admin). The detail names the role needed; use a key that has it.",
+    ),
+    Heuristic => (
+        "heuristic",
+        "Heuristic outcome",
+        "Some participants confirmed and others could not: they disagree, and the coordinator cannot settle it. The problem lists each task's outcome. An operator sets the participants right, then records it with POST /jobs/{id}/resolve, or has the confirms retried with POST /jobs/{id}/continue.",
+    ),
+    IdempotencyKeyReused => (
+        "idempotency-key-reused",
+        "Idempotency key reused",
+        "This Idempotency-Key was used before for a different job document, or by another API key. Use a new key for a new job; repeat a request only with exactly the same body and key.",
+    ),
+    Internal => (
+        "internal",
+        "Internal error",
+        "Something failed inside the coordinator. Nothing internal is shown; the coordinator logs the cause. Retry; if it persists, report it with the time and the request.",
+    ),
+    InvalidParticipantLinks => (
+        "invalid-participant-links",
+        "Invalid participant links",
+        "A PUT /coordinator/confirm or /cancel body must be {\"participantLinks\": [{\"uri\", \"expires\"}, ...]} with an absolute http(s) uri and an RFC 3339 expires for each link. The errors list names each bad link.",
+    ),
+    MalformedJson => (
+        "malformed-json",
+        "Malformed JSON",
+        "The body is not valid JSON; the detail gives the line and column. Fix the document and send it again.",
+    ),
+    MethodNotAllowed => (
+        "method-not-allowed",
+        "Method not allowed",
+        "This resource does not take that method. The Allow header lists the methods it takes.",
+    ),
+    MetricsUnavailable => (
+        "metrics-unavailable",
+        "Metrics unavailable",
+        "The metrics recorder could not be installed in this process, so there is nothing to scrape. Restart the coordinator; if it persists, report it.",
+    ),
+    NotConfirmed => (
+        "not-confirmed",
+        "Not confirmed",
+        "The job ended without confirming anything (failed or canceled, with the failure reason). The problem lists each task's outcome; submit a new job, or restart this one if it offers restart.",
+    ),
+    NotFound => (
+        "not-found",
+        "Not found",
+        "There is no such resource: a job id, task id or path that does not exist (or a finished job removed after TCC_RETENTION).",
+    ),
+    NotReady => (
+        "not-ready",
+        "Not ready",
+        "The coordinator cannot accept and drive jobs right now: it does not hold its instance identity, the database is not migrated, or it does not take a durable write. Send work to another instance, or wait.",
+    ),
+    OutcomePending => (
+        "outcome-pending",
+        "Outcome not known yet",
+        "The Atomikos-compatible confirm is still being worked on (a participant is being retried) after the time the request may wait. Repeat the same request: it waits again and never confirms twice.",
+    ),
+    Overloaded => (
+        "overloaded",
+        "Overloaded",
+        "The coordinator is serving as many requests (TCC_MAX_INFLIGHT_REQUESTS), jobs or event streams as it takes at once; nothing was stored. Retry after Retry-After.",
+    ),
+    PreconditionFailed => (
+        "precondition-failed",
+        "Precondition failed",
+        "If-Match does not hold the resource's current ETag: it changed since you read it. Read it again, apply your change to what is there now, and send it with the new ETag.",
+    ),
+    SharedStateTooLarge => (
+        "shared-state-too-large",
+        "Shared state too large",
+        "A job's shared state may be at most 256 KiB serialized. Keep large data with the participants and put references in the shared state.",
+    ),
+    RequestTimeout => (
+        "request-timeout",
+        "Request timeout",
+        "The request's body did not arrive within TCC_HEADER_READ_TIMEOUT (30 s by default), so nothing was done and the connection was closed. Send the body at once with its headers.",
+    ),
+    Timeout => (
+        "timeout",
+        "Timeout",
+        "The request was not answered within TCC_REQUEST_TIMEOUT. It may still take effect: look before repeating it.",
+    ),
+    TooLate => (
+        "too-late",
+        "Too late to confirm",
+        "The participant links of this Atomikos-compatible confirm were canceled or had lapsed before they could be confirmed: nothing is confirmed. Start the transaction again.",
+    ),
+    Unauthorized => (
+        "unauthorized",
+        "Unauthorized",
+        "This coordinator needs an API key: send Authorization: Bearer <secret> with a key from TCC_API_KEYS. An unknown key is refused the same way.",
+    ),
+    Unavailable => (
+        "unavailable",
+        "Service unavailable",
+        "A resource the request needs is not available right now (for example the database pool is shutting down). Retry after Retry-After.",
+    ),
+    UnsupportedMediaType => (
+        "unsupported-media-type",
+        "Unsupported media type",
+        "The body must be JSON (Content-Type: application/json or another +json type); a shared-state PATCH must be application/merge-patch+json.",
+    ),
+    Validation => (
+        "validation",
+        "The document breaks a rule",
+        "The JSON is well-formed but breaks a rule of the job document (or of the request). The errors list each place as a JSON Pointer with what is wrong there; fix each and send again.",
+    ),
 }
 
 impl ProblemType {
-    /// Every type, as `/problems/{slug}` serves them.
-    pub const ALL: [ProblemType; 29] = [
-        ProblemType::BadRequest,
-        ProblemType::BodyTooLarge,
-        ProblemType::JsonTooDeep,
-        ProblemType::Conflict,
-        ProblemType::CrossSite,
-        ProblemType::UnknownHost,
-        ProblemType::DatabaseUnavailable,
-        ProblemType::Forbidden,
-        ProblemType::Heuristic,
-        ProblemType::IdempotencyKeyReused,
-        ProblemType::Internal,
-        ProblemType::InvalidParticipantLinks,
-        ProblemType::MalformedJson,
-        ProblemType::MethodNotAllowed,
-        ProblemType::MetricsUnavailable,
-        ProblemType::NotConfirmed,
-        ProblemType::NotFound,
-        ProblemType::NotReady,
-        ProblemType::OutcomePending,
-        ProblemType::Overloaded,
-        ProblemType::PreconditionFailed,
-        ProblemType::SharedStateTooLarge,
-        ProblemType::RequestTimeout,
-        ProblemType::Timeout,
-        ProblemType::TooLate,
-        ProblemType::Unauthorized,
-        ProblemType::Unavailable,
-        ProblemType::UnsupportedMediaType,
-        ProblemType::Validation,
-    ];
-
-    /// `(slug, title, what it means and what to do)`.
-    fn describe(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            ProblemType::BadRequest => (
-                "bad-request",
-                "Bad request",
-                "The request itself is unreadable: a query parameter, a path or a header the coordinator cannot take. The detail names which; fix it and send again.",
-            ),
-            ProblemType::BodyTooLarge => (
-                "body-too-large",
-                "Body too large",
-                "The body is larger than TCC_MAX_BODY (1 MiB by default). Send less: large data belongs with the participants, not in the job.",
-            ),
-            ProblemType::JsonTooDeep => (
-                "json-too-deep",
-                "JSON nested too deep",
-                "The body nests arrays and objects deeper than 32 levels. Flatten it: no job document, registration or shared state needs that depth.",
-            ),
-            ProblemType::Conflict => (
-                "conflict",
-                "Conflict",
-                "The job's state does not allow this now (for example a cancel after the decision, or an action the job's _links do not offer). The detail says why; read the job and follow its links.",
-            ),
-            ProblemType::CrossSite => (
-                "cross-site",
-                "Cross-site request",
-                "A page of another site tried to act on the coordinator through the browser (its Origin or Sec-Fetch-Site says so). The console's own forms and direct API calls are not affected; if a proxy changes the Host, set TCC_PUBLIC_URL to the address browsers use.",
-            ),
-            ProblemType::UnknownHost => (
-                "unknown-host",
-                "Unknown host name",
-                "A browser reached this coordinator, which has no API keys, by a host name it does not know as its own. A page elsewhere could otherwise point its own name at the coordinator's address (DNS rebinding) and use the open API through the browser. Browse to it by IP address or localhost, set TCC_PUBLIC_URL to the URL browsers use, or configure TCC_API_KEYS.",
-            ),
-            ProblemType::DatabaseUnavailable => (
-                "database-unavailable",
-                "Database unavailable",
-                "The coordinator cannot reach PostgreSQL, or it did not answer within TCC_DB_TIMEOUT. Retry after Retry-After; what was asked may have taken effect, so look before repeating a write (a POST /jobs under its Idempotency-Key is safe to repeat).",
-            ),
-            ProblemType::Forbidden => (
-                "forbidden",
-                "Forbidden",
-                "The API key is known but its role is too weak for this (read < submit < admin). The detail names the role needed; use a key that has it.",
-            ),
-            ProblemType::Heuristic => (
-                "heuristic",
-                "Heuristic outcome",
-                "Some participants confirmed and others could not: they disagree, and the coordinator cannot settle it. The problem lists each task's outcome. An operator sets the participants right, then records it with POST /jobs/{id}/resolve, or has the confirms retried with POST /jobs/{id}/continue.",
-            ),
-            ProblemType::IdempotencyKeyReused => (
-                "idempotency-key-reused",
-                "Idempotency key reused",
-                "This Idempotency-Key was used before for a different job document, or by another API key. Use a new key for a new job; repeat a request only with exactly the same body and key.",
-            ),
-            ProblemType::Internal => (
-                "internal",
-                "Internal error",
-                "Something failed inside the coordinator. Nothing internal is shown; the coordinator logs the cause. Retry; if it persists, report it with the time and the request.",
-            ),
-            ProblemType::InvalidParticipantLinks => (
-                "invalid-participant-links",
-                "Invalid participant links",
-                "A PUT /coordinator/confirm or /cancel body must be {\"participantLinks\": [{\"uri\", \"expires\"}, ...]} with an absolute http(s) uri and an RFC 3339 expires for each link. The errors list names each bad link.",
-            ),
-            ProblemType::MalformedJson => (
-                "malformed-json",
-                "Malformed JSON",
-                "The body is not valid JSON; the detail gives the line and column. Fix the document and send it again.",
-            ),
-            ProblemType::MethodNotAllowed => (
-                "method-not-allowed",
-                "Method not allowed",
-                "This resource does not take that method. The Allow header lists the methods it takes.",
-            ),
-            ProblemType::MetricsUnavailable => (
-                "metrics-unavailable",
-                "Metrics unavailable",
-                "The metrics recorder could not be installed in this process, so there is nothing to scrape. Restart the coordinator; if it persists, report it.",
-            ),
-            ProblemType::NotConfirmed => (
-                "not-confirmed",
-                "Not confirmed",
-                "The job ended without confirming anything (failed or canceled, with the failure reason). The problem lists each task's outcome; submit a new job, or restart this one if it offers restart.",
-            ),
-            ProblemType::NotFound => (
-                "not-found",
-                "Not found",
-                "There is no such resource: a job id, task id or path that does not exist (or a finished job removed after TCC_RETENTION).",
-            ),
-            ProblemType::NotReady => (
-                "not-ready",
-                "Not ready",
-                "The coordinator cannot accept and drive jobs right now: it does not hold its instance identity, the database is not migrated, or it does not take a durable write. Send work to another instance, or wait.",
-            ),
-            ProblemType::OutcomePending => (
-                "outcome-pending",
-                "Outcome not known yet",
-                "The Atomikos-compatible confirm is still being worked on (a participant is being retried) after the time the request may wait. Repeat the same request: it waits again and never confirms twice.",
-            ),
-            ProblemType::Overloaded => (
-                "overloaded",
-                "Overloaded",
-                "The coordinator is serving as many requests (TCC_MAX_INFLIGHT_REQUESTS), jobs or event streams as it takes at once; nothing was stored. Retry after Retry-After.",
-            ),
-            ProblemType::PreconditionFailed => (
-                "precondition-failed",
-                "Precondition failed",
-                "If-Match does not hold the resource's current ETag: it changed since you read it. Read it again, apply your change to what is there now, and send it with the new ETag.",
-            ),
-            ProblemType::SharedStateTooLarge => (
-                "shared-state-too-large",
-                "Shared state too large",
-                "A job's shared state may be at most 256 KiB serialized. Keep large data with the participants and put references in the shared state.",
-            ),
-            ProblemType::RequestTimeout => (
-                "request-timeout",
-                "Request timeout",
-                "The request's body did not arrive within TCC_HEADER_READ_TIMEOUT (30 s by default), so nothing was done and the connection was closed. Send the body at once with its headers.",
-            ),
-            ProblemType::Timeout => (
-                "timeout",
-                "Timeout",
-                "The request was not answered within TCC_REQUEST_TIMEOUT. It may still take effect: look before repeating it.",
-            ),
-            ProblemType::TooLate => (
-                "too-late",
-                "Too late to confirm",
-                "The participant links of this Atomikos-compatible confirm were canceled or had lapsed before they could be confirmed: nothing is confirmed. Start the transaction again.",
-            ),
-            ProblemType::Unauthorized => (
-                "unauthorized",
-                "Unauthorized",
-                "This coordinator needs an API key: send Authorization: Bearer <secret> with a key from TCC_API_KEYS. An unknown key is refused the same way.",
-            ),
-            ProblemType::Unavailable => (
-                "unavailable",
-                "Service unavailable",
-                "A resource the request needs is not available right now (for example the database pool is shutting down). Retry after Retry-After.",
-            ),
-            ProblemType::UnsupportedMediaType => (
-                "unsupported-media-type",
-                "Unsupported media type",
-                "The body must be JSON (Content-Type: application/json or another +json type); a shared-state PATCH must be application/merge-patch+json.",
-            ),
-            ProblemType::Validation => (
-                "validation",
-                "The document breaks a rule",
-                "The JSON is well-formed but breaks a rule of the job document (or of the request). The errors list each place as a JSON Pointer with what is wrong there; fix each and send again.",
-            ),
-        }
-    }
-
     /// The last segment of the type's URL, `/problems/<slug>`.
     pub fn slug(self) -> &'static str {
         self.describe().0
@@ -252,7 +207,7 @@ impl ProblemType {
 
     /// The type whose page is `/problems/{slug}`.
     pub fn from_slug(slug: &str) -> Option<ProblemType> {
-        ProblemType::ALL.into_iter().find(|t| t.slug() == slug)
+        ProblemType::ALL.iter().copied().find(|t| t.slug() == slug)
     }
 }
 

@@ -41,7 +41,7 @@ mod tests {
     #[test]
     fn every_problem_type_has_its_own_page() {
         let mut slugs: Vec<_> = ProblemType::ALL.iter().map(|t| t.slug()).collect();
-        for t in ProblemType::ALL {
+        for &t in ProblemType::ALL {
             assert_eq!(ProblemType::from_slug(t.slug()), Some(t), "{t:?}");
             assert!(
                 t.slug().chars().all(|c| c.is_ascii_lowercase() || c == '-'),

@@ -108,18 +108,31 @@ impl JobStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Completed | JobStatus::Failed | JobStatus::Canceled | JobStatus::Heuristic
-        )
+        // Exhaustive, as `is_undecided`: a new status must be placed.
+        match self {
+            JobStatus::Completed
+            | JobStatus::Failed
+            | JobStatus::Canceled
+            | JobStatus::Heuristic => true,
+            JobStatus::Pending
+            | JobStatus::Trying
+            | JobStatus::Reserved
+            | JobStatus::Confirming
+            | JobStatus::Canceling => false,
+        }
     }
 
     /// No confirm/cancel decision has been taken yet.
     pub fn is_undecided(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Pending | JobStatus::Trying | JobStatus::Reserved
-        )
+        match self {
+            JobStatus::Pending | JobStatus::Trying | JobStatus::Reserved => true,
+            JobStatus::Confirming
+            | JobStatus::Canceling
+            | JobStatus::Completed
+            | JobStatus::Failed
+            | JobStatus::Canceled
+            | JobStatus::Heuristic => false,
+        }
     }
 
     fn illegal(self, event: JobEvent) -> IllegalTransition {
