@@ -10,27 +10,20 @@ use super::job::{ConfirmState, Job, Requested};
 use super::status::{FailureReason, JobEvent, JobStatus, TaskEvent, TaskStatus};
 use super::target::TaskId;
 
-/// An action on a job, as its link relation names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    Confirm,
-    Cancel,
-    Participants,
-    Continue,
-    Resolve,
-    Restart,
+enum_with_all! {
+    /// An action on a job, as its link relation names it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Action {
+        Confirm,
+        Cancel,
+        Participants,
+        Continue,
+        Resolve,
+        Restart,
+    }
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
-        Action::Confirm,
-        Action::Cancel,
-        Action::Participants,
-        Action::Continue,
-        Action::Resolve,
-        Action::Restart,
-    ];
-
     pub fn rel(self) -> &'static str {
         match self {
             Action::Confirm => "confirm",

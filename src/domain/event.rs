@@ -9,29 +9,24 @@ use super::job::Job;
 use super::planner::Op;
 use super::status::{FailureReason, JobStatus, TaskStatus};
 
-/// What kind of thing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// The job's status changed (or the job was accepted).
-    Status,
-    /// A participant answered a call (or the call failed without an answer).
-    Call,
-    /// A task's status changed without a call answering: a reservation lapsed, a Try was
-    /// abandoned, a confirm ran out of time.
-    Task,
-    /// A client, a participant or an operator acted on the job.
-    Action,
+enum_with_all! {
+    /// What kind of thing happened.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum EventKind {
+        /// The job's status changed (or the job was accepted).
+        Status,
+        /// A participant answered a call (or the call failed without an answer).
+        Call,
+        /// A task's status changed without a call answering: a reservation lapsed, a Try was
+        /// abandoned, a confirm ran out of time.
+        Task,
+        /// A client, a participant or an operator acted on the job.
+        Action,
+    }
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
-        EventKind::Status,
-        EventKind::Call,
-        EventKind::Task,
-        EventKind::Action,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Status => "status",

@@ -3,6 +3,27 @@
 //! Nothing here does I/O or reads the clock: callers pass `now` in. That is what lets the
 //! planner be tested exhaustively without a database or a network.
 
+/// Declares a fieldless enum with `ALL`, every variant in declaration order, generated from the
+/// same list: a new variant cannot be left out of it.
+macro_rules! enum_with_all {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident,)*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: [$name; [$(stringify!($variant)),*].len()] = [$($name::$variant,)*];
+        }
+    };
+}
+
 pub mod actions;
 pub mod event;
 pub mod job;

@@ -4,19 +4,19 @@
 use super::request::JobFields;
 use super::status::JobStatus;
 
-/// How a notification travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    /// `jobSuccessURL` / `jobFailedURL`.
-    Callback,
-    /// The contact's webhook and the operators' one.
-    Webhook,
-    Email,
+enum_with_all! {
+    /// How a notification travels.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Channel {
+        /// `jobSuccessURL` / `jobFailedURL`.
+        Callback,
+        /// The contact's webhook and the operators' one.
+        Webhook,
+        Email,
+    }
 }
 
 impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::Callback, Channel::Webhook, Channel::Email];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Callback => "callback",

@@ -8,30 +8,34 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// The status of a job (docs/api.md, "Job statuses").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum JobStatus {
-    Pending,
-    Trying,
-    Reserved,
-    Confirming,
-    Canceling,
-    Completed,
-    Failed,
-    Canceled,
-    Heuristic,
+enum_with_all! {
+    /// The status of a job (docs/api.md, "Job statuses").
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum JobStatus {
+        Pending,
+        Trying,
+        Reserved,
+        Confirming,
+        Canceling,
+        Completed,
+        Failed,
+        Canceled,
+        Heuristic,
+    }
 }
 
-/// Why a job ended `failed` or `canceled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailureReason {
-    TryFailed,
-    Expiring,
-    ConfirmRefused,
-    Timeout,
-    Client,
+enum_with_all! {
+    /// Why a job ended `failed` or `canceled`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum FailureReason {
+        TryFailed,
+        Expiring,
+        ConfirmRefused,
+        Timeout,
+        Client,
+    }
 }
 
 /// What can happen to a job.
@@ -73,18 +77,6 @@ pub struct IllegalTransition {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 9] = [
-        JobStatus::Pending,
-        JobStatus::Trying,
-        JobStatus::Reserved,
-        JobStatus::Confirming,
-        JobStatus::Canceling,
-        JobStatus::Completed,
-        JobStatus::Failed,
-        JobStatus::Canceled,
-        JobStatus::Heuristic,
-    ];
-
     /// JCL's `working`: every status between acceptance and the end.
     pub const WORKING: [JobStatus; 4] = [
         JobStatus::Trying,
@@ -249,14 +241,6 @@ impl FromStr for JobStatus {
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 5] = [
-        FailureReason::TryFailed,
-        FailureReason::Expiring,
-        FailureReason::ConfirmRefused,
-        FailureReason::Timeout,
-        FailureReason::Client,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::TryFailed => "try-failed",
@@ -278,20 +262,22 @@ impl FromStr for FailureReason {
     }
 }
 
-/// The status of one task (docs/api.md, "Task statuses").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskStatus {
-    Pending,
-    Trying,
-    Reserved,
-    Confirming,
-    Confirmed,
-    Canceling,
-    Canceled,
-    Expired,
-    Failed,
-    Heuristic,
+enum_with_all! {
+    /// The status of one task (docs/api.md, "Task statuses").
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum TaskStatus {
+        Pending,
+        Trying,
+        Reserved,
+        Confirming,
+        Confirmed,
+        Canceling,
+        Canceled,
+        Expired,
+        Failed,
+        Heuristic,
+    }
 }
 
 /// What can happen to a task.
@@ -326,19 +312,6 @@ pub enum TaskEvent {
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 10] = [
-        TaskStatus::Pending,
-        TaskStatus::Trying,
-        TaskStatus::Reserved,
-        TaskStatus::Confirming,
-        TaskStatus::Confirmed,
-        TaskStatus::Canceling,
-        TaskStatus::Canceled,
-        TaskStatus::Expired,
-        TaskStatus::Failed,
-        TaskStatus::Heuristic,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             TaskStatus::Pending => "pending",
