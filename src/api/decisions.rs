@@ -12,7 +12,7 @@ use super::error::{ApiError, ProblemType};
 use super::extract::JobPath;
 use super::respond::{base_url, job_response, outcomes, prefer_wait};
 use crate::domain::actions::{Action, Gate, client_refusal};
-use crate::domain::{FailureReason, JobStatus};
+use crate::domain::{FailureReason, JobState, JobStatus};
 use crate::store::{ClientRequest, JobRecord, RequestOutcome};
 
 #[utoipa::path(delete, path = "/jobs/{jobID}", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 202, description = "Canceling", body = crate::api::repr::JobRepr), (status = 200, description = "Already canceled", body = crate::api::repr::JobRepr), (status = 404, description = "No such job"), (status = 409, description = "The decision was taken, or the client asked to confirm: the detail says which")))]
@@ -34,12 +34,12 @@ pub async fn cancel_job(
     };
     // A repeat is answered as the first time: canceled (200), or being canceled at the client's
     // request (202).
-    match (gate.status, gate.failure_reason) {
-        (JobStatus::Canceled, _) => {
+    match gate.state {
+        JobState::Canceled(_) => {
             let record = load(&state, &id).await?;
             Ok(job_response(StatusCode::OK, &base, &record, false))
         }
-        (JobStatus::Canceling, Some(FailureReason::Client)) => {
+        JobState::Canceling(FailureReason::Client) => {
             let record = load(&state, &id).await?;
             Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
         }
@@ -87,7 +87,7 @@ pub async fn confirm_job(
         // Taken, or a repeat while the confirms run: answered as the first time.
         None
         | Some(Gate {
-            status: JobStatus::Confirming,
+            state: JobState::Confirming,
             ..
         }) => match prefer_wait(&headers, state.settings.max_wait()) {
             Some(wait) => {
@@ -112,12 +112,12 @@ pub async fn confirm_job(
                 Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
             }
         },
-        Some(gate) if gate.status.is_terminal() => {
+        Some(gate) if gate.state.status().is_terminal() => {
             let record = load(&state, &id).await?;
             confirm_outcome(&base, &record)
         }
         // Being canceled: the refusal, with each task's outcome so far.
-        Some(gate) if !gate.status.is_undecided() => {
+        Some(gate) if !gate.state.status().is_undecided() => {
             let record = load(&state, &id).await?;
             Err(refused(&gate, Action::Confirm).with_tasks(outcomes(&record)))
         }

@@ -7,7 +7,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 
 use super::job::{ConfirmState, Job, Requested};
-use super::status::{FailureReason, JobEvent, JobStatus, TaskEvent, TaskStatus};
+use super::status::{JobEvent, JobState, JobStatus, TaskEvent, TaskStatus};
 use super::target::TaskId;
 
 enum_with_all! {
@@ -118,8 +118,7 @@ impl fmt::Display for Refusal {
 /// row as the store's guarded write finds it (it reports this when it changes nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gate {
-    pub status: JobStatus,
-    pub failure_reason: Option<FailureReason>,
+    pub state: JobState,
     pub requested: Requested,
     pub has_tasks: bool,
 }
@@ -127,8 +126,7 @@ pub struct Gate {
 impl Gate {
     pub fn of(job: &Job) -> Gate {
         Gate {
-            status: job.status(),
-            failure_reason: job.failure_reason(),
+            state: job.state,
             requested: job.requested,
             has_tasks: !job.tasks.is_empty(),
         }
@@ -140,7 +138,7 @@ impl Gate {
 /// acted on yet is not offered again, and a confirm request closes the cancel (repeating a
 /// request is still answered as the first time: that is the endpoints' to say).
 pub fn client_refusal(gate: &Gate, action: Action) -> Option<Refusal> {
-    let status = gate.status;
+    let status = gate.state.status();
     match action {
         Action::Confirm | Action::Cancel | Action::Participants if !status.is_undecided() => {
             Some(Refusal::Decided(status, action))

@@ -197,10 +197,6 @@ impl Engine {
         &self.inner.settings.instance_id
     }
 
-    pub fn lease_ttl(&self) -> Duration {
-        self.inner.settings.lease_ttl
-    }
-
     /// Job ids whose state changed from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<JobId> {
         self.inner.changes.subscribe()
@@ -224,7 +220,7 @@ impl Engine {
         let row = store::NewJobRow {
             submission,
             owner: self.instance_id().to_string(),
-            lease_ttl: self.lease_ttl(),
+            lease_ttl: self.inner.settings.lease_ttl,
         };
         let mut record = store::initial_record(&row);
         let first = self.plan_first(&mut record.job);

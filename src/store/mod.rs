@@ -48,8 +48,8 @@ pub use notifications::*;
 pub use requests::*;
 pub use rows::JobRecord;
 use rows::{
-    JOB_COLUMNS, TASK_COLUMNS, TaskColumns, fields_from_row, job_from_row, task_from_row,
-    update_tasks,
+    JOB_COLUMNS, TASK_COLUMNS, TaskColumns, fields_from_row, job_from_row, state_from_row,
+    task_from_row, update_tasks,
 };
 
 mod embedded {

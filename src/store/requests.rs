@@ -29,11 +29,8 @@ async fn gate(client: &impl GenericClient, id: &str) -> Result<Option<Gate>> {
 /// A `Gate` from a row with `status`, `failure_reason`, `task_count`, `confirm_requested` and
 /// `cancel_requested`.
 fn gate_of(r: &tokio_postgres::Row) -> Result<Gate> {
-    let status: String = r.try_get("status")?;
-    let reason: Option<String> = r.try_get("failure_reason")?;
     Ok(Gate {
-        status: status.parse().map_err(corrupt)?,
-        failure_reason: reason.map(|r| r.parse()).transpose().map_err(corrupt)?,
+        state: state_from_row(r, "status")?,
         requested: Requested::from_flags(
             r.try_get("confirm_requested")?,
             r.try_get("cancel_requested")?,

@@ -46,22 +46,29 @@ pub(super) fn fields_from_row(row: &tokio_postgres::Row) -> Result<JobFields> {
         .0)
 }
 
+/// A job's state from a row's `status` column (named `status_column`) and `failure_reason`. The
+/// rule the schema checks too (V5): failed and canceled jobs say why, a canceling one does, other
+/// jobs carry no reason.
+pub(super) fn state_from_row(row: &tokio_postgres::Row, status_column: &str) -> Result<JobState> {
+    let status: JobStatus = row
+        .try_get::<_, String>(status_column)?
+        .parse()
+        .map_err(corrupt)?;
+    let reason = row
+        .try_get::<_, Option<String>>("failure_reason")?
+        .map(|r| r.parse::<FailureReason>())
+        .transpose()
+        .map_err(corrupt)?;
+    JobState::from_parts(status, reason).map_err(corrupt)
+}
+
 pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Result<JobRecord> {
-    let status: String = row.try_get("job_status")?;
-    let reason: Option<String> = row.try_get("failure_reason")?;
     let retry_policy: Option<Value> = row.try_get("retry_policy")?;
     let retry_policy: Option<RetryPolicyPatch> = retry_policy
         .map(serde_json::from_value)
         .transpose()
         .map_err(corrupt)?;
-    let status: JobStatus = status.parse().map_err(corrupt)?;
-    let failure_reason = reason
-        .map(|r| r.parse::<FailureReason>())
-        .transpose()
-        .map_err(corrupt)?;
-    // The rule the schema checks too (V5): failed and canceled jobs say why, a canceling one
-    // does, other jobs carry no reason.
-    let state = JobState::from_parts(status, failure_reason).map_err(corrupt)?;
+    let state = state_from_row(row, "job_status")?;
     Ok(JobRecord {
         job: Job {
             id: stored_id(row, "id")?,
