@@ -363,7 +363,11 @@ impl Tried {
     fn from_result(result: CallResult, attempts: u32) -> Self {
         let status = result.http_status;
         match result.answer {
-            Answer::Reserved { link, response, .. } => Tried::Reserved {
+            Answer::Reserved {
+                link: Some(link),
+                response,
+                ..
+            } => Tried::Reserved {
                 expires_sent: response
                     .as_ref()
                     .and_then(|r| r.pointer("/participantLink/expires"))
@@ -437,7 +441,8 @@ impl Settled {
 /// An answer as the report shows it: its status and what the client made of it.
 fn said(status: Option<u16>, answer: &Answer) -> String {
     let message = match answer {
-        Answer::Reserved { link, .. } => format!("link {}", link.uri),
+        Answer::Reserved { link: Some(link), .. } => format!("link {}", link.uri),
+        Answer::Reserved { link: None, .. } => "no link".to_string(),
         Answer::Done => String::new(),
         Answer::Retryable { message, .. }
         | Answer::Unknown { message }
@@ -579,6 +584,7 @@ impl Run<'_> {
                 ids: self.ids(request_id),
                 timeout: self.options.call_timeout,
                 job_deadline: deadline,
+                needs_link: true,
             })
         })
         .await;

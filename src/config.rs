@@ -258,6 +258,17 @@ pub struct Config {
     )]
     pub confirm_margin: Span,
 
+    /// How long after the decision the confirm or cancel of a task with its own confirm and
+    /// cancel URLs is retried; a confirm still failing then makes the task heuristic.
+    #[arg(
+        long,
+        env = "TCC_CALLBACK_HORIZON",
+        value_name = "TCC_CALLBACK_HORIZON",
+        default_value = "24h",
+        global = true
+    )]
+    pub callback_horizon: Span,
+
     /// Most tasks in one job.
     #[arg(long, env = "TCC_MAX_TASKS", value_name = "TCC_MAX_TASKS", default_value = "100", value_parser = parse_max_tasks, global = true)]
     pub max_tasks: usize,

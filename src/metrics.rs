@@ -36,7 +36,7 @@ pub const READY: &str = "tcc_ready";
 
 /// `tcc_jobs_created_total{source}`: JCL `POST /jobs`, or the Atomikos-compatible
 /// `PUT /coordinator/*`.
-pub const JOB_SOURCES: [&str; 2] = ["jcl", "atomikos"];
+pub const JOB_SOURCES: [&str; 3] = ["jcl", "atomikos", "dtm"];
 /// `tcc_jobs_finished_total{status}`: the terminal statuses.
 pub const FINISHED_STATUSES: [&str; 4] = ["completed", "failed", "canceled", "heuristic"];
 /// `tcc_notifications_total{channel, outcome}`.
@@ -262,7 +262,7 @@ pub fn host_port(url: &str) -> Option<Cow<'_, str>> {
 fn describe() {
     describe_counter!(
         JOBS_CREATED,
-        "Jobs accepted, by entry point (jcl, atomikos)."
+        "Jobs accepted, by entry point (jcl, atomikos, dtm)."
     );
     describe_counter!(JOBS_FINISHED, "Jobs that reached a terminal status.");
     describe_gauge!(JOBS_ACTIVE, "Jobs in each non-terminal status.");

@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::domain::TargetUrl;
 use crate::domain::policy::TargetPolicy;
 use crate::domain::request::MAX_NUMBER;
+use crate::domain::job::Callbacks;
 use crate::domain::{Answer, Link, Op, rfc3339};
 
 /// Answers larger than this are refused.
@@ -79,6 +80,9 @@ pub struct TryCall<'a> {
     pub timeout: Duration,
     /// A missing `expires` in the answer means the reservation lasts until here.
     pub job_deadline: DateTime<Utc>,
+    /// The answer must carry a participant link: false for a task with its own confirm and
+    /// cancel URLs, whose Try succeeds with any 200 or 201.
+    pub needs_link: bool,
 }
 
 enum Failure {
@@ -196,6 +200,18 @@ impl ParticipantClient {
                 let (answer, outcome) = match code {
                     200 | 201 => match body {
                         Err(e) => (Answer::Refused { message: e }, CallOutcome::Refused),
+                        Ok(body) if !call.needs_link => {
+                            let (response, keep) = kept_answer(parse_json(&body), &body);
+                            (
+                                Answer::Reserved {
+                                    link: None,
+                                    note: None,
+                                    response,
+                                    keep,
+                                },
+                                CallOutcome::Success,
+                            )
+                        }
                         Ok(body) => match read_link(
                             call.url,
                             &headers,
@@ -249,6 +265,99 @@ impl ParticipantClient {
         headers.insert(ACCEPT, "application/tcc".parse().expect("static"));
         self.settle(Method::DELETE, Op::Cancel, link, headers, timeout)
             .await
+    }
+
+    /// The confirm or cancel of a task with its own URLs: `POST {confirmURL}` or
+    /// `POST {cancelURL}` with the task's body, any 2xx a success; or, for a DTM branch, the call
+    /// DTM makes (`dtm_call`).
+    pub async fn settle_own(
+        &self,
+        op: Op,
+        callbacks: &Callbacks,
+        ids: &CallIds<'_>,
+        timeout: Duration,
+    ) -> CallResult {
+        let started = Instant::now();
+        let url = match op {
+            Op::Cancel => &callbacks.cancel_url,
+            Op::Try | Op::Confirm => &callbacks.confirm_url,
+        };
+        let what = op.as_str();
+        let mut headers = Self::base_headers(ids);
+        headers.insert(ACCEPT, "application/json".parse().expect("static"));
+        let sent = match &callbacks.dtm {
+            None => {
+                headers.insert(CONTENT_TYPE, "application/json".parse().expect("static"));
+                let body = callbacks
+                    .body
+                    .as_ref()
+                    .map_or_else(|| b"{}".to_vec(), |b| b.to_string().into_bytes());
+                self.send(Method::POST, url.as_str(), headers, Some(body), timeout)
+                    .await
+            }
+            Some(branch) => {
+                let mut target = url::Url::parse(url.as_str()).ok();
+                if let Some(t) = target.as_mut() {
+                    t.query_pairs_mut()
+                        .append_pair("gid", &branch.gid)
+                        .append_pair("trans_type", "tcc")
+                        .append_pair("branch_id", &branch.branch_id)
+                        .append_pair("op", what);
+                }
+                let target = target.map_or_else(|| url.to_string(), String::from);
+                for (name, value) in &branch.headers {
+                    if let (Ok(n), Ok(v)) = (
+                        reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(value),
+                    ) {
+                        headers.insert(n, v);
+                    }
+                }
+                if branch.data.is_empty() {
+                    self.send(Method::GET, &target, headers, None, timeout).await
+                } else {
+                    headers.insert(CONTENT_TYPE, "application/json".parse().expect("static"));
+                    self.send(
+                        Method::POST,
+                        &target,
+                        headers,
+                        Some(branch.data.clone().into_bytes()),
+                        timeout,
+                    )
+                    .await
+                }
+            }
+        };
+        let (answer, outcome, http_status) = match sent {
+            Err(f) => failure(f, op),
+            Ok((status, headers, body)) => {
+                let code = status.as_u16();
+                let (answer, outcome) = if callbacks.dtm.is_some() {
+                    dtm_answer(what, code, &headers, &body)
+                } else {
+                    match code {
+                        200..=299 => (Answer::Done, CallOutcome::Success),
+                        408 | 429 | 500..=599 => retryable(code, &headers),
+                        _ => (
+                            Answer::Refused {
+                                message: format!(
+                                    "the participant refused the {what}: HTTP {code}{}",
+                                    excerpt(&body)
+                                ),
+                            },
+                            CallOutcome::Refused,
+                        ),
+                    }
+                };
+                (answer, outcome, Some(code))
+            }
+        };
+        CallResult {
+            answer,
+            outcome,
+            http_status,
+            duration: started.elapsed(),
+        }
     }
 
     async fn settle(
@@ -318,6 +427,75 @@ impl ParticipantClient {
             duration: started.elapsed(),
         }
     }
+}
+
+/// A DTM branch's answer as DTM reads it: 425, or `ONGOING` in the body, is to be tried again;
+/// 409, or `FAILURE` in the body, is a refusal; any other 200 a success; anything else is
+/// retried (500, 502 and 504 as calls that may have been applied).
+fn dtm_answer(
+    what: &str,
+    code: u16,
+    headers: &HeaderMap,
+    body: &Result<Vec<u8>, String>,
+) -> (Answer, CallOutcome) {
+    let text = match body {
+        Ok(b) => String::from_utf8_lossy(b),
+        Err(_) => "".into(),
+    };
+    if code == 425 || text.contains("ONGOING") {
+        return (
+            Answer::Retryable {
+                message: format!("the branch answered ONGOING to the {what} (HTTP {code})"),
+                retry_after: None,
+            },
+            CallOutcome::Retryable,
+        );
+    }
+    if code == 409 || text.contains("FAILURE") {
+        return (
+            Answer::Refused {
+                message: format!(
+                    "the branch answered FAILURE to the {what}: HTTP {code}{}",
+                    excerpt(body)
+                ),
+            },
+            CallOutcome::Refused,
+        );
+    }
+    match code {
+        200 => (Answer::Done, CallOutcome::Success),
+        500..=599 | 408 | 429 => retryable(code, headers),
+        _ => (
+            Answer::Retryable {
+                message: format!("the {what} answered HTTP {code}{}", excerpt(body)),
+                retry_after: None,
+            },
+            CallOutcome::Retryable,
+        ),
+    }
+}
+
+/// A JSON answer, if the body is one.
+fn parse_json(body: &[u8]) -> Option<Value> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        None
+    } else {
+        serde_json::from_slice(body).ok()
+    }
+}
+
+/// The answer as the output mappings read it, and whether the task keeps it for display (small
+/// and shallow enough to show, and to read back inside the job's representation).
+fn kept_answer(json: Option<Value>, body: &[u8]) -> (Option<Value>, bool) {
+    let response = json.map(|mut v| {
+        make_storable(&mut v);
+        v
+    });
+    let keep = body.len() <= MAX_KEPT_RESPONSE
+        && response.as_ref().is_none_or(|v| {
+            crate::domain::mapping::depth(v) <= crate::domain::mapping::MAX_BUILT_DEPTH
+        });
+    (response, keep)
 }
 
 fn classify_error(e: reqwest::Error) -> Failure {
@@ -468,11 +646,7 @@ fn read_link(
     job_deadline: DateTime<Utc>,
     policy: &TargetPolicy,
 ) -> Result<Answer, String> {
-    let json: Option<Value> = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        None
-    } else {
-        serde_json::from_slice(body).ok()
-    };
+    let json = parse_json(body);
     let from_body = json.as_ref().and_then(|j| j.get("participantLink"));
     let (uri, expires) = match from_body {
         Some(link) => {
@@ -553,21 +727,12 @@ fn read_link(
             }
         }
     };
-    // The output mappings read the whole answer; the task keeps it for display only when it is
-    // small and shallow enough to show (and to read back inside the job's representation).
-    let response = json.map(|mut v| {
-        make_storable(&mut v);
-        v
-    });
-    let keep = body.len() <= MAX_KEPT_RESPONSE
-        && response.as_ref().is_none_or(|v| {
-            crate::domain::mapping::depth(v) <= crate::domain::mapping::MAX_BUILT_DEPTH
-        });
+    let (response, keep) = kept_answer(json, body);
     Ok(Answer::Reserved {
-        link: Link {
+        link: Some(Link {
             uri: resolved,
             expires,
-        },
+        }),
         note,
         response,
         keep,
@@ -594,7 +759,11 @@ mod tests {
             deadline(),
             &TargetPolicy::default(),
         ) {
-            Ok(Answer::Reserved { link, note, .. }) => {
+            Ok(Answer::Reserved {
+                link: Some(link),
+                note,
+                ..
+            }) => {
                 assert_eq!(link.uri, "http://p:9/r/1");
                 assert!(note.is_none());
             }
@@ -614,7 +783,11 @@ mod tests {
             deadline(),
             &TargetPolicy::default(),
         ) {
-            Ok(Answer::Reserved { link, note, .. }) => {
+            Ok(Answer::Reserved {
+                link: Some(link),
+                note,
+                ..
+            }) => {
                 assert!(link.expires <= crate::domain::request::latest_expiry(Utc::now()));
                 assert!(note.is_some_and(|n| n.contains("2999")), "says so");
             }
@@ -640,7 +813,9 @@ mod tests {
                 deadline(),
                 &TargetPolicy::default(),
             ) {
-                Ok(Answer::Reserved { link, .. }) => assert_eq!(link.uri, want, "{uri}"),
+                Ok(Answer::Reserved {
+                    link: Some(link), ..
+                }) => assert_eq!(link.uri, want, "{uri}"),
                 other => panic!("{uri}: {other:?}"),
             }
         }
@@ -652,7 +827,11 @@ mod tests {
         h.insert(LOCATION, "r/2".parse().expect("static"));
         let d = deadline();
         match read_link("http://p/try/", &h, b"", d, &TargetPolicy::default()) {
-            Ok(Answer::Reserved { link, note, .. }) => {
+            Ok(Answer::Reserved {
+                link: Some(link),
+                note,
+                ..
+            }) => {
                 assert_eq!(link.uri, "http://p/try/r/2");
                 assert_eq!(link.expires, d);
                 assert!(note.unwrap_or_default().contains("no expires"));

@@ -170,6 +170,7 @@ impl Application {
                 retention: config.retention.0,
                 planner: PlannerSettings {
                     confirm_margin: config.confirm_margin.0,
+                    callback_horizon: config.callback_horizon.0,
                 },
                 heuristic_webhook: config.heuristic_webhook.clone(),
             },

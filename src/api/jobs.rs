@@ -246,6 +246,13 @@ fn unchanged_parts(record: &JobRecord, new: &request::NewJob, doc: &Value) -> Op
                 request::NewTaskKind::Link(link) => {
                     stored.try_spec.is_none() && stored.link.as_ref() == Some(link)
                 }
+                request::NewTaskKind::Callbacks {
+                    try_spec,
+                    callbacks,
+                } => {
+                    stored.try_spec.as_deref() == try_spec.as_ref()
+                        && stored.callbacks.as_deref() == Some(callbacks)
+                }
             };
         if !same {
             return Some(format!(

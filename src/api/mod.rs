@@ -10,6 +10,7 @@ pub mod auth;
 mod coordinator;
 mod db;
 mod decisions;
+mod dtm;
 mod entry;
 mod error;
 mod events;
@@ -138,6 +139,19 @@ fn routes(state: &AppState) -> Router<AppState> {
             "/coordinator/cancel",
             with_options(put(coordinator::cancel), "PUT, OPTIONS"),
         )
+        .route("/api/dtmsvr/newGid", with_options(get(dtm::new_gid), GET))
+        .route("/api/dtmsvr/prepare", with_options(post(dtm::prepare), POST))
+        .route(
+            "/api/dtmsvr/registerBranch",
+            with_options(post(dtm::register_branch), POST),
+        )
+        .route(
+            "/api/dtmsvr/registerTccBranch",
+            with_options(post(dtm::register_branch), POST),
+        )
+        .route("/api/dtmsvr/submit", with_options(post(dtm::submit), POST))
+        .route("/api/dtmsvr/abort", with_options(post(dtm::abort), POST))
+        .route("/api/dtmsvr/query", with_options(get(dtm::query), GET))
         .route(
             "/problems/{slug}",
             with_options(get(problems::problem_page), GET),

@@ -279,6 +279,17 @@ pub struct TaskRepr<'a> {
     pub task_max_ttl: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<&'a RetryPolicyPatch>,
+    /// Where the coordinator confirms the task (a task with its own URLs).
+    #[serde(rename = "confirmURL", skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uri")]
+    pub confirm_url: Option<&'a str>,
+    /// Where the coordinator cancels the task (a task with its own URLs).
+    #[serde(rename = "cancelURL", skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uri")]
+    pub cancel_url: Option<&'a str>,
+    /// The DTM branch this task is (a job of a DTM global transaction).
+    #[serde(rename = "dtmBranchID", skip_serializing_if = "Option::is_none")]
+    pub dtm_branch_id: Option<&'a str>,
     pub task_status: TaskStatus,
     pub participant_link: Option<LinkValue<'a>>,
     pub attempts: i32,
@@ -294,6 +305,7 @@ pub struct TaskRepr<'a> {
 impl<'a> TaskRepr<'a> {
     pub fn new(base: &str, job_id: &str, t: &'a Task) -> Self {
         let spec = t.try_spec.as_deref();
+        let own = t.callbacks.as_deref();
         let mapping = |pairs: &'a [(String, String)]| (!pairs.is_empty()).then_some(Mapping(pairs));
         let mut links = Links::default();
         links.add(
@@ -307,11 +319,18 @@ impl<'a> TaskRepr<'a> {
             task_id: &t.task_id,
             task_description: t.description.as_deref(),
             task_url: spec.map(|s| s.task_url.as_str()),
-            body: spec.and_then(|s| s.body.as_ref()),
+            body: spec
+                .and_then(|s| s.body.as_ref())
+                .or_else(|| own.and_then(|c| c.body.as_ref())),
             input_mapping: spec.and_then(|s| mapping(&s.input_mapping)),
             output_mapping: spec.and_then(|s| mapping(&s.output_mapping)),
             task_max_ttl: spec.map(|s| s.task_max_ttl),
-            retry_policy: spec.and_then(|s| s.retry_policy.as_ref()),
+            retry_policy: spec
+                .and_then(|s| s.retry_policy.as_ref())
+                .or_else(|| own.and_then(|c| c.retry_policy.as_ref())),
+            confirm_url: own.map(|c| c.confirm_url.as_str()),
+            cancel_url: own.map(|c| c.cancel_url.as_str()),
+            dtm_branch_id: own.and_then(|c| c.dtm.as_ref()).map(|d| d.branch_id.as_str()),
             task_status: t.status,
             participant_link: t.link.as_ref().map(|l| LinkValue {
                 uri: &l.uri,

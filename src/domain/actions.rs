@@ -204,12 +204,21 @@ pub fn allowed(job: &Job, resolved: bool, now: DateTime<Utc>) -> Vec<Action> {
         .collect()
 }
 
-/// The heuristic tasks whose link has not expired: `continue` retries their confirm.
+/// The heuristic tasks whose confirm can still be sent: their link has not expired, or they
+/// have their own confirm URL and it was their confirm that failed (a cancel that failed is not
+/// turned into a confirm). `continue` retries their confirm.
 fn retryable(job: &Job, now: DateTime<Utc>) -> impl Iterator<Item = usize> + '_ {
     job.tasks
         .iter()
         .enumerate()
-        .filter(move |(_, t)| t.status == TaskStatus::Heuristic && !t.link_expired(now))
+        .filter(move |(_, t)| {
+            t.status == TaskStatus::Heuristic
+                && if t.callbacks.is_some() {
+                    t.confirm.is_refused()
+                } else {
+                    !t.link_expired(now)
+                }
+        })
         .map(|(i, _)| i)
 }
 
@@ -251,6 +260,8 @@ pub fn continue_heuristic(
         t.attempts = 0;
         t.next_attempt_at = None;
         t.end_time = None;
+        // A task with its own URLs is given a new horizon when the confirm is planned.
+        t.callbacks_until = None;
         t.last_message = Some("the confirm is retried on an operator's request".into());
     }
     Ok(tasks.len())
@@ -282,6 +293,7 @@ pub fn restart(job: &mut Job, job_max_ttl: f64, now: DateTime<Utc>) -> Result<()
             .map_err(|e| e.to_string())?;
         let t = &mut job.tasks[i];
         t.link = None;
+        t.callbacks_until = None;
         t.attempts = 0;
         t.next_attempt_at = None;
         t.confirm = ConfirmState::default();

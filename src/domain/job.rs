@@ -49,6 +49,42 @@ pub struct TrySpec {
     pub retry_policy: Option<RetryPolicyPatch>,
 }
 
+/// Where a task with its own confirm and cancel URLs (docs/api.md, "Tasks with confirm and
+/// cancel URLs") is settled: `POST {confirmURL}` or `POST {cancelURL}` with its body, or, for a
+/// branch of a DTM global transaction, as DTM calls a branch. It never changes once accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Callbacks {
+    #[serde(rename = "confirmURL")]
+    pub confirm_url: TargetUrl,
+    #[serde(rename = "cancelURL")]
+    pub cancel_url: TargetUrl,
+    /// Sent with the confirm and the cancel (default `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// The branch of a DTM global transaction this task is: called as DTM calls one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtm: Option<DtmBranch>,
+    /// The backoff of the confirm and cancel of a task without a taskURL (with one, the Try's
+    /// policy applies to both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicyPatch>,
+}
+
+/// How DTM calls a branch: `POST` with `data` as the body when it is not empty, else `GET`, with
+/// the query parameters `gid`, `trans_type`, `branch_id` and `op`, and the transaction's
+/// `branch_headers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DtmBranch {
+    pub gid: String,
+    pub branch_id: String,
+    /// The branch's `data` as the client registered it (a string, usually JSON).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
 /// Where a task's confirm stands, as one value, so that "sent", "refused" and "may have been
 /// applied" cannot disagree. `maybe_applied` is sticky: some confirm may have been applied
 /// without the coordinator hearing it (a timeout, a dropped connection, a 500/502/504, or an
@@ -156,6 +192,11 @@ pub struct Task {
     /// `None` for a task registered with a link. Shared: it never changes, and the engine copies
     /// its tasks on every step.
     pub try_spec: Option<Arc<TrySpec>>,
+    /// The task's own confirm and cancel URLs; `None` for a task settled through its link.
+    pub callbacks: Option<Arc<Callbacks>>,
+    /// Until when the current confirm or cancel of a task with `callbacks` is retried: the
+    /// decision plus `TCC_CALLBACK_HORIZON` (such a task has no expiry).
+    pub callbacks_until: Option<DateTime<Utc>>,
     pub status: TaskStatus,
     pub link: Option<Link>,
     /// Calls of the task's current operation (Try, then confirm, then cancel).
@@ -235,7 +276,12 @@ impl Task {
         let base = job_policy
             .map(|p| p.over(RetryPolicy::default()))
             .unwrap_or_default();
-        match self.try_spec.as_ref().and_then(|s| s.retry_policy.as_ref()) {
+        let own = match (&self.try_spec, &self.callbacks) {
+            (Some(s), _) => s.retry_policy.as_ref(),
+            (None, Some(c)) => c.retry_policy.as_ref(),
+            (None, None) => None,
+        };
+        match own {
             Some(p) => p.over(base),
             None => base,
         }
@@ -243,6 +289,16 @@ impl Task {
 
     pub fn link_expired(&self, now: DateTime<Utc>) -> bool {
         self.link.as_ref().is_some_and(|l| l.expires <= now)
+    }
+
+    /// The instant until which the current confirm or cancel is retried: the link's expiry, or
+    /// for a task with its own URLs the horizon of the decision.
+    pub fn settle_until(&self) -> Option<DateTime<Utc>> {
+        if self.callbacks.is_some() {
+            self.callbacks_until
+        } else {
+            self.link.as_ref().map(|l| l.expires)
+        }
     }
 
     fn set_status_end(&mut self, status: TaskStatus, now: DateTime<Utc>) {
@@ -287,6 +343,8 @@ pub enum JobSource {
     Jcl,
     /// The Atomikos-compatible `PUT /coordinator/confirm` and `/cancel`.
     Atomikos,
+    /// DTM's HTTP API (`/api/dtmsvr/`): a global transaction, keyed by its gid.
+    Dtm,
 }
 
 impl JobSource {
@@ -295,6 +353,7 @@ impl JobSource {
         match self {
             JobSource::Jcl => "jcl",
             JobSource::Atomikos => "atomikos",
+            JobSource::Dtm => "dtm",
         }
     }
 }
@@ -354,17 +413,34 @@ impl Job {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let (try_spec, status, link) = match &t.kind {
+                let (try_spec, status, link, callbacks) = match &t.kind {
                     NewTaskKind::Try(spec) => {
-                        (Some(Arc::new(spec.clone())), TaskStatus::Pending, None)
+                        (Some(Arc::new(spec.clone())), TaskStatus::Pending, None, None)
                     }
-                    NewTaskKind::Link(link) => (None, TaskStatus::Reserved, Some(link.clone())),
+                    NewTaskKind::Link(link) => {
+                        (None, TaskStatus::Reserved, Some(link.clone()), None)
+                    }
+                    NewTaskKind::Callbacks {
+                        try_spec,
+                        callbacks,
+                    } => (
+                        try_spec.clone().map(Arc::new),
+                        if try_spec.is_some() {
+                            TaskStatus::Pending
+                        } else {
+                            TaskStatus::Reserved
+                        },
+                        None,
+                        Some(Arc::new(callbacks.clone())),
+                    ),
                 };
                 Task {
                     idx: i as i32,
                     task_id: t.task_id.clone(),
                     description: t.description.clone(),
                     try_spec,
+                    callbacks,
+                    callbacks_until: None,
                     status,
                     link,
                     attempts: 0,

@@ -40,7 +40,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use event::{ActionKind, Event, EventKind, What};
 pub use job::{
-    ConfirmState, Job, JobSource, Link, Requested, Resolution, Submission, Task, TrySpec,
+    Callbacks, ConfirmState, Job, JobSource, Link, Requested, Resolution, Submission, Task, TrySpec,
 };
 pub use planner::{Answer, Op, Plan, PlannerSettings, Step};
 pub use status::{FailureReason, JobState, JobStatus, TaskStatus};

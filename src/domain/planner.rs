@@ -65,16 +65,20 @@ impl Plan {
 pub struct PlannerSettings {
     /// Every link must outlive now + this margin for the job to be confirmed.
     pub confirm_margin: Duration,
+    /// How long after the decision the confirm or cancel of a task with its own URLs is
+    /// retried (`TCC_CALLBACK_HORIZON`): such a task has no expiry.
+    pub callback_horizon: Duration,
 }
 
 /// A participant's answer, classified (docs/participant.md).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    /// A Try yielded a usable link. `note` says what the coordinator assumed (a missing expiry).
+    /// A Try yielded a usable link (`None` for a task with its own confirm and cancel URLs, whose
+    /// Try answer needs none). `note` says what the coordinator assumed (a missing expiry).
     /// `response` is the whole answer when it was JSON: the output mappings read it. It is kept
     /// on the task (for display) only when `keep` (small and shallow enough).
     Reserved {
-        link: Link,
+        link: Option<Link>,
         note: Option<String>,
         response: Option<Value>,
         keep: bool,
@@ -108,6 +112,14 @@ fn margin(settings: &PlannerSettings) -> chrono::Duration {
     chrono::Duration::from_std(settings.confirm_margin).unwrap_or(chrono::Duration::MAX)
 }
 
+/// The instant until which a task with its own URLs is confirmed or canceled from `now` on.
+pub fn horizon(settings: &PlannerSettings, now: DateTime<Utc>) -> DateTime<Utc> {
+    chrono::Duration::from_std(settings.callback_horizon)
+        .ok()
+        .and_then(|h| now.checked_add_signed(h))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// Decide what happens next. Tasks in `in_flight` have a call outstanding and are left alone.
 pub fn plan(
     job: &mut Job,
@@ -126,8 +138,8 @@ pub fn plan(
             JobStatus::Pending | JobStatus::Trying | JobStatus::Reserved => {
                 plan_undecided(job, &busy, now, settings, &mut plan)?
             }
-            JobStatus::Confirming => plan_confirming(job, &busy, now, &mut plan)?,
-            JobStatus::Canceling => plan_canceling(job, &busy, now, &mut plan)?,
+            JobStatus::Confirming => plan_confirming(job, &busy, now, settings, &mut plan)?,
+            JobStatus::Canceling => plan_canceling(job, &busy, now, settings, &mut plan)?,
             JobStatus::Completed
             | JobStatus::Failed
             | JobStatus::Canceled
@@ -176,11 +188,15 @@ fn plan_undecided(
         }
         if job.auto_confirm || job.requested == Requested::Confirm {
             job.job_on(JobEvent::DecideConfirm)?;
+            let until = horizon(settings, now);
             for i in 0..job.tasks.len() {
                 job.task_on(i, TaskEvent::ConfirmStarted, now)?;
                 let task = &mut job.tasks[i];
                 task.attempts = 0;
                 task.next_attempt_at = None;
+                if task.callbacks.is_some() {
+                    task.callbacks_until = Some(until);
+                }
             }
             return Ok(());
         }
@@ -237,11 +253,16 @@ fn plan_confirming(
     job: &mut Job,
     in_flight: &HashSet<usize>,
     now: DateTime<Utc>,
+    settings: &PlannerSettings,
     plan: &mut Plan,
 ) -> Result<(), IllegalTransition> {
     for (i, task) in job.tasks.iter_mut().enumerate() {
         if in_flight.contains(&i) || task.status != TaskStatus::Confirming {
             continue;
+        }
+        // A confirm retried on an operator's request starts a new horizon.
+        if task.callbacks.is_some() && task.callbacks_until.is_none() {
+            task.callbacks_until = Some(horizon(settings, now));
         }
         // A confirm was sent and nobody folded its answer in: this driver crashed or handed
         // the job back. It may have been applied.
@@ -249,13 +270,16 @@ fn plan_confirming(
         if task.confirm.is_refused() {
             continue;
         }
-        if task.link_expired(now) {
+        if task.settle_until().is_some_and(|u| u <= now) {
             task.confirm = task.confirm.refuse();
+            let why = if task.callbacks.is_some() {
+                "the confirm did not succeed within the callback horizon"
+            } else {
+                "the link expired before the confirm succeeded"
+            };
             task.last_message = Some(match task.last_message.take() {
-                Some(last) if task.attempts > 0 => {
-                    format!("the link expired before the confirm succeeded (last answer: {last})")
-                }
-                _ => "the link expired before the confirm succeeded".to_string(),
+                Some(last) if task.attempts > 0 => format!("{why} (last answer: {last})"),
+                _ => why.to_string(),
             });
         }
     }
@@ -302,12 +326,17 @@ fn plan_confirming(
         // a guess (rule 6), so the confirms go on; the refused tasks wait for the outcome.
     }
 
-    for i in 0..job.tasks.len() {
+    let one_at_a_time = one_at_a_time(job);
+    let mut turn_taken = one_at_a_time && !in_flight.is_empty();
+    for i in order(job.tasks.len(), one_at_a_time) {
         if in_flight.contains(&i) {
             continue;
         }
         let task = &mut job.tasks[i];
         if task.status != TaskStatus::Confirming || task.confirm.is_refused() {
+            continue;
+        }
+        if std::mem::replace(&mut turn_taken, one_at_a_time) {
             continue;
         }
         if due(task.next_attempt_at, now) {
@@ -322,8 +351,8 @@ fn plan_confirming(
         } else if let Some(at) = task.next_attempt_at {
             plan.wake(at);
         }
-        if let Some(l) = &task.link {
-            plan.wake(l.expires);
+        if let Some(until) = task.settle_until() {
+            plan.wake(until);
         }
     }
 
@@ -347,13 +376,30 @@ fn plan_canceling(
     job: &mut Job,
     in_flight: &HashSet<usize>,
     now: DateTime<Utc>,
+    settings: &PlannerSettings,
     plan: &mut Plan,
 ) -> Result<(), IllegalTransition> {
-    for i in 0..job.tasks.len() {
+    let one_at_a_time = one_at_a_time(job);
+    let mut turn_taken = one_at_a_time && !in_flight.is_empty();
+    for i in order(job.tasks.len(), one_at_a_time) {
         if in_flight.contains(&i) {
             continue;
         }
+        let own_urls = job.tasks[i].callbacks.is_some();
         match job.tasks[i].status {
+            // A task with its own cancel URL gets a cancel once its Try was sent, answered or not:
+            // nothing there lapses by itself, and a participant that never saw the Try answers
+            // the cancel with an empty compensation.
+            TaskStatus::Trying | TaskStatus::Failed
+                if own_urls && job.tasks[i].try_spec.is_some() && job.tasks[i].attempts > 0 =>
+            {
+                job.task_on(i, TaskEvent::CancelStarted, now)?;
+                let task = &mut job.tasks[i];
+                task.attempts = 0;
+                task.next_attempt_at = None;
+                task.end_time = None;
+                task.callbacks_until = Some(horizon(settings, now));
+            }
             TaskStatus::Pending => {
                 job.task_on(i, TaskEvent::Abandoned, now)?;
                 job.tasks[i].last_message = Some("not tried: the job was canceled".into());
@@ -379,6 +425,9 @@ fn plan_canceling(
                 task.attempts = 0;
                 task.next_attempt_at = None;
                 task.confirm = task.confirm.reset();
+                if own_urls {
+                    task.callbacks_until = Some(horizon(settings, now));
+                }
             }
             _ => {}
         }
@@ -386,7 +435,17 @@ fn plan_canceling(
         if task.status != TaskStatus::Canceling {
             continue;
         }
-        let expires = task.link.as_ref().map(|l| l.expires);
+        let expires = task.settle_until();
+        if own_urls && expires.is_none_or(|e| e <= now) {
+            job.task_on(i, TaskEvent::CancelHeuristic, now)?;
+            let task = &mut job.tasks[i];
+            let why = "the cancel did not succeed within the callback horizon";
+            task.last_message = Some(match task.last_message.take() {
+                Some(last) if task.attempts > 0 => format!("{why} (last answer: {last})"),
+                _ => why.to_string(),
+            });
+            continue;
+        }
         if expires.is_none_or(|e| e <= now) {
             job.task_on(i, TaskEvent::Lapsed, now)?;
             let task = &mut job.tasks[i];
@@ -396,6 +455,9 @@ fn plan_canceling(
                 ),
                 _ => "the reservation lapsed before it could be canceled".to_string(),
             });
+            continue;
+        }
+        if std::mem::replace(&mut turn_taken, one_at_a_time) {
             continue;
         }
         if due(task.next_attempt_at, now) {
@@ -418,13 +480,30 @@ fn plan_canceling(
         && plan.steps.is_empty()
         && job.tasks.iter().all(|t| t.status.is_terminal())
     {
-        if job.tasks.iter().any(|t| t.status == TaskStatus::Confirmed) {
+        if job
+            .tasks
+            .iter()
+            .any(|t| matches!(t.status, TaskStatus::Confirmed | TaskStatus::Heuristic))
+        {
             job.job_on(JobEvent::ReleasedButConfirmed)?;
         } else {
             job.job_on(JobEvent::AllReleased)?;
         }
     }
     Ok(())
+}
+
+/// A DTM global transaction's branches are confirmed, and canceled, one at a time in the reverse
+/// order of their registration, as DTM does: the next waits until the one before has settled.
+fn one_at_a_time(job: &Job) -> bool {
+    job.tasks
+        .iter()
+        .any(|t| t.callbacks.as_ref().is_some_and(|c| c.dtm.is_some()))
+}
+
+/// The tasks in the order their confirms and cancels go out.
+fn order(n: usize, reverse: bool) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| if reverse { n - 1 - i } else { i })
 }
 
 /// Fold one participant answer into the job. `jitter` in [0, 1] draws the retry delay.
@@ -488,6 +567,9 @@ pub fn apply(
             if task.status != TaskStatus::Canceling {
                 return Err(out_of_turn(task.status, op));
             }
+            if task.callbacks.is_some() {
+                return apply_own_cancel(job, idx, answer, now, jitter, policy);
+            }
             match answer {
                 Answer::Done => {
                     job.task_on(idx, TaskEvent::Canceled, now)?;
@@ -536,6 +618,47 @@ pub fn apply(
     }
 }
 
+/// A cancel's answer for a task with its own cancel URL: success, a retry, or, refused, a
+/// heuristic task (nothing there lapses by itself).
+fn apply_own_cancel(
+    job: &mut Job,
+    idx: usize,
+    answer: Answer,
+    now: DateTime<Utc>,
+    jitter: f64,
+    policy: RetryPolicy,
+) -> Result<(), IllegalTransition> {
+    match answer {
+        Answer::Done => {
+            job.task_on(idx, TaskEvent::Canceled, now)?;
+            job.tasks[idx].last_message = Some("canceled".into());
+        }
+        Answer::Retryable {
+            message,
+            retry_after,
+        } => retry_later(&mut job.tasks[idx], message, retry_after, policy, now, jitter),
+        Answer::Unknown { message } => {
+            retry_later(&mut job.tasks[idx], message, None, policy, now, jitter)
+        }
+        Answer::Refused { message }
+        | Answer::Gone { message }
+        | Answer::NotImplemented { message }
+        | Answer::AlreadyConfirmed { message } => {
+            job.task_on(idx, TaskEvent::CancelHeuristic, now)?;
+            job.tasks[idx].last_message = Some(format!("the cancel was refused: {message}"));
+        }
+        Answer::Reserved { .. } => retry_later(
+            &mut job.tasks[idx],
+            "unexpected answer to a cancel".into(),
+            None,
+            policy,
+            now,
+            jitter,
+        ),
+    }
+    Ok(())
+}
+
 fn apply_try(
     job: &mut Job,
     idx: usize,
@@ -549,6 +672,10 @@ fn apply_try(
         return Err(out_of_turn(status, Op::Try));
     }
     match answer {
+        Answer::Reserved { link: None, .. } if job.tasks[idx].callbacks.is_none() => {
+            job.task_on(idx, TaskEvent::TryFailed, now)?;
+            job.tasks[idx].last_message = Some("the Try answer held no participant link".into());
+        }
         Answer::Reserved {
             link,
             note,
@@ -561,7 +688,7 @@ fn apply_try(
                 notes.extend(mapping::apply_output(&spec, resp, &mut job.shared_state));
             }
             let task = &mut job.tasks[idx];
-            task.link = Some(link);
+            task.link = link;
             task.try_response = response.filter(|_| keep).map(std::sync::Arc::new);
             task.next_attempt_at = None;
             task.last_message = Some(if notes.is_empty() {
@@ -659,6 +786,7 @@ mod tests {
     fn settings() -> PlannerSettings {
         PlannerSettings {
             confirm_margin: Duration::from_secs(1),
+            callback_horizon: Duration::from_secs(3600),
         }
     }
 
@@ -676,6 +804,8 @@ mod tests {
                 task_max_ttl: 10.0,
                 retry_policy: None,
             })),
+            callbacks: None,
+            callbacks_until: None,
             status: TaskStatus::Pending,
             link: None,
             attempts: 0,
@@ -714,7 +844,7 @@ mod tests {
 
     fn reserved(expires: DateTime<Utc>) -> Answer {
         Answer::Reserved {
-            link: link(expires),
+            link: Some(link(expires)),
             note: None,
             response: None,
             keep: true,
@@ -1285,5 +1415,252 @@ mod tests {
                 attempt: 2
             }]
         );
+    }
+
+    // ---- Tasks with their own confirm and cancel URLs (docs/api.md) ----
+
+    /// A task with its own URLs: with a Try the coordinator sends (`tried`), else registered
+    /// (reserved); a DTM branch when `dtm`.
+    fn own_task(idx: i32, tried: bool, dtm: bool) -> Task {
+        let mut t = try_task(idx);
+        if !tried {
+            t.try_spec = None;
+            t.status = TaskStatus::Reserved;
+        }
+        let url = |op: &str| {
+            crate::domain::TargetUrl::parse(&format!("http://p/{idx}/{op}")).expect("a URL")
+        };
+        t.callbacks = Some(std::sync::Arc::new(crate::domain::job::Callbacks {
+            confirm_url: url("confirm"),
+            cancel_url: url("cancel"),
+            body: None,
+            dtm: dtm.then(|| crate::domain::job::DtmBranch {
+                gid: "g".into(),
+                branch_id: format!("0{idx}"),
+                data: String::new(),
+                headers: vec![],
+            }),
+            retry_policy: None,
+        }));
+        t
+    }
+
+    fn own_job(tasks: Vec<Task>, auto_confirm: bool) -> Job {
+        let mut j = job(0);
+        j.tasks = tasks;
+        j.auto_confirm = auto_confirm;
+        j
+    }
+
+    fn own_reserved() -> Answer {
+        Answer::Reserved {
+            link: None,
+            note: None,
+            response: Some(json!({"ok": true})),
+            keep: true,
+        }
+    }
+
+    fn hour() -> chrono::Duration {
+        chrono::Duration::from_std(settings().callback_horizon).expect("an hour")
+    }
+
+    #[test]
+    fn a_tried_task_with_its_own_urls_is_reserved_without_a_link_and_confirmed_at_its_url() {
+        let mut j = own_job(vec![own_task(0, true, false), try_task(1)], true);
+        let now = t0();
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(0, Op::Try), (1, Op::Try)]);
+        apply(&mut j, 0, Op::Try, own_reserved(), now, 0.5).expect("apply");
+        apply(&mut j, 1, Op::Try, reserved(now + secs(30)), now, 0.5).expect("apply");
+        assert_eq!(j.tasks[0].status, TaskStatus::Reserved);
+        assert!(j.tasks[0].link.is_none(), "no link is needed");
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(0, Op::Confirm), (1, Op::Confirm)]);
+        assert_eq!(j.tasks[0].callbacks_until, Some(now + hour()));
+        assert_eq!(j.tasks[1].callbacks_until, None, "a link has its expiry");
+        settle(&mut j, now, |_| Answer::Done);
+        assert_eq!(j.status(), JobStatus::Completed);
+    }
+
+    #[test]
+    fn a_link_task_still_needs_its_link_from_the_try() {
+        let mut j = job(1);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Try, own_reserved(), now, 0.5).expect("apply");
+        assert_eq!(j.tasks[0].status, TaskStatus::Failed);
+    }
+
+    #[test]
+    fn registered_own_urls_have_no_expiry_and_wait_for_the_client() {
+        let mut j = own_job(vec![own_task(0, false, false)], false);
+        let now = t0();
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status(), JobStatus::Reserved);
+        assert_eq!(p.wake_at, Some(j.deadline), "only the deadline, no expiry");
+        // Long after any margin would have mattered: still reserved, not `expiring`.
+        let p = plan(&mut j, &none(), now + secs(59), &settings()).expect("plan");
+        assert!(p.steps.is_empty());
+        assert_eq!(j.status(), JobStatus::Reserved);
+    }
+
+    #[test]
+    fn a_confirm_failing_until_the_horizon_makes_the_task_heuristic_when_another_confirmed() {
+        let mut j = own_job(vec![own_task(0, false, false), own_task(1, false, false)], true);
+        let now = t0();
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(0, Op::Confirm), (1, Op::Confirm)]);
+        apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
+        apply(&mut j, 1, Op::Confirm, retry503(), now, 0.5).expect("apply");
+        // Retried before the horizon.
+        let later = now + hour() - secs(1);
+        let p = plan(&mut j, &none(), later, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(1, Op::Confirm)]);
+        apply(&mut j, 1, Op::Confirm, retry503(), later, 0.5).expect("apply");
+        // At the horizon: heuristic, and the job with it.
+        let p = plan(&mut j, &none(), now + hour(), &settings()).expect("plan");
+        assert!(p.steps.is_empty());
+        assert_eq!(j.tasks[1].status, TaskStatus::Heuristic);
+        assert!(
+            j.tasks[1]
+                .last_message
+                .as_deref()
+                .is_some_and(|m| m.contains("callback horizon") && m.contains("503")),
+            "{:?}",
+            j.tasks[1].last_message
+        );
+        assert_eq!(j.status(), JobStatus::Heuristic);
+    }
+
+    #[test]
+    fn a_refused_first_confirm_cancels_the_rest_at_their_cancel_urls() {
+        let mut j = own_job(vec![own_task(0, false, false), own_task(1, false, false)], true);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Confirm, refused("400"), now, 0.5).expect("apply");
+        apply(&mut j, 1, Op::Confirm, retry503(), now, 0.5).expect("apply");
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status(), JobStatus::Canceling);
+        assert_eq!(ops(&p), vec![(0, Op::Cancel), (1, Op::Cancel)]);
+        settle(&mut j, now, |_| Answer::Done);
+        assert_eq!(j.state, JobState::Failed(FailureReason::ConfirmRefused));
+    }
+
+    #[test]
+    fn a_cancel_goes_to_every_own_url_task_whose_try_was_sent_answered_or_not() {
+        // 0: Try in flight, unanswered; 1: Try refused (failed); 2: never tried.
+        let mut j = own_job(
+            vec![
+                own_task(0, true, false),
+                own_task(1, true, false),
+                own_task(2, true, false),
+            ],
+            true,
+        );
+        let now = t0();
+        j.tasks[2].try_spec = None; // a registered one, reserved
+        j.tasks[2].status = TaskStatus::Pending;
+        j.tasks[2].try_spec = try_task(2).try_spec;
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(ops(&p).len(), 3);
+        // Task 2's Try was never sent in this job: make it pending again.
+        j.tasks[2].status = TaskStatus::Pending;
+        j.tasks[2].attempts = 0;
+        apply(&mut j, 1, Op::Try, refused("400"), now, 0.5).expect("apply");
+        let in_flight: HashSet<usize> = [0].into();
+        let p = plan(&mut j, &in_flight, now, &settings()).expect("plan");
+        assert_eq!(j.status(), JobStatus::Canceling);
+        assert_eq!(ops(&p), vec![(1, Op::Cancel)], "the refused Try is canceled too");
+        assert_eq!(j.tasks[2].status, TaskStatus::Canceled, "never tried: abandoned");
+        // The Try in flight is answered (or its driver is gone): canceled, not lapsed.
+        let busy: HashSet<usize> = [1].into();
+        let p = plan(&mut j, &busy, now, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(0, Op::Cancel)]);
+        assert_eq!(j.tasks[0].status, TaskStatus::Canceling);
+        apply(&mut j, 0, Op::Cancel, Answer::Done, now, 0.5).expect("apply");
+        apply(&mut j, 1, Op::Cancel, Answer::Done, now, 0.5).expect("apply");
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.state, JobState::Failed(FailureReason::TryFailed));
+    }
+
+    #[test]
+    fn a_cancel_refused_or_failing_until_the_horizon_is_heuristic() {
+        let mut j = own_job(vec![own_task(0, false, false), own_task(1, false, false)], false);
+        j.requested = Requested::Cancel;
+        let now = t0();
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(0, Op::Cancel), (1, Op::Cancel)]);
+        apply(&mut j, 0, Op::Cancel, refused("400"), now, 0.5).expect("apply");
+        assert_eq!(j.tasks[0].status, TaskStatus::Heuristic, "refused: nothing lapses there");
+        apply(&mut j, 1, Op::Cancel, retry503(), now, 0.5).expect("apply");
+        let p = plan(&mut j, &none(), now + hour() - secs(1), &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(1, Op::Cancel)], "retried, not lapsed");
+        apply(&mut j, 1, Op::Cancel, retry503(), now, 0.5).expect("apply");
+        plan(&mut j, &none(), now + hour(), &settings()).expect("plan");
+        assert_eq!(j.tasks[1].status, TaskStatus::Heuristic);
+        assert_eq!(j.status(), JobStatus::Heuristic);
+        // `continue` would retry confirms: a failed cancel is not one of them.
+        assert!(
+            crate::domain::actions::continue_heuristic(&mut j, false, now + hour()).is_err()
+        );
+    }
+
+    #[test]
+    fn continue_retries_a_failed_own_url_confirm_with_a_new_horizon() {
+        let mut j = own_job(vec![own_task(0, false, false), own_task(1, false, false)], true);
+        let now = t0();
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
+        apply(&mut j, 1, Op::Confirm, refused("400"), now, 0.5).expect("apply");
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.status(), JobStatus::Heuristic);
+        let later = now + hour() * 2;
+        assert_eq!(
+            crate::domain::actions::continue_heuristic(&mut j, false, later),
+            Ok(1)
+        );
+        let p = plan(&mut j, &none(), later, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(1, Op::Confirm)]);
+        assert_eq!(j.tasks[1].callbacks_until, Some(later + hour()));
+    }
+
+    #[test]
+    fn dtm_branches_are_confirmed_and_canceled_one_at_a_time_last_registered_first() {
+        let tasks = (0..3).map(|i| own_task(i, false, true)).collect();
+        let mut j = own_job(tasks, true);
+        let now = t0();
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(2, Op::Confirm)]);
+        // Nothing more while it is out.
+        let busy: HashSet<usize> = [2].into();
+        assert!(plan(&mut j, &busy, now, &settings()).expect("plan").steps.is_empty());
+        // ONGOING: the same branch again when due, not the next one.
+        apply(&mut j, 2, Op::Confirm, retry503(), now, 0.5).expect("apply");
+        let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert!(p.steps.is_empty() && p.wake_at.is_some());
+        let due = j.tasks[2].next_attempt_at.expect("a retry");
+        let p = plan(&mut j, &none(), due, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(2, Op::Confirm)]);
+        apply(&mut j, 2, Op::Confirm, Answer::Done, due, 0.5).expect("apply");
+        let p = plan(&mut j, &none(), due, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(1, Op::Confirm)]);
+        apply(&mut j, 1, Op::Confirm, Answer::Done, due, 0.5).expect("apply");
+        let p = plan(&mut j, &none(), due, &settings()).expect("plan");
+        assert_eq!(ops(&p), vec![(0, Op::Confirm)]);
+
+        let tasks = (0..3).map(|i| own_task(i, false, true)).collect();
+        let mut j = own_job(tasks, false);
+        j.requested = Requested::Cancel;
+        let mut order = vec![];
+        for _ in 0..3 {
+            let p = plan(&mut j, &none(), now, &settings()).expect("plan");
+            assert_eq!(p.steps.len(), 1);
+            order.push(p.steps[0].task);
+            apply(&mut j, p.steps[0].task, Op::Cancel, Answer::Done, now, 0.5).expect("apply");
+        }
+        assert_eq!(order, vec![2, 1, 0]);
+        plan(&mut j, &none(), now, &settings()).expect("plan");
+        assert_eq!(j.state, JobState::Canceled(FailureReason::Client));
     }
 }

@@ -224,7 +224,8 @@ impl TargetPolicy {
 /// What a request names that the policy refuses, as field errors (422), by JSON Pointer.
 pub mod refusals {
     use super::TargetPolicy;
-    use crate::domain::request::{FieldError, JobFields, NewJob, NewTaskKind, Registration};
+    use crate::domain::job::Callbacks;
+    use crate::domain::request::{FieldError, Hold, JobFields, NewJob, NewTaskKind, Registration};
 
     fn check(policy: &TargetPolicy, out: &mut Vec<FieldError>, pointer: String, url: &str) {
         if let Err(why) = policy.check_url(url) {
@@ -249,9 +250,44 @@ pub mod refusals {
                     format!("/tasks/{i}/participantLink/uri"),
                     link.uri.as_str(),
                 ),
+                NewTaskKind::Callbacks {
+                    try_spec,
+                    callbacks,
+                } => {
+                    if let Some(spec) = try_spec {
+                        check(
+                            policy,
+                            &mut out,
+                            format!("/tasks/{i}/taskURL"),
+                            spec.task_url.as_str(),
+                        );
+                    }
+                    own_urls(policy, &mut out, &format!("/tasks/{i}"), callbacks);
+                }
             }
         }
         out
+    }
+
+    /// A task's own confirm and cancel URLs, under `prefix`.
+    pub fn own_urls(
+        policy: &TargetPolicy,
+        out: &mut Vec<FieldError>,
+        prefix: &str,
+        callbacks: &Callbacks,
+    ) {
+        check(
+            policy,
+            out,
+            format!("{prefix}/confirmURL"),
+            callbacks.confirm_url.as_str(),
+        );
+        check(
+            policy,
+            out,
+            format!("{prefix}/cancelURL"),
+            callbacks.cancel_url.as_str(),
+        );
     }
 
     /// The job-level URLs (what `PUT /jobs/{id}` may change).
@@ -273,10 +309,13 @@ pub mod refusals {
         out
     }
 
-    /// A participant registration's link.
+    /// A participant registration's link, or its own URLs.
     pub fn registration(policy: &TargetPolicy, reg: &Registration) -> Vec<FieldError> {
         let mut out = Vec::new();
-        check(policy, &mut out, "/uri".into(), reg.link.uri.as_str());
+        match &reg.hold {
+            Hold::Link(link) => check(policy, &mut out, "/uri".into(), link.uri.as_str()),
+            Hold::Callbacks(callbacks) => own_urls(policy, &mut out, "", callbacks),
+        }
         out
     }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::job::{Link, TrySpec};
+use super::job::{Callbacks, Link, TrySpec};
 use super::mapping::{MAX_POINTER_SEGMENTS, segments, valid_pointer};
 use super::retry::RetryPolicyPatch;
 use super::target::{TargetUrl, TaskId};
@@ -120,6 +120,15 @@ pub struct TaskWire {
     /// An already reserved link (instead of taskURL).
     #[serde(rename = "participantLink")]
     participant_link: Option<LinkWire>,
+    /// Where the coordinator confirms this task: `POST` with the task's body (with cancelURL,
+    /// instead of a participant link; with or without a taskURL).
+    #[schema(format = "uri")]
+    #[serde(rename = "confirmURL")]
+    confirm_url: Option<String>,
+    /// Where the coordinator cancels this task: `POST` with the task's body.
+    #[schema(format = "uri")]
+    #[serde(rename = "cancelURL")]
+    cancel_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
@@ -177,6 +186,11 @@ pub struct NewTask {
 pub enum NewTaskKind {
     Try(TrySpec),
     Link(Link),
+    /// Its own confirm and cancel URLs; with a Try the coordinator sends, or tried by the client.
+    Callbacks {
+        try_spec: Option<TrySpec>,
+        callbacks: Callbacks,
+    },
 }
 
 /// The job-level fields as they are stored (`jobs.fields`) and shown back.
@@ -614,41 +628,91 @@ pub fn parse_job(
             &t.task_description,
             MAX_TEXT,
         );
+        let callbacks = match (&t.confirm_url, &t.cancel_url) {
+            (None, None) => None,
+            (Some(confirm), Some(cancel)) => {
+                let confirm = TargetUrl::parse(confirm)
+                    .map_err(|d| errors.push(FieldError::new(format!("{p}/confirmURL"), d)))
+                    .ok();
+                let cancel = TargetUrl::parse(cancel)
+                    .map_err(|d| errors.push(FieldError::new(format!("{p}/cancelURL"), d)))
+                    .ok();
+                if t.participant_link.is_some() {
+                    errors.push(FieldError::new(
+                        format!("{p}/participantLink"),
+                        "a task with confirmURL and cancelURL has no participant link",
+                    ));
+                }
+                Some(confirm.zip(cancel))
+            }
+            (Some(_), None) => {
+                errors.push(FieldError::new(
+                    format!("{p}/cancelURL"),
+                    "a task with a confirmURL needs a cancelURL too",
+                ));
+                Some(None)
+            }
+            (None, Some(_)) => {
+                errors.push(FieldError::new(
+                    format!("{p}/confirmURL"),
+                    "a task with a cancelURL needs a confirmURL too",
+                ));
+                Some(None)
+            }
+        };
         let kind = match (&t.task_url, &t.participant_link) {
+            _ if callbacks.is_some() => {
+                let try_spec = match &t.task_url {
+                    Some(url) => try_spec_of(&mut errors, &p, url, t),
+                    None => {
+                        for (field, present) in [
+                            ("inputMapping", t.input_mapping.is_some()),
+                            ("outputMapping", t.output_mapping.is_some()),
+                            ("taskMaxTTL", t.task_max_ttl.is_some()),
+                        ] {
+                            if present {
+                                errors.push(FieldError::new(
+                                    format!("{p}/{field}"),
+                                    "applies only to a task with a taskURL",
+                                ));
+                            }
+                        }
+                        if let Some(rp) = &t.retry_policy {
+                            check_retry_policy(&mut errors, &format!("{p}/retryPolicy"), rp);
+                        }
+                        None
+                    }
+                };
+                match callbacks.flatten() {
+                    Some((confirm_url, cancel_url))
+                        if t.task_url.is_none() || try_spec.is_some() =>
+                    {
+                        Some(NewTaskKind::Callbacks {
+                            try_spec,
+                            callbacks: Callbacks {
+                                confirm_url,
+                                cancel_url,
+                                body: t.body.clone(),
+                                dtm: None,
+                                retry_policy: if t.task_url.is_none() {
+                                    t.retry_policy
+                                } else {
+                                    None
+                                },
+                            },
+                        })
+                    }
+                    _ => None,
+                }
+            }
             (Some(_), Some(_)) | (None, None) => {
                 errors.push(FieldError::new(
                     &p,
-                    "a task must have exactly one of taskURL or participantLink",
+                    "a task must have exactly one of taskURL or participantLink, or a confirmURL and a cancelURL",
                 ));
                 None
             }
-            (Some(url), None) => {
-                let target = TargetUrl::parse(url)
-                    .map_err(|d| errors.push(FieldError::new(format!("{p}/taskURL"), d)))
-                    .ok();
-                let ttl = t.task_max_ttl.unwrap_or(10.0);
-                let _ = check_seconds(&mut errors, &format!("{p}/taskMaxTTL"), ttl, MAX_JOB_TTL);
-                if let Some(rp) = &t.retry_policy {
-                    check_retry_policy(&mut errors, &format!("{p}/retryPolicy"), rp);
-                }
-                let input_mapping =
-                    mapping_pairs(&mut errors, &format!("{p}/inputMapping"), &t.input_mapping);
-                let output_mapping = mapping_pairs(
-                    &mut errors,
-                    &format!("{p}/outputMapping"),
-                    &t.output_mapping,
-                );
-                target.map(|task_url| {
-                    NewTaskKind::Try(TrySpec {
-                        task_url,
-                        body: t.body.clone(),
-                        input_mapping,
-                        output_mapping,
-                        task_max_ttl: ttl,
-                        retry_policy: t.retry_policy,
-                    })
-                })
-            }
+            (Some(url), None) => try_spec_of(&mut errors, &p, url, t).map(NewTaskKind::Try),
             (None, Some(link)) => {
                 for (field, present) in [
                     ("body", t.body.is_some()),
@@ -700,6 +764,28 @@ pub fn parse_job(
         },
         shared_state,
         tasks,
+    })
+}
+
+/// The Try of a task with a `taskURL`: the URL, the timeout, the policy and the mappings checked.
+fn try_spec_of(errors: &mut Vec<FieldError>, p: &str, url: &str, t: &TaskWire) -> Option<TrySpec> {
+    let target = TargetUrl::parse(url)
+        .map_err(|d| errors.push(FieldError::new(format!("{p}/taskURL"), d)))
+        .ok();
+    let ttl = t.task_max_ttl.unwrap_or(10.0);
+    let _ = check_seconds(errors, &format!("{p}/taskMaxTTL"), ttl, MAX_JOB_TTL);
+    if let Some(rp) = &t.retry_policy {
+        check_retry_policy(errors, &format!("{p}/retryPolicy"), rp);
+    }
+    let input_mapping = mapping_pairs(errors, &format!("{p}/inputMapping"), &t.input_mapping);
+    let output_mapping = mapping_pairs(errors, &format!("{p}/outputMapping"), &t.output_mapping);
+    target.map(|task_url| TrySpec {
+        task_url,
+        body: t.body.clone(),
+        input_mapping,
+        output_mapping,
+        task_max_ttl: ttl,
+        retry_policy: t.retry_policy,
     })
 }
 
@@ -890,9 +976,30 @@ pub fn parse_link_set(
 /// A participant's registration into an open job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registration {
-    pub link: Link,
+    pub hold: Hold,
     pub task_id: Option<TaskId>,
     pub description: Option<String>,
+}
+
+/// What a registered participant holds: a link to confirm or cancel, or its own URLs for both.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hold {
+    Link(Link),
+    Callbacks(Callbacks),
+}
+
+impl Hold {
+    /// What the registration event names: the link, or the confirm URL.
+    pub fn describe(&self) -> String {
+        match self {
+            Hold::Link(l) => format!("the link {}", l.uri.as_str()),
+            Hold::Callbacks(c) => format!(
+                "the confirm URL {} and the cancel URL {}",
+                c.confirm_url.as_str(),
+                c.cancel_url.as_str()
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
@@ -916,6 +1023,18 @@ pub struct RegistrationWire {
     #[schema(max_length = 2048)]
     #[serde(rename = "taskDescription")]
     task_description: Option<String>,
+    /// Where the coordinator confirms this participant: `POST` with `body` (with cancelURL,
+    /// instead of a link).
+    #[schema(format = "uri")]
+    #[serde(rename = "confirmURL")]
+    confirm_url: Option<String>,
+    /// Where the coordinator cancels this participant: `POST` with `body`.
+    #[schema(format = "uri")]
+    #[serde(rename = "cancelURL")]
+    cancel_url: Option<String>,
+    /// Sent with the confirm and the cancel; default `{}`.
+    #[schema(value_type = Option<Object>)]
+    body: Option<Value>,
 }
 
 pub fn parse_registration(
@@ -934,31 +1053,45 @@ pub fn parse_registration(
     }
     let wire: RegistrationWire = from_value(value)?;
     let mut errors = Vec::new();
-    let link = match (
-        &wire.participant_link,
-        wire.uri.is_some() || wire.expires.is_some(),
-    ) {
-        (Some(_), true) => {
+    let has_link = wire.participant_link.is_some() || wire.uri.is_some() || wire.expires.is_some();
+    let hold = if wire.confirm_url.is_some() || wire.cancel_url.is_some() {
+        if has_link {
             errors.push(FieldError::new(
-                "/participantLink",
-                "give either participantLink or uri and expires, not both",
+                "",
+                "give either a link or confirmURL and cancelURL, not both",
             ));
-            None
         }
-        (Some(l), false) => check_link(
-            &mut errors,
-            "/participantLink",
-            l.uri.as_deref(),
-            l.expires.as_deref(),
-            now,
-        ),
-        (None, _) => check_link(
-            &mut errors,
-            "",
-            wire.uri.as_deref(),
-            wire.expires.as_deref(),
-            now,
-        ),
+        let mut url = |field: &str, v: &Option<String>| match v {
+            Some(u) => TargetUrl::parse(u)
+                .map_err(|d| errors.push(FieldError::new(format!("/{field}"), d)))
+                .ok(),
+            None => {
+                errors.push(FieldError::new(
+                    format!("/{field}"),
+                    "a participant with its own URLs needs both confirmURL and cancelURL",
+                ));
+                None
+            }
+        };
+        let confirm = url("confirmURL", &wire.confirm_url);
+        let cancel = url("cancelURL", &wire.cancel_url);
+        confirm.zip(cancel).map(|(confirm_url, cancel_url)| {
+            Hold::Callbacks(Callbacks {
+                confirm_url,
+                cancel_url,
+                body: wire.body.clone(),
+                dtm: None,
+                retry_policy: None,
+            })
+        })
+    } else {
+        if wire.body.is_some() {
+            errors.push(FieldError::new(
+                "/body",
+                "applies only to a participant with confirmURL and cancelURL",
+            ));
+        }
+        registered_link(&mut errors, &wire, now).map(Hold::Link)
     };
     let task_id = wire.task_id.as_deref().and_then(|id| {
         TaskId::parse(id)
@@ -971,13 +1104,47 @@ pub fn parse_registration(
         &wire.task_description,
         MAX_TEXT,
     );
-    match link {
-        Some(link) if errors.is_empty() => Ok(Registration {
-            link,
+    match hold {
+        Some(hold) if errors.is_empty() => Ok(Registration {
+            hold,
             task_id,
             description: wire.task_description,
         }),
         _ => Err(errors),
+    }
+}
+
+/// The link of a registration: `participantLink`, or `uri` and `expires`.
+fn registered_link(
+    errors: &mut Vec<FieldError>,
+    wire: &RegistrationWire,
+    now: DateTime<Utc>,
+) -> Option<Link> {
+    match (
+        &wire.participant_link,
+        wire.uri.is_some() || wire.expires.is_some(),
+    ) {
+        (Some(_), true) => {
+            errors.push(FieldError::new(
+                "/participantLink",
+                "give either participantLink or uri and expires, not both",
+            ));
+            None
+        }
+        (Some(l), false) => check_link(
+            errors,
+            "/participantLink",
+            l.uri.as_deref(),
+            l.expires.as_deref(),
+            now,
+        ),
+        (None, _) => check_link(
+            errors,
+            "",
+            wire.uri.as_deref(),
+            wire.expires.as_deref(),
+            now,
+        ),
     }
 }
 
@@ -1197,7 +1364,7 @@ mod tests {
             now(),
         )
         .expect("valid");
-        assert_eq!(r.link.uri, "http://a/r/1");
+        assert!(matches!(&r.hold, Hold::Link(l) if l.uri == "http://a/r/1"));
         let e = parse_registration(&json!({"uri": "rel"}), now())
             .err()
             .unwrap_or_default();

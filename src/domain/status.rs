@@ -295,8 +295,12 @@ pub enum TaskEvent {
     Confirmed,
     /// The confirm cannot succeed (refused, gone, expired or unknown) while other tasks confirmed.
     ConfirmHeuristic,
-    /// The decision to cancel reached this task, which holds a link.
+    /// The decision to cancel reached this task, which holds a link, or has its own cancel URL
+    /// and was tried (answered or not).
     CancelStarted,
+    /// A task with its own cancel URL could not be canceled: refused, or still failing at the
+    /// horizon. Nothing lapses by itself there, so the outcome is for an operator.
+    CancelHeuristic,
     /// The participant canceled, or the reservation was already gone.
     Canceled,
     /// The reservation lapses by itself at the participant.
@@ -349,6 +353,9 @@ impl TaskStatus {
             (S::Confirming, E::Confirmed) => S::Confirmed,
             (S::Confirming, E::ConfirmHeuristic) => S::Heuristic,
             (S::Reserved | S::Confirming, E::CancelStarted) => S::Canceling,
+            // Only a task with its own cancel URL: its Try may have reserved, answered or not.
+            (S::Trying | S::Failed, E::CancelStarted) => S::Canceling,
+            (S::Canceling, E::CancelHeuristic) => S::Heuristic,
             (S::Canceling, E::Canceled) => S::Canceled,
             (S::Canceling | S::Trying, E::Lapsed) => S::Expired,
             (S::Canceling, E::FoundConfirmed) => S::Confirmed,
@@ -520,6 +527,7 @@ mod tests {
             E::Confirmed,
             E::ConfirmHeuristic,
             E::CancelStarted,
+            E::CancelHeuristic,
             E::Canceled,
             E::Lapsed,
             E::FoundConfirmed,
@@ -538,6 +546,9 @@ mod tests {
             (S::Confirming, E::ConfirmHeuristic, S::Heuristic),
             (S::Reserved, E::CancelStarted, S::Canceling),
             (S::Confirming, E::CancelStarted, S::Canceling),
+            (S::Trying, E::CancelStarted, S::Canceling),
+            (S::Failed, E::CancelStarted, S::Canceling),
+            (S::Canceling, E::CancelHeuristic, S::Heuristic),
             (S::Canceling, E::Canceled, S::Canceled),
             (S::Canceling, E::Lapsed, S::Expired),
             (S::Canceling, E::FoundConfirmed, S::Confirmed),

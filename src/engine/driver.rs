@@ -443,7 +443,14 @@ impl Driver {
         let task = &st.job.tasks[idx];
         let target = match op {
             Op::Try => task.try_spec.as_ref().map(|s| s.task_url.as_str()),
-            Op::Confirm | Op::Cancel => task.link.as_ref().map(|l| l.uri.as_str()),
+            Op::Confirm => match &task.callbacks {
+                Some(c) => Some(c.confirm_url.as_str()),
+                None => task.link.as_ref().map(|l| l.uri.as_str()),
+            },
+            Op::Cancel => match &task.callbacks {
+                Some(c) => Some(c.cancel_url.as_str()),
+                None => task.link.as_ref().map(|l| l.uri.as_str()),
+            },
         };
         m::participant_call(target, op, result.outcome, result.duration);
         tracing::debug!(job = %self.id, task = idx, op = op.as_str(), status = ?result.http_status, outcome = result.outcome.as_str(), "participant answered");
@@ -518,6 +525,7 @@ impl Driver {
                     Err(message) => return immediate(step, message),
                 };
                 let deadline = job.deadline;
+                let needs_link = task.callbacks.is_none();
                 let left = (deadline - Utc::now()).to_std().unwrap_or_default();
                 let timeout = Duration::from_secs_f64(spec.task_max_ttl).min(left);
                 async move {
@@ -545,9 +553,30 @@ impl Driver {
                                 },
                                 timeout,
                                 job_deadline: deadline,
+                                needs_link,
                             })
                             .await
                     };
+                    (step, result)
+                }
+                .boxed()
+            }
+            Op::Confirm | Op::Cancel if task.callbacks.is_some() => {
+                let Some(callbacks) = task.callbacks.clone() else {
+                    return immediate(step, "the task has no confirm and cancel URLs".into());
+                };
+                let timeout = inner.settings.call_timeout;
+                async move {
+                    let _slot = inner.calls.acquire().await;
+                    let ids = CallIds {
+                        correlation_id: &correlation_id,
+                        request_id: &request_id,
+                        traceparent: traceparent.as_deref(),
+                    };
+                    let result = inner
+                        .client
+                        .settle_own(op, &callbacks, &ids, timeout)
+                        .await;
                     (step, result)
                 }
                 .boxed()

@@ -96,6 +96,7 @@ pub async fn insert_many(
     let mut task_ids = Vec::new();
     let mut descriptions = Vec::new();
     let mut specs: Vec<Option<Value>> = Vec::new();
+    let mut own_urls: Vec<Option<Value>> = Vec::new();
     let mut statuses = Vec::new();
     let mut uris: Vec<Option<&str>> = Vec::new();
     let mut expires: Vec<Option<DateTime<Utc>>> = Vec::new();
@@ -143,6 +144,13 @@ pub async fn insert_many(
                     .transpose()
                     .map_err(corrupt)?,
             );
+            own_urls.push(
+                t.callbacks
+                    .as_deref()
+                    .map(serde_json::to_value)
+                    .transpose()
+                    .map_err(corrupt)?,
+            );
             statuses.push(t.status.as_str());
             uris.push(t.link.as_ref().map(|l| l.uri.as_str()));
             expires.push(t.link.as_ref().map(|l| l.expires));
@@ -177,28 +185,29 @@ pub async fn insert_many(
                 SELECT id, CASE WHEN status = 'pending' THEN 1 ELSE 2 END,
                     jsonb_build_array(jsonb_build_object('at', created_at, 'type', 'status',
                         'status', 'pending', 'message',
-                        CASE WHEN source = 'atomikos' THEN 'accepted (Atomikos coordinator)'
-                             ELSE 'accepted' END))
+                        CASE source WHEN 'atomikos' THEN 'accepted (Atomikos coordinator)'
+                                    WHEN 'dtm' THEN 'accepted (DTM global transaction)'
+                                    ELSE 'accepted' END))
                     || CASE WHEN status = 'pending' THEN '[]'::jsonb
                             ELSE jsonb_build_array(jsonb_build_object('at', created_at,
                                 'type', 'status', 'status', status)) END
                 FROM j
              ), t AS (
                 INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
-                    link_uri, link_expires, attempts, start_time)
+                    link_uri, link_expires, attempts, start_time, callbacks)
                 SELECT u.job_id, u.idx, u.task_id, u.description, u.try_spec, u.status,
-                    u.link_uri, u.link_expires, u.attempts, u.start_time
+                    u.link_uri, u.link_expires, u.attempts, u.start_time, u.callbacks
                 FROM unnest($20::text[], $21::int[], $22::text[], $23::text[], $24::jsonb[],
                     $25::text[], $26::text[], $27::timestamptz[], $28::int[],
-                    $29::timestamptz[])
+                    $29::timestamptz[], $31::jsonb[])
                     AS u(job_id, idx, task_id, description, try_spec, status, link_uri,
-                         link_expires, attempts, start_time)
+                         link_expires, attempts, start_time, callbacks)
                 WHERE u.job_id IN (SELECT id FROM j)
              )
              SELECT id FROM j",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 30] = [
+    let params: [&(dyn ToSql + Sync); 31] = [
         &ids,
         &sources,
         &job_statuses,
@@ -229,6 +238,7 @@ pub async fn insert_many(
         &attempts,
         &started,
         &holders,
+        &own_urls,
     ];
     let stored = client.query(&stmt, &params).await?;
     let stored = stored
@@ -274,6 +284,21 @@ async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted
 }
 
 /// The job and its tasks, or `None`.
+/// The job a source's idempotency key names (a DTM global transaction's gid), if any.
+pub async fn find_by_key(
+    client: &impl GenericClient,
+    source: JobSource,
+    key: &str,
+) -> Result<Option<JobId>> {
+    let row = client
+        .query_opt(
+            "SELECT id FROM jobs WHERE source = $1::text AND idempotency_key = $2::text",
+            &[&source.as_str(), &key],
+        )
+        .await?;
+    row.map(|r| stored_id(&r, "id")).transpose()
+}
+
 pub async fn load_job(client: &impl GenericClient, id: &JobId) -> Result<Option<JobRecord>> {
     let id = id.as_str();
     // One statement, so one snapshot: the job and its tasks as one write left them (two
@@ -444,8 +469,8 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              w AS (
                 SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[],
                     $6::text[], $7::jsonb[], $8::bool[], $9::bool[], $10::bool[],
-                    $11::float8[], $12::timestamptz[], $13::bigint[], $28::bigint[],
-                    $32::bigint[])
+                    $11::float8[], $12::timestamptz[], $13::bigint[], $29::bigint[],
+                    $33::bigint[])
                     AS w(id, owner, generation, status, reason, shared_state, decided,
                          finished, releasing, ttl, next_wake, guard, n_events, state_guard)
              ), j AS (
@@ -478,7 +503,7 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              ), t AS ({}), e AS ({}), nt AS (
                 INSERT INTO notifications (job_id, channel, target, event)
                 SELECT v.job_id, v.channel, v.target, v.event
-                FROM unnest($33::text[], $34::text[], $35::text[], $36::text[])
+                FROM unnest($34::text[], $35::text[], $36::text[], $37::text[])
                     AS v(job_id, channel, target, event)
                 WHERE v.job_id IN (SELECT id FROM j)
              )
@@ -487,7 +512,7 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     (SELECT count(*) FROM t) AS tasks, (SELECT v FROM cfg) AS sync
              FROM j",
         update_tasks(14, "j"),
-        insert_events(29, "j")
+        insert_events(30, "j")
     )
 });
 

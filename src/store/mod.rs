@@ -22,10 +22,10 @@ use tokio_postgres::types::ToSql;
 
 use crate::domain::actions::{Action, Gate, Refusal, client_refusal};
 use crate::domain::event::{ActionKind, What};
-use crate::domain::request::Registration;
+use crate::domain::request::{Hold, Registration};
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{
-    ConfirmState, Event, FailureReason, Job, JobId, JobState, JobStatus, Link, Requested,
+    Callbacks, ConfirmState, Event, FailureReason, Job, JobId, JobSource, JobState, JobStatus, Link, Requested,
     Resolution, Submission, Task, TaskStatus, TrySpec,
 };
 

@@ -133,10 +133,19 @@ pub async fn register(
     };
     let gate = gate_of(&row)?;
     let count: i32 = row.try_get("task_count")?;
+    // The same link, or the same own URLs with the same body, registered again is the same
+    // participant.
+    let (link_uri, link_expires, callbacks) = match &reg.hold {
+        Hold::Link(l) => (Some(l.uri.as_str()), Some(l.expires), None),
+        Hold::Callbacks(c) => (None, None, Some(serde_json::to_value(c).map_err(corrupt)?)),
+    };
     let existing = tx
         .query_opt(
-            &format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE job_id = $1 AND link_uri = $2"),
-            &[&id, &reg.link.uri.as_str()],
+            &format!(
+                "SELECT {TASK_COLUMNS} FROM tasks t
+                 WHERE job_id = $1 AND (link_uri = $2 OR callbacks = $3::jsonb)"
+            ),
+            &[&id, &link_uri, &callbacks],
         )
         .await?;
     if let Some(existing) = existing {
@@ -165,8 +174,8 @@ pub async fn register(
         .query_one(
             &format!(
                 "INSERT INTO tasks AS t (job_id, idx, task_id, description, status, link_uri,
-                    link_expires, start_time)
-                 VALUES ($1, $2, $3, $4, 'reserved', $5, $6, now())
+                    link_expires, callbacks, start_time)
+                 VALUES ($1, $2, $3, $4, 'reserved', $5, $6, $7, now())
                  RETURNING {TASK_COLUMNS}"
             ),
             &[
@@ -174,8 +183,9 @@ pub async fn register(
                 &count,
                 &task_id,
                 &reg.description,
-                &reg.link.uri.as_str(),
-                &reg.link.expires,
+                &link_uri,
+                &link_expires,
+                &callbacks,
             ],
         )
         .await?;
@@ -185,7 +195,7 @@ pub async fn register(
             task_id: Some(task_id.clone()),
             action: ActionKind::Register,
             actor: actor.to_string(),
-            message: Some(format!("registered the link {}", reg.link.uri.as_str())),
+            message: Some(format!("registered {}", reg.hold.describe())),
         },
     }];
     let mut events = EventColumns::default();

@@ -36,7 +36,8 @@ pub(super) const JOB_COLUMNS: &str = "j.id, j.status AS job_status, j.failure_re
 /// A task's columns, from `tasks t`.
 pub(super) const TASK_COLUMNS: &str = "t.idx, t.task_id, t.description, t.try_spec, t.status, \
     t.link_uri, t.link_expires, t.attempts, t.next_attempt_at, t.refused, t.confirm_pending, \
-    t.confirm_unknown, t.start_time, t.end_time, t.last_message, t.try_response";
+    t.confirm_unknown, t.start_time, t.end_time, t.last_message, t.try_response, t.callbacks, \
+    t.callbacks_until";
 
 /// The job-level fields (`jobs.fields`), as typed.
 pub(super) fn fields_from_row(row: &tokio_postgres::Row) -> Result<JobFields> {
@@ -107,8 +108,9 @@ pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
     let spec: Option<Value> = row.try_get("try_spec")?;
     let link_uri: Option<String> = row.try_get("link_uri")?;
     let link_expires: Option<DateTime<Utc>> = row.try_get("link_expires")?;
-    if spec.is_none() && link_uri.is_none() {
-        return Err(corrupt("a task with neither a Try nor a link"));
+    let callbacks: Option<Value> = row.try_get("callbacks")?;
+    if spec.is_none() && link_uri.is_none() && callbacks.is_none() {
+        return Err(corrupt("a task with neither a Try, a link nor its own URLs"));
     }
     Ok(Task {
         idx: row.try_get("idx")?,
@@ -119,6 +121,12 @@ pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
             .transpose()
             .map_err(corrupt)?
             .map(std::sync::Arc::new),
+        callbacks: callbacks
+            .map(serde_json::from_value::<Callbacks>)
+            .transpose()
+            .map_err(corrupt)?
+            .map(std::sync::Arc::new),
+        callbacks_until: row.try_get("callbacks_until")?,
         status: status.parse::<TaskStatus>().map_err(corrupt)?,
         link: match (link_uri, link_expires) {
             (Some(uri), Some(expires)) => Some(Link {
@@ -162,6 +170,7 @@ pub(super) struct TaskColumns<'a> {
     response: Vec<Option<&'a Value>>,
     pending: Vec<bool>,
     unknown: Vec<bool>,
+    until: Vec<Option<DateTime<Utc>>>,
 }
 
 impl<'a> TaskColumns<'a> {
@@ -181,10 +190,11 @@ impl<'a> TaskColumns<'a> {
         self.end.push(t.end_time);
         self.message.push(t.last_message.as_deref());
         self.response.push(t.try_response.as_deref());
+        self.until.push(t.callbacks_until);
     }
 
     /// The arrays as statement parameters, in the order of `update_tasks`.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 15] {
         [
             &self.job,
             &self.idx,
@@ -200,31 +210,34 @@ impl<'a> TaskColumns<'a> {
             &self.response,
             &self.pending,
             &self.unknown,
+            &self.until,
         ]
     }
 }
 
-/// The update of a `TaskColumns` batch whose fourteen parameters start at `$first`, for the tasks
+/// The update of a `TaskColumns` batch whose fifteen parameters start at `$first`, for the tasks
 /// of jobs that the CTE `jobs` (`id`) holds; returns a row per task updated.
 pub(super) fn update_tasks(first: usize, jobs: &str) -> String {
-    let p: Vec<String> = (first..first + 14).map(|i| format!("${i}")).collect();
+    let p: Vec<String> = (first..first + 15).map(|i| format!("${i}")).collect();
     format!(
         "UPDATE tasks SET status = u.status, link_uri = u.link_uri,
                     link_expires = u.link_expires, attempts = u.attempts,
                     next_attempt_at = u.next_attempt_at, refused = u.refused,
                     confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
                     start_time = u.start_time, end_time = u.end_time,
-                    last_message = u.last_message, try_response = u.try_response
+                    last_message = u.last_message, try_response = u.try_response,
+                    callbacks_until = u.callbacks_until
                 FROM unnest({}::text[], {}::int[], {}::text[], {}::text[],
                     {}::timestamptz[], {}::int[], {}::timestamptz[], {}::bool[],
                     {}::timestamptz[], {}::timestamptz[], {}::text[], {}::jsonb[],
-                    {}::bool[], {}::bool[])
+                    {}::bool[], {}::bool[], {}::timestamptz[])
                     AS u(job_id, idx, status, link_uri, link_expires, attempts, next_attempt_at,
                          refused, start_time, end_time, last_message, try_response,
-                         confirm_pending, confirm_unknown)
+                         confirm_pending, confirm_unknown, callbacks_until)
                 WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx
                   AND u.job_id IN (SELECT id FROM {jobs})
                 RETURNING 1",
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13]
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13],
+        p[14]
     )
 }

@@ -210,7 +210,11 @@ impl TaskRow {
                 .unwrap_or_default(),
             status: t.task_status.as_str(),
             attempts: t.attempts,
-            link: t.participant_link.as_ref().map(|l| l.uri.to_string()),
+            link: t.participant_link.as_ref().map(|l| l.uri.to_string()).or_else(|| {
+                t.confirm_url
+                    .zip(t.cancel_url)
+                    .map(|(c, x)| format!("confirm {c}, cancel {x}"))
+            }),
             expires: t.participant_link.as_ref().map(|l| shown(l.expires.0)),
             expires_at: t.participant_link.as_ref().map(|l| rfc3339(l.expires.0)),
             last_message: t.last_message.map(str::to_string),
@@ -344,6 +348,8 @@ struct TaskPage {
     task: TaskRow,
     description: Option<String>,
     task_url: Option<String>,
+    confirm_url: Option<String>,
+    cancel_url: Option<String>,
     start: Option<String>,
     end: Option<String>,
     try_response: Option<String>,
@@ -361,6 +367,8 @@ pub fn task(base: &str, record: &JobRecord, t: &crate::domain::Task) -> Result<R
         task: TaskRow::new(&r),
         description: r.task_description.map(str::to_string),
         task_url: r.task_url.map(str::to_string),
+        confirm_url: r.confirm_url.map(str::to_string),
+        cancel_url: r.cancel_url.map(str::to_string),
         start: r.start_time.map(|t| shown(t.0)),
         end: r.end_time.map(|t| shown(t.0)),
         try_response: r
