@@ -5,6 +5,10 @@
 ALTER TABLE tasks
     ADD COLUMN callbacks jsonb,
     ADD COLUMN callbacks_until timestamptz;
+-- A task is tried by the coordinator, holds a link, or has its own URLs.
+ALTER TABLE tasks DROP CONSTRAINT tasks_try_or_link_check;
+ALTER TABLE tasks ADD CONSTRAINT tasks_try_or_link_check
+    CHECK (try_spec IS NOT NULL OR link_uri IS NOT NULL OR callbacks IS NOT NULL);
 
 -- DTM's global transactions are jobs of their own source (docs/dtm.md).
 ALTER DOMAIN job_source DROP CONSTRAINT job_source_check;

@@ -372,8 +372,9 @@ pub async fn submit(
         RequestOutcome::Accepted => {}
         RequestOutcome::Unchanged(gate) => {
             let status = gate.state.status();
-            let submitted = gate.requested == crate::domain::Requested::Confirm
-                || status == JobStatus::Confirming;
+            // Submitted and not ended: a repeat. Once ended, DTM refuses it.
+            let submitted = status == JobStatus::Confirming
+                || (status.is_undecided() && gate.requested == crate::domain::Requested::Confirm);
             if !submitted {
                 return Ok(failure(format!(
                     "current status '{}', cannot sumbmit.",
@@ -426,8 +427,8 @@ pub async fn abort(
         RequestOutcome::Accepted => {}
         RequestOutcome::Unchanged(gate) => {
             let status = gate.state.status();
-            let aborting = gate.requested == crate::domain::Requested::Cancel
-                || status == JobStatus::Canceling;
+            let aborting = status == JobStatus::Canceling
+                || (status.is_undecided() && gate.requested == crate::domain::Requested::Cancel);
             if !aborting {
                 return Ok(failure(format!(
                     "trans type: 'tcc' current status '{}', cannot abort.",
