@@ -120,6 +120,8 @@ enum System {
     Callback,
     /// This coordinator through JCL while its retention sweep deletes old finished jobs.
     Sweep,
+    /// This coordinator through DTM's TCC HTTP protocol: the same client as for dtmrs.
+    Dtm,
 }
 
 impl System {
@@ -130,6 +132,7 @@ impl System {
             System::Atomikos => "tcc-coordinator (Atomikos)",
             System::Callback => "tcc-coordinator (callback)",
             System::Sweep => "tcc-coordinator (sweeping)",
+            System::Dtm => "tcc-coordinator (DTM API)",
         }
     }
 }
@@ -569,6 +572,7 @@ async fn submit_dtm(
         let registered = post(
             "registerBranch",
             json!({"gid": gid, "branch_id": branch,
+                   "trans_type": "tcc", "data": "{}",
                    "try": format!("{base}/try/t{t}"),
                    "confirm": format!("{base}/dtm/confirm/{gid}/t{t}"),
                    "cancel": format!("{base}/dtm/cancel/{gid}/t{t}")}),
@@ -637,7 +641,9 @@ async fn measure(
                     System::Callback => {
                         submit_jcl(&http, &addr, &stubs.base, &corr, tasks, true).await
                     }
-                    System::Dtmrs => submit_dtm(&http, &addr, &stubs.base, &corr, tasks).await,
+                    System::Dtmrs | System::Dtm => {
+                        submit_dtm(&http, &addr, &stubs.base, &corr, tasks).await
+                    }
                     System::Atomikos => {
                         submit_atomikos(&http, &addr, &stubs.base, &corr, tasks).await
                     }
@@ -1035,6 +1041,7 @@ fn svg(points: &[Point], ceiling: &[(usize, f64)]) -> String {
         System::Atomikos,
         System::Callback,
         System::Sweep,
+        System::Dtm,
     ]
     .into_iter()
     .filter(|s| points.iter().any(|p| p.system == *s))
@@ -1151,6 +1158,13 @@ fn main() {
                 coordinator = c;
                 coordinator.system = System::Ours;
             }
+            if o.dtmrs && n == 1 {
+                coordinator.system = System::Dtm;
+                let (c, theirs) = run_points(coordinator, db).await;
+                points.extend(theirs);
+                coordinator = c;
+                coordinator.system = System::Ours;
+            }
             if o.callback && n == 1 {
                 coordinator.system = System::Callback;
                 let (c, theirs) = run_points(coordinator, db).await;
@@ -1223,7 +1237,7 @@ fn main() {
             .map(|(_, tps)| format!("{:.2}", p.per_sec / tps))
             .unwrap_or_else(|| "–".into());
         let versus = match p.system {
-            System::Ours => points
+            System::Ours | System::Dtm => points
                 .iter()
                 .find(|q| {
                     q.system == System::Dtmrs

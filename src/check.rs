@@ -441,7 +441,9 @@ impl Settled {
 /// An answer as the report shows it: its status and what the client made of it.
 fn said(status: Option<u16>, answer: &Answer) -> String {
     let message = match answer {
-        Answer::Reserved { link: Some(link), .. } => format!("link {}", link.uri),
+        Answer::Reserved {
+            link: Some(link), ..
+        } => format!("link {}", link.uri),
         Answer::Reserved { link: None, .. } => "no link".to_string(),
         Answer::Done => String::new(),
         Answer::Retryable { message, .. }

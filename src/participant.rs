@@ -13,9 +13,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::domain::TargetUrl;
+use crate::domain::job::Callbacks;
 use crate::domain::policy::TargetPolicy;
 use crate::domain::request::MAX_NUMBER;
-use crate::domain::job::Callbacks;
 use crate::domain::{Answer, Link, Op, rfc3339};
 
 /// Answers larger than this are refused.
@@ -305,7 +305,15 @@ impl ParticipantClient {
                         .append_pair("op", what);
                 }
                 let target = target.map_or_else(|| url.to_string(), String::from);
+                // The transaction's branch_headers, but never one that frames the request or
+                // names the call (the coordinator's own headers win).
                 for (name, value) in &branch.headers {
+                    let framing = ["host", "content-length", "transfer-encoding", "connection"]
+                        .iter()
+                        .any(|h| name.eq_ignore_ascii_case(h));
+                    if framing || headers.contains_key(name.as_str()) {
+                        continue;
+                    }
                     if let (Ok(n), Ok(v)) = (
                         reqwest::header::HeaderName::from_bytes(name.as_bytes()),
                         HeaderValue::from_str(value),
@@ -314,7 +322,8 @@ impl ParticipantClient {
                     }
                 }
                 if branch.data.is_empty() {
-                    self.send(Method::GET, &target, headers, None, timeout).await
+                    self.send(Method::GET, &target, headers, None, timeout)
+                        .await
                 } else {
                     headers.insert(CONTENT_TYPE, "application/json".parse().expect("static"));
                     self.send(

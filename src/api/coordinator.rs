@@ -17,14 +17,14 @@ use utoipa::ToSchema;
 
 use super::app::AppState;
 use super::auth::Actor;
-use super::db::{db, wait_terminal, wake, within};
+use super::db::{record_request, wait_terminal, within};
 use super::error::{ApiError, ProblemType};
 use super::extract::read_json;
 use super::respond::{base_url, outcomes};
 use crate::domain::request::{self, FieldError, LinkSet};
 use crate::domain::{JobId, JobSource, JobStatus, Submission};
 use crate::engine::Accepted;
-use crate::store::{self, ClientRequest, JobRecord};
+use crate::store::{ClientRequest, JobRecord};
 
 /// `PUT /coordinator/confirm` and `/coordinator/cancel` (Atomikos-compatible).
 #[derive(ToSchema)]
@@ -187,16 +187,8 @@ pub async fn cancel(
 
 /// Record the cancel of a job made for a link set (again, for a replay: harmless).
 async fn cancel_job(state: &AppState, id: &JobId, actor: &str) -> Result<(), ApiError> {
-    let client = db(state).await?;
-    let outcome = within(
-        state,
-        store::request(&client, id, ClientRequest::Cancel, actor),
-    )
-    .await?;
-    drop(client);
-    // Anything else is a replay: the cancel was recorded before, or the job is already at its end.
-    if outcome == store::RequestOutcome::Accepted {
-        wake(state, id).await;
-    }
+    // Anything but Accepted is a replay: the cancel was recorded before, or the job is already
+    // at its end.
+    record_request(state, id, ClientRequest::Cancel, actor).await?;
     Ok(())
 }

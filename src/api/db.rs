@@ -42,7 +42,9 @@ pub(super) async fn record_request(
     actor: &str,
 ) -> Result<RequestOutcome, ApiError> {
     let client = db(state).await?;
-    let outcome = within(state, store::request(&client, id, what, actor)).await?;
+    let me = state.engine.instance_id();
+    let outcome = within(state, store::request(&client, id, what, actor, me)).await?;
+    drop(client);
     if outcome == RequestOutcome::Accepted {
         wake(state, id).await;
     }

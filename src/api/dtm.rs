@@ -25,12 +25,15 @@ use super::db::{db, load, record_request, wait_terminal, wake, within};
 use super::error::ApiError;
 use super::extract::{MAX_IDEMPOTENCY_KEY, allowed, read_json};
 use super::respond::{base_url, json_response};
+use crate::domain::actions::Gate;
 use crate::domain::job::{Callbacks, DtmBranch};
 use crate::domain::policy::refusals;
 use crate::domain::request::{self, FieldError, Hold, Limits, Registration};
-use crate::domain::{JobId, JobSource, JobStatus, Submission, TargetUrl, TaskId, TaskStatus};
+use crate::domain::{
+    JobId, JobSource, JobStatus, Requested, Submission, TargetUrl, TaskId, TaskStatus,
+};
 use crate::engine::Accepted;
-use crate::store::{self, ClientRequest, JobRecord, Registered, RequestOutcome};
+use crate::store::{self, ClientRequest, Keyed, Registered, RequestOutcome};
 
 /// DTM's default `timeout_to_fail`, in seconds: a prepared transaction not submitted by then is
 /// aborted.
@@ -136,15 +139,20 @@ fn gid_of(gid: Option<&str>) -> Result<String, Response> {
 }
 
 /// The job of a gid, if any.
-async fn job_of(state: &AppState, gid: &str) -> Result<Option<JobId>, ApiError> {
+async fn job_of(state: &AppState, gid: &str) -> Result<Option<Keyed>, ApiError> {
     let client = db(state).await?;
     Ok(within(state, store::find_by_key(&client, JobSource::Dtm, gid)).await?)
 }
 
-/// A job's status as DTM names a global transaction's.
-fn dtm_status(status: JobStatus) -> &'static str {
-    match status {
-        JobStatus::Pending | JobStatus::Trying | JobStatus::Reserved => "prepared",
+/// A job's state as DTM names a global transaction's: before the decision, the client's submit
+/// or abort already recorded counts as taken.
+fn dtm_status(gate: &Gate) -> &'static str {
+    match gate.state.status() {
+        JobStatus::Pending | JobStatus::Trying | JobStatus::Reserved => match gate.requested {
+            Requested::Nothing => "prepared",
+            Requested::Confirm => "submitted",
+            Requested::Cancel => "aborting",
+        },
         JobStatus::Confirming => "submitted",
         JobStatus::Completed => "succeed",
         JobStatus::Canceling => "aborting",
@@ -154,10 +162,9 @@ fn dtm_status(status: JobStatus) -> &'static str {
     }
 }
 
-fn options_of(record: &JobRecord) -> Options {
-    record
-        .job
-        .shared_state
+/// The options `prepare` kept in the job's shared state.
+fn options_of(shared_state: &Value) -> Options {
+    shared_state
         .get("dtm")
         .cloned()
         .and_then(|v| serde_json::from_value(v).ok())
@@ -204,7 +211,8 @@ pub async fn prepare(
         "tasks": [],
     });
     if let Some(every) = options.retry_interval {
-        doc["retryPolicy"] = json!({"initialDelay": every, "maxDelay": every.max(30), "multiplier": 2});
+        doc["retryPolicy"] =
+            json!({"initialDelay": every, "maxDelay": every.max(30), "multiplier": 2});
     }
     let job = match request::parse_job(
         &doc,
@@ -230,14 +238,11 @@ pub async fn prepare(
         Accepted::Created(_) => Ok(success()),
         Accepted::Replay { id, .. } => {
             let record = load(&state, &id).await?;
-            let status = record.job.status();
-            if status.is_undecided() && record.job.requested == crate::domain::Requested::Nothing {
-                Ok(success())
-            } else {
-                Ok(failure(format!(
-                    "current status '{}', cannot prepare.",
-                    dtm_status(status)
-                )))
+            match dtm_status(&Gate::of(&record.job)) {
+                "prepared" => Ok(success()),
+                other => Ok(failure(format!(
+                    "current status '{other}', cannot prepare."
+                ))),
             }
         }
     }
@@ -276,7 +281,9 @@ pub async fn register_branch(
     if !trans_type.is_empty() && trans_type != "tcc" {
         return Ok(mistake(
             StatusCode::BAD_REQUEST,
-            format!("unknow trans type: {trans_type}: this coordinator runs DTM's TCC transactions only"),
+            format!(
+                "unknow trans type: {trans_type}: this coordinator runs DTM's TCC transactions only"
+            ),
         ));
     }
     let mut errors = Vec::new();
@@ -293,13 +300,15 @@ pub async fn register_branch(
     else {
         return Ok(mistake(StatusCode::BAD_REQUEST, said(&errors)));
     };
-    let Some(id) = job_of(&state, &gid).await? else {
+    let Some(Keyed {
+        id, shared_state, ..
+    }) = job_of(&state, &gid).await?
+    else {
         return Ok(failure(format!(
             "no trans with gid: {gid} status: prepared found"
         )));
     };
-    let record = load(&state, &id).await?;
-    let options = options_of(&record);
+    let options = options_of(&shared_state);
     let reg = Registration {
         hold: Hold::Callbacks(Callbacks {
             confirm_url,
@@ -321,7 +330,14 @@ pub async fn register_branch(
         let mut client = db(&state).await?;
         within(
             &state,
-            store::register(&mut client, &id, &reg, state.settings.max_tasks, &actor.0),
+            store::register(
+                &mut client,
+                &id,
+                &reg,
+                state.settings.max_tasks,
+                &actor.0,
+                state.engine.instance_id(),
+            ),
         )
         .await?
     };
@@ -331,9 +347,9 @@ pub async fn register_branch(
             success()
         }
         Registered::Existing(_) => success(),
-        Registered::NotFound | Registered::Refused(_) => failure(format!(
-            "no trans with gid: {gid} status: prepared found"
-        )),
+        Registered::NotFound | Registered::Refused(_) => {
+            failure(format!("no trans with gid: {gid} status: prepared found"))
+        }
         Registered::TaskIdTaken(task) => failure(format!(
             "branch_id {task} of gid {gid} is registered already, with other URLs or data;"
         )),
@@ -356,13 +372,17 @@ pub async fn submit(
         Err(answer) => return Ok(answer),
     };
     // DTM takes a submit of a gid it never saw as a transaction with no branch: done.
-    let Some(id) = job_of(&state, &gid).await? else {
+    let Some(Keyed {
+        id,
+        shared_state,
+        gate,
+    }) = job_of(&state, &gid).await?
+    else {
         return Ok(success());
     };
-    let record = load(&state, &id).await?;
-    let wait = req.wait_result || options_of(&record).wait_result;
+    let wait = req.wait_result || options_of(&shared_state).wait_result;
     // A transaction with no branch has nothing to confirm: its job is ended (canceled) at once.
-    let what = if record.job.tasks.is_empty() {
+    let what = if !gate.has_tasks {
         ClientRequest::Cancel
     } else {
         ClientRequest::Confirm
@@ -370,18 +390,15 @@ pub async fn submit(
     match record_request(&state, &id, what, &actor.0).await? {
         RequestOutcome::NotFound => return Ok(success()),
         RequestOutcome::Accepted => {}
-        RequestOutcome::Unchanged(gate) => {
-            let status = gate.state.status();
-            // Submitted and not ended: a repeat. Once ended, DTM refuses it.
-            let submitted = status == JobStatus::Confirming
-                || (status.is_undecided() && gate.requested == crate::domain::Requested::Confirm);
-            if !submitted {
+        // Submitted and not ended: a repeat. Once ended, DTM refuses it.
+        RequestOutcome::Unchanged(gate) => match dtm_status(&gate) {
+            "submitted" => {}
+            other => {
                 return Ok(failure(format!(
-                    "current status '{}', cannot sumbmit.",
-                    dtm_status(status)
+                    "current status '{other}', cannot sumbmit."
                 )));
             }
-        }
+        },
     }
     if !wait || what == ClientRequest::Cancel {
         return Ok(success());
@@ -391,7 +408,7 @@ pub async fn submit(
         JobStatus::Completed => success(),
         status if status.is_terminal() => failure(format!(
             "wait result not return success: the transaction is {} ({status}, {}/jobs/{id});",
-            dtm_status(status),
+            dtm_status(&Gate::of(&record.job)),
             base_url(&state, &headers)
         )),
         _ => ongoing("ONGOING"),
@@ -409,14 +426,16 @@ pub async fn abort(
         Ok(r) => r,
         Err(answer) => return Ok(answer),
     };
-    let Some(id) = job_of(&state, &gid).await? else {
+    let Some(Keyed {
+        id, shared_state, ..
+    }) = job_of(&state, &gid).await?
+    else {
         return Ok(mistake(
             StatusCode::NOT_FOUND,
             format!("no TransGlobal with gid: {gid} found"),
         ));
     };
-    let record = load(&state, &id).await?;
-    let wait = options_of(&record).wait_result;
+    let wait = options_of(&shared_state).wait_result;
     match record_request(&state, &id, ClientRequest::Cancel, &actor.0).await? {
         RequestOutcome::NotFound => {
             return Ok(mistake(
@@ -425,17 +444,14 @@ pub async fn abort(
             ));
         }
         RequestOutcome::Accepted => {}
-        RequestOutcome::Unchanged(gate) => {
-            let status = gate.state.status();
-            let aborting = status == JobStatus::Canceling
-                || (status.is_undecided() && gate.requested == crate::domain::Requested::Cancel);
-            if !aborting {
+        RequestOutcome::Unchanged(gate) => match dtm_status(&gate) {
+            "aborting" => {}
+            other => {
                 return Ok(failure(format!(
-                    "trans type: 'tcc' current status '{}', cannot abort.",
-                    dtm_status(status)
+                    "trans type: 'tcc' current status '{other}', cannot abort."
                 )));
             }
-        }
+        },
     }
     if !wait {
         return Ok(success());
@@ -443,9 +459,9 @@ pub async fn abort(
     let record = wait_terminal(&state, &id, state.settings.max_wait()).await?;
     Ok(match record.job.status() {
         JobStatus::Failed | JobStatus::Canceled => success(),
-        status if status.is_terminal() => failure(format!(
-            "the transaction ended {status}, not rolled back;"
-        )),
+        status if status.is_terminal() => {
+            failure(format!("the transaction ended {status}, not rolled back;"))
+        }
         _ => ongoing("ONGOING"),
     })
 }
@@ -466,7 +482,7 @@ pub async fn query(
         Ok(g) => g,
         Err(answer) => return Ok(answer),
     };
-    let Some(id) = job_of(&state, &gid).await? else {
+    let Some(Keyed { id, .. }) = job_of(&state, &gid).await? else {
         return Ok(answer(
             StatusCode::OK,
             json!({"branches": [], "transaction": null}),
@@ -481,12 +497,24 @@ pub async fn query(
         let Some(own) = t.callbacks.as_deref() else {
             continue;
         };
-        let data = own.dtm.as_ref().map(|d| d.data.as_str()).unwrap_or_default();
+        let data = own
+            .dtm
+            .as_ref()
+            .map(|d| d.data.as_str())
+            .unwrap_or_default();
         use base64::Engine;
         let bin_data = base64::engine::general_purpose::STANDARD.encode(data);
         for (op, url, done) in [
-            ("cancel", own.cancel_url.as_str(), t.status == TaskStatus::Canceled),
-            ("confirm", own.confirm_url.as_str(), t.status == TaskStatus::Confirmed),
+            (
+                "cancel",
+                own.cancel_url.as_str(),
+                t.status == TaskStatus::Canceled,
+            ),
+            (
+                "confirm",
+                own.confirm_url.as_str(),
+                t.status == TaskStatus::Confirmed,
+            ),
         ] {
             let mut b = json!({
                 "gid": gid,
@@ -504,13 +532,13 @@ pub async fn query(
             branches.push(b);
         }
     }
-    let options = options_of(&record);
+    let options = options_of(&job.shared_state);
     let mut transaction = json!({
         "create_time": at(job.created_at),
         "update_time": at(record.updated_at),
         "gid": gid,
         "trans_type": "tcc",
-        "status": dtm_status(status),
+        "status": dtm_status(&Gate::of(job)),
         "protocol": "http",
         "timeout_to_fail": options.timeout_to_fail,
         "wait_result": options.wait_result,

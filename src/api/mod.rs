@@ -140,7 +140,10 @@ fn routes(state: &AppState) -> Router<AppState> {
             with_options(put(coordinator::cancel), "PUT, OPTIONS"),
         )
         .route("/api/dtmsvr/newGid", with_options(get(dtm::new_gid), GET))
-        .route("/api/dtmsvr/prepare", with_options(post(dtm::prepare), POST))
+        .route(
+            "/api/dtmsvr/prepare",
+            with_options(post(dtm::prepare), POST),
+        )
         .route(
             "/api/dtmsvr/registerBranch",
             with_options(post(dtm::register_branch), POST),

@@ -330,7 +330,9 @@ impl<'a> TaskRepr<'a> {
                 .or_else(|| own.and_then(|c| c.retry_policy.as_ref())),
             confirm_url: own.map(|c| c.confirm_url.as_str()),
             cancel_url: own.map(|c| c.cancel_url.as_str()),
-            dtm_branch_id: own.and_then(|c| c.dtm.as_ref()).map(|d| d.branch_id.as_str()),
+            dtm_branch_id: own
+                .and_then(|c| c.dtm.as_ref())
+                .map(|d| d.branch_id.as_str()),
             task_status: t.status,
             participant_link: t.link.as_ref().map(|l| LinkValue {
                 uri: &l.uri,

@@ -72,7 +72,14 @@ pub async fn register(
         let mut client = db(&state).await?;
         within(
             &state,
-            store::register(&mut client, &id, &reg, state.settings.max_tasks, &actor.0),
+            store::register(
+                &mut client,
+                &id,
+                &reg,
+                state.settings.max_tasks,
+                &actor.0,
+                state.engine.instance_id(),
+            ),
         )
         .await?
     };

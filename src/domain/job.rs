@@ -414,9 +414,12 @@ impl Job {
             .enumerate()
             .map(|(i, t)| {
                 let (try_spec, status, link, callbacks) = match &t.kind {
-                    NewTaskKind::Try(spec) => {
-                        (Some(Arc::new(spec.clone())), TaskStatus::Pending, None, None)
-                    }
+                    NewTaskKind::Try(spec) => (
+                        Some(Arc::new(spec.clone())),
+                        TaskStatus::Pending,
+                        None,
+                        None,
+                    ),
                     NewTaskKind::Link(link) => {
                         (None, TaskStatus::Reserved, Some(link.clone()), None)
                     }

@@ -636,7 +636,14 @@ fn apply_own_cancel(
         Answer::Retryable {
             message,
             retry_after,
-        } => retry_later(&mut job.tasks[idx], message, retry_after, policy, now, jitter),
+        } => retry_later(
+            &mut job.tasks[idx],
+            message,
+            retry_after,
+            policy,
+            now,
+            jitter,
+        ),
         Answer::Unknown { message } => {
             retry_later(&mut job.tasks[idx], message, None, policy, now, jitter)
         }
@@ -1507,7 +1514,10 @@ mod tests {
 
     #[test]
     fn a_confirm_failing_until_the_horizon_makes_the_task_heuristic_when_another_confirmed() {
-        let mut j = own_job(vec![own_task(0, false, false), own_task(1, false, false)], true);
+        let mut j = own_job(
+            vec![own_task(0, false, false), own_task(1, false, false)],
+            true,
+        );
         let now = t0();
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
         assert_eq!(ops(&p), vec![(0, Op::Confirm), (1, Op::Confirm)]);
@@ -1535,7 +1545,10 @@ mod tests {
 
     #[test]
     fn a_refused_first_confirm_cancels_the_rest_at_their_cancel_urls() {
-        let mut j = own_job(vec![own_task(0, false, false), own_task(1, false, false)], true);
+        let mut j = own_job(
+            vec![own_task(0, false, false), own_task(1, false, false)],
+            true,
+        );
         let now = t0();
         plan(&mut j, &none(), now, &settings()).expect("plan");
         apply(&mut j, 0, Op::Confirm, refused("400"), now, 0.5).expect("apply");
@@ -1571,8 +1584,16 @@ mod tests {
         let in_flight: HashSet<usize> = [0].into();
         let p = plan(&mut j, &in_flight, now, &settings()).expect("plan");
         assert_eq!(j.status(), JobStatus::Canceling);
-        assert_eq!(ops(&p), vec![(1, Op::Cancel)], "the refused Try is canceled too");
-        assert_eq!(j.tasks[2].status, TaskStatus::Canceled, "never tried: abandoned");
+        assert_eq!(
+            ops(&p),
+            vec![(1, Op::Cancel)],
+            "the refused Try is canceled too"
+        );
+        assert_eq!(
+            j.tasks[2].status,
+            TaskStatus::Canceled,
+            "never tried: abandoned"
+        );
         // The Try in flight is answered (or its driver is gone): canceled, not lapsed.
         let busy: HashSet<usize> = [1].into();
         let p = plan(&mut j, &busy, now, &settings()).expect("plan");
@@ -1586,13 +1607,20 @@ mod tests {
 
     #[test]
     fn a_cancel_refused_or_failing_until_the_horizon_is_heuristic() {
-        let mut j = own_job(vec![own_task(0, false, false), own_task(1, false, false)], false);
+        let mut j = own_job(
+            vec![own_task(0, false, false), own_task(1, false, false)],
+            false,
+        );
         j.requested = Requested::Cancel;
         let now = t0();
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");
         assert_eq!(ops(&p), vec![(0, Op::Cancel), (1, Op::Cancel)]);
         apply(&mut j, 0, Op::Cancel, refused("400"), now, 0.5).expect("apply");
-        assert_eq!(j.tasks[0].status, TaskStatus::Heuristic, "refused: nothing lapses there");
+        assert_eq!(
+            j.tasks[0].status,
+            TaskStatus::Heuristic,
+            "refused: nothing lapses there"
+        );
         apply(&mut j, 1, Op::Cancel, retry503(), now, 0.5).expect("apply");
         let p = plan(&mut j, &none(), now + hour() - secs(1), &settings()).expect("plan");
         assert_eq!(ops(&p), vec![(1, Op::Cancel)], "retried, not lapsed");
@@ -1601,14 +1629,15 @@ mod tests {
         assert_eq!(j.tasks[1].status, TaskStatus::Heuristic);
         assert_eq!(j.status(), JobStatus::Heuristic);
         // `continue` would retry confirms: a failed cancel is not one of them.
-        assert!(
-            crate::domain::actions::continue_heuristic(&mut j, false, now + hour()).is_err()
-        );
+        assert!(crate::domain::actions::continue_heuristic(&mut j, false, now + hour()).is_err());
     }
 
     #[test]
     fn continue_retries_a_failed_own_url_confirm_with_a_new_horizon() {
-        let mut j = own_job(vec![own_task(0, false, false), own_task(1, false, false)], true);
+        let mut j = own_job(
+            vec![own_task(0, false, false), own_task(1, false, false)],
+            true,
+        );
         let now = t0();
         plan(&mut j, &none(), now, &settings()).expect("plan");
         apply(&mut j, 0, Op::Confirm, Answer::Done, now, 0.5).expect("apply");
@@ -1634,7 +1663,12 @@ mod tests {
         assert_eq!(ops(&p), vec![(2, Op::Confirm)]);
         // Nothing more while it is out.
         let busy: HashSet<usize> = [2].into();
-        assert!(plan(&mut j, &busy, now, &settings()).expect("plan").steps.is_empty());
+        assert!(
+            plan(&mut j, &busy, now, &settings())
+                .expect("plan")
+                .steps
+                .is_empty()
+        );
         // ONGOING: the same branch again when due, not the next one.
         apply(&mut j, 2, Op::Confirm, retry503(), now, 0.5).expect("apply");
         let p = plan(&mut j, &none(), now, &settings()).expect("plan");

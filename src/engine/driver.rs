@@ -79,6 +79,8 @@ struct DriverState {
     stopping: Option<Instant>,
     needs_refresh: bool,
     renew_at: Instant,
+    /// When a client last acted on the job (its creation, a wake for its request).
+    client_at: Instant,
     /// Since when the job has changes not yet written (see `must_write`).
     unsaved_since: Option<Instant>,
     /// The calls answered since the last write, for the event log; written with the next save.
@@ -147,6 +149,7 @@ impl Driver {
             stopping: None,
             needs_refresh: false,
             renew_at: self.next_renewal(),
+            client_at: Instant::now(),
             unsaved_since: None,
             events: Vec::new(),
             fields: record.fields,
@@ -259,9 +262,24 @@ impl Driver {
                 stopping: st.stopping.is_some(),
                 calls_done: st.calls.is_empty(),
                 lease_ttl: settings.lease_ttl,
+                since_client: st.client_at.elapsed(),
             },
             now,
         );
+        // Held for a client that has just acted: look again when that hold is over, to give
+        // the job back then if nothing came.
+        let mut plan = plan;
+        if decision.lease == LeaseAfter::Keep && !st.job.status().is_terminal() {
+            let hold = MAX_HOLD.min(settings.lease_ttl / 4);
+            if let Some(over) =
+                chrono::Duration::from_std(hold.saturating_sub(st.client_at.elapsed()))
+                    .ok()
+                    .and_then(|left| now.checked_add_signed(left))
+                    .filter(|_| st.client_at.elapsed() <= hold)
+            {
+                plan.wake_at = Some(plan.wake_at.map_or(over, |w| w.min(over)));
+            }
+        }
         let WriteDecision {
             write,
             durable,
@@ -387,7 +405,10 @@ impl Driver {
                     self.apply(st, step, result);
                 }
             }
-            Wakeup::Woken => st.needs_refresh = true,
+            Wakeup::Woken => {
+                st.needs_refresh = true;
+                st.client_at = Instant::now();
+            }
             Wakeup::Timer => {}
             Wakeup::Renew => {
                 let client = self.inner.pool.get().await?;
@@ -443,12 +464,9 @@ impl Driver {
         let task = &st.job.tasks[idx];
         let target = match op {
             Op::Try => task.try_spec.as_ref().map(|s| s.task_url.as_str()),
-            Op::Confirm => match &task.callbacks {
+            Op::Confirm | Op::Cancel => match &task.callbacks {
+                Some(c) if op == Op::Cancel => Some(c.cancel_url.as_str()),
                 Some(c) => Some(c.confirm_url.as_str()),
-                None => task.link.as_ref().map(|l| l.uri.as_str()),
-            },
-            Op::Cancel => match &task.callbacks {
-                Some(c) => Some(c.cancel_url.as_str()),
                 None => task.link.as_ref().map(|l| l.uri.as_str()),
             },
         };
@@ -573,10 +591,7 @@ impl Driver {
                         request_id: &request_id,
                         traceparent: traceparent.as_deref(),
                     };
-                    let result = inner
-                        .client
-                        .settle_own(op, &callbacks, &ids, timeout)
-                        .await;
+                    let result = inner.client.settle_own(op, &callbacks, &ids, timeout).await;
                     (step, result)
                 }
                 .boxed()
@@ -653,6 +668,9 @@ struct WriteView {
     stopping: bool,
     calls_done: bool,
     lease_ttl: Duration,
+    /// A client acted on the job (created it, registered into it, asked for its decision) this
+    /// long ago: the next request is likely near.
+    since_client: Duration,
 }
 
 /// What a driver writes after planning, how durably, and what becomes of its lease.
@@ -693,7 +711,12 @@ fn decide_write(v: &WriteView, now: DateTime<Utc>) -> WriteDecision {
             let at = v.wake_at.unwrap_or(now + chrono::Duration::seconds(60));
             let hold = MAX_HOLD.min(v.lease_ttl / 4);
             let near = (at - now).to_std().unwrap_or_default() <= hold;
-            if near {
+            // A job waiting for its client, which has just acted on it (a DTM transaction
+            // between its registrations and its submit, an open job taking participants), is
+            // held a little longer: giving it back and claiming it again would cost two writes
+            // per request. The driver looks again once that time is over.
+            let client_near = v.status.is_undecided() && v.since_client <= hold;
+            if near || client_near {
                 LeaseAfter::Keep
             } else {
                 LeaseAfter::Release(at)
@@ -766,6 +789,7 @@ mod tests {
             stopping: false,
             calls_done: false,
             lease_ttl: Duration::from_secs(30),
+            since_client: Duration::from_secs(3600),
         }
     }
 
@@ -926,6 +950,38 @@ mod tests {
             ..view
         };
         assert!(decide_write(&short, now).lease.releases());
+    }
+
+    #[test]
+    fn a_job_waiting_for_a_client_that_has_just_acted_is_held_a_little_longer() {
+        let now = Utc::now();
+        let waiting = WriteView {
+            before: JobStatus::Reserved,
+            status: JobStatus::Reserved,
+            saved: JobStatus::Reserved,
+            calls_out: false,
+            wake_at: at(now, 35),
+            since_client: Duration::from_millis(100),
+            ..confirming()
+        };
+        assert_eq!(decide_write(&waiting, now).lease, LeaseAfter::Keep);
+        // Once the client has been quiet for the hold, it is given back until its deadline.
+        let quiet = WriteView {
+            since_client: Duration::from_secs(3),
+            ..waiting
+        };
+        assert_eq!(
+            decide_write(&quiet, now).lease,
+            LeaseAfter::Release(now + chrono::Duration::seconds(35))
+        );
+        // A decided job waits for nobody's request.
+        let decided = WriteView {
+            before: JobStatus::Confirming,
+            status: JobStatus::Confirming,
+            saved: JobStatus::Confirming,
+            ..waiting
+        };
+        assert!(decide_write(&decided, now).lease.releases());
     }
 
     #[test]

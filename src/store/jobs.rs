@@ -284,21 +284,6 @@ async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted
 }
 
 /// The job and its tasks, or `None`.
-/// The job a source's idempotency key names (a DTM global transaction's gid), if any.
-pub async fn find_by_key(
-    client: &impl GenericClient,
-    source: JobSource,
-    key: &str,
-) -> Result<Option<JobId>> {
-    let row = client
-        .query_opt(
-            "SELECT id FROM jobs WHERE source = $1::text AND idempotency_key = $2::text",
-            &[&source.as_str(), &key],
-        )
-        .await?;
-    row.map(|r| stored_id(&r, "id")).transpose()
-}
-
 pub async fn load_job(client: &impl GenericClient, id: &JobId) -> Result<Option<JobRecord>> {
     let id = id.as_str();
     // One statement, so one snapshot: the job and its tasks as one write left them (two
@@ -349,23 +334,23 @@ pub async fn refresh(
     let id = id.as_str();
     let known = known_tasks as i32;
     let job = client
-        .query_opt(
+        .prepare_cached(
             "SELECT wake_seq, retry_seq, auto_confirm, deadline, confirm_requested, cancel_requested,
                     (lease_owner = $2 AND lease_generation = $3) AS ours, state_seq,
                     CASE WHEN state_seq <> $4 THEN shared_state END AS shared_state
              FROM jobs WHERE id = $1",
-            &[&id, &fence.owner, &fence.generation, &known_state],
-        )
-        .await?
-        .ok_or_else(|| corrupt(format!("job {id} vanished while leased")))?;
-    let task_rows = client
-        .query(
-            &format!(
-                "SELECT {TASK_COLUMNS} FROM tasks t WHERE job_id = $1 AND idx >= $2 ORDER BY idx"
-            ),
-            &[&id, &known],
         )
         .await?;
+    let job = client
+        .query_opt(&job, &[&id, &fence.owner, &fence.generation, &known_state])
+        .await?
+        .ok_or_else(|| corrupt(format!("job {id} vanished while leased")))?;
+    let tasks = client
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE job_id = $1 AND idx >= $2 ORDER BY idx"
+        ))
+        .await?;
+    let task_rows = client.query(&tasks, &[&id, &known]).await?;
     let ours: Option<bool> = job.try_get("ours")?;
     Ok(Refresh {
         wake_seq: job.try_get("wake_seq")?,

@@ -25,8 +25,8 @@ use crate::domain::event::{ActionKind, What};
 use crate::domain::request::{Hold, Registration};
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{
-    Callbacks, ConfirmState, Event, FailureReason, Job, JobId, JobSource, JobState, JobStatus, Link, Requested,
-    Resolution, Submission, Task, TaskStatus, TrySpec,
+    Callbacks, ConfirmState, Event, FailureReason, Job, JobId, JobSource, JobState, JobStatus,
+    Link, Requested, Resolution, Submission, Task, TaskStatus, TrySpec,
 };
 
 mod events;

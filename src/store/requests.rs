@@ -39,6 +39,39 @@ fn gate_of(r: &tokio_postgres::Row) -> Result<Gate> {
     })
 }
 
+/// A job found by its source's idempotency key (a DTM global transaction by its gid).
+#[derive(Debug, Clone)]
+pub struct Keyed {
+    pub id: JobId,
+    pub shared_state: Value,
+    /// What a client's request on it is decided on.
+    pub gate: Gate,
+}
+
+/// The job a source's idempotency key names, if any: one read, without its tasks.
+pub async fn find_by_key(
+    client: &impl GenericClient,
+    source: JobSource,
+    key: &str,
+) -> Result<Option<Keyed>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, shared_state, status, failure_reason, task_count, confirm_requested,
+                cancel_requested
+             FROM jobs WHERE source = $1::text AND idempotency_key = $2::text",
+        )
+        .await?;
+    let row = client.query_opt(&stmt, &[&source.as_str(), &key]).await?;
+    row.map(|r| {
+        Ok(Keyed {
+            id: stored_id(&r, "id")?,
+            shared_state: r.try_get("shared_state")?,
+            gate: gate_of(&r)?,
+        })
+    })
+    .transpose()
+}
+
 /// A client's request about a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientRequest {
@@ -46,8 +79,10 @@ pub enum ClientRequest {
     Cancel,
 }
 
-/// Record a client's request for the engine (and wake whichever instance drives the job), with
-/// its event (`actor` asked). Written only where `domain::actions::client_refusal` allows the
+/// Record a client's request for the engine, with its event (`actor` asked). Another instance
+/// that drives the job is woken by a notification; this one (`me`), or none, by the caller's
+/// `Engine::wake`: a notification serializes every commit that sends one, so it is sent only
+/// where it is needed. Written only where `domain::actions::client_refusal` allows the
 /// request, or it repeats the one recorded: before the decision; a confirm never after a cancel
 /// request, nor for a job with no task; a cancel never after a confirm request.
 pub async fn request(
@@ -55,6 +90,7 @@ pub async fn request(
     id: &JobId,
     what: ClientRequest,
     actor: &str,
+    me: &str,
 ) -> Result<RequestOutcome> {
     let id = id.as_str();
     let confirm = what == ClientRequest::Confirm;
@@ -80,15 +116,17 @@ pub async fn request(
                 WHERE id = $5 AND status IN ('pending', 'trying', 'reserved')
                   AND (NOT $4 OR (task_count > 0 AND NOT cancel_requested))
                   AND ($4 OR NOT confirm_requested)
-                RETURNING id, event_seq - 1 AS event_base
+                RETURNING id, event_seq - 1 AS event_base, lease_owner
              ), e AS ({})
-             SELECT pg_notify('tcc_wake', id) FROM u",
+             SELECT CASE WHEN lease_owner <> $6 THEN pg_notify('tcc_wake', id)::text END
+             FROM u",
             insert_events(1, "u")
         ))
         .await?;
     let mut params: Vec<&(dyn ToSql + Sync)> = events.params().to_vec();
     params.push(&confirm);
     params.push(&id);
+    params.push(&me);
     if client.execute(&stmt, &params).await? == 1 {
         return Ok(RequestOutcome::Accepted);
     }
@@ -110,46 +148,55 @@ pub enum Registered {
     TooMany(usize),
 }
 
-/// Add a participant's link to a job that has no decision yet, with its event (`actor`
-/// registered it).
+/// Add a participant's link (or its own URLs) to a job that has no decision yet, with its event
+/// (`actor` registered it). Another instance that drives the job is notified (see `request`).
 pub async fn register(
     client: &mut deadpool_postgres::Client,
     id: &JobId,
     reg: &Registration,
     max_tasks: usize,
     actor: &str,
+    me: &str,
 ) -> Result<Registered> {
     let id = id.as_str();
     let tx = client.transaction().await?;
-    let Some(row) = tx
-        .query_opt(
-            "SELECT status, failure_reason, task_count, confirm_requested, cancel_requested
+    let lock = tx
+        .prepare_cached(
+            "SELECT status, failure_reason, task_count, confirm_requested, cancel_requested,
+                lease_owner
              FROM jobs WHERE id = $1 FOR UPDATE",
-            &[&id],
         )
-        .await?
-    else {
+        .await?;
+    let Some(row) = tx.query_opt(&lock, &[&id]).await? else {
         return Ok(Registered::NotFound);
     };
     let gate = gate_of(&row)?;
     let count: i32 = row.try_get("task_count")?;
+    let owner: Option<String> = row.try_get("lease_owner")?;
+    let task_id = match &reg.task_id {
+        Some(t) => t.to_string(),
+        None => format!("participant-{}", count + 1),
+    };
     // The same link, or the same own URLs with the same body, registered again is the same
-    // participant.
+    // participant; another under the task id is not.
     let (link_uri, link_expires, callbacks) = match &reg.hold {
         Hold::Link(l) => (Some(l.uri.as_str()), Some(l.expires), None),
         Hold::Callbacks(c) => (None, None, Some(serde_json::to_value(c).map_err(corrupt)?)),
     };
-    let existing = tx
-        .query_opt(
-            &format!(
-                "SELECT {TASK_COLUMNS} FROM tasks t
-                 WHERE job_id = $1 AND (link_uri = $2 OR callbacks = $3::jsonb)"
-            ),
-            &[&id, &link_uri, &callbacks],
-        )
+    let others = tx
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS}, coalesce(t.link_uri = $2 OR t.callbacks = $3::jsonb, false)
+                AS same
+             FROM tasks t
+             WHERE t.job_id = $1
+               AND (t.link_uri = $2 OR t.callbacks = $3::jsonb OR t.task_id = $4)"
+        ))
         .await?;
-    if let Some(existing) = existing {
-        return Ok(Registered::Existing(task_from_row(&existing)?));
+    let others = tx
+        .query(&others, &[&id, &link_uri, &callbacks, &task_id])
+        .await?;
+    if let Some(same) = others.iter().find(|r| r.get::<_, bool>("same")) {
+        return Ok(Registered::Existing(task_from_row(same)?));
     }
     if let Some(refusal) = client_refusal(&gate, Action::Participants) {
         return Ok(Registered::Refused(refusal));
@@ -157,38 +204,9 @@ pub async fn register(
     if count as usize >= max_tasks {
         return Ok(Registered::TooMany(max_tasks));
     }
-    let task_id = match &reg.task_id {
-        Some(t) => t.to_string(),
-        None => format!("participant-{}", count + 1),
-    };
-    let taken = tx
-        .query_opt(
-            "SELECT 1 FROM tasks WHERE job_id = $1 AND task_id = $2",
-            &[&id, &task_id],
-        )
-        .await?;
-    if taken.is_some() {
+    if !others.is_empty() {
         return Ok(Registered::TaskIdTaken(task_id));
     }
-    let row = tx
-        .query_one(
-            &format!(
-                "INSERT INTO tasks AS t (job_id, idx, task_id, description, status, link_uri,
-                    link_expires, callbacks, start_time)
-                 VALUES ($1, $2, $3, $4, 'reserved', $5, $6, $7, now())
-                 RETURNING {TASK_COLUMNS}"
-            ),
-            &[
-                &id,
-                &count,
-                &task_id,
-                &reg.description,
-                &link_uri,
-                &link_expires,
-                &callbacks,
-            ],
-        )
-        .await?;
     let event = [Event {
         at: Utc::now(),
         what: What::Action {
@@ -201,23 +219,38 @@ pub async fn register(
     let mut events = EventColumns::default();
     events.push(id, &event);
     let mut params: Vec<&(dyn ToSql + Sync)> = events.params().to_vec();
-    params.push(&id);
-    tx.execute(
-        &format!(
-            "WITH b AS (
+    params.extend([
+        &id as &(dyn ToSql + Sync),
+        &count,
+        &task_id,
+        &reg.description,
+        &link_uri,
+        &link_expires,
+        &callbacks,
+    ]);
+    // The task, the job's count and wake, and the event, in one statement.
+    let insert = tx
+        .prepare_cached(&format!(
+            "WITH t AS (
+                INSERT INTO tasks AS t (job_id, idx, task_id, description, status, link_uri,
+                    link_expires, callbacks, start_time)
+                VALUES ($4, $5, $6, $7, 'reserved', $8, $9, $10, now())
+                RETURNING {TASK_COLUMNS}
+             ), b AS (
                 UPDATE jobs SET task_count = task_count + 1, wake_seq = wake_seq + 1,
                     next_wake = now(), updated_at = now(), event_seq = event_seq + 1
                 WHERE id = $4
                 RETURNING id, event_seq - 1 AS event_base
-             )
-             {}",
+             ), e AS ({})
+             SELECT * FROM t",
             insert_events(1, "b")
-        ),
-        &params,
-    )
-    .await?;
-    tx.execute("SELECT pg_notify('tcc_wake', $1)", &[&id])
+        ))
         .await?;
+    let row = tx.query_one(&insert, &params).await?;
+    if owner.is_some_and(|o| o != me) {
+        tx.execute("SELECT pg_notify('tcc_wake', $1)", &[&id])
+            .await?;
+    }
     let task = task_from_row(&row)?;
     tx.commit().await?;
     Ok(Registered::Created(task))

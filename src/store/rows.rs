@@ -110,7 +110,9 @@ pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
     let link_expires: Option<DateTime<Utc>> = row.try_get("link_expires")?;
     let callbacks: Option<Value> = row.try_get("callbacks")?;
     if spec.is_none() && link_uri.is_none() && callbacks.is_none() {
-        return Err(corrupt("a task with neither a Try, a link nor its own URLs"));
+        return Err(corrupt(
+            "a task with neither a Try, a link nor its own URLs",
+        ));
     }
     Ok(Task {
         idx: row.try_get("idx")?,
@@ -237,7 +239,20 @@ pub(super) fn update_tasks(first: usize, jobs: &str) -> String {
                 WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx
                   AND u.job_id IN (SELECT id FROM {jobs})
                 RETURNING 1",
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13],
+        p[0],
+        p[1],
+        p[2],
+        p[3],
+        p[4],
+        p[5],
+        p[6],
+        p[7],
+        p[8],
+        p[9],
+        p[10],
+        p[11],
+        p[12],
+        p[13],
         p[14]
     )
 }

@@ -110,7 +110,11 @@ async fn dtm_client_both_branches_confirmed_last_registered_first() {
     let b = Branches::start().await;
     let printed = run_client(python, &app.url("/api/dtmsvr"), &b, "two").await;
     let gid = gid_of(&printed);
-    assert_eq!(printed["gid"], json!(gid), "the client saw its transaction succeed");
+    assert_eq!(
+        printed["gid"],
+        json!(gid),
+        "the client saw its transaction succeed"
+    );
     let job = job_of_gid(&app.http, &app.addr, &gid).await;
     let id = job["jobID"].as_str().unwrap_or_default().to_string();
     let job = app.wait_status(&id, "completed").await;
@@ -131,7 +135,12 @@ async fn dtm_client_both_branches_confirmed_last_registered_first() {
         serde_json::from_str::<Value>(&c.body).ok(),
         Some(json!({"amount": 30, "branch": "out"}))
     );
-    for (k, v) in [("gid", gid.as_str()), ("trans_type", "tcc"), ("branch_id", "01"), ("op", "confirm")] {
+    for (k, v) in [
+        ("gid", gid.as_str()),
+        ("trans_type", "tcc"),
+        ("branch_id", "01"),
+        ("op", "confirm"),
+    ] {
         assert_eq!(c.query.get(k).map(String::as_str), Some(v), "{k}");
     }
     assert_eq!(b.count("cancel", "out") + b.count("cancel", "in"), 0);
@@ -192,8 +201,10 @@ async fn dtm_client_that_dies_before_submit_times_out_and_its_branches_are_cance
     let late = app
         .http
         .post(app.url("/api/dtmsvr/registerBranch"))
-        .json(&json!({"gid": gid, "branch_id": "02", "trans_type": "tcc", "data": "{}",
-                      "confirm": b.url("confirm", "x"), "cancel": b.url("cancel", "x")}))
+        .json(
+            &json!({"gid": gid, "branch_id": "02", "trans_type": "tcc", "data": "{}",
+                      "confirm": b.url("confirm", "x"), "cancel": b.url("cancel", "x")}),
+        )
         .send()
         .await
         .expect("register");
@@ -320,12 +331,16 @@ async fn dtm_api_with_keys_takes_them_as_basic_credentials_in_the_url() {
     };
     let app = spawn_app_with(&["--api-keys", "orders:submit:s3cret-s3cret-s3cret"]).await;
     let b = Branches::start().await;
-    let with_key = app.url("/api/dtmsvr").replace("http://", "http://orders:s3cret-s3cret-s3cret@");
+    let with_key = app
+        .url("/api/dtmsvr")
+        .replace("http://", "http://orders:s3cret-s3cret-s3cret@");
     let printed = run_client(python, &with_key, &b, "two").await;
     let gid = gid_of(&printed);
     assert_eq!(printed["gid"], json!(gid), "the client's calls were let in");
     // Without the key the client's first call (newGid) is refused.
-    let r = reqwest::get(app.url("/api/dtmsvr/newGid")).await.expect("GET");
+    let r = reqwest::get(app.url("/api/dtmsvr/newGid"))
+        .await
+        .expect("GET");
     assert_eq!(r.status(), 401);
     let ok = eventually(|| async { b.count("confirm", "out") == 1 }).await;
     assert!(ok, "confirmed");
@@ -350,16 +365,30 @@ async fn dtm_api_answers_repeats_and_calls_out_of_order_as_dtm_does() {
     assert_eq!(g["dtm_result"], "SUCCESS");
     let gid = g["gid"].as_str().unwrap_or_default().to_string();
     let tb = json!({"gid": gid, "trans_type": "tcc"});
-    assert_eq!(post("prepare", tb.clone()).await, (200, json!({"dtm_result": "SUCCESS"})));
-    assert_eq!(post("prepare", tb.clone()).await.0, 200, "again while prepared");
+    assert_eq!(
+        post("prepare", tb.clone()).await,
+        (200, json!({"dtm_result": "SUCCESS"}))
+    );
+    assert_eq!(
+        post("prepare", tb.clone()).await.0,
+        200,
+        "again while prepared"
+    );
     let branch = json!({"gid": gid, "branch_id": "01", "trans_type": "tcc", "status": "prepared",
                         "data": "{\"n\": 1}", "confirm": b.url("confirm", "x"), "cancel": b.url("cancel", "x")});
     assert_eq!(post("registerBranch", branch.clone()).await.0, 200);
-    assert_eq!(post("registerTccBranch", branch.clone()).await.0, 200, "the same branch again");
+    assert_eq!(
+        post("registerTccBranch", branch.clone()).await.0,
+        200,
+        "the same branch again"
+    );
     let mut other = branch.clone();
     other["confirm"] = json!(b.url("confirm", "y"));
     let (status, body) = post("registerBranch", other).await;
-    assert_eq!((status, body["dtm_result"].clone()), (409, json!("FAILURE")));
+    assert_eq!(
+        (status, body["dtm_result"].clone()),
+        (409, json!("FAILURE"))
+    );
     assert_eq!(post("submit", tb.clone()).await.0, 200);
     let done = eventually(|| async { b.count("confirm", "x") == 1 }).await;
     assert!(done);
@@ -377,17 +406,29 @@ async fn dtm_api_answers_repeats_and_calls_out_of_order_as_dtm_does() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(confirm_row["status"], "succeed");
-    assert_eq!(confirm_row["bin_data"], "eyJuIjogMX0=", "the data, base64 as DTM shows it");
+    assert_eq!(
+        confirm_row["bin_data"], "eyJuIjogMX0=",
+        "the data, base64 as DTM shows it"
+    );
     // Once succeeded: prepare, submit and abort are refused with FAILURE.
     for path in ["prepare", "submit", "abort"] {
         let (status, body) = post(path, tb.clone()).await;
         assert_eq!(status, 409, "{path}: {body}");
-        assert!(body["message"].as_str().is_some_and(|m| m.contains("succeed") && m.ends_with("FAILURE")), "{path}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("succeed") && m.ends_with("FAILURE")),
+            "{path}: {body}"
+        );
     }
     // Unknown gids and missing ones.
     let unknown = json!({"gid": "never-prepared", "trans_type": "tcc"});
     assert_eq!(post("abort", unknown.clone()).await.0, 404);
-    assert_eq!(post("submit", unknown).await.0, 200, "DTM: nothing to confirm");
+    assert_eq!(
+        post("submit", unknown).await.0,
+        200,
+        "DTM: nothing to confirm"
+    );
     let q = get_json(&app.http, &app.url("/api/dtmsvr/query?gid=never-prepared")).await;
     assert_eq!(q, json!({"branches": [], "transaction": null}));
     let r = app.get("/api/dtmsvr/query").await;

@@ -208,7 +208,10 @@ async fn tasks_with_their_own_urls_are_tried_then_confirmed_at_their_confirm_url
             Some(json!({"item": name})),
             "the task's body"
         );
-        assert_eq!(header_in(&c.headers, "correlation-id").as_deref(), Some("own-urls-1"));
+        assert_eq!(
+            header_in(&c.headers, "correlation-id").as_deref(),
+            Some("own-urls-1")
+        );
         assert_eq!(header_in(&c.headers, "request-id").as_deref(), Some(name));
         assert_eq!(b.count("cancel", name), 0);
         let t = task(&job, name);
@@ -251,7 +254,13 @@ async fn participants_register_their_own_urls_and_a_repeat_finds_the_same_task()
         .await;
     let reg = json!({"confirmURL": b.url("confirm", "p"), "cancelURL": b.url("cancel", "p"), "body": {"n": 1}, "taskID": "p"});
     let url = app.url(&format!("/jobs/{id}/participants"));
-    let r = app.http.post(&url).json(&reg).send().await.expect("register");
+    let r = app
+        .http
+        .post(&url)
+        .json(&reg)
+        .send()
+        .await
+        .expect("register");
     assert_eq!(r.status(), 201);
     let t: Value = r.json().await.expect("json");
     assert_eq!(t["taskStatus"], "reserved");
@@ -260,7 +269,13 @@ async fn participants_register_their_own_urls_and_a_repeat_finds_the_same_task()
     assert_eq!(again.status(), 200, "the same participant again");
     // The same taskID with other URLs is another participant: refused.
     let other = json!({"confirmURL": b.url("confirm", "q"), "cancelURL": b.url("cancel", "q"), "taskID": "p"});
-    let r = app.http.post(&url).json(&other).send().await.expect("other");
+    let r = app
+        .http
+        .post(&url)
+        .json(&other)
+        .send()
+        .await
+        .expect("other");
     assert_eq!(r.status(), 409);
     // A half pair is refused, naming the missing field.
     let half = json!({"confirmURL": b.url("confirm", "q")});
@@ -274,7 +289,10 @@ async fn participants_register_their_own_urls_and_a_repeat_finds_the_same_task()
     assert_eq!(job["tasks"].as_array().map(Vec::len), Some(1));
     let calls = b.calls("cancel", "p");
     assert_eq!(calls.len(), 1);
-    assert_eq!(serde_json::from_str::<Value>(&calls[0].body).ok(), Some(json!({"n": 1})));
+    assert_eq!(
+        serde_json::from_str::<Value>(&calls[0].body).ok(),
+        Some(json!({"n": 1}))
+    );
     app.stop().await;
 }
 
@@ -293,11 +311,21 @@ async fn a_confirm_failing_until_the_horizon_is_heuristic_and_calls_for_help() {
     let t = task(&job, "b");
     assert_eq!(t["taskStatus"], "heuristic");
     let said = t["lastMessage"].as_str().unwrap_or_default();
-    assert!(said.contains("callback horizon") && said.contains("503"), "{said}");
+    assert!(
+        said.contains("callback horizon") && said.contains("503"),
+        "{said}"
+    );
     assert!(b.count("confirm", "b") >= 1, "retried until the horizon");
-    assert_eq!(b.count("cancel", "a") + b.count("cancel", "b"), 0, "never turned to cancel");
+    assert_eq!(
+        b.count("cancel", "a") + b.count("cancel", "b"),
+        0,
+        "never turned to cancel"
+    );
     let told = eventually(|| async { ops.count("hook", "ops") >= 1 }).await;
-    assert!(told, "the operators' webhook hears of the heuristic outcome");
+    assert!(
+        told,
+        "the operators' webhook hears of the heuristic outcome"
+    );
     let calls = ops.calls("hook", "ops");
     let body: Value = serde_json::from_str(&calls[0].body).unwrap_or_default();
     assert_eq!(body["job"]["jobID"], json!(id), "{body}");
@@ -319,11 +347,16 @@ async fn a_refused_cancel_is_heuristic_as_nothing_lapses_there() {
     let t = task(&job, "b");
     assert_eq!(t["taskStatus"], "heuristic");
     assert!(
-        t["lastMessage"].as_str().is_some_and(|m| m.contains("cancel was refused")),
+        t["lastMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("cancel was refused")),
         "{t}"
     );
     // `continue` retries confirms; a failed cancel is not turned into one.
-    assert_eq!(app.post(&format!("/jobs/{id}/continue")).await.status(), 409);
+    assert_eq!(
+        app.post(&format!("/jobs/{id}/continue")).await.status(),
+        409
+    );
     app.stop().await;
 }
 
@@ -331,8 +364,14 @@ async fn a_refused_cancel_is_heuristic_as_nothing_lapses_there() {
 async fn own_urls_are_checked_like_every_url() {
     let app = spawn_app_with(&["--allowed-targets", "127.0.0.1"]).await;
     let cases = [
-        (json!({"taskID": "a", "confirmURL": "http://127.0.0.1:9/c"}), "/tasks/0/cancelURL"),
-        (json!({"taskID": "a", "cancelURL": "http://127.0.0.1:9/c"}), "/tasks/0/confirmURL"),
+        (
+            json!({"taskID": "a", "confirmURL": "http://127.0.0.1:9/c"}),
+            "/tasks/0/cancelURL",
+        ),
+        (
+            json!({"taskID": "a", "cancelURL": "http://127.0.0.1:9/c"}),
+            "/tasks/0/confirmURL",
+        ),
         (
             json!({"taskID": "a", "confirmURL": "ftp://x/c", "cancelURL": "http://127.0.0.1:9/c"}),
             "/tasks/0/confirmURL",
@@ -382,7 +421,9 @@ async fn a_stalled_confirm_is_retried_until_it_answers() {
     let b = Branches::start().await;
     b.script("confirm", "a", vec![Reply::stall()]);
     let id = app
-        .submit(&json!({"tasks": [own_task(&b, "a", false)], "retryPolicy": {"initialDelay": 0.05}}))
+        .submit(
+            &json!({"tasks": [own_task(&b, "a", false)], "retryPolicy": {"initialDelay": 0.05}}),
+        )
         .await;
     let job = app.wait_status(&id, "completed").await;
     assert!(b.count("confirm", "a") >= 2);

@@ -210,11 +210,15 @@ impl TaskRow {
                 .unwrap_or_default(),
             status: t.task_status.as_str(),
             attempts: t.attempts,
-            link: t.participant_link.as_ref().map(|l| l.uri.to_string()).or_else(|| {
-                t.confirm_url
-                    .zip(t.cancel_url)
-                    .map(|(c, x)| format!("confirm {c}, cancel {x}"))
-            }),
+            link: t
+                .participant_link
+                .as_ref()
+                .map(|l| l.uri.to_string())
+                .or_else(|| {
+                    t.confirm_url
+                        .zip(t.cancel_url)
+                        .map(|(c, x)| format!("confirm {c}, cancel {x}"))
+                }),
             expires: t.participant_link.as_ref().map(|l| shown(l.expires.0)),
             expires_at: t.participant_link.as_ref().map(|l| rfc3339(l.expires.0)),
             last_message: t.last_message.map(str::to_string),
