@@ -119,21 +119,18 @@ async fn trans_request(
     }
     match gid_of(req.gid.as_deref()) {
         Ok(gid) => Ok(Ok((gid, req))),
-        Err(r) => Ok(Err(r)),
+        Err(why) => Ok(Err(mistake(StatusCode::BAD_REQUEST, why))),
     }
 }
 
-fn gid_of(gid: Option<&str>) -> Result<String, Response> {
+/// The gid, or why it is refused.
+fn gid_of(gid: Option<&str>) -> Result<String, &'static str> {
     match gid {
-        None | Some("") => Err(mistake(StatusCode::BAD_REQUEST, "no gid specified")),
-        Some(g) if g.len() > MAX_IDEMPOTENCY_KEY.min(128) => Err(mistake(
-            StatusCode::BAD_REQUEST,
-            "the gid is longer than 128 bytes",
-        )),
-        Some(g) if g.chars().any(char::is_control) => Err(mistake(
-            StatusCode::BAD_REQUEST,
-            "the gid holds a control character",
-        )),
+        None | Some("") => Err("no gid specified"),
+        Some(g) if g.len() > MAX_IDEMPOTENCY_KEY.min(128) => {
+            Err("the gid is longer than 128 bytes")
+        }
+        Some(g) if g.chars().any(char::is_control) => Err("the gid holds a control character"),
         Some(g) => Ok(g.to_string()),
     }
 }
@@ -275,7 +272,7 @@ pub async fn register_branch(
     let text = |field: &str| value.get(field).and_then(Value::as_str).unwrap_or_default();
     let gid = match gid_of(Some(text("gid"))) {
         Ok(g) => g,
-        Err(answer) => return Ok(answer),
+        Err(why) => return Ok(mistake(StatusCode::BAD_REQUEST, why)),
     };
     let trans_type = text("trans_type");
     if !trans_type.is_empty() && trans_type != "tcc" {
@@ -310,7 +307,7 @@ pub async fn register_branch(
     };
     let options = options_of(&shared_state);
     let reg = Registration {
-        hold: Hold::Callbacks(Callbacks {
+        hold: Hold::Callbacks(Box::new(Callbacks {
             confirm_url,
             cancel_url,
             body: None,
@@ -321,7 +318,7 @@ pub async fn register_branch(
                 headers: options.branch_headers.into_iter().collect(),
             }),
             retry_policy: None,
-        }),
+        })),
         task_id: Some(branch_id.clone()),
         description: Some(format!("DTM branch {branch_id}")),
     };
@@ -480,7 +477,7 @@ pub async fn query(
 ) -> Result<Response, ApiError> {
     let gid = match gid_of(q.gid.as_deref()) {
         Ok(g) => g,
-        Err(answer) => return Ok(answer),
+        Err(why) => return Ok(mistake(StatusCode::BAD_REQUEST, why)),
     };
     let Some(Keyed { id, .. }) = job_of(&state, &gid).await? else {
         return Ok(answer(

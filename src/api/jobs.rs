@@ -251,7 +251,7 @@ fn unchanged_parts(record: &JobRecord, new: &request::NewJob, doc: &Value) -> Op
                     callbacks,
                 } => {
                     stored.try_spec.as_deref() == try_spec.as_ref()
-                        && stored.callbacks.as_deref() == Some(callbacks)
+                        && stored.callbacks.as_deref() == Some(callbacks.as_ref())
                 }
             };
         if !same {

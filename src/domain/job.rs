@@ -434,7 +434,7 @@ impl Job {
                             TaskStatus::Reserved
                         },
                         None,
-                        Some(Arc::new(callbacks.clone())),
+                        Some(Arc::new(callbacks.as_ref().clone())),
                     ),
                 };
                 Task {

@@ -189,7 +189,7 @@ pub enum NewTaskKind {
     /// Its own confirm and cancel URLs; with a Try the coordinator sends, or tried by the client.
     Callbacks {
         try_spec: Option<TrySpec>,
-        callbacks: Callbacks,
+        callbacks: Box<Callbacks>,
     },
 }
 
@@ -689,7 +689,7 @@ pub fn parse_job(
                     {
                         Some(NewTaskKind::Callbacks {
                             try_spec,
-                            callbacks: Callbacks {
+                            callbacks: Box::new(Callbacks {
                                 confirm_url,
                                 cancel_url,
                                 body: t.body.clone(),
@@ -699,7 +699,7 @@ pub fn parse_job(
                                 } else {
                                     None
                                 },
-                            },
+                            }),
                         })
                     }
                     _ => None,
@@ -985,7 +985,7 @@ pub struct Registration {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Hold {
     Link(Link),
-    Callbacks(Callbacks),
+    Callbacks(Box<Callbacks>),
 }
 
 impl Hold {
@@ -1076,13 +1076,13 @@ pub fn parse_registration(
         let confirm = url("confirmURL", &wire.confirm_url);
         let cancel = url("cancelURL", &wire.cancel_url);
         confirm.zip(cancel).map(|(confirm_url, cancel_url)| {
-            Hold::Callbacks(Callbacks {
+            Hold::Callbacks(Box::new(Callbacks {
                 confirm_url,
                 cancel_url,
                 body: wire.body.clone(),
                 dtm: None,
                 retry_policy: None,
-            })
+            }))
         })
     } else {
         if wire.body.is_some() {
