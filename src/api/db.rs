@@ -51,6 +51,29 @@ pub(super) async fn record_request(
     Ok(outcome)
 }
 
+/// Register a participant into a job (its target checked), and wake the job's driver when it
+/// was added.
+pub(super) async fn register(
+    state: &AppState,
+    id: &JobId,
+    reg: &crate::domain::request::Registration,
+    actor: &str,
+) -> Result<store::Registered, ApiError> {
+    super::extract::allowed(crate::domain::policy::refusals::registration(
+        &state.settings.targets,
+        reg,
+    ))?;
+    let mut client = db(state).await?;
+    let me = state.engine.instance_id();
+    let max = state.settings.max_tasks;
+    let outcome = within(state, store::register(&mut client, id, reg, max, actor, me)).await?;
+    drop(client);
+    if matches!(outcome, store::Registered::Created(_)) {
+        wake(state, id).await;
+    }
+    Ok(outcome)
+}
+
 /// Wake the job's driver, or claim the job, for a request just recorded; given up after
 /// `TCC_DB_TIMEOUT` (the request is stored, and the scanner claims a job nobody drives).
 pub(super) async fn wake(state: &AppState, id: &JobId) {

@@ -21,13 +21,12 @@ use serde_json::{Value, json};
 
 use super::app::AppState;
 use super::auth::Actor;
-use super::db::{db, load, record_request, wait_terminal, wake, within};
+use super::db::{db, load, record_request, register, wait_terminal, within};
 use super::error::ApiError;
-use super::extract::{MAX_IDEMPOTENCY_KEY, allowed, read_json};
+use super::extract::{MAX_IDEMPOTENCY_KEY, read_json};
 use super::respond::{base_url, json_response};
 use crate::domain::actions::Gate;
 use crate::domain::job::{Callbacks, DtmBranch};
-use crate::domain::policy::refusals;
 use crate::domain::request::{self, FieldError, Hold, Limits, Registration};
 use crate::domain::{
     JobId, JobSource, JobStatus, Requested, Submission, TargetUrl, TaskId, TaskStatus,
@@ -322,28 +321,8 @@ pub async fn register_branch(
         task_id: Some(branch_id.clone()),
         description: Some(format!("DTM branch {branch_id}")),
     };
-    allowed(refusals::registration(&state.settings.targets, &reg))?;
-    let outcome = {
-        let mut client = db(&state).await?;
-        within(
-            &state,
-            store::register(
-                &mut client,
-                &id,
-                &reg,
-                state.settings.max_tasks,
-                &actor.0,
-                state.engine.instance_id(),
-            ),
-        )
-        .await?
-    };
-    Ok(match outcome {
-        Registered::Created(_) => {
-            wake(&state, &id).await;
-            success()
-        }
-        Registered::Existing(_) => success(),
+    Ok(match register(&state, &id, &reg, &actor.0).await? {
+        Registered::Created(_) | Registered::Existing(_) => success(),
         Registered::NotFound | Registered::Refused(_) => {
             failure(format!("no trans with gid: {gid} status: prepared found"))
         }

@@ -9,16 +9,15 @@ use chrono::Utc;
 
 use super::app::AppState;
 use super::auth::Actor;
-use super::db::{db, load_tasks, wake, within};
+use super::db::load_tasks;
 use super::error::ApiError;
-use super::extract::{JobPath, TaskPath, allowed, read_json};
+use super::extract::{JobPath, TaskPath, read_json};
 use super::html;
 use super::negotiate::{prefers_html, vary_accept};
 use super::repr::{self, TaskRepr};
 use super::respond::{base_url, json_response};
-use crate::domain::policy::refusals;
 use crate::domain::request::{self, FieldError};
-use crate::store::{self, Registered};
+use crate::store::Registered;
 
 #[utoipa::path(get, path = "/jobs/{jobID}/tasks", tag = "tasks", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 200, description = "The tasks", body = crate::api::repr::TaskListRepr), (status = 404, description = "No such job")))]
 pub async fn list_tasks(
@@ -67,26 +66,10 @@ pub async fn register(
 ) -> Result<Response, ApiError> {
     let value = read_json(&headers, body, state.settings.max_body).await?;
     let reg = request::parse_registration(&value, Utc::now()).map_err(ApiError::validation)?;
-    allowed(refusals::registration(&state.settings.targets, &reg))?;
-    let outcome = {
-        let mut client = db(&state).await?;
-        within(
-            &state,
-            store::register(
-                &mut client,
-                &id,
-                &reg,
-                state.settings.max_tasks,
-                &actor.0,
-                state.engine.instance_id(),
-            ),
-        )
-        .await?
-    };
+    let outcome = super::db::register(&state, &id, &reg, &actor.0).await?;
     let base = base_url(&state, &headers);
     match outcome {
         Registered::Created(task) => {
-            wake(&state, &id).await;
             let mut resp = json_response(StatusCode::CREATED, &TaskRepr::new(&base, &id, &task));
             if let Ok(v) =
                 HeaderValue::from_str(&format!("{base}/jobs/{id}/tasks/{}", task.task_id))

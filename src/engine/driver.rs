@@ -579,26 +579,18 @@ impl Driver {
                 }
                 .boxed()
             }
-            Op::Confirm | Op::Cancel if task.callbacks.is_some() => {
-                let Some(callbacks) = task.callbacks.clone() else {
-                    return immediate(step, "the task has no confirm and cancel URLs".into());
-                };
-                let timeout = inner.settings.call_timeout;
-                async move {
-                    let _slot = inner.calls.acquire().await;
-                    let ids = CallIds {
-                        correlation_id: &correlation_id,
-                        request_id: &request_id,
-                        traceparent: traceparent.as_deref(),
-                    };
-                    let result = inner.client.settle_own(op, &callbacks, &ids, timeout).await;
-                    (step, result)
-                }
-                .boxed()
-            }
             Op::Confirm | Op::Cancel => {
-                let Some(link) = task.link.clone() else {
-                    return immediate(step, "the task holds no participant link".into());
+                // Where the confirm or cancel goes: the task's own URL, else its link.
+                enum Target {
+                    Own(std::sync::Arc<crate::domain::Callbacks>),
+                    Link(crate::domain::Link),
+                }
+                let target = match (&task.callbacks, &task.link) {
+                    (Some(own), _) => Target::Own(own.clone()),
+                    (None, Some(link)) => Target::Link(link.clone()),
+                    (None, None) => {
+                        return immediate(step, "the task holds no participant link".into());
+                    }
                 };
                 let timeout = inner.settings.call_timeout;
                 async move {
@@ -608,10 +600,13 @@ impl Driver {
                         request_id: &request_id,
                         traceparent: traceparent.as_deref(),
                     };
-                    let result = if op == Op::Confirm {
-                        inner.client.confirm(&link, &ids, timeout).await
-                    } else {
-                        inner.client.cancel(&link, &ids, timeout).await
+                    let client = &inner.client;
+                    let result = match (&target, op) {
+                        (Target::Own(own), _) => client.settle_own(op, own, &ids, timeout).await,
+                        (Target::Link(link), Op::Confirm) => {
+                            client.confirm(link, &ids, timeout).await
+                        }
+                        (Target::Link(link), _) => client.cancel(link, &ids, timeout).await,
                     };
                     (step, result)
                 }

@@ -437,3 +437,80 @@ async fn dtm_api_answers_repeats_and_calls_out_of_order_as_dtm_does() {
     assert_eq!(status, 400, "only TCC");
     app.stop().await;
 }
+
+/// The options DTM's clients send (Go's sends them with `prepare` and `submit`): `wait_result`,
+/// `timeout_to_fail`, `retry_interval` and `branch_headers`.
+#[tokio::test]
+async fn dtm_api_honours_the_options_dtm_clients_send() {
+    let app = spawn_app().await;
+    let b = Branches::start().await;
+    let post = |path: &str, body: Value| {
+        let http = app.http.clone();
+        let url = app.url(&format!("/api/dtmsvr/{path}"));
+        async move {
+            let r = http.post(url).json(&body).send().await.expect("POST");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let branch = |gid: &str, id: &str, name: &str| {
+        json!({"gid": gid, "branch_id": id, "trans_type": "tcc", "data": "{\"n\": 1}",
+               "confirm": b.url("confirm", name), "cancel": b.url("cancel", name)})
+    };
+    // Completed: `submit` with wait_result answers once the confirms are done; the branch
+    // headers go with every branch call; retry_interval is the branches' first retry delay.
+    let options = json!({"gid": "opts-1", "trans_type": "tcc", "wait_result": true,
+                         "timeout_to_fail": 30, "retry_interval": 1,
+                         "branch_headers": {"x-tenant": "t1", "content-length": "1"}});
+    assert_eq!(post("prepare", options.clone()).await.0, 200);
+    assert_eq!(
+        post("registerBranch", branch("opts-1", "01", "a")).await.0,
+        200
+    );
+    let (status, body) = post("submit", options).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"dtm_result": "SUCCESS"})),
+        "after the outcome"
+    );
+    let calls = b.calls("confirm", "a");
+    assert_eq!(calls.len(), 1, "confirmed before the answer");
+    assert_eq!(
+        header_in(&calls[0].headers, "x-tenant").as_deref(),
+        Some("t1")
+    );
+    let q = get_json(&app.http, &app.url("/api/dtmsvr/query?gid=opts-1")).await;
+    let job = app
+        .get_job(
+            q["transaction"]["tcc_job"]
+                .as_str()
+                .and_then(|u| u.rsplit('/').next())
+                .unwrap_or_default(),
+        )
+        .await;
+    assert_eq!(job["jobMaxTTL"], json!(30.0), "timeout_to_fail");
+    assert_eq!(
+        job["retryPolicy"]["initialDelay"],
+        json!(1.0),
+        "retry_interval"
+    );
+
+    // Refused: the first confirm answers FAILURE, so the branches are canceled and the job
+    // fails; `submit` with wait_result says FAILURE.
+    b.always(
+        "confirm",
+        "c",
+        Reply::with(409, r#"{"dtm_result":"FAILURE"}"#),
+    );
+    let tb = json!({"gid": "opts-2", "trans_type": "tcc", "wait_result": true});
+    assert_eq!(post("prepare", tb.clone()).await.0, 200);
+    assert_eq!(
+        post("registerBranch", branch("opts-2", "01", "c")).await.0,
+        200
+    );
+    let (status, body) = post("submit", tb).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["dtm_result"], "FAILURE");
+    assert_eq!(b.count("cancel", "c"), 1, "canceled before the answer");
+    app.stop().await;
+}
