@@ -296,9 +296,13 @@ pub async fn register_branch(
     else {
         return Ok(mistake(StatusCode::BAD_REQUEST, said(&errors)));
     };
+    // As DTM: a branch joins only a transaction still prepared (not once submitted or aborted,
+    // even before the decision is taken).
     let Some(Keyed {
         id, shared_state, ..
-    }) = job_of(&state, &gid).await?
+    }) = job_of(&state, &gid)
+        .await?
+        .filter(|k| dtm_status(&k.gate) == "prepared")
     else {
         return Ok(failure(format!(
             "no trans with gid: {gid} status: prepared found"

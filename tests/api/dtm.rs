@@ -390,6 +390,14 @@ async fn dtm_api_answers_repeats_and_calls_out_of_order_as_dtm_does() {
         (409, json!("FAILURE"))
     );
     assert_eq!(post("submit", tb.clone()).await.0, 200);
+    // Once submitted, no branch joins (as DTM).
+    let mut late = branch.clone();
+    late["branch_id"] = json!("02");
+    let (status, body) = post("registerBranch", late).await;
+    assert_eq!(
+        (status, body["dtm_result"].clone()),
+        (409, json!("FAILURE"))
+    );
     let done = eventually(|| async { b.count("confirm", "x") == 1 }).await;
     assert!(done);
     let q = eventually_some(|| async {
