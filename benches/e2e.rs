@@ -21,8 +21,9 @@
 //! `--with-dtmrs` measures dtmrs (DTM's HTTP protocol) the same way, on its own database in the
 //! same cluster, with the same stubs and the same finish line: per job the client prepares a
 //! global transaction, registers each branch and calls its Try (in turn, as DTM's clients do),
-//! then submits; dtmrs confirms every branch. The binary is taken from `DTMRS_BIN`, or installed
-//! once with `cargo install dtmrs` into `target/bench/dtmrs/`.
+//! then submits; dtmrs confirms every branch. The same client then drives this coordinator
+//! through its DTM API (`tcc-coordinator (DTM API)`). The binary is taken from `DTMRS_BIN`, or
+//! installed once with `cargo install dtmrs` into `target/bench/dtmrs/`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

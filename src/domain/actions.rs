@@ -104,7 +104,7 @@ impl fmt::Display for Refusal {
             Refusal::NoTaskToRestart => f.write_str("the job has no task to try again"),
             Refusal::RegisteredLink(task) => write!(
                 f,
-                "task {task} was registered with a participant link, not a taskURL: the coordinator cannot reserve it again"
+                "task {task} came reserved (a participant link, or its own confirm and cancel URLs), without a taskURL: the coordinator cannot reserve it again"
             ),
             Refusal::NotRestartable(status) => write!(
                 f,
