@@ -274,6 +274,7 @@ impl ParticipantClient {
         &self,
         op: Op,
         callbacks: &Callbacks,
+        branch_headers: &[(String, String)],
         ids: &CallIds<'_>,
         timeout: Duration,
     ) -> CallResult {
@@ -307,7 +308,7 @@ impl ParticipantClient {
                 let target = target.map_or_else(|| url.to_string(), String::from);
                 // The transaction's branch_headers, but never one that frames the request or
                 // names the call (the coordinator's own headers win).
-                for (name, value) in &branch.headers {
+                for (name, value) in branch_headers {
                     let framing = ["host", "content-length", "transfer-encoding", "connection"]
                         .iter()
                         .any(|h| name.eq_ignore_ascii_case(h));

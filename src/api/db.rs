@@ -55,9 +55,10 @@ pub(super) async fn record_request(
 /// was added.
 pub(super) async fn register(
     state: &AppState,
-    id: &JobId,
+    job: store::JobRef<'_>,
     reg: &crate::domain::request::Registration,
     actor: &str,
+    closed_by_request: bool,
 ) -> Result<store::Registered, ApiError> {
     super::extract::allowed(crate::domain::policy::refusals::registration(
         &state.settings.targets,
@@ -66,10 +67,14 @@ pub(super) async fn register(
     let mut client = db(state).await?;
     let me = state.engine.instance_id();
     let max = state.settings.max_tasks;
-    let outcome = within(state, store::register(&mut client, id, reg, max, actor, me)).await?;
+    let outcome = within(
+        state,
+        store::register(&mut client, job, reg, max, actor, me, closed_by_request),
+    )
+    .await?;
     drop(client);
-    if matches!(outcome, store::Registered::Created(_)) {
-        wake(state, id).await;
+    if let store::Registered::Created { job, .. } = &outcome {
+        wake(state, job).await;
     }
     Ok(outcome)
 }

@@ -296,19 +296,6 @@ pub async fn register_branch(
     else {
         return Ok(mistake(StatusCode::BAD_REQUEST, said(&errors)));
     };
-    // As DTM: a branch joins only a transaction still prepared (not once submitted or aborted,
-    // even before the decision is taken).
-    let Some(Keyed {
-        id, shared_state, ..
-    }) = job_of(&state, &gid)
-        .await?
-        .filter(|k| dtm_status(&k.gate) == "prepared")
-    else {
-        return Ok(failure(format!(
-            "no trans with gid: {gid} status: prepared found"
-        )));
-    };
-    let options = options_of(&shared_state);
     let reg = Registration {
         hold: Hold::Callbacks(Box::new(Callbacks {
             confirm_url,
@@ -318,15 +305,17 @@ pub async fn register_branch(
                 gid: gid.clone(),
                 branch_id: branch_id.to_string(),
                 data: text("data").to_string(),
-                headers: options.branch_headers.into_iter().collect(),
             }),
             retry_policy: None,
         })),
         task_id: Some(branch_id.clone()),
         description: Some(format!("DTM branch {branch_id}")),
     };
-    Ok(match register(&state, &id, &reg, &actor.0).await? {
-        Registered::Created(_) | Registered::Existing(_) => success(),
+    // Found by its gid in the registration's own transaction. As DTM: a branch joins only a
+    // transaction still prepared (not once submitted or aborted, even before the decision).
+    let job = store::JobRef::Key(JobSource::Dtm, &gid);
+    Ok(match register(&state, job, &reg, &actor.0, true).await? {
+        Registered::Created { .. } | Registered::Existing(_) => success(),
         Registered::NotFound | Registered::Refused(_) => {
             failure(format!("no trans with gid: {gid} status: prepared found"))
         }

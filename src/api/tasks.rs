@@ -17,7 +17,7 @@ use super::negotiate::{prefers_html, vary_accept};
 use super::repr::{self, TaskRepr};
 use super::respond::{base_url, json_response};
 use crate::domain::request::{self, FieldError};
-use crate::store::Registered;
+use crate::store::{self, Registered};
 
 #[utoipa::path(get, path = "/jobs/{jobID}/tasks", tag = "tasks", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$")), responses((status = 200, description = "The tasks", body = crate::api::repr::TaskListRepr), (status = 404, description = "No such job")))]
 pub async fn list_tasks(
@@ -66,10 +66,11 @@ pub async fn register(
 ) -> Result<Response, ApiError> {
     let value = read_json(&headers, body, state.settings.max_body).await?;
     let reg = request::parse_registration(&value, Utc::now()).map_err(ApiError::validation)?;
-    let outcome = super::db::register(&state, &id, &reg, &actor.0).await?;
+    let outcome =
+        super::db::register(&state, store::JobRef::Id(&id), &reg, &actor.0, false).await?;
     let base = base_url(&state, &headers);
     match outcome {
-        Registered::Created(task) => {
+        Registered::Created { task, .. } => {
             let mut resp = json_response(StatusCode::CREATED, &TaskRepr::new(&base, &id, &task));
             if let Ok(v) =
                 HeaderValue::from_str(&format!("{base}/jobs/{id}/tasks/{}", task.task_id))

@@ -73,7 +73,7 @@ pub struct Callbacks {
 
 /// How DTM calls a branch: `POST` with `data` as the body when it is not empty, else `GET`, with
 /// the query parameters `gid`, `trans_type`, `branch_id` and `op`, and the transaction's
-/// `branch_headers`.
+/// `branch_headers` (kept with the job's options, `sharedState.dtm`: read when the call is made).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DtmBranch {
     pub gid: String,
@@ -81,8 +81,20 @@ pub struct DtmBranch {
     /// The branch's `data` as the client registered it (a string, usually JSON).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub data: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<(String, String)>,
+}
+
+impl DtmBranch {
+    /// The transaction's `branch_headers`, from the job's shared state (`dtm.branch_headers`,
+    /// where `prepare` keeps the options).
+    pub fn headers(shared_state: &Value) -> Vec<(String, String)> {
+        shared_state
+            .pointer("/dtm/branch_headers")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+            .collect()
+    }
 }
 
 /// Where a task's confirm stands, as one value, so that "sent", "refused" and "may have been

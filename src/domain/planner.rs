@@ -1445,7 +1445,6 @@ mod tests {
                 gid: "g".into(),
                 branch_id: format!("0{idx}"),
                 data: String::new(),
-                headers: vec![],
             }),
             retry_policy: None,
         }));

@@ -582,11 +582,21 @@ impl Driver {
             Op::Confirm | Op::Cancel => {
                 // Where the confirm or cancel goes: the task's own URL, else its link.
                 enum Target {
-                    Own(std::sync::Arc<crate::domain::Callbacks>),
+                    Own(
+                        std::sync::Arc<crate::domain::Callbacks>,
+                        Vec<(String, String)>,
+                    ),
                     Link(crate::domain::Link),
                 }
                 let target = match (&task.callbacks, &task.link) {
-                    (Some(own), _) => Target::Own(own.clone()),
+                    (Some(own), _) => Target::Own(
+                        own.clone(),
+                        if own.dtm.is_some() {
+                            crate::domain::job::DtmBranch::headers(&job.shared_state)
+                        } else {
+                            Vec::new()
+                        },
+                    ),
                     (None, Some(link)) => Target::Link(link.clone()),
                     (None, None) => {
                         return immediate(step, "the task holds no participant link".into());
@@ -602,7 +612,9 @@ impl Driver {
                     };
                     let client = &inner.client;
                     let result = match (&target, op) {
-                        (Target::Own(own), _) => client.settle_own(op, own, &ids, timeout).await,
+                        (Target::Own(own, headers), _) => {
+                            client.settle_own(op, own, headers, &ids, timeout).await
+                        }
                         (Target::Link(link), Op::Confirm) => {
                             client.confirm(link, &ids, timeout).await
                         }

@@ -333,24 +333,34 @@ pub async fn refresh(
 ) -> Result<Refresh> {
     let id = id.as_str();
     let known = known_tasks as i32;
-    let job = client
-        .prepare_cached(
-            "SELECT wake_seq, retry_seq, auto_confirm, deadline, confirm_requested, cancel_requested,
-                    (lease_owner = $2 AND lease_generation = $3) AS ours, state_seq,
-                    CASE WHEN state_seq <> $4 THEN shared_state END AS shared_state
-             FROM jobs WHERE id = $1",
-        )
-        .await?;
-    let job = client
-        .query_opt(&job, &[&id, &fence.owner, &fence.generation, &known_state])
-        .await?
-        .ok_or_else(|| corrupt(format!("job {id} vanished while leased")))?;
-    let tasks = client
+    // One statement: the job's row beside each task registered since (or once, alone).
+    let stmt = client
         .prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE job_id = $1 AND idx >= $2 ORDER BY idx"
+            "SELECT j.wake_seq, j.retry_seq, j.auto_confirm, j.deadline, j.confirm_requested,
+                    j.cancel_requested,
+                    (j.lease_owner = $2 AND j.lease_generation = $3) AS ours, j.state_seq,
+                    CASE WHEN j.state_seq <> $4 THEN j.shared_state END AS shared_state,
+                    {TASK_COLUMNS}
+             FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id AND t.idx >= $5
+             WHERE j.id = $1
+             ORDER BY t.idx"
         ))
         .await?;
-    let task_rows = client.query(&tasks, &[&id, &known]).await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[&id, &fence.owner, &fence.generation, &known_state, &known],
+        )
+        .await?;
+    let job = rows
+        .first()
+        .ok_or_else(|| corrupt(format!("job {id} vanished while leased")))?;
+    let mut task_rows = Vec::new();
+    for row in &rows {
+        if row.try_get::<_, Option<i32>>("idx")?.is_some() {
+            task_rows.push(row);
+        }
+    }
     let ours: Option<bool> = job.try_get("ours")?;
     Ok(Refresh {
         wake_seq: job.try_get("wake_seq")?,
@@ -364,7 +374,7 @@ pub async fn refresh(
             job.try_get("cancel_requested")?,
         ),
         new_tasks: task_rows
-            .iter()
+            .into_iter()
             .map(task_from_row)
             .collect::<Result<Vec<_>>>()?,
         still_ours: ours.unwrap_or(false),

@@ -72,6 +72,13 @@ pub async fn find_by_key(
     .transpose()
 }
 
+/// How a request names its job: by id, or by its source's idempotency key (a DTM gid).
+#[derive(Debug, Clone, Copy)]
+pub enum JobRef<'a> {
+    Id(&'a JobId),
+    Key(JobSource, &'a str),
+}
+
 /// A client's request about a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientRequest {
@@ -138,7 +145,10 @@ pub async fn request(
 
 #[derive(Debug, Clone)]
 pub enum Registered {
-    Created(Task),
+    Created {
+        job: JobId,
+        task: Task,
+    },
     /// The same link was registered before.
     Existing(Task),
     NotFound,
@@ -150,27 +160,54 @@ pub enum Registered {
 
 /// Add a participant's link (or its own URLs) to a job that has no decision yet, with its event
 /// (`actor` registered it). Another instance that drives the job is notified (see `request`).
+/// `closed_by_request`: a client's confirm or cancel request, recorded and not acted on yet,
+/// closes the job to participants too (DTM's rule; the JCL takes them until the decision).
 pub async fn register(
     client: &mut deadpool_postgres::Client,
-    id: &JobId,
+    job: JobRef<'_>,
     reg: &Registration,
     max_tasks: usize,
     actor: &str,
     me: &str,
+    closed_by_request: bool,
 ) -> Result<Registered> {
-    let id = id.as_str();
     let tx = client.transaction().await?;
-    let lock = tx
-        .prepare_cached(
-            "SELECT status, failure_reason, task_count, confirm_requested, cancel_requested,
-                lease_owner
-             FROM jobs WHERE id = $1 FOR UPDATE",
-        )
-        .await?;
-    let Some(row) = tx.query_opt(&lock, &[&id]).await? else {
+    const COLUMNS: &str = "id, status, failure_reason, task_count, confirm_requested, \
+        cancel_requested, lease_owner";
+    let row = match job {
+        JobRef::Id(id) => {
+            let lock = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"
+                ))
+                .await?;
+            tx.query_opt(&lock, &[&id.as_str()]).await?
+        }
+        JobRef::Key(source, key) => {
+            let lock = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM jobs
+                     WHERE source = $1::text AND idempotency_key = $2::text FOR UPDATE"
+                ))
+                .await?;
+            tx.query_opt(&lock, &[&source.as_str(), &key]).await?
+        }
+    };
+    let Some(row) = row else {
         return Ok(Registered::NotFound);
     };
+    let job_id = stored_id(&row, "id")?;
+    let id = job_id.as_str();
     let gate = gate_of(&row)?;
+    match gate.requested {
+        Requested::Confirm if closed_by_request => {
+            return Ok(Registered::Refused(Refusal::ConfirmRequested));
+        }
+        Requested::Cancel if closed_by_request => {
+            return Ok(Registered::Refused(Refusal::CancelRequested));
+        }
+        _ => {}
+    }
     let count: i32 = row.try_get("task_count")?;
     let owner: Option<String> = row.try_get("lease_owner")?;
     let task_id = match &reg.task_id {
@@ -253,7 +290,7 @@ pub async fn register(
     }
     let task = task_from_row(&row)?;
     tx.commit().await?;
-    Ok(Registered::Created(task))
+    Ok(Registered::Created { job: job_id, task })
 }
 
 /// Listen on the wake-up channel: every client request that the driver of a job must see is
