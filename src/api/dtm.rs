@@ -268,6 +268,10 @@ pub async fn register_branch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let value = read_json(&headers, body, state.settings.max_body).await?;
+    let nul = request::nul_errors(&value);
+    if !nul.is_empty() {
+        return Ok(mistake(StatusCode::BAD_REQUEST, said(&nul)));
+    }
     let text = |field: &str| value.get(field).and_then(Value::as_str).unwrap_or_default();
     let gid = match gid_of(Some(text("gid"))) {
         Ok(g) => g,

@@ -459,7 +459,7 @@ pub fn check_shared_state(value: &Value) -> Result<(), Vec<FieldError>> {
 
 /// Where a document holds the NUL character (U+0000), in a key or a string: PostgreSQL can store
 /// neither, so such a document is refused up front rather than failing when it is written.
-fn nul_errors(value: &Value) -> Vec<FieldError> {
+pub fn nul_errors(value: &Value) -> Vec<FieldError> {
     const MESSAGE: &str = "must not contain the NUL character (U+0000)";
     fn walk(v: &Value, pointer: &mut String, out: &mut Vec<FieldError>) {
         match v {

@@ -443,6 +443,26 @@ async fn dtm_api_answers_repeats_and_calls_out_of_order_as_dtm_does() {
     assert_eq!(r.status(), 400);
     let (status, _) = post("prepare", json!({"gid": "s1", "trans_type": "saga"})).await;
     assert_eq!(status, 400, "only TCC");
+    // What PostgreSQL cannot store is refused up front, saying where.
+    assert_eq!(
+        post("prepare", json!({"gid": "nul-1", "trans_type": "tcc"}))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = post(
+        "registerBranch",
+        json!({"gid": "nul-1", "branch_id": "01", "trans_type": "tcc", "data": "a\u{0}b",
+               "confirm": b.url("confirm", "n"), "cancel": b.url("cancel", "n")}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/data")),
+        "{body}"
+    );
     app.stop().await;
 }
 
