@@ -665,18 +665,7 @@ pub fn parse_job(
                 let try_spec = match &t.task_url {
                     Some(url) => try_spec_of(&mut errors, &p, url, t),
                     None => {
-                        for (field, present) in [
-                            ("inputMapping", t.input_mapping.is_some()),
-                            ("outputMapping", t.output_mapping.is_some()),
-                            ("taskMaxTTL", t.task_max_ttl.is_some()),
-                        ] {
-                            if present {
-                                errors.push(FieldError::new(
-                                    format!("{p}/{field}"),
-                                    "applies only to a task with a taskURL",
-                                ));
-                            }
-                        }
+                        only_with_a_try(&mut errors, &p, t, false);
                         if let Some(rp) = &t.retry_policy {
                             check_retry_policy(&mut errors, &format!("{p}/retryPolicy"), rp);
                         }
@@ -714,20 +703,7 @@ pub fn parse_job(
             }
             (Some(url), None) => try_spec_of(&mut errors, &p, url, t).map(NewTaskKind::Try),
             (None, Some(link)) => {
-                for (field, present) in [
-                    ("body", t.body.is_some()),
-                    ("inputMapping", t.input_mapping.is_some()),
-                    ("outputMapping", t.output_mapping.is_some()),
-                    ("taskMaxTTL", t.task_max_ttl.is_some()),
-                    ("retryPolicy", t.retry_policy.is_some()),
-                ] {
-                    if present {
-                        errors.push(FieldError::new(
-                            format!("{p}/{field}"),
-                            "applies only to a task with a taskURL",
-                        ));
-                    }
-                }
+                only_with_a_try(&mut errors, &p, t, true);
                 check_link(
                     &mut errors,
                     &format!("{p}/participantLink"),
@@ -765,6 +741,26 @@ pub fn parse_job(
         shared_state,
         tasks,
     })
+}
+
+/// The fields of a Try given to a task without a `taskURL`, each refused. A link task has no
+/// body and no policy either (`linked`); a task with its own URLs sends its body with its confirm
+/// and cancel, and retries them with its policy.
+fn only_with_a_try(errors: &mut Vec<FieldError>, p: &str, t: &TaskWire, linked: bool) {
+    for (field, present) in [
+        ("body", linked && t.body.is_some()),
+        ("inputMapping", t.input_mapping.is_some()),
+        ("outputMapping", t.output_mapping.is_some()),
+        ("taskMaxTTL", t.task_max_ttl.is_some()),
+        ("retryPolicy", linked && t.retry_policy.is_some()),
+    ] {
+        if present {
+            errors.push(FieldError::new(
+                format!("{p}/{field}"),
+                "applies only to a task with a taskURL",
+            ));
+        }
+    }
 }
 
 /// The Try of a task with a `taskURL`: the URL, the timeout, the policy and the mappings checked.

@@ -324,6 +324,7 @@ impl Driver {
             },
         };
         let notifies = !save.notifications.is_empty();
+        let carries_state = save.shared_state.is_some();
         match self.inner.commits.save(&self.inner.pool, save).await? {
             Saved::Ok {
                 wake_seq,
@@ -332,7 +333,13 @@ impl Driver {
                 ..
             } => {
                 if state_written {
-                    st.seen_state = state_seq;
+                    // Only a save that wrote the shared state knows what the version it
+                    // returns holds. Without one, a client's write may have come in since the
+                    // last refresh: taking its version here would keep the refresh its wake
+                    // asks for from reading it, and a later mapping would be written over it.
+                    if carries_state {
+                        st.seen_state = state_seq;
+                    }
                     if durable {
                         // A synchronous commit makes every earlier write durable too.
                         st.state_writes.clear();

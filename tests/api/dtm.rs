@@ -97,6 +97,14 @@ async fn job_of_gid(http: &reqwest::Client, base: &str, gid: &str) -> Value {
     get_json(http, &format!("{base}/jobs/{id}")).await
 }
 
+/// `POST /api/dtmsvr/{path}` with `body`: the status and the JSON answer.
+async fn dtm_post(app: &TestApp, path: &'static str, body: Value) -> (u16, Value) {
+    let url = app.url(&format!("/api/dtmsvr/{path}"));
+    let r = app.http.post(url).json(&body).send().await.expect("POST");
+    let status = r.status().as_u16();
+    (status, r.json::<Value>().await.unwrap_or(Value::Null))
+}
+
 fn gid_of(printed: &Value) -> String {
     printed["asked"].as_str().unwrap_or_default().to_string()
 }
@@ -352,15 +360,7 @@ async fn dtm_api_with_keys_takes_them_as_basic_credentials_in_the_url() {
 async fn dtm_api_answers_repeats_and_calls_out_of_order_as_dtm_does() {
     let app = spawn_app().await;
     let b = Branches::start().await;
-    let post = |path: &str, body: Value| {
-        let http = app.http.clone();
-        let url = app.url(&format!("/api/dtmsvr/{path}"));
-        async move {
-            let r = http.post(url).json(&body).send().await.expect("POST");
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let post = |path: &'static str, body: Value| dtm_post(&app, path, body);
     let g = get_json(&app.http, &app.url("/api/dtmsvr/newGid")).await;
     assert_eq!(g["dtm_result"], "SUCCESS");
     let gid = g["gid"].as_str().unwrap_or_default().to_string();
@@ -472,15 +472,7 @@ async fn dtm_api_answers_repeats_and_calls_out_of_order_as_dtm_does() {
 async fn dtm_api_honours_the_options_dtm_clients_send() {
     let app = spawn_app().await;
     let b = Branches::start().await;
-    let post = |path: &str, body: Value| {
-        let http = app.http.clone();
-        let url = app.url(&format!("/api/dtmsvr/{path}"));
-        async move {
-            let r = http.post(url).json(&body).send().await.expect("POST");
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let post = |path: &'static str, body: Value| dtm_post(&app, path, body);
     let branch = |gid: &str, id: &str, name: &str| {
         json!({"gid": gid, "branch_id": id, "trans_type": "tcc", "data": "{\"n\": 1}",
                "confirm": b.url("confirm", name), "cancel": b.url("cancel", name)})
