@@ -162,9 +162,13 @@ pub fn needed(method: &Method, route: &str) -> Option<Role> {
     if method == Method::GET || method == Method::HEAD {
         return Some(Role::Read);
     }
-    let admin = ["/restart", "/continue", "/resolve"]
-        .iter()
-        .any(|a| route.ends_with(a));
+    // A job definition is the operators' to write and retire; starting one is a submit.
+    let definition =
+        route == "/job-definitions/{name}" && (method == Method::PUT || method == Method::DELETE);
+    let admin = definition
+        || ["/restart", "/continue", "/resolve"]
+            .iter()
+            .any(|a| route.ends_with(a));
     Some(if admin { Role::Admin } else { Role::Submit })
 }
 
@@ -323,6 +327,14 @@ mod tests {
                 Some(Role::Admin)
             );
         }
+        let definition = "/job-definitions/{name}";
+        assert_eq!(needed(&Method::PUT, definition), Some(Role::Admin));
+        assert_eq!(needed(&Method::DELETE, definition), Some(Role::Admin));
+        assert_eq!(needed(&get, definition), Some(Role::Read));
+        assert_eq!(
+            needed(&post, "/job-definitions/{name}/jobs"),
+            Some(Role::Submit)
+        );
         assert!(Role::Read < Role::Submit && Role::Submit < Role::Admin);
     }
 }

@@ -28,6 +28,7 @@ pub async fn entry_point(
             "jobs": {"href": format!("{base}/jobs"), "method": "GET", "title": "List jobs"},
             "heuristics": {"href": format!("{base}/heuristics"), "method": "GET", "title": "Unresolved heuristic jobs, oldest first"},
             "create-job": {"href": format!("{base}/jobs"), "method": "POST", "title": "Submit a job"},
+            "job-definitions": {"href": format!("{base}/job-definitions"), "method": "GET", "title": "Job definitions: versioned job templates, started with a POST"},
             "atomikos-confirm": {"href": format!("{base}/coordinator/confirm"), "method": "PUT", "type": "application/tcc+json", "title": "Atomikos-compatible: confirm a set of participant links"},
             "atomikos-cancel": {"href": format!("{base}/coordinator/cancel"), "method": "PUT", "type": "application/tcc+json", "title": "Atomikos-compatible: cancel a set of participant links"},
             "metrics": {"href": format!("{base}/metrics"), "method": "GET", "title": "Prometheus metrics"},

@@ -72,6 +72,11 @@ problem_types! {
         "Unknown host name",
         "A browser reached this coordinator, which has no API keys, by a host name it does not know as its own. A page elsewhere could otherwise point its own name at the coordinator's address (DNS rebinding) and use the open API through the browser. Browse to it by IP address or localhost, set TCC_PUBLIC_URL to the URL browsers use, or configure TCC_API_KEYS.",
     ),
+    DefinitionRetired => (
+        "definition-retired",
+        "Job definition retired",
+        "The job definition was retired (DELETE /job-definitions/{name}): it starts no more jobs. Its versions can still be read and the jobs started from it go on. PUT the definition again to bring it back.",
+    ),
     DatabaseUnavailable => (
         "database-unavailable",
         "Database unavailable",

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::error::{ApiError, ProblemType};
 use crate::domain::request::{FieldError, MAX_NUMBER};
-use crate::domain::{JobId, TaskId};
+use crate::domain::{DefinitionName, JobId, TaskId};
 
 /// (Also in `create_job`'s description, which takes a literal.)
 pub(super) const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -241,6 +241,59 @@ impl<S: Send + Sync> FromRequestParts<S> for NewJobPath {
         let (_, id) = job_id_param(parts).await?;
         id.map(NewJobPath)
             .map_err(|rule| ApiError::bad_request(format!("the job id in the path {rule}")))
+    }
+}
+
+/// `{name}` of a job definition that must exist: a name no definition can have is a 404.
+pub(super) struct DefinitionPath(pub DefinitionName);
+
+impl<S: Send + Sync> FromRequestParts<S> for DefinitionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let raw = path_params(parts).await?.remove("name").unwrap_or_default();
+        DefinitionName::parse(&raw)
+            .map(DefinitionPath)
+            .map_err(|_| ApiError::not_found(format!("no job definition {raw}")))
+    }
+}
+
+/// `{name}` of a job definition a PUT names: a name that breaks the rule is a 400 that says it.
+pub(super) struct NewDefinitionPath(pub DefinitionName);
+
+impl<S: Send + Sync> FromRequestParts<S> for NewDefinitionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let raw = path_params(parts).await?.remove("name").unwrap_or_default();
+        DefinitionName::parse(&raw)
+            .map(NewDefinitionPath)
+            .map_err(|rule| {
+                ApiError::bad_request(format!("the definition name in the path {rule}"))
+            })
+    }
+}
+
+/// `{name}/versions/{version}`: a version that must exist (anything but 1, 2, ... is a 404).
+pub(super) struct VersionPath(pub DefinitionName, pub i32);
+
+impl<S: Send + Sync> FromRequestParts<S> for VersionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut params = path_params(parts).await?;
+        let raw = params.remove("name").unwrap_or_default();
+        let version = params.remove("version").unwrap_or_default();
+        let name = DefinitionName::parse(&raw)
+            .map_err(|_| ApiError::not_found(format!("no job definition {raw}")))?;
+        let n = version
+            .parse::<i32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                ApiError::not_found(format!("job definition {name} has no version {version}"))
+            })?;
+        Ok(VersionPath(name, n))
     }
 }
 

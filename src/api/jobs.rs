@@ -35,43 +35,59 @@ pub async fn create_job(
     body: Body,
 ) -> Result<Response, ApiError> {
     let value = read_json(&headers, body, state.settings.max_body).await?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let k = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-                    ))
-                })?;
-            Some(k.to_string())
-        }
-    };
-    let now = Utc::now();
+    let key = idempotency_key(&headers)?;
     let limits = Limits {
         max_tasks: state.settings.max_tasks,
     };
-    let new = request::parse_job(&value, limits, now).map_err(ApiError::validation)?;
+    let new = request::parse_job(&value, limits, Utc::now()).map_err(ApiError::validation)?;
+    submit(&state, &actor, &headers, key, new, &value).await
+}
+
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters, or a 400.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .map(|k| Some(k.to_string()))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            ))
+        })
+}
+
+/// A new job, its document read (`request`, what a replay under the same `key` must match):
+/// the target policy checked, then accepted as `POST /jobs` answers it (202 and `Location`; a
+/// replay answers the job as it stands; a key used for another request, or by another API
+/// key, is a 422). A job started from a definition comes this way too.
+pub(super) async fn submit(
+    state: &AppState,
+    actor: &Actor,
+    headers: &HeaderMap,
+    key: Option<String>,
+    new: request::NewJob,
+    request: &Value,
+) -> Result<Response, ApiError> {
     allowed(refusals::job(&state.settings.targets, &new))?;
     // Only a replay under the same key compares hashes.
     let hash = key
         .as_ref()
-        .map(|_| repr::sha256_hex(repr::canonical(&value).to_string().as_bytes()));
+        .map(|_| repr::sha256_hex(repr::canonical(request).to_string().as_bytes()));
     let submission = Submission {
         id: JobId::generate(),
         job: new,
         source: JobSource::Jcl,
-        created_at: now,
+        created_at: Utc::now(),
         key_holder: key.as_ref().map(|_| actor.0.clone()),
         idempotency_key: key,
         request_hash: hash,
-        traceparent: traceparent(&headers).map(str::to_string),
+        traceparent: traceparent(headers).map(str::to_string),
     };
-    let inserted = within(&state, state.engine.accept(submission)).await?;
-    let base = base_url(&state, &headers);
+    let inserted = within(state, state.engine.accept(submission)).await?;
+    let base = base_url(state, headers);
     match inserted {
         Accepted::Created(record) => Ok(job_response(StatusCode::ACCEPTED, &base, &record, true)),
         Accepted::Replay {
@@ -79,7 +95,7 @@ pub async fn create_job(
             same_request: true,
             ..
         } => {
-            let record = load(&state, &id).await?;
+            let record = load(state, &id).await?;
             Ok(job_response(StatusCode::ACCEPTED, &base, &record, true))
         }
         // Keys are the holder's: another API key's job is neither answered nor named.
@@ -307,6 +323,7 @@ fn parse_list_query(q: Option<&str>) -> Result<JobFilter, ApiError> {
             }
             "correlationID" => f.correlation_id = Some(v.into_owned()),
             "tag" => f.tag = Some(v.into_owned()),
+            "definition" => f.definition = Some(v.into_owned()),
             "createdAfter" | "createdBefore" => {
                 let t = parse_rfc3339(&v)
                     .ok_or_else(|| bad(&k, format!("{v:?} is not an RFC 3339 date-time")))?;
@@ -321,7 +338,7 @@ fn parse_list_query(q: Option<&str>) -> Result<JobFilter, ApiError> {
             other => {
                 return Err(bad(
                     other,
-                    "unknown; use status, correlationID, tag, createdAfter, createdBefore, limit or cursor".into(),
+                    "unknown; use status, correlationID, tag, definition, createdAfter, createdBefore, limit or cursor".into(),
                 ));
             }
         }
@@ -329,7 +346,7 @@ fn parse_list_query(q: Option<&str>) -> Result<JobFilter, ApiError> {
     Ok(f)
 }
 
-#[utoipa::path(get, path = "/jobs", tag = "jobs", params(("status" = Option<Vec<String>>, Query, explode = true, description = "A job status, or working; repeatable"), ("correlationID" = Option<String>, Query), ("tag" = Option<String>, Query), ("createdAfter" = Option<String>, Query, format = DateTime), ("createdBefore" = Option<String>, Query, format = DateTime), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500), ("cursor" = Option<String>, Query, description = "Opaque: from a next link")), responses((status = 200, description = "Newest first", body = crate::api::repr::JobListRepr), (status = 400, description = "A filter is malformed")))]
+#[utoipa::path(get, path = "/jobs", tag = "jobs", params(("status" = Option<Vec<String>>, Query, explode = true, description = "A job status, or working; repeatable"), ("correlationID" = Option<String>, Query), ("tag" = Option<String>, Query), ("definition" = Option<String>, Query, description = "Only jobs started from this job definition"), ("createdAfter" = Option<String>, Query, format = DateTime), ("createdBefore" = Option<String>, Query, format = DateTime), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500), ("cursor" = Option<String>, Query, description = "Opaque: from a next link")), responses((status = 200, description = "Newest first", body = crate::api::repr::JobListRepr), (status = 400, description = "A filter is malformed")))]
 pub async fn list_jobs(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

@@ -10,6 +10,7 @@ pub mod auth;
 mod coordinator;
 mod db;
 mod decisions;
+mod definitions;
 mod dtm;
 mod entry;
 mod error;
@@ -126,6 +127,31 @@ fn routes(state: &AppState) -> Router<AppState> {
         .route(
             "/jobs/{job_id}/events",
             with_options(get(events::events), GET),
+        )
+        .route(
+            "/job-definitions",
+            with_options(get(definitions::list_definitions), GET),
+        )
+        .route(
+            "/job-definitions/{name}",
+            with_options(
+                get(definitions::get_definition)
+                    .merge(put(definitions::put_definition))
+                    .merge(delete(definitions::retire_definition)),
+                "GET, HEAD, PUT, DELETE, OPTIONS",
+            ),
+        )
+        .route(
+            "/job-definitions/{name}/versions",
+            with_options(get(definitions::list_versions), GET),
+        )
+        .route(
+            "/job-definitions/{name}/versions/{version}",
+            with_options(get(definitions::get_version), GET),
+        )
+        .route(
+            "/job-definitions/{name}/jobs",
+            with_options(post(definitions::start_job), POST),
         )
         .route(
             "/heuristics",

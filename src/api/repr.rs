@@ -11,10 +11,11 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
+use crate::domain::definition::DefinitionRef;
 use crate::domain::request::Contact;
 use crate::domain::retry::RetryPolicyPatch;
 use crate::domain::{FailureReason, JobStatus, Resolution, Task, TaskStatus, rfc3339};
-use crate::store::{JobRecord, JobSummary};
+use crate::store::{DefinitionRecord, JobRecord, JobSummary};
 
 /// A timestamp as the API writes it: RFC 3339, UTC, milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,14 @@ pub fn job_links(base: &str, r: &JobRecord) -> Links {
         "GET",
         "What happened to this job, in order (text/event-stream: live)",
     );
+    if let Some(d) = &r.fields.definition {
+        l.add(
+            "definition",
+            format!("{base}/job-definitions/{}/versions/{}", d.name, d.version),
+            "GET",
+            "The job definition (the version) this job was started from",
+        );
+    }
     for action in actions::allowed(&r.job, r.resolution.is_some(), chrono::Utc::now()) {
         let title = match action {
             Action::Confirm => "Confirm every task",
@@ -369,6 +378,9 @@ pub struct JobRepr<'a> {
     pub job_failed_url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact: Option<&'a Contact>,
+    /// The job definition (and version) the job was started from, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub definition: Option<&'a DefinitionRef>,
     pub tags: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<&'a RetryPolicyPatch>,
@@ -405,6 +417,7 @@ impl<'a> JobRepr<'a> {
             job_success_url: f.job_success_url.as_deref(),
             job_failed_url: f.job_failed_url.as_deref(),
             contact: f.contact.as_ref(),
+            definition: f.definition.as_ref(),
             tags: &f.tags,
             retry_policy: f.retry_policy.as_ref(),
             shared_state: &j.shared_state,
@@ -774,6 +787,209 @@ pub fn task_outcomes(r: &JobRecord) -> Vec<TaskOutcome<'_>> {
             last_message: t.last_message.as_deref(),
         })
         .collect()
+}
+
+/// A job definition's links: where it is, its versions and jobs, and `start` unless retired.
+fn definition_links(base: &str, d: &DefinitionRecord, version: bool) -> Links {
+    let href = format!("{base}/job-definitions/{}", d.name);
+    let mut l = Links::default();
+    if version {
+        l.add(
+            "self",
+            format!("{href}/versions/{}", d.version),
+            "GET",
+            "This version of the job definition",
+        );
+        l.add(
+            "latest",
+            href.clone(),
+            "GET",
+            "The definition's latest version",
+        );
+    } else {
+        l.add(
+            "self",
+            href.clone(),
+            "GET",
+            "This job definition (its latest version)",
+        );
+    }
+    l.add(
+        "collection",
+        format!("{base}/job-definitions"),
+        "GET",
+        "All job definitions",
+    );
+    l.add(
+        "versions",
+        format!("{href}/versions"),
+        "GET",
+        "Every version of this definition",
+    );
+    l.add(
+        "jobs",
+        format!("{base}/jobs?definition={}", d.name),
+        "GET",
+        "The jobs started from this definition",
+    );
+    if d.retired_at.is_none() {
+        l.add(
+            "start",
+            format!("{href}/jobs"),
+            "POST",
+            "Start a job (body {\"parameters\": {...}})",
+        );
+    }
+    l
+}
+
+/// A job definition: one version's document (a job document with its `parameters` schema), its
+/// name and version, whether the definition is retired, and its links. The document's own
+/// members are at the top level, so that the representation can be PUT back as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinitionRepr<'a> {
+    pub name: &'a str,
+    pub version: i32,
+    pub latest_version: i32,
+    pub retired: bool,
+    /// When the definition was first PUT.
+    pub date_created: Timestamp,
+    /// When it last changed: a new version, a retire, or back again.
+    pub date_updated: Timestamp,
+    /// When this version was PUT.
+    pub version_created: Timestamp,
+    /// The document's members: a job document (`tasks`, `sharedState`, ...) and `parameters`.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub document: &'a Value,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+impl<'a> DefinitionRepr<'a> {
+    /// `version`: shown as one of its versions (`/versions/{n}`), else as the definition.
+    pub fn new(base: &str, d: &'a DefinitionRecord, version: bool) -> Self {
+        DefinitionRepr {
+            name: &d.name,
+            version: d.version,
+            latest_version: d.latest,
+            retired: d.retired_at.is_some(),
+            date_created: Timestamp(d.created_at),
+            date_updated: Timestamp(d.updated_at),
+            version_created: Timestamp(d.version_created_at),
+            document: &d.document,
+            links: definition_links(base, d, version),
+        }
+    }
+}
+
+/// One definition in `GET /job-definitions`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinitionSummaryRepr<'a> {
+    pub name: &'a str,
+    pub description: Option<&'a str>,
+    pub version: i32,
+    pub retired: bool,
+    pub date_created: Timestamp,
+    pub date_updated: Timestamp,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+/// `GET /job-definitions`: a page of definitions by name, with `self` and `next`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DefinitionListRepr<'a> {
+    pub definitions: Vec<DefinitionSummaryRepr<'a>>,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+impl<'a> DefinitionListRepr<'a> {
+    pub fn new(
+        base: &str,
+        rows: &'a [DefinitionRecord],
+        self_href: String,
+        next: Option<String>,
+    ) -> Self {
+        let mut links = Links::default();
+        links.add("self", self_href, "GET", "This page");
+        if let Some(next) = next {
+            links.add("next", next, "GET", "The next page");
+        }
+        DefinitionListRepr {
+            definitions: rows
+                .iter()
+                .map(|d| {
+                    let mut links = Links::default();
+                    links.add(
+                        "self",
+                        format!("{base}/job-definitions/{}", d.name),
+                        "GET",
+                        "This job definition",
+                    );
+                    DefinitionSummaryRepr {
+                        name: &d.name,
+                        description: d.description.as_deref(),
+                        version: d.latest,
+                        retired: d.retired_at.is_some(),
+                        date_created: Timestamp(d.created_at),
+                        date_updated: Timestamp(d.updated_at),
+                        links,
+                    }
+                })
+                .collect(),
+            links,
+        }
+    }
+}
+
+/// One version in `GET /job-definitions/{name}/versions`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionSummaryRepr {
+    pub version: i32,
+    pub date_created: Timestamp,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+/// `GET /job-definitions/{name}/versions`: every version, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct VersionListRepr {
+    pub versions: Vec<VersionSummaryRepr>,
+    #[serde(rename = "_links")]
+    pub links: Links,
+}
+
+impl VersionListRepr {
+    pub fn new(base: &str, name: &str, versions: &[(i32, DateTime<Utc>)]) -> Self {
+        let href = format!("{base}/job-definitions/{name}");
+        let mut links = Links::default();
+        links.add("self", format!("{href}/versions"), "GET", "This list");
+        links.add("up", href.clone(), "GET", "The job definition");
+        VersionListRepr {
+            versions: versions
+                .iter()
+                .map(|(v, at)| {
+                    let mut links = Links::default();
+                    links.add(
+                        "self",
+                        format!("{href}/versions/{v}"),
+                        "GET",
+                        "This version",
+                    );
+                    VersionSummaryRepr {
+                        version: *v,
+                        date_created: Timestamp(*at),
+                        links,
+                    }
+                })
+                .collect(),
+            links,
+        }
+    }
 }
 
 /// A strong ETag over the exact bytes of a representation.

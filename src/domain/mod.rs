@@ -25,6 +25,7 @@ macro_rules! enum_with_all {
 }
 
 pub mod actions;
+pub mod definition;
 pub mod event;
 pub mod job;
 pub mod mapping;
@@ -44,7 +45,7 @@ pub use job::{
 };
 pub use planner::{Answer, Op, Plan, PlannerSettings, Step};
 pub use status::{FailureReason, JobState, JobStatus, TaskStatus};
-pub use target::{JobId, TargetUrl, TaskId};
+pub use target::{DefinitionName, JobId, TargetUrl, TaskId};
 
 /// RFC 3339 in UTC with milliseconds, the one timestamp format of the API.
 pub fn rfc3339(t: DateTime<Utc>) -> String {

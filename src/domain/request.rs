@@ -213,6 +213,10 @@ pub struct JobFields {
     pub tags: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicyPatch>,
+    /// The definition (and its version) the job was started from, if any: set by the start
+    /// (`POST /job-definitions/{name}/jobs`), never by the job document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<super::definition::DefinitionRef>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -737,6 +741,7 @@ pub fn parse_job(
             contact: wire.contact,
             tags,
             retry_policy: wire.retry_policy,
+            definition: None,
         },
         shared_state,
         tasks,
@@ -846,6 +851,7 @@ impl LinkSet {
                 contact: None,
                 tags: vec!["atomikos".to_string()],
                 retry_policy: None,
+                definition: None,
             },
             shared_state: Value::Object(Default::default()),
             tasks,

@@ -122,6 +122,28 @@ impl TryFrom<String> for JobId {
     }
 }
 
+/// A job definition's name (docs/api.md, "Job definitions"): the same characters as a job id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DefinitionName(String);
+
+impl DefinitionName {
+    pub const RULE: &'static str = "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -";
+
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        Self::try_from(s.to_string())
+    }
+}
+
+impl TryFrom<String> for DefinitionName {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        TaskId::try_from(s)
+            .map(|t| DefinitionName(t.0))
+            .map_err(|_| Self::RULE)
+    }
+}
+
 /// What every string newtype here has: its text (`as_str`, `Deref`, `Display`), comparisons with
 /// plain strings, and the way back to a `String`.
 macro_rules! text_newtype {
@@ -173,6 +195,7 @@ macro_rules! text_newtype {
 
 text_newtype!(TargetUrl);
 text_newtype!(TaskId);
+text_newtype!(DefinitionName);
 text_newtype!(JobId);
 
 #[cfg(test)]

@@ -649,6 +649,8 @@ pub struct JobFilter {
     pub statuses: Vec<JobStatus>,
     pub correlation_id: Option<String>,
     pub tag: Option<String>,
+    /// Only jobs started from this job definition.
+    pub definition: Option<String>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
     /// Keyset: strictly older than this (created_at, id).
@@ -673,6 +675,14 @@ pub async fn list_jobs(client: &impl GenericClient, f: &JobFilter) -> Result<Vec
     if let Some(t) = &f.tag {
         params.push(t);
         conditions.push(format!("tags @> ARRAY[${}::text]", params.len()));
+    }
+    if let Some(d) = &f.definition {
+        params.push(d);
+        // The predicate of the index `jobs_by_definition`, so that the index is used.
+        conditions.push(format!(
+            "fields ? 'definition' AND fields #>> '{{definition,name}}' = ${}::text",
+            params.len()
+        ));
     }
     if let Some(at) = &f.created_after {
         params.push(at);

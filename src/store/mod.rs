@@ -7,7 +7,8 @@
 //!
 //! By concern: [`rows`] (columns ↔ domain types), [`jobs`] (insert, load, save, list), [`leases`]
 //! (claim, renew, release), [`requests`] (client requests, wake-ups), [`events`] (the event
-//! log), [`instances`] (liveness), [`housekeeping`] (gauges, retention).
+//! log), [`instances`] (liveness), [`housekeeping`] (gauges, retention), [`definitions`] (job
+//! definitions and their versions).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::domain::{
     Link, Requested, Resolution, Submission, Task, TaskStatus, TrySpec,
 };
 
+mod definitions;
 mod events;
 mod housekeeping;
 mod instances;
@@ -38,6 +40,7 @@ mod notifications;
 mod requests;
 mod rows;
 
+pub use definitions::*;
 use events::{EventColumns, insert_events};
 pub use events::{StoredEvent, list_events, log_action};
 pub use housekeeping::*;

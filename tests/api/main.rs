@@ -13,6 +13,7 @@ mod auth;
 mod browser;
 mod check;
 mod console;
+mod definitions;
 mod docs;
 mod dtm;
 mod embedded;

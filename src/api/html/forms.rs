@@ -24,7 +24,7 @@ use crate::domain::JobId;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
-fn is_form(headers: &HeaderMap) -> bool {
+pub(crate) fn is_form(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

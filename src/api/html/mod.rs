@@ -4,7 +4,8 @@
 //! checked at compile time, auto-escaped, compiled into the binary with their CSS), filled from
 //! the very representation the JSON answer serializes, so a page shows what the API says.
 //!
-//! Pages (`pages`): the overview `/`, the job list `/jobs`, a job, a task, `/heuristics`. The
+//! Pages (`pages`): the overview `/`, the job list `/jobs`, a job, a task, `/heuristics`; the
+//! job definitions and the form that starts one (`definitions`). The
 //! actions a job's state allows are forms (`forms`), taken from the same links as `_links`;
 //! a problem answered to a browser is a page too (`problem_page`). Everything works without
 //! JavaScript; the job page's small script (`templates/live.js`) follows the job's events (SSE)
@@ -14,6 +15,7 @@
 //! ETag), so that every page can carry a Content-Security-Policy that allows nothing inline and
 //! nothing from another origin (`CSP`).
 
+pub mod definitions;
 pub mod forms;
 pub mod pages;
 

@@ -19,7 +19,7 @@ use crate::store::{self, JobFilter, JobRecord, JobSummary, StoredEvent};
 const TIMELINE: i64 = 500;
 
 /// A moment as shown: to the second, in UTC.
-fn shown(t: DateTime<Utc>) -> String {
+pub(super) fn shown(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
