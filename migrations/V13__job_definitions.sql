@@ -12,7 +12,8 @@ CREATE TABLE job_definitions (
 CREATE TABLE job_definition_versions (
     name text NOT NULL REFERENCES job_definitions (name),
     version int NOT NULL CHECK (version >= 1),
-    document jsonb NOT NULL,
+    -- json, not jsonb: kept as written, so that the form shows the parameters in their order.
+    document json NOT NULL,
     -- SHA-256 of the document with its keys in order: the same document PUT again is no new version.
     document_hash text NOT NULL,
     created_at timestamptz NOT NULL,

@@ -49,20 +49,10 @@ pub const START_OVERRIDES: [&str; 7] = [
     "autoConfirm",
 ];
 
-/// The schema of a definition's parameters, compiled.
-pub struct ParameterSchema {
-    validator: jsonschema::Validator,
-}
-
-impl std::fmt::Debug for ParameterSchema {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ParameterSchema")
-    }
-}
-
-/// A JSON Schema 2020-12 for the parameters, compiled; where it is wrong, under `/parameters`.
-/// No `$ref` is fetched from anywhere (the crate is built without retrieving).
-pub fn compile_schema(schema: &Value) -> Result<ParameterSchema, Vec<FieldError>> {
+/// Whether a JSON Schema 2020-12 for the parameters is valid and can be compiled; where it is
+/// wrong, under `/parameters`. No `$ref` is fetched from anywhere (the crate is built without
+/// retrieving).
+fn check_schema(schema: &Value) -> Result<(), Vec<FieldError>> {
     if !schema.is_object() {
         return Err(vec![FieldError::new(
             "/parameters",
@@ -76,7 +66,7 @@ pub fn compile_schema(schema: &Value) -> Result<ParameterSchema, Vec<FieldError>
         )]);
     }
     jsonschema::draft202012::new(schema)
-        .map(|validator| ParameterSchema { validator })
+        .map(|_| ())
         .map_err(|e| {
             vec![FieldError::new(
                 format!("/parameters{}", e.instance_path().as_str()),
@@ -143,7 +133,7 @@ pub fn check_document(
     let mut errors = Vec::new();
     let schema = match document.get("parameters") {
         None => None,
-        Some(s) => match compile_schema(s) {
+        Some(s) => match check_schema(s) {
             Ok(_) => Some(s.clone()),
             Err(e) => {
                 errors.extend(e);
@@ -312,10 +302,15 @@ pub fn instantiate(document: &Value, start: &Start) -> Result<Value, Vec<FieldEr
     let mut parameters = start.parameters.clone();
     if let Some(schema) = document.get("parameters") {
         fill_defaults(schema, &mut parameters);
-        let compiled = compile_schema(schema)?;
+        // Checked against the meta-schema when it was PUT: compiled only.
+        let validator = jsonschema::draft202012::new(schema).map_err(|e| {
+            vec![FieldError::new(
+                "/parameters",
+                format!("the definition's parameter schema cannot be used: {e}"),
+            )]
+        })?;
         let instance = Value::Object(parameters.clone());
-        let errors: Vec<FieldError> = compiled
-            .validator
+        let errors: Vec<FieldError> = validator
             .iter_errors(&instance)
             .map(|e| {
                 let mut pointer = format!("/parameters{}", e.instance_path().as_str());
@@ -368,4 +363,187 @@ pub fn instantiate(document: &Value, start: &Start) -> Result<Value, Vec<FieldEr
         set_at(&mut job, &pointer, url);
     }
     Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn name() -> DefinitionName {
+        DefinitionName::parse("booking").expect("a name")
+    }
+
+    fn pointers(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.pointer.as_str()).collect()
+    }
+
+    fn booking() -> Value {
+        json!({
+            "sharedState": {"channel": "web", "nights": 1},
+            "parameters": {
+                "type": "object",
+                "required": ["hotel"],
+                "properties": {
+                    "hotel": {"type": "string", "pattern": "^[a-z]+$"},
+                    "nights": {"type": "integer", "minimum": 1, "default": 2},
+                    "guests": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "tasks": [
+                {"taskID": "room", "taskURL": "http://hotel.test/{hotel}/rooms{?nights,guests}"},
+                {"taskID": "pay", "confirmURL": "http://pay.test/confirm/{hotel}", "cancelURL": "http://pay.test/cancel"},
+            ],
+        })
+    }
+
+    fn start(parameters: Value) -> Start {
+        parse_start(&json!({"parameters": parameters})).expect("a start")
+    }
+
+    #[test]
+    fn a_start_expands_the_templates_and_merges_the_parameters_with_their_defaults() {
+        let job = instantiate(
+            &booking(),
+            &start(json!({"hotel": "seaside", "guests": ["ann", "bo b"]})),
+        )
+        .expect("a job document");
+        assert_eq!(
+            job["tasks"][0]["taskURL"],
+            "http://hotel.test/seaside/rooms?nights=2&guests=ann,bo%20b"
+        );
+        assert_eq!(
+            job["tasks"][1]["confirmURL"],
+            "http://pay.test/confirm/seaside"
+        );
+        assert_eq!(job["tasks"][1]["cancelURL"], "http://pay.test/cancel");
+        assert_eq!(
+            job["sharedState"],
+            json!({"channel": "web", "nights": 2, "hotel": "seaside", "guests": ["ann", "bo b"]})
+        );
+        assert!(
+            job.get("parameters").is_none(),
+            "the schema is not part of the job"
+        );
+    }
+
+    #[test]
+    fn refused_parameters_are_named_under_parameters() {
+        let errors = instantiate(&booking(), &start(json!({"nights": 0}))).expect_err("refused");
+        let mut got = pointers(&errors);
+        got.sort();
+        assert_eq!(
+            got,
+            ["/parameters/hotel", "/parameters/nights"],
+            "{errors:?}"
+        );
+        let errors = instantiate(
+            &booking(),
+            &start(json!({"hotel": "Sea Side", "guests": [1]})),
+        )
+        .expect_err("refused");
+        let mut got = pointers(&errors);
+        got.sort();
+        assert_eq!(
+            got,
+            ["/parameters/guests/0", "/parameters/hotel"],
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_start_takes_only_its_own_members() {
+        let errors = parse_start(&json!({"parameters": [], "version": 0, "tasks": [], "a/b": 1}))
+            .expect_err("refused");
+        assert_eq!(
+            pointers(&errors),
+            ["/parameters", "/version", "/tasks", "/a~1b"]
+        );
+        let s = parse_start(&json!({"version": 2, "autoConfirm": false, "tags": ["x"]}))
+            .expect("a start");
+        assert_eq!(s.version, Some(2));
+        assert_eq!(s.overrides.len(), 2);
+        let job = instantiate(
+            &booking(),
+            &Start {
+                parameters: json!({"hotel": "a"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                ..s
+            },
+        )
+        .expect("a job");
+        assert_eq!(job["autoConfirm"], false);
+        assert_eq!(job["tags"], json!(["x"]));
+    }
+
+    fn checked(doc: &Value) -> Result<Value, Vec<FieldError>> {
+        check_document(&name(), doc, |_| Ok(()))
+    }
+
+    #[test]
+    fn a_definition_is_checked_where_it_is_wrong() {
+        let mut doc = booking();
+        doc["parameters"]["properties"]["nights"]["minimum"] = json!("one");
+        doc["tasks"][0]["taskURL"] = json!("http://hotel.test/{hotel");
+        let errors = checked(&doc).expect_err("refused");
+        assert_eq!(
+            pointers(&errors),
+            ["/parameters/properties/nights/minimum", "/tasks/0/taskURL"],
+            "{errors:?}"
+        );
+        assert_eq!(
+            pointers(&checked(&json!({"parameters": true})).expect_err("refused")),
+            ["/parameters"]
+        );
+        assert_eq!(
+            pointers(&checked(&json!({"name": "other"})).expect_err("refused")),
+            ["/name"]
+        );
+    }
+
+    #[test]
+    fn a_representation_put_back_loses_its_read_only_members() {
+        let mut doc = booking();
+        for (k, v) in [
+            ("name", json!("booking")),
+            ("version", json!(3)),
+            ("latestVersion", json!(4)),
+            ("retired", json!(false)),
+            ("dateCreated", json!("2026-01-01T00:00:00.000Z")),
+            ("dateUpdated", json!("2026-01-01T00:00:00.000Z")),
+            ("versionCreated", json!("2026-01-01T00:00:00.000Z")),
+            ("_links", json!({})),
+        ] {
+            doc[k] = v;
+        }
+        assert_eq!(checked(&doc).expect("taken"), booking());
+    }
+
+    #[test]
+    fn the_job_rules_see_the_templates_filled_with_samples() {
+        let mut seen = Value::Null;
+        let mut doc = booking();
+        doc["parameters"]["properties"]["hotel"]["examples"] = json!(["lakeside"]);
+        check_document(&name(), &doc, |job| {
+            seen = job.clone();
+            Ok(())
+        })
+        .expect("taken");
+        assert_eq!(
+            seen["tasks"][0]["taskURL"],
+            "http://hotel.test/lakeside/rooms?nights=2&guests=x"
+        );
+        assert!(seen.get("parameters").is_none());
+        // What the job rules refuse in a template says how it was filled.
+        let errors = check_document(&name(), &doc, |_| {
+            Err(vec![FieldError::new(
+                "/tasks/0/taskURL",
+                "must be an http(s) URL",
+            )])
+        })
+        .expect_err("refused");
+        assert!(errors[0].detail.contains("each variable"), "{errors:?}");
+    }
 }

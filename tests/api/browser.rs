@@ -69,6 +69,32 @@ async fn the_consoles_clicks_in_a_real_browser_do_what_they_say() {
     wait_for_status(&http, &app.addr, &completed, "completed").await;
     wait_for_status(&http, &app.addr, &heuristic, "heuristic").await;
 
+    // A definition to start from its form: its task's URL a template of the form's values.
+    let definition = "hotel-stay";
+    let stay = json!({
+        "description": "A stay at one of our hotels",
+        "tags": [tag],
+        "sharedState": {"channel": "console"},
+        "parameters": {
+            "type": "object",
+            "required": ["hotel"],
+            "properties": {
+                "hotel": {"type": "string", "title": "Hotel", "pattern": "^[a-z-]+$", "description": "The hotel's code: lower-case letters and dashes"},
+                "nights": {"type": "integer", "title": "Nights", "minimum": 1, "default": 2, "description": "How many nights"},
+                "room": {"type": "string", "title": "Room", "enum": ["single", "double"], "default": "double"},
+                "breakfast": {"type": "boolean", "title": "Breakfast included"},
+            },
+        },
+        "tasks": [{"taskID": "room", "taskURL": format!("{}{{?nights,room}}", p.url("stay-{hotel}"))}],
+    });
+    let put = http
+        .put(format!("{}/job-definitions/{definition}", app.addr))
+        .json(&stay)
+        .send()
+        .await
+        .expect("PUT the definition");
+    assert_eq!(put.status(), 201, "the definition is stored");
+
     let note = "Refunded the seat by hand <and> told the customer";
     let out = tokio::process::Command::new(node)
         .arg("console.mjs")
@@ -83,6 +109,7 @@ async fn the_consoles_clicks_in_a_real_browser_do_what_they_say() {
         .env("JOB_COMPLETED", &completed)
         .env("TAG", tag)
         .env("NOTE", note)
+        .env("DEFINITION", definition)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(300), out)
@@ -114,5 +141,33 @@ async fn the_consoles_clicks_in_a_real_browser_do_what_they_say() {
     assert_eq!(
         confirm["actor"], "ops",
         "the page's confirm is recorded as the key's: {events:#}"
+    );
+
+    // The job the form started: from the definition, with the form's values.
+    let started: Value =
+        get_json(&http, &format!("{}/jobs?definition={definition}", app.addr)).await;
+    let jobs = started["jobs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(jobs.len(), 1, "one job started from the form: {started:#}");
+    let id = jobs[0]["jobID"].as_str().unwrap_or_default();
+    let job = wait_for_status(&http, &app.addr, id, "completed").await;
+    assert_eq!(
+        job["definition"],
+        json!({"name": definition, "version": 1}),
+        "{job:#}"
+    );
+    assert_eq!(
+        job["sharedState"],
+        json!({"channel": "console", "hotel": "seaside", "nights": 3, "room": "double", "breakfast": true}),
+        "the form's values, typed as the schema says, with the default kept: {job:#}"
+    );
+    assert!(
+        p.confirmed("stay-seaside"),
+        "the task's URL was expanded from the form's values, and confirmed"
+    );
+    assert!(
+        job["tasks"][0]["taskURL"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/try/stay-seaside?nights=3&room=double")),
+        "{job:#}"
     );
 }

@@ -7,7 +7,8 @@
 //
 // Environment: TCC_BASE, TCC_USER and TCC_PASSWORD (an admin key, as HTTP Basic), CHROMIUM,
 // JOB_LIVE and JOB_RESERVED (reserved jobs), JOB_HEURISTIC, JOB_COMPLETED, TAG (the tag of
-// the live, reserved and completed jobs), NOTE (the resolution to record); SCREENSHOTS: a
+// the live, reserved and completed jobs), NOTE (the resolution to record), DEFINITION (a job
+// definition whose form takes hotel, nights, room and breakfast); SCREENSHOTS: a
 // directory (relative to the repository's root) to write the README's screenshots to (optional).
 
 import assert from "node:assert/strict";
@@ -28,6 +29,7 @@ const base = env("TCC_BASE");
 const [live, reserved, heuristic, completed] = ["JOB_LIVE", "JOB_RESERVED", "JOB_HEURISTIC", "JOB_COMPLETED"].map(env);
 const tag = env("TAG");
 const note = env("NOTE");
+const definition = env("DEFINITION");
 const secret = env("TCC_PASSWORD");
 
 const browser = await chromium.launch({
@@ -187,6 +189,47 @@ try {
   await page.waitForURL(/\/tasks\//);
   assert.match(await page.textContent("h1"), /Task/);
   await accessible("task");
+
+  step("a job definition is listed, and its form is built from its parameter schema");
+  await page.click("header >> text=Definitions");
+  await page.waitForURL(`${base}/job-definitions`);
+  await accessible("job definitions");
+  await page.click(`main a[href$="/job-definitions/${definition}"]`);
+  await page.waitForURL(`${base}/job-definitions/${definition}`);
+  assert.match(await page.textContent("label[for=p-hotel]"), /required/, "hotel is marked required");
+  assert.equal(await page.getAttribute("#p-hotel", "required"), "", "and the browser knows it");
+  assert.doesNotMatch(await page.textContent("label[for=p-nights]"), /required/);
+  assert.equal(await page.getAttribute("#p-nights", "type"), "number");
+  assert.equal(await page.inputValue("#p-nights"), "2", "the default is filled in");
+  assert.equal(await page.locator("select#p-room").count(), 1, "an enum is a select");
+  assert.equal(await page.inputValue("#p-room"), "double", "the enum's default is chosen");
+  assert.equal(await page.getAttribute("#p-breakfast", "type"), "checkbox");
+  assert.match(await page.textContent("#p-hotel-help"), /lower-case letters/, "the description is the help");
+  assert.match(await page.getAttribute("#p-hotel", "aria-describedby"), /p-hotel-help/);
+  await accessible("job definition");
+  await screenshot("console-definition");
+
+  step("a value the schema refuses is shown beside its field");
+  await page.fill("#p-hotel", "Sea Side");
+  await page.fill("#p-nights", "3");
+  await page.check("#p-breakfast");
+  await page.click("form.start button[type=submit]");
+  await page.waitForSelector("#p-hotel-error");
+  assert.match(await page.textContent("#p-hotel-error"), /does not match/);
+  assert.equal(await page.getAttribute("#p-hotel", "aria-invalid"), "true");
+  assert.equal(await page.inputValue("#p-hotel"), "Sea Side", "what was entered is kept");
+  assert.equal(await page.inputValue("#p-nights"), "3");
+  assert.equal(await page.isChecked("#p-breakfast"), true);
+  assert.equal(await page.locator("#p-nights-error").count(), 0, "nothing refused beside the others");
+  await accessible("refused start");
+
+  step("the form starts the job, and the browser follows it to its page");
+  await page.fill("#p-hotel", "seaside");
+  await page.click("form.start button[type=submit]");
+  await page.waitForURL(/\/jobs\/[^/]+$/);
+  await statusIs("completed");
+  assert.match(await page.textContent("main"), new RegExp(`${definition}`), "the job names its definition");
+  await accessible("job from a definition");
 
   step("a missing job is a page too");
   resp = await page.goto(`${base}/jobs/no-such-job`);

@@ -367,3 +367,46 @@ pub async fn start_form(
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_forms_text_is_typed_as_the_schema_says() {
+        let cases = [
+            (json!({"type": "integer"}), Some(" 3 "), Some(json!(3))),
+            (
+                json!({"type": "integer"}),
+                Some("three"),
+                Some(json!("three")),
+            ),
+            (json!({"type": "number"}), Some("2.5"), Some(json!(2.5))),
+            (json!({"type": "number"}), Some("2"), Some(json!(2))),
+            (json!({"type": "boolean"}), Some("true"), Some(json!(true))),
+            (json!({"type": "boolean"}), None, Some(json!(false))),
+            (json!({"enum": [1, 2]}), Some("2"), Some(json!(2))),
+            (
+                json!({"type": "string", "enum": ["a", "b"]}),
+                Some(""),
+                None,
+            ),
+            (
+                json!({"type": "array"}),
+                Some("[\"x\"]"),
+                Some(json!(["x"])),
+            ),
+            (json!({"type": "string"}), Some("  "), None),
+            (
+                json!({"type": ["string", "null"]}),
+                Some("seaside"),
+                Some(json!("seaside")),
+            ),
+            (json!({}), Some("x"), Some(json!("x"))),
+        ];
+        for (prop, text, want) in cases {
+            assert_eq!(typed(&prop, text), want, "{prop} {text:?}");
+        }
+    }
+}

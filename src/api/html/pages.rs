@@ -253,6 +253,8 @@ struct JobPage {
     description: Option<String>,
     correlation_id: String,
     tags: String,
+    /// The definition it was started from: its name and version, and the version's page.
+    definition: Option<(String, i32, String)>,
     created: String,
     deadline: String,
     deadline_at: String,
@@ -302,6 +304,13 @@ pub async fn job(
         description: r.description.map(str::to_string),
         correlation_id: r.correlation_id.to_string(),
         tags: r.tags.join(", "),
+        definition: r.definition.map(|d| {
+            (
+                d.name.to_string(),
+                d.version,
+                format!("{base}/job-definitions/{}", d.name),
+            )
+        }),
         created: shown(r.date_created.0),
         deadline: shown(r.deadline.0),
         deadline_at: rfc3339(r.deadline.0),
@@ -387,6 +396,7 @@ struct Filter {
     status: String,
     correlation_id: String,
     tag: String,
+    definition: String,
     created_after: String,
     created_before: String,
 }
@@ -458,6 +468,7 @@ pub async fn job_list(
         status: String::new(),
         correlation_id: String::new(),
         tag: String::new(),
+        definition: String::new(),
         created_after: String::new(),
         created_before: String::new(),
     };
@@ -468,6 +479,7 @@ pub async fn job_list(
             "status" => filter.status = v.to_string(),
             "correlationID" => filter.correlation_id = v.to_string(),
             "tag" => filter.tag = v.to_string(),
+            "definition" => filter.definition = v.to_string(),
             "createdAfter" => filter.created_after = as_local(&v),
             "createdBefore" => filter.created_before = as_local(&v),
             "cursor" => {
