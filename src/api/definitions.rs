@@ -133,6 +133,9 @@ pub async fn get_version(
 ) -> Result<Response, ApiError> {
     let d = read(&state, &name, Some(version)).await?;
     let base = base_url(&state, &headers);
+    if prefers_html(&headers) {
+        return html::definitions::definition(&base, &d, None);
+    }
     Ok(unless_matched(
         definition_response(StatusCode::OK, &base, &d, true, false),
         &headers,
@@ -154,10 +157,13 @@ pub async fn list_versions(
         return Err(ApiError::not_found(format!("no job definition {name}")));
     }
     let base = base_url(&state, &headers);
-    Ok(json_response(
+    if prefers_html(&headers) {
+        return html::definitions::versions(&base, &name, &versions);
+    }
+    Ok(vary_accept(json_response(
         StatusCode::OK,
         &VersionListRepr::new(&base, &name, &versions),
-    ))
+    )))
 }
 
 /// `DELETE /job-definitions/{name}`: retire it. Starts are refused (410) from then on; reads

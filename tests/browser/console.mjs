@@ -231,6 +231,17 @@ try {
   assert.match(await page.textContent("main"), new RegExp(`${definition}`), "the job names its definition");
   await accessible("job from a definition");
 
+  step("a definition's versions, each a page");
+  await page.click("main a >> text=" + definition);
+  await page.waitForURL(`${base}/job-definitions/${definition}`);
+  await page.click("text=Its versions");
+  await page.waitForURL(`${base}/job-definitions/${definition}/versions`);
+  await accessible("versions");
+  await page.click("main tbody a");
+  await page.waitForURL(`${base}/job-definitions/${definition}/versions/1`);
+  assert.match(await page.textContent("h1"), /version 1/);
+  await accessible("a version");
+
   step("a missing job is a page too");
   resp = await page.goto(`${base}/jobs/no-such-job`);
   assert.equal(resp.status(), 404);

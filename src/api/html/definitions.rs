@@ -69,6 +69,34 @@ pub fn definition_list(
     render(StatusCode::OK, &page)
 }
 
+#[derive(Template)]
+#[template(path = "versions.html")]
+struct VersionsPage {
+    base: String,
+    name: String,
+    href: String,
+    versions: Vec<(i32, String, String)>,
+}
+
+/// `/job-definitions/{name}/versions` for a browser: each version, oldest first.
+pub fn versions(
+    base: &str,
+    name: &DefinitionName,
+    versions: &[(i32, chrono::DateTime<chrono::Utc>)],
+) -> Result<Response, ApiError> {
+    let href = format!("{base}/job-definitions/{name}");
+    let page = VersionsPage {
+        base: base.to_string(),
+        name: name.to_string(),
+        versions: versions
+            .iter()
+            .map(|(v, at)| (*v, format!("{href}/versions/{v}"), super::pages::shown(*at)))
+            .collect(),
+        href,
+    };
+    render(StatusCode::OK, &page)
+}
+
 /// One of the form's controls, for one top-level property of the parameter schema.
 struct Field {
     name: String,
@@ -263,7 +291,9 @@ pub fn definition(
         latest: d.latest,
         retired: d.retired_at.is_some(),
         description: d.description.clone(),
-        start_href: d.retired_at.is_none().then(|| format!("{href}/jobs")),
+        // A form starts the latest version (the API can start any with `version`).
+        start_href: (d.retired_at.is_none() && d.version == d.latest)
+            .then(|| format!("{href}/jobs")),
         fields,
         refused,
         versions_href: format!("{href}/versions"),
