@@ -18,6 +18,9 @@
 //! while the retention sweep deletes them, and says how many it deleted meanwhile.
 //! `--with-callback` adds the points of JCL jobs with a `jobSuccessURL` (a stub that answers
 //! 204), the same finish line: what the notification outbox costs.
+//! Every feature stays on while this coordinator is measured: the event log and the metrics (as
+//! always), API keys configured (every request carries its key), and a `jobSuccessURL` on one
+//! JCL job in ten (a stub that answers 204). `--bare` measures without the keys and callbacks.
 //! `--with-dtmrs` measures dtmrs (DTM's HTTP protocol) the same way, on its own database in the
 //! same cluster, with the same stubs and the same finish line: per job the client prepares a
 //! global transaction, registers each branch and calls its Try (in turn, as DTM's clients do),
@@ -153,6 +156,8 @@ struct Opts {
     sweep: usize,
     /// Coordinator instances sharing the database, one run each (clients spread over them).
     instances: Vec<usize>,
+    /// Without API keys and without the callback on one job in ten.
+    bare: bool,
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -171,6 +176,7 @@ fn opts() -> Opts {
         callback: false,
         sweep: 0,
         instances: vec![1],
+        bare: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -197,6 +203,7 @@ fn opts() -> Opts {
             "--with-dtmrs" => o.dtmrs = true,
             "--with-atomikos" => o.atomikos = true,
             "--with-callback" => o.callback = true,
+            "--bare" => o.bare = true,
             "--sweep" => {
                 o.sweep = next.parse().unwrap_or(0);
                 i += 1;
@@ -227,6 +234,9 @@ struct Point {
     p99: f64,
     commits_per_job: f64,
     wal_syncs_per_job: f64,
+    /// WAL written per job, KiB, and its records (the cluster's: only the system measured runs).
+    wal_kb_per_job: f64,
+    wal_records_per_job: f64,
     cpu_per_1000: f64,
     pg_cpu_per_1000: f64,
     /// This process: the load generator and the participant stubs.
@@ -321,11 +331,20 @@ fn postgres_cpu(postmaster: Option<u32>) -> f64 {
     total
 }
 
-/// (transactions committed, read-only ones included; WAL flushes) of the database so far. The
-/// WAL flushes are what synchronous commits cost: PostgreSQL groups concurrent ones.
-async fn db_counters(admin: &tokio_postgres::Config, db: &str) -> (f64, f64) {
+/// What PostgreSQL counts so far: the database's transactions committed (read-only ones
+/// included), and the cluster's WAL flushes (what synchronous commits cost: PostgreSQL groups
+/// concurrent ones), WAL bytes and WAL records (what the writes cost, whatever their commits).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    commits: f64,
+    syncs: f64,
+    wal_bytes: f64,
+    wal_records: f64,
+}
+
+async fn db_counters(admin: &tokio_postgres::Config, db: &str) -> Counters {
     let Ok((client, conn)) = admin.connect(tokio_postgres::NoTls).await else {
-        return (0.0, 0.0);
+        return Counters::default();
     };
     let task = tokio::spawn(conn);
     let commits = client
@@ -336,14 +355,22 @@ async fn db_counters(admin: &tokio_postgres::Config, db: &str) -> (f64, f64) {
         .await
         .map(|r| r.get::<_, f64>(0))
         .unwrap_or(0.0);
-    let syncs = client
-        .query_one("SELECT wal_sync::float8 FROM pg_stat_wal", &[])
+    let (syncs, wal_bytes, wal_records) = client
+        .query_one(
+            "SELECT wal_sync::float8, wal_bytes::float8, wal_records::float8 FROM pg_stat_wal",
+            &[],
+        )
         .await
-        .map(|r| r.get::<_, f64>(0))
-        .unwrap_or(0.0);
+        .map(|r| (r.get::<_, f64>(0), r.get::<_, f64>(1), r.get::<_, f64>(2)))
+        .unwrap_or_default();
     drop(client);
     let _ = task.await;
-    (commits, syncs)
+    Counters {
+        commits,
+        syncs,
+        wal_bytes,
+        wal_records,
+    }
 }
 
 /// A system under test, running as its own process; stopped with SIGTERM when dropped.
@@ -402,8 +429,12 @@ fn spawn_server(system: System, mut cmd: Command, port: u16) -> Server {
     }
 }
 
-/// `instances` coordinator processes on the database at `db_url`, each with its own id.
-fn start_coordinator(db_url: &str, instances: usize) -> Server {
+/// The API key the load generator sends (unless `--bare`), an admin's.
+const BENCH_KEY: &str = "bench-key-5f3a9c1e7b2d4068";
+
+/// `instances` coordinator processes on the database at `db_url`, each with its own id; with
+/// `keys`, `BENCH_KEY` is the one API key.
+fn start_coordinator(db_url: &str, instances: usize, keys: bool) -> Server {
     let bin =
         std::env::var_os("TCC_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tcc-coordinator").into());
     let mut all = Server {
@@ -418,6 +449,9 @@ fn start_coordinator(db_url: &str, instances: usize) -> Server {
             .env("DATABASE_URL", db_url)
             .env("TCC_INSTANCE_ID", format!("bench-{i}"))
             .env("TCC_LISTEN", format!("127.0.0.1:{port}"));
+        if keys {
+            cmd.env("TCC_API_KEYS", format!("bench:admin:{BENCH_KEY}"));
+        }
         let mut one = spawn_server(System::Ours, cmd, port);
         all.children.append(&mut one.children);
         all.addrs.append(&mut one.addrs);
@@ -608,13 +642,14 @@ async fn measure(
     admin: &tokio_postgres::Config,
     db: &str,
     postmaster: Option<u32>,
+    features: bool,
 ) -> Point {
     // Every point starts from a quiet system: the previous point's jobs have ended.
     quiesce(server.system, stubs, admin, db).await;
     let (cpu0, _) = server.usage();
     let pg0 = postgres_cpu(postmaster);
     let (own0, _) = proc_usage(std::process::id());
-    let (commits0, syncs0) = db_counters(admin, db).await;
+    let before = db_counters(admin, db).await;
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
@@ -637,7 +672,9 @@ async fn measure(
                 let sent = Instant::now();
                 let ok = match system {
                     System::Ours | System::Sweep => {
-                        submit_jcl(&http, &addr, &stubs.base, &corr, tasks, false).await
+                        // A callback on one job in ten, as in production.
+                        let callback = features && n.is_multiple_of(10);
+                        submit_jcl(&http, &addr, &stubs.base, &corr, tasks, callback).await
                     }
                     System::Callback => {
                         submit_jcl(&http, &addr, &stubs.base, &corr, tasks, true).await
@@ -673,7 +710,7 @@ async fn measure(
     let (cpu1, rss) = server.usage();
     let pg1 = postgres_cpu(postmaster);
     let (own1, _) = proc_usage(std::process::id());
-    let (commits1, syncs1) = db_counters(admin, db).await;
+    let after = db_counters(admin, db).await;
     let jobs = lat.len();
     let per_job = |d: f64| if jobs == 0 { 0.0 } else { d / jobs as f64 };
     Point {
@@ -686,8 +723,10 @@ async fn measure(
         p50: percentile(&lat, 0.50),
         p95: percentile(&lat, 0.95),
         p99: percentile(&lat, 0.99),
-        commits_per_job: per_job(commits1 - commits0),
-        wal_syncs_per_job: per_job(syncs1 - syncs0),
+        commits_per_job: per_job(after.commits - before.commits),
+        wal_syncs_per_job: per_job(after.syncs - before.syncs),
+        wal_kb_per_job: per_job(after.wal_bytes - before.wal_bytes) / 1024.0,
+        wal_records_per_job: per_job(after.wal_records - before.wal_records),
         cpu_per_1000: per_job(cpu1 - cpu0) * 1000.0,
         pg_cpu_per_1000: per_job(pg1 - pg0) * 1000.0,
         harness_cpu_per_1000: per_job(own1 - own0) * 1000.0,
@@ -1121,7 +1160,15 @@ fn main() {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
+        // Every request carries the key (the stubs and dtmrs ignore it).
+        let mut headers = reqwest::header::HeaderMap::new();
+        if !o.bare
+            && let Ok(bearer) = reqwest::header::HeaderValue::from_str(&format!("Bearer {BENCH_KEY}"))
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .tcp_nodelay(true)
             .pool_max_idle_per_host(256)
             .build()
@@ -1133,10 +1180,10 @@ fn main() {
                 let mut points = Vec::new();
                 for &t in &o.tasks {
                     for &c in &o.concurrency {
-                        let p = measure(&server, &stubs, &http, t, c, o.seconds, &admin, db, postmaster).await;
+                        let p = measure(&server, &stubs, &http, t, c, o.seconds, &admin, db, postmaster, !o.bare).await;
                         println!(
-                            "{:<15} tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms xacts/job={:.2} wal-flushes/job={:.2} cpu-s/1000={:.2} pg-cpu-s/1000={:.2} harness-cpu-s/1000={:.2} rss={:.0}MiB",
-                            p.label(), p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.cpu_per_1000, p.pg_cpu_per_1000, p.harness_cpu_per_1000, p.rss_mib
+                            "{:<15} tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms xacts/job={:.2} wal-flushes/job={:.2} wal-kib/job={:.1} wal-records/job={:.1} cpu-s/1000={:.2} pg-cpu-s/1000={:.2} harness-cpu-s/1000={:.2} rss={:.0}MiB",
+                            p.label(), p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.wal_kb_per_job, p.wal_records_per_job, p.cpu_per_1000, p.pg_cpu_per_1000, p.harness_cpu_per_1000, p.rss_mib
                         );
                         points.push(p);
                     }
@@ -1148,7 +1195,7 @@ fn main() {
         let mut points = Vec::new();
         let mut idle = None;
         for &n in &o.instances {
-            let coordinator = start_coordinator(&db_url, n);
+            let coordinator = start_coordinator(&db_url, n, !o.bare);
             wait_ready(&http, &coordinator, "/health/ready").await;
             let (mut coordinator, ours) = run_points(coordinator, db).await;
             points.extend(ours);
@@ -1229,7 +1276,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&pg_dir);
 
     let mut md = String::from(
-        "| system | tasks | concurrency | jobs/s | p50 ms | p95 ms | p99 ms | transactions/job (reads included) | WAL flushes/job | CPU s/1000 jobs | PostgreSQL CPU s/1000 jobs | harness CPU s/1000 jobs | peak RSS MiB | vs ceiling | ours / dtmrs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| system | tasks | concurrency | jobs/s | p50 ms | p95 ms | p99 ms | transactions/job (reads included) | WAL flushes/job | WAL KiB/job | WAL records/job | CPU s/1000 jobs | PostgreSQL CPU s/1000 jobs | harness CPU s/1000 jobs | peak RSS MiB | vs ceiling | ours / dtmrs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in &points {
         let ratio = ceiling
@@ -1253,7 +1300,7 @@ fn main() {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {ratio} | {versus} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {ratio} | {versus} |",
             p.label(),
             p.tasks,
             p.concurrency,
@@ -1263,6 +1310,8 @@ fn main() {
             p.p99,
             p.commits_per_job,
             p.wal_syncs_per_job,
+            p.wal_kb_per_job,
+            p.wal_records_per_job,
             p.cpu_per_1000,
             p.pg_cpu_per_1000,
             p.harness_cpu_per_1000,
