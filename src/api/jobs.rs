@@ -219,11 +219,14 @@ pub async fn put_job(
         &actor.0,
         Some("description, contact, callbacks, tags, autoConfirm and jobMaxTTL as sent".into()),
     );
+    // The definition a job was started from is the coordinator's to record, not the document's.
+    let mut fields = new.fields.clone();
+    fields.definition = record.fields.definition.clone();
     let written = {
         let client = db(&state).await?;
         within(
             &state,
-            store::update_job(&client, &id, &new.fields, &hash, record.updated_at, &event),
+            store::update_job(&client, &id, &fields, &hash, record.updated_at, &event),
         )
         .await?
     };

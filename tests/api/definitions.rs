@@ -878,3 +878,45 @@ async fn the_entry_point_links_the_job_definitions() {
     assert!(list["definitions"].is_array(), "{list:#}");
     app.stop().await;
 }
+
+/// A job's definition is the coordinator's record, not part of its document: an update of the
+/// job under `If-Match` (`PUT /jobs/{id}`) keeps it.
+#[tokio::test]
+async fn an_update_under_if_match_keeps_the_definition_a_job_was_started_from() {
+    let app = spawn_app().await;
+    let name = unique("kept");
+    put_expecting(
+        &app,
+        &name,
+        &json!({"autoConfirm": false, "jobMaxTTL": 600, "tasks": []}),
+        201,
+    )
+    .await;
+    let job = start_job(&app, &name, &json!({})).await;
+    let url = app.url(&format!("/jobs/{}", id_of(&job)));
+    let read = app.http.get(&url).send().await.expect("GET the job");
+    let etag = header_in(read.headers(), "etag").expect("an ETag");
+    let updated = app
+        .http
+        .put(&url)
+        .header("if-match", etag)
+        .json(
+            &json!({"autoConfirm": false, "jobMaxTTL": 600, "description": "renamed", "tasks": []}),
+        )
+        .send()
+        .await
+        .expect("PUT the job");
+    assert_eq!(updated.status(), 200);
+    let body: Value = updated.json().await.expect("the job");
+    assert_eq!(body["description"], "renamed", "{body:#}");
+    assert_eq!(
+        body["definition"],
+        json!({"name": name, "version": 1}),
+        "{body:#}"
+    );
+    assert_link(
+        &body,
+        "definition",
+        &format!("/job-definitions/{name}/versions/1"),
+    );
+}
