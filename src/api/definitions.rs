@@ -21,9 +21,10 @@ use super::negotiate::{prefers_html, vary_accept};
 use super::paging::parse_limit;
 use super::repr::{self, DefinitionListRepr, DefinitionRepr, VersionListRepr};
 use super::respond::{base_url, json_response, unless_matched};
+use crate::domain::DefinitionName;
+use crate::domain::actions;
 use crate::domain::definition::{self, DefinitionRef, Start};
 use crate::domain::request::{self, Limits};
-use crate::domain::{DefinitionName, rfc3339};
 use crate::store::{self, DefinitionRecord, Put};
 
 /// A definition's representation with its `Link` header (and `Location` when asked).
@@ -304,14 +305,11 @@ pub(super) async fn start_from(
             }
         }
     };
-    if let Some(at) = d.retired_at {
+    if let Some(refusal) = actions::start_refusal(d.retired_at) {
         return Err(ApiError::new(
             StatusCode::GONE,
             ProblemType::DefinitionRetired,
-            format!(
-                "job definition {name} was retired at {}: it starts no more jobs (PUT it again to bring it back)",
-                rfc3339(at)
-            ),
+            format!("{name}: {refusal}"),
         ));
     }
     let document = definition::instantiate(&d.document, start).map_err(ApiError::validation)?;

@@ -832,7 +832,7 @@ fn definition_links(base: &str, d: &DefinitionRecord, version: bool) -> Links {
         "GET",
         "The jobs started from this definition",
     );
-    if d.retired_at.is_none() {
+    if crate::domain::actions::start_refusal(d.retired_at).is_none() {
         l.add(
             "start",
             format!("{href}/jobs"),

@@ -196,6 +196,31 @@ pub fn refusal(job: &Job, resolved: bool, action: Action, now: DateTime<Utc>) ->
     }
 }
 
+/// Why a job definition does not start a job now (its `start` action): the one place that says
+/// so, for the definition's links, its page and the start's refusal (410).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartRefusal {
+    /// Retired at this time (`DELETE /job-definitions/{name}`).
+    Retired(DateTime<Utc>),
+}
+
+impl fmt::Display for StartRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartRefusal::Retired(at) => write!(
+                f,
+                "the job definition was retired at {}: it starts no more jobs (PUT it again to bring it back)",
+                super::rfc3339(*at)
+            ),
+        }
+    }
+}
+
+/// Why a definition retired at `retired_at` (if it is) cannot start a job; `None`: it can.
+pub fn start_refusal(retired_at: Option<DateTime<Utc>>) -> Option<StartRefusal> {
+    retired_at.map(StartRefusal::Retired)
+}
+
 /// The actions the job's state allows now, in `Action::ALL`'s order.
 pub fn allowed(job: &Job, resolved: bool, now: DateTime<Utc>) -> Vec<Action> {
     Action::ALL
@@ -307,6 +332,20 @@ pub fn restart(job: &mut Job, job_max_ttl: f64, now: DateTime<Utc>) -> Result<()
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_definition_starts_jobs_until_it_is_retired() {
+        assert_eq!(start_refusal(None), None);
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-04T10:00:00Z")
+            .expect("a time")
+            .with_timezone(&Utc);
+        let refusal = start_refusal(Some(at)).expect("refused");
+        assert_eq!(refusal, StartRefusal::Retired(at));
+        assert_eq!(
+            refusal.to_string(),
+            "the job definition was retired at 2026-12-04T10:00:00.000Z: it starts no more jobs (PUT it again to bring it back)"
+        );
+    }
+
     use super::*;
     use crate::domain::JobState;
 

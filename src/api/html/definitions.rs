@@ -292,7 +292,8 @@ pub fn definition(
         retired: d.retired_at.is_some(),
         description: d.description.clone(),
         // A form starts the latest version (the API can start any with `version`).
-        start_href: (d.retired_at.is_none() && d.version == d.latest)
+        start_href: (crate::domain::actions::start_refusal(d.retired_at).is_none()
+            && d.version == d.latest)
             .then(|| format!("{href}/jobs")),
         fields,
         refused,
