@@ -218,7 +218,12 @@ pub async fn prepare(
         Utc::now(),
     ) {
         Ok(job) => job,
-        Err(errors) => return Ok(mistake(StatusCode::BAD_REQUEST, said(&errors))),
+        Err(errors) => {
+            return Ok(mistake(
+                StatusCode::BAD_REQUEST,
+                FieldError::joined(&errors),
+            ));
+        }
     };
     let submission = Submission {
         id: JobId::generate(),
@@ -244,20 +249,6 @@ pub async fn prepare(
     }
 }
 
-fn said(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| {
-            if e.pointer.is_empty() {
-                e.detail.clone()
-            } else {
-                format!("{}: {}", e.pointer, e.detail)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// `POST /api/dtmsvr/registerBranch` (and `registerTccBranch`, as older clients call it): a
 /// branch of a prepared transaction, a task with its own confirm and cancel URLs. The same
 /// branch registered again is a success; another branch under a taken `branch_id` is refused.
@@ -270,7 +261,7 @@ pub async fn register_branch(
     let value = read_json(&headers, body, state.settings.max_body).await?;
     let nul = request::nul_errors(&value);
     if !nul.is_empty() {
-        return Ok(mistake(StatusCode::BAD_REQUEST, said(&nul)));
+        return Ok(mistake(StatusCode::BAD_REQUEST, FieldError::joined(&nul)));
     }
     let text = |field: &str| value.get(field).and_then(Value::as_str).unwrap_or_default();
     let gid = match gid_of(Some(text("gid"))) {
@@ -298,7 +289,10 @@ pub async fn register_branch(
     let (confirm, cancel) = (url("confirm"), url("cancel"));
     let (Some(branch_id), Some(confirm_url), Some(cancel_url)) = (branch_id, confirm, cancel)
     else {
-        return Ok(mistake(StatusCode::BAD_REQUEST, said(&errors)));
+        return Ok(mistake(
+            StatusCode::BAD_REQUEST,
+            FieldError::joined(&errors),
+        ));
     };
     let reg = Registration {
         hold: Hold::Callbacks(Box::new(Callbacks {

@@ -73,6 +73,16 @@ impl Links {
         ));
     }
 
+    /// A page of a list: `self`, and `next` when there is more.
+    pub fn page(self_href: String, next: Option<String>) -> Links {
+        let mut links = Links::default();
+        links.add("self", self_href, "GET", "This page");
+        if let Some(next) = next {
+            links.add("next", next, "GET", "The next page");
+        }
+        links
+    }
+
     pub fn get(&self, rel: &str) -> Option<&LinkRepr> {
         self.0.iter().find(|(r, _)| *r == rel).map(|(_, l)| l)
     }
@@ -588,11 +598,7 @@ impl<'a> JobListRepr<'a> {
         self_href: String,
         next: Option<String>,
     ) -> Self {
-        let mut links = Links::default();
-        links.add("self", self_href, "GET", "This page");
-        if let Some(next) = next {
-            links.add("next", next, "GET", "The next page");
-        }
+        let links = Links::page(self_href, next);
         JobListRepr {
             jobs: rows.iter().map(|r| SummaryRepr::new(base, r)).collect(),
             links,
@@ -913,11 +919,7 @@ impl<'a> DefinitionListRepr<'a> {
         self_href: String,
         next: Option<String>,
     ) -> Self {
-        let mut links = Links::default();
-        links.add("self", self_href, "GET", "This page");
-        if let Some(next) = next {
-            links.add("next", next, "GET", "The next page");
-        }
+        let links = Links::page(self_href, next);
         DefinitionListRepr {
             definitions: rows
                 .iter()

@@ -26,6 +26,22 @@ impl FieldError {
             detail: detail.into(),
         }
     }
+
+    /// Each error as `pointer: detail` (the detail alone at the root), joined by `; `: for an
+    /// answer that has no list of errors.
+    pub fn joined(errors: &[FieldError]) -> String {
+        errors
+            .iter()
+            .map(|e| {
+                if e.pointer.is_empty() {
+                    e.detail.clone()
+                } else {
+                    format!("{}: {}", e.pointer, e.detail)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// Limits that come from the settings.

@@ -272,17 +272,7 @@ pub fn definition(
     // What is refused elsewhere (the start's other members, the job the template made).
     let refused = (!errors.is_empty()).then(|| Refusal {
         title: "The job could not be started".into(),
-        detail: errors
-            .iter()
-            .map(|e| {
-                if e.pointer.is_empty() {
-                    e.detail.clone()
-                } else {
-                    format!("{}: {}", e.pointer, e.detail)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
+        detail: FieldError::joined(&errors),
     });
     let page = DefinitionPage {
         base: base.to_string(),
