@@ -21,6 +21,8 @@
 //! Every feature stays on while this coordinator is measured: the event log and the metrics (as
 //! always), API keys configured (every request carries its key), and a `jobSuccessURL` on one
 //! JCL job in ten (a stub that answers 204). `--bare` measures without the keys and callbacks.
+//! `--wal-stats` prints, after each point, what its WAL consisted of (`pg_walinspect`: bytes and
+//! records per job by record type, full-page images apart).
 //! `--with-dtmrs` measures dtmrs (DTM's HTTP protocol) the same way, on its own database in the
 //! same cluster, with the same stubs and the same finish line: per job the client prepares a
 //! global transaction, registers each branch and calls its Try (in turn, as DTM's clients do),
@@ -158,6 +160,17 @@ struct Opts {
     instances: Vec<usize>,
     /// Without API keys and without the callback on one job in ten.
     bare: bool,
+    /// After each point, its WAL by record type.
+    wal_stats: bool,
+}
+
+/// How a point is measured, besides its size.
+#[derive(Debug, Clone, Copy)]
+struct Measuring {
+    /// Every feature on (the key, a callback on one job in ten).
+    features: bool,
+    /// Print the point's WAL by record type.
+    wal_stats: bool,
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -177,6 +190,7 @@ fn opts() -> Opts {
         sweep: 0,
         instances: vec![1],
         bare: false,
+        wal_stats: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -204,6 +218,7 @@ fn opts() -> Opts {
             "--with-atomikos" => o.atomikos = true,
             "--with-callback" => o.callback = true,
             "--bare" => o.bare = true,
+            "--wal-stats" => o.wal_stats = true,
             "--sweep" => {
                 o.sweep = next.parse().unwrap_or(0);
                 i += 1;
@@ -371,6 +386,62 @@ async fn db_counters(admin: &tokio_postgres::Config, db: &str) -> Counters {
         wal_bytes,
         wal_records,
     }
+}
+
+/// The WAL's current position, with `pg_walinspect` installed to read it later.
+async fn wal_position(admin: &tokio_postgres::Config, db: &str) -> Option<String> {
+    let mut config = admin.clone();
+    config.dbname(db);
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.ok()?;
+    let task = tokio::spawn(conn);
+    let lsn = async {
+        client
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+            .await
+            .ok()?;
+        let row = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .ok()?;
+        Some(row.get::<_, String>(0))
+    }
+    .await;
+    drop(client);
+    let _ = task.await;
+    lsn
+}
+
+/// What the WAL written since `from` consisted of, per job: each record type's records, bytes
+/// of records and bytes of full-page images, the largest first.
+async fn print_wal_stats(admin: &tokio_postgres::Config, db: &str, from: &str, jobs: usize) {
+    let mut config = admin.clone();
+    config.dbname(db);
+    let Ok((client, conn)) = config.connect(tokio_postgres::NoTls).await else {
+        return;
+    };
+    let task = tokio::spawn(conn);
+    let per = jobs.max(1) as f64;
+    let rows = client
+        .query(
+            "SELECT \"resource_manager/record_type\", count::float8, record_size::float8,
+                    fpi_size::float8
+             FROM pg_get_wal_stats($1::text::pg_lsn, pg_current_wal_lsn(), true)
+             WHERE count > 0 ORDER BY record_size + fpi_size DESC LIMIT 12",
+            &[&from],
+        )
+        .await
+        .unwrap_or_default();
+    for r in rows {
+        println!(
+            "  wal {:<28} records/job={:>6.2} bytes/job={:>7.0} fpi-bytes/job={:>7.0}",
+            r.get::<_, String>(0),
+            r.get::<_, f64>(1) / per,
+            r.get::<_, f64>(2) / per,
+            r.get::<_, f64>(3) / per
+        );
+    }
+    drop(client);
+    let _ = task.await;
 }
 
 /// A system under test, running as its own process; stopped with SIGTERM when dropped.
@@ -642,7 +713,7 @@ async fn measure(
     admin: &tokio_postgres::Config,
     db: &str,
     postmaster: Option<u32>,
-    features: bool,
+    how: Measuring,
 ) -> Point {
     // Every point starts from a quiet system: the previous point's jobs have ended.
     quiesce(server.system, stubs, admin, db).await;
@@ -650,6 +721,11 @@ async fn measure(
     let pg0 = postgres_cpu(postmaster);
     let (own0, _) = proc_usage(std::process::id());
     let before = db_counters(admin, db).await;
+    let lsn = if how.wal_stats {
+        wal_position(admin, db).await
+    } else {
+        None
+    };
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
@@ -673,7 +749,7 @@ async fn measure(
                 let ok = match system {
                     System::Ours | System::Sweep => {
                         // A callback on one job in ten, as in production.
-                        let callback = features && n.is_multiple_of(10);
+                        let callback = how.features && n.is_multiple_of(10);
                         submit_jcl(&http, &addr, &stubs.base, &corr, tasks, callback).await
                     }
                     System::Callback => {
@@ -712,6 +788,9 @@ async fn measure(
     let (own1, _) = proc_usage(std::process::id());
     let after = db_counters(admin, db).await;
     let jobs = lat.len();
+    if let Some(from) = lsn {
+        print_wal_stats(admin, db, &from, jobs).await;
+    }
     let per_job = |d: f64| if jobs == 0 { 0.0 } else { d / jobs as f64 };
     Point {
         system: server.system,
@@ -1180,7 +1259,8 @@ fn main() {
                 let mut points = Vec::new();
                 for &t in &o.tasks {
                     for &c in &o.concurrency {
-                        let p = measure(&server, &stubs, &http, t, c, o.seconds, &admin, db, postmaster, !o.bare).await;
+                        let how = Measuring { features: !o.bare, wal_stats: o.wal_stats };
+                        let p = measure(&server, &stubs, &http, t, c, o.seconds, &admin, db, postmaster, how).await;
                         println!(
                             "{:<15} tasks={} concurrency={:<4} jobs={:<6} jobs/s={:>8.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms xacts/job={:.2} wal-flushes/job={:.2} wal-kib/job={:.1} wal-records/job={:.1} cpu-s/1000={:.2} pg-cpu-s/1000={:.2} harness-cpu-s/1000={:.2} rss={:.0}MiB",
                             p.label(), p.tasks, p.concurrency, p.jobs, p.per_sec, p.p50, p.p95, p.p99, p.commits_per_job, p.wal_syncs_per_job, p.wal_kb_per_job, p.wal_records_per_job, p.cpu_per_1000, p.pg_cpu_per_1000, p.harness_cpu_per_1000, p.rss_mib
