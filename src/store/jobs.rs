@@ -674,7 +674,11 @@ pub async fn list_jobs(client: &impl GenericClient, f: &JobFilter) -> Result<Vec
     }
     if let Some(t) = &f.tag {
         params.push(t);
-        conditions.push(format!("tags @> ARRAY[${}::text]", params.len()));
+        // The predicate of the partial index `jobs_tags` (V14), so that the index is used.
+        conditions.push(format!(
+            "tags <> '{{}}' AND tags @> ARRAY[${}::text]",
+            params.len()
+        ));
     }
     if let Some(d) = &f.definition {
         params.push(d);
