@@ -602,6 +602,27 @@ async fn the_purge_takes_finished_jobs_with_their_events_a_batch_at_a_time_and_k
         .expect("count")
         .get(0);
     assert_eq!(left, 0, "its events went with it");
+    let tasks_of = |id: JobId| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM tasks WHERE job_id = $1",
+                    &[&id.as_str()],
+                )
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        }
+    };
+    for gone in [&ids[0], &ids[3], &ids[4]] {
+        assert_eq!(tasks_of(gone.clone()).await, 0, "its tasks went with it");
+    }
+    assert_eq!(
+        tasks_of(ids[1].clone()).await,
+        1,
+        "a kept job keeps its task"
+    );
     assert_eq!(events(ids[1].clone()).await, Some(1), "heuristic: kept");
     assert_eq!(
         events(ids[2].clone()).await,
