@@ -56,8 +56,6 @@ pub async fn purge_finished(
                     LIMIT $2
                     FOR UPDATE SKIP LOCKED)
                 RETURNING id
-             ), t AS (
-                DELETE FROM tasks WHERE job_id IN (SELECT id FROM d)
              ), e AS (
                 DELETE FROM job_events WHERE job_id IN (SELECT id FROM d)
              ), n AS (
