@@ -1,6 +1,6 @@
 //! API keys and roles: who may do what, who did it, and what stays open.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
 use crate::participant::{Op, Participant, Reply};
@@ -8,26 +8,6 @@ use crate::participant::{Op, Participant, Reply};
 const READER: &str = "reader-secret-0001";
 const WRITER: &str = "writer-secret-0001";
 const OPS: &str = "ops-secret-000001x";
-
-async fn call(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    secret: Option<&str>,
-    body: Option<Value>,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = app.http.request(method, app.url(path));
-    if let Some(s) = secret {
-        req = req.bearer_auth(s);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
@@ -62,8 +42,7 @@ async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
     );
     let mut doc = job_of(&[("a", p.url("auth-a")), ("b", p.url("auth-b"))]);
     doc["autoConfirm"] = json!(false);
-    let (status, _, problem) =
-        call(&app, Method::POST, "/jobs", Some(READER), Some(doc.clone())).await;
+    let (status, _, problem) = call(&app, Method::POST, "/jobs", Some(READER), Some(&doc)).await;
     assert_eq!(status, 403, "{problem:#}");
     assert!(
         problem["detail"]
@@ -72,7 +51,7 @@ async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
         "{problem:#}"
     );
     // submit may create and confirm.
-    let (status, _, job) = call(&app, Method::POST, "/jobs", Some(WRITER), Some(doc)).await;
+    let (status, _, job) = call(&app, Method::POST, "/jobs", Some(WRITER), Some(&doc)).await;
     assert_eq!(status, 202, "{job:#}");
     let id = job["jobID"].as_str().expect("id").to_string();
     // Waited for with the read-only key.
@@ -96,7 +75,7 @@ async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
         Method::POST,
         &format!("/jobs/{id}/resolve"),
         Some(WRITER),
-        Some(note.clone()),
+        Some(&note),
     )
     .await;
     assert_eq!(status, 403);
@@ -110,7 +89,7 @@ async fn keys_and_roles_decide_who_may_do_what_and_name_who_did() {
         Method::POST,
         &format!("/jobs/{id}/resolve"),
         Some(OPS),
-        Some(note),
+        Some(&note),
     )
     .await;
     assert_eq!(status, 200, "{job:#}");

@@ -16,28 +16,6 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// One request, with an API key when given: its status, headers and JSON body (`Null` when it
-/// has none).
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    secret: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, HeaderMap, Value) {
-    let mut req = app.http.request(method, app.url(path));
-    if let Some(s) = secret {
-        req = req.bearer_auth(s);
-    }
-    if let Some(b) = body {
-        req = req.json(b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// `PUT /job-definitions/{name}`.
 async fn put_definition(app: &TestApp, name: &str, doc: &Value) -> (u16, HeaderMap, Value) {
     let path = format!("/job-definitions/{name}");

@@ -596,3 +596,25 @@ pub async fn scrape_until(
         ),
     }
 }
+
+/// One request, with an API key when given: its status, headers and JSON body (`Null` when it
+/// has none).
+pub async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    secret: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = app.http.request(method, app.url(path));
+    if let Some(s) = secret {
+        req = req.bearer_auth(s);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.unwrap_or(Value::Null))
+}
