@@ -3,7 +3,6 @@
 CREATE TABLE job_definitions (
     name text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9._~-]{1,128}$'),
     latest int NOT NULL CHECK (latest >= 1),
-    description text,
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL,
     retired_at timestamptz

@@ -20,7 +20,7 @@ use super::jobs::{idempotency_key, submit};
 use super::negotiate::{prefers_html, vary_accept};
 use super::paging::parse_limit;
 use super::repr::{self, DefinitionListRepr, DefinitionRepr, VersionListRepr};
-use super::respond::{base_url, json_response, unless_matched};
+use super::respond::{base_url, json_response, linked_json, unless_matched};
 use crate::domain::DefinitionName;
 use crate::domain::actions;
 use crate::domain::definition::{self, DefinitionRef, Start};
@@ -36,22 +36,16 @@ fn definition_response(
     location: bool,
 ) -> Response {
     let body = DefinitionRepr::new(base, d, version);
-    let mut resp = json_response(status, &body);
-    if let Ok(v) = HeaderValue::from_str(&body.links.header()) {
-        resp.headers_mut().insert(header::LINK, v);
-    }
-    if location
-        && let Ok(v) = HeaderValue::from_str(&format!(
-            "{base}/job-definitions/{}/versions/{}",
-            d.name, d.version
-        ))
+    let mut resp = linked_json(status, &body, &body.links);
+    if location && let Ok(v) = HeaderValue::from_str(&repr::version_href(base, &d.name, d.version))
     {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     vary_accept(resp)
 }
 
-async fn read(
+/// The definition, with its latest version or the one asked for; a 404 when there is none.
+pub(super) async fn read(
     state: &AppState,
     name: &DefinitionName,
     version: Option<i32>,
@@ -245,11 +239,7 @@ pub async fn list_definitions(
         _ => format!("{base}/job-definitions"),
     };
     let body = DefinitionListRepr::new(&base, &rows, self_href, next);
-    let mut resp = json_response(StatusCode::OK, &body);
-    if let Ok(v) = HeaderValue::from_str(&body.links.header()) {
-        resp.headers_mut().insert(header::LINK, v);
-    }
-    Ok(vary_accept(resp))
+    Ok(vary_accept(linked_json(StatusCode::OK, &body, &body.links)))
 }
 
 /// `POST /job-definitions/{name}/jobs`: start a job from the definition (its latest version,
@@ -270,41 +260,46 @@ pub async fn start_job(
     let value = read_json(&headers, body, state.settings.max_body).await?;
     let key = idempotency_key(&headers)?;
     let start = definition::parse_start(&value).map_err(ApiError::validation)?;
-    start_from(&state, &actor, &headers, key, &name, &start, &value).await
+    let d = version_to_start(&state, &name, start.version).await?;
+    start_from(&state, &actor, &headers, key, &d, &start, &value).await
 }
 
-/// A start read (`start`, `request` as the client sent it): the definition's version made into
-/// a job document and submitted as `POST /jobs` submits.
+/// The version a start asks for (the latest when it names none): an unknown definition is a
+/// 404, a version the definition does not have a 422 at `/version`.
+async fn version_to_start(
+    state: &AppState,
+    name: &DefinitionName,
+    version: Option<i32>,
+) -> Result<DefinitionRecord, ApiError> {
+    let client = db(state).await?;
+    if let Some(d) = within(state, store::get_definition(&client, name, version)).await? {
+        return Ok(d);
+    }
+    let latest = match version {
+        None => None,
+        Some(_) => within(state, store::latest_version(&client, name)).await?,
+    };
+    Err(match (version, latest) {
+        (Some(v), Some(latest)) => ApiError::validation(vec![request::FieldError::new(
+            "/version",
+            format!("job definition {name} has no version {v}: it has versions 1 to {latest}"),
+        )]),
+        _ => ApiError::not_found(format!("no job definition {name}")),
+    })
+}
+
+/// A start of version `d` (`start`, and `request` as the client sent it): made into a job
+/// document and submitted as `POST /jobs` submits.
 pub(super) async fn start_from(
     state: &AppState,
     actor: &Actor,
     headers: &HeaderMap,
     key: Option<String>,
-    name: &DefinitionName,
+    d: &DefinitionRecord,
     start: &Start,
     request: &Value,
 ) -> Result<Response, ApiError> {
-    let d = {
-        let client = db(state).await?;
-        let found = within(state, store::get_definition(&client, name, start.version)).await?;
-        match (found, start.version) {
-            (Some(d), _) => d,
-            (None, None) => return Err(ApiError::not_found(format!("no job definition {name}"))),
-            (None, Some(v)) => {
-                return Err(
-                    match within(state, store::latest_version(&client, name)).await? {
-                        None => ApiError::not_found(format!("no job definition {name}")),
-                        Some(latest) => ApiError::validation(vec![request::FieldError::new(
-                            "/version",
-                            format!(
-                                "job definition {name} has no version {v}: it has versions 1 to {latest}"
-                            ),
-                        )]),
-                    },
-                );
-            }
-        }
-    };
+    let name = &d.name;
     if let Some(refusal) = actions::start_refusal(d.retired_at) {
         return Err(ApiError::new(
             StatusCode::GONE,

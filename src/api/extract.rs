@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
 use super::error::{ApiError, ProblemType};
-use crate::domain::request::{FieldError, MAX_NUMBER};
+use crate::domain::request::{FieldError, MAX_NUMBER, pointer_token};
 use crate::domain::{DefinitionName, JobId, TaskId};
 
 /// (Also in `create_job`'s description, which takes a literal.)
@@ -132,8 +132,7 @@ fn huge_number(v: &Value) -> Option<String> {
             .enumerate()
             .find_map(|(i, item)| huge_number(item).map(|rest| format!("/{i}{rest}"))),
         Value::Object(map) => map.iter().find_map(|(k, item)| {
-            huge_number(item)
-                .map(|rest| format!("/{}{rest}", k.replace('~', "~0").replace('/', "~1")))
+            huge_number(item).map(|rest| format!("/{}{rest}", pointer_token(k)))
         }),
         _ => None,
     }
@@ -244,6 +243,11 @@ impl<S: Send + Sync> FromRequestParts<S> for NewJobPath {
     }
 }
 
+/// A definition's `{name}` as given: one no definition can have is a 404, as an unknown one.
+fn existing_definition(raw: &str) -> Result<DefinitionName, ApiError> {
+    DefinitionName::parse(raw).map_err(|_| ApiError::not_found(format!("no job definition {raw}")))
+}
+
 /// `{name}` of a job definition that must exist: a name no definition can have is a 404.
 pub(super) struct DefinitionPath(pub DefinitionName);
 
@@ -252,9 +256,7 @@ impl<S: Send + Sync> FromRequestParts<S> for DefinitionPath {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let raw = path_params(parts).await?.remove("name").unwrap_or_default();
-        DefinitionName::parse(&raw)
-            .map(DefinitionPath)
-            .map_err(|_| ApiError::not_found(format!("no job definition {raw}")))
+        existing_definition(&raw).map(DefinitionPath)
     }
 }
 
@@ -284,8 +286,7 @@ impl<S: Send + Sync> FromRequestParts<S> for VersionPath {
         let mut params = path_params(parts).await?;
         let raw = params.remove("name").unwrap_or_default();
         let version = params.remove("version").unwrap_or_default();
-        let name = DefinitionName::parse(&raw)
-            .map_err(|_| ApiError::not_found(format!("no job definition {raw}")))?;
+        let name = existing_definition(&raw)?;
         let n = version
             .parse::<i32>()
             .ok()

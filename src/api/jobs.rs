@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::{Extension, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use chrono::Utc;
 use serde_json::Value;
@@ -18,8 +18,8 @@ use super::negotiate::{prefers_html, vary_accept};
 use super::paging::{encode_cursor, parse_cursor, parse_limit};
 use super::repr;
 use super::respond::{
-    base_url, if_match, job_response, json_response, matches_any, none_match, not_modified,
-    prefer_wait, unless_matched,
+    base_url, if_match, job_response, json_response, linked_json, matches_any, none_match,
+    not_modified, prefer_wait, unless_matched,
 };
 use crate::domain::policy::refusals;
 use crate::domain::request::{self, Limits, parse_rfc3339};
@@ -391,11 +391,7 @@ pub async fn list_jobs(
         return html::pages::job_list(&state, &base, query.as_deref(), &rows, next).await;
     }
     let body = repr::JobListRepr::new(&base, &rows, self_href, next);
-    let mut resp = json_response(StatusCode::OK, &body);
-    if let Ok(v) = HeaderValue::from_str(&body.links.header()) {
-        resp.headers_mut().insert(header::LINK, v);
-    }
-    Ok(vary_accept(resp))
+    Ok(vary_accept(linked_json(StatusCode::OK, &body, &body.links)))
 }
 
 #[utoipa::path(get, path = "/jobs/{jobID}/progress", tag = "jobs", params(("jobID" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._~-]{1,128}$"), ("If-None-Match" = Option<String>, Header), ("Prefer" = Option<String>, Header, description = "wait=N with If-None-Match: long poll")), responses((status = 200, description = "Progress", body = crate::api::repr::ProgressRepr, headers(("ETag" = String))), (status = 304, description = "No change"), (status = 404, description = "No such job")))]

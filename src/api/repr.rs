@@ -160,7 +160,7 @@ pub fn job_links(base: &str, r: &JobRecord) -> Links {
     if let Some(d) = &r.fields.definition {
         l.add(
             "definition",
-            format!("{base}/job-definitions/{}/versions/{}", d.name, d.version),
+            version_href(base, &d.name, d.version),
             "GET",
             "The job definition (the version) this job was started from",
         );
@@ -795,14 +795,24 @@ pub fn task_outcomes(r: &JobRecord) -> Vec<TaskOutcome<'_>> {
         .collect()
 }
 
+/// Where a job definition is (its latest version).
+pub fn definition_href(base: &str, name: &str) -> String {
+    format!("{base}/job-definitions/{name}")
+}
+
+/// Where one version of a job definition is.
+pub fn version_href(base: &str, name: &str, version: i32) -> String {
+    format!("{}/versions/{version}", definition_href(base, name))
+}
+
 /// A job definition's links: where it is, its versions and jobs, and `start` unless retired.
 fn definition_links(base: &str, d: &DefinitionRecord, version: bool) -> Links {
-    let href = format!("{base}/job-definitions/{}", d.name);
+    let href = definition_href(base, &d.name);
     let mut l = Links::default();
     if version {
         l.add(
             "self",
-            format!("{href}/versions/{}", d.version),
+            version_href(base, &d.name, d.version),
             "GET",
             "This version of the job definition",
         );
@@ -927,13 +937,13 @@ impl<'a> DefinitionListRepr<'a> {
                     let mut links = Links::default();
                     links.add(
                         "self",
-                        format!("{base}/job-definitions/{}", d.name),
+                        definition_href(base, &d.name),
                         "GET",
                         "This job definition",
                     );
                     DefinitionSummaryRepr {
                         name: &d.name,
-                        description: d.description.as_deref(),
+                        description: d.description(),
                         version: d.latest,
                         retired: d.retired_at.is_some(),
                         date_created: Timestamp(d.created_at),
@@ -967,7 +977,7 @@ pub struct VersionListRepr {
 
 impl VersionListRepr {
     pub fn new(base: &str, name: &str, versions: &[(i32, DateTime<Utc>)]) -> Self {
-        let href = format!("{base}/job-definitions/{name}");
+        let href = definition_href(base, name);
         let mut links = Links::default();
         links.add("self", format!("{href}/versions"), "GET", "This list");
         links.add("up", href.clone(), "GET", "The job definition");
@@ -976,12 +986,7 @@ impl VersionListRepr {
                 .iter()
                 .map(|(v, at)| {
                     let mut links = Links::default();
-                    links.add(
-                        "self",
-                        format!("{href}/versions/{v}"),
-                        "GET",
-                        "This version",
-                    );
+                    links.add("self", version_href(base, name, *v), "GET", "This version");
                     VersionSummaryRepr {
                         version: *v,
                         date_created: Timestamp(*at),

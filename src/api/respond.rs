@@ -28,6 +28,19 @@ pub(super) fn json_response(status: StatusCode, body: &impl serde::Serialize) ->
     resp
 }
 
+/// JSON with its `ETag`, and a `Link` header that states `links` (the document's own `_links`).
+pub(super) fn linked_json(
+    status: StatusCode,
+    body: &impl serde::Serialize,
+    links: &repr::Links,
+) -> Response {
+    let mut resp = json_response(status, body);
+    if let Ok(v) = HeaderValue::from_str(&links.header()) {
+        resp.headers_mut().insert(header::LINK, v);
+    }
+    resp
+}
+
 /// `304 Not Modified` instead of `resp` when `If-None-Match` names its `ETag`.
 pub(super) fn unless_matched(resp: Response, headers: &HeaderMap) -> Response {
     match resp
@@ -56,11 +69,7 @@ pub(super) fn job_response(
     location: bool,
 ) -> Response {
     let body = JobRepr::new(base, record);
-    let mut resp = json_response(status, &body);
-    // The `Link` header states the document's own `_links`.
-    if let Ok(v) = HeaderValue::from_str(&body.links.header()) {
-        resp.headers_mut().insert(header::LINK, v);
-    }
+    let mut resp = linked_json(status, &body, &body.links);
     if location && let Ok(v) = HeaderValue::from_str(&format!("{base}/jobs/{}", record.job.id)) {
         resp.headers_mut().insert(header::LOCATION, v);
     }

@@ -11,7 +11,7 @@ use iri_string::template::UriTemplateStr;
 use iri_string::template::simple_context::{SimpleContext, Value as TemplateValue};
 
 use super::mapping::merge_patch;
-use super::request::FieldError;
+use super::request::{FieldError, pointer_token};
 use super::target::DefinitionName;
 
 /// Which definition, and which of its versions, a job was started from.
@@ -49,30 +49,22 @@ pub const START_OVERRIDES: [&str; 7] = [
     "autoConfirm",
 ];
 
-/// Whether a JSON Schema 2020-12 for the parameters is valid and can be compiled; where it is
-/// wrong, under `/parameters`. No `$ref` is fetched from anywhere (the crate is built without
-/// retrieving).
-fn check_schema(schema: &Value) -> Result<(), Vec<FieldError>> {
+/// A JSON Schema 2020-12 for the parameters, compiled: compiling checks it against the
+/// meta-schema too, and says where it is wrong (under `/parameters`). No `$ref` is fetched from
+/// anywhere (the crate is built without retrieving).
+fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, Vec<FieldError>> {
     if !schema.is_object() {
         return Err(vec![FieldError::new(
             "/parameters",
             "must be a JSON Schema (2020-12) object describing the parameters of a start",
         )]);
     }
-    if let Err(e) = jsonschema::draft202012::meta::validate(schema) {
-        return Err(vec![FieldError::new(
+    jsonschema::draft202012::new(schema).map_err(|e| {
+        vec![FieldError::new(
             format!("/parameters{}", e.instance_path().as_str()),
-            format!("is not valid JSON Schema 2020-12: {e}"),
-        )]);
-    }
-    jsonschema::draft202012::new(schema)
-        .map(|_| ())
-        .map_err(|e| {
-            vec![FieldError::new(
-                format!("/parameters{}", e.instance_path().as_str()),
-                format!("cannot be used as a JSON Schema: {e}"),
-            )]
-        })
+            format!("is not a JSON Schema 2020-12 that can be used: {e}"),
+        )]
+    })
 }
 
 /// The template members of a document's tasks that hold an expression (`{...}`): their
@@ -133,7 +125,7 @@ pub fn check_document(
     let mut errors = Vec::new();
     let schema = match document.get("parameters") {
         None => None,
-        Some(s) => match check_schema(s) {
+        Some(s) => match compile_schema(s) {
             Ok(_) => Some(s.clone()),
             Err(e) => {
                 errors.extend(e);
@@ -141,12 +133,13 @@ pub fn check_document(
             }
         },
     };
+    let templates = templated(&document);
     let mut samples = Vec::new();
-    for (pointer, text) in templated(&document) {
+    for (pointer, text) in &templates {
         match UriTemplateStr::new(text) {
             Ok(template) => samples.push((pointer, sample_expansion(template, schema.as_ref()))),
             Err(e) => errors.push(FieldError::new(
-                pointer,
+                pointer.as_str(),
                 format!("is not an RFC 6570 URI template: {e}"),
             )),
         }
@@ -159,13 +152,13 @@ pub fn check_document(
         job.remove("parameters");
     }
     for (pointer, text) in samples {
-        set_at(&mut job, &pointer, text);
+        set_at(&mut job, pointer, text);
     }
     check_job(&job).map_err(|errors| {
         errors
             .into_iter()
             .map(|mut e| {
-                if templated(&document).iter().any(|(p, _)| *p == e.pointer) {
+                if templates.iter().any(|(p, _)| *p == e.pointer) {
                     e.detail.push_str(
                         " (the template, with each variable its parameter's default, first enum or examples value, else x)",
                     );
@@ -264,7 +257,7 @@ pub fn parse_start(body: &Value) -> Result<Start, Vec<FieldError>> {
                 start.overrides.insert(key.clone(), value.clone());
             }
             other => errors.push(FieldError::new(
-                format!("/{}", other.replace('~', "~0").replace('/', "~1")),
+                format!("/{}", pointer_token(other)),
                 format!(
                     "is not a member of a start: it takes parameters, version, {}",
                     START_OVERRIDES.join(", ")
@@ -302,13 +295,7 @@ pub fn instantiate(document: &Value, start: &Start) -> Result<Value, Vec<FieldEr
     let mut parameters = start.parameters.clone();
     if let Some(schema) = document.get("parameters") {
         fill_defaults(schema, &mut parameters);
-        // Checked against the meta-schema when it was PUT: compiled only.
-        let validator = jsonschema::draft202012::new(schema).map_err(|e| {
-            vec![FieldError::new(
-                "/parameters",
-                format!("the definition's parameter schema cannot be used: {e}"),
-            )]
-        })?;
+        let validator = compile_schema(schema)?;
         let instance = Value::Object(parameters.clone());
         let errors: Vec<FieldError> = validator
             .iter_errors(&instance)
@@ -318,7 +305,7 @@ pub fn instantiate(document: &Value, start: &Start) -> Result<Value, Vec<FieldEr
                     && let Some(p) = property.as_str()
                 {
                     pointer.push('/');
-                    pointer.push_str(&p.replace('~', "~0").replace('/', "~1"));
+                    pointer.push_str(&pointer_token(p));
                 }
                 FieldError::new(pointer, e.to_string())
             })

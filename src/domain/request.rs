@@ -19,6 +19,11 @@ pub struct FieldError {
     pub detail: String,
 }
 
+/// A key as one reference token of a JSON Pointer (RFC 6901): `~` as `~0`, `/` as `~1`.
+pub fn pointer_token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
 impl FieldError {
     pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
         FieldError {
@@ -250,7 +255,7 @@ fn pointer_of(path: &serde_path_to_error::Path) -> String {
         out.push('/');
         match seg {
             Segment::Seq { index } => out.push_str(&index.to_string()),
-            Segment::Map { key } => out.push_str(&key.replace('~', "~0").replace('/', "~1")),
+            Segment::Map { key } => out.push_str(&pointer_token(key)),
             Segment::Enum { variant } => out.push_str(variant),
             Segment::Unknown => out.push('?'),
         }
@@ -422,7 +427,7 @@ fn mapping_pairs(
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (target, source) in map.iter().flatten() {
-        let escaped = target.replace('~', "~0").replace('/', "~1");
+        let escaped = pointer_token(target);
         let here = format!("{pointer}/{escaped}");
         // Deeper than a body may nest: a target would build a shared state nobody can read back.
         let too_deep = |ptr: &str| {
@@ -498,7 +503,7 @@ pub fn nul_errors(value: &Value) -> Vec<FieldError> {
                 for (key, item) in map {
                     let len = pointer.len();
                     pointer.push('/');
-                    pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                    pointer.push_str(&pointer_token(key));
                     if key.contains('\0') {
                         out.push(FieldError::new(
                             pointer.clone(),

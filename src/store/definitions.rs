@@ -9,7 +9,6 @@ use crate::domain::DefinitionName;
 pub struct DefinitionRecord {
     pub name: DefinitionName,
     pub latest: i32,
-    pub description: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub retired_at: Option<DateTime<Utc>>,
@@ -17,6 +16,13 @@ pub struct DefinitionRecord {
     pub version: i32,
     pub document: Value,
     pub version_created_at: DateTime<Utc>,
+}
+
+impl DefinitionRecord {
+    /// The version's description (its document's).
+    pub fn description(&self) -> Option<&str> {
+        self.document.get("description").and_then(Value::as_str)
+    }
 }
 
 /// What a PUT did.
@@ -28,7 +34,7 @@ pub enum Put {
     Same(i32),
 }
 
-const COLUMNS: &str = "d.name, d.latest, d.description, d.created_at, d.updated_at, \
+const COLUMNS: &str = "d.name, d.latest, d.created_at, d.updated_at, \
     d.retired_at, v.version, v.document, v.created_at AS version_created_at";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<DefinitionRecord> {
@@ -36,7 +42,6 @@ fn from_row(row: &tokio_postgres::Row) -> Result<DefinitionRecord> {
     Ok(DefinitionRecord {
         name: DefinitionName::try_from(name).map_err(corrupt)?,
         latest: row.try_get("latest")?,
-        description: row.try_get("description")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         retired_at: row.try_get("retired_at")?,
@@ -56,13 +61,12 @@ pub async fn put_definition(
     hash: &str,
 ) -> Result<Put> {
     let tx = client.transaction().await?;
-    let description = document.get("description").and_then(Value::as_str);
     let created = tx
         .query_opt(
-            "INSERT INTO job_definitions (name, latest, description, created_at, updated_at)
-             VALUES ($1, 1, $2, now(), now())
+            "INSERT INTO job_definitions (name, latest, created_at, updated_at)
+             VALUES ($1, 1, now(), now())
              ON CONFLICT (name) DO NOTHING RETURNING name",
-            &[&name.as_str(), &description],
+            &[&name.as_str()],
         )
         .await?;
     let outcome = if created.is_some() {
@@ -101,10 +105,9 @@ pub async fn put_definition(
             )
             .await?;
             tx.execute(
-                "UPDATE job_definitions SET latest = $2, description = $3, retired_at = NULL,
-                     updated_at = now()
+                "UPDATE job_definitions SET latest = $2, retired_at = NULL, updated_at = now()
                  WHERE name = $1",
-                &[&name.as_str(), &next, &description],
+                &[&name.as_str(), &next],
             )
             .await?;
             Put::Created(next)

@@ -15,16 +15,17 @@ use serde_json::{Map, Value};
 
 use super::super::app::AppState;
 use super::super::auth::Actor;
-use super::super::definitions::start_from;
+use super::super::definitions::{read, start_from};
 use super::super::error::ApiError;
 use super::super::extract::read_body;
 use super::super::negotiate::vary_accept;
+use super::super::repr::{DefinitionListRepr, DefinitionRepr, Links, VersionListRepr};
 use super::super::respond::base_url;
 use super::pages::Refusal;
 use super::render;
 use crate::domain::DefinitionName;
 use crate::domain::definition::Start;
-use crate::domain::request::FieldError;
+use crate::domain::request::{FieldError, pointer_token};
 use crate::store::DefinitionRecord;
 
 /// One row of the list.
@@ -45,28 +46,35 @@ struct ListPage {
     next: Option<String>,
 }
 
-/// `/job-definitions` for a browser.
+/// `/job-definitions` for a browser, from the list's representation.
 pub fn definition_list(
     base: &str,
     rows: &[DefinitionRecord],
     next: Option<String>,
 ) -> Result<Response, ApiError> {
+    let list = DefinitionListRepr::new(base, rows, String::new(), next);
     let page = ListPage {
         base: base.to_string(),
-        rows: rows
+        rows: list
+            .definitions
             .iter()
             .map(|d| DefinitionRow {
                 name: d.name.to_string(),
-                href: format!("{base}/job-definitions/{}", d.name),
-                description: d.description.clone().unwrap_or_default(),
-                version: d.latest,
-                retired: d.retired_at.is_some(),
-                updated: super::pages::shown(d.updated_at),
+                href: href(&d.links, "self"),
+                description: d.description.unwrap_or_default().to_string(),
+                version: d.version,
+                retired: d.retired,
+                updated: super::pages::shown(d.date_updated.0),
             })
             .collect(),
-        next,
+        next: list.links.get("next").map(|l| l.href.clone()),
     };
     render(StatusCode::OK, &page)
+}
+
+/// A link's target, from a representation's `_links` (empty when it is not there).
+fn href(links: &Links, rel: &str) -> String {
+    links.get(rel).map(|l| l.href.clone()).unwrap_or_default()
 }
 
 #[derive(Template)]
@@ -84,15 +92,19 @@ pub fn versions(
     name: &DefinitionName,
     versions: &[(i32, chrono::DateTime<chrono::Utc>)],
 ) -> Result<Response, ApiError> {
-    let href = format!("{base}/job-definitions/{name}");
+    let list = VersionListRepr::new(base, name, versions);
     let page = VersionsPage {
         base: base.to_string(),
         name: name.to_string(),
-        versions: versions
+        versions: list
+            .versions
             .iter()
-            .map(|(v, at)| (*v, format!("{href}/versions/{v}"), super::pages::shown(*at)))
+            .map(|v| {
+                let at = super::pages::shown(v.date_created.0);
+                (v.version, href(&v.links, "self"), at)
+            })
             .collect(),
-        href,
+        href: href(&list.links, "up"),
     };
     render(StatusCode::OK, &page)
 }
@@ -188,7 +200,8 @@ pub fn definition(
     d: &DefinitionRecord,
     entered: Option<Entered>,
 ) -> Result<Response, ApiError> {
-    let href = format!("{base}/job-definitions/{}", d.name);
+    // The links the JSON answer carries: the form is offered where `start` is.
+    let repr = DefinitionRepr::new(base, d, d.version != d.latest);
     let schema = d.document.get("parameters");
     let mut errors = entered
         .as_ref()
@@ -197,7 +210,7 @@ pub fn definition(
     let mut fields = Vec::new();
     for (name, prop, required) in properties(schema) {
         let id = format!("p-{name}");
-        let pointer = format!("/parameters/{}", name.replace('~', "~0").replace('/', "~1"));
+        let pointer = format!("/parameters/{}", pointer_token(name));
         // Everything refused at or under this parameter is shown beside it.
         let (mine, rest): (Vec<FieldError>, Vec<FieldError>) = errors
             .into_iter()
@@ -280,15 +293,15 @@ pub fn definition(
         version: d.version,
         latest: d.latest,
         retired: d.retired_at.is_some(),
-        description: d.description.clone(),
+        description: d.description().map(str::to_string),
         // A form starts the latest version (the API can start any with `version`).
-        start_href: (crate::domain::actions::start_refusal(d.retired_at).is_none()
-            && d.version == d.latest)
-            .then(|| format!("{href}/jobs")),
+        start_href: (d.version == d.latest)
+            .then(|| repr.links.get("start").map(|l| l.href.clone()))
+            .flatten(),
         fields,
         refused,
-        versions_href: format!("{href}/versions"),
-        jobs_href: format!("{base}/jobs?definition={}", d.name),
+        versions_href: href(&repr.links, "versions"),
+        jobs_href: href(&repr.links, "jobs"),
         document: serde_json::to_string_pretty(&d.document).unwrap_or_default(),
     };
     let status = if entered.is_some() {
@@ -346,12 +359,7 @@ pub async fn start_form(
     let values: HashMap<String, String> = url::form_urlencoded::parse(&bytes)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let d = {
-        let client = super::super::db::db(state).await?;
-        super::super::db::within(state, crate::store::get_definition(&client, name, None))
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no job definition {name}")))?
-    };
+    let d = read(state, name, None).await?;
     let mut parameters = Map::new();
     for (prop_name, prop, _) in properties(d.document.get("parameters")) {
         if let Some(v) = typed(prop, values.get(prop_name).map(String::as_str)) {
@@ -364,7 +372,7 @@ pub async fn start_form(
         overrides: Map::new(),
     };
     let request = serde_json::json!({"parameters": parameters, "version": d.version});
-    match start_from(state, actor, headers, None, name, &start, &request).await {
+    match start_from(state, actor, headers, None, &d, &start, &request).await {
         Ok(resp) => {
             let location = resp
                 .headers()

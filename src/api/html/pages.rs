@@ -253,7 +253,8 @@ struct JobPage {
     description: Option<String>,
     correlation_id: String,
     tags: String,
-    /// The definition it was started from: its name and version, and the version's page.
+    /// The definition it was started from: its name and version, and the definition's page
+    /// (where its form is).
     definition: Option<(String, i32, String)>,
     created: String,
     deadline: String,
@@ -308,7 +309,7 @@ pub async fn job(
             (
                 d.name.to_string(),
                 d.version,
-                format!("{base}/job-definitions/{}", d.name),
+                repr::definition_href(base, &d.name),
             )
         }),
         created: shown(r.date_created.0),
