@@ -1,5 +1,5 @@
 //! Group commit: the writes of many jobs go to PostgreSQL together, a batch in two statements
-//! and two commits at most, instead of a transaction each. Both kinds of hot-path write take part:
+//! and one commit, instead of a transaction each. Both kinds of hot-path write take part:
 //! new jobs being accepted and drivers' saves.
 //!
 //! Whoever has a write queues it and, if a writer slot is free, starts a writer task that writes
@@ -7,7 +7,7 @@
 //! flight; while they run, the next writes gather into the next batch. Nobody who queues a write
 //! waits for more than the batch that carries it. All the saves of a batch are one statement
 //! (`store::save_many`), all its new jobs another (`store::insert_many`); the two are pipelined
-//! on one connection, each its own transaction and commit.
+//! on one connection in one transaction.
 
 use std::sync::{Arc, Mutex};
 
@@ -151,10 +151,27 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
     };
     let save_refs: Vec<&Save> = saves.iter().map(|(s, _)| s).collect();
     let job_refs: Vec<(&NewJobRow, &JobRecord)> = new_jobs.iter().map(|(r, j)| (r, j)).collect();
-    // Two statements at most, pipelined, each its own transaction: the saves' commit is
-    // synchronous if any save needs it; the new jobs' always is (the session's default).
-    let durable = save_refs.iter().any(|s| s.durable);
-    let (saved, inserted) = futures::future::join(
+    // Two statements at most, pipelined in one transaction and one commit when the batch has
+    // both kinds (new jobs are always committed synchronously, so then the saves are too);
+    // otherwise the one statement is its own transaction, synchronous if any save needs it.
+    let both = !save_refs.is_empty() && !job_refs.is_empty();
+    let durable = both || save_refs.iter().any(|s| s.durable);
+    // Prepared first, so that nothing in either statement waits after BEGIN has gone: they go
+    // in the order they are polled, and the COMMIT after them.
+    let prepared = if both {
+        store::prepare_batch(&client).await
+    } else {
+        Ok(())
+    };
+    let both = both && prepared.is_ok();
+    let (begun, saved, inserted, committed) = futures::future::join4(
+        async {
+            if both {
+                client.batch_execute("BEGIN").await
+            } else {
+                Ok(())
+            }
+        },
         async {
             if save_refs.is_empty() {
                 Ok(Vec::new())
@@ -169,13 +186,26 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
                 store::insert_many(&client, &job_refs).await
             }
         },
+        async {
+            if both {
+                client.batch_execute("COMMIT").await
+            } else {
+                Ok(())
+            }
+        },
     )
     .await;
-    // A statement that failed committed nothing of its writes: write each of them on its own,
-    // so that one bad write fails only itself. (Should a commit itself have failed on a lost
-    // connection, its fate is unknown, as for any single write: a save written again is
-    // harmless, being fenced and stating whole rows; a new job written again fails on its id,
-    // and its client hears an error, as it would have without batching.)
+    // In one transaction, a statement that failed took the other's writes with it (the COMMIT
+    // of a failed transaction rolls it back): both are written again below, each on its own.
+    let (saved, inserted) =
+        if both && (begun.is_err() || committed.is_err() || saved.is_err() || inserted.is_err()) {
+            (
+                Err(StoreError::Unavailable("the batch was rolled back".into())),
+                Err(StoreError::Unavailable("the batch was rolled back".into())),
+            )
+        } else {
+            (saved, inserted)
+        };
     match saved {
         Ok(saved) if saved.len() == saves.len() => {
             for (result, (_, reply)) in saved.into_iter().zip(saves) {

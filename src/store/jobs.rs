@@ -63,6 +63,63 @@ pub async fn insert_job(
         .ok_or_else(|| corrupt("one new job written, no outcome"))?
 }
 
+/// `insert_many`'s statement: the jobs, their first events and their tasks, in one.
+const INSERT_MANY: &str = "WITH j AS (
+            INSERT INTO jobs (id, source, status, fields, correlation_id, tags, auto_confirm,
+                retry_policy, shared_state, task_count, created_at, updated_at, deadline,
+                lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
+                request_hash, traceparent, event_seq, key_holder)
+            SELECT n.id, n.source, n.status, n.fields, n.correlation_id,
+                ($5::text[])[n.tags_from:n.tags_to], n.auto_confirm, n.retry_policy,
+                n.shared_state, n.task_count, n.created_at, n.created_at, n.deadline,
+                n.owner, now() + make_interval(secs => n.ttl), 1, n.created_at, n.key,
+                n.hash, n.traceparent, CASE WHEN n.status = 'pending' THEN 1 ELSE 2 END,
+                n.holder
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $6::text[],
+                $7::int[], $8::int[], $9::bool[], $10::jsonb[], $11::jsonb[], $12::int[],
+                $13::timestamptz[], $14::timestamptz[], $15::text[], $16::float8[],
+                $17::text[], $18::text[], $19::text[], $30::text[])
+                AS n(id, source, status, fields, correlation_id, tags_from, tags_to,
+                     auto_confirm, retry_policy, shared_state, task_count, created_at,
+                     deadline, owner, ttl, key, hash, traceparent, holder)
+            ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING id, status, created_at, source
+         ), e AS (
+            -- Accepted (pending), and trying when its first Tries were planned in: the
+            -- event_seq given above. The events' shape is domain::Event's.
+            INSERT INTO job_events (job_id, last_seq, events)
+            SELECT id, CASE WHEN status = 'pending' THEN 1 ELSE 2 END,
+                jsonb_build_array(jsonb_build_object('at', created_at, 'type', 'status',
+                    'status', 'pending', 'message',
+                    CASE source WHEN 'atomikos' THEN 'accepted (Atomikos coordinator)'
+                                WHEN 'dtm' THEN 'accepted (DTM global transaction)'
+                                ELSE 'accepted' END))
+                || CASE WHEN status = 'pending' THEN '[]'::jsonb
+                        ELSE jsonb_build_array(jsonb_build_object('at', created_at,
+                            'type', 'status', 'status', status)) END
+            FROM j
+         ), t AS (
+            INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
+                link_uri, link_expires, attempts, start_time, callbacks)
+            SELECT u.job_id, u.idx, u.task_id, u.description, u.try_spec, u.status,
+                u.link_uri, u.link_expires, u.attempts, u.start_time, u.callbacks
+            FROM unnest($20::text[], $21::int[], $22::text[], $23::text[], $24::jsonb[],
+                $25::text[], $26::text[], $27::timestamptz[], $28::int[],
+                $29::timestamptz[], $31::jsonb[])
+                AS u(job_id, idx, task_id, description, try_spec, status, link_uri,
+                     link_expires, attempts, start_time, callbacks)
+            WHERE u.job_id IN (SELECT id FROM j)
+         )
+         SELECT id FROM j";
+
+/// Prepare (or find prepared) on this connection the two statements of a group-commit batch,
+/// so that pipelining them in one transaction sends them in order, with nothing to wait for.
+pub async fn prepare_batch(client: &impl GenericClient) -> Result<()> {
+    client.prepare_cached(&SAVE_MANY).await?;
+    client.prepare_cached(INSERT_MANY).await?;
+    Ok(())
+}
+
 /// Store new jobs and their tasks in one statement (see `insert_job`), each job's outcome in the
 /// order given. A job whose idempotency key was taken, before or earlier in the same list, is
 /// not stored and answers `Replay` (or its own error, should the holder of the key not be read).
@@ -156,57 +213,7 @@ pub async fn insert_many(
             expires.push(t.link.as_ref().map(|l| l.expires));
         }
     }
-    let stmt = client
-        .prepare_cached(
-            "WITH j AS (
-                INSERT INTO jobs (id, source, status, fields, correlation_id, tags, auto_confirm,
-                    retry_policy, shared_state, task_count, created_at, updated_at, deadline,
-                    lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
-                    request_hash, traceparent, event_seq, key_holder)
-                SELECT n.id, n.source, n.status, n.fields, n.correlation_id,
-                    ($5::text[])[n.tags_from:n.tags_to], n.auto_confirm, n.retry_policy,
-                    n.shared_state, n.task_count, n.created_at, n.created_at, n.deadline,
-                    n.owner, now() + make_interval(secs => n.ttl), 1, n.created_at, n.key,
-                    n.hash, n.traceparent, CASE WHEN n.status = 'pending' THEN 1 ELSE 2 END,
-                    n.holder
-                FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $6::text[],
-                    $7::int[], $8::int[], $9::bool[], $10::jsonb[], $11::jsonb[], $12::int[],
-                    $13::timestamptz[], $14::timestamptz[], $15::text[], $16::float8[],
-                    $17::text[], $18::text[], $19::text[], $30::text[])
-                    AS n(id, source, status, fields, correlation_id, tags_from, tags_to,
-                         auto_confirm, retry_policy, shared_state, task_count, created_at,
-                         deadline, owner, ttl, key, hash, traceparent, holder)
-                ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                RETURNING id, status, created_at, source
-             ), e AS (
-                -- Accepted (pending), and trying when its first Tries were planned in: the
-                -- event_seq given above. The events' shape is domain::Event's.
-                INSERT INTO job_events (job_id, last_seq, events)
-                SELECT id, CASE WHEN status = 'pending' THEN 1 ELSE 2 END,
-                    jsonb_build_array(jsonb_build_object('at', created_at, 'type', 'status',
-                        'status', 'pending', 'message',
-                        CASE source WHEN 'atomikos' THEN 'accepted (Atomikos coordinator)'
-                                    WHEN 'dtm' THEN 'accepted (DTM global transaction)'
-                                    ELSE 'accepted' END))
-                    || CASE WHEN status = 'pending' THEN '[]'::jsonb
-                            ELSE jsonb_build_array(jsonb_build_object('at', created_at,
-                                'type', 'status', 'status', status)) END
-                FROM j
-             ), t AS (
-                INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
-                    link_uri, link_expires, attempts, start_time, callbacks)
-                SELECT u.job_id, u.idx, u.task_id, u.description, u.try_spec, u.status,
-                    u.link_uri, u.link_expires, u.attempts, u.start_time, u.callbacks
-                FROM unnest($20::text[], $21::int[], $22::text[], $23::text[], $24::jsonb[],
-                    $25::text[], $26::text[], $27::timestamptz[], $28::int[],
-                    $29::timestamptz[], $31::jsonb[])
-                    AS u(job_id, idx, task_id, description, try_spec, status, link_uri,
-                         link_expires, attempts, start_time, callbacks)
-                WHERE u.job_id IN (SELECT id FROM j)
-             )
-             SELECT id FROM j",
-        )
-        .await?;
+    let stmt = client.prepare_cached(INSERT_MANY).await?;
     let params: [&(dyn ToSql + Sync); 31] = [
         &ids,
         &sources,
@@ -307,6 +314,37 @@ pub async fn load_job(client: &impl GenericClient, id: &JobId) -> Result<Option<
         }
     }
     Ok(Some(job_from_row(first, tasks)?))
+}
+
+/// Several jobs, each as `load_job` reads it, in one statement (one snapshot); the jobs that
+/// no longer exist are missing from the answer.
+pub async fn load_jobs(
+    client: &impl GenericClient,
+    ids: &[&str],
+) -> Result<HashMap<String, JobRecord>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS}, {TASK_COLUMNS}
+             FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id
+             WHERE j.id = ANY($1::text[]) ORDER BY j.id, t.idx"
+        ))
+        .await?;
+    let rows = client.query(&stmt, &[&ids]).await?;
+    let mut jobs = HashMap::new();
+    // A job's rows come together, one a task (or one with NULL task columns: no tasks).
+    for group in
+        rows.chunk_by(|a, b| a.try_get::<_, &str>("id").ok() == b.try_get::<_, &str>("id").ok())
+    {
+        let mut tasks = Vec::with_capacity(group.len());
+        for row in group {
+            if row.try_get::<_, Option<i32>>("idx")?.is_some() {
+                tasks.push(task_from_row(row)?);
+            }
+        }
+        let record = job_from_row(&group[0], tasks)?;
+        jobs.insert(record.job.id.to_string(), record);
+    }
+    Ok(jobs)
 }
 
 /// What the engine must learn after a client request: the flags and tasks registered since.
