@@ -10,6 +10,7 @@
 //! `tcc-signature: sha256=<hex HMAC-SHA256 of the exact body>`. Any 2xx delivers it; the answer
 //! is read at most 64 KiB, within the call's timeout.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ use crate::store::{self, ClaimedNotification, Delivery, StoreError};
 
 /// The most notifications claimed at once.
 const BATCH: i64 = 32;
+/// How long notifications gather before a claim that is not a full batch's follow-up: a batch
+/// costs four statements (claim, the jobs, their notifications, the outcomes) however many it
+/// carries, and a notification is on its way no more than this much later.
+const GATHER: Duration = Duration::from_millis(20);
 /// The most of a receiver's answer that is read.
 const MAX_ANSWER: usize = 64 * 1024;
 /// Backoff between attempts: from 1 s, doubling, at most 10 minutes (with jitter).
@@ -145,11 +150,22 @@ impl Notifier {
                     _ = this.signal.notified() => {}
                     _ = tokio::time::sleep(this.settings.scan_interval) => {}
                 }
+                if !this.gather(&stop).await {
+                    return;
+                }
                 continue;
             }
+            let full = claimed.len() as i64 >= BATCH;
+            let jobs = this.jobs(&claimed).await;
             let deliveries = claimed.into_iter().map(|c| {
                 let this = this.clone();
-                async move { this.attempt(c).await }
+                let job = match &jobs {
+                    Ok(jobs) => jobs.get(c.job_id.as_str()).cloned().ok_or_else(|| {
+                        Attempt::Permanent(format!("job {} no longer exists", c.job_id))
+                    }),
+                    Err(e) => Err(Attempt::Again(format!("the job could not be read: {e}"))),
+                };
+                async move { this.attempt(c, job).await }
             });
             // A shutdown waits for the attempts under way (each bounded by its timeout); what
             // is not recorded goes out again once its claim lapses.
@@ -162,9 +178,17 @@ impl Notifier {
                 // The claims lapse and the notifications are attempted again.
                 tracing::warn!(error = %e, "notification outcomes not recorded");
             }
-            if stop.is_cancelled() {
+            if stop.is_cancelled() || (!full && !this.gather(&stop).await) {
                 return;
             }
+        }
+    }
+
+    /// Let the next batch gather (`GATHER`). `false`: stopped meanwhile.
+    async fn gather(&self, stop: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(GATHER) => true,
         }
     }
 
@@ -173,10 +197,26 @@ impl Notifier {
         store::claim_notifications(&client, BATCH, self.settings.call_timeout * 3).await
     }
 
+    /// The claimed notifications' jobs as their representations show them, read together.
+    async fn jobs(
+        &self,
+        claimed: &[ClaimedNotification],
+    ) -> Result<HashMap<String, Arc<store::JobRecord>>, StoreError> {
+        let mut ids: Vec<&str> = claimed.iter().map(|c| c.job_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let client = self.pool.get().await?;
+        Ok(store::load_shown_many(&client, &ids)
+            .await?
+            .into_iter()
+            .map(|(id, record)| (id, Arc::new(record)))
+            .collect())
+    }
+
     /// One attempt, counted and logged; its outcome to record.
-    async fn attempt(&self, c: ClaimedNotification) -> (i64, Delivery) {
+    async fn attempt(&self, c: ClaimedNotification, job: Shown) -> (i64, Delivery) {
         let channel = Channel::parse(&c.n.channel).unwrap_or(Channel::Webhook);
-        let outcome = match self.deliver(&c, channel).await {
+        let outcome = match self.deliver(&c, channel, job).await {
             Ok(()) => Delivery::Delivered,
             Err(Attempt::Permanent(e)) => Delivery::Failed(e),
             Err(Attempt::Again(e)) => {
@@ -213,13 +253,18 @@ impl Notifier {
         (c.n.id, outcome)
     }
 
-    async fn deliver(&self, c: &ClaimedNotification, channel: Channel) -> Result<(), Attempt> {
+    async fn deliver(
+        &self,
+        c: &ClaimedNotification,
+        channel: Channel,
+        job: Shown,
+    ) -> Result<(), Attempt> {
         if channel == Channel::Email {
-            return self.email(c).await;
+            return self.email(c, job).await;
         }
         crate::outbound::check(&self.settings.targets, &c.n.target)
             .map_err(|r| Attempt::Permanent(r.0))?;
-        let body = self.body(c).await?;
+        let body = self.body(c, &*job?)?;
         let mut req = self
             .http
             .post(&c.n.target)
@@ -267,7 +312,7 @@ impl Notifier {
     /// An email to the contact: subject the job id and correlation id; the text what a heuristic
     /// outcome means, every task with its status, link and last message, the job's URL, and how
     /// to continue or resolve it.
-    async fn email(&self, c: &ClaimedNotification) -> Result<(), Attempt> {
+    async fn email(&self, c: &ClaimedNotification, job: Shown) -> Result<(), Attempt> {
         let Some(smtp) = &self.settings.smtp else {
             return Err(Attempt::Permanent(format!(
                 "no email was sent to {}: no SMTP server is configured (TCC_SMTP_URL)",
@@ -277,7 +322,7 @@ impl Notifier {
         let to: Mailbox = c.n.target.parse().map_err(|e| {
             Attempt::Permanent(format!("{:?} is not an email address: {e}", c.n.target))
         })?;
-        let record = self.record(c).await?;
+        let record = job?;
         let job = &record.job;
         let base = &self.settings.base_url;
         let url = format!("{base}/jobs/{}", job.id);
@@ -323,28 +368,24 @@ impl Notifier {
         }
     }
 
-    async fn record(&self, c: &ClaimedNotification) -> Result<store::JobRecord, Attempt> {
-        async {
-            let client = self.pool.get().await?;
-            store::load_shown(&client, &c.job_id).await
-        }
-        .await
-        .map_err(|e| Attempt::Again(format!("the job could not be read: {e}")))?
-        .ok_or_else(|| Attempt::Permanent(format!("job {} no longer exists", c.job_id)))
-    }
-
     /// The body (`{"event", "job"}`) and the job's correlation id.
-    async fn body(&self, c: &ClaimedNotification) -> Result<(Vec<u8>, Option<String>), Attempt> {
-        let record = self.record(c).await?;
+    fn body(
+        &self,
+        c: &ClaimedNotification,
+        record: &store::JobRecord,
+    ) -> Result<(Vec<u8>, Option<String>), Attempt> {
         let doc = serde_json::json!({
             "event": c.n.event,
-            "job": JobRepr::new(&self.settings.base_url, &record),
+            "job": JobRepr::new(&self.settings.base_url, record),
         });
         let bytes = serde_json::to_vec(&doc)
             .map_err(|e| Attempt::Permanent(format!("the body could not be written: {e}")))?;
         Ok((bytes, Some(record.job.correlation_id.clone())))
     }
 }
+
+/// A claimed notification's job, read with its batch's (or why it could not be).
+type Shown = Result<Arc<store::JobRecord>, Attempt>;
 
 enum Attempt {
     /// Worth another attempt (the receiver is down, slow, or answered other than 2xx).

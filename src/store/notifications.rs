@@ -64,6 +64,30 @@ pub async fn load_shown(client: &impl GenericClient, id: &JobId) -> Result<Optio
     Ok(Some(record))
 }
 
+/// Several jobs as their representations show them (`load_shown` for each), in two statements
+/// sent together: what the notifier reads for a batch of claimed notifications.
+pub async fn load_shown_many(
+    client: &impl GenericClient,
+    ids: &[&str],
+) -> Result<HashMap<String, JobRecord>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT job_id, {COLUMNS} FROM notifications WHERE job_id = ANY($1::text[])
+             ORDER BY job_id, id"
+        ))
+        .await?;
+    let (jobs, notifications) =
+        futures::future::join(load_jobs(client, ids), client.query(&stmt, &[&ids])).await;
+    let mut jobs = jobs?;
+    for row in notifications? {
+        let job_id: &str = row.try_get("job_id")?;
+        if let Some(record) = jobs.get_mut(job_id) {
+            record.notifications.push(from_row(&row)?);
+        }
+    }
+    Ok(jobs)
+}
+
 /// A notification claimed for one delivery attempt.
 #[derive(Debug, Clone)]
 pub struct ClaimedNotification {

@@ -276,6 +276,59 @@ async fn a_receiver_that_fails_three_times_gets_it_when_it_is_back() {
 }
 
 #[tokio::test]
+async fn notifications_claimed_together_each_carry_their_own_job() {
+    let r = Receiver::start().await;
+    r.fail_first("held", &[STALL]);
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut first = job_of(&[("a", p.url("held-a"))]);
+    first["jobSuccessURL"] = json!(r.url("held"));
+    let held = app.submit(&first).await;
+    // The notifier is held by that delivery until the call's timeout (2 s): the callbacks of
+    // the jobs below gather meanwhile, and are claimed and read together.
+    let attempted = eventually(|| async {
+        app.get_job(&held).await["notifications"]
+            .as_array()
+            .is_some_and(|ns| ns.iter().any(|n| n["attempts"].as_i64() >= Some(1)))
+    })
+    .await;
+    assert!(attempted, "the held callback is being delivered");
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let mut doc = job_of(&[
+            ("a", p.url(&format!("many-{i}-a"))),
+            ("b", p.url(&format!("many-{i}-b"))),
+        ]);
+        doc["correlationID"] = json!(format!("many-{i}"));
+        doc["jobSuccessURL"] = json!(r.url(&format!("many-{i}")));
+        ids.push(app.submit(&doc).await);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let got = r.wait_for(&format!("many-{i}")).await;
+        assert_eq!(got.header("correlation-id"), Some(format!("many-{i}")));
+        let job = &got.json()["job"];
+        assert_eq!(job["jobID"], id.as_str());
+        for t in ["a", "b"] {
+            assert_eq!(
+                task(job, t)["taskURL"],
+                p.url(&format!("many-{i}-{t}")),
+                "job {i}'s own tasks: {job:#}"
+            );
+        }
+        let targets: Vec<&Value> = job["notifications"]
+            .as_array()
+            .map(|ns| ns.iter().map(|n| &n["target"]).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            targets,
+            [&json!(r.url(&format!("many-{i}")))],
+            "job {i}'s own notifications"
+        );
+        assert_eq!(r.got(&format!("many-{i}")).len(), 1);
+    }
+}
+
+#[tokio::test]
 async fn a_receiver_that_never_answers_is_timed_out_and_tried_again() {
     let r = Receiver::start().await;
     r.fail_first("stuck", &[STALL]);
