@@ -19,6 +19,10 @@ use crate::store::{self, Inserted, JobRecord, NewJobRow, Save, Saved, StoreError
 
 /// The most writes one batch carries.
 const MAX_BATCH: usize = 64;
+/// While a batch is being written, another writer starts only when this many writes wait:
+/// until then the next batch gathers behind the one in flight, and the fixed cost of its
+/// statements and commit is shared by more writes.
+const SPILL: usize = 16;
 
 /// One queued write and where its outcome goes.
 enum Write {
@@ -36,6 +40,7 @@ pub struct GroupCommit {
     /// in normal operation; past it a new job is refused (503), never queued.
     bound: usize,
     writers: Arc<Semaphore>,
+    slots: usize,
     /// The writer tasks are the engine's: awaited at shutdown.
     tracker: TaskTracker,
 }
@@ -46,6 +51,7 @@ impl GroupCommit {
             queue: Mutex::new(Vec::new()),
             bound: bound.max(1),
             writers: Arc::new(Semaphore::new(writers.max(1))),
+            slots: writers.max(1),
             tracker,
         }
     }
@@ -58,8 +64,12 @@ impl GroupCommit {
     /// Write a driver's `save` with whatever else is waiting, and return its outcome.
     pub async fn save(self: &Arc<Self>, pool: &Pool, save: Save) -> Result<Saved, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.lock().push(Write::Save(Box::new(save), tx));
-        self.kick(pool);
+        let queued = {
+            let mut q = self.lock();
+            q.push(Write::Save(Box::new(save), tx));
+            q.len()
+        };
+        self.kick(pool, queued);
         rx.await
             .map_err(|_| StoreError::Unavailable("the write was abandoned".into()))?
     }
@@ -73,21 +83,27 @@ impl GroupCommit {
         record: JobRecord,
     ) -> Result<Inserted, StoreError> {
         let (tx, rx) = oneshot::channel();
-        {
+        let queued = {
             let mut q = self.lock();
             if q.len() >= self.bound {
                 return Err(StoreError::Overloaded("the accept queue is full"));
             }
             q.push(Write::Insert(Box::new((row, record)), tx));
-        }
-        self.kick(pool);
+            q.len()
+        };
+        self.kick(pool, queued);
         rx.await
             .map_err(|_| StoreError::Unavailable("the write was abandoned".into()))?
     }
 
-    /// Start a writer if a slot is free. Otherwise every slot is taken, and a running writer
-    /// finds the queued write when it looks again.
-    fn kick(self: &Arc<Self>, pool: &Pool) {
+    /// Start a writer if none is writing, or if `queued` writes are enough to spill over to
+    /// another free slot. Otherwise a running writer finds the queued write when it looks again
+    /// (a writer looks once more after giving its slot back).
+    fn kick(self: &Arc<Self>, pool: &Pool, queued: usize) {
+        let writing = self.slots - self.writers.available_permits();
+        if writing > 0 && queued < SPILL {
+            return;
+        }
         if let Ok(slot) = self.writers.clone().try_acquire_owned() {
             let (this, pool) = (self.clone(), pool.clone());
             self.tracker
