@@ -22,7 +22,7 @@ const MAX_BATCH: usize = 64;
 /// While a batch is being written, another writer starts only when this many writes wait:
 /// until then the next batch gathers behind the one in flight, and the fixed cost of its
 /// statements and commit is shared by more writes.
-const SPILL: usize = 16;
+const SPILL: usize = 32;
 
 /// One queued write and where its outcome goes.
 enum Write {
