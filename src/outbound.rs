@@ -64,6 +64,14 @@ pub fn check(policy: &TargetPolicy, url: &str) -> Result<(), TargetRefused> {
         .map_err(|why| TargetRefused(format!("{url} {why}")))
 }
 
+/// `url` parsed and checked against the target policy: parsed once, for the check and the call.
+pub fn checked(policy: &TargetPolicy, url: &str) -> Result<url::Url, TargetRefused> {
+    let why = |why: String| TargetRefused(format!("{url} {why}"));
+    let parsed = url::Url::parse(url).map_err(|e| why(format!("is not a URL: {e}")))?;
+    policy.check_parsed(&parsed).map_err(why)?;
+    Ok(parsed)
+}
+
 /// The policy's refusal inside a reqwest error (from the resolver), if that is what it was.
 pub fn refusal(e: &reqwest::Error) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);

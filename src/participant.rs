@@ -124,7 +124,7 @@ impl ParticipantClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>), Failure> {
-        crate::outbound::check(&self.policy, url).map_err(|r| Failure::Refused(r.0))?;
+        let url = crate::outbound::checked(&self.policy, url).map_err(|r| Failure::Refused(r.0))?;
         let mut req = self
             .http
             .request(method, url)

@@ -184,6 +184,12 @@ impl TargetPolicy {
     /// to are judged by [`TargetPolicy::resolved_allowed`] when it is called); why not otherwise.
     pub fn check_url(&self, url: &str) -> Result<(), String> {
         let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
+        self.check_parsed(&parsed)
+    }
+
+    /// `check_url` for a URL already parsed (a participant call parses its URL once, for this
+    /// and for the call).
+    pub fn check_parsed(&self, parsed: &url::Url) -> Result<(), String> {
         match parsed.host() {
             None => Err("has no host".into()),
             Some(url::Host::Ipv4(v4)) => self.check_ip(IpAddr::V4(v4)),
