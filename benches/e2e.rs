@@ -23,6 +23,9 @@
 //! JCL job in ten (a stub that answers 204). `--bare` measures without the keys and callbacks.
 //! `--wal-stats` prints, after each point, what its WAL consisted of (`pg_walinspect`: bytes and
 //! records per job by record type, full-page images apart).
+//! `--pairs N` (with dtmrs) measures each point N times as a pair, this coordinator and then
+//! dtmrs with both servers up, and prints each pair's ratio and their median: the machine's
+//! speed drifts within minutes, and a pair's two halves are seconds apart.
 //! `--with-dtmrs` measures dtmrs (DTM's HTTP protocol) the same way, on its own database in the
 //! same cluster, with the same stubs and the same finish line: per job the client prepares a
 //! global transaction, registers each branch and calls its Try (in turn, as DTM's clients do),
@@ -162,6 +165,9 @@ struct Opts {
     bare: bool,
     /// After each point, its WAL by record type.
     wal_stats: bool,
+    /// With dtmrs: measure each point this many times as a pair (this coordinator, then dtmrs,
+    /// both servers up), instead of every point of one system and then the other's.
+    pairs: usize,
 }
 
 /// How a point is measured, besides its size.
@@ -191,6 +197,7 @@ fn opts() -> Opts {
         instances: vec![1],
         bare: false,
         wal_stats: false,
+        pairs: 0,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -219,6 +226,11 @@ fn opts() -> Opts {
             "--with-callback" => o.callback = true,
             "--bare" => o.bare = true,
             "--wal-stats" => o.wal_stats = true,
+            "--pairs" => {
+                o.pairs = next.parse().unwrap_or(0);
+                o.dtmrs = o.pairs > 0 || o.dtmrs;
+                i += 1;
+            }
             "--sweep" => {
                 o.sweep = next.parse().unwrap_or(0);
                 i += 1;
@@ -732,6 +744,10 @@ async fn measure(
     };
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    // Each measurement's ids are its own (a point measured again, as `--pairs` does, must not
+    // reuse a transaction id).
+    static MEASUREMENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let round = MEASUREMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..concurrency {
         let addr = server.addrs[c % server.addrs.len()].clone();
@@ -742,7 +758,7 @@ async fn measure(
             let mut n = 0u64;
             while Instant::now() < until {
                 n += 1;
-                let corr = format!("b{tasks}-{concurrency}-{c}-{n}");
+                let corr = format!("b{round}-{tasks}-{concurrency}-{c}-{n}");
                 let (tx, rx) = oneshot::channel();
                 stubs
                     .waiting
@@ -1277,6 +1293,44 @@ fn main() {
         };
 
         let mut points = Vec::new();
+        if o.pairs > 0 {
+            let bin = dtmrs_binary(&out_dir).expect("dtmrs, for --pairs");
+            create_database(&admin, DTMRS_DB)
+                .await
+                .expect("create the dtmrs database");
+            let dtm = start_dtmrs(&bin, pg.socket_dir(), DTMRS_DB);
+            wait_ready(&http, &dtm, "/health").await;
+            let ours = start_coordinator(&db_url, 1, !o.bare);
+            wait_ready(&http, &ours, "/health/ready").await;
+            let how = Measuring { features: !o.bare, wal_stats: false };
+            for &t in &o.tasks {
+                for &c in &o.concurrency {
+                    let mut ratios = Vec::new();
+                    for pair in 1..=o.pairs {
+                        let a = measure(&ours, &stubs, &http, t, c, o.seconds, &admin, db, postmaster, how).await;
+                        let b = measure(&dtm, &stubs, &http, t, c, o.seconds, &admin, DTMRS_DB, postmaster, how).await;
+                        let ratio = if b.per_sec > 0.0 { a.per_sec / b.per_sec } else { 0.0 };
+                        let cpu = |p: &Point| p.cpu_per_1000 + p.pg_cpu_per_1000 + p.harness_cpu_per_1000;
+                        println!(
+                            "pair {pair} tasks={t} concurrency={c:<4} ours jobs/s={:>8.1} cpu-ms/job={:.2} xacts/job={:.2}  dtmrs jobs/s={:>7.1} cpu-ms/job={:.2}  ours/dtmrs={ratio:.2}x",
+                            a.per_sec, cpu(&a), a.commits_per_job, b.per_sec, cpu(&b)
+                        );
+                        ratios.push(ratio);
+                        points.push(a);
+                        points.push(b);
+                    }
+                    ratios.sort_by(f64::total_cmp);
+                    println!(
+                        "tasks={t} concurrency={c}: ours / dtmrs, pair by pair {:?}, median {:.2}x",
+                        ratios.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>(),
+                        ratios[ratios.len() / 2]
+                    );
+                }
+            }
+            drop(ours);
+            drop(dtm);
+            return (points, Vec::new(), None);
+        }
         let mut idle = None;
         for &n in &o.instances {
             let coordinator = start_coordinator(&db_url, n, !o.bare);
