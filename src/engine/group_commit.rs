@@ -2,10 +2,11 @@
 //! and one commit, instead of a transaction each. Both kinds of hot-path write take part:
 //! new jobs being accepted and drivers' saves.
 //!
-//! Whoever has a write queues it and, if a writer slot is free, starts a writer task that writes
-//! whatever is queued until the queue is empty, then ends. At most `writers` batches are in
-//! flight; while they run, the next writes gather into the next batch. Nobody who queues a write
-//! waits for more than the batch that carries it. All the saves of a batch are one statement
+//! Whoever has a write queues it and, if no writer is writing, starts a writer task that writes
+//! whatever is queued until the queue is empty, then ends. While a batch is being written the
+//! next one gathers behind it; another writer starts only when `SPILL` writes wait, and at most
+//! `writers` batches are in flight. Nobody who queues a write waits for more than the batch
+//! being written and the one that carries it. All the saves of a batch are one statement
 //! (`store::save_many`), all its new jobs another (`store::insert_many`); the two are pipelined
 //! on one connection in one transaction.
 
@@ -211,8 +212,12 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
         },
     )
     .await;
-    // In one transaction, a statement that failed took the other's writes with it (the COMMIT
-    // of a failed transaction rolls it back): both are written again below, each on its own.
+    // A statement that failed committed nothing of its writes, and in one transaction took the
+    // other's with it (the COMMIT of a failed transaction rolls it back): they are written again
+    // below, each on its own, so that one bad write fails only itself. (Should a commit itself
+    // have failed on a lost connection, its fate is unknown, as for any single write: a save
+    // written again is harmless, being fenced and stating whole rows; a new job written again
+    // fails on its id, and its client hears an error, as it would have without batching.)
     let (saved, inserted) =
         if both && (begun.is_err() || committed.is_err() || saved.is_err() || inserted.is_err()) {
             (
