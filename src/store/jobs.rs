@@ -303,17 +303,25 @@ pub async fn load_job(client: &impl GenericClient, id: &JobId) -> Result<Option<
         ))
         .await?;
     let rows = client.query(&stmt, &[&id]).await?;
-    let Some(first) = rows.first() else {
+    if rows.is_empty() {
         return Ok(None);
-    };
+    }
+    record_from_rows(&rows).map(Some)
+}
+
+/// A job from its rows of `jobs LEFT JOIN tasks` (at least one), a task each; a job without
+/// tasks comes as one row whose task columns are NULL.
+fn record_from_rows(rows: &[tokio_postgres::Row]) -> Result<JobRecord> {
+    let first = rows
+        .first()
+        .ok_or_else(|| corrupt("a job read without its row"))?;
     let mut tasks = Vec::with_capacity(rows.len());
-    for row in &rows {
-        // A job without tasks comes as one row whose task columns are NULL.
+    for row in rows {
         if row.try_get::<_, Option<i32>>("idx")?.is_some() {
             tasks.push(task_from_row(row)?);
         }
     }
-    Ok(Some(job_from_row(first, tasks)?))
+    job_from_row(first, tasks)
 }
 
 /// Several jobs, each as `load_job` reads it, in one statement (one snapshot); the jobs that
@@ -331,17 +339,11 @@ pub async fn load_jobs(
         .await?;
     let rows = client.query(&stmt, &[&ids]).await?;
     let mut jobs = HashMap::new();
-    // A job's rows come together, one a task (or one with NULL task columns: no tasks).
+    // A job's rows come together (ordered by its id).
     for group in
         rows.chunk_by(|a, b| a.try_get::<_, &str>("id").ok() == b.try_get::<_, &str>("id").ok())
     {
-        let mut tasks = Vec::with_capacity(group.len());
-        for row in group {
-            if row.try_get::<_, Option<i32>>("idx")?.is_some() {
-                tasks.push(task_from_row(row)?);
-            }
-        }
-        let record = job_from_row(&group[0], tasks)?;
+        let record = record_from_rows(group)?;
         jobs.insert(record.job.id.to_string(), record);
     }
     Ok(jobs)
