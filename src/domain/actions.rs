@@ -332,6 +332,9 @@ pub fn restart(job: &mut Job, job_max_ttl: f64, now: DateTime<Utc>) -> Result<()
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::domain::JobState;
+
     #[test]
     fn a_definition_starts_jobs_until_it_is_retired() {
         assert_eq!(start_refusal(None), None);
@@ -345,9 +348,6 @@ mod tests {
             "the job definition was retired at 2026-12-04T10:00:00.000Z: it starts no more jobs (PUT it again to bring it back)"
         );
     }
-
-    use super::*;
-    use crate::domain::JobState;
 
     /// A state with the status `status` (and a reason where the status has one).
     fn state_of(status: JobStatus) -> JobState {
