@@ -1416,14 +1416,16 @@ fn main() {
     let mut md = String::from(
         "| system | tasks | concurrency | jobs/s | p50 ms | p95 ms | p99 ms | transactions/job (reads included) | WAL flushes/job | WAL KiB/job | WAL records/job | CPU s/1000 jobs | PostgreSQL CPU s/1000 jobs | harness CPU s/1000 jobs | peak RSS MiB | vs ceiling | ours / dtmrs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for p in &points {
+    for (i, p) in points.iter().enumerate() {
         let ratio = ceiling
             .iter()
             .find(|(c, _)| *c == p.concurrency)
             .map(|(_, tps)| format!("{:.2}", p.per_sec / tps))
             .unwrap_or_else(|| "–".into());
         let versus = match p.system {
-            System::Ours | System::Dtm => points
+            // The first dtmrs point after this one: dtmrs runs after this coordinator's points,
+            // or (`--pairs`) right after each of them.
+            System::Ours | System::Dtm => points[i..]
                 .iter()
                 .find(|q| {
                     q.system == System::Dtmrs
