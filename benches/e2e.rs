@@ -925,16 +925,22 @@ async fn age_jobs(admin: &tokio_postgres::Config, db: &str, n: usize) {
     let t = tokio::spawn(conn);
     for sql in [
         "INSERT INTO jobs (id, status, fields, correlation_id, auto_confirm, created_at,
-                           updated_at, deadline, decided_at, finished_at, task_count, event_seq)
+                           updated_at, deadline, decided_at, finished_at, task_count, event_seq,
+                           task_state)
          SELECT 'old-' || i, 'completed', '{\"jobMaxTTL\": 60, \"autoConfirm\": true, \"tags\": []}',
                 'old-' || i, true, now() - interval '40 days', now() - interval '40 days',
-                now() - interval '40 days', now() - interval '40 days', now() - interval '40 days', 2, 1
+                now() - interval '40 days', now() - interval '40 days', now() - interval '40 days', 2, 1,
+                (SELECT jsonb_object_agg(k::text, jsonb_build_object('status', 'confirmed',
+                    'link_uri', 'http://127.0.0.1:9/r/' || i || '/' || k,
+                    'link_expires', now() - interval '39 days', 'attempts', 1,
+                    'next_attempt_at', null, 'refused', false, 'confirm_pending', false,
+                    'confirm_unknown', false, 'start_time', now() - interval '40 days',
+                    'end_time', now() - interval '40 days', 'last_message', null,
+                    'try_response', null, 'callbacks_until', null))
+                 FROM generate_series(0, 1) AS k)
          FROM generate_series(1, $1::int) AS i",
-        "INSERT INTO tasks (job_id, idx, task_id, try_spec, status, link_uri, link_expires,
-                            attempts, start_time, end_time)
-         SELECT 'old-' || i, k, 't' || k, '{\"taskURL\": \"http://127.0.0.1:9/try\"}', 'confirmed',
-                'http://127.0.0.1:9/r/' || i || '/' || k, now() - interval '39 days', 1,
-                now() - interval '40 days', now() - interval '40 days'
+        "INSERT INTO tasks (job_id, idx, task_id, try_spec)
+         SELECT 'old-' || i, k, 't' || k, '{\"taskURL\": \"http://127.0.0.1:9/try\"}'
          FROM generate_series(1, $1::int) AS i, generate_series(0, 1) AS k",
         "INSERT INTO job_events (job_id, last_seq, events)
          SELECT 'old-' || i, 1, '[{\"type\": \"status\", \"status\": \"completed\"}]'

@@ -68,20 +68,20 @@ const INSERT_MANY: &str = "WITH j AS (
             INSERT INTO jobs (id, source, status, fields, correlation_id, tags, auto_confirm,
                 retry_policy, shared_state, task_count, created_at, updated_at, deadline,
                 lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
-                request_hash, traceparent, event_seq, key_holder)
+                request_hash, traceparent, event_seq, key_holder, task_state)
             SELECT n.id, n.source, n.status, n.fields, n.correlation_id,
                 ($5::text[])[n.tags_from:n.tags_to], n.auto_confirm, n.retry_policy,
                 n.shared_state, n.task_count, n.created_at, n.created_at, n.deadline,
                 n.owner, now() + make_interval(secs => n.ttl), 1, n.created_at, n.key,
                 n.hash, n.traceparent, CASE WHEN n.status = 'pending' THEN 1 ELSE 2 END,
-                n.holder
+                n.holder, n.task_state
             FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $6::text[],
                 $7::int[], $8::int[], $9::bool[], $10::jsonb[], $11::jsonb[], $12::int[],
                 $13::timestamptz[], $14::timestamptz[], $15::text[], $16::float8[],
-                $17::text[], $18::text[], $19::text[], $30::text[])
+                $17::text[], $18::text[], $19::text[], $25::text[], $26::jsonb[])
                 AS n(id, source, status, fields, correlation_id, tags_from, tags_to,
                      auto_confirm, retry_policy, shared_state, task_count, created_at,
-                     deadline, owner, ttl, key, hash, traceparent, holder)
+                     deadline, owner, ttl, key, hash, traceparent, holder, task_state)
             ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id, status, created_at, source
          ), e AS (
@@ -99,15 +99,11 @@ const INSERT_MANY: &str = "WITH j AS (
                             'type', 'status', 'status', status)) END
             FROM j
          ), t AS (
-            INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status,
-                link_uri, link_expires, attempts, start_time, callbacks)
-            SELECT u.job_id, u.idx, u.task_id, u.description, u.try_spec, u.status,
-                u.link_uri, u.link_expires, u.attempts, u.start_time, u.callbacks
+            INSERT INTO tasks (job_id, idx, task_id, description, try_spec, callbacks)
+            SELECT u.job_id, u.idx, u.task_id, u.description, u.try_spec, u.callbacks
             FROM unnest($20::text[], $21::int[], $22::text[], $23::text[], $24::jsonb[],
-                $25::text[], $26::text[], $27::timestamptz[], $28::int[],
-                $29::timestamptz[], $31::jsonb[])
-                AS u(job_id, idx, task_id, description, try_spec, status, link_uri,
-                     link_expires, attempts, start_time, callbacks)
+                $27::jsonb[])
+                AS u(job_id, idx, task_id, description, try_spec, callbacks)
             WHERE u.job_id IN (SELECT id FROM j)
          )
          SELECT id FROM j";
@@ -154,11 +150,7 @@ pub async fn insert_many(
     let mut descriptions = Vec::new();
     let mut specs: Vec<Option<Value>> = Vec::new();
     let mut own_urls: Vec<Option<Value>> = Vec::new();
-    let mut statuses = Vec::new();
-    let mut uris: Vec<Option<&str>> = Vec::new();
-    let mut expires: Vec<Option<DateTime<Utc>>> = Vec::new();
-    let mut attempts = Vec::new();
-    let mut started: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut states = Vec::with_capacity(n);
     for (row, record) in jobs {
         let job = &record.job;
         ids.push(row.submission.id.as_str());
@@ -187,10 +179,9 @@ pub async fn insert_many(
         holders.push(row.submission.key_holder.as_deref());
         hashes.push(row.submission.request_hash.as_deref());
         traceparents.push(row.submission.traceparent.as_deref());
+        states.push(tokio_postgres::types::Json(TaskStates::of(&job.tasks)));
         for t in &job.tasks {
             job_of.push(row.submission.id.as_str());
-            attempts.push(t.attempts);
-            started.push(t.start_time);
             idx.push(t.idx);
             task_ids.push(t.task_id.as_str());
             descriptions.push(t.description.as_deref());
@@ -208,13 +199,10 @@ pub async fn insert_many(
                     .transpose()
                     .map_err(corrupt)?,
             );
-            statuses.push(t.status.as_str());
-            uris.push(t.link.as_ref().map(|l| l.uri.as_str()));
-            expires.push(t.link.as_ref().map(|l| l.expires));
         }
     }
     let stmt = client.prepare_cached(INSERT_MANY).await?;
-    let params: [&(dyn ToSql + Sync); 31] = [
+    let params: [&(dyn ToSql + Sync); 27] = [
         &ids,
         &sources,
         &job_statuses,
@@ -239,12 +227,8 @@ pub async fn insert_many(
         &task_ids,
         &descriptions,
         &specs,
-        &statuses,
-        &uris,
-        &expires,
-        &attempts,
-        &started,
         &holders,
+        &states,
         &own_urls,
     ];
     let stored = client.query(&stmt, &params).await?;
@@ -422,13 +406,14 @@ pub async fn refresh(
 }
 
 /// One fenced write of a driver's progress.
-/// One write of a driver: the job's status, the tasks whose row changed, and the lease.
+/// One write of a driver: the job's status, the tasks whose state changed, and the lease.
 #[derive(Debug, Clone)]
 pub struct Save {
     pub id: String,
     pub state: JobState,
     pub fence: Fence,
-    /// Tasks whose row changed since the last save.
+    /// Tasks whose state differs from the last synchronous save: written into the job's row
+    /// (`task_state`), each over its own key.
     pub tasks: Vec<Task>,
     /// The shared state, when it changed: written only over version `state_guard` (another
     /// writer came first otherwise, and the save answers `state_written: false`).
@@ -504,10 +489,11 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              w AS (
                 SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[],
                     $6::text[], $7::jsonb[], $8::bool[], $9::bool[], $10::bool[],
-                    $11::float8[], $12::timestamptz[], $13::bigint[], $29::bigint[],
-                    $33::bigint[])
+                    $11::float8[], $12::timestamptz[], $13::bigint[], $14::jsonb[],
+                    $15::bigint[], $19::bigint[])
                     AS w(id, owner, generation, status, reason, shared_state, decided,
-                         finished, releasing, ttl, next_wake, guard, n_events, state_guard)
+                         finished, releasing, ttl, next_wake, guard, tasks, n_events,
+                         state_guard)
              ), j AS (
                 UPDATE jobs SET
                     status = w.status, failure_reason = w.reason,
@@ -517,6 +503,8 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     state_seq = CASE WHEN w.shared_state IS NOT NULL
                         AND jobs.state_seq = w.state_guard THEN jobs.state_seq + 1
                         ELSE jobs.state_seq END,
+                    task_state = CASE WHEN w.tasks IS NULL THEN jobs.task_state
+                        ELSE jobs.task_state || w.tasks END,
                     updated_at = now(),
                     decided_at = CASE WHEN w.decided THEN COALESCE(jobs.decided_at, now())
                                       ELSE jobs.decided_at END,
@@ -535,19 +523,17 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     jobs.event_seq - w.n_events AS event_base, jobs.state_seq,
                     (w.shared_state IS NULL OR jobs.shared_state = w.shared_state)
                         AS state_written
-             ), t AS ({}), e AS ({}), nt AS (
+             ), e AS ({}), nt AS (
                 INSERT INTO notifications (job_id, channel, target, event)
                 SELECT v.job_id, v.channel, v.target, v.event
-                FROM unnest($34::text[], $35::text[], $36::text[], $37::text[])
+                FROM unnest($20::text[], $21::text[], $22::text[], $23::text[])
                     AS v(job_id, channel, target, event)
                 WHERE v.job_id IN (SELECT id FROM j)
              )
              SELECT j.id, j.wake_seq, j.confirm_requested, j.cancel_requested, j.state_seq,
-                    j.state_written,
-                    (SELECT count(*) FROM t) AS tasks, (SELECT v FROM cfg) AS sync
+                    j.state_written, (SELECT v FROM cfg) AS sync
              FROM j",
-        update_tasks(14, "j"),
-        insert_events(30, "j")
+        insert_events(16, "j")
     )
 });
 
@@ -573,7 +559,7 @@ pub async fn save_many(
     let mut ttls = Vec::with_capacity(n);
     let mut next_wakes: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut guards = Vec::with_capacity(n);
-    let mut tasks = TaskColumns::default();
+    let mut tasks = Vec::with_capacity(n);
     let mut events = EventColumns::default();
     let mut event_counts = Vec::with_capacity(n);
     let mut state_guards = Vec::with_capacity(n);
@@ -600,9 +586,8 @@ pub async fn save_many(
             n_target.push(nt.target.as_str());
             n_event.push(nt.event.as_str());
         }
-        for t in &s.tasks {
-            tasks.push(s.id.as_str(), t);
-        }
+        let changed = TaskStates::of(&s.tasks);
+        tasks.push((!changed.is_empty()).then_some(tokio_postgres::types::Json(changed)));
     }
     let stmt = client.prepare_cached(&SAVE_MANY).await?;
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
@@ -619,9 +604,9 @@ pub async fn save_many(
         &ttls,
         &next_wakes,
         &guards,
+        &tasks,
+        &event_counts,
     ];
-    params.extend(tasks.params());
-    params.push(&event_counts);
     params.extend(events.params());
     params.push(&state_guards);
     params.extend([
@@ -789,7 +774,9 @@ pub async fn task_statuses(
 ) -> Result<std::collections::HashMap<String, Vec<TaskStatus>>> {
     let stmt = client
         .prepare_cached(
-            "SELECT job_id, status FROM tasks WHERE job_id = ANY($1::text[]) ORDER BY job_id, idx",
+            "SELECT t.job_id, j.task_state -> t.idx::text ->> 'status'
+             FROM tasks t JOIN jobs j ON j.id = t.job_id
+             WHERE t.job_id = ANY($1::text[]) ORDER BY t.job_id, t.idx",
         )
         .await?;
     let mut out: std::collections::HashMap<String, Vec<TaskStatus>> = Default::default();

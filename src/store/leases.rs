@@ -89,18 +89,17 @@ pub async fn record_driver_failure(
     let id = id.as_str();
     let stmt = client
         .prepare_cached(
-            "WITH j AS (
-                UPDATE jobs SET lease_owner = NULL, lease_expires = NULL,
-                    driver_failures = driver_failures + 1,
-                    next_wake = now() + least(interval '5 min',
-                        interval '1 s' * power(2, least(driver_failures, 20)))
-                        * (0.5 + random() / 2)
-                WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3
-                RETURNING id
-             )
-             UPDATE tasks SET last_message = $4
-             WHERE job_id IN (SELECT id FROM j)
-               AND status NOT IN ('confirmed', 'canceled', 'expired', 'failed', 'heuristic')
+            "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL,
+                driver_failures = driver_failures + 1,
+                next_wake = now() + least(interval '5 min',
+                    interval '1 s' * power(2, least(driver_failures, 20)))
+                    * (0.5 + random() / 2),
+                task_state = task_state || COALESCE((
+                    SELECT jsonb_object_agg(k, v || jsonb_build_object('last_message', $4::text))
+                    FROM jsonb_each(task_state) AS s(k, v)
+                    WHERE v ->> 'status' NOT IN
+                        ('confirmed', 'canceled', 'expired', 'failed', 'heuristic')), '{}')
+             WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3
              RETURNING 1",
         )
         .await?;

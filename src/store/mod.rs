@@ -51,8 +51,8 @@ pub use notifications::*;
 pub use requests::*;
 pub use rows::JobRecord;
 use rows::{
-    JOB_COLUMNS, TASK_COLUMNS, TaskColumns, fields_from_row, job_from_row, state_from_row,
-    task_from_row, update_tasks,
+    JOB_COLUMNS, TASK_COLUMNS, TaskStates, fields_from_row, job_from_row, state_from_row,
+    task_from_row,
 };
 
 mod embedded {
@@ -186,6 +186,19 @@ pub fn pool(mut config: tokio_postgres::Config, max_size: usize) -> Result<Pool>
 /// Apply the forward-only migrations under an advisory lock, so that instances starting together
 /// take turns. Returns the versions applied now.
 pub async fn migrate(config: &tokio_postgres::Config) -> Result<Vec<i32>> {
+    run_migrations(config, refinery::Target::Latest).await
+}
+
+/// Apply the migrations up to `version` only (`migrate` applies them all): the tests of a
+/// migration store rows as the version before it left them.
+pub async fn migrate_up_to(config: &tokio_postgres::Config, version: i32) -> Result<Vec<i32>> {
+    run_migrations(config, refinery::Target::Version(version)).await
+}
+
+async fn run_migrations(
+    config: &tokio_postgres::Config,
+    target: refinery::Target,
+) -> Result<Vec<i32>> {
     let (mut client, connection) = config.connect(NoTls).await?;
     let conn = tokio::spawn(connection);
     client
@@ -193,6 +206,7 @@ pub async fn migrate(config: &tokio_postgres::Config) -> Result<Vec<i32>> {
         .await?;
     let report = embedded::migrations::runner()
         .set_abort_divergent(true)
+        .set_target(target)
         .run_async(&mut client)
         .await;
     let unlock = client

@@ -216,17 +216,19 @@ pub async fn register(
     };
     // The same link, or the same own URLs with the same body, registered again is the same
     // participant; another under the task id is not.
-    let (link_uri, link_expires, callbacks) = match &reg.hold {
-        Hold::Link(l) => (Some(l.uri.as_str()), Some(l.expires), None),
-        Hold::Callbacks(c) => (None, None, Some(serde_json::to_value(c).map_err(corrupt)?)),
+    let (link_uri, callbacks) = match &reg.hold {
+        Hold::Link(l) => (Some(l.uri.as_str()), None),
+        Hold::Callbacks(c) => (None, Some(serde_json::to_value(c).map_err(corrupt)?)),
     };
     let others = tx
         .prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS}, coalesce(t.link_uri = $2 OR t.callbacks = $3::jsonb, false)
-                AS same
-             FROM tasks t
+            "SELECT {TASK_COLUMNS},
+                coalesce(j.task_state -> t.idx::text ->> 'link_uri' = $2
+                    OR t.callbacks = $3::jsonb, false) AS same
+             FROM tasks t JOIN jobs j ON j.id = t.job_id
              WHERE t.job_id = $1
-               AND (t.link_uri = $2 OR t.callbacks = $3::jsonb OR t.task_id = $4)"
+               AND (j.task_state -> t.idx::text ->> 'link_uri' = $2
+                    OR t.callbacks = $3::jsonb OR t.task_id = $4)"
         ))
         .await?;
     let others = tx
@@ -255,40 +257,63 @@ pub async fn register(
     }];
     let mut events = EventColumns::default();
     events.push(id, &event);
+    // The task as registered: reserved from now, with its link or its own URLs.
+    let task = Task {
+        idx: count,
+        task_id: crate::domain::TaskId::try_from(task_id).map_err(corrupt)?,
+        description: reg.description.clone(),
+        try_spec: None,
+        callbacks: match &reg.hold {
+            Hold::Callbacks(c) => Some(std::sync::Arc::new((**c).clone())),
+            Hold::Link(_) => None,
+        },
+        callbacks_until: None,
+        status: TaskStatus::Reserved,
+        link: match &reg.hold {
+            Hold::Link(l) => Some(l.clone()),
+            Hold::Callbacks(_) => None,
+        },
+        attempts: 0,
+        next_attempt_at: None,
+        confirm: ConfirmState::default(),
+        start_time: Some(Utc::now()),
+        end_time: None,
+        last_message: None,
+        try_response: None,
+    };
+    let state = tokio_postgres::types::Json(TaskStates::of([&task]));
+    let task_id = task.task_id.as_str();
     let mut params: Vec<&(dyn ToSql + Sync)> = events.params().to_vec();
     params.extend([
         &id as &(dyn ToSql + Sync),
         &count,
         &task_id,
-        &reg.description,
-        &link_uri,
-        &link_expires,
+        &task.description,
         &callbacks,
+        &state,
     ]);
-    // The task, the job's count and wake, and the event, in one statement.
+    // The task, its state, the job's count and wake, and the event, in one statement.
     let insert = tx
         .prepare_cached(&format!(
             "WITH t AS (
-                INSERT INTO tasks AS t (job_id, idx, task_id, description, status, link_uri,
-                    link_expires, callbacks, start_time)
-                VALUES ($4, $5, $6, $7, 'reserved', $8, $9, $10, now())
-                RETURNING {TASK_COLUMNS}
+                INSERT INTO tasks (job_id, idx, task_id, description, callbacks)
+                VALUES ($4, $5, $6, $7, $8)
              ), b AS (
                 UPDATE jobs SET task_count = task_count + 1, wake_seq = wake_seq + 1,
-                    next_wake = now(), updated_at = now(), event_seq = event_seq + 1
+                    next_wake = now(), updated_at = now(), event_seq = event_seq + 1,
+                    task_state = task_state || $9::jsonb
                 WHERE id = $4
                 RETURNING id, event_seq - 1 AS event_base
              ), e AS ({})
-             SELECT * FROM t",
+             SELECT id FROM b",
             insert_events(1, "b")
         ))
         .await?;
-    let row = tx.query_one(&insert, &params).await?;
+    tx.query_one(&insert, &params).await?;
     if owner.is_some_and(|o| o != me) {
         tx.execute("SELECT pg_notify('tcc_wake', $1)", &[&id])
             .await?;
     }
-    let task = task_from_row(&row)?;
     tx.commit().await?;
     Ok(Registered::Created { job: job_id, task })
 }
@@ -437,10 +462,7 @@ pub async fn rewrite_job(
     let id = job.id.as_str();
     let mut cols = EventColumns::default();
     let n = cols.push(id, events);
-    let mut tasks = TaskColumns::default();
-    for t in &job.tasks {
-        tasks.push(id, t);
-    }
+    let tasks = tokio_postgres::types::Json(TaskStates::of(&job.tasks));
     let stmt = client
         .prepare_cached(&format!(
             "WITH b AS (
@@ -450,13 +472,13 @@ pub async fn rewrite_job(
                     decided_at = CASE WHEN $10::bool THEN decided_at ELSE NULL END,
                     finished_at = NULL, lease_owner = NULL, lease_expires = NULL,
                     next_wake = now(), wake_seq = wake_seq + 1,
-                    event_seq = event_seq + $13::bigint, updated_at = now()
+                    event_seq = event_seq + $13::bigint, updated_at = now(),
+                    task_state = task_state || $14::jsonb
                 WHERE id = $11::text AND updated_at = $12::timestamptz
                   AND (lease_owner IS NULL OR lease_expires < now())
                 RETURNING id, event_seq - $13::bigint AS event_base
-             ), t AS ({}), e AS ({})
+             ), e AS ({})
              SELECT pg_notify('tcc_wake', id) FROM b",
-            update_tasks(14, "b"),
             insert_events(1, "b")
         ))
         .await?;
@@ -476,8 +498,8 @@ pub async fn rewrite_job(
         &id,
         &read_at,
         &n,
+        &tasks,
     ]);
-    params.extend(tasks.params());
     Ok(client.execute(&stmt, &params).await? == 1)
 }
 
@@ -492,13 +514,14 @@ pub async fn retry_now(client: &impl GenericClient, id: &JobId, event: &Event) -
         .prepare_cached(&format!(
             "WITH b AS (
                 UPDATE jobs SET retry_seq = retry_seq + 1, wake_seq = wake_seq + 1,
-                    next_wake = now(), event_seq = event_seq + 1, updated_at = now()
+                    next_wake = now(), event_seq = event_seq + 1, updated_at = now(),
+                    task_state = task_state || COALESCE((
+                        SELECT jsonb_object_agg(k, v || '{{\"next_attempt_at\": null}}')
+                        FROM jsonb_each(task_state) AS s(k, v)
+                        WHERE v ->> 'status' = 'confirming'
+                          AND (v ->> 'next_attempt_at')::timestamptz > now()), '{{}}')
                 WHERE id = $4 AND status = 'confirming'
                 RETURNING id, event_seq - 1 AS event_base
-             ), t AS (
-                UPDATE tasks SET next_attempt_at = NULL
-                WHERE job_id = $4 AND status = 'confirming' AND next_attempt_at > now()
-                  AND EXISTS (SELECT 1 FROM b)
              ), e AS ({})
              SELECT pg_notify('tcc_wake', id) FROM b",
             insert_events(1, "b")

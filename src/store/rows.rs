@@ -33,11 +33,10 @@ pub(super) const JOB_COLUMNS: &str = "j.id, j.status AS job_status, j.failure_re
     j.created_at, j.deadline, j.shared_state, j.retry_policy, j.fields, j.updated_at, j.attempt, \
     j.wake_seq, j.retry_seq, j.state_seq, j.lease_owner, j.lease_generation, j.resolution";
 
-/// A task's columns, from `tasks t`.
-pub(super) const TASK_COLUMNS: &str = "t.idx, t.task_id, t.description, t.try_spec, t.status, \
-    t.link_uri, t.link_expires, t.attempts, t.next_attempt_at, t.refused, t.confirm_pending, \
-    t.confirm_unknown, t.start_time, t.end_time, t.last_message, t.try_response, t.callbacks, \
-    t.callbacks_until";
+/// A task's columns: what never changes from `tasks t`, and its state from its job's row
+/// `j.task_state` (V15), which a statement reading them joins.
+pub(super) const TASK_COLUMNS: &str = "t.idx, t.task_id, t.description, t.try_spec, t.callbacks, \
+    j.task_state -> t.idx::text AS state";
 
 /// The job-level fields (`jobs.fields`), as typed.
 pub(super) fn fields_from_row(row: &tokio_postgres::Row) -> Result<JobFields> {
@@ -104,18 +103,21 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
 }
 
 pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
-    let status: String = row.try_get("status")?;
+    let idx: i32 = row.try_get("idx")?;
     let spec: Option<Value> = row.try_get("try_spec")?;
-    let link_uri: Option<String> = row.try_get("link_uri")?;
-    let link_expires: Option<DateTime<Utc>> = row.try_get("link_expires")?;
     let callbacks: Option<Value> = row.try_get("callbacks")?;
-    if spec.is_none() && link_uri.is_none() && callbacks.is_none() {
+    let state = row
+        .try_get::<_, Option<Json<StateIn>>>("state")
+        .map_err(|e| corrupt(format!("task {idx}'s state: {e}")))?
+        .ok_or_else(|| corrupt(format!("task {idx} has no state in its job's row")))?
+        .0;
+    if spec.is_none() && state.link_uri.is_none() && callbacks.is_none() {
         return Err(corrupt(
             "a task with neither a Try, a link nor its own URLs",
         ));
     }
     Ok(Task {
-        idx: row.try_get("idx")?,
+        idx,
         task_id: TaskId::try_from(row.try_get::<_, String>("task_id")?).map_err(corrupt)?,
         description: row.try_get("description")?,
         try_spec: spec
@@ -128,9 +130,9 @@ pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
             .transpose()
             .map_err(corrupt)?
             .map(std::sync::Arc::new),
-        callbacks_until: row.try_get("callbacks_until")?,
-        status: status.parse::<TaskStatus>().map_err(corrupt)?,
-        link: match (link_uri, link_expires) {
+        callbacks_until: state.callbacks_until,
+        status: state.status.parse::<TaskStatus>().map_err(corrupt)?,
+        link: match (state.link_uri, state.link_expires) {
             (Some(uri), Some(expires)) => Some(Link {
                 uri: TargetUrl::try_from(uri).map_err(corrupt)?,
                 expires,
@@ -138,121 +140,115 @@ pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
             (None, None) => None,
             _ => return Err(corrupt("a task link without its expiry, or the reverse")),
         },
-        attempts: row.try_get("attempts")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
+        attempts: state.attempts,
+        next_attempt_at: state.next_attempt_at,
         confirm: ConfirmState::from_flags(
-            row.try_get("refused")?,
-            row.try_get("confirm_pending")?,
-            row.try_get("confirm_unknown")?,
+            state.refused,
+            state.confirm_pending,
+            state.confirm_unknown,
         )
         .ok_or_else(|| corrupt("a task whose confirm is both refused and in flight"))?,
-        start_time: row.try_get("start_time")?,
-        end_time: row.try_get("end_time")?,
-        last_message: row.try_get("last_message")?,
-        try_response: row
-            .try_get::<_, Option<Value>>("try_response")?
-            .map(std::sync::Arc::new),
+        start_time: state.start_time,
+        end_time: state.end_time,
+        last_message: state.last_message,
+        try_response: state.try_response.map(std::sync::Arc::new),
     })
 }
 
-/// Tasks' rows as the parallel arrays a statement unnests to update them (`update_tasks`).
-#[derive(Default)]
-pub(super) struct TaskColumns<'a> {
-    job: Vec<&'a str>,
-    idx: Vec<i32>,
-    status: Vec<&'static str>,
-    uri: Vec<Option<&'a str>>,
-    expires: Vec<Option<DateTime<Utc>>>,
-    attempts: Vec<i32>,
-    next_at: Vec<Option<DateTime<Utc>>>,
-    refused: Vec<bool>,
-    start: Vec<Option<DateTime<Utc>>>,
-    end: Vec<Option<DateTime<Utc>>>,
-    message: Vec<Option<&'a str>>,
-    response: Vec<Option<&'a Value>>,
-    pending: Vec<bool>,
-    unknown: Vec<bool>,
-    until: Vec<Option<DateTime<Utc>>>,
+/// A task's state as its job's row holds it (`jobs.task_state`, under the task's index). What a
+/// task has not got (no link yet, no retry due, a flag not set) is absent.
+#[derive(Debug, serde::Deserialize)]
+struct StateIn {
+    status: String,
+    link_uri: Option<String>,
+    link_expires: Option<DateTime<Utc>>,
+    #[serde(default)]
+    attempts: i32,
+    next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    refused: bool,
+    #[serde(default)]
+    confirm_pending: bool,
+    #[serde(default)]
+    confirm_unknown: bool,
+    start_time: Option<DateTime<Utc>>,
+    end_time: Option<DateTime<Utc>>,
+    last_message: Option<String>,
+    try_response: Option<Value>,
+    callbacks_until: Option<DateTime<Utc>>,
 }
 
-impl<'a> TaskColumns<'a> {
-    pub fn push(&mut self, job: &'a str, t: &'a Task) {
-        self.job.push(job);
-        self.idx.push(t.idx);
-        self.status.push(t.status.as_str());
-        self.uri.push(t.link.as_ref().map(|l| l.uri.as_str()));
-        self.expires.push(t.link.as_ref().map(|l| l.expires));
-        self.attempts.push(t.attempts);
-        self.next_at.push(t.next_attempt_at);
-        let (is_refused, sent, maybe_applied) = t.confirm.flags();
-        self.refused.push(is_refused);
-        self.pending.push(sent);
-        self.unknown.push(maybe_applied);
-        self.start.push(t.start_time);
-        self.end.push(t.end_time);
-        self.message.push(t.last_message.as_deref());
-        self.response.push(t.try_response.as_deref());
-        self.until.push(t.callbacks_until);
-    }
+/// A task's state to write into its job's row: `StateIn`'s fields, borrowed from the task, and
+/// only those it has (every version of the job's row carries them, so less is logged).
+#[derive(Debug, serde::Serialize)]
+struct StateOut<'a> {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link_uri: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link_expires: Option<DateTime<Utc>>,
+    attempts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "is_false")]
+    refused: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    confirm_pending: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    confirm_unknown: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_time: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_time: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    try_response: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callbacks_until: Option<DateTime<Utc>>,
+}
 
-    /// The arrays as statement parameters, in the order of `update_tasks`.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 15] {
-        [
-            &self.job,
-            &self.idx,
-            &self.status,
-            &self.uri,
-            &self.expires,
-            &self.attempts,
-            &self.next_at,
-            &self.refused,
-            &self.start,
-            &self.end,
-            &self.message,
-            &self.response,
-            &self.pending,
-            &self.unknown,
-            &self.until,
-        ]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl<'a> StateOut<'a> {
+    fn of(t: &'a Task) -> Self {
+        let (refused, confirm_pending, confirm_unknown) = t.confirm.flags();
+        StateOut {
+            status: t.status.as_str(),
+            link_uri: t.link.as_ref().map(|l| l.uri.as_str()),
+            link_expires: t.link.as_ref().map(|l| l.expires),
+            attempts: t.attempts,
+            next_attempt_at: t.next_attempt_at,
+            refused,
+            confirm_pending,
+            confirm_unknown,
+            start_time: t.start_time,
+            end_time: t.end_time,
+            last_message: t.last_message.as_deref(),
+            try_response: t.try_response.as_deref(),
+            callbacks_until: t.callbacks_until,
+        }
     }
 }
 
-/// The update of a `TaskColumns` batch whose fifteen parameters start at `$first`, for the tasks
-/// of jobs that the CTE `jobs` (`id`) holds; returns a row per task updated.
-pub(super) fn update_tasks(first: usize, jobs: &str) -> String {
-    let p: Vec<String> = (first..first + 15).map(|i| format!("${i}")).collect();
-    format!(
-        "UPDATE tasks SET status = u.status, link_uri = u.link_uri,
-                    link_expires = u.link_expires, attempts = u.attempts,
-                    next_attempt_at = u.next_attempt_at, refused = u.refused,
-                    confirm_pending = u.confirm_pending, confirm_unknown = u.confirm_unknown,
-                    start_time = u.start_time, end_time = u.end_time,
-                    last_message = u.last_message, try_response = u.try_response,
-                    callbacks_until = u.callbacks_until
-                FROM unnest({}::text[], {}::int[], {}::text[], {}::text[],
-                    {}::timestamptz[], {}::int[], {}::timestamptz[], {}::bool[],
-                    {}::timestamptz[], {}::timestamptz[], {}::text[], {}::jsonb[],
-                    {}::bool[], {}::bool[], {}::timestamptz[])
-                    AS u(job_id, idx, status, link_uri, link_expires, attempts, next_attempt_at,
-                         refused, start_time, end_time, last_message, try_response,
-                         confirm_pending, confirm_unknown, callbacks_until)
-                WHERE tasks.job_id = u.job_id AND tasks.idx = u.idx
-                  AND u.job_id IN (SELECT id FROM {jobs})
-                RETURNING 1",
-        p[0],
-        p[1],
-        p[2],
-        p[3],
-        p[4],
-        p[5],
-        p[6],
-        p[7],
-        p[8],
-        p[9],
-        p[10],
-        p[11],
-        p[12],
-        p[13],
-        p[14]
-    )
+/// Tasks' states keyed by their index, as a job's row holds them (`jobs.task_state`): written
+/// over the stored ones key by key (`task_state || $n`), the others left as they are.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct TaskStates<'a>(std::collections::BTreeMap<i32, StateOut<'a>>);
+
+impl<'a> TaskStates<'a> {
+    pub fn of<'t: 'a>(tasks: impl IntoIterator<Item = &'t Task>) -> Self {
+        TaskStates(
+            tasks
+                .into_iter()
+                .map(|t| (t.idx, StateOut::of(t)))
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }

@@ -512,6 +512,120 @@ async fn every_column_round_trips() {
     assert_eq!(written, save.events);
 }
 
+/// A job stored before V15, its tasks' state in their own rows, reads back the same after it:
+/// the migration moves each task's state into its job's row, and the task rows keep the rest.
+#[tokio::test]
+async fn task_states_stored_in_task_rows_before_v15_read_back_the_same_after_it() {
+    use tcc_coordinator::domain::{ConfirmState, TaskStatus};
+    let config: tokio_postgres::Config = fresh_database().await.parse().expect("a config");
+    store::migrate_up_to(&config, 14)
+        .await
+        .expect("migrate to V14");
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .expect("a time")
+            .with_timezone(&Utc)
+    };
+    {
+        let (client, conn) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let conn = tokio::spawn(conn);
+        client
+            .batch_execute(
+                "INSERT INTO jobs (id, status, fields, correlation_id, auto_confirm, created_at,
+                                   updated_at, deadline, decided_at, task_count, event_seq)
+                 VALUES ('v14-job', 'confirming', '{\"jobMaxTTL\": 60, \"autoConfirm\": true, \"tags\": []}', 'v14', true,
+                         '2026-12-04T10:00:00Z', '2026-12-04T10:00:01Z', '2026-12-04T10:01:00Z',
+                         '2026-12-04T10:00:01Z', 3, 1);
+                 INSERT INTO jobs (id, status, fields, correlation_id, auto_confirm, created_at,
+                                   updated_at, deadline, task_count, event_seq)
+                 VALUES ('v14-empty', 'pending', '{\"jobMaxTTL\": 60, \"autoConfirm\": false, \"tags\": []}', 'v14e', false,
+                         '2026-12-04T10:00:00Z', '2026-12-04T10:00:00Z', '2026-12-04T10:01:00Z', 0, 1);
+                 INSERT INTO tasks (job_id, idx, task_id, description, try_spec, status, link_uri,
+                                    link_expires, attempts, next_attempt_at, refused,
+                                    confirm_pending, confirm_unknown, start_time, end_time,
+                                    last_message, try_response)
+                 VALUES ('v14-job', 0, 'tried', 'a Try',
+                         '{\"taskURL\": \"http://127.0.0.1:9/try\", \"taskMaxTTL\": 5}',
+                         'confirming', 'http://127.0.0.1:9/r/1', '2026-12-04T10:02:00.123456Z', 3,
+                         '2026-12-04T10:00:05Z', false, true, true, '2026-12-04T10:00:00.5Z', NULL,
+                         'confirm answered 503', '{\"participantLink\": {\"uri\": \"http://127.0.0.1:9/r/1\"}}'),
+                        ('v14-job', 1, 'linked', NULL, NULL, 'confirmed', 'http://127.0.0.1:9/r/2',
+                         '2026-12-04T10:03:00Z', 1, NULL, false, false, false,
+                         '2026-12-04T10:00:00Z', '2026-12-04T10:00:02Z', 'confirmed', NULL);
+                 INSERT INTO tasks (job_id, idx, task_id, status, attempts, callbacks,
+                                    callbacks_until)
+                 VALUES ('v14-job', 2, 'own', 'confirming', 2,
+                         '{\"confirmURL\": \"http://127.0.0.1:9/c\", \"cancelURL\": \"http://127.0.0.1:9/x\"}',
+                         '2026-12-04T11:00:00Z');",
+            )
+            .await
+            .expect("jobs as V14 stored them");
+        drop(client);
+        let _ = conn.await;
+    }
+    store::migrate(&config)
+        .await
+        .expect("migrate to the latest");
+    let client = store::pool(config, 1)
+        .expect("a pool")
+        .get()
+        .await
+        .expect("a connection");
+    let job = store::load_job(&client, &JobId::parse("v14-job").expect("an id"))
+        .await
+        .expect("read")
+        .expect("still there")
+        .job;
+    assert_eq!(job.tasks.len(), 3);
+    let (tried, linked, own) = (&job.tasks[0], &job.tasks[1], &job.tasks[2]);
+    assert_eq!(
+        (tried.task_id.as_str(), tried.description.as_deref()),
+        ("tried", Some("a Try"))
+    );
+    assert!(tried.try_spec.is_some());
+    assert_eq!(tried.status, TaskStatus::Confirming);
+    let link = tried.link.as_ref().expect("its link");
+    assert_eq!(
+        (link.uri.as_str(), link.expires),
+        ("http://127.0.0.1:9/r/1", at("2026-12-04T10:02:00.123456Z"))
+    );
+    assert_eq!(tried.attempts, 3);
+    assert_eq!(tried.next_attempt_at, Some(at("2026-12-04T10:00:05Z")));
+    assert_eq!(
+        tried.confirm,
+        ConfirmState::from_flags(false, true, true).expect("flags")
+    );
+    assert_eq!(
+        (tried.start_time, tried.end_time),
+        (Some(at("2026-12-04T10:00:00.5Z")), None)
+    );
+    assert_eq!(tried.last_message.as_deref(), Some("confirm answered 503"));
+    assert_eq!(
+        tried.try_response.as_deref(),
+        Some(&json!({"participantLink": {"uri": "http://127.0.0.1:9/r/1"}}))
+    );
+    assert_eq!(linked.status, TaskStatus::Confirmed);
+    assert!(linked.try_spec.is_none() && linked.try_response.is_none());
+    assert_eq!(
+        linked.link.as_ref().map(|l| (l.uri.as_str(), l.expires)),
+        Some(("http://127.0.0.1:9/r/2", at("2026-12-04T10:03:00Z")))
+    );
+    assert_eq!(linked.end_time, Some(at("2026-12-04T10:00:02Z")));
+    assert_eq!(own.status, TaskStatus::Confirming);
+    assert!(own.callbacks.is_some() && own.link.is_none());
+    assert_eq!(own.callbacks_until, Some(at("2026-12-04T11:00:00Z")));
+    assert_eq!(own.attempts, 2);
+    // A job without tasks has an empty state.
+    let empty = store::load_job(&client, &JobId::parse("v14-empty").expect("an id"))
+        .await
+        .expect("read")
+        .expect("still there");
+    assert!(empty.job.tasks.is_empty());
+}
+
 /// The retention purge deletes finished jobs (resolved heuristic ones too) with their tasks and
 /// their event log, a batch at a time, and keeps unresolved heuristic jobs, active jobs and jobs
 /// still inside the retention.
