@@ -8,12 +8,15 @@ ALTER TABLE jobs ADD COLUMN task_state jsonb NOT NULL DEFAULT '{}';
 
 UPDATE jobs j SET task_state = s.state
 FROM (
+    -- A task without a kept Try answer has none in its object (an answer of JSON null is one).
     SELECT job_id, jsonb_object_agg(idx::text, jsonb_build_object(
             'status', status, 'link_uri', link_uri, 'link_expires', link_expires,
             'attempts', attempts, 'next_attempt_at', next_attempt_at, 'refused', refused,
             'confirm_pending', confirm_pending, 'confirm_unknown', confirm_unknown,
             'start_time', start_time, 'end_time', end_time, 'last_message', last_message,
-            'try_response', try_response, 'callbacks_until', callbacks_until)) AS state
+            'callbacks_until', callbacks_until)
+        || CASE WHEN try_response IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('try_response', try_response) END) AS state
     FROM tasks
     GROUP BY job_id
 ) s

@@ -174,8 +174,15 @@ struct StateIn {
     start_time: Option<DateTime<Utc>>,
     end_time: Option<DateTime<Utc>>,
     last_message: Option<String>,
+    /// Absent without a kept answer; an answer of JSON `null` is kept as one.
+    #[serde(default, deserialize_with = "present")]
     try_response: Option<Value>,
     callbacks_until: Option<DateTime<Utc>>,
+}
+
+/// A field that is there, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// A task's state to write into its job's row: `StateIn`'s fields, borrowed from the task, and

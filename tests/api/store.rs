@@ -451,6 +451,8 @@ async fn every_column_round_trips() {
         maybe_applied: false,
     };
     t.end_time = Some(at(3));
+    // A kept answer of JSON null is one, not none.
+    t.try_response = Some(Arc::new(serde_json::Value::Null));
     let save = Save {
         id: row.submission.id.to_string(),
         state: expected.state,
@@ -554,7 +556,7 @@ async fn task_states_stored_in_task_rows_before_v15_read_back_the_same_after_it(
                          'confirm answered 503', '{\"participantLink\": {\"uri\": \"http://127.0.0.1:9/r/1\"}}'),
                         ('v14-job', 1, 'linked', NULL, NULL, 'confirmed', 'http://127.0.0.1:9/r/2',
                          '2026-12-04T10:03:00Z', 1, NULL, false, false, false,
-                         '2026-12-04T10:00:00Z', '2026-12-04T10:00:02Z', 'confirmed', NULL);
+                         '2026-12-04T10:00:00Z', '2026-12-04T10:00:02Z', 'confirmed', 'null');
                  INSERT INTO tasks (job_id, idx, task_id, status, attempts, callbacks,
                                     callbacks_until)
                  VALUES ('v14-job', 2, 'own', 'confirming', 2,
@@ -608,7 +610,13 @@ async fn task_states_stored_in_task_rows_before_v15_read_back_the_same_after_it(
         Some(&json!({"participantLink": {"uri": "http://127.0.0.1:9/r/1"}}))
     );
     assert_eq!(linked.status, TaskStatus::Confirmed);
-    assert!(linked.try_spec.is_none() && linked.try_response.is_none());
+    assert!(linked.try_spec.is_none());
+    // A kept answer of JSON null is one; the task with its own URLs has none.
+    assert_eq!(
+        linked.try_response.as_deref(),
+        Some(&serde_json::Value::Null)
+    );
+    assert!(own.try_response.is_none());
     assert_eq!(
         linked.link.as_ref().map(|l| (l.uri.as_str(), l.expires)),
         Some(("http://127.0.0.1:9/r/2", at("2026-12-04T10:03:00Z")))
