@@ -59,17 +59,14 @@ pub fn client_builder(policy: Arc<TargetPolicy>) -> reqwest::ClientBuilder {
 
 /// Whether `url` may be called (before anything is sent): its host by name, or its IP literal.
 pub fn check(policy: &TargetPolicy, url: &str) -> Result<(), TargetRefused> {
-    policy
-        .check_url(url)
-        .map_err(|why| TargetRefused(format!("{url} {why}")))
+    checked(policy, url).map(drop)
 }
 
 /// `url` parsed and checked against the target policy: parsed once, for the check and the call.
 pub fn checked(policy: &TargetPolicy, url: &str) -> Result<url::Url, TargetRefused> {
-    let why = |why: String| TargetRefused(format!("{url} {why}"));
-    let parsed = url::Url::parse(url).map_err(|e| why(format!("is not a URL: {e}")))?;
-    policy.check_parsed(&parsed).map_err(why)?;
-    Ok(parsed)
+    policy
+        .parse_url(url)
+        .map_err(|why| TargetRefused(format!("{url} {why}")))
 }
 
 /// The policy's refusal inside a reqwest error (from the resolver), if that is what it was.

@@ -183,13 +183,18 @@ impl TargetPolicy {
     /// Whether a URL may be called, as far as its text tells (the addresses a host name resolves
     /// to are judged by [`TargetPolicy::resolved_allowed`] when it is called); why not otherwise.
     pub fn check_url(&self, url: &str) -> Result<(), String> {
-        let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
-        self.check_parsed(&parsed)
+        self.parse_url(url).map(drop)
     }
 
-    /// `check_url` for a URL already parsed (a participant call parses its URL once, for this
-    /// and for the call).
-    pub fn check_parsed(&self, parsed: &url::Url) -> Result<(), String> {
+    /// `url` parsed, if it may be called (`check_url`): a participant call parses its URL once,
+    /// for this and for the call.
+    pub fn parse_url(&self, url: &str) -> Result<url::Url, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
+        self.check_parsed(&parsed)?;
+        Ok(parsed)
+    }
+
+    fn check_parsed(&self, parsed: &url::Url) -> Result<(), String> {
         match parsed.host() {
             None => Err("has no host".into()),
             Some(url::Host::Ipv4(v4)) => self.check_ip(IpAddr::V4(v4)),
