@@ -155,64 +155,55 @@ pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
     })
 }
 
-/// A task's state as its job's row holds it (`jobs.task_state`, under the task's index). What a
-/// task has not got (no link yet, no retry due, a flag not set) is absent.
-#[derive(Debug, serde::Deserialize)]
-struct StateIn {
-    status: String,
-    link_uri: Option<String>,
+/// A task's state as its job's row holds it (`jobs.task_state`, under the task's index): read
+/// owned (`StateIn`), written borrowed from the task (`StateOut`). What a task has not got (no
+/// link yet, no retry due, a flag not set) is absent, so that every version of the job's row,
+/// which carries the states, logs less.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound(deserialize = "S: serde::Deserialize<'de>, V: serde::Deserialize<'de>"))]
+struct State<S, V> {
+    status: S,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link_uri: Option<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     link_expires: Option<DateTime<Utc>>,
     #[serde(default)]
     attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     next_attempt_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     refused: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     confirm_pending: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     confirm_unknown: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     start_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     end_time: Option<DateTime<Utc>>,
-    last_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_message: Option<S>,
     /// Absent without a kept answer; an answer of JSON `null` is kept as one.
-    #[serde(default, deserialize_with = "present")]
-    try_response: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    try_response: Option<V>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     callbacks_until: Option<DateTime<Utc>>,
 }
+
+type StateIn = State<String, Value>;
+type StateOut<'a> = State<&'a str, &'a Value>;
 
 /// A field that is there, whatever its value (`null` included).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
-    <Value as serde::Deserialize>::deserialize(d).map(Some)
-}
-
-/// A task's state to write into its job's row: `StateIn`'s fields, borrowed from the task, and
-/// only those it has (every version of the job's row carries them, so less is logged).
-#[derive(Debug, serde::Serialize)]
-struct StateOut<'a> {
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    link_uri: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    link_expires: Option<DateTime<Utc>>,
-    attempts: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_attempt_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "is_false")]
-    refused: bool,
-    #[serde(skip_serializing_if = "is_false")]
-    confirm_pending: bool,
-    #[serde(skip_serializing_if = "is_false")]
-    confirm_unknown: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    start_time: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    end_time: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_message: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    try_response: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    callbacks_until: Option<DateTime<Utc>>,
+fn present<'de, D, V>(d: D) -> std::result::Result<Option<V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: serde::Deserialize<'de>,
+{
+    V::deserialize(d).map(Some)
 }
 
 fn is_false(b: &bool) -> bool {
@@ -222,7 +213,7 @@ fn is_false(b: &bool) -> bool {
 impl<'a> StateOut<'a> {
     fn of(t: &'a Task) -> Self {
         let (refused, confirm_pending, confirm_unknown) = t.confirm.flags();
-        StateOut {
+        State {
             status: t.status.as_str(),
             link_uri: t.link.as_ref().map(|l| l.uri.as_str()),
             link_expires: t.link.as_ref().map(|l| l.expires),
