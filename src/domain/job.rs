@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::request::{NewJob, NewTaskKind};
+use super::request::{Hold, NewJob, NewTaskKind};
 use super::retry::{RetryPolicy, RetryPolicyPatch};
 use super::status::{FailureReason, JobState, JobStatus, TaskStatus};
 use super::target::{JobId, TargetUrl, TaskId};
@@ -283,6 +283,62 @@ mod tests {
 }
 
 impl Task {
+    /// A task as it is first stored: nothing tried, settled or said about it yet.
+    pub fn fresh(
+        idx: i32,
+        task_id: TaskId,
+        description: Option<String>,
+        status: TaskStatus,
+        try_spec: Option<Arc<TrySpec>>,
+        callbacks: Option<Arc<Callbacks>>,
+        link: Option<Link>,
+    ) -> Task {
+        Task {
+            idx,
+            task_id,
+            description,
+            try_spec,
+            callbacks,
+            callbacks_until: None,
+            status,
+            link,
+            attempts: 0,
+            next_attempt_at: None,
+            confirm: ConfirmState::default(),
+            start_time: None,
+            end_time: None,
+            last_message: None,
+            try_response: None,
+        }
+    }
+
+    /// A participant registered with a job (`Registration`): reserved from `now`, with its link
+    /// or its own URLs.
+    pub fn registered(
+        idx: i32,
+        task_id: TaskId,
+        description: Option<String>,
+        hold: &Hold,
+        now: DateTime<Utc>,
+    ) -> Task {
+        let (link, callbacks) = match hold {
+            Hold::Link(l) => (Some(l.clone()), None),
+            Hold::Callbacks(c) => (None, Some(Arc::new((**c).clone()))),
+        };
+        Task {
+            start_time: Some(now),
+            ..Task::fresh(
+                idx,
+                task_id,
+                description,
+                TaskStatus::Reserved,
+                None,
+                callbacks,
+                link,
+            )
+        }
+    }
+
     /// The policy for this task's Try attempts: the task's fields over the job's over the defaults.
     pub fn try_policy(&self, job_policy: Option<&RetryPolicyPatch>) -> RetryPolicy {
         let base = job_policy
@@ -449,23 +505,15 @@ impl Job {
                         Some(Arc::new(callbacks.as_ref().clone())),
                     ),
                 };
-                Task {
-                    idx: i as i32,
-                    task_id: t.task_id.clone(),
-                    description: t.description.clone(),
+                Task::fresh(
+                    i as i32,
+                    t.task_id.clone(),
+                    t.description.clone(),
+                    status,
                     try_spec,
                     callbacks,
-                    callbacks_until: None,
-                    status,
                     link,
-                    attempts: 0,
-                    next_attempt_at: None,
-                    confirm: ConfirmState::default(),
-                    start_time: None,
-                    end_time: None,
-                    last_message: None,
-                    try_response: None,
-                }
+                )
             })
             .collect();
         let ttl = chrono::Duration::milliseconds((new.fields.job_max_ttl * 1000.0).round() as i64);

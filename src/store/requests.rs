@@ -257,30 +257,13 @@ pub async fn register(
     }];
     let mut events = EventColumns::default();
     events.push(id, &event);
-    // The task as registered: reserved from now, with its link or its own URLs.
-    let task = Task {
-        idx: count,
-        task_id: crate::domain::TaskId::try_from(task_id).map_err(corrupt)?,
-        description: reg.description.clone(),
-        try_spec: None,
-        callbacks: match &reg.hold {
-            Hold::Callbacks(c) => Some(std::sync::Arc::new((**c).clone())),
-            Hold::Link(_) => None,
-        },
-        callbacks_until: None,
-        status: TaskStatus::Reserved,
-        link: match &reg.hold {
-            Hold::Link(l) => Some(l.clone()),
-            Hold::Callbacks(_) => None,
-        },
-        attempts: 0,
-        next_attempt_at: None,
-        confirm: ConfirmState::default(),
-        start_time: Some(Utc::now()),
-        end_time: None,
-        last_message: None,
-        try_response: None,
-    };
+    let task = Task::registered(
+        count,
+        crate::domain::TaskId::try_from(task_id).map_err(corrupt)?,
+        reg.description.clone(),
+        &reg.hold,
+        Utc::now(),
+    );
     let state = tokio_postgres::types::Json(TaskStates::of([&task]));
     let task_id = task.task_id.as_str();
     let mut params: Vec<&(dyn ToSql + Sync)> = events.params().to_vec();
