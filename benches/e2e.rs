@@ -933,10 +933,8 @@ async fn age_jobs(admin: &tokio_postgres::Config, db: &str, n: usize) {
                 (SELECT jsonb_object_agg(k::text, jsonb_build_object('status', 'confirmed',
                     'link_uri', 'http://127.0.0.1:9/r/' || i || '/' || k,
                     'link_expires', now() - interval '39 days', 'attempts', 1,
-                    'next_attempt_at', null, 'refused', false, 'confirm_pending', false,
-                    'confirm_unknown', false, 'start_time', now() - interval '40 days',
-                    'end_time', now() - interval '40 days', 'last_message', null,
-                    'try_response', null, 'callbacks_until', null))
+                    'start_time', now() - interval '40 days',
+                    'end_time', now() - interval '40 days'))
                  FROM generate_series(0, 1) AS k)
          FROM generate_series(1, $1::int) AS i",
         "INSERT INTO tasks (job_id, idx, task_id, try_spec)
