@@ -926,7 +926,7 @@ async fn age_jobs(admin: &tokio_postgres::Config, db: &str, n: usize) {
     for sql in [
         "INSERT INTO jobs (id, status, fields, correlation_id, auto_confirm, created_at,
                            updated_at, deadline, decided_at, finished_at, task_count, event_seq,
-                           task_state)
+                           task_state, task_specs)
          SELECT 'old-' || i, 'completed', '{\"jobMaxTTL\": 60, \"autoConfirm\": true, \"tags\": []}',
                 'old-' || i, true, now() - interval '40 days', now() - interval '40 days',
                 now() - interval '40 days', now() - interval '40 days', now() - interval '40 days', 2, 1,
@@ -935,11 +935,11 @@ async fn age_jobs(admin: &tokio_postgres::Config, db: &str, n: usize) {
                     'link_expires', now() - interval '39 days', 'attempts', 1,
                     'start_time', now() - interval '40 days',
                     'end_time', now() - interval '40 days'))
+                 FROM generate_series(0, 1) AS k),
+                (SELECT jsonb_object_agg(k::text, jsonb_build_object('task_id', 't' || k,
+                    'try_spec', '{\"taskURL\": \"http://127.0.0.1:9/try\"}'::jsonb))
                  FROM generate_series(0, 1) AS k)
          FROM generate_series(1, $1::int) AS i",
-        "INSERT INTO tasks (job_id, idx, task_id, try_spec)
-         SELECT 'old-' || i, k, 't' || k, '{\"taskURL\": \"http://127.0.0.1:9/try\"}'
-         FROM generate_series(1, $1::int) AS i, generate_series(0, 1) AS k",
         "INSERT INTO job_events (job_id, last_seq, events)
          SELECT 'old-' || i, 1, '[{\"type\": \"status\", \"status\": \"completed\"}]'
          FROM generate_series(1, $1::int) AS i",
@@ -950,7 +950,7 @@ async fn age_jobs(admin: &tokio_postgres::Config, db: &str, n: usize) {
             .expect("insert old jobs");
     }
     client
-        .batch_execute("VACUUM (ANALYZE) jobs, tasks, job_events")
+        .batch_execute("VACUUM (ANALYZE) jobs, job_events")
         .await
         .expect("vacuum the old jobs");
     drop(client);

@@ -63,25 +63,28 @@ pub async fn insert_job(
         .ok_or_else(|| corrupt("one new job written, no outcome"))?
 }
 
-/// `insert_many`'s statement: the jobs, their first events and their tasks, in one.
+/// `insert_many`'s statement: the jobs, their tasks (in their rows) and their first events, in
+/// one.
 const INSERT_MANY: &str = "WITH j AS (
             INSERT INTO jobs (id, source, status, fields, correlation_id, tags, auto_confirm,
                 retry_policy, shared_state, task_count, created_at, updated_at, deadline,
                 lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
-                request_hash, traceparent, event_seq, key_holder, task_state)
+                request_hash, traceparent, event_seq, key_holder, task_state, task_specs)
             SELECT n.id, n.source, n.status, n.fields, n.correlation_id,
                 ($5::text[])[n.tags_from:n.tags_to], n.auto_confirm, n.retry_policy,
                 n.shared_state, n.task_count, n.created_at, n.created_at, n.deadline,
                 n.owner, now() + make_interval(secs => n.ttl), 1, n.created_at, n.key,
                 n.hash, n.traceparent, CASE WHEN n.status = 'pending' THEN 1 ELSE 2 END,
-                n.holder, n.task_state
+                n.holder, n.task_state, n.task_specs
             FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $6::text[],
                 $7::int[], $8::int[], $9::bool[], $10::jsonb[], $11::jsonb[], $12::int[],
                 $13::timestamptz[], $14::timestamptz[], $15::text[], $16::float8[],
-                $17::text[], $18::text[], $19::text[], $25::text[], $26::jsonb[])
+                $17::text[], $18::text[], $19::text[], $20::text[], $21::jsonb[],
+                $22::jsonb[])
                 AS n(id, source, status, fields, correlation_id, tags_from, tags_to,
                      auto_confirm, retry_policy, shared_state, task_count, created_at,
-                     deadline, owner, ttl, key, hash, traceparent, holder, task_state)
+                     deadline, owner, ttl, key, hash, traceparent, holder, task_state,
+                     task_specs)
             ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id, status, created_at, source
          ), e AS (
@@ -98,13 +101,6 @@ const INSERT_MANY: &str = "WITH j AS (
                         ELSE jsonb_build_array(jsonb_build_object('at', created_at,
                             'type', 'status', 'status', status)) END
             FROM j
-         ), t AS (
-            INSERT INTO tasks (job_id, idx, task_id, description, try_spec, callbacks)
-            SELECT u.job_id, u.idx, u.task_id, u.description, u.try_spec, u.callbacks
-            FROM unnest($20::text[], $21::int[], $22::text[], $23::text[], $24::jsonb[],
-                $27::jsonb[])
-                AS u(job_id, idx, task_id, description, try_spec, callbacks)
-            WHERE u.job_id IN (SELECT id FROM j)
          )
          SELECT id FROM j";
 
@@ -144,13 +140,8 @@ pub async fn insert_many(
     let mut holders = Vec::with_capacity(n);
     let mut hashes = Vec::with_capacity(n);
     let mut traceparents = Vec::with_capacity(n);
-    let mut job_of = Vec::new();
-    let mut idx = Vec::new();
-    let mut task_ids = Vec::new();
-    let mut descriptions = Vec::new();
-    let mut specs: Vec<Option<Value>> = Vec::new();
-    let mut own_urls: Vec<Option<Value>> = Vec::new();
     let mut states = Vec::with_capacity(n);
+    let mut specs = Vec::with_capacity(n);
     for (row, record) in jobs {
         let job = &record.job;
         ids.push(row.submission.id.as_str());
@@ -180,29 +171,10 @@ pub async fn insert_many(
         hashes.push(row.submission.request_hash.as_deref());
         traceparents.push(row.submission.traceparent.as_deref());
         states.push(tokio_postgres::types::Json(TaskStates::of(&job.tasks)));
-        for t in &job.tasks {
-            job_of.push(row.submission.id.as_str());
-            idx.push(t.idx);
-            task_ids.push(t.task_id.as_str());
-            descriptions.push(t.description.as_deref());
-            specs.push(
-                t.try_spec
-                    .as_deref()
-                    .map(serde_json::to_value)
-                    .transpose()
-                    .map_err(corrupt)?,
-            );
-            own_urls.push(
-                t.callbacks
-                    .as_deref()
-                    .map(serde_json::to_value)
-                    .transpose()
-                    .map_err(corrupt)?,
-            );
-        }
+        specs.push(tokio_postgres::types::Json(TaskSpecs::of(&job.tasks)));
     }
     let stmt = client.prepare_cached(INSERT_MANY).await?;
-    let params: [&(dyn ToSql + Sync); 27] = [
+    let params: [&(dyn ToSql + Sync); 22] = [
         &ids,
         &sources,
         &job_statuses,
@@ -222,14 +194,9 @@ pub async fn insert_many(
         &keys,
         &hashes,
         &traceparents,
-        &job_of,
-        &idx,
-        &task_ids,
-        &descriptions,
-        &specs,
         &holders,
         &states,
-        &own_urls,
+        &specs,
     ];
     let stored = client.query(&stmt, &params).await?;
     let stored = stored
@@ -276,36 +243,21 @@ async fn replay(client: &impl GenericClient, row: &NewJobRow) -> Result<Inserted
 
 /// The job and its tasks, or `None`.
 pub async fn load_job(client: &impl GenericClient, id: &JobId) -> Result<Option<JobRecord>> {
-    let id = id.as_str();
-    // One statement, so one snapshot: the job and its tasks as one write left them (two
-    // statements could see a job still `reserved` beside a task already `confirming`).
+    // One row holds the job and its tasks, as one write left them.
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS}, {TASK_COLUMNS}
-             FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id
-             WHERE j.id = $1 ORDER BY t.idx"
+            "SELECT {JOB_COLUMNS}, {TASK_COLUMNS} FROM jobs j WHERE j.id = $1"
         ))
         .await?;
-    let rows = client.query(&stmt, &[&id]).await?;
-    if rows.is_empty() {
-        return Ok(None);
+    match client.query_opt(&stmt, &[&id.as_str()]).await? {
+        Some(row) => record_from_row(&row).map(Some),
+        None => Ok(None),
     }
-    record_from_rows(&rows).map(Some)
 }
 
-/// A job from its rows of `jobs LEFT JOIN tasks` (at least one), a task each; a job without
-/// tasks comes as one row whose task columns are NULL.
-fn record_from_rows(rows: &[tokio_postgres::Row]) -> Result<JobRecord> {
-    let first = rows
-        .first()
-        .ok_or_else(|| corrupt("a job read without its row"))?;
-    let mut tasks = Vec::with_capacity(rows.len());
-    for row in rows {
-        if row.try_get::<_, Option<i32>>("idx")?.is_some() {
-            tasks.push(task_from_row(row)?);
-        }
-    }
-    job_from_row(first, tasks)
+/// A job, with its tasks, from its row.
+fn record_from_row(row: &tokio_postgres::Row) -> Result<JobRecord> {
+    job_from_row(row, tasks_of(row, 0)?)
 }
 
 /// Several jobs, each as `load_job` reads it, in one statement (one snapshot); the jobs that
@@ -316,18 +268,12 @@ pub async fn load_jobs(
 ) -> Result<HashMap<String, JobRecord>> {
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS}, {TASK_COLUMNS}
-             FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id
-             WHERE j.id = ANY($1::text[]) ORDER BY j.id, t.idx"
+            "SELECT {JOB_COLUMNS}, {TASK_COLUMNS} FROM jobs j WHERE j.id = ANY($1::text[])"
         ))
         .await?;
-    let rows = client.query(&stmt, &[&ids]).await?;
     let mut jobs = HashMap::new();
-    // A job's rows come together (ordered by its id).
-    for group in
-        rows.chunk_by(|a, b| a.try_get::<_, &str>("id").ok() == b.try_get::<_, &str>("id").ok())
-    {
-        let record = record_from_rows(group)?;
+    for row in client.query(&stmt, &[&ids]).await? {
+        let record = record_from_row(&row)?;
         jobs.insert(record.job.id.to_string(), record);
     }
     Ok(jobs)
@@ -357,34 +303,27 @@ pub async fn refresh(
 ) -> Result<Refresh> {
     let id = id.as_str();
     let known = known_tasks as i32;
-    // One statement: the job's row beside each task registered since (or once, alone).
+    // The tasks only when some were registered since (their states, the known ones' included,
+    // come with them: the row is one value).
     let stmt = client
-        .prepare_cached(&format!(
+        .prepare_cached(
             "SELECT j.wake_seq, j.retry_seq, j.auto_confirm, j.deadline, j.confirm_requested,
                     j.cancel_requested,
                     (j.lease_owner = $2 AND j.lease_generation = $3) AS ours, j.state_seq,
                     CASE WHEN j.state_seq <> $4 THEN j.shared_state END AS shared_state,
-                    {TASK_COLUMNS}
-             FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id AND t.idx >= $5
-             WHERE j.id = $1
-             ORDER BY t.idx"
-        ))
+                    CASE WHEN j.task_count > $5 THEN j.task_specs ELSE '{}' END AS task_specs,
+                    CASE WHEN j.task_count > $5 THEN j.task_state ELSE '{}' END AS task_state
+             FROM jobs j
+             WHERE j.id = $1",
+        )
         .await?;
-    let rows = client
-        .query(
+    let job = client
+        .query_opt(
             &stmt,
             &[&id, &fence.owner, &fence.generation, &known_state, &known],
         )
-        .await?;
-    let job = rows
-        .first()
+        .await?
         .ok_or_else(|| corrupt(format!("job {id} vanished while leased")))?;
-    let mut task_rows = Vec::new();
-    for row in &rows {
-        if row.try_get::<_, Option<i32>>("idx")?.is_some() {
-            task_rows.push(row);
-        }
-    }
     let ours: Option<bool> = job.try_get("ours")?;
     Ok(Refresh {
         wake_seq: job.try_get("wake_seq")?,
@@ -397,10 +336,7 @@ pub async fn refresh(
             job.try_get("confirm_requested")?,
             job.try_get("cancel_requested")?,
         ),
-        new_tasks: task_rows
-            .into_iter()
-            .map(task_from_row)
-            .collect::<Result<Vec<_>>>()?,
+        new_tasks: tasks_of(&job, known)?,
         still_ours: ours.unwrap_or(false),
     })
 }
@@ -774,9 +710,9 @@ pub async fn task_statuses(
 ) -> Result<std::collections::HashMap<String, Vec<TaskStatus>>> {
     let stmt = client
         .prepare_cached(
-            "SELECT t.job_id, j.task_state -> t.idx::text ->> 'status'
-             FROM tasks t JOIN jobs j ON j.id = t.job_id
-             WHERE t.job_id = ANY($1::text[]) ORDER BY t.job_id, t.idx",
+            "SELECT j.id, s.value ->> 'status'
+             FROM jobs j, jsonb_each(j.task_state) s
+             WHERE j.id = ANY($1::text[]) ORDER BY j.id, s.key::int",
         )
         .await?;
     let mut out: std::collections::HashMap<String, Vec<TaskStatus>> = Default::default();

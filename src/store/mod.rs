@@ -51,8 +51,8 @@ pub use notifications::*;
 pub use requests::*;
 pub use rows::JobRecord;
 use rows::{
-    JOB_COLUMNS, TASK_COLUMNS, TaskStates, fields_from_row, job_from_row, state_from_row,
-    task_from_row,
+    JOB_COLUMNS, TASK_COLUMNS, TaskSpecs, TaskStates, fields_from_row, job_from_row,
+    state_from_row, tasks_of,
 };
 
 mod embedded {

@@ -173,12 +173,12 @@ pub async fn register(
 ) -> Result<Registered> {
     let tx = client.transaction().await?;
     const COLUMNS: &str = "id, status, failure_reason, task_count, confirm_requested, \
-        cancel_requested, lease_owner";
+        cancel_requested, lease_owner, task_specs, task_state";
     let row = match job {
         JobRef::Id(id) => {
             let lock = tx
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"
+                    "SELECT {COLUMNS} FROM jobs j WHERE id = $1 FOR UPDATE"
                 ))
                 .await?;
             tx.query_opt(&lock, &[&id.as_str()]).await?
@@ -186,7 +186,7 @@ pub async fn register(
         JobRef::Key(source, key) => {
             let lock = tx
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM jobs
+                    "SELECT {COLUMNS} FROM jobs j
                      WHERE source = $1::text AND idempotency_key = $2::text FOR UPDATE"
                 ))
                 .await?;
@@ -216,26 +216,13 @@ pub async fn register(
     };
     // The same link, or the same own URLs with the same body, registered again is the same
     // participant; another under the task id is not.
-    let (link_uri, callbacks) = match &reg.hold {
-        Hold::Link(l) => (Some(l.uri.as_str()), None),
-        Hold::Callbacks(c) => (None, Some(serde_json::to_value(c).map_err(corrupt)?)),
+    let tasks = tasks_of(&row, 0)?;
+    let same = |t: &&Task| match &reg.hold {
+        Hold::Link(l) => t.link.as_ref().is_some_and(|k| k.uri == l.uri),
+        Hold::Callbacks(c) => t.callbacks.as_deref() == Some(c),
     };
-    let others = tx
-        .prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS},
-                coalesce(j.task_state -> t.idx::text ->> 'link_uri' = $2
-                    OR t.callbacks = $3::jsonb, false) AS same
-             FROM tasks t JOIN jobs j ON j.id = t.job_id
-             WHERE t.job_id = $1
-               AND (j.task_state -> t.idx::text ->> 'link_uri' = $2
-                    OR t.callbacks = $3::jsonb OR t.task_id = $4)"
-        ))
-        .await?;
-    let others = tx
-        .query(&others, &[&id, &link_uri, &callbacks, &task_id])
-        .await?;
-    if let Some(same) = others.iter().find(|r| r.get::<_, bool>("same")) {
-        return Ok(Registered::Existing(task_from_row(same)?));
+    if let Some(same) = tasks.iter().find(same) {
+        return Ok(Registered::Existing(same.clone()));
     }
     if let Some(refusal) = client_refusal(&gate, Action::Participants) {
         return Ok(Registered::Refused(refusal));
@@ -243,7 +230,7 @@ pub async fn register(
     if count as usize >= max_tasks {
         return Ok(Registered::TooMany(max_tasks));
     }
-    if !others.is_empty() {
+    if tasks.iter().any(|t| t.task_id.as_str() == task_id) {
         return Ok(Registered::TaskIdTaken(task_id));
     }
     let event = [Event {
@@ -264,27 +251,17 @@ pub async fn register(
         &reg.hold,
         Utc::now(),
     );
+    let spec = tokio_postgres::types::Json(TaskSpecs::of([&task]));
     let state = tokio_postgres::types::Json(TaskStates::of([&task]));
-    let task_id = task.task_id.as_str();
     let mut params: Vec<&(dyn ToSql + Sync)> = events.params().to_vec();
-    params.extend([
-        &id as &(dyn ToSql + Sync),
-        &count,
-        &task_id,
-        &task.description,
-        &callbacks,
-        &state,
-    ]);
+    params.extend([&id as &(dyn ToSql + Sync), &spec, &state]);
     // The task, its state, the job's count and wake, and the event, in one statement.
     let insert = tx
         .prepare_cached(&format!(
-            "WITH t AS (
-                INSERT INTO tasks (job_id, idx, task_id, description, callbacks)
-                VALUES ($4, $5, $6, $7, $8)
-             ), b AS (
+            "WITH b AS (
                 UPDATE jobs SET task_count = task_count + 1, wake_seq = wake_seq + 1,
                     next_wake = now(), updated_at = now(), event_seq = event_seq + 1,
-                    task_state = task_state || $9::jsonb
+                    task_specs = task_specs || $5::jsonb, task_state = task_state || $6::jsonb
                 WHERE id = $4
                 RETURNING id, event_seq - 1 AS event_base
              ), e AS ({})

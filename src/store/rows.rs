@@ -33,10 +33,9 @@ pub(super) const JOB_COLUMNS: &str = "j.id, j.status AS job_status, j.failure_re
     j.created_at, j.deadline, j.shared_state, j.retry_policy, j.fields, j.updated_at, j.attempt, \
     j.wake_seq, j.retry_seq, j.state_seq, j.lease_owner, j.lease_generation, j.resolution";
 
-/// A task's columns: what never changes from `tasks t`, and its state from its job's row
-/// `j.task_state` (V15), which a statement reading them joins.
-pub(super) const TASK_COLUMNS: &str = "t.idx, t.task_id, t.description, t.try_spec, t.callbacks, \
-    j.task_state -> t.idx::text AS state";
+/// A job's tasks, from its row `j`: what never changes in them (`task_specs`, V16) and their
+/// states (`task_state`, V15), each an object keyed by the task's index (`tasks_of`).
+pub(super) const TASK_COLUMNS: &str = "j.task_specs, j.task_state";
 
 /// The job-level fields (`jobs.fields`), as typed.
 pub(super) fn fields_from_row(row: &tokio_postgres::Row) -> Result<JobFields> {
@@ -102,34 +101,41 @@ pub(super) fn job_from_row(row: &tokio_postgres::Row, tasks: Vec<Task>) -> Resul
     })
 }
 
-pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
-    let idx: i32 = row.try_get("idx")?;
-    let spec: Option<Value> = row.try_get("try_spec")?;
-    let callbacks: Option<Value> = row.try_get("callbacks")?;
-    let state = row
-        .try_get::<_, Option<Json<StateIn>>>("state")
-        .map_err(|e| corrupt(format!("task {idx}'s state: {e}")))?
-        .ok_or_else(|| corrupt(format!("task {idx} has no state in its job's row")))?
+/// The tasks of a job's row (`TASK_COLUMNS`) from index `from` on, in order. Every task has its
+/// state, and a Try, a link or its own URLs; a row that breaks either rule is corrupt.
+pub(super) fn tasks_of(row: &tokio_postgres::Row, from: i32) -> Result<Vec<Task>> {
+    let specs = row
+        .try_get::<_, Json<std::collections::BTreeMap<i32, SpecIn>>>("task_specs")
+        .map_err(|e| corrupt(format!("the job's tasks: {e}")))?
         .0;
-    if spec.is_none() && state.link_uri.is_none() && callbacks.is_none() {
+    let mut states = row
+        .try_get::<_, Json<std::collections::BTreeMap<i32, StateIn>>>("task_state")
+        .map_err(|e| corrupt(format!("the job's tasks' states: {e}")))?
+        .0;
+    specs
+        .into_iter()
+        .filter(|(idx, _)| *idx >= from)
+        .map(|(idx, spec)| {
+            let state = states
+                .remove(&idx)
+                .ok_or_else(|| corrupt(format!("task {idx} has no state in its job's row")))?;
+            task_of(idx, spec, state)
+        })
+        .collect()
+}
+
+fn task_of(idx: i32, spec: SpecIn, state: StateIn) -> Result<Task> {
+    if spec.try_spec.is_none() && state.link_uri.is_none() && spec.callbacks.is_none() {
         return Err(corrupt(
             "a task with neither a Try, a link nor its own URLs",
         ));
     }
     Ok(Task {
         idx,
-        task_id: TaskId::try_from(row.try_get::<_, String>("task_id")?).map_err(corrupt)?,
-        description: row.try_get("description")?,
-        try_spec: spec
-            .map(serde_json::from_value::<TrySpec>)
-            .transpose()
-            .map_err(corrupt)?
-            .map(std::sync::Arc::new),
-        callbacks: callbacks
-            .map(serde_json::from_value::<Callbacks>)
-            .transpose()
-            .map_err(corrupt)?
-            .map(std::sync::Arc::new),
+        task_id: TaskId::try_from(spec.task_id).map_err(corrupt)?,
+        description: spec.description,
+        try_spec: spec.try_spec.map(std::sync::Arc::new),
+        callbacks: spec.callbacks.map(std::sync::Arc::new),
         callbacks_until: state.callbacks_until,
         status: state.status.parse::<TaskStatus>().map_err(corrupt)?,
         link: match (state.link_uri, state.link_expires) {
@@ -153,6 +159,52 @@ pub(super) fn task_from_row(row: &tokio_postgres::Row) -> Result<Task> {
         last_message: state.last_message,
         try_response: state.try_response.map(std::sync::Arc::new),
     })
+}
+
+/// What never changes in a task, as its job's row holds it (`jobs.task_specs`, under the task's
+/// index): read owned (`SpecIn`), written borrowed from the task (`SpecOut`), once, when the task
+/// is stored. What a task has not got is absent.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound(
+    deserialize = "S: serde::Deserialize<'de>, T: serde::Deserialize<'de>, C: serde::Deserialize<'de>"
+))]
+struct Spec<S, T, C> {
+    task_id: S,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    try_spec: Option<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    callbacks: Option<C>,
+}
+
+type SpecIn = Spec<String, TrySpec, Callbacks>;
+type SpecOut<'a> = Spec<&'a str, &'a TrySpec, &'a Callbacks>;
+
+/// Tasks' specifications keyed by their index, as a job's row holds them (`jobs.task_specs`):
+/// a new job's, or one registered task's, added with `task_specs || $n`.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct TaskSpecs<'a>(std::collections::BTreeMap<i32, SpecOut<'a>>);
+
+impl<'a> TaskSpecs<'a> {
+    pub fn of<'t: 'a>(tasks: impl IntoIterator<Item = &'t Task>) -> Self {
+        TaskSpecs(
+            tasks
+                .into_iter()
+                .map(|t| {
+                    (
+                        t.idx,
+                        Spec {
+                            task_id: t.task_id.as_str(),
+                            description: t.description.as_deref(),
+                            try_spec: t.try_spec.as_deref(),
+                            callbacks: t.callbacks.as_deref(),
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
 }
 
 /// A task's state as its job's row holds it (`jobs.task_state`, under the task's index): read

@@ -634,8 +634,157 @@ async fn task_states_stored_in_task_rows_before_v15_read_back_the_same_after_it(
     assert!(empty.job.tasks.is_empty());
 }
 
-/// The retention purge deletes finished jobs (resolved heuristic ones too) with their tasks and
-/// their event log, a batch at a time, and keeps unresolved heuristic jobs, active jobs and jobs
+/// A job stored before V16, its tasks' specifications in their own rows, reads back the same
+/// after it: the migration moves them into the job's row, absent what a task has not got, with a
+/// Try body's own nulls kept; a task registered afterwards joins them, and a second one under
+/// the same task id is refused.
+#[tokio::test]
+async fn task_specs_stored_in_task_rows_before_v16_read_back_the_same_after_it() {
+    let config: tokio_postgres::Config = fresh_database().await.parse().expect("a config");
+    store::migrate_up_to(&config, 15)
+        .await
+        .expect("migrate to V15");
+    {
+        let (client, conn) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let conn = tokio::spawn(conn);
+        client
+            .batch_execute(
+                "INSERT INTO jobs (id, status, fields, correlation_id, auto_confirm, created_at,
+                                   updated_at, deadline, task_count, event_seq, task_state)
+                 VALUES ('v15-job', 'reserved', '{\"jobMaxTTL\": 60, \"autoConfirm\": false, \"tags\": []}', 'v15', false,
+                         '2026-12-04T10:00:00Z', '2026-12-04T10:00:01Z', '2026-12-04T10:01:00Z', 2, 1,
+                         '{\"0\": {\"status\": \"reserved\", \"link_uri\": \"http://127.0.0.1:9/r/1\", \"link_expires\": \"2026-12-04T10:02:00Z\", \"attempts\": 1},
+                           \"1\": {\"status\": \"reserved\", \"attempts\": 1, \"callbacks_until\": \"2026-12-04T11:00:00Z\"}}');
+                 INSERT INTO tasks (job_id, idx, task_id, description, try_spec)
+                 VALUES ('v15-job', 0, 'tried', 'a Try',
+                         '{\"taskURL\": \"http://127.0.0.1:9/try\", \"taskMaxTTL\": 5, \"body\": {\"note\": null}}');
+                 INSERT INTO tasks (job_id, idx, task_id, callbacks)
+                 VALUES ('v15-job', 1, 'own',
+                         '{\"confirmURL\": \"http://127.0.0.1:9/c\", \"cancelURL\": \"http://127.0.0.1:9/x\"}');",
+            )
+            .await
+            .expect("a job as V15 stored it");
+        drop(client);
+        let _ = conn.await;
+    }
+    store::migrate(&config)
+        .await
+        .expect("migrate to the latest");
+    let pool = store::pool(config, 1).expect("a pool");
+    let mut client = pool.get().await.expect("a connection");
+    let id = JobId::parse("v15-job").expect("an id");
+    let job = store::load_job(&client, &id)
+        .await
+        .expect("read")
+        .expect("still there")
+        .job;
+    assert_eq!(job.tasks.len(), 2);
+    let (tried, own) = (&job.tasks[0], &job.tasks[1]);
+    assert_eq!(
+        (
+            tried.idx,
+            tried.task_id.as_str(),
+            tried.description.as_deref()
+        ),
+        (0, "tried", Some("a Try"))
+    );
+    let spec = serde_json::to_value(tried.try_spec.as_deref().expect("its Try")).expect("json");
+    assert_eq!(spec["taskURL"], json!("http://127.0.0.1:9/try"));
+    assert_eq!(spec["body"], json!({"note": null}));
+    assert!(tried.callbacks.is_none());
+    assert_eq!(
+        tried.link.as_ref().map(|l| l.uri.as_str()),
+        Some("http://127.0.0.1:9/r/1")
+    );
+    assert_eq!(
+        (own.idx, own.task_id.as_str(), own.description.as_deref()),
+        (1, "own", None)
+    );
+    assert!(own.try_spec.is_none() && own.link.is_none());
+    let callbacks =
+        serde_json::to_value(own.callbacks.as_deref().expect("its URLs")).expect("json");
+    assert_eq!(callbacks["confirmURL"], json!("http://127.0.0.1:9/c"));
+    assert_eq!(callbacks["cancelURL"], json!("http://127.0.0.1:9/x"));
+
+    // The migrated task's link registered again is that task; a new one is a third task.
+    let link = |n: u32| {
+        tcc_coordinator::domain::request::Hold::Link(tcc_coordinator::domain::Link {
+            uri: tcc_coordinator::domain::TargetUrl::try_from(format!("http://127.0.0.1:9/r/{n}"))
+                .expect("a URL"),
+            expires: Utc::now() + chrono::Duration::minutes(5),
+        })
+    };
+    let registration = |n: u32, task_id: &str| tcc_coordinator::domain::request::Registration {
+        task_id: Some(
+            tcc_coordinator::domain::TaskId::try_from(task_id.to_string()).expect("an id"),
+        ),
+        description: Some("registered".into()),
+        hold: link(n),
+    };
+    let again = store::register(
+        &mut client,
+        store::JobRef::Id(&id),
+        &registration(1, "again"),
+        10,
+        "test",
+        "me",
+        false,
+    )
+    .await
+    .expect("answered");
+    assert!(
+        matches!(&again, store::Registered::Existing(t) if t.task_id == "tried"),
+        "{again:?}"
+    );
+    let added = store::register(
+        &mut client,
+        store::JobRef::Id(&id),
+        &registration(3, "later"),
+        10,
+        "test",
+        "me",
+        false,
+    )
+    .await
+    .expect("registered");
+    assert!(
+        matches!(added, store::Registered::Created { .. }),
+        "{added:?}"
+    );
+    let taken = store::register(
+        &mut client,
+        store::JobRef::Id(&id),
+        &registration(4, "later"),
+        10,
+        "test",
+        "me",
+        false,
+    )
+    .await
+    .expect("answered");
+    assert!(
+        matches!(taken, store::Registered::TaskIdTaken(_)),
+        "{taken:?}"
+    );
+    let job = store::load_job(&client, &id)
+        .await
+        .expect("read")
+        .expect("still there")
+        .job;
+    let ids: Vec<(i32, &str)> = job
+        .tasks
+        .iter()
+        .map(|t| (t.idx, t.task_id.as_str()))
+        .collect();
+    assert_eq!(ids, [(0, "tried"), (1, "own"), (2, "later")]);
+    assert_eq!(job.tasks[2].description.as_deref(), Some("registered"));
+}
+
+/// The retention purge deletes finished jobs (resolved heuristic ones too) with their tasks (in
+/// their rows) and their event log, a batch at a time, and keeps unresolved heuristic jobs, active jobs and jobs
 /// still inside the retention.
 #[tokio::test]
 async fn the_purge_takes_finished_jobs_with_their_events_a_batch_at_a_time_and_keeps_unresolved_heuristic_and_active_ones()
@@ -724,27 +873,12 @@ async fn the_purge_takes_finished_jobs_with_their_events_a_batch_at_a_time_and_k
         .expect("count")
         .get(0);
     assert_eq!(left, 0, "its events went with it");
-    let tasks_of = |id: JobId| {
-        let client = &client;
-        async move {
-            client
-                .query_one(
-                    "SELECT count(*) FROM tasks WHERE job_id = $1",
-                    &[&id.as_str()],
-                )
-                .await
-                .expect("count")
-                .get::<_, i64>(0)
-        }
-    };
-    for gone in [&ids[0], &ids[3], &ids[4]] {
-        assert_eq!(tasks_of(gone.clone()).await, 0, "its tasks went with it");
-    }
-    assert_eq!(
-        tasks_of(ids[1].clone()).await,
-        1,
-        "a kept job keeps its task"
-    );
+    // A job's tasks are in its row (V16): they go with it, and stay with a kept one.
+    let kept = store::load_job(&client, &ids[1])
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(kept.job.tasks.len(), 1, "a kept job keeps its task");
     assert_eq!(events(ids[1].clone()).await, Some(1), "heuristic: kept");
     assert_eq!(
         events(ids[2].clone()).await,
