@@ -178,7 +178,7 @@ pub async fn register(
         JobRef::Id(id) => {
             let lock = tx
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM jobs j WHERE id = $1 FOR UPDATE"
+                    "SELECT {COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"
                 ))
                 .await?;
             tx.query_opt(&lock, &[&id.as_str()]).await?
@@ -186,7 +186,7 @@ pub async fn register(
         JobRef::Key(source, key) => {
             let lock = tx
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM jobs j
+                    "SELECT {COLUMNS} FROM jobs
                      WHERE source = $1::text AND idempotency_key = $2::text FOR UPDATE"
                 ))
                 .await?;
