@@ -1,8 +1,10 @@
 //! Every outbound HTTP call (participants, callbacks, webhooks) goes through a client made
-//! here: redirects are never followed, proxy variables are ignored, and host names are resolved by [`PolicyResolver`], which
-//! drops the addresses `TCC_ALLOWED_TARGETS` refuses, so that a name resolving to one (the cloud
-//! metadata address, say) is never connected to. URLs with an IP literal, which reqwest does not
-//! resolve, are checked by [`check`] before each call.
+//! here, or (plain `http://` participants) through hyper's client with [`PolicyDns`]: redirects
+//! are never followed, proxy variables are ignored, and host names are resolved by
+//! [`PolicyResolver`] (reqwest's) or [`PolicyDns`] (hyper's), which drop the addresses
+//! `TCC_ALLOWED_TARGETS` refuses, so that a name resolving to one (the cloud metadata address,
+//! say) is never connected to. URLs with an IP literal, which neither resolves, are checked by
+//! [`check`] before each call.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
