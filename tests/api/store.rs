@@ -724,47 +724,30 @@ async fn task_specs_stored_in_task_rows_before_v16_read_back_the_same_after_it()
         description: Some("registered".into()),
         hold: link(n),
     };
-    let again = store::register(
-        &mut client,
-        store::JobRef::Id(&id),
-        &registration(1, "again"),
-        10,
-        "test",
-        "me",
-        false,
-    )
-    .await
-    .expect("answered");
+    let mut outcomes = Vec::new();
+    for (n, task_id) in [(1, "again"), (3, "later"), (4, "later")] {
+        let registered = store::register(
+            &mut client,
+            store::JobRef::Id(&id),
+            &registration(n, task_id),
+            10,
+            "test",
+            "me",
+            false,
+        )
+        .await
+        .expect("answered");
+        outcomes.push(registered);
+    }
+    let [again, added, taken] = <[_; 3]>::try_from(outcomes).expect("three answers");
     assert!(
         matches!(&again, store::Registered::Existing(t) if t.task_id == "tried"),
         "{again:?}"
     );
-    let added = store::register(
-        &mut client,
-        store::JobRef::Id(&id),
-        &registration(3, "later"),
-        10,
-        "test",
-        "me",
-        false,
-    )
-    .await
-    .expect("registered");
     assert!(
         matches!(added, store::Registered::Created { .. }),
         "{added:?}"
     );
-    let taken = store::register(
-        &mut client,
-        store::JobRef::Id(&id),
-        &registration(4, "later"),
-        10,
-        "test",
-        "me",
-        false,
-    )
-    .await
-    .expect("answered");
     assert!(
         matches!(taken, store::Registered::TaskIdTaken(_)),
         "{taken:?}"
@@ -784,8 +767,8 @@ async fn task_specs_stored_in_task_rows_before_v16_read_back_the_same_after_it()
 }
 
 /// The retention purge deletes finished jobs (resolved heuristic ones too) with their tasks (in
-/// their rows) and their event log, a batch at a time, and keeps unresolved heuristic jobs, active jobs and jobs
-/// still inside the retention.
+/// their rows) and their event log, a batch at a time, and keeps unresolved heuristic jobs,
+/// active jobs and jobs still inside the retention.
 #[tokio::test]
 async fn the_purge_takes_finished_jobs_with_their_events_a_batch_at_a_time_and_keeps_unresolved_heuristic_and_active_ones()
  {
