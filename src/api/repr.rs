@@ -1001,9 +1001,16 @@ impl VersionListRepr {
 
 /// A strong ETag over the exact bytes of a representation.
 pub fn etag(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(bytes);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
+    let mut tag = String::with_capacity(34);
+    tag.push('"');
+    for b in &digest[..16] {
+        tag.push(char::from(HEX[usize::from(b >> 4)]));
+        tag.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    tag.push('"');
+    tag
 }
 
 /// The same JSON with object keys sorted at every level: equal documents hash equal whatever the
@@ -1034,6 +1041,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_etag_is_the_first_half_of_the_sha256_in_lowercase_hex_quoted() {
+        assert_eq!(etag(b""), "\"e3b0c44298fc1c149afbf4c8996fb924\"");
+        assert_eq!(etag(b"abc"), "\"ba7816bf8f01cfea414140de5dae2223\"");
+    }
 
     #[test]
     fn canonical_ignores_key_order() {

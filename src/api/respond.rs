@@ -13,9 +13,13 @@ use super::repr::{self, JobRepr};
 use crate::store::JobRecord;
 
 pub(super) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
-    // The representations are plain data: serializing them cannot fail.
-    let bytes = serde_json::to_string(body).unwrap_or_default();
-    let etag = repr::etag(bytes.as_bytes());
+    // The representations are plain data: serializing them cannot fail. A job's document is
+    // a kilobyte or two: room for it from the start, rather than growing 128 bytes by doubling.
+    let mut bytes = Vec::with_capacity(2048);
+    if serde_json::to_writer(&mut bytes, body).is_err() {
+        bytes.clear();
+    }
+    let etag = repr::etag(&bytes);
     let mut resp = (status, bytes).into_response();
     let h = resp.headers_mut();
     h.insert(
