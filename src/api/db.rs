@@ -7,7 +7,8 @@ use tokio::time::Instant;
 
 use super::app::AppState;
 use super::error::ApiError;
-use crate::domain::JobId;
+use crate::domain::{JobId, JobStatus};
+use crate::engine::Change;
 use crate::store::{self, ClientRequest, JobRecord, RequestOutcome};
 
 /// `work` with the database, given up after `TCC_DB_TIMEOUT`: a database that cannot answer or
@@ -101,7 +102,10 @@ pub(super) async fn load(state: &AppState, id: &JobId) -> Result<JobRecord, ApiE
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
-/// Wait up to `wait` for the job to reach a terminal status.
+/// Wait up to `wait` for the job to reach a terminal status. The job is read again only when
+/// this instance's driver announces a terminal status, when a change comes without one (a
+/// client's request, or a re-check for changes made elsewhere), and once more at the end if a
+/// change was let pass unread.
 pub(super) async fn wait_terminal(
     state: &AppState,
     id: &JobId,
@@ -109,31 +113,45 @@ pub(super) async fn wait_terminal(
 ) -> Result<JobRecord, ApiError> {
     let mut changes = state.engine.subscribe();
     let until = Instant::now() + wait;
+    let mut record = load(state, id).await?;
+    let mut unread = false;
     loop {
-        let record = load(state, id).await?;
-        if record.job.status().is_terminal() || Instant::now() >= until {
+        if record.job.status().is_terminal() {
             return Ok(record);
         }
-        wait_change(&mut changes, id, until).await;
+        if Instant::now() >= until {
+            return if unread {
+                load(state, id).await
+            } else {
+                Ok(record)
+            };
+        }
+        match wait_change(&mut changes, id, until).await {
+            Some(status) if !status.is_terminal() => unread = true,
+            _ => {
+                record = load(state, id).await?;
+                unread = false;
+            }
+        }
     }
 }
 
 /// Until `id` changes here, `until`, or a short re-check interval (changes made by another
-/// instance are not announced here).
+/// instance are not announced here). The status its driver announced, if it did.
 pub(super) async fn wait_change(
-    changes: &mut tokio::sync::broadcast::Receiver<JobId>,
+    changes: &mut tokio::sync::broadcast::Receiver<Change>,
     id: &JobId,
     until: Instant,
-) {
+) -> Option<JobStatus> {
     let recheck = (Instant::now() + Duration::from_millis(500)).min(until);
     loop {
         tokio::select! {
             r = changes.recv() => match r {
-                Ok(changed) if changed == *id => return,
+                Ok(changed) if changed.id == *id => return changed.status,
                 Ok(_) => continue,
-                Err(_) => return,
+                Err(_) => return None,
             },
-            _ = tokio::time::sleep_until(recheck) => return,
+            _ = tokio::time::sleep_until(recheck) => return None,
         }
     }
 }

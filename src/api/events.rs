@@ -181,7 +181,7 @@ struct Live {
     after: i64,
     /// Events read and not yet sent, with the job's status when they were read.
     ready: Option<(JobStatus, Vec<StoredEvent>)>,
-    changes: tokio::sync::broadcast::Receiver<JobId>,
+    changes: tokio::sync::broadcast::Receiver<crate::engine::Change>,
     ended: bool,
     /// Held while the stream lives: one of `AppState.streams`.
     _permit: OwnedSemaphorePermit,

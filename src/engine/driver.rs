@@ -361,7 +361,13 @@ impl Driver {
                     self.inner.outbox.notify_one();
                 }
                 st.renew_at = self.next_renewal();
-                self.inner.changes.send(self.id.clone()).ok();
+                self.inner
+                    .changes
+                    .send(super::Change {
+                        id: self.id.clone(),
+                        status: Some(st.saved.status()),
+                    })
+                    .ok();
                 if lease.releases() {
                     return Ok(Next::Stop);
                 }

@@ -52,6 +52,15 @@ use crate::metrics as m;
 use crate::participant::ParticipantClient;
 use crate::store::{self, Fence, Inserted, StoreError};
 
+/// A change to a job, as this instance announces it: the status its driver has just written,
+/// or none for a client's request (then only the job's row tells its status). A waiter for a
+/// job's end reads the job only when the status announced is terminal or not known.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub id: JobId,
+    pub status: Option<JobStatus>,
+}
+
 /// Settings of the engine, from the configuration.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -120,9 +129,9 @@ struct Inner {
     running: Mutex<HashMap<JobId, Arc<Notify>>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    /// Ids of jobs whose state changed, for long polls. Bounded: a slow listener lags and
+    /// Jobs whose state changed, for long polls and waiters. Bounded: a slow listener lags and
     /// re-reads instead of holding the engine back.
-    changes: broadcast::Sender<JobId>,
+    changes: broadcast::Sender<Change>,
     /// This instance's identity lock: drivers run only while it is held. Its task ends last,
     /// at shutdown.
     identity: Arc<Identity>,
@@ -197,8 +206,8 @@ impl Engine {
         &self.inner.settings.instance_id
     }
 
-    /// Job ids whose state changed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<JobId> {
+    /// The jobs whose state changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.inner.changes.subscribe()
     }
 
@@ -209,7 +218,10 @@ impl Engine {
     }
 
     pub fn changed(&self, id: &JobId) {
-        let _ = self.inner.changes.send(id.clone());
+        let _ = self.inner.changes.send(Change {
+            id: id.clone(),
+            status: None,
+        });
     }
 
     /// Store a new job (claimed by this instance, its first Tries planned into the same write,

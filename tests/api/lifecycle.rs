@@ -341,6 +341,31 @@ async fn a_confirm_with_prefer_wait_answers_200_with_the_completed_job() {
     app.stop().await;
 }
 
+/// A wait that runs out answers 202 with the job as it is when the wait ends (confirming), not
+/// as it was when the wait began (reserved): a waiter lets the non-terminal statuses its driver
+/// announces pass unread, but still reads the job again before it answers.
+#[tokio::test]
+async fn a_confirm_whose_wait_runs_out_answers_with_the_job_as_it_is_then() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(Op::Confirm, "a", vec![Reply::Stall]);
+    let mut job = job_of(&[("a", p.url("a"))]);
+    job["autoConfirm"] = json!(false);
+    let id = app.submit(&job).await;
+    app.wait_status(&id, "reserved").await;
+    let resp = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/confirm")))
+        .header("prefer", "wait=2")
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["jobStatus"], "confirming", "{body:#}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_confirm_that_arrives_while_tries_run_is_remembered() {
     let app = spawn_app().await;
