@@ -4,8 +4,18 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{eventually, header_opt, job_of, spawn_app, spawn_app_with, task};
+use crate::helpers::{TestApp, eventually, header_opt, job_of, spawn_app, spawn_app_with, task};
 use crate::participant::{Op, Participant, Reply};
+
+/// `POST /jobs/{id}/confirm` with `Prefer: wait={secs}`.
+async fn confirm_waiting(app: &TestApp, id: &str, secs: u64) -> reqwest::Response {
+    app.http
+        .post(app.url(&format!("/jobs/{id}/confirm")))
+        .header("prefer", format!("wait={secs}"))
+        .send()
+        .await
+        .expect("confirm")
+}
 
 #[tokio::test]
 async fn three_tasks_complete_with_one_try_and_one_confirm_each() {
@@ -327,13 +337,7 @@ async fn a_confirm_with_prefer_wait_answers_200_with_the_completed_job() {
         0,
         "no confirm before the client asks"
     );
-    let resp = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/confirm")))
-        .header("prefer", "wait=30")
-        .send()
-        .await
-        .expect("confirm");
+    let resp = confirm_waiting(&app, &id, 30).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["jobStatus"], "completed");
@@ -353,13 +357,7 @@ async fn a_confirm_whose_wait_runs_out_answers_with_the_job_as_it_is_then() {
     job["autoConfirm"] = json!(false);
     let id = app.submit(&job).await;
     app.wait_status(&id, "reserved").await;
-    let resp = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/confirm")))
-        .header("prefer", "wait=2")
-        .send()
-        .await
-        .expect("confirm");
+    let resp = confirm_waiting(&app, &id, 2).await;
     assert_eq!(resp.status(), 202);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["jobStatus"], "confirming", "{body:#}");
@@ -398,13 +396,7 @@ async fn prefer_wait_on_a_job_that_cannot_confirm_answers_409_with_the_outcomes(
     job["autoConfirm"] = json!(false);
     let id = app.submit(&job).await;
     app.wait_status(&id, "reserved").await;
-    let resp = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/confirm")))
-        .header("prefer", "wait=30")
-        .send()
-        .await
-        .expect("confirm");
+    let resp = confirm_waiting(&app, &id, 30).await;
     assert_eq!(resp.status(), 409);
     assert_eq!(
         header_opt(&resp, "content-type").as_deref(),
@@ -478,13 +470,7 @@ async fn an_open_job_takes_registered_links_then_confirms_them() {
     let existing: Value = again.json().await.expect("json");
     assert_eq!(existing["taskID"], "x");
 
-    let resp = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/confirm")))
-        .header("prefer", "wait=30")
-        .send()
-        .await
-        .expect("confirm");
+    let resp = confirm_waiting(&app, &id, 30).await;
     assert_eq!(resp.status(), 200);
     assert!(p.confirmed("x") && p.confirmed("y"));
     let done = app.get_job(&id).await;

@@ -59,6 +59,30 @@ async fn stored_tags(client: &deadpool_postgres::Client, id: &str) -> Option<Vec
         .map(|r| r.get(0))
 }
 
+/// A fresh database at schema `version` holding `rows`, stored as that version stored them,
+/// then migrated to the latest: what an upgrade does to them.
+async fn stored_at_version(version: i32, rows: &str) -> deadpool_postgres::Pool {
+    let config: tokio_postgres::Config = fresh_database().await.parse().expect("a config");
+    store::migrate_up_to(&config, version)
+        .await
+        .expect("migrate to the older version");
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute(rows)
+        .await
+        .expect("rows as the older version stored them");
+    drop(client);
+    let _ = conn.await;
+    store::migrate(&config)
+        .await
+        .expect("migrate to the latest");
+    store::pool(config, 1).expect("a pool")
+}
+
 /// A pool on a new database with the schema in place.
 async fn migrated_pool() -> deadpool_postgres::Pool {
     let config: tokio_postgres::Config = fresh_database().await.parse().expect("a config");
@@ -519,23 +543,13 @@ async fn every_column_round_trips() {
 #[tokio::test]
 async fn task_states_stored_in_task_rows_before_v15_read_back_the_same_after_it() {
     use tcc_coordinator::domain::{ConfirmState, TaskStatus};
-    let config: tokio_postgres::Config = fresh_database().await.parse().expect("a config");
-    store::migrate_up_to(&config, 14)
-        .await
-        .expect("migrate to V14");
     let at = |s: &str| {
         chrono::DateTime::parse_from_rfc3339(s)
             .expect("a time")
             .with_timezone(&Utc)
     };
-    {
-        let (client, conn) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let conn = tokio::spawn(conn);
-        client
-            .batch_execute(
+    let pool = stored_at_version(
+        14,
                 "INSERT INTO jobs (id, status, fields, correlation_id, auto_confirm, created_at,
                                    updated_at, deadline, decided_at, task_count, event_seq)
                  VALUES ('v14-job', 'confirming', '{\"jobMaxTTL\": 60, \"autoConfirm\": true, \"tags\": []}', 'v14', true,
@@ -562,20 +576,9 @@ async fn task_states_stored_in_task_rows_before_v15_read_back_the_same_after_it(
                  VALUES ('v14-job', 2, 'own', 'confirming', 2,
                          '{\"confirmURL\": \"http://127.0.0.1:9/c\", \"cancelURL\": \"http://127.0.0.1:9/x\"}',
                          '2026-12-04T11:00:00Z');",
-            )
-            .await
-            .expect("jobs as V14 stored them");
-        drop(client);
-        let _ = conn.await;
-    }
-    store::migrate(&config)
-        .await
-        .expect("migrate to the latest");
-    let client = store::pool(config, 1)
-        .expect("a pool")
-        .get()
-        .await
-        .expect("a connection");
+    )
+    .await;
+    let client = pool.get().await.expect("a connection");
     let job = store::load_job(&client, &JobId::parse("v14-job").expect("an id"))
         .await
         .expect("read")
@@ -640,18 +643,8 @@ async fn task_states_stored_in_task_rows_before_v15_read_back_the_same_after_it(
 /// the same task id is refused.
 #[tokio::test]
 async fn task_specs_stored_in_task_rows_before_v16_read_back_the_same_after_it() {
-    let config: tokio_postgres::Config = fresh_database().await.parse().expect("a config");
-    store::migrate_up_to(&config, 15)
-        .await
-        .expect("migrate to V15");
-    {
-        let (client, conn) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let conn = tokio::spawn(conn);
-        client
-            .batch_execute(
+    let pool = stored_at_version(
+        15,
                 "INSERT INTO jobs (id, status, fields, correlation_id, auto_confirm, created_at,
                                    updated_at, deadline, task_count, event_seq, task_state)
                  VALUES ('v15-job', 'reserved', '{\"jobMaxTTL\": 60, \"autoConfirm\": false, \"tags\": []}', 'v15', false,
@@ -664,16 +657,8 @@ async fn task_specs_stored_in_task_rows_before_v16_read_back_the_same_after_it()
                  INSERT INTO tasks (job_id, idx, task_id, callbacks)
                  VALUES ('v15-job', 1, 'own',
                          '{\"confirmURL\": \"http://127.0.0.1:9/c\", \"cancelURL\": \"http://127.0.0.1:9/x\"}');",
-            )
-            .await
-            .expect("a job as V15 stored it");
-        drop(client);
-        let _ = conn.await;
-    }
-    store::migrate(&config)
-        .await
-        .expect("migrate to the latest");
-    let pool = store::pool(config, 1).expect("a pool");
+    )
+    .await;
     let mut client = pool.get().await.expect("a connection");
     let id = JobId::parse("v15-job").expect("an id");
     let job = store::load_job(&client, &id)
