@@ -596,25 +596,23 @@ fn kept_answer(json: Option<Value>, body: &[u8]) -> (Option<Value>, bool) {
 }
 
 fn classify_error(e: reqwest::Error) -> Failure {
-    if let Some(why) = crate::outbound::refusal(&e) {
-        Failure::Refused(why)
-    } else if e.is_timeout() {
-        Failure::Timeout("timed out".into())
-    } else if e.is_connect() {
-        Failure::NotSent(format!("could not connect: {}", root_cause(&e)))
-    } else {
-        Failure::Error(root_cause(&e))
-    }
+    classify(&e, e.is_timeout(), e.is_connect())
 }
 
 /// As `classify_error`, for hyper's client: a connection that timed out counts as a timeout
 /// (as reqwest counts it), one that could not be made as not sent.
 fn classify_plain_error(e: &hyper_util::client::legacy::Error) -> Failure {
+    classify(e, timed_out(e), e.is_connect())
+}
+
+/// A failed call: refused by the policy's resolver, timed out (it may have been received), not
+/// connected (nothing was sent), or broken (it may have been received).
+fn classify(e: &(dyn std::error::Error + 'static), timeout: bool, connect: bool) -> Failure {
     if let Some(why) = crate::outbound::refusal(e) {
         Failure::Refused(why)
-    } else if timed_out(e) {
+    } else if timeout {
         Failure::Timeout("timed out".into())
-    } else if e.is_connect() {
+    } else if connect {
         Failure::NotSent(format!("could not connect: {}", root_cause(e)))
     } else {
         Failure::Error(root_cause(e))
