@@ -476,7 +476,7 @@ pub async fn retry_now(client: &impl GenericClient, id: &JobId, event: &Event) -
                 UPDATE jobs SET retry_seq = retry_seq + 1, wake_seq = wake_seq + 1,
                     next_wake = now(), event_seq = event_seq + 1, updated_at = now(),
                     task_state = task_state || COALESCE((
-                        SELECT jsonb_object_agg(k, v || '{{\"next_attempt_at\": null}}')
+                        SELECT jsonb_object_agg(k, v - 'next_attempt_at')
                         FROM jsonb_each(task_state) AS s(k, v)
                         WHERE v ->> 'status' = 'confirming'
                           AND (v ->> 'next_attempt_at')::timestamptz > now()), '{{}}')
