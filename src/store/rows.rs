@@ -168,7 +168,7 @@ fn task_of(idx: i32, spec: SpecIn, state: StateIn) -> Result<Task> {
 #[serde(bound(
     deserialize = "S: serde::Deserialize<'de>, T: serde::Deserialize<'de>, C: serde::Deserialize<'de>"
 ))]
-pub(super) struct Spec<S, T, C> {
+struct Spec<S, T, C> {
     task_id: S,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<S>,
@@ -181,14 +181,29 @@ pub(super) struct Spec<S, T, C> {
 type SpecIn = Spec<String, TrySpec, Callbacks>;
 type SpecOut<'a> = Spec<&'a str, &'a TrySpec, &'a Callbacks>;
 
-impl<'a> SpecOut<'a> {
-    fn of(t: &'a Task) -> Self {
-        Spec {
-            task_id: t.task_id.as_str(),
-            description: t.description.as_deref(),
-            try_spec: t.try_spec.as_deref(),
-            callbacks: t.callbacks.as_deref(),
-        }
+/// Tasks' specifications keyed by their index, as a job's row holds them (`jobs.task_specs`):
+/// a new job's, or one registered task's, added with `task_specs || $n`.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct TaskSpecs<'a>(std::collections::BTreeMap<i32, SpecOut<'a>>);
+
+impl<'a> TaskSpecs<'a> {
+    pub fn of<'t: 'a>(tasks: impl IntoIterator<Item = &'t Task>) -> Self {
+        TaskSpecs(
+            tasks
+                .into_iter()
+                .map(|t| {
+                    (
+                        t.idx,
+                        Spec {
+                            task_id: t.task_id.as_str(),
+                            description: t.description.as_deref(),
+                            try_spec: t.try_spec.as_deref(),
+                            callbacks: t.callbacks.as_deref(),
+                        },
+                    )
+                })
+                .collect(),
+        )
     }
 }
 
@@ -198,7 +213,7 @@ impl<'a> SpecOut<'a> {
 /// which carries the states, logs less.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(bound(deserialize = "S: serde::Deserialize<'de>, V: serde::Deserialize<'de>"))]
-pub(super) struct State<S, V> {
+struct State<S, V> {
     status: S,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     link_uri: Option<S>,
@@ -268,31 +283,19 @@ impl<'a> StateOut<'a> {
     }
 }
 
-/// Some of a job's tasks, each keyed by its index, as a job's row holds them: their states
-/// (`jobs.task_state`, [`TaskStates`]) or what never changes in them (`jobs.task_specs`,
-/// [`TaskSpecs`]). Written over the stored ones key by key (`column || $n`), the other tasks'
-/// left as they are.
-#[derive(Debug, serde::Serialize)]
-pub(super) struct ByIndex<T>(std::collections::BTreeMap<i32, T>);
-
-pub(super) type TaskStates<'a> = ByIndex<StateOut<'a>>;
-pub(super) type TaskSpecs<'a> = ByIndex<SpecOut<'a>>;
+/// Tasks' states keyed by their index, as a job's row holds them (`jobs.task_state`): written
+/// over the stored ones key by key (`task_state || $n`), the others left as they are.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct TaskStates<'a>(std::collections::BTreeMap<i32, StateOut<'a>>);
 
 impl<'a> TaskStates<'a> {
     pub fn of<'t: 'a>(tasks: impl IntoIterator<Item = &'t Task>) -> Self {
-        ByIndex::each(tasks, StateOut::of)
-    }
-}
-
-impl<'a> TaskSpecs<'a> {
-    pub fn of<'t: 'a>(tasks: impl IntoIterator<Item = &'t Task>) -> Self {
-        ByIndex::each(tasks, SpecOut::of)
-    }
-}
-
-impl<T> ByIndex<T> {
-    fn each<'t>(tasks: impl IntoIterator<Item = &'t Task>, value: impl Fn(&'t Task) -> T) -> Self {
-        ByIndex(tasks.into_iter().map(|t| (t.idx, value(t))).collect())
+        TaskStates(
+            tasks
+                .into_iter()
+                .map(|t| (t.idx, StateOut::of(t)))
+                .collect(),
+        )
     }
 
     pub fn is_empty(&self) -> bool {
