@@ -1001,16 +1001,21 @@ impl VersionListRepr {
 
 /// A strong ETag over the exact bytes of a representation.
 pub fn etag(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(bytes);
     let mut tag = String::with_capacity(34);
     tag.push('"');
-    for b in &digest[..16] {
-        tag.push(char::from(HEX[usize::from(b >> 4)]));
-        tag.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
+    push_hex(&mut tag, &digest[..16]);
     tag.push('"');
     tag
+}
+
+/// `bytes` in lowercase hex, two digits each, appended to `out`.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
 }
 
 /// The same JSON with object keys sorted at every level: equal documents hash equal whatever the
@@ -1032,10 +1037,9 @@ pub fn canonical(v: &Value) -> Value {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut hex = String::with_capacity(64);
+    push_hex(&mut hex, &Sha256::digest(bytes));
+    hex
 }
 
 #[cfg(test)]
@@ -1046,6 +1050,14 @@ mod tests {
     fn an_etag_is_the_first_half_of_the_sha256_in_lowercase_hex_quoted() {
         assert_eq!(etag(b""), "\"e3b0c44298fc1c149afbf4c8996fb924\"");
         assert_eq!(etag(b"abc"), "\"ba7816bf8f01cfea414140de5dae2223\"");
+    }
+
+    #[test]
+    fn a_sha256_hex_is_the_whole_digest_in_lowercase_hex() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
