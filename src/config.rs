@@ -363,6 +363,21 @@ pub struct Config {
     #[arg(long, env = "TCC_METRICS_MAX_PARTICIPANTS", value_name = "TCC_METRICS_MAX_PARTICIPANTS", default_value = "100", value_parser = parse_positive, global = true)]
     pub metrics_max_participants: usize,
 
+    /// How long a new job without an `Idempotency-Key` (`POST /jobs`) waits for its first
+    /// Tries' answers before it is stored, and its 202 with it: answers that come in time are
+    /// stored with the job, and a decision they bring (confirm, or cancel) too, one synchronous
+    /// write where there were two. Should the job never be stored (the coordinator stops, or the
+    /// database refuses the write, within this time), its reservations lapse at the
+    /// participants as a Try's whose answer never came. `0` stores every job first.
+    #[arg(
+        long,
+        env = "TCC_TRY_FIRST_WAIT",
+        value_name = "TCC_TRY_FIRST_WAIT",
+        default_value = "50ms",
+        global = true
+    )]
+    pub try_first_wait: Span,
+
     /// How long a job's lease lasts without renewal; another instance takes the job over after.
     #[arg(
         long,
@@ -500,6 +515,18 @@ impl Config {
                 self.lease_ttl.0, self.call_timeout.0
             )));
         }
+        if self.try_first_wait.0 * 4 > self.lease_ttl.0 {
+            return Err(ConfigError::Invalid(format!(
+                "TCC_TRY_FIRST_WAIT ({:?}) must be at most a quarter of TCC_LEASE_TTL ({:?}): a new job's driver holds its lease from the moment it is stored",
+                self.try_first_wait.0, self.lease_ttl.0
+            )));
+        }
+        if self.try_first_wait.0 * 2 > self.db_timeout.0 {
+            return Err(ConfigError::Invalid(format!(
+                "TCC_TRY_FIRST_WAIT ({:?}) must be at most half of TCC_DB_TIMEOUT ({:?}): the new job's write comes after the wait, within the same time limit",
+                self.try_first_wait.0, self.db_timeout.0
+            )));
+        }
         if self.scan_interval.0 < Duration::from_millis(10) {
             return Err(ConfigError::Invalid(
                 "TCC_SCAN_INTERVAL must be at least 10ms".into(),
@@ -632,6 +659,34 @@ mod tests {
             assert!(text.contains("TCC_API_KEYS"), "{keys}: {text}");
             assert!(!text.contains(secret), "{keys}: {text}");
         }
+    }
+
+    #[test]
+    fn the_try_first_wait_fits_in_the_lease_and_the_database_time_limit() {
+        use clap::Parser;
+        let check = |args: &[&str]| {
+            let mut all = vec!["tcc"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+                .expect("parsed")
+                .config
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        assert!(check(&[]).is_ok(), "the defaults fit");
+        assert!(check(&["--try-first-wait", "0"]).is_ok());
+        let long = check(&["--try-first-wait", "10s"]).expect_err("past the lease's quarter");
+        assert!(
+            long.contains("TCC_TRY_FIRST_WAIT") && long.contains("TCC_LEASE_TTL"),
+            "{long}"
+        );
+        let db = check(&["--try-first-wait", "3s", "--lease-ttl", "60s"])
+            .expect_err("past half the database's time limit");
+        assert!(
+            db.contains("TCC_TRY_FIRST_WAIT") && db.contains("TCC_DB_TIMEOUT"),
+            "{db}"
+        );
+        assert!(check(&["--try-first-wait", "2s", "--lease-ttl", "60s"]).is_ok());
     }
 
     #[test]

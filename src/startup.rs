@@ -167,6 +167,7 @@ impl Application {
                 max_active_jobs: config.max_active_jobs,
                 max_inflight_requests: config.max_inflight_requests,
                 shutdown_grace: config.shutdown_grace.0,
+                try_first_wait: config.try_first_wait.0,
                 retention: config.retention.0,
                 planner: PlannerSettings {
                     confirm_margin: config.confirm_margin.0,

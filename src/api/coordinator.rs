@@ -78,7 +78,7 @@ async fn job_for(state: &AppState, set: &LinkSet, confirm: bool) -> Result<JobId
         key_holder: None,
         traceparent: None,
     };
-    match within(state, state.engine.accept(submission)).await? {
+    match within(state, state.engine.accept(submission, false)).await? {
         Accepted::Created(record) => Ok(record.job.id.clone()),
         // The key lives in the Atomikos endpoints' own namespace (keys are per source), and is
         // the set's digest; a replay is taken only if the stored job was made for this very

@@ -235,7 +235,7 @@ pub async fn prepare(
         request_hash: Some("dtm-tcc".into()),
         traceparent: super::extract::traceparent(&headers).map(str::to_string),
     };
-    match within(&state, state.engine.accept(submission)).await? {
+    match within(&state, state.engine.accept(submission, false)).await? {
         Accepted::Created(_) => Ok(success()),
         Accepted::Replay { id, .. } => {
             let record = load(&state, &id).await?;

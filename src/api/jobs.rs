@@ -76,6 +76,8 @@ pub(super) async fn submit(
     let hash = key
         .as_ref()
         .map(|_| repr::sha256_hex(repr::canonical(request).to_string().as_bytes()));
+    // A job without a key cannot be a replay: its first Tries may go before it is stored.
+    let try_first = key.is_none();
     let submission = Submission {
         id: JobId::generate(),
         job: new,
@@ -86,7 +88,7 @@ pub(super) async fn submit(
         request_hash: hash,
         traceparent: traceparent(headers).map(str::to_string),
     };
-    let inserted = within(state, state.engine.accept(submission)).await?;
+    let inserted = within(state, state.engine.accept(submission, try_first)).await?;
     let base = base_url(state, headers);
     match inserted {
         Accepted::Created(record) => Ok(job_response(StatusCode::ACCEPTED, &base, &record, true)),
@@ -159,7 +161,7 @@ pub async fn put_job(
                 request_hash: Some(hash.clone()),
                 traceparent: traceparent(&headers).map(str::to_string),
             };
-            let failed = match within(&state, state.engine.accept(submission)).await {
+            let failed = match within(&state, state.engine.accept(submission, false)).await {
                 Ok(Accepted::Created(record)) => {
                     return Ok(job_response(StatusCode::CREATED, &base, &record, true));
                 }

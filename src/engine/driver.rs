@@ -15,7 +15,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{DriveError, Inner};
+use super::{Accepted, DriveError, Inner};
 use crate::domain::event::{self, CallRecord};
 use crate::domain::planner::{self, Plan};
 #[cfg(feature = "fault-injection")]
@@ -24,7 +24,7 @@ use crate::domain::{Answer, Event, Job, JobId, JobStatus, Op, Step, mapping};
 use crate::domain::{actions, notify};
 use crate::metrics as m;
 use crate::participant::{CallIds, CallResult, TryCall};
-use crate::store::{self, Fence, LeaseAfter, Save, Saved};
+use crate::store::{self, Fence, Inserted, LeaseAfter, Save, Saved, StoreError};
 
 /// How long a driver keeps its lease while waiting for nothing but time (a retry falling due);
 /// longer waits give the lease back and leave the job to the scanner.
@@ -33,6 +33,24 @@ const MAX_HOLD: Duration = Duration::from_secs(2);
 const WRITE_DELAY: Duration = Duration::from_millis(100);
 
 type CallFuture = BoxFuture<'static, (Step, CallResult)>;
+
+/// The job as accepted, its first Tries planned, and the row to store it by: taken when it is
+/// stored (left there, its request stores it: `Engine::accept`).
+pub(super) type Pending = Arc<std::sync::Mutex<Option<Box<(store::NewJobRow, store::JobRecord)>>>>;
+
+/// A new job whose first Tries go out before it is stored (`Engine::accept`): its driver stores
+/// it once they have all answered, or a decision needs writing, or at `until`, whichever comes
+/// first; with what the answers brought (one synchronous write where there were two), unless
+/// they ended the job (an end is written by a save, with its notifications): then as accepted,
+/// and the end after it. The accepting request is answered when it is stored. Should it never
+/// be (a write refused, the instance stopping), the reservations its Tries made lapse at their
+/// participants, as a Try's whose answer never came: no cancel goes out for a job that does
+/// not exist.
+pub(super) struct Unstored {
+    pub slot: Pending,
+    pub until: DateTime<Utc>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Accepted, StoreError>>,
+}
 
 /// Drives one claimed job until it must wait for time or a client, ends, or loses its lease.
 pub(super) struct Driver {
@@ -87,6 +105,8 @@ struct DriverState {
     events: Vec<Event>,
     /// The job's fields as accepted: who is told when it ends.
     fields: crate::domain::request::JobFields,
+    /// Not stored yet (see `Unstored`).
+    unstored: Option<Unstored>,
 }
 
 /// What the driver does after planning and saving.
@@ -118,6 +138,7 @@ impl Driver {
     pub(super) async fn run(
         self,
         known: Option<(store::JobRecord, Vec<Step>)>,
+        unstored: Option<Unstored>,
     ) -> Result<(), DriveError> {
         let (record, first) = match known {
             Some(k) => k,
@@ -153,6 +174,7 @@ impl Driver {
             unsaved_since: None,
             events: Vec::new(),
             fields: record.fields,
+            unstored,
         };
         self.send(&mut st, first);
         loop {
@@ -242,6 +264,22 @@ impl Driver {
         } else {
             planner::plan(&mut st.job, &st.in_flight, now, &settings.planner)?
         };
+        let mut plan = plan;
+        if let Some(until) = st.unstored.as_ref().map(|u| u.until) {
+            let store_now = plan.durable
+                || st.in_flight.is_empty()
+                || !st.job.status().is_undecided()
+                || st.stopping.is_some()
+                || now >= until;
+            if !store_now {
+                // More Tries are out: wait for them, but not past `until`.
+                plan.wake_at = Some(plan.wake_at.map_or(until, |w| w.min(until)));
+                return Ok(Next::Go(plan));
+            }
+            if !self.store_new(st, now).await {
+                return Ok(Next::Stop);
+            }
+        }
         let job = &st.job;
         let changed = *job != st.saved;
         let decision = decide_write(
@@ -268,7 +306,6 @@ impl Driver {
         );
         // Held for a client that has just acted: look again when that hold is over, to give
         // the job back then if nothing came.
-        let mut plan = plan;
         if decision.lease == LeaseAfter::Keep && !st.job.status().is_terminal() {
             let hold = MAX_HOLD.min(settings.lease_ttl / 4);
             if let Some(over) =
@@ -389,6 +426,82 @@ impl Driver {
         }
     }
 
+    /// Store a new job (`Unstored`) and answer its request. `false`: it was not stored (the
+    /// request has its error), and the driver stops, its calls dropped.
+    async fn store_new(&self, st: &mut DriverState, now: DateTime<Utc>) -> bool {
+        let Some(Unstored { slot, reply, .. }) = st.unstored.take() else {
+            return true;
+        };
+        let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(pending) = taken else {
+            return false;
+        };
+        let (mut row, initial) = *pending;
+        let source = row.submission.source.as_str();
+        // An end is written by a save, with its notifications: the job is stored as accepted
+        // first, and the answers stay in `st.events` for that save.
+        let with_answers = !st.job.status().is_terminal();
+        let record = if with_answers {
+            let mut events = std::mem::take(&mut st.events);
+            let changes = event::status_changes(&initial.job, &st.job, now, &events);
+            events.extend(changes);
+            row.answered = events;
+            store::JobRecord {
+                job: st.job.clone(),
+                ..initial
+            }
+        } else {
+            initial
+        };
+        let before = st.saved.clone();
+        match self
+            .inner
+            .commits
+            .insert(&self.inner.pool, row, record.clone())
+            .await
+        {
+            Ok(Inserted::Created) => {
+                metrics::counter!(m::JOBS_CREATED, "source" => source).increment(1);
+                if record.job.status() != before.status() {
+                    self.on_status_change(&before, &record.job, now);
+                }
+                st.saved = record.job.clone();
+                st.durable = record.job.clone();
+                if with_answers {
+                    // Written, and synchronously: the output mappings' writes with it.
+                    st.state_writes.clear();
+                }
+                st.unsaved_since = None;
+                st.renew_at = self.next_renewal();
+                self.inner
+                    .changes
+                    .send(super::Change {
+                        id: self.id.clone(),
+                        status: Some(record.job.status()),
+                    })
+                    .ok();
+                let _ = reply.send(Ok(Accepted::Created(Box::new(record))));
+                true
+            }
+            Ok(Inserted::Replay {
+                id,
+                same_request,
+                another_holder,
+            }) => {
+                let _ = reply.send(Ok(Accepted::Replay {
+                    id,
+                    same_request,
+                    another_holder,
+                }));
+                false
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                false
+            }
+        }
+    }
+
     fn send(&self, st: &mut DriverState, steps: Vec<Step>) {
         for step in steps {
             st.in_flight.insert(step.task);
@@ -418,10 +531,13 @@ impl Driver {
                     self.apply(st, step, result);
                 }
             }
+            // Nobody knows a job not stored yet; nothing to learn.
+            Wakeup::Woken if st.unstored.is_some() => {}
             Wakeup::Woken => {
                 st.needs_refresh = true;
                 st.client_at = Instant::now();
             }
+            Wakeup::Renew if st.unstored.is_some() => st.renew_at = self.next_renewal(),
             Wakeup::Timer => {}
             Wakeup::Renew => {
                 let client = self.inner.pool.get().await?;

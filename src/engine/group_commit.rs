@@ -10,6 +10,7 @@
 //! (`store::save_many`), all its new jobs another (`store::insert_many`); the two are pipelined
 //! on one connection in one transaction.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
@@ -42,6 +43,9 @@ pub struct GroupCommit {
     bound: usize,
     writers: Arc<Semaphore>,
     slots: usize,
+    /// Whether the last batch was written as one, or a write failed since (a new job's Tries
+    /// go before it is stored only while the database takes writes: `Engine::accept`).
+    healthy: AtomicBool,
     /// The writer tasks are the engine's: awaited at shutdown.
     tracker: TaskTracker,
 }
@@ -53,8 +57,14 @@ impl GroupCommit {
             bound: bound.max(1),
             writers: Arc::new(Semaphore::new(writers.max(1))),
             slots: writers.max(1),
+            healthy: AtomicBool::new(true),
             tracker,
         }
+    }
+
+    /// Whether the last batch was written (false after a failed write, until one succeeds).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Write>> {
@@ -124,7 +134,7 @@ impl GroupCommit {
                 if batch.is_empty() {
                     break;
                 }
-                write(&pool, batch).await;
+                write(&pool, batch, &self.healthy).await;
             }
             drop(slot);
             // A write queued between the last look and giving the slot back found no free
@@ -141,7 +151,7 @@ impl GroupCommit {
     }
 }
 
-async fn write(pool: &Pool, batch: Vec<Write>) {
+async fn write(pool: &Pool, batch: Vec<Write>, healthy: &AtomicBool) {
     let mut saves = Vec::new();
     let (mut new_jobs, mut job_replies) = (Vec::new(), Vec::new());
     for w in batch {
@@ -156,6 +166,7 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
     let client = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
+            healthy.store(false, Ordering::Relaxed);
             let e = StoreError::from(e).to_string();
             for (_, reply) in saves {
                 let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
@@ -218,6 +229,10 @@ async fn write(pool: &Pool, batch: Vec<Write>) {
     // have failed on a lost connection, its fate is unknown, as for any single write: a save
     // written again is harmless, being fenced and stating whole rows; a new job written again
     // fails on its id, and its client hears an error, as it would have without batching.)
+    healthy.store(
+        begun.is_ok() && committed.is_ok() && saved.is_ok() && inserted.is_ok(),
+        Ordering::Relaxed,
+    );
     let (saved, inserted) =
         if both && (begun.is_err() || committed.is_err() || saved.is_err() || inserted.is_err()) {
             (

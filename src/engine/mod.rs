@@ -16,6 +16,10 @@
 //!                     └──────────────────────────────────────────────────────┘
 //! ```
 //!
+//! A new job without an idempotency key is stored by its driver once its first Tries have
+//! answered (or `TCC_TRY_FIRST_WAIT` has passed), with what they brought (`driver::Unstored`);
+//! any other is stored first, then driven.
+//!
 //! Recovery is the same loop: a job whose instance died is claimed by the scanner like any due
 //! job — at once when the instance's identity lock is free (`identity`, `store::reap_dead`),
 //! after its lease lapses when the instance is alive but cut off. The driver is `driver`; a
@@ -73,6 +77,9 @@ pub struct EngineSettings {
     /// Most HTTP requests in progress (each may queue one new job).
     pub max_inflight_requests: usize,
     pub shutdown_grace: Duration,
+    /// How long a new job without an idempotency key waits for its first Tries' answers before
+    /// it is stored (`TCC_TRY_FIRST_WAIT`; zero: stored first).
+    pub try_first_wait: Duration,
     pub retention: Duration,
     pub planner: PlannerSettings,
     /// The operators' webhook (`TCC_HEURISTIC_WEBHOOK`): told of every heuristic outcome.
@@ -227,15 +234,65 @@ impl Engine {
     /// Store a new job (claimed by this instance, its first Tries planned into the same write,
     /// committed synchronously with other writes of the moment) and start driving it. Runs as
     /// its own task: once asked, the job is stored and driven even if the client hangs up.
-    pub async fn accept(&self, submission: Submission) -> Result<Accepted, StoreError> {
+    pub async fn accept(
+        &self,
+        submission: Submission,
+        try_first: bool,
+    ) -> Result<Accepted, StoreError> {
         let source = submission.source.as_str();
         let row = store::NewJobRow {
             submission,
             owner: self.instance_id().to_string(),
             lease_ttl: self.inner.settings.lease_ttl,
+            answered: Vec::new(),
         };
         let mut record = store::initial_record(&row);
         let first = self.plan_first(&mut record.job);
+        // Tries first, the job stored with their answers (`driver::Unstored`): only a job that
+        // cannot be a replay (no idempotency key, an id of the coordinator's); only while the
+        // database takes writes, so that an outage does not reserve at participants for jobs it
+        // will refuse; and only when every reservation its Tries make lapses by itself (a task
+        // with its own confirm and cancel URLs has no expiry: it is canceled, or confirmed).
+        let wait = self.inner.settings.try_first_wait;
+        let (row, record, first) = if try_first
+            && !wait.is_zero()
+            && !first.is_empty()
+            && record.job.tasks.iter().all(|t| t.callbacks.is_none())
+            && self.inner.commits.healthy()
+        {
+            let (reply, stored) = tokio::sync::oneshot::channel();
+            // The job as it will be stored, where its request finds it again should the driver
+            // stop before it answers (a panic): then it is stored as accepted, and driven again
+            // like any other.
+            let slot = Arc::new(Mutex::new(Some(Box::new((row, record.clone())))));
+            let steps = first.clone();
+            let unstored = driver::Unstored {
+                slot: slot.clone(),
+                until: Utc::now() + chrono::TimeDelta::from_std(wait).unwrap_or_default(),
+                reply,
+            };
+            let id = record.job.id.clone();
+            let generation = record.lease_generation;
+            // Not started (at capacity, stopping): stored first, as any job.
+            self.spawn_driver(id, generation, Some((record, first)), Some(unstored));
+            if let Ok(answer) = stored.await {
+                return answer;
+            }
+            let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match taken {
+                Some(pending) => {
+                    let (row, record) = *pending;
+                    (row, record, steps)
+                }
+                None => {
+                    return Err(StoreError::Unavailable(
+                        "the new job's driver stopped while storing it".into(),
+                    ));
+                }
+            }
+        } else {
+            (row, record, first)
+        };
         let engine = self.clone();
         let task = self.inner.tracker.spawn(async move {
             let inner = &engine.inner;
@@ -293,7 +350,7 @@ impl Engine {
     /// first steps planned into it (`plan_first`).
     fn start_claimed(&self, record: store::JobRecord, first: Vec<Step>) {
         let (id, generation) = (record.job.id.clone(), record.lease_generation);
-        self.spawn_driver(id, generation, Some((record, first)));
+        self.spawn_driver(id, generation, Some((record, first)), None);
     }
 
     /// A client request changed the job: wake its driver here, or claim it.
@@ -316,7 +373,7 @@ impl Engine {
         }
         .await;
         match claimed {
-            Ok(Some(c)) => self.spawn_driver(c.id, c.generation, None),
+            Ok(Some(c)) => self.spawn_driver(c.id, c.generation, None, None),
             // Held elsewhere: that instance sees the request at its next write.
             Ok(None) => {}
             Err(e) => {
@@ -326,12 +383,15 @@ impl Engine {
     }
 
     /// Drive a claimed job here. `known`: the job as just stored, saving a read, with the steps
-    /// already planned into it.
+    /// already planned into it; with `unstored`, the job as it will be stored, once its first
+    /// Tries have answered. An unstored job whose driver cannot start here is left in its slot,
+    /// for its request to store first.
     fn spawn_driver(
         &self,
         id: JobId,
         generation: i64,
         known: Option<(store::JobRecord, Vec<Step>)>,
+        unstored: Option<driver::Unstored>,
     ) {
         let inner = self.inner.clone();
         let fence = Fence {
@@ -345,7 +405,9 @@ impl Engine {
             _ => {
                 // At capacity, stopping, or without identity: hand the job back for a scanner
                 // to claim later.
-                inner.hand_back(id, fence);
+                if unstored.is_none() {
+                    inner.hand_back(id, fence);
+                }
                 return;
             }
         };
@@ -356,11 +418,16 @@ impl Engine {
                 // Already driven here under an older generation; that driver will find its
                 // lease lost at its next write. Let it finish first.
                 drop(running);
-                inner.hand_back(id, fence);
+                if unstored.is_none() {
+                    inner.hand_back(id, fence);
+                }
                 return;
             }
             running.insert(id.clone(), notify.clone());
         }
+        // A driver that fails before it stored its new job has nothing to give back: its
+        // request stores the job instead (`accept`).
+        let slot = unstored.as_ref().map(|u| u.slot.clone());
         let tracker = inner.tracker.clone();
         tracker.spawn(async move {
             let _permit: OwnedSemaphorePermit = permit;
@@ -368,7 +435,7 @@ impl Engine {
             let _running = Running(inner.clone(), id.clone());
             let driver = Driver::new(inner.clone(), id.clone(), fence.clone(), notify);
             let outcome = tokio::select! {
-                r = std::panic::AssertUnwindSafe(driver.run(known))
+                r = std::panic::AssertUnwindSafe(driver.run(known, unstored))
                     .catch_unwind()
                     .instrument(tracing::info_span!(
                         "job",
@@ -379,6 +446,15 @@ impl Engine {
                 // nothing and calling nobody; the calls in flight are dropped.
                 _ = live.cancelled() => return,
             };
+            if slot.is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_some()) {
+                let why = match &outcome {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(panic) => panic_message(&**panic),
+                };
+                tracing::warn!(job = %id, error = %why, "a new job's driver failed before storing it; its request stores it");
+                return;
+            }
             let failure = match outcome {
                 Ok(Ok(())) => return,
                 Ok(Err(DriveError::Illegal(e))) => (DriverFailure::Illegal, e.to_string()),
@@ -505,7 +581,7 @@ impl Engine {
                 match self.claim_due(capacity as i64).await {
                     Ok(claimed) => {
                         for c in claimed {
-                            self.spawn_driver(c.id, c.generation, None);
+                            self.spawn_driver(c.id, c.generation, None, None);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "scanning for due jobs failed"),

@@ -24,6 +24,10 @@ pub struct NewJobRow {
     /// The accepting instance, which holds the job's first lease.
     pub owner: String,
     pub lease_ttl: Duration,
+    /// When the job's first Tries answered before it was stored (`Engine::accept`): the calls
+    /// and the changes they made, the events after its first two (accepted, trying). Empty
+    /// otherwise.
+    pub answered: Vec<Event>,
 }
 
 /// A new job as accepted, before the engine planned anything (`Job::new`): `pending`, claimed by
@@ -69,38 +73,48 @@ const INSERT_MANY: &str = "WITH j AS (
             INSERT INTO jobs (id, source, status, fields, correlation_id, tags, auto_confirm,
                 retry_policy, shared_state, task_count, created_at, updated_at, deadline,
                 lease_owner, lease_expires, lease_generation, next_wake, idempotency_key,
-                request_hash, traceparent, event_seq, key_holder, task_state, task_specs)
+                request_hash, traceparent, event_seq, key_holder, task_state, task_specs,
+                failure_reason, decided_at)
             SELECT n.id, n.source, n.status, n.fields, n.correlation_id,
                 ($5::text[])[n.tags_from:n.tags_to], n.auto_confirm, n.retry_policy,
                 n.shared_state, n.task_count, n.created_at, n.created_at, n.deadline,
                 n.owner, now() + make_interval(secs => n.ttl), 1, n.created_at, n.key,
-                n.hash, n.traceparent, CASE WHEN n.status = 'pending' THEN 1 ELSE 2 END,
-                n.holder, n.task_state, n.task_specs
+                n.hash, n.traceparent,
+                CASE WHEN n.answered IS NOT NULL THEN 2 + jsonb_array_length(n.answered)
+                     WHEN n.status = 'pending' THEN 1 ELSE 2 END,
+                n.holder, n.task_state, n.task_specs, n.reason,
+                CASE WHEN n.decided THEN now() END
             FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $6::text[],
                 $7::int[], $8::int[], $9::bool[], $10::jsonb[], $11::jsonb[], $12::int[],
                 $13::timestamptz[], $14::timestamptz[], $15::text[], $16::float8[],
                 $17::text[], $18::text[], $19::text[], $20::text[], $21::jsonb[],
-                $22::jsonb[])
+                $22::jsonb[], $23::jsonb[], $24::text[], $25::bool[])
                 AS n(id, source, status, fields, correlation_id, tags_from, tags_to,
                      auto_confirm, retry_policy, shared_state, task_count, created_at,
                      deadline, owner, ttl, key, hash, traceparent, holder, task_state,
-                     task_specs)
+                     task_specs, answered, reason, decided)
             ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id, status, created_at, source
          ), e AS (
-            -- Accepted (pending), and trying when its first Tries were planned in: the
-            -- event_seq given above. The events' shape is domain::Event's.
+            -- Accepted (pending), and trying when its first Tries were planned in, then what
+            -- their answers brought when they came before the job was stored (a job stored
+            -- with answers was trying first): the event_seq given above. The events' shape is
+            -- domain::Event's.
             INSERT INTO job_events (job_id, last_seq, events)
-            SELECT id, CASE WHEN status = 'pending' THEN 1 ELSE 2 END,
-                jsonb_build_array(jsonb_build_object('at', created_at, 'type', 'status',
+            SELECT j.id, CASE WHEN x.answered IS NOT NULL THEN 2 + jsonb_array_length(x.answered)
+                              WHEN j.status = 'pending' THEN 1 ELSE 2 END,
+                jsonb_build_array(jsonb_build_object('at', j.created_at, 'type', 'status',
                     'status', 'pending', 'message',
-                    CASE source WHEN 'atomikos' THEN 'accepted (Atomikos coordinator)'
-                                WHEN 'dtm' THEN 'accepted (DTM global transaction)'
-                                ELSE 'accepted' END))
-                || CASE WHEN status = 'pending' THEN '[]'::jsonb
-                        ELSE jsonb_build_array(jsonb_build_object('at', created_at,
-                            'type', 'status', 'status', status)) END
-            FROM j
+                    CASE j.source WHEN 'atomikos' THEN 'accepted (Atomikos coordinator)'
+                                  WHEN 'dtm' THEN 'accepted (DTM global transaction)'
+                                  ELSE 'accepted' END))
+                || CASE WHEN j.status = 'pending' THEN '[]'::jsonb
+                        ELSE jsonb_build_array(jsonb_build_object('at', j.created_at,
+                            'type', 'status', 'status',
+                            CASE WHEN x.answered IS NOT NULL THEN 'trying'
+                                 ELSE j.status::text END)) END
+                || COALESCE(x.answered, '[]'::jsonb)
+            FROM j JOIN unnest($1::text[], $23::jsonb[]) AS x(id, answered) ON x.id = j.id
          )
          SELECT id FROM j";
 
@@ -142,6 +156,9 @@ pub async fn insert_many(
     let mut traceparents = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
     let mut specs = Vec::with_capacity(n);
+    let mut answered = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut decided = Vec::with_capacity(n);
     for (row, record) in jobs {
         let job = &record.job;
         ids.push(row.submission.id.as_str());
@@ -172,9 +189,14 @@ pub async fn insert_many(
         traceparents.push(row.submission.traceparent.as_deref());
         states.push(tokio_postgres::types::Json(TaskStates::of(&job.tasks)));
         specs.push(tokio_postgres::types::Json(TaskSpecs::of(&job.tasks)));
+        answered.push(
+            (!row.answered.is_empty()).then(|| tokio_postgres::types::Json(&row.answered[..])),
+        );
+        reasons.push(job.state.reason().map(|r| r.as_str()));
+        decided.push(!job.status().is_undecided());
     }
     let stmt = client.prepare_cached(INSERT_MANY).await?;
-    let params: [&(dyn ToSql + Sync); 22] = [
+    let params: [&(dyn ToSql + Sync); 25] = [
         &ids,
         &sources,
         &job_statuses,
@@ -197,6 +219,9 @@ pub async fn insert_many(
         &holders,
         &states,
         &specs,
+        &answered,
+        &reasons,
+        &decided,
     ];
     let stored = client.query(&stmt, &params).await?;
     let stored = stored

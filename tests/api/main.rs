@@ -34,4 +34,5 @@ mod store;
 mod surface;
 mod takeover;
 mod targets;
+mod try_first;
 mod validation;

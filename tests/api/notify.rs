@@ -559,3 +559,60 @@ async fn an_smtp_server_that_refuses_is_quoted_in_the_notification() {
         "{n:#}"
     );
 }
+
+/// A job that its first Tries end before it is stored (`TCC_TRY_FIRST_WAIT`) is stored as
+/// accepted, then ended by a save that carries its notification, as any end is.
+#[tokio::test]
+async fn a_job_its_first_tries_end_before_it_is_stored_is_stored_then_ended_and_told() {
+    let r = Receiver::start().await;
+    let app = spawn_app_with(&[
+        "--try-first-wait",
+        "10s",
+        "--lease-ttl",
+        "60s",
+        "--call-timeout",
+        "20s",
+        "--db-timeout",
+        "30s",
+    ])
+    .await;
+    let p = Participant::start().await;
+    p.set_default(Op::Try, "ended-a", Reply::Status(409));
+    let mut doc = job_of(&[("a", p.url("ended-a"))]);
+    doc["jobFailedURL"] = json!(r.url("failed"));
+    let resp = app
+        .http
+        .post(app.url("/jobs"))
+        .json(&doc)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.expect("json");
+    // The refusal came within the wait, yet the job was stored as accepted: its end is written
+    // after, with the notification.
+    assert_eq!(body["jobStatus"], "trying", "{body:#}");
+    let id = body["jobID"].as_str().expect("jobID").to_string();
+    let got = r.wait_for("failed").await;
+    assert_eq!(got.json()["event"], "job.failed");
+    assert_eq!(got.json()["job"]["jobID"], id.as_str());
+    let job = app.wait_status(&id, "failed").await;
+    assert_eq!(job["failureReason"], "try-failed");
+    assert_eq!(p.count(Op::Try, "ended-a"), 1);
+    let page = get_json(&app.http, &app.url(&format!("/jobs/{id}/events"))).await;
+    let log = page["events"].as_array().cloned().unwrap_or_default();
+    let seqs: Vec<i64> = log.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert_eq!(seqs, (1..=log.len() as i64).collect::<Vec<_>>(), "{log:#?}");
+    let statuses: Vec<&str> = log
+        .iter()
+        .filter(|e| e["type"] == "status")
+        .filter_map(|e| e["jobStatus"].as_str())
+        .collect();
+    assert_eq!(statuses, ["pending", "trying", "failed"], "{log:#?}");
+    assert_eq!(
+        log.iter().filter(|e| e["type"] == "call").count(),
+        1,
+        "{log:#?}"
+    );
+    app.stop().await;
+}

@@ -34,6 +34,7 @@ fn new_row(key: Option<&str>, hash: &str, task: &str) -> (NewJobRow, JobRecord) 
         },
         owner: "store-test".into(),
         lease_ttl: Duration::from_secs(30),
+        answered: Vec::new(),
     };
     let record = store::initial_record(&row);
     (row, record)
@@ -431,6 +432,7 @@ async fn every_column_round_trips() {
         },
         owner: "store-test".into(),
         lease_ttl: Duration::from_secs(30),
+        answered: Vec::new(),
     };
     let record = store::initial_record(&row);
     store::insert_job(&client, &row, &record)
