@@ -216,7 +216,7 @@ fn main() -> ExitCode {
     let violations = sum(|r| r.violations.len());
     let longest = all.iter().map(|r| r.longest).max().unwrap_or_default();
     println!(
-        "total: runs={} accepted={} completed={} failed={} canceled={} heuristic={} (unknown outcome {}) violations={} longest={:.1}s",
+        "total: runs={} accepted={} completed={} failed={} canceled={} heuristic={} (unknown outcome {}) violations={} longest={:.1}s unanswered={} (stored {})",
         all.len(),
         sum(|r| r.accepted),
         sum(|r| r.completed),
@@ -225,7 +225,9 @@ fn main() -> ExitCode {
         sum(|r| r.heuristic),
         sum(|r| r.heuristic_unknown),
         violations,
-        longest.as_secs_f64()
+        longest.as_secs_f64(),
+        sum(|r| r.unanswered),
+        sum(|r| r.unanswered_stored)
     );
     if violations > 0 {
         ExitCode::FAILURE

@@ -124,6 +124,10 @@ pub struct Report {
     pub elapsed: Duration,
     /// Failover: from each promotion to the first job answered 202 after it.
     pub promotion_to_accept: Vec<Duration>,
+    /// Jobs sent once without an idempotency key whose answer was lost, and how many of them
+    /// turned out stored (`resolve_unanswered`).
+    pub unanswered: usize,
+    pub unanswered_stored: usize,
 }
 
 impl Report {
@@ -142,6 +146,18 @@ impl Report {
             self.longest.as_secs_f64(),
             self.elapsed.as_secs_f64(),
         ) + &self.failovers()
+            + &self.unanswered()
+    }
+
+    /// ` unanswered=N (stored M)`, for runs that lost the answer to a job sent without a key.
+    fn unanswered(&self) -> String {
+        if self.unanswered == 0 {
+            return String::new();
+        }
+        format!(
+            " unanswered={} (stored {})",
+            self.unanswered, self.unanswered_stored
+        )
     }
 
     /// ` failovers=N promotion-to-accept max=…s`, for runs with failovers.
@@ -255,6 +271,74 @@ pub(super) async fn submit(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
+}
+
+/// Sent once to some instance, without an idempotency key: the job's id if it answered 202.
+async fn submit_once(
+    http: &reqwest::Client,
+    instances: &[String],
+    rng: &mut fastrand::Rng,
+    job: &Value,
+) -> Option<String> {
+    let addr = &instances[rng.usize(..instances.len())];
+    let r = http
+        .post(format!("{addr}/jobs"))
+        .header("content-type", "application/json")
+        .body(job.to_string())
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 202 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
+    v["jobID"].as_str().map(str::to_string)
+}
+
+/// Jobs sent without a key whose answer was lost (`load`), once the run has settled: one that
+/// was stored joins `accepted`, to be checked as any; one that was not must have had nothing
+/// confirmed (its Tries may have reserved: those reservations lapse); a correlation id stored
+/// twice is a violation.
+pub(super) async fn resolve_unanswered(
+    client: &impl tokio_postgres::GenericClient,
+    unanswered: Vec<Accepted>,
+    participant: &ParticipantService,
+    accepted: &mut Vec<Accepted>,
+    report: &mut Report,
+) -> Result<(), String> {
+    report.unanswered += unanswered.len();
+    for mut u in unanswered {
+        let rows = client
+            .query(
+                "SELECT id FROM jobs WHERE correlation_id = $1",
+                &[&u.correlation_id],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match rows.as_slice() {
+            [row] => {
+                u.id = row.get(0);
+                accepted.push(u);
+                report.unanswered_stored += 1;
+            }
+            [] => {
+                for r in participant.reservations_of(&u.correlation_id) {
+                    if r.state == ResState::Confirmed {
+                        report.violations.push(format!(
+                            "{}: never stored, yet its reservation {} was confirmed",
+                            u.correlation_id, r.id
+                        ));
+                    }
+                }
+            }
+            _ => report.violations.push(format!(
+                "{}: sent once, stored {} times",
+                u.correlation_id,
+                rows.len()
+            )),
+        }
+    }
+    Ok(())
 }
 
 /// A client request (confirm or cancel) retried until some instance records it.
@@ -570,7 +654,18 @@ async fn run_inner(
             job_document(rng, &base, &hooks, correlation_id, plan)
         })
     };
-    load(scenario, seed, opts, &http, &addrs, document, &accepted).await;
+    let unanswered = Arc::new(Mutex::new(Vec::<Accepted>::new()));
+    load(
+        scenario,
+        seed,
+        opts,
+        &http,
+        &addrs,
+        document,
+        &accepted,
+        Some(&unanswered),
+    )
+    .await;
     load_done.cancel();
     match faults.await {
         Ok(Injected {
@@ -614,8 +709,8 @@ async fn run_inner(
     for inst in instances.lock().await.iter_mut() {
         inst.revive().map_err(|e| err(&e))?;
     }
-    let accepted = std::mem::take(&mut *accepted.lock().await);
-    report.accepted = accepted.len();
+    let mut accepted = std::mem::take(&mut *accepted.lock().await);
+    let unanswered = std::mem::take(&mut *unanswered.lock().await);
 
     let checker_config = match &pair {
         Some(p) => lock(p).primary_config(&db),
@@ -625,6 +720,8 @@ async fn run_inner(
     wait_terminal(&checker, opts.settle).await?;
     // Reservations of canceled jobs may still be lapsing: give the longest one its time.
     let client = checker.get().await.map_err(|e| err(&e))?;
+    resolve_unanswered(&**client, unanswered, &participant, &mut accepted, report).await?;
+    report.accepted = accepted.len();
     for a in &accepted {
         let Some(record) = store::load_job(&client, &JobId::parse(&a.id).map_err(|e| err(&e))?)
             .await
@@ -739,7 +836,11 @@ pub(super) fn start_instances(
 
 /// The load: a closed loop of `opts.concurrency` clients submitting `opts.jobs` jobs spread
 /// over `opts.duration`, each made by `document`; 10 % confirmed by the client, 10 % canceled.
-/// Every job answered 202 joins `accepted`.
+/// Every job answered 202 joins `accepted`. With `unanswered`, a third of the jobs the
+/// coordinator confirms on its own go once without an idempotency key (their first Tries may go
+/// before they are stored): one whose answer is lost joins `unanswered` (its `id` empty), to be
+/// looked up by its correlation id once the run is over (`resolve_unanswered`).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn load(
     scenario: Scenario,
     seed: u64,
@@ -748,6 +849,7 @@ pub(super) async fn load(
     addrs: &[String],
     document: Document,
     accepted: &Arc<Mutex<Vec<Accepted>>>,
+    unanswered: Option<&Arc<Mutex<Vec<Accepted>>>>,
 ) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut clients = tokio::task::JoinSet::new();
@@ -761,6 +863,7 @@ pub(super) async fn load(
             next.clone(),
             document.clone(),
         );
+        let unanswered = unanswered.cloned();
         let jobs = opts.jobs;
         let pace = opts.duration.div_f64(jobs.max(1) as f64);
         let name = scenario.name();
@@ -780,6 +883,22 @@ pub(super) async fn load(
                 };
                 let correlation_id = format!("{name}-{seed}-{i}");
                 let doc = document(&mut rng, &correlation_id, plan);
+                if let Some(unanswered) = &unanswered
+                    && plan == ClientPlan::AutoConfirm
+                    && rng.u8(..3) == 0
+                {
+                    let id = submit_once(&http, &addrs, &mut rng, &doc).await;
+                    let known = Accepted {
+                        id: id.clone().unwrap_or_default(),
+                        correlation_id,
+                        document: doc,
+                    };
+                    match id {
+                        Some(_) => accepted.lock().await.push(known),
+                        None => unanswered.lock().await.push(known),
+                    }
+                    continue;
+                }
                 let Some(id) =
                     submit(&http, &addrs, &mut rng, &doc, &correlation_id, deadline).await
                 else {

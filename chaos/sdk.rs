@@ -379,6 +379,7 @@ pub(super) async fn run(
         &coordinators,
         document,
         &accepted,
+        None,
     )
     .await;
     load_done.cancel();
