@@ -16,6 +16,7 @@ use sha2::Sha256;
 
 use crate::helpers::*;
 use crate::participant::{Op, Participant, Reply};
+use crate::try_first::{LONG_WAIT, post_job};
 
 /// One delivery as a receiver got it.
 #[derive(Debug, Clone)]
@@ -565,30 +566,13 @@ async fn an_smtp_server_that_refuses_is_quoted_in_the_notification() {
 #[tokio::test]
 async fn a_job_its_first_tries_end_before_it_is_stored_is_stored_then_ended_and_told() {
     let r = Receiver::start().await;
-    let app = spawn_app_with(&[
-        "--try-first-wait",
-        "10s",
-        "--lease-ttl",
-        "60s",
-        "--call-timeout",
-        "20s",
-        "--db-timeout",
-        "30s",
-    ])
-    .await;
+    let app = spawn_app_with(LONG_WAIT).await;
     let p = Participant::start().await;
     p.set_default(Op::Try, "ended-a", Reply::Status(409));
     let mut doc = job_of(&[("a", p.url("ended-a"))]);
     doc["jobFailedURL"] = json!(r.url("failed"));
-    let resp = app
-        .http
-        .post(app.url("/jobs"))
-        .json(&doc)
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(resp.status(), 202);
-    let body: Value = resp.json().await.expect("json");
+    let (status, body) = post_job(&app, &doc, None, PATIENCE).await;
+    assert_eq!(status, 202, "{body:#}");
     // The refusal came within the wait, yet the job was stored as accepted: its end is written
     // after, with the notification.
     assert_eq!(body["jobStatus"], "trying", "{body:#}");

@@ -11,7 +11,7 @@ use crate::helpers::*;
 use crate::participant::{Op, Participant, Reply};
 
 /// A wait far longer than any Try here takes, so that every prompt answer comes within it.
-const LONG_WAIT: &[&str] = &[
+pub(crate) const LONG_WAIT: &[&str] = &[
     "--try-first-wait",
     "10s",
     "--lease-ttl",
@@ -23,7 +23,12 @@ const LONG_WAIT: &[&str] = &[
 ];
 
 /// `POST /jobs` with `doc` (and an `Idempotency-Key`), answered within `limit`: (status, body).
-async fn post_job(app: &TestApp, doc: &Value, key: Option<&str>, limit: Duration) -> (u16, Value) {
+pub(crate) async fn post_job(
+    app: &TestApp,
+    doc: &Value,
+    key: Option<&str>,
+    limit: Duration,
+) -> (u16, Value) {
     let client = reqwest::Client::builder()
         .timeout(limit)
         .build()
