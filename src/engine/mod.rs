@@ -232,8 +232,12 @@ impl Engine {
     }
 
     /// Store a new job (claimed by this instance, its first Tries planned into the same write,
-    /// committed synchronously with other writes of the moment) and start driving it. Runs as
-    /// its own task: once asked, the job is stored and driven even if the client hangs up.
+    /// committed synchronously with other writes of the moment) and start driving it; with
+    /// `try_first`, start driving it and let its driver store it once its first Tries have
+    /// answered (see the conditions below, and `driver::Unstored`). Either way the write runs
+    /// as its own task: once asked, the job is stored and driven even if the client hangs up
+    /// (unless its driver fails before storing it and the client has gone: then its request,
+    /// which would have stored it instead, is gone too, and its reservations lapse).
     pub async fn accept(
         &self,
         submission: Submission,
@@ -447,12 +451,14 @@ impl Engine {
                 _ = live.cancelled() => return,
             };
             if slot.is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_some()) {
-                let why = match &outcome {
+                let (kind, why) = match &outcome {
                     Ok(Ok(())) => return,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(panic) => panic_message(&**panic),
+                    Ok(Err(DriveError::Illegal(e))) => (DriverFailure::Illegal, e.to_string()),
+                    Ok(Err(e)) => (DriverFailure::Store, e.to_string()),
+                    Err(panic) => (DriverFailure::Panic, panic_message(&**panic)),
                 };
-                tracing::warn!(job = %id, error = %why, "a new job's driver failed before storing it; its request stores it");
+                metrics::counter!(m::ENGINE_DRIVER_FAILURES, "kind" => kind.as_str()).increment(1);
+                tracing::warn!(job = %id, kind = kind.as_str(), error = %why, "a new job's driver failed before storing it; its request stores it");
                 return;
             }
             let failure = match outcome {
