@@ -15,6 +15,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::group_commit::InsertReply;
 use super::{Accepted, DriveError, Inner};
 use crate::domain::event::{self, CallRecord};
 use crate::domain::planner::{self, Plan};
@@ -34,9 +35,42 @@ const WRITE_DELAY: Duration = Duration::from_millis(100);
 
 type CallFuture = BoxFuture<'static, (Step, CallResult)>;
 
-/// The job as accepted, its first Tries planned, and the row to store it by: taken when it is
-/// stored (left there, its request stores it: `Engine::accept`).
-pub(super) type Pending = Arc<std::sync::Mutex<Option<Box<(store::NewJobRow, store::JobRecord)>>>>;
+/// Where a new job waits to be stored (`Unstored`), and who stores it.
+pub(super) enum Slot {
+    /// The job as accepted, its first Tries planned, and the row to store it by.
+    Waiting(Box<(store::NewJobRow, store::JobRecord)>),
+    /// Taken by its driver, which stores it; its request hears the outcome from the write.
+    Storing,
+    /// Taken back by its request, whose driver stopped before storing it: stored first.
+    Reclaimed,
+}
+
+pub(super) type Pending = Arc<std::sync::Mutex<Slot>>;
+
+impl Slot {
+    /// Take the job, leaving `then`: `None` when it was taken already.
+    pub fn take(
+        pending: &Pending,
+        then: Slot,
+    ) -> Option<Box<(store::NewJobRow, store::JobRecord)>> {
+        let mut slot = pending.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *slot, then) {
+            Slot::Waiting(job) => Some(job),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    /// Whether its driver took the job to store it.
+    pub fn storing(pending: &Pending) -> bool {
+        matches!(
+            *pending.lock().unwrap_or_else(|p| p.into_inner()),
+            Slot::Storing
+        )
+    }
+}
 
 /// A new job whose first Tries go out before it is stored (`Engine::accept`): its driver stores
 /// it once they have all answered, or a decision needs writing, or at `until`, whichever comes
@@ -432,8 +466,7 @@ impl Driver {
         let Some(Unstored { slot, reply, .. }) = st.unstored.take() else {
             return true;
         };
-        let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(pending) = taken else {
+        let Some(pending) = Slot::take(&slot, Slot::Storing) else {
             return false;
         };
         let (mut row, initial) = *pending;
@@ -453,53 +486,56 @@ impl Driver {
         } else {
             initial
         };
-        let before = st.saved.clone();
-        match self
-            .inner
-            .commits
-            .insert(&self.inner.pool, row, record.clone())
-            .await
-        {
-            Ok(Inserted::Created) => {
-                metrics::counter!(m::JOBS_CREATED, "source" => source).increment(1);
-                if record.job.status() != before.status() {
-                    self.on_status_change(&before, &record.job, now);
-                }
-                st.saved = record.job.clone();
-                st.durable = record.job.clone();
-                if with_answers {
-                    // Written, and synchronously: the output mappings' writes with it.
-                    st.state_writes.clear();
-                }
-                st.unsaved_since = None;
-                st.renew_at = self.next_renewal();
-                self.inner
-                    .changes
-                    .send(super::Change {
-                        id: self.id.clone(),
-                        status: Some(record.job.status()),
-                    })
-                    .ok();
-                let _ = reply.send(Ok(Accepted::Created(Box::new(record))));
-                true
-            }
-            Ok(Inserted::Replay {
-                id,
-                same_request,
-                another_holder,
-            }) => {
-                let _ = reply.send(Ok(Accepted::Replay {
+        let stored = record.job.clone();
+        let stored_record = record.clone();
+        // The write answers the request itself, first: whatever becomes of this driver while
+        // it waits (the instance's identity lost, say), the request hears what was stored.
+        let (created_tx, created) = tokio::sync::oneshot::channel();
+        let answer = move |outcome: Result<Inserted, StoreError>| {
+            let was_created = matches!(outcome, Ok(Inserted::Created));
+            let _ = reply.send(outcome.map(|inserted| match inserted {
+                Inserted::Created => Accepted::Created(Box::new(record)),
+                Inserted::Replay {
                     id,
                     same_request,
                     another_holder,
-                }));
-                false
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                false
-            }
+                } => Accepted::Replay {
+                    id,
+                    same_request,
+                    another_holder,
+                },
+            }));
+            let _ = created_tx.send(was_created);
+        };
+        self.inner.commits.insert_then(
+            &self.inner.pool,
+            row,
+            stored_record,
+            InsertReply::Call(Box::new(answer)),
+        );
+        if created.await != Ok(true) {
+            return false;
         }
+        metrics::counter!(m::JOBS_CREATED, "source" => source).increment(1);
+        if stored.status() != st.saved.status() {
+            self.on_status_change(&st.saved, &stored, now);
+        }
+        if with_answers {
+            // Written, and synchronously: the output mappings' writes with it.
+            st.state_writes.clear();
+        }
+        st.saved = stored.clone();
+        st.durable = stored;
+        st.unsaved_since = None;
+        st.renew_at = self.next_renewal();
+        self.inner
+            .changes
+            .send(super::Change {
+                id: self.id.clone(),
+                status: Some(st.saved.status()),
+            })
+            .ok();
+        true
     }
 
     fn send(&self, st: &mut DriverState, steps: Vec<Step>) {

@@ -29,10 +29,25 @@ const SPILL: usize = 32;
 /// One queued write and where its outcome goes.
 enum Write {
     Save(Box<Save>, oneshot::Sender<Result<Saved, StoreError>>),
-    Insert(
-        Box<(NewJobRow, JobRecord)>,
-        oneshot::Sender<Result<Inserted, StoreError>>,
-    ),
+    Insert(Box<(NewJobRow, JobRecord)>, InsertReply),
+}
+
+/// Told what became of a new job: whoever waits on it, or a callback the writer runs (so that
+/// more than one party hears it without another task in between).
+pub enum InsertReply {
+    Channel(oneshot::Sender<Result<Inserted, StoreError>>),
+    Call(Box<dyn FnOnce(Result<Inserted, StoreError>) + Send>),
+}
+
+impl InsertReply {
+    fn send(self, outcome: Result<Inserted, StoreError>) {
+        match self {
+            InsertReply::Channel(tx) => {
+                let _ = tx.send(outcome);
+            }
+            InsertReply::Call(f) => f(outcome),
+        }
+    }
 }
 
 pub struct GroupCommit {
@@ -94,17 +109,30 @@ impl GroupCommit {
         record: JobRecord,
     ) -> Result<Inserted, StoreError> {
         let (tx, rx) = oneshot::channel();
+        self.insert_then(pool, row, record, InsertReply::Channel(tx));
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the write was abandoned".into()))?
+    }
+
+    /// Queue a new job (as `insert`); `reply` hears its outcome, from the writer.
+    pub fn insert_then(
+        self: &Arc<Self>,
+        pool: &Pool,
+        row: NewJobRow,
+        record: JobRecord,
+        reply: InsertReply,
+    ) {
         let queued = {
             let mut q = self.lock();
             if q.len() >= self.bound {
-                return Err(StoreError::Overloaded("the accept queue is full"));
+                drop(q);
+                reply.send(Err(StoreError::Overloaded("the accept queue is full")));
+                return;
             }
-            q.push(Write::Insert(Box::new((row, record)), tx));
+            q.push(Write::Insert(Box::new((row, record)), reply));
             q.len()
         };
         self.kick(pool, queued);
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the write was abandoned".into()))?
     }
 
     /// Start a writer if none is writing, or if `queued` writes are enough to spill over to
@@ -172,7 +200,7 @@ async fn write(pool: &Pool, batch: Vec<Write>, healthy: &AtomicBool) {
                 let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
             }
             for reply in job_replies {
-                let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
+                reply.send(Err(StoreError::Unavailable(e.clone())));
             }
             return;
         }
@@ -259,12 +287,12 @@ async fn write(pool: &Pool, batch: Vec<Write>, healthy: &AtomicBool) {
         // not be read has its own error, and is not written again).
         Ok(inserted) if inserted.len() == new_jobs.len() => {
             for (result, reply) in inserted.into_iter().zip(job_replies) {
-                let _ = reply.send(result);
+                reply.send(result);
             }
         }
         _ => {
             for ((row, record), reply) in new_jobs.iter().zip(job_replies) {
-                let _ = reply.send(store::insert_job(&client, row, record).await);
+                reply.send(store::insert_job(&client, row, record).await);
             }
         }
     }

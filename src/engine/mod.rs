@@ -268,7 +268,10 @@ impl Engine {
             // The job as it will be stored, where its request finds it again should the driver
             // stop before it answers (a panic): then it is stored as accepted, and driven again
             // like any other.
-            let slot = Arc::new(Mutex::new(Some(Box::new((row, record.clone())))));
+            let slot = Arc::new(Mutex::new(driver::Slot::Waiting(Box::new((
+                row,
+                record.clone(),
+            )))));
             let steps = first.clone();
             let unstored = driver::Unstored {
                 slot: slot.clone(),
@@ -282,8 +285,7 @@ impl Engine {
             if let Ok(answer) = stored.await {
                 return answer;
             }
-            let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            match taken {
+            match driver::Slot::take(&slot, driver::Slot::Reclaimed) {
                 Some(pending) => {
                     let (row, record) = *pending;
                     (row, record, steps)
@@ -450,7 +452,7 @@ impl Engine {
                 // nothing and calling nobody; the calls in flight are dropped.
                 _ = live.cancelled() => return,
             };
-            if slot.is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_some()) {
+            if slot.is_some_and(|s| !driver::Slot::storing(&s)) {
                 let (kind, why) = match &outcome {
                     Ok(Ok(())) => return,
                     Ok(Err(DriveError::Illegal(e))) => (DriverFailure::Illegal, e.to_string()),
