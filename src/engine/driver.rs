@@ -432,13 +432,7 @@ impl Driver {
                     self.inner.outbox.notify_one();
                 }
                 st.renew_at = self.next_renewal();
-                self.inner
-                    .changes
-                    .send(super::Change {
-                        id: self.id.clone(),
-                        status: Some(st.saved.status()),
-                    })
-                    .ok();
+                self.announce(st.saved.status());
                 if lease.releases() {
                     return Ok(Next::Stop);
                 }
@@ -493,18 +487,7 @@ impl Driver {
         let (created_tx, created) = tokio::sync::oneshot::channel();
         let answer = move |outcome: Result<Inserted, StoreError>| {
             let was_created = matches!(outcome, Ok(Inserted::Created));
-            let _ = reply.send(outcome.map(|inserted| match inserted {
-                Inserted::Created => Accepted::Created(Box::new(record)),
-                Inserted::Replay {
-                    id,
-                    same_request,
-                    another_holder,
-                } => Accepted::Replay {
-                    id,
-                    same_request,
-                    another_holder,
-                },
-            }));
+            let _ = reply.send(outcome.map(|inserted| Accepted::of(inserted, record)));
             let _ = created_tx.send(was_created);
         };
         self.inner.commits.insert_then(
@@ -528,14 +511,19 @@ impl Driver {
         st.durable = stored;
         st.unsaved_since = None;
         st.renew_at = self.next_renewal();
+        self.announce(st.saved.status());
+        true
+    }
+
+    /// Tell this instance's waiters the status just written.
+    fn announce(&self, status: JobStatus) {
         self.inner
             .changes
             .send(super::Change {
                 id: self.id.clone(),
-                status: Some(st.saved.status()),
+                status: Some(status),
             })
             .ok();
-        true
     }
 
     fn send(&self, st: &mut DriverState, steps: Vec<Step>) {

@@ -116,6 +116,24 @@ pub enum Accepted {
     },
 }
 
+impl Accepted {
+    /// What the request hears of a new job's write: `record` is what was written.
+    fn of(inserted: Inserted, record: store::JobRecord) -> Accepted {
+        match inserted {
+            Inserted::Created => Accepted::Created(Box::new(record)),
+            Inserted::Replay {
+                id,
+                same_request,
+                another_holder,
+            } => Accepted::Replay {
+                id,
+                same_request,
+                another_holder,
+            },
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -313,15 +331,7 @@ impl Engine {
                     engine.start_claimed(record.clone(), first);
                     Accepted::Created(Box::new(record))
                 }
-                Inserted::Replay {
-                    id,
-                    same_request,
-                    another_holder,
-                } => Accepted::Replay {
-                    id,
-                    same_request,
-                    another_holder,
-                },
+                replay => Accepted::of(replay, record),
             })
         });
         task.await

@@ -16,7 +16,7 @@ use sha2::Sha256;
 
 use crate::helpers::*;
 use crate::participant::{Op, Participant, Reply};
-use crate::try_first::{LONG_WAIT, post_job};
+use crate::try_first::{LONG_WAIT, job_statuses, post_job};
 
 /// One delivery as a receiver got it.
 #[derive(Debug, Clone)]
@@ -587,12 +587,11 @@ async fn a_job_its_first_tries_end_before_it_is_stored_is_stored_then_ended_and_
     let log = page["events"].as_array().cloned().unwrap_or_default();
     let seqs: Vec<i64> = log.iter().filter_map(|e| e["seq"].as_i64()).collect();
     assert_eq!(seqs, (1..=log.len() as i64).collect::<Vec<_>>(), "{log:#?}");
-    let statuses: Vec<&str> = log
-        .iter()
-        .filter(|e| e["type"] == "status")
-        .filter_map(|e| e["jobStatus"].as_str())
-        .collect();
-    assert_eq!(statuses, ["pending", "trying", "failed"], "{log:#?}");
+    assert_eq!(
+        job_statuses(&log),
+        ["pending", "trying", "failed"],
+        "{log:#?}"
+    );
     assert_eq!(
         log.iter().filter(|e| e["type"] == "call").count(),
         1,

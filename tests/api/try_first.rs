@@ -46,6 +46,14 @@ fn id_of(body: &Value) -> String {
     body["jobID"].as_str().expect("jobID").to_string()
 }
 
+/// The job's statuses in its event log, in order.
+pub(crate) fn job_statuses(log: &[Value]) -> Vec<&str> {
+    log.iter()
+        .filter(|e| e["type"] == "status")
+        .filter_map(|e| e["jobStatus"].as_str())
+        .collect()
+}
+
 async fn events(app: &TestApp, id: &str) -> Vec<Value> {
     let page = get_json(
         &app.http,
@@ -80,13 +88,8 @@ async fn tries_that_answer_in_time_are_stored_with_the_job_and_the_decision_they
     let log = events(&app, &id).await;
     let seqs: Vec<i64> = log.iter().filter_map(|e| e["seq"].as_i64()).collect();
     assert_eq!(seqs, (1..=log.len() as i64).collect::<Vec<_>>(), "{log:#?}");
-    let statuses: Vec<&str> = log
-        .iter()
-        .filter(|e| e["type"] == "status")
-        .filter_map(|e| e["jobStatus"].as_str())
-        .collect();
     assert_eq!(
-        statuses,
+        job_statuses(&log),
         ["pending", "trying", "confirming", "completed"],
         "{log:#?}"
     );
