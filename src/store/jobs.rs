@@ -94,15 +94,14 @@ const INSERT_MANY: &str = "WITH j AS (
                      deadline, owner, ttl, key, hash, traceparent, holder, task_state,
                      task_specs, answered, reason, decided)
             ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING id, status, created_at, source
+            RETURNING id, status, created_at, source, event_seq
          ), e AS (
             -- Accepted (pending), and trying when its first Tries were planned in, then what
             -- their answers brought when they came before the job was stored (a job stored
             -- with answers was trying first): the event_seq given above. The events' shape is
             -- domain::Event's.
             INSERT INTO job_events (job_id, last_seq, events)
-            SELECT j.id, CASE WHEN x.answered IS NOT NULL THEN 2 + jsonb_array_length(x.answered)
-                              WHEN j.status = 'pending' THEN 1 ELSE 2 END,
+            SELECT j.id, j.event_seq,
                 jsonb_build_array(jsonb_build_object('at', j.created_at, 'type', 'status',
                     'status', 'pending', 'message',
                     CASE j.source WHEN 'atomikos' THEN 'accepted (Atomikos coordinator)'

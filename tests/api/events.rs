@@ -6,7 +6,12 @@ use crate::helpers::*;
 use crate::participant::{Op, Participant, Reply};
 
 /// Every event of a job, following `next` links from a first page of `limit`.
-async fn all_events(http: &reqwest::Client, base: &str, id: &str, limit: usize) -> Vec<Value> {
+pub(crate) async fn all_events(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    limit: usize,
+) -> Vec<Value> {
     let mut url = format!("{base}/jobs/{id}/events?limit={limit}");
     let mut events = Vec::new();
     loop {

@@ -583,8 +583,7 @@ async fn a_job_its_first_tries_end_before_it_is_stored_is_stored_then_ended_and_
     let job = app.wait_status(&id, "failed").await;
     assert_eq!(job["failureReason"], "try-failed");
     assert_eq!(p.count(Op::Try, "ended-a"), 1);
-    let page = get_json(&app.http, &app.url(&format!("/jobs/{id}/events"))).await;
-    let log = page["events"].as_array().cloned().unwrap_or_default();
+    let log = crate::events::all_events(&app.http, &app.addr, &id, 1000).await;
     let seqs: Vec<i64> = log.iter().filter_map(|e| e["seq"].as_i64()).collect();
     assert_eq!(seqs, (1..=log.len() as i64).collect::<Vec<_>>(), "{log:#?}");
     assert_eq!(
