@@ -638,8 +638,8 @@ impl Engine {
         metrics::gauge!(m::DB_POOL_CONNECTIONS, "state" => "idle").set(status.available as f64);
         metrics::gauge!(m::DB_POOL_CONNECTIONS, "state" => "in_use")
             .set(status.size.saturating_sub(status.available) as f64);
-        let client = self.inner.pool.get().await?;
-        let stats = store::active_stats(&client).await?;
+        let mut client = self.inner.pool.get().await?;
+        let stats = store::active_stats(&mut client).await?;
         for s in [
             JobStatus::Pending,
             JobStatus::Trying,

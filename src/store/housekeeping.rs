@@ -5,8 +5,18 @@ use super::*;
 /// Per non-terminal status: how many jobs, and the age in seconds of the oldest: since its
 /// creation while undecided, since the decision while confirming or canceling (so that "a job
 /// confirming for 5 minutes" means 5 minutes of confirming, not a long reservation before it).
-pub async fn active_stats(client: &impl GenericClient) -> Result<Vec<(JobStatus, i64, f64)>> {
-    let rows = client
+///
+/// Read by a plain scan of the status index, not a bitmap scan: the index holds an entry for
+/// every version of a job's row that had an active status (each job passes through them), and
+/// until a vacuum removes them a bitmap scan visits every such row, long ended, on each read —
+/// under load the whole recent table every few seconds, evicting the writers' pages. A plain
+/// index scan marks each entry whose row is dead as it passes it, and the next read skips it:
+/// each read visits only what changed since the last.
+pub async fn active_stats(client: &mut impl GenericClient) -> Result<Vec<(JobStatus, i64, f64)>> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL enable_bitmapscan = off")
+        .await?;
+    let rows = tx
         .query(
             "SELECT status, count(*),
                     extract(epoch FROM now() - min(CASE WHEN status IN ('confirming', 'canceling')
@@ -17,6 +27,7 @@ pub async fn active_stats(client: &impl GenericClient) -> Result<Vec<(JobStatus,
             &[],
         )
         .await?;
+    tx.commit().await?;
     rows.iter()
         .map(|r| {
             let s: String = r.try_get(0)?;

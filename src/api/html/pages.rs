@@ -621,8 +621,8 @@ const OVERVIEW_RECENT: i64 = 10;
 /// `/`: unresolved heuristics first, then what is running by status, then the newest jobs.
 pub async fn overview(state: &AppState, base: &str) -> Result<Response, ApiError> {
     let (active, unresolved, heuristics, recent) = {
-        let client = db(state).await?;
-        let active = within(state, store::active_stats(&client)).await?;
+        let mut client = db(state).await?;
+        let active = within(state, store::active_stats(&mut client)).await?;
         let unresolved = within(state, store::count_heuristic(&client)).await?;
         let heuristics = within(
             state,
