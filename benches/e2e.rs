@@ -936,10 +936,10 @@ async fn age_jobs(admin: &tokio_postgres::Config, db: &str, n: usize) {
                     'link_expires', now() - interval '39 days', 'attempts', 1,
                     'start_time', now() - interval '40 days',
                     'end_time', now() - interval '40 days'))
-                 FROM generate_series(0, 1) AS k),
+                 FROM generate_series(0, 1) AS k)::json,
                 (SELECT jsonb_object_agg(k::text, jsonb_build_object('task_id', 't' || k,
                     'try_spec', '{\"taskURL\": \"http://127.0.0.1:9/try\"}'::jsonb))
-                 FROM generate_series(0, 1) AS k)
+                 FROM generate_series(0, 1) AS k)::json
          FROM generate_series(1, $1::int) AS i",
         "INSERT INTO job_events (job_id, last_seq, events)
          SELECT 'old-' || i, 1, '[{\"type\": \"status\", \"status\": \"completed\"}]'

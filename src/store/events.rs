@@ -39,7 +39,7 @@ pub(super) fn insert_events(first: usize, base: &str) -> String {
     format!(
         "INSERT INTO job_events (job_id, last_seq, events)
          SELECT v.job_id, b.event_base + v.n, v.events
-         FROM unnest(${a}::text[], ${b}::bigint[], ${c}::jsonb[]) AS v(job_id, n, events)
+         FROM unnest(${a}::text[], ${b}::bigint[], ${c}::json[]) AS v(job_id, n, events)
          JOIN {base} b ON b.id = v.job_id"
     )
 }

@@ -79,41 +79,25 @@ const INSERT_MANY: &str = "WITH j AS (
                 ($5::text[])[n.tags_from:n.tags_to], n.auto_confirm, n.retry_policy,
                 n.shared_state, n.task_count, n.created_at, n.created_at, n.deadline,
                 n.owner, now() + make_interval(secs => n.ttl), 1, n.created_at, n.key,
-                n.hash, n.traceparent,
-                CASE WHEN n.answered IS NOT NULL THEN 2 + jsonb_array_length(n.answered)
-                     WHEN n.status = 'pending' THEN 1 ELSE 2 END,
+                n.hash, n.traceparent, n.n_events,
                 n.holder, n.task_state, n.task_specs, n.reason,
                 CASE WHEN n.decided THEN now() END
             FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $6::text[],
                 $7::int[], $8::int[], $9::bool[], $10::jsonb[], $11::jsonb[], $12::int[],
                 $13::timestamptz[], $14::timestamptz[], $15::text[], $16::float8[],
-                $17::text[], $18::text[], $19::text[], $20::text[], $21::jsonb[],
-                $22::jsonb[], $23::jsonb[], $24::text[], $25::bool[])
+                $17::text[], $18::text[], $19::text[], $20::text[], $21::json[],
+                $22::json[], $24::text[], $25::bool[], $26::bigint[])
                 AS n(id, source, status, fields, correlation_id, tags_from, tags_to,
                      auto_confirm, retry_policy, shared_state, task_count, created_at,
                      deadline, owner, ttl, key, hash, traceparent, holder, task_state,
-                     task_specs, answered, reason, decided)
+                     task_specs, reason, decided, n_events)
             ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING id, status, created_at, source, event_seq
+            RETURNING id, event_seq
          ), e AS (
-            -- Accepted (pending), and trying when its first Tries were planned in, then what
-            -- their answers brought when they came before the job was stored (a job stored
-            -- with answers was trying first): the event_seq given above. The events' shape is
-            -- domain::Event's.
+            -- Its first events (`first_events`), numbered up to the event_seq given above.
             INSERT INTO job_events (job_id, last_seq, events)
-            SELECT j.id, j.event_seq,
-                jsonb_build_array(jsonb_build_object('at', j.created_at, 'type', 'status',
-                    'status', 'pending', 'message',
-                    CASE j.source WHEN 'atomikos' THEN 'accepted (Atomikos coordinator)'
-                                  WHEN 'dtm' THEN 'accepted (DTM global transaction)'
-                                  ELSE 'accepted' END))
-                || CASE WHEN j.status = 'pending' THEN '[]'::jsonb
-                        ELSE jsonb_build_array(jsonb_build_object('at', j.created_at,
-                            'type', 'status', 'status',
-                            CASE WHEN x.answered IS NOT NULL THEN 'trying'
-                                 ELSE j.status::text END)) END
-                || COALESCE(x.answered, '[]'::jsonb)
-            FROM j JOIN unnest($1::text[], $23::jsonb[]) AS x(id, answered) ON x.id = j.id
+            SELECT j.id, j.event_seq, x.events
+            FROM j JOIN unnest($1::text[], $23::json[]) AS x(id, events) ON x.id = j.id
          )
          SELECT id FROM j";
 
@@ -123,6 +107,46 @@ pub async fn prepare_batch(client: &impl GenericClient) -> Result<()> {
     client.prepare_cached(&SAVE_MANY).await?;
     client.prepare_cached(INSERT_MANY).await?;
     Ok(())
+}
+
+/// A new job's first row of the event log: accepted (`pending`) when it was created; then,
+/// unless it is stored pending, the status it is stored in (`trying` when its first Tries
+/// answered before it was stored), then the events their answers brought (`NewJobRow::answered`).
+#[derive(Debug)]
+struct FirstEvents<'a> {
+    head: Vec<Event>,
+    answered: &'a [Event],
+}
+
+impl<'a> FirstEvents<'a> {
+    fn of(row: &'a NewJobRow, status: JobStatus) -> Self {
+        use chrono::SubsecRound;
+        // As the job's row stores its creation (microseconds).
+        let at = row.submission.created_at.trunc_subsecs(6);
+        let mut head = vec![Event::job_status(at, JobStatus::Pending, None)];
+        if status != JobStatus::Pending {
+            let stored = if row.answered.is_empty() {
+                status
+            } else {
+                JobStatus::Trying
+            };
+            head.push(Event::job_status(at, stored, None));
+        }
+        FirstEvents {
+            head,
+            answered: &row.answered,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.answered.len()
+    }
+}
+
+impl serde::Serialize for FirstEvents<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.head.iter().chain(self.answered))
+    }
 }
 
 /// Store new jobs and their tasks in one statement (see `insert_job`), each job's outcome in the
@@ -155,7 +179,8 @@ pub async fn insert_many(
     let mut traceparents = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
     let mut specs = Vec::with_capacity(n);
-    let mut answered = Vec::with_capacity(n);
+    let mut first_events = Vec::with_capacity(n);
+    let mut event_counts = Vec::with_capacity(n);
     let mut reasons = Vec::with_capacity(n);
     let mut decided = Vec::with_capacity(n);
     for (row, record) in jobs {
@@ -188,14 +213,14 @@ pub async fn insert_many(
         traceparents.push(row.submission.traceparent.as_deref());
         states.push(tokio_postgres::types::Json(TaskStates::of(&job.tasks)));
         specs.push(tokio_postgres::types::Json(TaskSpecs::of(&job.tasks)));
-        answered.push(
-            (!row.answered.is_empty()).then(|| tokio_postgres::types::Json(&row.answered[..])),
-        );
+        let first = FirstEvents::of(row, job.status());
+        event_counts.push(first.len() as i64);
+        first_events.push(tokio_postgres::types::Json(first));
         reasons.push(job.state.reason().map(|r| r.as_str()));
         decided.push(!job.status().is_undecided());
     }
     let stmt = client.prepare_cached(INSERT_MANY).await?;
-    let params: [&(dyn ToSql + Sync); 25] = [
+    let params: [&(dyn ToSql + Sync); 26] = [
         &ids,
         &sources,
         &job_statuses,
@@ -218,9 +243,10 @@ pub async fn insert_many(
         &holders,
         &states,
         &specs,
-        &answered,
+        &first_events,
         &reasons,
         &decided,
+        &event_counts,
     ];
     let stored = client.query(&stmt, &params).await?;
     let stored = stored
@@ -373,7 +399,8 @@ pub struct Save {
     pub state: JobState,
     pub fence: Fence,
     /// Tasks whose state differs from the last synchronous save: written into the job's row
-    /// (`task_state`), each over its own key.
+    /// (`task_state`), each over its own key; all of the job's tasks replace the stored states
+    /// as they are.
     pub tasks: Vec<Task>,
     /// The shared state, when it changed: written only over version `state_guard` (another
     /// writer came first otherwise, and the save answers `state_written: false`).
@@ -449,11 +476,11 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              w AS (
                 SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[],
                     $6::text[], $7::jsonb[], $8::bool[], $9::bool[], $10::bool[],
-                    $11::float8[], $12::timestamptz[], $13::bigint[], $14::jsonb[],
-                    $15::bigint[], $19::bigint[])
+                    $11::float8[], $12::timestamptz[], $13::bigint[], $14::json[],
+                    $15::bigint[], $19::bigint[], $24::int[])
                     AS w(id, owner, generation, status, reason, shared_state, decided,
                          finished, releasing, ttl, next_wake, guard, tasks, n_events,
-                         state_guard)
+                         state_guard, n_tasks)
              ), j AS (
                 UPDATE jobs SET
                     status = w.status, failure_reason = w.reason,
@@ -463,8 +490,11 @@ static SAVE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     state_seq = CASE WHEN w.shared_state IS NOT NULL
                         AND jobs.state_seq = w.state_guard THEN jobs.state_seq + 1
                         ELSE jobs.state_seq END,
+                    -- Every task's state written (as many as the job has): they replace
+                    -- the stored ones as they are; some: each over its own key.
                     task_state = CASE WHEN w.tasks IS NULL THEN jobs.task_state
-                        ELSE jobs.task_state || w.tasks END,
+                        WHEN w.n_tasks = jobs.task_count THEN w.tasks
+                        ELSE (jobs.task_state::jsonb || w.tasks::jsonb)::json END,
                     updated_at = now(),
                     decided_at = CASE WHEN w.decided THEN COALESCE(jobs.decided_at, now())
                                       ELSE jobs.decided_at END,
@@ -520,6 +550,7 @@ pub async fn save_many(
     let mut next_wakes: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut guards = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
+    let mut task_counts = Vec::with_capacity(n);
     let mut events = EventColumns::default();
     let mut event_counts = Vec::with_capacity(n);
     let mut state_guards = Vec::with_capacity(n);
@@ -547,6 +578,7 @@ pub async fn save_many(
             n_event.push(nt.event.as_str());
         }
         let changed = TaskStates::of(&s.tasks);
+        task_counts.push(s.tasks.len() as i32);
         tasks.push((!changed.is_empty()).then_some(tokio_postgres::types::Json(changed)));
     }
     let stmt = client.prepare_cached(&SAVE_MANY).await?;
@@ -574,6 +606,7 @@ pub async fn save_many(
         &n_channel,
         &n_target,
         &n_event,
+        &task_counts,
     ]);
     let rows = client.query(&stmt, &params).await?;
     let mut written: HashMap<String, Saved> = HashMap::with_capacity(rows.len());
@@ -735,7 +768,7 @@ pub async fn task_statuses(
     let stmt = client
         .prepare_cached(
             "SELECT j.id, s.value ->> 'status'
-             FROM jobs j, jsonb_each(j.task_state) s
+             FROM jobs j, json_each(j.task_state) s
              WHERE j.id = ANY($1::text[]) ORDER BY j.id, s.key::int",
         )
         .await?;

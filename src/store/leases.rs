@@ -94,11 +94,11 @@ pub async fn record_driver_failure(
                 next_wake = now() + least(interval '5 min',
                     interval '1 s' * power(2, least(driver_failures, 20)))
                     * (0.5 + random() / 2),
-                task_state = task_state || COALESCE((
+                task_state = (task_state::jsonb || COALESCE((
                     SELECT jsonb_object_agg(k, v || jsonb_build_object('last_message', $4::text))
-                    FROM jsonb_each(task_state) AS s(k, v)
+                    FROM jsonb_each(task_state::jsonb) AS s(k, v)
                     WHERE v ->> 'status' NOT IN
-                        ('confirmed', 'canceled', 'expired', 'failed', 'heuristic')), '{}')
+                        ('confirmed', 'canceled', 'expired', 'failed', 'heuristic')), '{}'))::json
              WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3
              RETURNING 1",
         )

@@ -261,7 +261,8 @@ pub async fn register(
             "WITH b AS (
                 UPDATE jobs SET task_count = task_count + 1, wake_seq = wake_seq + 1,
                     next_wake = now(), updated_at = now(), event_seq = event_seq + 1,
-                    task_specs = task_specs || $5::jsonb, task_state = task_state || $6::jsonb
+                    task_specs = (task_specs::jsonb || $5::jsonb)::json,
+                    task_state = (task_state::jsonb || $6::jsonb)::json
                 WHERE id = $4
                 RETURNING id, event_seq - 1 AS event_base
              ), e AS ({})
@@ -433,7 +434,7 @@ pub async fn rewrite_job(
                     finished_at = NULL, lease_owner = NULL, lease_expires = NULL,
                     next_wake = now(), wake_seq = wake_seq + 1,
                     event_seq = event_seq + $13::bigint, updated_at = now(),
-                    task_state = task_state || $14::jsonb
+                    task_state = (task_state::jsonb || $14::jsonb)::json
                 WHERE id = $11::text AND updated_at = $12::timestamptz
                   AND (lease_owner IS NULL OR lease_expires < now())
                 RETURNING id, event_seq - $13::bigint AS event_base
@@ -475,11 +476,11 @@ pub async fn retry_now(client: &impl GenericClient, id: &JobId, event: &Event) -
             "WITH b AS (
                 UPDATE jobs SET retry_seq = retry_seq + 1, wake_seq = wake_seq + 1,
                     next_wake = now(), event_seq = event_seq + 1, updated_at = now(),
-                    task_state = task_state || COALESCE((
+                    task_state = (task_state::jsonb || COALESCE((
                         SELECT jsonb_object_agg(k, v - 'next_attempt_at')
-                        FROM jsonb_each(task_state) AS s(k, v)
+                        FROM jsonb_each(task_state::jsonb) AS s(k, v)
                         WHERE v ->> 'status' = 'confirming'
-                          AND (v ->> 'next_attempt_at')::timestamptz > now()), '{{}}')
+                          AND (v ->> 'next_attempt_at')::timestamptz > now()), '{{}}'))::json
                 WHERE id = $4 AND status = 'confirming'
                 RETURNING id, event_seq - 1 AS event_base
              ), e AS ({})

@@ -208,7 +208,8 @@ async fn save_saying(client: &deadpool_postgres::Client, id: &JobId, message: &s
 }
 
 /// One batch of the group commit carrying two new jobs and two saves, one of each refused by the
-/// database (a job id already taken; a NUL character, which PostgreSQL stores in no text): both
+/// database (a job id already taken; a NUL character in a shared state, which PostgreSQL
+/// stores in no `jsonb`): both
 /// statements fail, and the group commit writes their writes again one by one, so that only the
 /// two bad ones fail.
 // Single-threaded on purpose: the writer task cannot run before all four writes are queued.
@@ -226,7 +227,8 @@ async fn the_group_commit_fails_only_the_bad_writes_of_a_refused_batch() {
     let good_new = new_row(None, "h2", "g");
     let bad_new = with_id(new_row(None, "h3", "b"), &taken.0.submission.id);
     let good_save = save_saying(&client, &saved_ok.0.submission.id, "noted").await;
-    let bad_save = save_saying(&client, &taken.0.submission.id, "bad \0 byte").await;
+    let mut bad_save = save_saying(&client, &taken.0.submission.id, "bad").await;
+    bad_save.shared_state = Some(json!("bad \0 byte"));
 
     // On this test's single-threaded runtime, the first write starts the writer task and the
     // others queue before it runs: the four are one batch.
@@ -271,6 +273,78 @@ async fn the_group_commit_fails_only_the_bad_writes_of_a_refused_batch() {
     let first = load(taken.0.submission.id.clone()).await;
     assert_eq!(first.job.tasks[0].task_id, "t");
     assert_eq!(said(&first), said(&taken.1));
+}
+
+/// A save that carries every one of its job's tasks replaces the stored states as they are
+/// (migration V17); one that carries fewer than the job has now (a task registered since the
+/// driver read the job) writes each of its tasks over its own key and leaves the registered one
+/// as it is.
+#[tokio::test]
+async fn a_save_of_every_task_replaces_the_states_and_one_of_fewer_leaves_the_others() {
+    let pool = migrated_pool().await;
+    let mut client = pool.get().await.expect("a connection");
+    let (row, record) = new_row(None, "h", "first");
+    store::insert_job(&client, &row, &record)
+        .await
+        .expect("stored");
+    let id = row.submission.id.clone();
+    let save = save_saying(&client, &id, "every task").await;
+    let saved = store::save(&client, &save).await;
+    assert!(matches!(saved, Ok(Saved::Ok { .. })), "{saved:?}");
+    // The driver's view: the one task; a participant registers a second before it saves.
+    let stale = save_saying(&client, &id, "after the registration").await;
+    let registered = store::register(
+        &mut client,
+        store::JobRef::Id(&id),
+        &tcc_coordinator::domain::request::Registration {
+            task_id: Some(
+                tcc_coordinator::domain::TaskId::try_from("second".to_string()).expect("an id"),
+            ),
+            description: None,
+            hold: tcc_coordinator::domain::request::Hold::Link(tcc_coordinator::domain::Link {
+                uri: tcc_coordinator::domain::TargetUrl::try_from(
+                    "http://127.0.0.1:9/r/second".to_string(),
+                )
+                .expect("a URL"),
+                expires: Utc::now() + chrono::Duration::minutes(5),
+            }),
+        },
+        10,
+        "test",
+        "me",
+        false,
+    )
+    .await
+    .expect("answered");
+    assert!(
+        matches!(registered, store::Registered::Created { .. }),
+        "{registered:?}"
+    );
+    let saved = store::save(&client, &stale).await;
+    assert!(matches!(saved, Ok(Saved::Ok { .. })), "{saved:?}");
+    let job = store::load_job(&client, &id)
+        .await
+        .expect("read")
+        .expect("still there")
+        .job;
+    let tasks: Vec<(&str, Option<&str>, Option<&str>)> = job
+        .tasks
+        .iter()
+        .map(|t| {
+            (
+                t.task_id.as_str(),
+                t.last_message.as_deref(),
+                t.link.as_ref().map(|l| l.uri.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tasks,
+        [
+            ("first", Some("after the registration"), None),
+            ("second", None, Some("http://127.0.0.1:9/r/second")),
+        ]
+    );
 }
 
 /// The fence: a claim skips a job whose lease is live, a claim of a free job bumps the
@@ -637,6 +711,143 @@ async fn task_states_stored_in_task_rows_before_v15_read_back_the_same_after_it(
         .expect("read")
         .expect("still there");
     assert!(empty.job.tasks.is_empty());
+}
+
+/// A job stored before V17 (its tasks and its event log as `jsonb`) reads back the same after
+/// it, a Try answer's own null kept; its driver's save (every task: the replacing path) and a
+/// registration (merged over the stored states) both work on it, and its event log goes on from
+/// where it was.
+#[tokio::test]
+async fn tasks_and_events_stored_as_jsonb_before_v17_read_back_the_same_after_it() {
+    let pool = stored_at_version(
+        16,
+        r#"INSERT INTO jobs (id, status, fields, correlation_id, auto_confirm, created_at,
+                              updated_at, deadline, task_count, event_seq, task_state, task_specs,
+                              lease_owner, lease_generation, lease_expires)
+           VALUES ('v16-job', 'reserved', '{"jobMaxTTL": 60, "autoConfirm": false, "tags": []}',
+                   'v16', false, '2026-12-04T10:00:00Z', '2026-12-04T10:00:01Z',
+                   '2026-12-04T10:01:00Z', 1, 3,
+                   '{"0": {"status": "reserved", "link_uri": "http://127.0.0.1:9/r/1",
+                           "link_expires": "2026-12-04T10:02:00Z", "attempts": 1,
+                           "try_response": {"participantLink": {"uri": "http://127.0.0.1:9/r/1",
+                               "expires": "2026-12-04T10:02:00Z"}, "note": null}}}',
+                   '{"0": {"task_id": "tried", "try_spec": {"taskURL": "http://127.0.0.1:9/try",
+                           "taskMaxTTL": 5}}}',
+                   'store-test', 1, now() + interval '1 hour');
+           INSERT INTO job_events (job_id, last_seq, events)
+           VALUES ('v16-job', 3, '[
+               {"at": "2026-12-04T10:00:00+00:00", "type": "status", "status": "pending",
+                "message": "accepted"},
+               {"at": "2026-12-04T10:00:00+00:00", "type": "status", "status": "trying"},
+               {"at": "2026-12-04T10:00:00.5Z", "op": "try", "type": "call",
+                "status": "reserved", "taskID": "tried", "attempt": 1, "message": "reserved",
+                "durationMs": 5, "httpStatus": 201}]');"#,
+    )
+    .await;
+    let mut client = pool.get().await.expect("a connection");
+    let id = JobId::parse("v16-job").expect("an id");
+    let job = store::load_job(&client, &id)
+        .await
+        .expect("read")
+        .expect("still there")
+        .job;
+    let tried = &job.tasks[0];
+    assert_eq!(
+        (
+            tried.task_id.as_str(),
+            tried.link.as_ref().map(|l| l.uri.as_str())
+        ),
+        ("tried", Some("http://127.0.0.1:9/r/1"))
+    );
+    assert_eq!(
+        tried.try_response.as_deref(),
+        Some(&json!({"participantLink": {"uri": "http://127.0.0.1:9/r/1",
+            "expires": "2026-12-04T10:02:00Z"}, "note": null}))
+    );
+    let statuses = |events: &[store::StoredEvent]| -> Vec<(i64, String)> {
+        events
+            .iter()
+            .map(|e| {
+                let what = match &e.event.what {
+                    What::Status { status, .. } => status.as_str().to_string(),
+                    What::Call { status, .. } => status.as_str().to_string(),
+                    other => format!("{other:?}"),
+                };
+                (e.seq, what)
+            })
+            .collect()
+    };
+    let (_, events) = store::list_events(&client, &id, 0, 10)
+        .await
+        .expect("read")
+        .expect("the job");
+    assert_eq!(
+        statuses(&events),
+        [
+            (1, "pending".to_string()),
+            (2, "trying".to_string()),
+            (3, "reserved".to_string())
+        ]
+    );
+
+    let mut save = save_saying(&client, &id, "saved after V17").await;
+    save.events = vec![Event {
+        at: Utc::now(),
+        what: What::Status {
+            status: tcc_coordinator::domain::JobStatus::Reserved,
+            reason: None,
+        },
+    }];
+    let saved = store::save(&client, &save).await;
+    assert!(matches!(saved, Ok(Saved::Ok { .. })), "{saved:?}");
+    let registered = store::register(
+        &mut client,
+        store::JobRef::Id(&id),
+        &tcc_coordinator::domain::request::Registration {
+            task_id: Some(
+                tcc_coordinator::domain::TaskId::try_from("later".to_string()).expect("an id"),
+            ),
+            description: None,
+            hold: tcc_coordinator::domain::request::Hold::Link(tcc_coordinator::domain::Link {
+                uri: tcc_coordinator::domain::TargetUrl::try_from(
+                    "http://127.0.0.1:9/r/2".to_string(),
+                )
+                .expect("a URL"),
+                expires: Utc::now() + chrono::Duration::minutes(5),
+            }),
+        },
+        10,
+        "test",
+        "me",
+        false,
+    )
+    .await
+    .expect("answered");
+    assert!(
+        matches!(registered, store::Registered::Created { .. }),
+        "{registered:?}"
+    );
+    let job = store::load_job(&client, &id)
+        .await
+        .expect("read")
+        .expect("still there")
+        .job;
+    let tasks: Vec<(&str, Option<&str>)> = job
+        .tasks
+        .iter()
+        .map(|t| (t.task_id.as_str(), t.last_message.as_deref()))
+        .collect();
+    assert_eq!(tasks, [("tried", Some("saved after V17")), ("later", None)]);
+    assert_eq!(
+        job.tasks[0].try_response.as_deref(),
+        tried.try_response.as_deref()
+    );
+    let (_, events) = store::list_events(&client, &id, 2, 10)
+        .await
+        .expect("read")
+        .expect("the job");
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [3, 4, 5], "{:?}", statuses(&events));
 }
 
 /// A job stored before V16, its tasks' specifications in their own rows, reads back the same
