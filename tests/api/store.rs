@@ -207,6 +207,38 @@ async fn save_saying(client: &deadpool_postgres::Client, id: &JobId, message: &s
     }
 }
 
+/// Register participant link `uri` (expiring in five minutes) on job `id` under `task_id`, with
+/// `description`, as a participant's `POST /jobs/{id}/tasks` does.
+async fn register_link(
+    client: &mut deadpool_postgres::Client,
+    id: &JobId,
+    task_id: &str,
+    uri: &str,
+    description: Option<&str>,
+) -> store::Registered {
+    use tcc_coordinator::domain::request::{Hold, Registration};
+    use tcc_coordinator::domain::{Link, TargetUrl, TaskId};
+    let registration = Registration {
+        task_id: Some(TaskId::try_from(task_id.to_string()).expect("an id")),
+        description: description.map(str::to_string),
+        hold: Hold::Link(Link {
+            uri: TargetUrl::try_from(uri.to_string()).expect("a URL"),
+            expires: Utc::now() + chrono::Duration::minutes(5),
+        }),
+    };
+    store::register(
+        client,
+        store::JobRef::Id(id),
+        &registration,
+        10,
+        "test",
+        "me",
+        false,
+    )
+    .await
+    .expect("answered")
+}
+
 /// One batch of the group commit carrying two new jobs and two saves, one of each refused by the
 /// database (a job id already taken; a NUL character in a shared state, which PostgreSQL
 /// stores in no `jsonb`): both
@@ -293,29 +325,14 @@ async fn a_save_of_every_task_replaces_the_states_and_one_of_fewer_leaves_the_ot
     assert!(matches!(saved, Ok(Saved::Ok { .. })), "{saved:?}");
     // The driver's view: the one task; a participant registers a second before it saves.
     let stale = save_saying(&client, &id, "after the registration").await;
-    let registered = store::register(
+    let registered = register_link(
         &mut client,
-        store::JobRef::Id(&id),
-        &tcc_coordinator::domain::request::Registration {
-            task_id: Some(
-                tcc_coordinator::domain::TaskId::try_from("second".to_string()).expect("an id"),
-            ),
-            description: None,
-            hold: tcc_coordinator::domain::request::Hold::Link(tcc_coordinator::domain::Link {
-                uri: tcc_coordinator::domain::TargetUrl::try_from(
-                    "http://127.0.0.1:9/r/second".to_string(),
-                )
-                .expect("a URL"),
-                expires: Utc::now() + chrono::Duration::minutes(5),
-            }),
-        },
-        10,
-        "test",
-        "me",
-        false,
+        &id,
+        "second",
+        "http://127.0.0.1:9/r/second",
+        None,
     )
-    .await
-    .expect("answered");
+    .await;
     assert!(
         matches!(registered, store::Registered::Created { .. }),
         "{registered:?}"
@@ -800,29 +817,7 @@ async fn tasks_and_events_stored_as_jsonb_before_v17_read_back_the_same_after_it
     }];
     let saved = store::save(&client, &save).await;
     assert!(matches!(saved, Ok(Saved::Ok { .. })), "{saved:?}");
-    let registered = store::register(
-        &mut client,
-        store::JobRef::Id(&id),
-        &tcc_coordinator::domain::request::Registration {
-            task_id: Some(
-                tcc_coordinator::domain::TaskId::try_from("later".to_string()).expect("an id"),
-            ),
-            description: None,
-            hold: tcc_coordinator::domain::request::Hold::Link(tcc_coordinator::domain::Link {
-                uri: tcc_coordinator::domain::TargetUrl::try_from(
-                    "http://127.0.0.1:9/r/2".to_string(),
-                )
-                .expect("a URL"),
-                expires: Utc::now() + chrono::Duration::minutes(5),
-            }),
-        },
-        10,
-        "test",
-        "me",
-        false,
-    )
-    .await
-    .expect("answered");
+    let registered = register_link(&mut client, &id, "later", "http://127.0.0.1:9/r/2", None).await;
     assert!(
         matches!(registered, store::Registered::Created { .. }),
         "{registered:?}"
@@ -908,34 +903,10 @@ async fn task_specs_stored_in_task_rows_before_v16_read_back_the_same_after_it()
     assert_eq!(callbacks["cancelURL"], json!("http://127.0.0.1:9/x"));
 
     // The migrated task's link registered again is that task; a new one is a third task.
-    let link = |n: u32| {
-        tcc_coordinator::domain::request::Hold::Link(tcc_coordinator::domain::Link {
-            uri: tcc_coordinator::domain::TargetUrl::try_from(format!("http://127.0.0.1:9/r/{n}"))
-                .expect("a URL"),
-            expires: Utc::now() + chrono::Duration::minutes(5),
-        })
-    };
-    let registration = |n: u32, task_id: &str| tcc_coordinator::domain::request::Registration {
-        task_id: Some(
-            tcc_coordinator::domain::TaskId::try_from(task_id.to_string()).expect("an id"),
-        ),
-        description: Some("registered".into()),
-        hold: link(n),
-    };
     let mut outcomes = Vec::new();
     for (n, task_id) in [(1, "again"), (3, "later"), (4, "later")] {
-        let registered = store::register(
-            &mut client,
-            store::JobRef::Id(&id),
-            &registration(n, task_id),
-            10,
-            "test",
-            "me",
-            false,
-        )
-        .await
-        .expect("answered");
-        outcomes.push(registered);
+        let uri = format!("http://127.0.0.1:9/r/{n}");
+        outcomes.push(register_link(&mut client, &id, task_id, &uri, Some("registered")).await);
     }
     let [again, added, taken] = <[_; 3]>::try_from(outcomes).expect("three answers");
     assert!(
