@@ -323,6 +323,19 @@ async fn a_save_of_every_task_replaces_the_states_and_one_of_fewer_leaves_the_ot
     let save = save_saying(&client, &id, "every task").await;
     let saved = store::save(&client, &save).await;
     assert!(matches!(saved, Ok(Saved::Ok { .. })), "{saved:?}");
+    let replaced = store::load_job(&client, &id)
+        .await
+        .expect("read")
+        .expect("still there")
+        .job;
+    assert_eq!(
+        replaced
+            .tasks
+            .iter()
+            .map(|t| t.last_message.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("every task")]
+    );
     // The driver's view: the one task; a participant registers a second before it saves.
     let stale = save_saying(&client, &id, "after the registration").await;
     let registered = register_link(
