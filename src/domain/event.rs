@@ -40,6 +40,7 @@ impl EventKind {
 /// array), and read back from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    #[serde(serialize_with = "super::timestamp::serialize")]
     pub at: DateTime<Utc>,
     #[serde(flatten)]
     pub what: What,

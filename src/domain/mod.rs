@@ -36,8 +36,7 @@ pub mod request;
 pub mod retry;
 pub mod status;
 pub mod target;
-
-use chrono::{DateTime, SecondsFormat, Utc};
+pub mod timestamp;
 
 pub use event::{ActionKind, Event, EventKind, What};
 pub use job::{
@@ -46,8 +45,4 @@ pub use job::{
 pub use planner::{Answer, Op, Plan, PlannerSettings, Step};
 pub use status::{FailureReason, JobState, JobStatus, TaskStatus};
 pub use target::{DefinitionName, JobId, TargetUrl, TaskId};
-
-/// RFC 3339 in UTC with milliseconds, the one timestamp format of the API.
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub use timestamp::rfc3339;

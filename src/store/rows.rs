@@ -217,11 +217,19 @@ struct State<S, V> {
     status: S,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     link_uri: Option<S>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "crate::domain::timestamp::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     link_expires: Option<DateTime<Utc>>,
     #[serde(default)]
     attempts: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "crate::domain::timestamp::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     next_attempt_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "is_false")]
     refused: bool,
@@ -229,9 +237,17 @@ struct State<S, V> {
     confirm_pending: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     confirm_unknown: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "crate::domain::timestamp::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     start_time: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "crate::domain::timestamp::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     end_time: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_message: Option<S>,
@@ -242,7 +258,11 @@ struct State<S, V> {
         skip_serializing_if = "Option::is_none"
     )]
     try_response: Option<V>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "crate::domain::timestamp::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     callbacks_until: Option<DateTime<Utc>>,
 }
 
