@@ -450,8 +450,12 @@ impl Engine {
             // Leaves the map however the driver ends: done, failed, panicked or stopped.
             let _running = Running(inner.clone(), id.clone());
             let driver = Driver::new(inner.clone(), id.clone(), fence.clone(), notify);
+            // Boxed, as are the failure paths' below: the driver's future is kilobytes (a
+            // database call's several), and every move of this task's future (into the tracker,
+            // into the runtime) would copy them all.
+            let run = Box::pin(driver.run(known, unstored));
             let outcome = tokio::select! {
-                r = std::panic::AssertUnwindSafe(driver.run(known, unstored))
+                r = std::panic::AssertUnwindSafe(run)
                     .catch_unwind()
                     .instrument(tracing::info_span!(
                         "job",
@@ -479,14 +483,17 @@ impl Engine {
                 Ok(Err(e)) => {
                     metrics::counter!(m::ENGINE_DRIVER_FAILURES, "kind" => DriverFailure::Store.as_str()).increment(1);
                     tracing::warn!(job = %id, error = %e, "driving the job failed; handing it back");
-                    if let Ok(client) = inner.pool.get().await {
-                        let _ = store::release(&client, &id, &fence).await;
-                    }
+                    Box::pin(async {
+                        if let Ok(client) = inner.pool.get().await {
+                            let _ = store::release(&client, &id, &fence).await;
+                        }
+                    })
+                    .await;
                     return;
                 }
                 Err(panic) => (DriverFailure::Panic, panic_message(&*panic)),
             };
-            inner.driver_failed(&id, &fence, failure.0, &failure.1).await;
+            Box::pin(inner.driver_failed(&id, &fence, failure.0, &failure.1)).await;
         });
     }
 
