@@ -517,8 +517,22 @@ pub fn nul_errors(value: &Value) -> Vec<FieldError> {
             _ => {}
         }
     }
+    /// Whether there is any, before the walk that names where (which builds a pointer to
+    /// every value it passes).
+    fn any(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().any(any),
+            Value::Object(map) => map
+                .iter()
+                .any(|(key, item)| key.contains('\0') || any(item)),
+            _ => false,
+        }
+    }
     let mut out = Vec::new();
-    walk(value, &mut String::new(), &mut out);
+    if any(value) {
+        walk(value, &mut String::new(), &mut out);
+    }
     out
 }
 
