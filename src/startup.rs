@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, ApiSettings, AppState};
+use crate::api::{self, ApiSettings, AppState, Shared};
 use crate::config::{Config, ListenAddr};
 use crate::domain::PlannerSettings;
 use crate::embedded_pg::EmbeddedPostgres;
@@ -180,7 +180,7 @@ impl Application {
             .take_identity()
             .await
             .map_err(|e| anyhow::anyhow!("instance identity: {e}"))?;
-        let state = AppState {
+        let state = AppState::new(Shared {
             pool,
             engine: engine.clone(),
             settings: Arc::new(ApiSettings {
@@ -201,7 +201,7 @@ impl Application {
                 handle
             },
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_requests)),
-        };
+        });
         let base_url = config
             .public_url
             .clone()

@@ -12,9 +12,27 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use super::auth;
 use crate::engine::Engine;
 
-/// What the handlers share.
+/// What the handlers share: one reference, cloned for every request and by every layer it
+/// passes through (one count, not one per part).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of `AppState`.
+pub struct Shared {
     pub pool: Pool,
     pub engine: Engine,
     pub settings: Arc<ApiSettings>,

@@ -35,7 +35,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::routing::{MethodRouter, get};
 
-pub use app::{ApiSettings, AppState, HttpService};
+pub use app::{ApiSettings, AppState, HttpService, Shared};
 pub use error::ApiError;
 
 /// A route that also answers OPTIONS with its `Allow`.
