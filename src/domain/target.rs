@@ -1,8 +1,10 @@
 //! Newtypes for what is parsed once at the edge and trusted inside: outbound URLs, job and task
-//! ids.
+//! ids. Each holds shared text (`Arc<str>`): the engine copies a job at every step, and a copy of
+//! an id or a URL is a count, not an allocation.
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// answer, a stored row); the place where the outbound target policy will be checked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TargetUrl(String);
+pub struct TargetUrl(Arc<str>);
 
 impl TargetUrl {
     pub const RULE: &'static str = "must be an absolute http or https URL";
@@ -31,7 +33,7 @@ impl TargetUrl {
         match url::Url::parse(s) {
             Ok(u) if !Self::allowed(&u) => Err(Self::RULE),
             Ok(u) if u.as_str().len() > Self::MAX_LEN => Err(Self::TOO_LONG),
-            Ok(_) => Ok(TargetUrl(s.to_string())),
+            Ok(_) => Ok(TargetUrl(s.into())),
             Err(_) => Err(Self::RULE),
         }
     }
@@ -42,7 +44,7 @@ impl TargetUrl {
             return Err(Self::TOO_LONG);
         }
         if Self::allowed(u) {
-            Ok(TargetUrl(u.as_str().to_string()))
+            Ok(TargetUrl(u.as_str().into()))
         } else {
             Err(Self::RULE)
         }
@@ -57,7 +59,7 @@ impl TryFrom<String> for TargetUrl {
     type Error = &'static str;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         match url::Url::parse(&s) {
-            Ok(u) if Self::allowed(&u) => Ok(TargetUrl(s)),
+            Ok(u) if Self::allowed(&u) => Ok(TargetUrl(s.into())),
             _ => Err(Self::RULE),
         }
     }
@@ -67,7 +69,7 @@ impl TryFrom<String> for TargetUrl {
 /// so `{taskID}/{attempt}` is unambiguous as a `request-id`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TaskId(String);
+pub struct TaskId(Arc<str>);
 
 impl TaskId {
     pub const MAX_LEN: usize = 128;
@@ -86,7 +88,7 @@ impl TryFrom<String> for TaskId {
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-'));
         if valid {
-            Ok(TaskId(s))
+            Ok(TaskId(s.into()))
         } else {
             Err(Self::RULE)
         }
@@ -97,14 +99,14 @@ impl TryFrom<String> for TaskId {
 /// coordinator's own are UUIDv7s.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct JobId(String);
+pub struct JobId(Arc<str>);
 
 impl JobId {
     pub const RULE: &'static str = "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -";
 
     /// A new, time-ordered id.
     pub fn generate() -> Self {
-        JobId(uuid::Uuid::now_v7().to_string())
+        JobId(uuid::Uuid::now_v7().to_string().into())
     }
 
     pub fn parse(s: &str) -> Result<Self, &'static str> {
@@ -125,7 +127,7 @@ impl TryFrom<String> for JobId {
 /// A job definition's name (docs/api.md, "Job definitions"): the same characters as a job id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct DefinitionName(String);
+pub struct DefinitionName(Arc<str>);
 
 impl DefinitionName {
     pub const RULE: &'static str = "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -";
@@ -156,7 +158,7 @@ macro_rules! text_newtype {
 
         impl From<$t> for String {
             fn from(t: $t) -> String {
-                t.0
+                t.0.to_string()
             }
         }
 
@@ -175,19 +177,19 @@ macro_rules! text_newtype {
 
         impl PartialEq<str> for $t {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                &*self.0 == other
             }
         }
 
         impl PartialEq<&str> for $t {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
+                &*self.0 == *other
             }
         }
 
         impl PartialEq<String> for $t {
             fn eq(&self, other: &String) -> bool {
-                &self.0 == other
+                *self.0 == **other
             }
         }
     };
