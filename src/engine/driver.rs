@@ -107,13 +107,14 @@ enum Wakeup {
 struct DriverState {
     /// The job as the driver sees it now.
     job: Job,
-    /// As last written.
-    saved: Job,
+    /// As last written. Shared with `durable` when the last write was synchronous (one copy of
+    /// the job per write, not two).
+    saved: Arc<Job>,
     /// As last written with a synchronous commit, which makes every earlier write durable too.
     /// Rows are written as they differ from this, not from `saved`: an asynchronous commit that
     /// the database loses in a crash while this driver goes on (the pool reconnects unseen) is
     /// written again with the next save, never assumed.
-    durable: Job,
+    durable: Arc<Job>,
     /// The job's `wake_seq` as last read: client requests up to it are known.
     seen_seq: i64,
     /// The job's `retry_seq` as last read: `continue` requests up to it were acted on.
@@ -191,9 +192,10 @@ impl Driver {
             return Ok(());
         }
         tracing::Span::current().record("correlationID", record.job.correlation_id.as_str());
+        let read = Arc::new(record.job.clone());
         let mut st = DriverState {
-            saved: record.job.clone(),
-            durable: record.job.clone(),
+            saved: read.clone(),
+            durable: read,
             job: record.job,
             seen_seq: record.wake_seq,
             seen_retry: record.retry_seq,
@@ -229,7 +231,7 @@ impl Driver {
                 plan.wake_at
             };
             self.send(&mut st, plan.steps);
-            if st.job == st.saved {
+            if st.job == *st.saved {
                 st.unsaved_since = None;
             }
             if !self.wait_and_fold(&mut st, timer).await? {
@@ -264,7 +266,11 @@ impl Driver {
             st.seen_retry = r.retry_seq;
             actions::retry_now(&mut st.job, Utc::now());
         }
-        for j in [&mut st.job, &mut st.saved, &mut st.durable] {
+        for j in [
+            &mut st.job,
+            Arc::make_mut(&mut st.saved),
+            Arc::make_mut(&mut st.durable),
+        ] {
             j.requested = r.requested;
             j.auto_confirm = r.auto_confirm;
             j.deadline = r.deadline;
@@ -274,8 +280,8 @@ impl Driver {
             // Another writer (a client) wrote the shared state: this driver's writes not yet
             // written go over that version, never instead of it.
             st.seen_state = r.state_seq;
-            st.saved.shared_state = state.clone();
-            st.durable.shared_state = state.clone();
+            Arc::make_mut(&mut st.saved).shared_state = state.clone();
+            Arc::make_mut(&mut st.durable).shared_state = state.clone();
             st.job.shared_state = state;
             for (ptr, value) in &st.state_writes {
                 if let Err(e) = mapping::write_shared(&mut st.job.shared_state, ptr, value.clone())
@@ -315,7 +321,7 @@ impl Driver {
             }
         }
         let job = &st.job;
-        let changed = *job != st.saved;
+        let changed = *job != *st.saved;
         let decision = decide_write(
             &WriteView {
                 before: before_plan.status(),
@@ -422,9 +428,9 @@ impl Driver {
                 if st.job.status() != st.saved.status() {
                     self.on_status_change(&st.saved, &st.job, now);
                 }
-                st.saved = st.job.clone();
+                st.saved = Arc::new(st.job.clone());
                 if durable {
-                    st.durable = st.job.clone();
+                    st.durable = st.saved.clone();
                 }
                 st.unsaved_since = None;
                 st.events.clear();
@@ -480,12 +486,12 @@ impl Driver {
         } else {
             initial
         };
-        let stored = record.job.clone();
-        let stored_record = record.clone();
+        let stored = Arc::new(record.job.clone());
         // The write answers the request itself, first: whatever becomes of this driver while
-        // it waits (the instance's identity lost, say), the request hears what was stored.
+        // it waits (the instance's identity lost, say), the request hears what was stored. The
+        // writer hands back the record it wrote, for the answer.
         let (created_tx, created) = tokio::sync::oneshot::channel();
-        let answer = move |outcome: Result<Inserted, StoreError>| {
+        let answer = move |outcome: Result<Inserted, StoreError>, record: store::JobRecord| {
             let was_created = matches!(outcome, Ok(Inserted::Created));
             let _ = reply.send(outcome.map(|inserted| Accepted::of(inserted, record)));
             let _ = created_tx.send(was_created);
@@ -493,7 +499,7 @@ impl Driver {
         self.inner.commits.insert_then(
             &self.inner.pool,
             row,
-            stored_record,
+            record,
             InsertReply::Call(Box::new(answer)),
         );
         if created.await != Ok(true) {

@@ -33,19 +33,20 @@ enum Write {
 }
 
 /// Told what became of a new job: whoever waits on it, or a callback the writer runs (so that
-/// more than one party hears it without another task in between).
+/// more than one party hears it without another task in between), which is handed back the
+/// record it wrote.
 pub enum InsertReply {
     Channel(oneshot::Sender<Result<Inserted, StoreError>>),
-    Call(Box<dyn FnOnce(Result<Inserted, StoreError>) + Send>),
+    Call(Box<dyn FnOnce(Result<Inserted, StoreError>, JobRecord) + Send>),
 }
 
 impl InsertReply {
-    fn send(self, outcome: Result<Inserted, StoreError>) {
+    fn send(self, outcome: Result<Inserted, StoreError>, record: JobRecord) {
         match self {
             InsertReply::Channel(tx) => {
                 let _ = tx.send(outcome);
             }
-            InsertReply::Call(f) => f(outcome),
+            InsertReply::Call(f) => f(outcome, record),
         }
     }
 }
@@ -126,7 +127,10 @@ impl GroupCommit {
             let mut q = self.lock();
             if q.len() >= self.bound {
                 drop(q);
-                reply.send(Err(StoreError::Overloaded("the accept queue is full")));
+                reply.send(
+                    Err(StoreError::Overloaded("the accept queue is full")),
+                    record,
+                );
                 return;
             }
             q.push(Write::Insert(Box::new((row, record)), reply));
@@ -199,8 +203,8 @@ async fn write(pool: &Pool, batch: Vec<Write>, healthy: &AtomicBool) {
             for (_, reply) in saves {
                 let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
             }
-            for reply in job_replies {
-                reply.send(Err(StoreError::Unavailable(e.clone())));
+            for ((_, record), reply) in new_jobs.into_iter().zip(job_replies) {
+                reply.send(Err(StoreError::Unavailable(e.clone())), record);
             }
             return;
         }
@@ -286,13 +290,16 @@ async fn write(pool: &Pool, batch: Vec<Write>, healthy: &AtomicBool) {
         // The statement committed: each job has its outcome (a replay whose key holder could
         // not be read has its own error, and is not written again).
         Ok(inserted) if inserted.len() == new_jobs.len() => {
-            for (result, reply) in inserted.into_iter().zip(job_replies) {
-                reply.send(result);
+            for ((result, (_, record)), reply) in
+                inserted.into_iter().zip(new_jobs).zip(job_replies)
+            {
+                reply.send(result, record);
             }
         }
         _ => {
-            for ((row, record), reply) in new_jobs.iter().zip(job_replies) {
-                reply.send(store::insert_job(&client, row, record).await);
+            for ((row, record), reply) in new_jobs.into_iter().zip(job_replies) {
+                let outcome = store::insert_job(&client, &row, &record).await;
+                reply.send(outcome, record);
             }
         }
     }
