@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use tcc_coordinator::domain::request::{Limits, parse_job};
-use tcc_coordinator::domain::{Event, JobId, JobSource, Submission, What};
+use tcc_coordinator::domain::{Event, Job, JobId, JobSource, Submission, What};
 use tcc_coordinator::engine::group_commit::GroupCommit;
 use tcc_coordinator::store::{self, Fence, Inserted, JobRecord, NewJobRow, Save, Saved};
 
@@ -207,6 +207,15 @@ async fn save_saying(client: &deadpool_postgres::Client, id: &JobId, message: &s
     }
 }
 
+/// Job `id` as stored now (it must be there).
+async fn stored_job(client: &deadpool_postgres::Client, id: &JobId) -> Job {
+    store::load_job(client, id)
+        .await
+        .expect("read")
+        .expect("still there")
+        .job
+}
+
 /// Register participant link `uri` (expiring in five minutes) on job `id` under `task_id`, with
 /// `description`, as a participant's `POST /jobs/{id}/tasks` does.
 async fn register_link(
@@ -323,11 +332,7 @@ async fn a_save_of_every_task_replaces_the_states_and_one_of_fewer_leaves_the_ot
     let save = save_saying(&client, &id, "every task").await;
     let saved = store::save(&client, &save).await;
     assert!(matches!(saved, Ok(Saved::Ok { .. })), "{saved:?}");
-    let replaced = store::load_job(&client, &id)
-        .await
-        .expect("read")
-        .expect("still there")
-        .job;
+    let replaced = stored_job(&client, &id).await;
     assert_eq!(
         replaced
             .tasks
@@ -352,11 +357,7 @@ async fn a_save_of_every_task_replaces_the_states_and_one_of_fewer_leaves_the_ot
     );
     let saved = store::save(&client, &stale).await;
     assert!(matches!(saved, Ok(Saved::Ok { .. })), "{saved:?}");
-    let job = store::load_job(&client, &id)
-        .await
-        .expect("read")
-        .expect("still there")
-        .job;
+    let job = stored_job(&client, &id).await;
     let tasks: Vec<(&str, Option<&str>, Option<&str>)> = job
         .tasks
         .iter()
@@ -685,11 +686,7 @@ async fn task_states_stored_in_task_rows_before_v15_read_back_the_same_after_it(
     )
     .await;
     let client = pool.get().await.expect("a connection");
-    let job = store::load_job(&client, &JobId::parse("v14-job").expect("an id"))
-        .await
-        .expect("read")
-        .expect("still there")
-        .job;
+    let job = stored_job(&client, &JobId::parse("v14-job").expect("an id")).await;
     assert_eq!(job.tasks.len(), 3);
     let (tried, linked, own) = (&job.tasks[0], &job.tasks[1], &job.tasks[2]);
     assert_eq!(
@@ -736,11 +733,8 @@ async fn task_states_stored_in_task_rows_before_v15_read_back_the_same_after_it(
     assert_eq!(own.callbacks_until, Some(at("2026-12-04T11:00:00Z")));
     assert_eq!(own.attempts, 2);
     // A job without tasks has an empty state.
-    let empty = store::load_job(&client, &JobId::parse("v14-empty").expect("an id"))
-        .await
-        .expect("read")
-        .expect("still there");
-    assert!(empty.job.tasks.is_empty());
+    let empty = stored_job(&client, &JobId::parse("v14-empty").expect("an id")).await;
+    assert!(empty.tasks.is_empty());
 }
 
 /// A job stored before V17 (its tasks and its event log as `jsonb`) reads back the same after
@@ -776,11 +770,7 @@ async fn tasks_and_events_stored_as_jsonb_before_v17_read_back_the_same_after_it
     .await;
     let mut client = pool.get().await.expect("a connection");
     let id = JobId::parse("v16-job").expect("an id");
-    let job = store::load_job(&client, &id)
-        .await
-        .expect("read")
-        .expect("still there")
-        .job;
+    let job = stored_job(&client, &id).await;
     let tried = &job.tasks[0];
     assert_eq!(
         (
@@ -835,11 +825,7 @@ async fn tasks_and_events_stored_as_jsonb_before_v17_read_back_the_same_after_it
         matches!(registered, store::Registered::Created { .. }),
         "{registered:?}"
     );
-    let job = store::load_job(&client, &id)
-        .await
-        .expect("read")
-        .expect("still there")
-        .job;
+    let job = stored_job(&client, &id).await;
     let tasks: Vec<(&str, Option<&str>)> = job
         .tasks
         .iter()
@@ -882,11 +868,7 @@ async fn task_specs_stored_in_task_rows_before_v16_read_back_the_same_after_it()
     .await;
     let mut client = pool.get().await.expect("a connection");
     let id = JobId::parse("v15-job").expect("an id");
-    let job = store::load_job(&client, &id)
-        .await
-        .expect("read")
-        .expect("still there")
-        .job;
+    let job = stored_job(&client, &id).await;
     assert_eq!(job.tasks.len(), 2);
     let (tried, own) = (&job.tasks[0], &job.tasks[1]);
     assert_eq!(
@@ -934,11 +916,7 @@ async fn task_specs_stored_in_task_rows_before_v16_read_back_the_same_after_it()
         matches!(taken, store::Registered::TaskIdTaken(_)),
         "{taken:?}"
     );
-    let job = store::load_job(&client, &id)
-        .await
-        .expect("read")
-        .expect("still there")
-        .job;
+    let job = stored_job(&client, &id).await;
     let ids: Vec<(i32, &str)> = job
         .tasks
         .iter()
