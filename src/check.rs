@@ -518,7 +518,7 @@ fn unknown_link(link: &Link) -> Option<Link> {
     let made_up = format!("check-unknown-{}", uuid::Uuid::now_v7().simple());
     url.path_segments_mut().ok()?.pop().push(&made_up);
     Some(Link {
-        uri: TargetUrl::from_url(&url).ok()?,
+        uri: TargetUrl::from_url(url).ok()?,
         expires: link.expires,
     })
 }
@@ -581,7 +581,7 @@ impl Run<'_> {
     async fn try_once(&self, request_id: &str, body: &Value, deadline: DateTime<Utc>) -> Tried {
         let (result, attempts) = with_retries(|| {
             self.client.try_reserve(TryCall {
-                url: self.try_url.as_str(),
+                url: &self.try_url,
                 body,
                 ids: self.ids(request_id),
                 timeout: self.options.call_timeout,

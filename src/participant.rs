@@ -88,7 +88,7 @@ pub struct CallIds<'a> {
 
 /// What a Try needs besides the URL and body.
 pub struct TryCall<'a> {
-    pub url: &'a str,
+    pub url: &'a TargetUrl,
     pub body: &'a Value,
     pub ids: CallIds<'a>,
     pub timeout: Duration,
@@ -154,12 +154,40 @@ impl ParticipantClient {
         timeout: Duration,
     ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>), Failure> {
         let url = crate::outbound::checked(&self.policy, url).map_err(|r| Failure::Refused(r.0))?;
+        self.send_url(method, &url, headers, body, timeout).await
+    }
+
+    /// `send` to a URL parsed where it entered: the policy checks the parsed form.
+    async fn send_target(
+        &self,
+        method: Method,
+        target: &TargetUrl,
+        headers: HeaderMap,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>), Failure> {
+        self.policy
+            .check_target(target)
+            .map_err(|why| Failure::Refused(format!("{target} {why}")))?;
+        self.send_url(method, target.url(), headers, body, timeout)
+            .await
+    }
+
+    /// `send` once the URL is checked.
+    async fn send_url(
+        &self,
+        method: Method,
+        url: &url::Url,
+        headers: HeaderMap,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>), Failure> {
         if url.scheme() == "http" {
             return self.send_plain(method, url, headers, body, timeout).await;
         }
         let mut req = self
             .http
-            .request(method, url)
+            .request(method, url.clone())
             .headers(headers)
             .timeout(timeout);
         if let Some(b) = body {
@@ -194,14 +222,15 @@ impl ParticipantClient {
     async fn send_plain(
         &self,
         method: Method,
-        url: url::Url,
+        url: &url::Url,
         mut headers: HeaderMap,
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>), Failure> {
         use http_body_util::BodyExt as _;
         let deadline = tokio::time::Instant::now() + timeout;
-        let uri: hyper::Uri = String::from(url)
+        let uri: hyper::Uri = url
+            .as_str()
             .parse()
             .map_err(|e| Failure::NotSent(format!("the URL cannot be called: {e}")))?;
         headers.insert(
@@ -278,7 +307,7 @@ impl ParticipantClient {
         }
         let body = serde_json::to_vec(call.body).unwrap_or_else(|_| b"{}".to_vec());
         let sent = self
-            .send(Method::POST, call.url, headers, Some(body), call.timeout)
+            .send_target(Method::POST, call.url, headers, Some(body), call.timeout)
             .await;
         let (answer, outcome, http_status) = match sent {
             Err(f) => failure(f, Op::Try),
@@ -300,7 +329,7 @@ impl ParticipantClient {
                             )
                         }
                         Ok(body) => match read_link(
-                            call.url,
+                            call.url.url(),
                             &headers,
                             &body,
                             call.job_deadline,
@@ -380,7 +409,7 @@ impl ParticipantClient {
                     .body
                     .as_ref()
                     .map_or_else(|| b"{}".to_vec(), |b| b.to_string().into_bytes());
-                self.send(Method::POST, url.as_str(), headers, Some(body), timeout)
+                self.send_target(Method::POST, url, headers, Some(body), timeout)
                     .await
             }
             Some(branch) => {
@@ -467,7 +496,7 @@ impl ParticipantClient {
     ) -> CallResult {
         let started = Instant::now();
         let sent = self
-            .send(method, &link.uri, headers, Some(Vec::new()), timeout)
+            .send_target(method, &link.uri, headers, Some(Vec::new()), timeout)
             .await;
         let (answer, outcome, http_status) = match sent {
             Err(f) => failure(f, op),
@@ -764,7 +793,7 @@ fn make_storable(value: &mut Value) {
 
 /// The participant link of a Try answer: `participantLink` in a JSON body, else `Location`.
 fn read_link(
-    task_url: &str,
+    task_url: &url::Url,
     headers: &HeaderMap,
     body: &[u8],
     job_deadline: DateTime<Utc>,
@@ -799,16 +828,13 @@ fn read_link(
     let resolved = if absolute {
         url::Url::parse(&uri).map_err(not_a_url)?
     } else {
-        url::Url::parse(task_url)
-            .map_err(|e| format!("bad taskURL: {e}"))?
-            .join(&uri)
-            .map_err(not_a_url)?
+        task_url.join(&uri).map_err(not_a_url)?
     };
-    let resolved = TargetUrl::from_url(&resolved).map_err(|why| {
-        let shown: String = resolved.as_str().chars().take(200).collect();
+    let resolved = TargetUrl::from_url(resolved).map_err(|(why, u)| {
+        let shown: String = u.as_str().chars().take(200).collect();
         format!("the Try answer's link {shown} {why}")
     })?;
-    policy.check_url(resolved.as_str()).map_err(|why| {
+    policy.check_target(&resolved).map_err(|why| {
         format!(
             "the Try answer's link {resolved} {why}; it is never called (what the participant reserved lapses at its expiry)"
         )
@@ -872,12 +898,16 @@ mod tests {
         Utc::now() + chrono::Duration::seconds(60)
     }
 
+    fn url(s: &str) -> url::Url {
+        url::Url::parse(s).expect("a URL")
+    }
+
     #[test]
     fn link_from_body_resolves_relative() {
         let expires = rfc3339(Utc::now() + chrono::Duration::days(2));
         let body = format!(r#"{{"participantLink": {{"uri": "/r/1", "expires": "{expires}"}}}}"#);
         match read_link(
-            "http://p:9/try/x",
+            &url("http://p:9/try/x"),
             &HeaderMap::new(),
             body.as_bytes(),
             deadline(),
@@ -901,7 +931,7 @@ mod tests {
     fn an_expiry_too_far_ahead_is_taken_as_the_latest() {
         let body = br#"{"participantLink": {"uri": "/r/1", "expires": "2999-01-01T00:00:00Z"}}"#;
         match read_link(
-            "http://p:9/try/x",
+            &url("http://p:9/try/x"),
             &HeaderMap::new(),
             body,
             deadline(),
@@ -931,7 +961,7 @@ mod tests {
             let body = json!({"participantLink": {"uri": uri, "expires": "2999-01-01T00:00:00Z"}});
             let body = serde_json::to_vec(&body).unwrap_or_default();
             match read_link(
-                "http://p:9/try/x",
+                &url("http://p:9/try/x"),
                 &HeaderMap::new(),
                 &body,
                 deadline(),
@@ -950,7 +980,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(LOCATION, "r/2".parse().expect("static"));
         let d = deadline();
-        match read_link("http://p/try/", &h, b"", d, &TargetPolicy::default()) {
+        match read_link(&url("http://p/try/"), &h, b"", d, &TargetPolicy::default()) {
             Ok(Answer::Reserved {
                 link: Some(link),
                 note,
@@ -983,7 +1013,7 @@ mod tests {
         ];
         for (body, want) in cases {
             let err = read_link(
-                "http://p/t",
+                &url("http://p/t"),
                 &HeaderMap::new(),
                 body,
                 deadline(),

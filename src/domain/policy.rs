@@ -16,6 +16,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+use crate::domain::TargetUrl;
 use ipnet::IpNet;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +187,12 @@ impl TargetPolicy {
         self.parse_url(url).map(drop)
     }
 
+    /// Whether `target`, parsed where it entered, may be called (`check_url` without parsing it
+    /// again).
+    pub fn check_target(&self, target: &TargetUrl) -> Result<(), String> {
+        self.check_parsed(target.url())
+    }
+
     /// `url` parsed, if it may be called (`check_url`): a participant call parses its URL once,
     /// for this and for the call.
     pub fn parse_url(&self, url: &str) -> Result<url::Url, String> {
@@ -235,6 +242,7 @@ impl TargetPolicy {
 /// What a request names that the policy refuses, as field errors (422), by JSON Pointer.
 pub mod refusals {
     use super::TargetPolicy;
+    use crate::domain::TargetUrl;
     use crate::domain::job::Callbacks;
     use crate::domain::request::{FieldError, Hold, JobFields, NewJob, NewTaskKind, Registration};
 
@@ -244,33 +252,45 @@ pub mod refusals {
         }
     }
 
+    /// `check` for a URL already parsed; its pointer is written only when it is refused.
+    fn check_target(
+        policy: &TargetPolicy,
+        out: &mut Vec<FieldError>,
+        pointer: impl FnOnce() -> String,
+        url: &TargetUrl,
+    ) {
+        if let Err(why) = policy.check_target(url) {
+            out.push(FieldError::new(pointer(), why));
+        }
+    }
+
     /// A job document's task URLs, participant links, callbacks and webhook.
     pub fn job(policy: &TargetPolicy, new: &NewJob) -> Vec<FieldError> {
         let mut out = fields(policy, &new.fields);
         for (i, t) in new.tasks.iter().enumerate() {
             match &t.kind {
-                NewTaskKind::Try(spec) => check(
+                NewTaskKind::Try(spec) => check_target(
                     policy,
                     &mut out,
-                    format!("/tasks/{i}/taskURL"),
-                    spec.task_url.as_str(),
+                    || format!("/tasks/{i}/taskURL"),
+                    &spec.task_url,
                 ),
-                NewTaskKind::Link(link) => check(
+                NewTaskKind::Link(link) => check_target(
                     policy,
                     &mut out,
-                    format!("/tasks/{i}/participantLink/uri"),
-                    link.uri.as_str(),
+                    || format!("/tasks/{i}/participantLink/uri"),
+                    &link.uri,
                 ),
                 NewTaskKind::Callbacks {
                     try_spec,
                     callbacks,
                 } => {
                     if let Some(spec) = try_spec {
-                        check(
+                        check_target(
                             policy,
                             &mut out,
-                            format!("/tasks/{i}/taskURL"),
-                            spec.task_url.as_str(),
+                            || format!("/tasks/{i}/taskURL"),
+                            &spec.task_url,
                         );
                     }
                     own_urls(policy, &mut out, &format!("/tasks/{i}"), callbacks);
@@ -287,17 +307,17 @@ pub mod refusals {
         prefix: &str,
         callbacks: &Callbacks,
     ) {
-        check(
+        check_target(
             policy,
             out,
-            format!("{prefix}/confirmURL"),
-            callbacks.confirm_url.as_str(),
+            || format!("{prefix}/confirmURL"),
+            &callbacks.confirm_url,
         );
-        check(
+        check_target(
             policy,
             out,
-            format!("{prefix}/cancelURL"),
-            callbacks.cancel_url.as_str(),
+            || format!("{prefix}/cancelURL"),
+            &callbacks.cancel_url,
         );
     }
 
@@ -324,7 +344,7 @@ pub mod refusals {
     pub fn registration(policy: &TargetPolicy, reg: &Registration) -> Vec<FieldError> {
         let mut out = Vec::new();
         match &reg.hold {
-            Hold::Link(link) => check(policy, &mut out, "/uri".into(), link.uri.as_str()),
+            Hold::Link(link) => check_target(policy, &mut out, || "/uri".into(), &link.uri),
             Hold::Callbacks(callbacks) => own_urls(policy, &mut out, "", callbacks),
         }
         out

@@ -986,7 +986,7 @@ pub fn parse_link_set(
                     u.set_fragment(None);
                     u
                 })
-                .and_then(|u| TargetUrl::from_url(&u).ok())
+                .and_then(|u| TargetUrl::from_url(u).ok())
                 .unwrap_or(uri);
             if !seen.insert(uri.to_string()) {
                 errors.push(FieldError::new(

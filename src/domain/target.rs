@@ -10,10 +10,17 @@ use serde::{Deserialize, Serialize};
 
 /// An outbound URL: an absolute http or https URL the coordinator may call (a task's Try, a
 /// participant link). Parsed once where it enters (a job document, a registration, a Try
-/// answer, a stored row); the place where the outbound target policy will be checked.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// answer, a stored row), and kept parsed beside its text: the outbound target policy is
+/// checked on the parsed form before each call, which sends it without parsing it again.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TargetUrl(Arc<str>);
+pub struct TargetUrl(Arc<Target>);
+
+/// A target's text as it entered, and its parsed form.
+struct Target {
+    text: Box<str>,
+    parsed: url::Url,
+}
 
 impl TargetUrl {
     pub const RULE: &'static str = "must be an absolute http or https URL";
@@ -33,25 +40,39 @@ impl TargetUrl {
         match url::Url::parse(s) {
             Ok(u) if !Self::allowed(&u) => Err(Self::RULE),
             Ok(u) if u.as_str().len() > Self::MAX_LEN => Err(Self::TOO_LONG),
-            Ok(_) => Ok(TargetUrl(s.into())),
+            Ok(u) => Ok(Self::new(s.into(), u)),
             Err(_) => Err(Self::RULE),
         }
     }
 
-    /// A URL already parsed (`url::Url` resolved it against another, say).
-    pub fn from_url(u: &url::Url) -> Result<Self, &'static str> {
+    /// A URL already parsed (`url::Url` resolved it against another, say); refused, it comes
+    /// back with the reason.
+    pub fn from_url(u: url::Url) -> Result<Self, (&'static str, url::Url)> {
         if u.as_str().len() > Self::MAX_LEN {
-            return Err(Self::TOO_LONG);
+            return Err((Self::TOO_LONG, u));
         }
-        if Self::allowed(u) {
-            Ok(TargetUrl(u.as_str().into()))
+        if Self::allowed(&u) {
+            Ok(Self::new(u.as_str().into(), u))
         } else {
-            Err(Self::RULE)
+            Err((Self::RULE, u))
         }
+    }
+
+    fn new(text: Box<str>, parsed: url::Url) -> Self {
+        TargetUrl(Arc::new(Target { text, parsed }))
     }
 
     fn allowed(u: &url::Url) -> bool {
         matches!(u.scheme(), "http" | "https") && u.host().is_some()
+    }
+
+    /// The URL as parsed: what a call sends and what the target policy checks.
+    pub fn url(&self) -> &url::Url {
+        &self.0.parsed
+    }
+
+    fn text(&self) -> &str {
+        &self.0.text
     }
 }
 
@@ -59,9 +80,30 @@ impl TryFrom<String> for TargetUrl {
     type Error = &'static str;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         match url::Url::parse(&s) {
-            Ok(u) if Self::allowed(&u) => Ok(TargetUrl(s.into())),
+            Ok(u) if Self::allowed(&u) => Ok(Self::new(s.into_boxed_str(), u)),
             _ => Err(Self::RULE),
         }
+    }
+}
+
+// Compared, hashed and shown by its text, as the plain string it was.
+impl PartialEq for TargetUrl {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.text() == other.text()
+    }
+}
+
+impl Eq for TargetUrl {}
+
+impl std::hash::Hash for TargetUrl {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text().hash(state);
+    }
+}
+
+impl fmt::Debug for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TargetUrl").field(&self.text()).finish()
     }
 }
 
@@ -149,53 +191,62 @@ impl TryFrom<String> for DefinitionName {
 /// What every string newtype here has: its text (`as_str`, `Deref`, `Display`), comparisons with
 /// plain strings, and the way back to a `String`.
 macro_rules! text_newtype {
-    ($t:ident) => {
+    (@text $t:ident) => {
         impl $t {
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.text()
             }
         }
 
         impl From<$t> for String {
             fn from(t: $t) -> String {
-                t.0.to_string()
+                t.as_str().to_string()
             }
         }
 
         impl Deref for $t {
             type Target = str;
             fn deref(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
         impl PartialEq<str> for $t {
             fn eq(&self, other: &str) -> bool {
-                &*self.0 == other
+                self.as_str() == other
             }
         }
 
         impl PartialEq<&str> for $t {
             fn eq(&self, other: &&str) -> bool {
-                &*self.0 == *other
+                self.as_str() == *other
             }
         }
 
         impl PartialEq<String> for $t {
             fn eq(&self, other: &String) -> bool {
-                *self.0 == **other
+                self.as_str() == other.as_str()
             }
         }
     };
+    ($t:ident) => {
+        impl $t {
+            fn text(&self) -> &str {
+                &self.0
+            }
+        }
+
+        text_newtype!(@text $t);
+    };
 }
 
-text_newtype!(TargetUrl);
+text_newtype!(@text TargetUrl);
 text_newtype!(TaskId);
 text_newtype!(DefinitionName);
 text_newtype!(JobId);
@@ -221,6 +272,27 @@ mod tests {
         let json = serde_json::to_string(&TargetUrl::parse("http://p/x").ok()).unwrap_or_default();
         assert_eq!(json, "\"http://p/x\"");
         assert!(serde_json::from_str::<TargetUrl>("\"not a url\"").is_err());
+    }
+
+    #[test]
+    fn a_target_keeps_its_text_as_given_beside_its_parsed_form() {
+        let t = TargetUrl::parse("HTTP://P:80/r/%7e1").expect("a URL");
+        assert_eq!(t.as_str(), "HTTP://P:80/r/%7e1", "the text as it entered");
+        assert_eq!(t.url().as_str(), "http://p/r/%7e1", "the form a call sends");
+        let back: TargetUrl = serde_json::from_str("\"HTTP://P:80/r/%7e1\"").expect("read back");
+        assert_eq!(back, t);
+        assert_eq!(format!("{t:?}"), "TargetUrl(\"HTTP://P:80/r/%7e1\")");
+        let same = |a: &TargetUrl, b: &TargetUrl| {
+            use std::hash::BuildHasher;
+            let h = std::collections::hash_map::RandomState::new();
+            a == b && h.hash_one(a) == h.hash_one(b)
+        };
+        assert!(same(&t, &back));
+        let other = TargetUrl::parse("http://p/r/%7e1").expect("a URL");
+        assert_ne!(other, t, "compared by text, as the plain string was");
+        let (why, u) = TargetUrl::from_url(url::Url::parse("ftp://p/x").expect("a URL"))
+            .expect_err("not http");
+        assert_eq!((why, u.as_str()), (TargetUrl::RULE, "ftp://p/x"));
     }
 
     #[test]
