@@ -16,8 +16,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use crate::domain::TargetUrl;
 use ipnet::IpNet;
+
+use crate::domain::TargetUrl;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Entry {

@@ -1,6 +1,6 @@
 //! Newtypes for what is parsed once at the edge and trusted inside: outbound URLs, job and task
-//! ids. Each holds shared text (`Arc<str>`): the engine copies a job at every step, and a copy of
-//! an id or a URL is a count, not an allocation.
+//! ids. Each is shared (an `Arc`, of its text, and for a URL of its parsed form too): the engine
+//! copies a job at every step, and a copy of an id or a URL is a count, not an allocation.
 
 use std::fmt;
 use std::ops::Deref;
