@@ -3,8 +3,9 @@
 //! are never followed, proxy variables are ignored, and host names are resolved by
 //! [`PolicyResolver`] (reqwest's) or [`PolicyDns`] (hyper's), which drop the addresses
 //! `TCC_ALLOWED_TARGETS` refuses, so that a name resolving to one (the cloud metadata address,
-//! say) is never connected to. URLs with an IP literal, which neither resolves, are checked by
-//! [`check`] before each call.
+//! say) is never connected to. URLs with an IP literal, which neither resolves, are checked
+//! before each call: by [`check`], or by `TargetPolicy::check_target` for a URL kept parsed
+//! since it entered (a participant's).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -104,13 +105,8 @@ pub fn client_builder(policy: Arc<TargetPolicy>) -> reqwest::ClientBuilder {
 
 /// Whether `url` may be called (before anything is sent): its host by name, or its IP literal.
 pub fn check(policy: &TargetPolicy, url: &str) -> Result<(), TargetRefused> {
-    checked(policy, url).map(drop)
-}
-
-/// `url` parsed and checked against the target policy: parsed once, for the check and the call.
-pub fn checked(policy: &TargetPolicy, url: &str) -> Result<url::Url, TargetRefused> {
     policy
-        .parse_url(url)
+        .check_url(url)
         .map_err(|why| TargetRefused(format!("{url} {why}")))
 }
 

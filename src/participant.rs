@@ -145,18 +145,6 @@ impl ParticipantClient {
         })
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        url: &str,
-        headers: HeaderMap,
-        body: Option<Vec<u8>>,
-        timeout: Duration,
-    ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>), Failure> {
-        let url = crate::outbound::checked(&self.policy, url).map_err(|r| Failure::Refused(r.0))?;
-        self.send_url(method, &url, headers, body, timeout).await
-    }
-
     /// `send` to a URL parsed where it entered: the policy checks the parsed form.
     async fn send_target(
         &self,
@@ -166,15 +154,20 @@ impl ParticipantClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>), Failure> {
-        self.policy
-            .check_target(target)
-            .map_err(|why| Failure::Refused(format!("{target} {why}")))?;
-        self.send_url(method, target.url(), headers, body, timeout)
+        self.refused(target, target)?;
+        self.send(method, target.url(), headers, body, timeout)
             .await
     }
 
-    /// `send` once the URL is checked.
-    async fn send_url(
+    /// Whether the target policy refuses `target`, a call to which is shown as `shown`.
+    fn refused(&self, target: &TargetUrl, shown: &dyn std::fmt::Display) -> Result<(), Failure> {
+        self.policy
+            .check_target(target)
+            .map_err(|why| Failure::Refused(format!("{shown} {why}")))
+    }
+
+    /// Send a request to `url`, already checked against the policy, and read its answer.
+    async fn send(
         &self,
         method: Method,
         url: &url::Url,
@@ -413,15 +406,14 @@ impl ParticipantClient {
                     .await
             }
             Some(branch) => {
-                let mut target = url::Url::parse(url.as_str()).ok();
-                if let Some(t) = target.as_mut() {
-                    t.query_pairs_mut()
-                        .append_pair("gid", &branch.gid)
-                        .append_pair("trans_type", "tcc")
-                        .append_pair("branch_id", &branch.branch_id)
-                        .append_pair("op", what);
-                }
-                let target = target.map_or_else(|| url.to_string(), String::from);
+                // DTM's query on the URL: the same host, so the same answer from the policy.
+                let mut target = url.url().clone();
+                target
+                    .query_pairs_mut()
+                    .append_pair("gid", &branch.gid)
+                    .append_pair("trans_type", "tcc")
+                    .append_pair("branch_id", &branch.branch_id)
+                    .append_pair("op", what);
                 // The transaction's branch_headers, but never one that frames the request or
                 // names the call (the coordinator's own headers win).
                 for (name, value) in branch_headers {
@@ -438,7 +430,9 @@ impl ParticipantClient {
                         headers.insert(n, v);
                     }
                 }
-                if branch.data.is_empty() {
+                if let Err(refused) = self.refused(url, &target) {
+                    Err(refused)
+                } else if branch.data.is_empty() {
                     self.send(Method::GET, &target, headers, None, timeout)
                         .await
                 } else {
@@ -819,17 +813,10 @@ fn read_link(
             (location.to_string(), None)
         }
     };
-    let not_a_url = |e: url::ParseError| format!("the Try answer's link {uri:?} is not a URL: {e}");
-    // An absolute http(s) link resolves to itself: no need to parse the task URL as its base.
-    let absolute = ["http://", "https://"].iter().any(|p| {
-        uri.get(..p.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(p))
-    });
-    let resolved = if absolute {
-        url::Url::parse(&uri).map_err(not_a_url)?
-    } else {
-        task_url.join(&uri).map_err(not_a_url)?
-    };
+    // Against the task URL as parsed; an absolute link resolves to itself.
+    let resolved = task_url
+        .join(&uri)
+        .map_err(|e| format!("the Try answer's link {uri:?} is not a URL: {e}"))?;
     let resolved = TargetUrl::from_url(resolved).map_err(|(why, u)| {
         let shown: String = u.as_str().chars().take(200).collect();
         format!("the Try answer's link {shown} {why}")

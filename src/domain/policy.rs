@@ -185,21 +185,14 @@ impl TargetPolicy {
     /// Whether a URL may be called, as far as its text tells (the addresses a host name resolves
     /// to are judged by [`TargetPolicy::resolved_allowed`] when it is called); why not otherwise.
     pub fn check_url(&self, url: &str) -> Result<(), String> {
-        self.parse_url(url).map(drop)
+        let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
+        self.check_parsed(&parsed)
     }
 
     /// Whether `target`, parsed where it entered, may be called (`check_url` without parsing it
     /// again).
     pub fn check_target(&self, target: &TargetUrl) -> Result<(), String> {
         self.check_parsed(target.url())
-    }
-
-    /// `url` parsed, if it may be called (`check_url`): a participant call parses its URL once,
-    /// for this and for the call.
-    pub fn parse_url(&self, url: &str) -> Result<url::Url, String> {
-        let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
-        self.check_parsed(&parsed)?;
-        Ok(parsed)
     }
 
     fn check_parsed(&self, parsed: &url::Url) -> Result<(), String> {
