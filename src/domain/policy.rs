@@ -236,24 +236,17 @@ impl TargetPolicy {
 /// What a request names that the policy refuses, as field errors (422), by JSON Pointer.
 pub mod refusals {
     use super::TargetPolicy;
-    use crate::domain::TargetUrl;
     use crate::domain::job::Callbacks;
     use crate::domain::request::{FieldError, Hold, JobFields, NewJob, NewTaskKind, Registration};
 
-    fn check(policy: &TargetPolicy, out: &mut Vec<FieldError>, pointer: String, url: &str) {
-        if let Err(why) = policy.check_url(url) {
-            out.push(FieldError::new(pointer, why));
-        }
-    }
-
-    /// `check` for a URL already parsed; its pointer is written only when it is refused.
-    fn check_target(
-        policy: &TargetPolicy,
+    /// The policy's verdict on one URL, kept as a field error at `pointer` (written only when it
+    /// is refused) if it says no.
+    fn refuse(
         out: &mut Vec<FieldError>,
         pointer: impl FnOnce() -> String,
-        url: &TargetUrl,
+        verdict: Result<(), String>,
     ) {
-        if let Err(why) = policy.check_target(url) {
+        if let Err(why) = verdict {
             out.push(FieldError::new(pointer(), why));
         }
     }
@@ -263,28 +256,25 @@ pub mod refusals {
         let mut out = fields(policy, &new.fields);
         for (i, t) in new.tasks.iter().enumerate() {
             match &t.kind {
-                NewTaskKind::Try(spec) => check_target(
-                    policy,
+                NewTaskKind::Try(spec) => refuse(
                     &mut out,
                     || format!("/tasks/{i}/taskURL"),
-                    &spec.task_url,
+                    policy.check_target(&spec.task_url),
                 ),
-                NewTaskKind::Link(link) => check_target(
-                    policy,
+                NewTaskKind::Link(link) => refuse(
                     &mut out,
                     || format!("/tasks/{i}/participantLink/uri"),
-                    &link.uri,
+                    policy.check_target(&link.uri),
                 ),
                 NewTaskKind::Callbacks {
                     try_spec,
                     callbacks,
                 } => {
                     if let Some(spec) = try_spec {
-                        check_target(
-                            policy,
+                        refuse(
                             &mut out,
                             || format!("/tasks/{i}/taskURL"),
-                            &spec.task_url,
+                            policy.check_target(&spec.task_url),
                         );
                     }
                     own_urls(policy, &mut out, &format!("/tasks/{i}"), callbacks);
@@ -301,17 +291,15 @@ pub mod refusals {
         prefix: &str,
         callbacks: &Callbacks,
     ) {
-        check_target(
-            policy,
+        refuse(
             out,
             || format!("{prefix}/confirmURL"),
-            &callbacks.confirm_url,
+            policy.check_target(&callbacks.confirm_url),
         );
-        check_target(
-            policy,
+        refuse(
             out,
             || format!("{prefix}/cancelURL"),
-            &callbacks.cancel_url,
+            policy.check_target(&callbacks.cancel_url),
         );
     }
 
@@ -328,7 +316,7 @@ pub mod refusals {
         ];
         for (pointer, url) in urls {
             if let Some(u) = url {
-                check(policy, &mut out, pointer.to_string(), u);
+                refuse(&mut out, || pointer.to_string(), policy.check_url(u));
             }
         }
         out
@@ -338,7 +326,7 @@ pub mod refusals {
     pub fn registration(policy: &TargetPolicy, reg: &Registration) -> Vec<FieldError> {
         let mut out = Vec::new();
         match &reg.hold {
-            Hold::Link(link) => check_target(policy, &mut out, || "/uri".into(), &link.uri),
+            Hold::Link(link) => refuse(&mut out, || "/uri".into(), policy.check_target(&link.uri)),
             Hold::Callbacks(callbacks) => own_urls(policy, &mut out, "", callbacks),
         }
         out
@@ -351,7 +339,11 @@ pub mod refusals {
         let links = request["participantLinks"].as_array().into_iter().flatten();
         for (i, link) in links.enumerate() {
             if let Some(uri) = link["uri"].as_str() {
-                check(policy, &mut out, format!("/participantLinks/{i}/uri"), uri);
+                refuse(
+                    &mut out,
+                    || format!("/participantLinks/{i}/uri"),
+                    policy.check_url(uri),
+                );
             }
         }
         out
