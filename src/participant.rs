@@ -4,6 +4,8 @@
 //! Every call has a timeout and reads at most 1 MiB of the answer. Redirects are not followed: a
 //! confirm or cancel must reach the link it names. This module decides nothing about the job.
 
+mod connections;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RE
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use self::connections::{Connections, SendError};
 use crate::domain::TargetUrl;
 use crate::domain::job::Callbacks;
 use crate::domain::policy::TargetPolicy;
@@ -56,24 +59,19 @@ pub struct CallResult {
     pub duration: Duration,
 }
 
-/// hyper's client for plain `http://` participants, resolving through the target policy.
-type PlainClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector<crate::outbound::PolicyDns>,
-    http_body_util::Full<hyper::body::Bytes>,
->;
-
 /// Sent with every call.
 const USER_AGENT: &str = concat!("tcc-coordinator/", env!("CARGO_PKG_VERSION"));
 
-/// The HTTP client for participants, shared by every call (keep-alive pools per host). Plain
-/// `http://` participants are called through hyper directly (`plain`); reqwest's layers (its
-/// redirect policy parses every request's URL again, each request copies the client's default
-/// headers, the answer's URL is parsed back) cost about a sixth of a call's CPU. `https://` ones
-/// go through reqwest (`http`), with its TLS.
+/// The HTTP client for participants, shared by every call (keep-alive connections per host).
+/// Plain `http://` participants are called through hyper's HTTP/1.1 connections directly, each
+/// driven by its call (`plain`, [`connections`]); reqwest's layers (its redirect policy parses
+/// every request's URL again, each request copies the client's default headers, the answer's
+/// URL is parsed back) cost about a sixth of a call's CPU. `https://` ones go through reqwest
+/// (`http`), with its TLS.
 #[derive(Debug, Clone)]
 pub struct ParticipantClient {
     http: reqwest::Client,
-    plain: PlainClient,
+    plain: Arc<Connections>,
     /// `TCC_ALLOWED_TARGETS`: checked before each call, and on every address a name resolves to.
     policy: Arc<TargetPolicy>,
 }
@@ -123,7 +121,7 @@ impl ParticipantClient {
             .retry(reqwest::retry::never().max_retries_per_request(0))
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(connections::IDLE_TIMEOUT)
             .pool_max_idle_per_host(max_inflight)
             .user_agent(USER_AGENT)
             .build()?;
@@ -132,12 +130,7 @@ impl ParticipantClient {
         );
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let plain =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_timer(hyper_util::rt::TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(max_inflight)
-                .build(connector);
+        let plain = Arc::new(Connections::new(connector, max_inflight));
         Ok(ParticipantClient {
             http,
             plain,
@@ -210,8 +203,9 @@ impl ParticipantClient {
         Ok((status, headers, body))
     }
 
-    /// `send` for a plain `http://` URL, through hyper: the same deadline over the answer's
-    /// head and body, the same limit on the body, the same failures.
+    /// `send` for a plain `http://` URL, on a connection of its own ([`connections`]): the
+    /// same deadline over the answer's head and body, the same limit on the body, the same
+    /// failures.
     async fn send_plain(
         &self,
         method: Method,
@@ -222,10 +216,6 @@ impl ParticipantClient {
     ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>), Failure> {
         use http_body_util::BodyExt as _;
         let deadline = tokio::time::Instant::now() + timeout;
-        let uri: hyper::Uri = url
-            .as_str()
-            .parse()
-            .map_err(|e| Failure::NotSent(format!("the URL cannot be called: {e}")))?;
         headers.insert(
             reqwest::header::USER_AGENT,
             HeaderValue::from_static(USER_AGENT),
@@ -234,23 +224,27 @@ impl ParticipantClient {
             body.unwrap_or_default(),
         )));
         *req.method_mut() = method;
-        *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        let resp = match tokio::time::timeout_at(deadline, self.plain.request(req)).await {
-            Err(_) => return Err(Failure::Timeout("timed out".into())),
-            Ok(Err(e)) => return Err(classify_plain_error(&e)),
-            Ok(Ok(resp)) => resp,
-        };
+        let (mut lease, resp) =
+            match tokio::time::timeout_at(deadline, self.plain.send(url, req)).await {
+                Err(_) => return Err(Failure::Timeout("timed out".into())),
+                Ok(Err(SendError::NotSent(e))) => return Err(classify(&*e, timed_out(&*e), true)),
+                Ok(Err(SendError::Broken(e))) => return Err(classify(&e, timed_out(&e), false)),
+                Ok(Ok(sent)) => sent,
+            };
         let (head, mut answer) = resp.into_parts();
         let mut buf = Vec::new();
         let body = loop {
-            match tokio::time::timeout_at(deadline, answer.frame()).await {
+            match tokio::time::timeout_at(deadline, lease.drive(answer.frame())).await {
                 Err(_) => {
                     return Err(Failure::Timeout(format!(
                         "timed out reading the answer after {timeout:?}"
                     )));
                 }
-                Ok(None) => break Ok(buf),
+                Ok(None) => {
+                    lease.give_back();
+                    break Ok(buf);
+                }
                 Ok(Some(Ok(frame))) => {
                     let Ok(chunk) = frame.into_data() else {
                         continue;
@@ -624,10 +618,6 @@ fn classify_error(e: reqwest::Error) -> Failure {
 
 /// As `classify_error`, for hyper's client: a connection that timed out counts as a timeout
 /// (as reqwest counts it), one that could not be made as not sent.
-fn classify_plain_error(e: &hyper_util::client::legacy::Error) -> Failure {
-    classify(e, timed_out(e), e.is_connect())
-}
-
 /// A failed call: refused by the policy's resolver, timed out (it may have been received), not
 /// connected (nothing was sent), or broken (it may have been received).
 fn classify(e: &(dyn std::error::Error + 'static), timeout: bool, connect: bool) -> Failure {

@@ -1,8 +1,11 @@
 //! Jobs from submit to their end, against real participants.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::helpers::{TestApp, eventually, header_opt, job_of, spawn_app, spawn_app_with, task};
 use crate::participant::{Op, Participant, Reply};
@@ -644,5 +647,150 @@ async fn many_calls_at_once_to_one_host_reuse_their_connections() {
     assert_eq!(confirmed.len(), N, "the confirms were out at once");
     let fresh = confirmed.difference(&tried).count();
     assert_eq!(fresh, 0, "{fresh} of {N} confirms needed a new connection");
+    app.stop().await;
+}
+
+/// A participant on raw HTTP/1.1 that keeps every connection open after answering (no
+/// `Connection: close`), until told to close them all at once, as a server closes its idle
+/// keep-alive connections; it counts the connections it accepted and each request's method.
+struct ClosingParticipant {
+    base: String,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
+    close: tokio::sync::watch::Sender<u64>,
+}
+
+impl ClosingParticipant {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let (close, _) = tokio::sync::watch::channel(0u64);
+        let p = ClosingParticipant {
+            base: base.clone(),
+            accepted: Arc::default(),
+            open: Arc::default(),
+            requests: Arc::default(),
+            close,
+        };
+        let (accepted, open, requests, close) = (
+            p.accepted.clone(),
+            p.open.clone(),
+            p.requests.clone(),
+            p.close.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                open.fetch_add(1, Ordering::SeqCst);
+                let (open, requests, base) = (open.clone(), requests.clone(), base.clone());
+                let mut closed = close.subscribe();
+                tokio::spawn(async move {
+                    let mut conn = tokio::io::BufReader::new(stream);
+                    loop {
+                        tokio::select! {
+                            req = read_request(&mut conn) => {
+                                let Some(method) = req else { break };
+                                requests.lock().expect("ledger").push(method.clone());
+                                let answer = if method == "POST" {
+                                    let expires = (chrono::Utc::now() + chrono::Duration::seconds(60))
+                                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                                    let body = json!({"participantLink":
+                                        {"uri": format!("{base}/r/1"), "expires": expires}})
+                                    .to_string();
+                                    format!(
+                                        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                        body.len()
+                                    )
+                                } else {
+                                    "HTTP/1.1 204 No Content\r\n\r\n".to_string()
+                                };
+                                if conn.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                                    break;
+                                }
+                            }
+                            _ = closed.changed() => break,
+                        }
+                    }
+                    drop(conn);
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        p
+    }
+
+    /// Close every open connection, and wait until they are closed.
+    async fn close_all(&self) {
+        self.close.send_modify(|g| *g += 1);
+        assert!(
+            eventually(|| async { self.open.load(Ordering::SeqCst) == 0 }).await,
+            "the participant's connections did not close"
+        );
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("ledger").clone()
+    }
+}
+
+/// One request's method, its head and body read off `conn`; `None` at the connection's end.
+async fn read_request(conn: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> Option<String> {
+    let mut method = None;
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if conn.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        match method {
+            None => method = line.split(' ').next().map(str::to_string),
+            Some(_) => {
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().ok()?;
+                }
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).await.ok()?;
+    method
+}
+
+/// A participant that closes its kept-alive connections between two calls (as servers close
+/// idle ones): the next call finds its kept connection closed before writing to it, and goes
+/// out on a new one at once, as its first attempt (no failed attempt, no retry later).
+#[tokio::test]
+async fn a_call_whose_kept_connection_the_participant_closed_goes_out_on_a_new_one() {
+    let app = spawn_app().await;
+    let p = ClosingParticipant::start().await;
+    let mut job = job_of(&[("a", format!("{}/try/a", p.base))]);
+    job["autoConfirm"] = json!(false);
+    let id = app.submit(&job).await;
+    app.wait_status(&id, "reserved").await;
+    assert_eq!(p.accepted.load(Ordering::SeqCst), 1);
+    // The Try's connection is kept by the coordinator; the participant closes it.
+    p.close_all().await;
+    let resp = app.post(&format!("/jobs/{id}/confirm")).await;
+    assert_eq!(resp.status(), 202);
+    let done = app.wait_status(&id, "completed").await;
+    let a = task(&done, "a");
+    assert_eq!(a["taskStatus"], "confirmed");
+    assert_eq!(a["attempts"], 1, "the confirm needed another attempt: {a}");
+    assert_eq!(a["lastMessage"], "confirmed", "{a}");
+    assert_eq!(p.requests(), ["POST", "PUT"]);
+    assert_eq!(
+        p.accepted.load(Ordering::SeqCst),
+        2,
+        "the confirm went out on a new connection"
+    );
     app.stop().await;
 }
