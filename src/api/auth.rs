@@ -14,11 +14,11 @@ use std::str::FromStr;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::error::{ApiError, ProblemType};
+use super::layers::Then;
 
 /// Who acts, as the event log and resolutions record it, while the API is open (no API keys).
 pub(crate) const ANONYMOUS: &str = "anonymous";
@@ -216,10 +216,14 @@ fn presented(headers: &axum::http::HeaderMap) -> Option<Presented<'_>> {
 
 /// The middleware: with keys, every request but the open ones must carry one strong enough;
 /// the request then carries its `Actor`.
-pub async fn authorize(keys: std::sync::Arc<ApiKeys>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn authorize(
+    keys: std::sync::Arc<ApiKeys>,
+    mut req: Request,
+    next: impl Then,
+) -> Response {
     if keys.is_empty() {
         req.extensions_mut().insert(Actor(ANONYMOUS.to_string()));
-        return next.run(req).await;
+        return next(req).await;
     }
     let route = req
         .extensions()
@@ -228,7 +232,7 @@ pub async fn authorize(keys: std::sync::Arc<ApiKeys>, mut req: Request, next: Ne
         .unwrap_or_else(|| req.uri().path().to_string());
     let Some(role) = needed(req.method(), &route) else {
         req.extensions_mut().insert(Actor(ANONYMOUS.to_string()));
-        return next.run(req).await;
+        return next(req).await;
     };
     let browser = super::negotiate::prefers_html(req.headers());
     let key = match presented(req.headers()) {
@@ -261,7 +265,7 @@ pub async fn authorize(keys: std::sync::Arc<ApiKeys>, mut req: Request, next: Ne
         .into_response();
     }
     req.extensions_mut().insert(Actor(key.name.clone()));
-    next.run(req).await
+    next(req).await
 }
 
 #[cfg(test)]

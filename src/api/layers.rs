@@ -36,26 +36,46 @@ pub(super) fn guarded(routes: Router, settings: &ApiSettings) -> impl HttpServic
     let open = settings.api_keys.is_empty();
     let body_limits = (settings.max_body, settings.body_read_timeout);
     let base = public.clone().unwrap_or_default();
+    let base: Arc<str> = base.into();
+    let public: Option<Arc<str>> = public.map(Into::into);
     let routes = routes
-        .layer(middleware::from_fn(move |req, next| {
-            html::forms::same_origin(public.clone(), open, req, next)
-        }))
-        .layer(middleware::from_fn(reject_unreadable))
-        .layer(middleware::from_fn(refuse_unread))
-        .layer(middleware::from_fn(move |req, next| {
-            problem_details(base.clone(), req, next)
+        .layer(middleware::from_fn(move |req, next: Next| {
+            let (base, public) = (base.clone(), public.clone());
+            problem_details(base, req, move |req| {
+                refuse_unread(req, move |req| {
+                    reject_unreadable(req, move |req| {
+                        html::forms::same_origin(public, open, req, move |req| next.run(req))
+                    })
+                })
+            })
         }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked));
     ServiceBuilder::new()
-        .layer(middleware::from_fn(move |req, next| {
-            arrived(body_limits, req, next)
-        }))
-        .layer(middleware::from_fn(move |req, next| {
-            admit(budgets.clone(), req, next)
+        .layer(middleware::from_fn(move |req, next: Next| {
+            let budgets = budgets.clone();
+            arrived(body_limits, req, move |req| {
+                admit(budgets, req, move |req| next.run(req))
+            })
         }))
         .layer(axum::error_handling::HandleErrorLayer::new(refused))
         .timeout(settings.request_timeout)
         .service(routes)
+}
+
+/// What a layer hands the request on to: the layers inside it and the route. The layers on each
+/// side of the router are one `from_fn` (`guarded`, and the routes' in `api::routes`), each layer
+/// a function of the next: a `from_fn` per layer would clone every layer inside it and box its
+/// future, for every request.
+pub(crate) trait Then: FnOnce(Request) -> Self::Answer + Send {
+    type Answer: Future<Output = Response> + Send;
+}
+
+impl<F, A> Then for F
+where
+    F: FnOnce(Request) -> A + Send,
+    A: Future<Output = Response> + Send,
+{
+    type Answer = A;
 }
 
 /// What requests in progress may hold: `TCC_MAX_INFLIGHT_REQUESTS` of each budget.
@@ -80,7 +100,7 @@ fn waits(req: &Request) -> bool {
 /// (`TCC_MAX_BODY`), 400 when it cannot be read, 408 (the connection
 /// closed) when it has not arrived within `limit`. Requests without a body pass as they are.
 /// A body announced larger than `max` passes unread too: the handler refuses it at once.
-async fn arrived((max, limit): (usize, Duration), req: Request, next: Next) -> Response {
+async fn arrived((max, limit): (usize, Duration), req: Request, next: impl Then) -> Response {
     use axum::body::HttpBody as _;
     let announced = req
         .headers()
@@ -88,14 +108,12 @@ async fn arrived((max, limit): (usize, Duration), req: Request, next: Next) -> R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if req.body().is_end_stream() || announced.is_some_and(|n| n > max as u64) {
-        return next.run(req).await;
+        return next(req).await;
     }
     let (mut parts, body) = req.into_parts();
     let refused = match tokio::time::timeout(limit, read_body(body, max, "body")).await {
         Ok(Ok(bytes)) => {
-            return next
-                .run(Request::from_parts(parts, Body::from(bytes)))
-                .await;
+            return next(Request::from_parts(parts, Body::from(bytes))).await;
         }
         Ok(Err(refused)) => refused,
         Err(_) => {
@@ -109,7 +127,7 @@ async fn arrived((max, limit): (usize, Duration), req: Request, next: Next) -> R
     };
     // Answered inside the routes' layers (`refuse_unread`), as a problem like any other.
     parts.extensions.insert(Unread(refused));
-    next.run(Request::from_parts(parts, Body::empty())).await
+    next(Request::from_parts(parts, Body::empty())).await
 }
 
 /// A body `arrived` could not take, and why.
@@ -118,9 +136,9 @@ struct Unread(ApiError);
 
 /// A request whose body `arrived` refused is answered with that refusal (a 408 closes the
 /// connection: the rest of the body may still come).
-async fn refuse_unread(req: Request, next: Next) -> Response {
+async fn refuse_unread(req: Request, next: impl Then) -> Response {
     let Some(Unread(refused)) = req.extensions().get::<Unread>() else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let mut resp = refused.clone().into_response();
     if resp.status() == StatusCode::REQUEST_TIMEOUT {
@@ -132,9 +150,9 @@ async fn refuse_unread(req: Request, next: Next) -> Response {
 
 /// Admission: health checks always (a liveness probe must never be refused by load, or a
 /// healthy process is restarted); others within their budget, else 503 at once.
-async fn admit(budgets: Budgets, req: Request, next: Next) -> Response {
+async fn admit(budgets: Budgets, req: Request, next: impl Then) -> Response {
     if req.uri().path().starts_with("/health/") {
-        return next.run(req).await;
+        return next(req).await;
     }
     let budget = if waits(&req) {
         &budgets.waits
@@ -142,7 +160,7 @@ async fn admit(budgets: Budgets, req: Request, next: Next) -> Response {
         &budgets.requests
     };
     match budget.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(req).await,
+        Ok(_permit) => next(req).await,
         Err(_) => {
             metrics::counter!(m::API_REJECTED, "reason" => "overloaded").increment(1);
             overloaded(
@@ -201,10 +219,10 @@ const READ_HEADERS: [&str; 7] = [
 
 /// Refuse a path or query that is not UTF-8 or holds a NUL once percent-decoded, and a header
 /// the API reads that is not visible ASCII: 400, naming which.
-async fn reject_unreadable(req: Request, next: Next) -> Response {
+async fn reject_unreadable(req: Request, next: impl Then) -> Response {
     match unreadable(&req) {
         Some(detail) => ApiError::bad_request(detail).into_response(),
-        None => next.run(req).await,
+        None => next(req).await,
     }
 }
 
@@ -243,7 +261,7 @@ pub(super) async fn fault_stall() -> StatusCode {
 }
 
 /// Count and time every request by its route template.
-pub(super) async fn track_http(req: Request, next: Next) -> Response {
+pub(super) async fn track_http(req: Request, next: impl Then) -> Response {
     let started = Instant::now();
     // A bounded label: any other method (a client may send any token) is `other`.
     let method: &'static str = match *req.method() {
@@ -261,7 +279,7 @@ pub(super) async fn track_http(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let resp = next.run(req).await;
+    let resp = next(req).await;
     let status = resp.status().as_u16().to_string();
     metrics::counter!(m::HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
@@ -273,11 +291,11 @@ pub(super) async fn track_http(req: Request, next: Next) -> Response {
 /// Make every error a problem document: turn axum's bare 405 into one (keeping `Allow`), and
 /// name the request path as the problem's `instance`; for a browser, show it as a page (same
 /// status and headers; `base` is `TCC_PUBLIC_URL`, else the page's own origin).
-async fn problem_details(base: String, req: Request, next: Next) -> Response {
+async fn problem_details(base: Arc<str>, req: Request, next: impl Then) -> Response {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let page = prefers_html(req.headers());
-    let resp = next.run(req).await;
+    let resp = next(req).await;
     let resp = problem_document(resp, &path, &method).await;
     if !page || !is_problem(&resp) {
         return resp;

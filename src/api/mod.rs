@@ -32,7 +32,7 @@ mod tasks;
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware;
+use axum::middleware::{self, Next};
 use axum::routing::{MethodRouter, get};
 
 pub use app::{ApiSettings, AppState, HttpService, Shared};
@@ -197,15 +197,16 @@ fn routes(state: &AppState) -> Router<AppState> {
     let router = router
         .route("/fault/panic", get(layers::fault_panic))
         .route("/fault/stall", get(layers::fault_stall));
+    let state = state.clone();
     router
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            html::forms::submitted,
-        ))
-        .route_layer(middleware::from_fn(move |req, next| {
-            auth::authorize(keys.clone(), req, next)
+        .route_layer(middleware::from_fn(move |req, next: Next| {
+            let (keys, state) = (keys.clone(), state.clone());
+            layers::track_http(req, move |req| {
+                auth::authorize(keys, req, move |req| {
+                    html::forms::submitted(state, req, move |req| next.run(req))
+                })
+            })
         }))
-        .route_layer(middleware::from_fn(layers::track_http))
         .fallback(layers::not_found)
 }
 

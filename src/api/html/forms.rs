@@ -7,16 +7,18 @@
 //! Cross-site requests are refused (`same_origin`): a browser sends API keys given as HTTP Basic
 //! credentials on its own, so a page elsewhere must not be able to make it act.
 
+use std::sync::Arc;
+
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::super::app::AppState;
 use super::super::db::load;
 use super::super::error::{ApiError, ProblemType};
 use super::super::extract::read_body;
+use super::super::layers::Then;
 use super::super::negotiate::vary_accept;
 use super::super::respond::base_url;
 use super::pages::{self, Refusal};
@@ -49,12 +51,12 @@ fn action_of(path: &str) -> Option<(JobId, &'static str)> {
 }
 
 /// A form's POST to an action: taken as the API takes it, answered for a browser.
-pub async fn submitted(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn submitted(state: AppState, req: Request, next: impl Then) -> Response {
     if req.method() != Method::POST || !is_form(req.headers()) {
-        return next.run(req).await;
+        return next(req).await;
     }
     let Some((id, action)) = action_of(req.uri().path()) else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let headers = req.headers().clone();
     let base = base_url(&state, &headers);
@@ -104,7 +106,7 @@ pub async fn submitted(State(state): State<AppState>, req: Request, next: Next) 
         parts.headers.remove(header::CONTENT_TYPE);
         Body::empty()
     };
-    let resp = next.run(Request::from_parts(parts, body)).await;
+    let resp = next(Request::from_parts(parts, body)).await;
     if resp.status().is_success() {
         return vary_accept(
             (
@@ -223,7 +225,12 @@ fn unknown_host<'h>(headers: &'h HeaderMap, public: Option<&str>) -> Option<&'h 
 /// carries; so is, when the API is open (`open`), a browser's request by a host name not the
 /// coordinator's own (403, `unknown_host`). The console's stylesheet and script and the problem
 /// pages are served to any.
-pub async fn same_origin(public: Option<String>, open: bool, req: Request, next: Next) -> Response {
+pub(crate) async fn same_origin(
+    public: Option<Arc<str>>,
+    open: bool,
+    req: Request,
+    next: impl Then,
+) -> Response {
     let path = req.uri().path();
     let assets = path.starts_with("/console/") || path.starts_with("/problems/");
     if open
@@ -241,7 +248,7 @@ pub async fn same_origin(public: Option<String>, open: bool, req: Request, next:
         )
         .into_response();
     }
-    next.run(req).await
+    next(req).await
 }
 
 #[cfg(test)]
