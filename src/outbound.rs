@@ -1,5 +1,5 @@
 //! Every outbound HTTP call (participants, callbacks, webhooks) goes through a client made
-//! here, or (plain `http://` participants) through hyper's client with [`PolicyDns`]: redirects
+//! here, or (plain `http://` participants) on hyper's connections made with [`PolicyDns`]: redirects
 //! are never followed, proxy variables are ignored, and host names are resolved by
 //! [`PolicyResolver`] (reqwest's) or [`PolicyDns`] (hyper's), which drop the addresses
 //! `TCC_ALLOWED_TARGETS` refuses, so that a name resolving to one (the cloud metadata address,

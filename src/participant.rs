@@ -616,8 +616,6 @@ fn classify_error(e: reqwest::Error) -> Failure {
     classify(&e, e.is_timeout(), e.is_connect())
 }
 
-/// As `classify_error`, for hyper's client: a connection that timed out counts as a timeout
-/// (as reqwest counts it), one that could not be made as not sent.
 /// A failed call: refused by the policy's resolver, timed out (it may have been received), not
 /// connected (nothing was sent), or broken (it may have been received).
 fn classify(e: &(dyn std::error::Error + 'static), timeout: bool, connect: bool) -> Failure {
