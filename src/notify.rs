@@ -374,10 +374,16 @@ impl Notifier {
         c: &ClaimedNotification,
         record: &store::JobRecord,
     ) -> Result<(Vec<u8>, Option<String>), Attempt> {
-        let doc = serde_json::json!({
-            "event": c.n.event,
-            "job": JobRepr::new(&self.settings.base_url, record),
-        });
+        /// Written straight to bytes: no `Value` tree of the job in between.
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            event: &'a str,
+            job: JobRepr<'a>,
+        }
+        let doc = Body {
+            event: &c.n.event,
+            job: JobRepr::new(&self.settings.base_url, record),
+        };
         let bytes = serde_json::to_vec(&doc)
             .map_err(|e| Attempt::Permanent(format!("the body could not be written: {e}")))?;
         Ok((bytes, Some(record.job.correlation_id.clone())))
