@@ -64,7 +64,7 @@ const USER_AGENT: &str = concat!("tcc-coordinator/", env!("CARGO_PKG_VERSION"));
 
 /// The HTTP client for participants, shared by every call (keep-alive connections per host).
 /// Plain `http://` participants are called through hyper's HTTP/1.1 connections directly, each
-/// driven by its call (`plain`, [`connections`]); reqwest's layers (its redirect policy parses
+/// driven by its call (`plain`, `connections`); reqwest's layers (its redirect policy parses
 /// every request's URL again, each request copies the client's default headers, the answer's
 /// URL is parsed back) cost about a sixth of a call's CPU. `https://` ones go through reqwest
 /// (`http`), with its TLS.
@@ -203,7 +203,7 @@ impl ParticipantClient {
         Ok((status, headers, body))
     }
 
-    /// `send` for a plain `http://` URL, on a connection of its own ([`connections`]): the
+    /// `send` for a plain `http://` URL, on a connection of its own (`connections`): the
     /// same deadline over the answer's head and body, the same limit on the body, the same
     /// failures.
     async fn send_plain(

@@ -7,8 +7,11 @@
 //! A connection goes back to its host's idle list only once its answer has been read to the end
 //! and the participant kept it open. An idle connection is looked at before it is used again
 //! (one the participant closed is dropped, and the request goes out on another), and one idle
-//! longer than [`IDLE_TIMEOUT`] is closed. A request that may have been received is never sent
-//! again here: whether a call is repeated is the engine's decision.
+//! longer than [`IDLE_TIMEOUT`] is closed. The idle lists are swept when a call returns (at
+//! most every [`SWEEP_EVERY`]), with no task of their own: while no call is made, idle
+//! connections stay open, at most `max_idle_per_host` per host, until the next call. A request
+//! that may have been received is never sent again here: whether a call is repeated is the
+//! engine's decision.
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
