@@ -32,12 +32,10 @@ pub(super) fn guarded(routes: Router, settings: &ApiSettings) -> impl HttpServic
         requests: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight_requests)),
         waits: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight_requests)),
     };
-    let public = settings.public_url.clone();
+    let public: Option<Arc<str>> = settings.public_url.as_deref().map(Arc::from);
+    let base: Arc<str> = public.clone().unwrap_or_else(|| Arc::from(""));
     let open = settings.api_keys.is_empty();
     let body_limits = (settings.max_body, settings.body_read_timeout);
-    let base = public.clone().unwrap_or_default();
-    let base: Arc<str> = base.into();
-    let public: Option<Arc<str>> = public.map(Into::into);
     let routes = routes
         .layer(middleware::from_fn(move |req, next: Next| {
             let (base, public) = (base.clone(), public.clone());

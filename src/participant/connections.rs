@@ -240,20 +240,15 @@ fn sweep(hosts: &mut HashMap<String, Vec<(Conn, Instant)>>, now: Instant) -> Vec
     let mut cx = Context::from_waker(Waker::noop());
     let mut closing = Vec::new();
     for list in hosts.values_mut() {
-        let mut kept = Vec::with_capacity(list.len());
-        for (mut conn, since) in list.drain(..) {
-            let open = now.duration_since(since) < IDLE_TIMEOUT
+        let done = list.extract_if(.., |(conn, since)| {
+            let open = now.duration_since(*since) < IDLE_TIMEOUT
                 && conn
                     .conn
                     .as_mut()
                     .is_some_and(|c| Pin::new(c).poll(&mut cx).is_pending());
-            if open {
-                kept.push((conn, since));
-            } else {
-                closing.push(conn);
-            }
-        }
-        *list = kept;
+            !open
+        });
+        closing.extend(done.map(|(conn, _)| conn));
     }
     hosts.retain(|_, list| !list.is_empty());
     closing
